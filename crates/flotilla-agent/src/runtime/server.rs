@@ -1,0 +1,144 @@
+//! The HTTP side of the agent contract: `POST /execute` and `GET /health`.
+
+use super::AgentRuntimeError;
+use super::gate::{Gate, Refusal};
+use crate::{Agent, AgentError};
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use flotilla_core::agent::AgentStatus;
+use flotilla_core::wire::{AgentHealth, ErrorBody, ErrorDetail, ExecuteRequest};
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// What the handlers share.
+struct AppState<A> {
+    agent: Arc<A>,
+    gate: Arc<Gate>,
+}
+
+impl<A> Clone for AppState<A> {
+    fn clone(&self) -> Self {
+        AppState { agent: Arc::clone(&self.agent), gate: Arc::clone(&self.gate) }
+    }
+}
+
+pub(crate) fn router<A: Agent>(agent: Arc<A>, gate: Arc<Gate>) -> Router {
+    Router::new()
+        .route("/execute", post(execute::<A>))
+        .route("/health", get(health::<A>))
+        .with_state(AppState { agent, gate })
+}
+
+/// Serves until `stop` is cancelled, then lets in-flight requests finish.
+pub(crate) async fn serve(
+    listener: TcpListener,
+    router: Router,
+    stop: CancellationToken,
+) -> Result<(), AgentRuntimeError> {
+    axum::serve(listener, router)
+        .with_graceful_shutdown(stop.cancelled_owned())
+        .await
+        .map_err(AgentRuntimeError::Server)
+}
+
+/// `POST /execute`: one attempt of a task.
+///
+/// Request signatures (`x-flotilla-signature`, DESIGN.md §6) are to be verified at the top of
+/// this handler, on the raw body and before it is parsed, with the signing secret the
+/// registration returned (kept in the lifecycle's session).
+async fn execute<A: Agent>(State(state): State<AppState<A>>, body: Bytes) -> Response {
+    let deserializer = &mut serde_json::Deserializer::from_slice(&body);
+    let request: ExecuteRequest = match serde_path_to_error::deserialize(deserializer) {
+        Ok(request) => request,
+        Err(e) => {
+            let path = e.path().to_string();
+            let field = (path != ".").then_some(path);
+            return error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                format!("The body is not a valid execute request: {}", e.inner()),
+                field,
+            );
+        }
+    };
+
+    let _permit = match state.gate.admit() {
+        Ok(permit) => permit,
+        Err(Refusal::Draining) => {
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "draining",
+                "This instance is draining and takes no new tasks; send the task elsewhere.".into(),
+                None,
+            );
+        }
+        Err(Refusal::AtCapacity) => {
+            let mut response = error(
+                StatusCode::TOO_MANY_REQUESTS,
+                "at_capacity",
+                format!(
+                    "This instance already runs {} tasks, its capacity; retry later or elsewhere.",
+                    state.gate.capacity()
+                ),
+                None,
+            );
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            return response;
+        }
+    };
+
+    let task_id = request.task_id;
+    let attempt = request.attempt;
+    let Ok(remaining) = (request.deadline - chrono::Utc::now()).to_std() else {
+        return deadline_exceeded();
+    };
+    tracing::debug!(%task_id, attempt, "Executing task.");
+    match tokio::time::timeout(remaining, state.agent.execute(request)).await {
+        Ok(Ok(response)) => (StatusCode::OK, axum::Json(response)).into_response(),
+        Ok(Err(AgentError::Rejected(message))) => {
+            tracing::info!(%task_id, attempt, %message, "Task rejected.");
+            error(StatusCode::UNPROCESSABLE_ENTITY, "task_rejected", message, None)
+        }
+        Ok(Err(AgentError::Failed(message))) => {
+            tracing::warn!(%task_id, attempt, %message, "Task failed.");
+            error(StatusCode::INTERNAL_SERVER_ERROR, "task_failed", message, None)
+        }
+        Err(_) => {
+            tracing::warn!(%task_id, attempt, "Task ran past its deadline; abandoned.");
+            deadline_exceeded()
+        }
+    }
+}
+
+/// `GET /health`.
+async fn health<A: Agent>(State(state): State<AppState<A>>) -> axum::Json<AgentHealth> {
+    let load = state.gate.load();
+    let status = if state.gate.is_draining() {
+        AgentStatus::Draining
+    } else {
+        AgentStatus::for_load(load)
+    };
+    axum::Json(AgentHealth { status, load, capacity: state.gate.capacity() })
+}
+
+fn deadline_exceeded() -> Response {
+    error(
+        StatusCode::GATEWAY_TIMEOUT,
+        "deadline_exceeded",
+        "The task's deadline passed before the agent finished.".into(),
+        None,
+    )
+}
+
+/// A JSON error body in the shape of DESIGN.md §8.
+fn error(status: StatusCode, code: &str, message: String, field: Option<String>) -> Response {
+    let body = ErrorBody {
+        error: ErrorDetail { code: code.to_owned(), message, field, request_id: None },
+    };
+    (status, axum::Json(body)).into_response()
+}

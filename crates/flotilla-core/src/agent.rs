@@ -1,0 +1,140 @@
+//! Agent instances: what the registry knows of each worker, and the rules on its status.
+
+use crate::Timestamp;
+use crate::id::AgentId;
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::str::FromStr;
+
+/// The status of an instance (DESIGN.md §3).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum AgentStatus {
+    /// Registered, not yet confirmed healthy.
+    Starting,
+    /// Healthy with no task in flight.
+    Idle,
+    /// Healthy with at least one task in flight.
+    Busy,
+    /// Finishing its in-flight work; gets nothing new; removed once empty.
+    Draining,
+    /// Taken out of rotation for misbehaving (outlier ejection).
+    Ejected,
+    /// Heartbeats stopped or health checks fail; gets no work.
+    Failed,
+    /// Taken out of rotation by an operator.
+    Maintenance,
+}
+
+impl AgentStatus {
+    /// All statuses.
+    pub const ALL: [AgentStatus; 7] = [
+        AgentStatus::Starting,
+        AgentStatus::Idle,
+        AgentStatus::Busy,
+        AgentStatus::Draining,
+        AgentStatus::Ejected,
+        AgentStatus::Failed,
+        AgentStatus::Maintenance,
+    ];
+
+    /// The snake_case name used on the wire and in the store.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            AgentStatus::Starting => "starting",
+            AgentStatus::Idle => "idle",
+            AgentStatus::Busy => "busy",
+            AgentStatus::Draining => "draining",
+            AgentStatus::Ejected => "ejected",
+            AgentStatus::Failed => "failed",
+            AgentStatus::Maintenance => "maintenance",
+        }
+    }
+
+    /// True when the instance may receive new work (given free capacity).
+    pub const fn accepts_work(self) -> bool {
+        matches!(self, AgentStatus::Starting | AgentStatus::Idle | AgentStatus::Busy)
+    }
+
+    /// The status an accepting instance shows for a given load.
+    pub const fn for_load(load: u32) -> AgentStatus {
+        if load == 0 { AgentStatus::Idle } else { AgentStatus::Busy }
+    }
+}
+
+impl fmt::Display for AgentStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A status name that is not one of [`AgentStatus::ALL`].
+#[derive(Debug, thiserror::Error)]
+#[error("unknown agent status `{0}`")]
+pub struct UnknownAgentStatus(pub String);
+
+impl FromStr for AgentStatus {
+    type Err = UnknownAgentStatus;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        AgentStatus::ALL
+            .into_iter()
+            .find(|status| status.as_str() == s)
+            .ok_or_else(|| UnknownAgentStatus(s.to_owned()))
+    }
+}
+
+/// A registered agent instance as the store keeps it and the API shows it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct AgentInstance {
+    pub id: AgentId,
+    pub agent_type: String,
+    /// Base URL; the control plane calls `{url}/execute` and `{url}/health`.
+    pub url: String,
+    /// Tasks this instance runs at once.
+    pub capacity: u32,
+    /// Tasks in flight on it (as dispatched by this control plane).
+    pub load: u32,
+    pub weight: u32,
+    pub status: AgentStatus,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    #[schema(value_type = Object)]
+    pub metadata: serde_json::Value,
+    /// HMAC secret for signing requests to this instance (never serialised to API clients).
+    #[serde(skip)]
+    pub signing_secret: String,
+    pub last_heartbeat: chrono::DateTime<chrono::Utc>,
+    pub created_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// True when an instance's heartbeats are overdue and it must be marked failed.
+pub fn heartbeat_expired(last_heartbeat: Timestamp, now: Timestamp, timeout: chrono::Duration) -> bool {
+    now - last_heartbeat > timeout
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::{Duration, TimeZone, Utc};
+
+    #[test]
+    fn only_live_statuses_accept_work() {
+        let accepting: Vec<_> = AgentStatus::ALL.into_iter().filter(|s| s.accepts_work()).collect();
+        assert_eq!(accepting, vec![AgentStatus::Starting, AgentStatus::Idle, AgentStatus::Busy]);
+    }
+
+    #[test]
+    fn heartbeat_expires_strictly_after_the_timeout() {
+        let t0 = Utc.timestamp_opt(1_000, 0).single().unwrap_or_default();
+        let timeout = Duration::seconds(10);
+        assert!(!heartbeat_expired(t0, t0 + Duration::seconds(10), timeout));
+        assert!(heartbeat_expired(t0, t0 + Duration::milliseconds(10_001), timeout));
+    }
+
+    #[test]
+    fn statuses_round_trip() {
+        for status in AgentStatus::ALL {
+            assert_eq!(status.as_str().parse::<AgentStatus>().ok(), Some(status));
+        }
+    }
+}

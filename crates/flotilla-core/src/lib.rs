@@ -1,0 +1,18 @@
+//! The pure domain of Flotilla: identifiers, entities and their state machines, the decisions the
+//! control plane takes (which instance gets a task, whether a failed attempt is retried and when),
+//! the wire types of API v1 and the agent contract, and the configuration schema.
+//!
+//! This crate does no I/O, spawns nothing and never reads the clock: time and randomness are
+//! passed in, so that every decision is a plain function that tests and simulations can drive.
+
+pub mod agent;
+pub mod auth;
+pub mod balance;
+pub mod config;
+pub mod id;
+pub mod retry;
+pub mod task;
+pub mod wire;
+
+/// Instants are UTC timestamps; the shell reads the clock and passes them in.
+pub type Timestamp = chrono::DateTime<chrono::Utc>;

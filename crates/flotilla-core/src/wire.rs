@@ -1,0 +1,204 @@
+//! Wire types of API v1 (client ↔ control plane) and of the agent contract (control plane ↔
+//! agent, DESIGN.md §6). The server, the typed client and the agent SDK all use these, so the
+//! three cannot drift apart.
+
+use crate::agent::{AgentInstance, AgentStatus};
+use crate::id::{AgentId, TaskId};
+use crate::task::Task;
+use serde::{Deserialize, Serialize};
+
+/// `POST /v1/tasks`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SubmitTask {
+    /// The pool (agent type) that runs the task, e.g. `code_generator`.
+    pub agent_type: String,
+    /// Free-form input handed to the agent as is.
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    pub input: serde_json::Value,
+    /// 0 (lowest) to 9 (highest); default 5.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority: Option<i32>,
+    /// Estimated difficulty, 0..1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub complexity: Option<f64>,
+    /// A second submission with the same key returns the first task (the `Idempotency-Key`
+    /// header works too).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
+    /// Deadline of each attempt in milliseconds; default from the pool or the scheduler config.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<i64>,
+    /// Attempts before the task fails; default from the pool or the scheduler config.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_attempts: Option<i32>,
+}
+
+impl SubmitTask {
+    /// A submission with defaults for everything but the type and input.
+    pub fn new(agent_type: impl Into<String>, input: serde_json::Value) -> Self {
+        Self {
+            agent_type: agent_type.into(),
+            input,
+            priority: None,
+            complexity: None,
+            idempotency_key: None,
+            timeout_ms: None,
+            max_attempts: None,
+        }
+    }
+}
+
+/// A page of `GET /v1/tasks`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct TaskPage {
+    pub tasks: Vec<Task>,
+    /// Pass as `cursor` to get the next page; absent on the last page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
+}
+
+/// `POST /v1/agents`: an instance registers itself.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RegisterAgent {
+    #[serde(rename = "type")]
+    pub agent_type: String,
+    /// Base URL the control plane reaches the instance at.
+    pub url: String,
+    /// Tasks it runs at once.
+    pub capacity: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub metadata: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+}
+
+/// Answer to `POST /v1/agents`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Registered {
+    pub id: AgentId,
+    /// How often the instance must heartbeat.
+    pub heartbeat_interval_s: u64,
+    /// Secret of the HMAC signature on requests to this instance.
+    pub signing_secret: String,
+}
+
+/// `POST /v1/agents/{id}/heartbeat`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Heartbeat {
+    /// Tasks the instance is running now.
+    pub load: u32,
+    /// Set to `draining` when the instance is shutting down.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<AgentStatus>,
+}
+
+/// What the control plane wants of an instance.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Desired {
+    Run,
+    Drain,
+}
+
+/// Answer to a heartbeat.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct HeartbeatAck {
+    pub desired: Desired,
+}
+
+/// Answer to `DELETE /v1/agents/{id}`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Deregistered {
+    /// `deregistered` when removed, `draining` while tasks are still in flight on it.
+    pub status: String,
+}
+
+/// `GET /v1/agents`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct AgentList {
+    pub agents: Vec<AgentInstance>,
+}
+
+/// Where an agent calls models during a task (filled by the model-gateway issue).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ModelGateway {
+    pub base_url: String,
+    pub token: String,
+}
+
+/// Body of `POST {agent}/execute`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ExecuteRequest {
+    pub task_id: TaskId,
+    /// Attempt number, from 1; with `task_id` it lets an agent deduplicate.
+    pub attempt: i32,
+    pub agent_type: String,
+    #[schema(value_type = Object)]
+    pub input: serde_json::Value,
+    /// The agent should give up after this instant; the control plane stops waiting then.
+    pub deadline: chrono::DateTime<chrono::Utc>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model_gateway: Option<ModelGateway>,
+}
+
+/// Model usage an agent reports with its answer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ModelUsage {
+    pub model: String,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+}
+
+/// Answer of `POST {agent}/execute`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ExecuteResponse {
+    #[schema(value_type = Object)]
+    pub output: serde_json::Value,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<Vec<ModelUsage>>,
+}
+
+/// Answer of `GET {agent}/health`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct AgentHealth {
+    pub status: AgentStatus,
+    pub load: u32,
+    pub capacity: u32,
+}
+
+/// The JSON error body of every 4xx and 5xx (DESIGN.md §8).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+/// See [`ErrorBody`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ErrorDetail {
+    /// Stable snake_case code, e.g. `invalid_field`, `unknown_agent_type`, `not_found`.
+    pub code: String,
+    /// What was wrong and how to fix it.
+    pub message: String,
+    /// The request field at fault, when there is one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+    /// The request id (also in the `x-request-id` header).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+}
+
+/// `GET /health` and `GET /ready`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Probe {
+    /// `ok`, or `unavailable` with a reason.
+    pub status: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}

@@ -1,0 +1,153 @@
+//! `/v1/agents`: the agent contract's registration, heartbeat and deregistration (DESIGN.md §6),
+//! and the fleet's listing.
+
+use crate::api::error::ApiError;
+use crate::api::extract::{JsonBody, parse_id};
+use crate::app::AppState;
+use crate::auth::Caller;
+use crate::fleet::registry::Deregistration;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use flotilla_core::agent::{AgentInstance, AgentStatus};
+use flotilla_core::auth::Role;
+use flotilla_core::config::valid_agent_type;
+use flotilla_core::id::AgentId;
+use flotilla_core::wire::{AgentList, Deregistered, ErrorBody, Heartbeat, HeartbeatAck, RegisterAgent, Registered};
+use rand::RngCore;
+
+const AGENT: &[Role] = &[Role::Admin, Role::Operator, Role::Agent];
+const READ: &[Role] = &[Role::Admin, Role::Operator, Role::Submitter, Role::Viewer, Role::Agent];
+
+pub(super) fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/agents", post(register).get(list))
+        .route("/agents/{id}", get(get_agent).delete(deregister))
+        .route("/agents/{id}/heartbeat", post(heartbeat))
+}
+
+/// Registers an instance. It gets work at once and must heartbeat at the interval given.
+#[utoipa::path(post, path = "/v1/agents", tag = "agents", request_body = RegisterAgent,
+    responses((status = 201, body = Registered), (status = 400, body = ErrorBody)), security(("bearer" = [])))]
+pub async fn register(
+    State(state): State<AppState>,
+    caller: Caller,
+    JsonBody(body): JsonBody<RegisterAgent>,
+) -> Result<(StatusCode, Json<Registered>), ApiError> {
+    caller.require(AGENT, "register agents")?;
+    if !valid_agent_type(&body.agent_type) {
+        return Err(ApiError::invalid_field("type", "`type` must be 1-64 characters of a-z, 0-9, `_` or `-`"));
+    }
+    let url = reqwest::Url::parse(&body.url)
+        .ok()
+        .filter(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
+        .ok_or_else(|| ApiError::invalid_field("url", format!("`url` must be an http(s) URL, not `{}`", body.url)))?;
+    if !(1..=10_000).contains(&body.capacity) {
+        return Err(ApiError::invalid_field("capacity", "`capacity` must be between 1 and 10000"));
+    }
+    let weight = body.weight.unwrap_or(1);
+    if !(1..=1000).contains(&weight) {
+        return Err(ApiError::invalid_field("weight", "`weight` must be between 1 and 1000"));
+    }
+    let metadata = body.metadata.unwrap_or_else(|| serde_json::json!({}));
+    if !metadata.is_object() {
+        return Err(ApiError::invalid_field("metadata", "`metadata` must be a JSON object"));
+    }
+    let mut secret = [0u8; 32];
+    rand::rng().fill_bytes(&mut secret);
+    let now = state.clock.now();
+    let agent = AgentInstance {
+        id: AgentId(uuid::Uuid::now_v7()),
+        agent_type: body.agent_type,
+        url: url.as_str().trim_end_matches('/').to_owned(),
+        capacity: body.capacity,
+        load: 0,
+        weight,
+        status: AgentStatus::Idle,
+        version: body.version,
+        metadata,
+        signing_secret: hex::encode(secret),
+        last_heartbeat: now,
+        created_at: now,
+    };
+    state.store.insert_agent(&agent).await?;
+    tracing::info!(agent_id = %agent.id, agent_type = %agent.agent_type, url = %agent.url, capacity = agent.capacity, "Instance registered");
+    let registered = Registered {
+        id: agent.id,
+        heartbeat_interval_s: state.config.scheduler.heartbeat_interval.as_secs().max(1),
+        signing_secret: agent.signing_secret.clone(),
+    };
+    let agent_type = agent.agent_type.clone();
+    state.registry.insert(agent);
+    state.dispatchers.ensure(&state, &agent_type);
+    Ok((StatusCode::CREATED, Json(registered)))
+}
+
+/// Records a heartbeat; the answer says whether to keep running or drain.
+#[utoipa::path(post, path = "/v1/agents/{id}/heartbeat", tag = "agents", request_body = Heartbeat, params(("id" = String, Path)),
+    responses((status = 200, body = HeartbeatAck), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
+pub async fn heartbeat(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    JsonBody(body): JsonBody<Heartbeat>,
+) -> Result<Json<HeartbeatAck>, ApiError> {
+    caller.require(AGENT, "send heartbeats")?;
+    let id: AgentId = parse_id(&id, "agent")?;
+    if let Some(status) = body.status
+        && status != AgentStatus::Draining
+        && !status.accepts_work()
+    {
+        return Err(ApiError::invalid_field("status", "an instance may only report `draining` or a running status"));
+    }
+    let now = state.clock.now();
+    let (desired, status) = state
+        .registry
+        .heartbeat(id, body.status, now)
+        .ok_or_else(|| ApiError::NotFound(format!("no agent {id}; register again")))?;
+    state.store.heartbeat_agent(id, body.load, status, now).await?;
+    Ok(Json(HeartbeatAck { desired }))
+}
+
+/// Deregisters an instance: no new work at once, removed when its in-flight tasks end.
+#[utoipa::path(delete, path = "/v1/agents/{id}", tag = "agents", params(("id" = String, Path)),
+    responses((status = 200, body = Deregistered), (status = 202, description = "Draining", body = Deregistered), (status = 404, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn deregister(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<(StatusCode, Json<Deregistered>), ApiError> {
+    caller.require(AGENT, "deregister agents")?;
+    let id: AgentId = parse_id(&id, "agent")?;
+    match state.registry.deregister(id) {
+        Deregistration::Removed => {
+            state.store.delete_agent(id).await?;
+            tracing::info!(agent_id = %id, "Instance deregistered");
+            Ok((StatusCode::OK, Json(Deregistered { status: "deregistered".to_owned() })))
+        }
+        Deregistration::Draining => {
+            state.store.set_agent_status(id, AgentStatus::Draining).await?;
+            tracing::info!(agent_id = %id, "Instance draining before removal");
+            Ok((StatusCode::ACCEPTED, Json(Deregistered { status: "draining".to_owned() })))
+        }
+        Deregistration::Unknown => Err(ApiError::NotFound(format!("no agent {id}"))),
+    }
+}
+
+/// Lists every registered instance with its status and load.
+#[utoipa::path(get, path = "/v1/agents", tag = "agents", responses((status = 200, body = AgentList)), security(("bearer" = [])))]
+pub async fn list(State(state): State<AppState>, caller: Caller) -> Result<Json<AgentList>, ApiError> {
+    caller.require(READ, "list agents")?;
+    Ok(Json(AgentList { agents: state.registry.list() }))
+}
+
+/// One instance.
+#[utoipa::path(get, path = "/v1/agents/{id}", tag = "agents", params(("id" = String, Path)),
+    responses((status = 200, body = AgentInstance), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
+pub async fn get_agent(State(state): State<AppState>, caller: Caller, Path(id): Path<String>) -> Result<Json<AgentInstance>, ApiError> {
+    caller.require(READ, "read agents")?;
+    let id: AgentId = parse_id(&id, "agent")?;
+    state.registry.get(id).map(Json).ok_or_else(|| ApiError::NotFound(format!("no agent {id}")))
+}

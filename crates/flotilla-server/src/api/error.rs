@@ -1,0 +1,145 @@
+//! The one error type of the HTTP edge. It owns the status code, the log level and the JSON body
+//! (`{"error": {"code", "message", "field"?, "request_id"?}}`, DESIGN.md §8).
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use flotilla_core::wire::{ErrorBody, ErrorDetail};
+use flotilla_store::StoreError;
+
+tokio::task_local! {
+    /// The request id of the request being handled, so errors can echo it.
+    pub static REQUEST_ID: String;
+}
+
+/// An error answered to an API client.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// The request is malformed: bad JSON, a wrong type, a missing or out-of-range field.
+    #[error("{message}")]
+    BadRequest { code: &'static str, message: String, field: Option<String> },
+    /// No (valid) credentials.
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// Valid credentials without the right to do this.
+    #[error("{0}")]
+    Forbidden(String),
+    /// The resource does not exist (or belongs to another tenant).
+    #[error("{0}")]
+    NotFound(String),
+    /// The route exists but not with this method.
+    #[error("{0}")]
+    MethodNotAllowed(String),
+    /// The request conflicts with the resource's state (e.g. cancelling a finished task).
+    #[error("{0}")]
+    Conflict(String),
+    /// The body is larger than the configured limit.
+    #[error("request body exceeds the limit of {limit} bytes")]
+    PayloadTooLarge { limit: usize },
+    /// The body is not JSON.
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    /// Well-formed but impossible to act on, e.g. an agent type no pool or instance serves.
+    #[error("{message}")]
+    Unprocessable { code: &'static str, message: String, field: Option<String> },
+    /// The server cannot serve now (store unreachable, shutting down); retry later.
+    #[error("{0}")]
+    Unavailable(String),
+    /// Our own fault; details are logged, not sent.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl ApiError {
+    /// A 400 naming the field at fault.
+    pub fn invalid_field(field: impl Into<String>, message: impl Into<String>) -> Self {
+        ApiError::BadRequest { code: "invalid_field", message: message.into(), field: Some(field.into()) }
+    }
+
+    /// A 400 without a particular field.
+    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+        ApiError::BadRequest { code, message: message.into(), field: None }
+    }
+
+    /// The HTTP status of this error.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::BadRequest { .. } => StatusCode::BAD_REQUEST,
+            ApiError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::Unprocessable { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn code(&self) -> &'static str {
+        match self {
+            ApiError::BadRequest { code, .. } | ApiError::Unprocessable { code, .. } => code,
+            ApiError::Unauthenticated(_) => "unauthenticated",
+            ApiError::Forbidden(_) => "forbidden",
+            ApiError::NotFound(_) => "not_found",
+            ApiError::MethodNotAllowed(_) => "method_not_allowed",
+            ApiError::Conflict(_) => "conflict",
+            ApiError::PayloadTooLarge { .. } => "payload_too_large",
+            ApiError::UnsupportedMediaType(_) => "unsupported_media_type",
+            ApiError::Unavailable(_) => "unavailable",
+            ApiError::Internal(_) => "internal",
+        }
+    }
+
+    fn field(&self) -> Option<String> {
+        match self {
+            ApiError::BadRequest { field, .. } | ApiError::Unprocessable { field, .. } => field.clone(),
+            _ => None,
+        }
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Database(sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed) => {
+                ApiError::Unavailable(format!("the store is unavailable: {e}"))
+            }
+            other => ApiError::Internal(other.to_string()),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let request_id = REQUEST_ID.try_with(Clone::clone).ok();
+        // Our own faults are logged with detail and answered without it.
+        let message = match &self {
+            ApiError::Internal(detail) => {
+                tracing::error!(request_id = request_id.as_deref().unwrap_or("-"), error = %detail, "Request failed");
+                "the server failed to handle the request; it has been logged".to_owned()
+            }
+            ApiError::Unavailable(detail) => {
+                tracing::warn!(request_id = request_id.as_deref().unwrap_or("-"), error = %detail, "Request refused");
+                self.to_string()
+            }
+            _ => self.to_string(),
+        };
+        let body = ErrorBody {
+            error: ErrorDetail { code: self.code().to_owned(), message, field: self.field(), request_id },
+        };
+        let mut response = (status, axum::Json(body)).into_response();
+        match &self {
+            ApiError::Unauthenticated(_) => {
+                response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            ApiError::Unavailable(_) => {
+                response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            _ => {}
+        }
+        response
+    }
+}

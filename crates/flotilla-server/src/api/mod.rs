@@ -1,0 +1,69 @@
+//! The HTTP API: one router per resource, one [`error::ApiError`], request ids on everything.
+
+pub mod agents;
+pub mod error;
+pub mod extract;
+pub mod openapi;
+pub mod probes;
+pub mod tasks;
+
+use crate::app::AppState;
+use crate::auth::require_key;
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, Request};
+use axum::http::header::AUTHORIZATION;
+use axum::http::{HeaderName, Method, Uri};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use error::{ApiError, REQUEST_ID};
+use std::any::Any;
+use std::iter::once;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
+use tower_http::trace::TraceLayer;
+
+const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// The whole API.
+pub fn router(state: AppState) -> Router {
+    let v1 = Router::new()
+        .merge(tasks::routes())
+        .merge(agents::routes())
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_key));
+    Router::new()
+        .merge(probes::routes())
+        .merge(openapi::routes())
+        .nest("/v1", v1)
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
+        .layer(middleware::from_fn(request_id_scope))
+        .layer(TraceLayer::new_for_http().make_span_with(|request: &Request| {
+            let id = request.headers().get(&X_REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or("-");
+            tracing::debug_span!("request", method = %request.method(), uri = %request.uri(), request_id = %id)
+        }))
+        .layer(PropagateRequestIdLayer::new(X_REQUEST_ID))
+        .layer(SetRequestIdLayer::new(X_REQUEST_ID, MakeRequestUuid))
+        .layer(CatchPanicLayer::custom(on_panic))
+        .layer(SetSensitiveRequestHeadersLayer::new(once(AUTHORIZATION)))
+        .with_state(state)
+}
+
+/// Makes the request id available to [`ApiError`] while the request is handled.
+async fn request_id_scope(request: Request, next: Next) -> Response {
+    let id = request.headers().get(&X_REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
+    REQUEST_ID.scope(id, next.run(request)).await
+}
+
+async fn not_found(uri: Uri) -> ApiError {
+    ApiError::NotFound(format!("no route for {}; see /openapi.json for the API", uri.path()))
+}
+
+async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
+    ApiError::MethodNotAllowed(format!("{} does not accept {method}", uri.path()))
+}
+
+fn on_panic(_: Box<dyn Any + Send + 'static>) -> Response {
+    ApiError::Internal("a handler panicked".to_owned()).into_response()
+}

@@ -1,0 +1,48 @@
+//! The state shared by handlers and background loops.
+
+use crate::auth::KeyCache;
+use crate::clock::Clock;
+use crate::fleet::registry::Registry;
+use crate::fleet::wakers::Wakers;
+use crate::scheduler::completion::Completions;
+use crate::scheduler::dispatcher::Dispatchers;
+use crate::scheduler::intake::Intake;
+use crate::waiters::Waiters;
+use flotilla_core::config::Config;
+use flotilla_store::DynStore;
+use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
+
+/// Everything a handler or loop needs; cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub store: DynStore,
+    pub clock: Arc<dyn Clock>,
+    pub registry: Arc<Registry>,
+    pub wakers: Arc<Wakers>,
+    pub waiters: Arc<Waiters>,
+    pub keys: Arc<KeyCache>,
+    pub intake: Intake,
+    pub completions: Completions,
+    pub dispatchers: Arc<Dispatchers>,
+    /// HTTP client for agents.
+    pub http: reqwest::Client,
+    /// This process's lease owner name (unique per start).
+    pub owner: Arc<str>,
+    /// Cancelled when the server begins to shut down.
+    pub shutdown: CancellationToken,
+}
+
+impl AppState {
+    /// True when tasks of `agent_type` can be accepted: a pool is configured or an instance of
+    /// that type is registered.
+    pub fn serves_type(&self, agent_type: &str) -> bool {
+        self.config.pools.iter().any(|p| p.name == agent_type) || self.registry.knows_type(agent_type)
+    }
+
+    /// The configured pool of a type, if any.
+    pub fn pool(&self, agent_type: &str) -> Option<&flotilla_core::config::Pool> {
+        self.config.pools.iter().find(|p| p.name == agent_type)
+    }
+}

@@ -1,0 +1,80 @@
+//! The bootstrap admin key: created at the first start (or taken from
+//! `FLOTILLA_BOOTSTRAP_ADMIN_KEY`) so that a fresh control plane can be used at once.
+
+use crate::auth::hash_secret;
+use flotilla_core::Timestamp;
+use flotilla_core::auth::{ApiKeyRecord, Role, format_key, parse_key};
+use flotilla_core::id::TenantId;
+use flotilla_store::{Store, StoreError};
+use rand::Rng;
+use rand::distr::Alphanumeric;
+
+/// Why the bootstrap key could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum BootstrapError {
+    /// `FLOTILLA_BOOTSTRAP_ADMIN_KEY` is not of the form `flt_<id>_<secret>`.
+    #[error("FLOTILLA_BOOTSTRAP_ADMIN_KEY must look like flt_<letters/digits>_<letters/digits>")]
+    MalformedKey,
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// A key that was just created; the only moment its full text exists.
+pub struct NewKey(pub String);
+
+impl std::fmt::Debug for NewKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("NewKey(<redacted>)")
+    }
+}
+
+/// Generates a new random key: a 12-character public id and a 43-character secret (≥ 256 bits).
+pub fn generate_key() -> String {
+    let mut rng = rand::rng();
+    let public: String = (&mut rng).sample_iter(Alphanumeric).take(12).map(char::from).collect();
+    let secret: String = (&mut rng).sample_iter(Alphanumeric).take(43).map(char::from).collect();
+    format_key(&public.to_ascii_lowercase(), &secret)
+}
+
+/// Ensures an admin key exists. With `preset` (from the environment) that key is stored if it is
+/// not already; without, a key is generated only when the store has none. Returns the key when
+/// one was created from nothing, so the caller can print it once.
+pub async fn ensure_admin_key(store: &dyn Store, preset: Option<&str>, now: Timestamp) -> Result<Option<NewKey>, BootstrapError> {
+    store.ensure_tenant(TenantId::DEFAULT, "default", now).await?;
+    let (text, generated) = match preset {
+        Some(text) => (text.to_owned(), false),
+        None if store.count_api_keys().await? == 0 => (generate_key(), true),
+        None => return Ok(None),
+    };
+    let parts = parse_key(&text).ok_or(BootstrapError::MalformedKey)?;
+    if store.get_api_key(parts.public_id).await?.is_some() {
+        return Ok(None);
+    }
+    let record = ApiKeyRecord {
+        id: parts.public_id.to_owned(),
+        tenant_id: TenantId::DEFAULT,
+        role: Role::Admin,
+        name: "bootstrap admin".to_owned(),
+        secret_hash: hash_secret(parts.secret),
+        created_at: now,
+        expires_at: None,
+        revoked_at: None,
+    };
+    store.insert_api_key(&record).await?;
+    Ok(generated.then_some(NewKey(text)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_keys_parse_and_differ() {
+        let a = generate_key();
+        let b = generate_key();
+        assert_ne!(a, b);
+        let parts = parse_key(&a);
+        assert_eq!(parts.map(|p| (p.public_id.len(), p.secret.len())), Some((12, 43)));
+    }
+}

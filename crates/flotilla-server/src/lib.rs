@@ -1,0 +1,171 @@
+//! The control plane shell: the HTTP API, the scheduler that moves tasks from the queue to agent
+//! instances, and the fleet registry. Decisions are delegated to flotilla-core; persistence to
+//! flotilla-store. Every long-running loop is started and stopped by [`start`] and
+//! [`RunningServer::stop`], never detached.
+
+pub mod api;
+pub mod app;
+pub mod auth;
+pub mod clock;
+pub mod fleet;
+pub mod scheduler;
+pub mod waiters;
+
+use crate::app::AppState;
+use crate::auth::bootstrap::{BootstrapError, NewKey, ensure_admin_key};
+use crate::clock::{Clock, SystemClock};
+use crate::fleet::registry::Registry;
+use crate::fleet::wakers::Wakers;
+use crate::scheduler::dispatcher::Dispatchers;
+use flotilla_core::config::Config;
+use flotilla_store::{DynStore, StoreError};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// How long shutdown waits for in-flight attempts before leaving them to lease expiry.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The store failed at start-up.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The bootstrap key could not be set up.
+    #[error(transparent)]
+    Bootstrap(#[from] BootstrapError),
+    /// The listener could not be bound or served.
+    #[error("cannot listen on {addr}: {source}")]
+    Listen { addr: SocketAddr, source: std::io::Error },
+    /// The HTTP client for agents could not be built.
+    #[error("cannot build the HTTP client: {0}")]
+    Http(#[from] reqwest::Error),
+}
+
+/// Start-up options that are not configuration.
+#[derive(Default)]
+pub struct StartOptions {
+    /// `FLOTILLA_BOOTSTRAP_ADMIN_KEY`: an admin key to ensure exists.
+    pub bootstrap_key: Option<String>,
+    /// A clock to use instead of the system clock (tests).
+    pub clock: Option<Arc<dyn Clock>>,
+}
+
+/// A started control plane.
+pub struct RunningServer {
+    /// The bound API address.
+    pub addr: SocketAddr,
+    /// The admin key created at this start, if one was (print it once).
+    pub new_admin_key: Option<NewKey>,
+    state: AppState,
+    http: JoinHandle<std::io::Result<()>>,
+    writers: TaskTracker,
+    stop_writers: CancellationToken,
+}
+
+/// Opens nothing itself: takes a migrated store, binds the listener and starts every loop.
+pub async fn start(config: Config, store: DynStore, options: StartOptions) -> Result<RunningServer, ServerError> {
+    let clock = options.clock.unwrap_or_else(|| Arc::new(SystemClock));
+    let now = clock.now();
+    let new_admin_key = ensure_admin_key(store.as_ref(), options.bootstrap_key.as_deref(), now).await?;
+
+    let shutdown = CancellationToken::new();
+    let stop_writers = CancellationToken::new();
+    let writers = TaskTracker::new();
+    let wakers = Arc::new(Wakers::default());
+    let waiters = Arc::new(waiters::Waiters::default());
+    let registry = Arc::new(Registry::new(wakers.clone()));
+    registry.load(store.list_agents().await?, now);
+
+    let (intake, intake_writer) = scheduler::intake::channel(store.clone(), wakers.clone(), stop_writers.clone());
+    let (completions, completion_writer) =
+        scheduler::completion::channel(store.clone(), waiters.clone(), wakers.clone(), stop_writers.clone());
+    writers.spawn(intake_writer);
+    writers.spawn(completion_writer);
+
+    let config = Arc::new(config);
+    let state = AppState {
+        config: config.clone(),
+        store: store.clone(),
+        clock,
+        registry: registry.clone(),
+        wakers,
+        waiters,
+        keys: Arc::default(),
+        intake,
+        completions,
+        dispatchers: Arc::new(Dispatchers::new(shutdown.clone())),
+        http: scheduler::dispatch::http_client()?,
+        owner: format!("flotilla-{}", uuid::Uuid::now_v7()).into(),
+        shutdown: shutdown.clone(),
+    };
+
+    // Dispatchers for every type that has a pool, an instance or queued work.
+    let mut types: Vec<String> = config.pools.iter().map(|p| p.name.clone()).collect();
+    types.extend(registry.types());
+    types.extend(store.queued_by_type().await?.into_keys());
+    for agent_type in types {
+        state.dispatchers.ensure(&state, &agent_type);
+    }
+    writers.spawn(scheduler::lease::run(state.clone(), shutdown.clone()));
+    writers.spawn(fleet::heartbeat::run(state.clone(), shutdown.clone()));
+
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| ServerError::Listen { addr: config.listen, source })?;
+    let addr = listener.local_addr().map_err(|source| ServerError::Listen { addr: config.listen, source })?;
+    let router = api::router(state.clone());
+    let graceful = shutdown.clone();
+    let http = tokio::spawn(async move {
+        axum::serve(listener, router).with_graceful_shutdown(async move { graceful.cancelled().await }).await
+    });
+    tracing::info!(%addr, store = store.backend(), owner = %state.owner, "Control plane listening");
+    Ok(RunningServer { addr, new_admin_key, state, http, writers, stop_writers })
+}
+
+impl RunningServer {
+    /// A token that stops the server when cancelled (e.g. on SIGTERM).
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.state.shutdown.clone()
+    }
+
+    /// The shared state (for in-process tests).
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Waits until the shutdown token is cancelled, then stops in order: stop accepting requests
+    /// and claiming tasks, let in-flight attempts finish (up to [`SHUTDOWN_GRACE`]), write every
+    /// pending submission and result, stop the loops.
+    pub async fn wait(self) {
+        self.state.shutdown.cancelled().await;
+        match self.http.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "HTTP server failed"),
+            Err(e) => tracing::error!(error = %e, "HTTP server task failed"),
+        }
+        self.state.dispatchers.stopped().await;
+        let attempts = &self.state.dispatchers.attempts;
+        attempts.close();
+        if tokio::time::timeout(SHUTDOWN_GRACE, attempts.wait()).await.is_err() {
+            tracing::warn!(
+                in_flight = attempts.len(),
+                "Attempts still running after the grace period; their leases will expire and they will re-run"
+            );
+        }
+        self.stop_writers.cancel();
+        self.writers.close();
+        self.writers.wait().await;
+        tracing::info!("Control plane stopped");
+    }
+
+    /// Cancels the shutdown token and waits for the orderly stop.
+    pub async fn stop(self) {
+        self.state.shutdown.cancel();
+        self.wait().await;
+    }
+}

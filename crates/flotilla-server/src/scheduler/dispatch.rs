@@ -1,0 +1,73 @@
+//! One attempt: `POST {instance}/execute` with the §6 envelope and a deadline.
+//!
+//! Every way the call can go wrong becomes a [`DispatchFailure`], whose blame decides retries in
+//! flotilla-core; nothing here panics or hangs past the deadline.
+
+use flotilla_core::retry::DispatchFailure;
+use flotilla_core::wire::{ExecuteRequest, ExecuteResponse};
+use reqwest::header::{CONTENT_TYPE, HeaderValue};
+use std::time::Duration;
+
+/// Largest agent answer read; a bigger one fails the attempt.
+const MAX_RESPONSE_BYTES: usize = 16 * 1024 * 1024;
+
+/// The HTTP client for agents: pooled keep-alive connections with `TCP_NODELAY` (DESIGN.md §7).
+pub fn http_client() -> reqwest::Result<reqwest::Client> {
+    reqwest::Client::builder()
+        .tcp_nodelay(true)
+        .pool_idle_timeout(Duration::from_secs(90))
+        .pool_max_idle_per_host(256)
+        .connect_timeout(Duration::from_secs(5))
+        .no_proxy()
+        .build()
+}
+
+/// Calls the instance at `base_url` and waits at most `timeout`.
+pub async fn execute(
+    http: &reqwest::Client,
+    base_url: &str,
+    request: &ExecuteRequest,
+    traceparent: Option<&str>,
+    timeout: Duration,
+) -> Result<ExecuteResponse, DispatchFailure> {
+    let body = serde_json::to_vec(request).map_err(|e| DispatchFailure::InvalidResponse(e.to_string()))?;
+    let mut call = http
+        .post(format!("{}/execute", base_url.trim_end_matches('/')))
+        .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
+        .body(body)
+        .timeout(timeout);
+    if let Some(traceparent) = traceparent {
+        call = call.header("traceparent", traceparent);
+    }
+    let response = call.send().await.map_err(transport_failure)?;
+    let status = response.status();
+    if response.content_length().is_some_and(|n| n > MAX_RESPONSE_BYTES as u64) {
+        return Err(DispatchFailure::InvalidResponse(format!("answer larger than {MAX_RESPONSE_BYTES} bytes")));
+    }
+    let bytes = response.bytes().await.map_err(transport_failure)?;
+    if !status.is_success() {
+        return Err(DispatchFailure::Status {
+            code: status.as_u16(),
+            body: String::from_utf8_lossy(&bytes[..bytes.len().min(1024)]).into_owned(),
+        });
+    }
+    if bytes.len() > MAX_RESPONSE_BYTES {
+        return Err(DispatchFailure::InvalidResponse(format!("answer larger than {MAX_RESPONSE_BYTES} bytes")));
+    }
+    serde_json::from_slice(&bytes).map_err(|e| DispatchFailure::InvalidResponse(e.to_string()))
+}
+
+fn transport_failure(e: reqwest::Error) -> DispatchFailure {
+    if e.is_timeout() {
+        return DispatchFailure::Timeout;
+    }
+    // reqwest's own message is generic; the cause chain says what happened.
+    let mut message = e.to_string();
+    let mut source = std::error::Error::source(&e);
+    while let Some(cause) = source {
+        message.push_str(": ");
+        message.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    DispatchFailure::Connect(message)
+}

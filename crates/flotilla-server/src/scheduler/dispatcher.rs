@@ -1,0 +1,152 @@
+//! One dispatcher loop per agent type: claim as many queued tasks as there are free slots, start
+//! an attempt for each, sleep until woken (submission, freed slot, new instance) or a short poll
+//! interval passes (retries whose backoff ends, leases re-queued elsewhere).
+
+use crate::app::AppState;
+use crate::fleet::registry::Slot;
+use crate::scheduler::dispatch;
+use flotilla_core::retry::{BackoffPolicy, after_failure};
+use flotilla_core::task::{AttemptEnd, AttemptResult, Task};
+use flotilla_core::wire::ExecuteRequest;
+use std::collections::HashSet;
+use std::sync::Mutex;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// How long an idle dispatcher sleeps without a wake-up before looking at the queue again.
+const IDLE_POLL: Duration = Duration::from_millis(200);
+
+/// The set of running dispatcher loops and the tracker of their attempts.
+pub struct Dispatchers {
+    started: Mutex<HashSet<String>>,
+    /// Dispatcher loops.
+    loops: TaskTracker,
+    /// In-flight attempts; waited for (up to a grace period) at shutdown.
+    pub attempts: TaskTracker,
+    shutdown: CancellationToken,
+}
+
+impl Dispatchers {
+    /// No dispatchers yet; they stop claiming when `shutdown` is cancelled.
+    pub fn new(shutdown: CancellationToken) -> Self {
+        Self { started: Mutex::default(), loops: TaskTracker::new(), attempts: TaskTracker::new(), shutdown }
+    }
+
+    /// Starts the dispatcher of `agent_type` unless it runs already.
+    pub fn ensure(&self, state: &AppState, agent_type: &str) {
+        let Ok(mut started) = self.started.lock() else { return };
+        if self.shutdown.is_cancelled() || !started.insert(agent_type.to_owned()) {
+            return;
+        }
+        tracing::debug!(agent_type, "Dispatcher started");
+        self.loops.spawn(run(state.clone(), agent_type.to_owned(), self.shutdown.clone()));
+    }
+
+    /// Waits for the dispatcher loops to stop (after shutdown was cancelled).
+    pub async fn stopped(&self) {
+        self.loops.close();
+        self.loops.wait().await;
+    }
+}
+
+async fn run(state: AppState, agent_type: String, shutdown: CancellationToken) {
+    let wake = state.wakers.get(&agent_type);
+    let batch = state.config.scheduler.claim_batch;
+    loop {
+        if shutdown.is_cancelled() {
+            return;
+        }
+        let free = state.registry.free_capacity(&agent_type);
+        let mut wait = IDLE_POLL;
+        if free > 0 {
+            let want = free.min(batch);
+            let now = state.clock.now();
+            let lease = now + chrono::Duration::from_std(state.config.scheduler.lease_ttl).unwrap_or(chrono::Duration::MAX);
+            match state.store.claim_tasks(&agent_type, want, &state.owner, lease, now).await {
+                Ok(tasks) => {
+                    let full = tasks.len() as u32 == want;
+                    for task in tasks {
+                        start_attempt(&state, task);
+                    }
+                    if full {
+                        // There may be more queued: go round again without sleeping.
+                        continue;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(agent_type, error = %e, "Could not claim tasks");
+                    wait = Duration::from_secs(1);
+                }
+            }
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = wake.notified() => {}
+            () = tokio::time::sleep(wait) => {}
+        }
+    }
+}
+
+/// Reserves an instance for a claimed task and starts its attempt.
+fn start_attempt(state: &AppState, task: Task) {
+    // A retried task avoids the instance it last failed on, when another has room.
+    let avoid: Vec<_> = task.agent_id.filter(|_| task.attempt > 1).into_iter().collect();
+    let Some(slot) = state.registry.acquire(&task.agent_type, &avoid) else {
+        // The slot counted before the claim vanished (an instance failed or left meanwhile).
+        let now = state.clock.now();
+        state.completions.send(AttemptEnd {
+            task_id: task.id,
+            attempt: task.attempt,
+            agent_id: None,
+            started_at: now,
+            finished_at: now,
+            result: AttemptResult::Retry { error: "no instance had room when the task was claimed".to_owned(), not_before: now },
+        });
+        return;
+    };
+    state.dispatchers.attempts.spawn(attempt(state.clone(), task, slot));
+}
+
+async fn attempt(state: AppState, task: Task, slot: Slot) {
+    let started_at = state.clock.now();
+    let timeout = Duration::from_millis(u64::try_from(task.timeout_ms).unwrap_or(1).max(1));
+    let deadline = started_at + chrono::Duration::from_std(timeout).unwrap_or(chrono::Duration::MAX);
+    let traceparent = task.trace_id.as_deref().map(|trace| format!("00-{trace}-{:016x}-01", rand::random::<u64>()));
+    let request = ExecuteRequest {
+        task_id: task.id,
+        attempt: task.attempt,
+        agent_type: task.agent_type.clone(),
+        input: task.input.clone(),
+        deadline,
+        model_gateway: None,
+    };
+    let outcome = dispatch::execute(&state.http, &slot.url, &request, traceparent.as_deref(), timeout).await;
+    let finished_at = state.clock.now();
+    if state.registry.release(slot.agent_id)
+        && let Err(e) = state.store.delete_agent(slot.agent_id).await
+    {
+        tracing::warn!(agent_id = %slot.agent_id, error = %e, "Could not delete the drained instance");
+    }
+    let result = match outcome {
+        Ok(answer) => AttemptResult::Succeeded {
+            output: answer.output,
+            usage: answer.usage.and_then(|usage| serde_json::to_value(usage).ok()),
+        },
+        Err(failure) => {
+            let policy =
+                BackoffPolicy { base: state.config.scheduler.retry_base, max: state.config.scheduler.retry_max };
+            let result = after_failure(&failure, task.attempt, task.max_attempts, policy, finished_at, rand::random());
+            tracing::info!(task_id = %task.id, attempt = task.attempt, agent_id = %slot.agent_id, error = %failure.describe(), "Attempt failed");
+            result
+        }
+    };
+    state.completions.send(AttemptEnd {
+        task_id: task.id,
+        attempt: task.attempt,
+        agent_id: Some(slot.agent_id),
+        started_at,
+        finished_at,
+        result,
+    });
+}

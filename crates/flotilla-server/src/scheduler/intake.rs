@@ -1,0 +1,83 @@
+//! Group commit of submissions: concurrent `POST /v1/tasks` calls are written in one store
+//! transaction, and each caller is answered only after its task is durable. One fsync then
+//! covers many tasks, which is what lets SQLite with `synchronous=FULL` keep up.
+
+use crate::fleet::wakers::Wakers;
+use flotilla_core::task::NewTask;
+use flotilla_store::{DynStore, Inserted};
+use std::sync::Arc;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+/// Most submissions written in one transaction.
+const MAX_BATCH: usize = 256;
+
+type Reply = oneshot::Sender<Result<Inserted, String>>;
+
+/// The sending side, held by the API.
+#[derive(Clone)]
+pub struct Intake {
+    tx: mpsc::Sender<(NewTask, Reply)>,
+}
+
+/// Why a submission was not stored.
+#[derive(Debug, thiserror::Error)]
+pub enum IntakeError {
+    /// The writer has stopped (shutdown).
+    #[error("the control plane is shutting down")]
+    Stopped,
+    /// The store refused the batch.
+    #[error("the store failed: {0}")]
+    Store(String),
+}
+
+impl Intake {
+    /// Stores one task; returns once it is durable.
+    pub async fn submit(&self, task: NewTask) -> Result<Inserted, IntakeError> {
+        let (reply, answer) = oneshot::channel();
+        self.tx.send((task, reply)).await.map_err(|_| IntakeError::Stopped)?;
+        answer.await.map_err(|_| IntakeError::Stopped)?.map_err(IntakeError::Store)
+    }
+}
+
+/// Creates the intake and its writer loop, which runs until `stop` and then drains what was
+/// already sent.
+pub fn channel(store: DynStore, wakers: Arc<Wakers>, stop: CancellationToken) -> (Intake, impl Future<Output = ()>) {
+    let (tx, rx) = mpsc::channel(4 * MAX_BATCH);
+    (Intake { tx }, writer(store, wakers, rx, stop))
+}
+
+async fn writer(store: DynStore, wakers: Arc<Wakers>, mut rx: mpsc::Receiver<(NewTask, Reply)>, stop: CancellationToken) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    loop {
+        tokio::select! {
+            biased;
+            n = rx.recv_many(&mut batch, MAX_BATCH) => if n == 0 { return },
+            () = stop.cancelled() => {
+                rx.close();
+                if rx.recv_many(&mut batch, MAX_BATCH).await == 0 { return }
+            }
+        }
+        let (tasks, replies): (Vec<NewTask>, Vec<Reply>) = batch.drain(..).unzip();
+        match store.insert_tasks(&tasks).await {
+            Ok(results) => {
+                let mut types = std::collections::BTreeSet::new();
+                for (result, reply) in results.into_iter().zip(replies) {
+                    if let Inserted::Created(task) = &result {
+                        types.insert(task.agent_type.clone());
+                    }
+                    let _ = reply.send(Ok(result));
+                }
+                for agent_type in types {
+                    wakers.wake(&agent_type);
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, tasks = tasks.len(), "Could not store submitted tasks");
+                for reply in replies {
+                    let _ = reply.send(Err(e.to_string()));
+                }
+            }
+        }
+    }
+}

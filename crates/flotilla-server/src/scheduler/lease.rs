@@ -1,0 +1,35 @@
+//! Leases: this process renews the leases of the tasks it runs, and returns any expired lease's
+//! task to the queue — a replica (or an earlier run of this process) that died mid-attempt.
+
+use crate::app::AppState;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// Runs until `shutdown`: renews every third of the lease time and reaps expired leases.
+pub async fn run(state: AppState, shutdown: CancellationToken) {
+    let ttl = state.config.scheduler.lease_ttl;
+    let period = (ttl / 3).min(Duration::from_secs(1));
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let now = state.clock.now();
+        let until = now + chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::MAX);
+        if let Err(e) = state.store.renew_leases(&state.owner, until).await {
+            tracing::warn!(error = %e, "Could not renew leases");
+        }
+        match state.store.requeue_expired(now).await {
+            Ok(requeued) => {
+                for task in requeued {
+                    tracing::warn!(task_id = %task.task_id, attempt = task.attempt, "Lease expired; task re-queued");
+                    state.dispatchers.ensure(&state, &task.agent_type);
+                    state.wakers.wake(&task.agent_type);
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "Could not re-queue expired leases"),
+        }
+    }
+}

@@ -1,0 +1,179 @@
+//! Persistence of Flotilla's state: the [`Store`] trait and its two implementations, SQLite (the
+//! embedded default: one file in the data directory, WAL, `synchronous=FULL`) and PostgreSQL
+//! (shared by several replicas). Migrations are embedded per backend.
+//!
+//! Architecture invariant: this is the only crate that writes SQL. It persists ids and timestamps
+//! as the caller gives them and makes no decisions beyond the atomicity the contracts below need
+//! (first terminal write wins; a claim takes each task once).
+
+use async_trait::async_trait;
+use flotilla_core::Timestamp;
+use flotilla_core::agent::{AgentInstance, AgentStatus};
+use flotilla_core::auth::ApiKeyRecord;
+use flotilla_core::id::{AgentId, TaskId, TenantId};
+use flotilla_core::task::{AttemptEnd, NewTask, Task, TaskStatus};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+mod postgres;
+mod rows;
+mod sqlite;
+
+pub use postgres::PostgresStore;
+pub use sqlite::SqliteStore;
+
+/// What went wrong in the store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database could not be reached or answered with an error.
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    /// Migrations could not be applied.
+    #[error("migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// A stored row could not be read back into its type (a bug or a hand-edited database).
+    #[error("corrupt row: {0}")]
+    Corrupt(String),
+}
+
+/// Result of the store.
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// Outcome of inserting one task.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Inserted {
+    /// A new task.
+    Created(Task),
+    /// A task with the same tenant and idempotency key existed; it is returned unchanged.
+    Existing(Task),
+}
+
+impl Inserted {
+    /// The task, new or existing.
+    pub fn task(&self) -> &Task {
+        match self {
+            Inserted::Created(t) | Inserted::Existing(t) => t,
+        }
+    }
+}
+
+/// Filter and page of `list_tasks`. Tasks come newest first (by id, which is UUIDv7).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct TaskFilter {
+    /// Only this tenant's tasks (`None`: all tenants).
+    pub tenant_id: Option<TenantId>,
+    pub status: Option<TaskStatus>,
+    pub agent_type: Option<String>,
+    /// Only tasks with an id strictly less than this (the cursor of the previous page).
+    pub before: Option<TaskId>,
+    /// At most this many tasks.
+    pub limit: u32,
+}
+
+/// Outcome of a cancellation.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Cancelled {
+    /// The task was queued or running and is now `cancelled`.
+    Done(Task),
+    /// The task had already finished; it is returned unchanged.
+    AlreadyFinished(Task),
+    /// No such task (for this tenant).
+    NotFound,
+}
+
+/// A task whose lease expired and which went back to the queue.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Requeued {
+    pub task_id: TaskId,
+    pub attempt: i32,
+    pub agent_type: String,
+}
+
+/// Everything Flotilla persists. Implementations must be safe to share between tasks.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// `"sqlite"` or `"postgres"`.
+    fn backend(&self) -> &'static str;
+
+    /// Applies pending migrations.
+    async fn migrate(&self) -> StoreResult<()>;
+    /// Ok when the database answers and every embedded migration is applied.
+    async fn ready(&self) -> StoreResult<bool>;
+
+    // --- tenants and keys ---
+    /// Creates the tenant if it does not exist.
+    async fn ensure_tenant(&self, id: TenantId, name: &str, now: Timestamp) -> StoreResult<()>;
+    async fn insert_api_key(&self, key: &ApiKeyRecord) -> StoreResult<()>;
+    async fn get_api_key(&self, id: &str) -> StoreResult<Option<ApiKeyRecord>>;
+    async fn count_api_keys(&self) -> StoreResult<u64>;
+
+    // --- tasks ---
+    /// Inserts tasks in one transaction, in order. A task whose (tenant, idempotency key) exists
+    /// already yields [`Inserted::Existing`] with the stored task and inserts nothing.
+    async fn insert_tasks(&self, tasks: &[NewTask]) -> StoreResult<Vec<Inserted>>;
+    /// One task with its attempts, when it exists (and belongs to `tenant`, when given).
+    async fn get_task(&self, tenant: Option<TenantId>, id: TaskId) -> StoreResult<Option<Task>>;
+    async fn list_tasks(&self, filter: &TaskFilter) -> StoreResult<Vec<Task>>;
+    /// Queued or running → cancelled (first terminal write wins).
+    async fn cancel_task(&self, tenant: Option<TenantId>, id: TaskId, now: Timestamp) -> StoreResult<Cancelled>;
+    /// Claims up to `limit` queued tasks of `agent_type` whose `not_before` has passed, in order of
+    /// priority (high first) then age (old first): each becomes `running`, its `attempt` grows by
+    /// one, `started_at` is set if unset, and it gets the lease (`owner`, `lease_expires_at`).
+    /// A task is never returned to two concurrent claims.
+    async fn claim_tasks(
+        &self,
+        agent_type: &str,
+        limit: u32,
+        owner: &str,
+        lease_expires_at: Timestamp,
+        now: Timestamp,
+    ) -> StoreResult<Vec<Task>>;
+    /// Records the end of attempts in one transaction. Each end applies only if the task is still
+    /// `running` with that attempt number (otherwise it was cancelled or its lease expired and it
+    /// was claimed again) — the attempt row is recorded either way. Returns, per end, the updated
+    /// task when it applied and `None` when it did not.
+    async fn finish_attempts(&self, ends: &[AttemptEnd]) -> StoreResult<Vec<Option<Task>>>;
+    /// Extends the lease of every running task owned by `owner`.
+    async fn renew_leases(&self, owner: &str, lease_expires_at: Timestamp) -> StoreResult<u64>;
+    /// Returns running tasks whose lease expired before `now` to `queued` (available at once),
+    /// recording a `lost` attempt for each.
+    async fn requeue_expired(&self, now: Timestamp) -> StoreResult<Vec<Requeued>>;
+    /// Number of tasks per status (all tenants).
+    ///
+    /// NOTE: `TaskStatus` does not implement `Ord` yet, so no entry can be put in this map: until
+    /// `flotilla-core` derives `PartialOrd, Ord` on it, this returns an empty map (and logs an
+    /// error). Use [`Store::task_counts_by_status`].
+    async fn count_tasks_by_status(&self) -> StoreResult<BTreeMap<TaskStatus, u64>>;
+    /// Number of tasks per status (all tenants): every status in lifecycle order
+    /// ([`TaskStatus::ALL`]), those without tasks with 0.
+    async fn task_counts_by_status(&self) -> StoreResult<Vec<(TaskStatus, u64)>>;
+    /// Number of queued tasks per agent type.
+    async fn queued_by_type(&self) -> StoreResult<BTreeMap<String, u64>>;
+    /// The earliest `not_before` among queued tasks of `agent_type`, if any is queued.
+    async fn next_not_before(&self, agent_type: &str) -> StoreResult<Option<Timestamp>>;
+
+    // --- agents ---
+    async fn insert_agent(&self, agent: &AgentInstance) -> StoreResult<()>;
+    async fn get_agent(&self, id: AgentId) -> StoreResult<Option<AgentInstance>>;
+    async fn list_agents(&self) -> StoreResult<Vec<AgentInstance>>;
+    /// Records a heartbeat; false when the agent does not exist.
+    async fn heartbeat_agent(&self, id: AgentId, load: u32, status: AgentStatus, now: Timestamp) -> StoreResult<bool>;
+    /// Sets the status; false when the agent does not exist.
+    async fn set_agent_status(&self, id: AgentId, status: AgentStatus) -> StoreResult<bool>;
+    /// Removes the agent; false when it did not exist.
+    async fn delete_agent(&self, id: AgentId) -> StoreResult<bool>;
+}
+
+/// A shared store.
+pub type DynStore = Arc<dyn Store>;
+
+/// Opens the configured store and applies pending migrations. On SQLite, `max_connections` is the
+/// number of read connections beside the single writer.
+pub async fn open(database: &flotilla_core::config::Database, max_connections: u32) -> StoreResult<DynStore> {
+    let store: DynStore = match database {
+        flotilla_core::config::Database::Sqlite(path) => Arc::new(SqliteStore::open(path, max_connections).await?),
+        flotilla_core::config::Database::Postgres(url) => Arc::new(PostgresStore::connect(url, max_connections).await?),
+    };
+    store.migrate().await?;
+    Ok(store)
+}

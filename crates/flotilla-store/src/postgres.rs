@@ -1,0 +1,537 @@
+//! The PostgreSQL store, shared by several replicas.
+//!
+//! Claims lock their rows with `FOR UPDATE SKIP LOCKED`, so concurrent claims (from this replica
+//! or another) never take the same task and never wait for each other. Each trait call is one
+//! transaction; JSON is stored as JSONB and selected as text so both backends decode the same rows.
+
+use crate::rows::{
+    AgentRow, ApiKeyRow, AttemptRow, TaskRow, attach_attempts, count, created_task, lease_expired_error, micros,
+    micros_opt, migrations_applied,
+};
+use crate::{Cancelled, Inserted, Requeued, Store, StoreError, StoreResult, TaskFilter};
+use async_trait::async_trait;
+use flotilla_core::Timestamp;
+use flotilla_core::agent::{AgentInstance, AgentStatus};
+use flotilla_core::auth::ApiKeyRecord;
+use flotilla_core::id::{AgentId, TaskId, TenantId};
+use flotilla_core::task::{AttemptEnd, AttemptResult, NewTask, Task, TaskStatus};
+use sqlx::migrate::Migrator;
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
+use sqlx::types::Json;
+use sqlx::{Connection, PgExecutor, Postgres, QueryBuilder};
+use std::collections::BTreeMap;
+use std::str::FromStr;
+use uuid::Uuid;
+
+static MIGRATOR: Migrator = sqlx::migrate!("./migrations/postgres");
+
+/// The columns of a [`TaskRow`], JSONB as text.
+macro_rules! task_columns {
+    () => {
+        "id, tenant_id, agent_type, input::text AS input, priority, complexity, idempotency_key, \
+         timeout_ms, max_attempts, status, attempt, output::text AS output, error, usage::text AS usage, \
+         agent_id, trace_id, created_at, updated_at, not_before, started_at, finished_at"
+    };
+}
+
+/// The columns of an [`AgentRow`], JSONB as text.
+macro_rules! agent_columns {
+    () => {
+        "id, agent_type, url, capacity, load, weight, status, version, metadata::text AS metadata, \
+         signing_secret, last_heartbeat, created_at"
+    };
+}
+
+/// Records an attempt ($1 task, $2 number, $6 agent, $7 start, $5 end, $8 outcome, $9 error)
+/// alongside the update of its task, in the same statement.
+macro_rules! with_attempt_row {
+    () => {
+        "WITH attempt_row AS (INSERT INTO task_attempts \
+         (task_id, number, agent_id, started_at, finished_at, outcome, error) \
+         SELECT $1, $2, $6, $7, $5, $8, $9 WHERE EXISTS (SELECT 1 FROM tasks WHERE id = $1) \
+         ON CONFLICT DO NOTHING) "
+    };
+}
+
+const ATTEMPTS_OF_TASKS: &str = "SELECT task_id, number, agent_id, started_at, finished_at, outcome, error \
+     FROM task_attempts WHERE task_id = ANY($1) ORDER BY task_id, number";
+
+/// The PostgreSQL implementation of [`Store`].
+#[derive(Clone, Debug)]
+pub struct PostgresStore {
+    pool: PgPool,
+}
+
+impl PostgresStore {
+    /// Connects a pool of up to `max_connections` to `url`. Does not migrate.
+    pub async fn connect(url: &str, max_connections: u32) -> StoreResult<Self> {
+        let options = PgConnectOptions::from_str(url)?;
+        Self::with_options(options, max_connections).await
+    }
+
+    /// Connects like [`PostgresStore::connect`], with every table in `schema`, which is created
+    /// if missing (each test uses its own).
+    pub async fn connect_in_schema(url: &str, schema: &str, max_connections: u32) -> StoreResult<Self> {
+        let options = PgConnectOptions::from_str(url)?;
+        let mut conn = PgConnection::connect_with(&options).await?;
+        // An identifier cannot be a bound parameter; the server quotes it.
+        let create: String = sqlx::query_scalar("SELECT format('CREATE SCHEMA IF NOT EXISTS %I', $1::text)")
+            .bind(schema)
+            .fetch_one(&mut conn)
+            .await?;
+        sqlx::raw_sql(&create).execute(&mut conn).await?;
+        let quoted: String = sqlx::query_scalar("SELECT quote_ident($1)").bind(schema).fetch_one(&mut conn).await?;
+        conn.close().await?;
+        Self::with_options(options.options([("search_path", quoted)]), max_connections).await
+    }
+
+    async fn with_options(options: PgConnectOptions, max_connections: u32) -> StoreResult<Self> {
+        let pool = PgPoolOptions::new().max_connections(max_connections.max(1)).connect_with(options).await?;
+        Ok(Self { pool })
+    }
+
+    /// The connection pool (tests use it to drop their schema).
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+}
+
+async fn load_attempts<'c>(conn: impl PgExecutor<'c>, tasks: &mut [Task]) -> StoreResult<()> {
+    if tasks.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<Uuid> = tasks.iter().map(|t| t.id.0).collect();
+    let rows = sqlx::query_as::<_, AttemptRow>(ATTEMPTS_OF_TASKS).bind(ids).fetch_all(conn).await?;
+    attach_attempts(tasks, rows)
+}
+
+async fn fetch_task(conn: &mut PgConnection, tenant: Option<TenantId>, id: TaskId) -> StoreResult<Option<Task>> {
+    let row = sqlx::query_as::<_, TaskRow>(concat!(
+        "SELECT ",
+        task_columns!(),
+        " FROM tasks WHERE id = $1 AND ($2::uuid IS NULL OR tenant_id = $2)"
+    ))
+    .bind(id.0)
+    .bind(tenant.map(|t| t.0))
+    .fetch_optional(&mut *conn)
+    .await?;
+    let Some(row) = row else { return Ok(None) };
+    let mut task = row.into_task()?;
+    load_attempts(conn, std::slice::from_mut(&mut task)).await?;
+    Ok(Some(task))
+}
+
+#[async_trait]
+impl Store for PostgresStore {
+    fn backend(&self) -> &'static str {
+        "postgres"
+    }
+
+    async fn migrate(&self) -> StoreResult<()> {
+        Ok(MIGRATOR.run(&self.pool).await?)
+    }
+
+    async fn ready(&self) -> StoreResult<bool> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        let table: bool = sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations') IS NOT NULL")
+            .fetch_one(&self.pool)
+            .await?;
+        if !table {
+            return Ok(false);
+        }
+        let applied: Vec<(i64, Vec<u8>)> =
+            sqlx::query_as("SELECT version, checksum FROM _sqlx_migrations WHERE success")
+                .fetch_all(&self.pool)
+                .await?;
+        Ok(migrations_applied(&MIGRATOR, &applied))
+    }
+
+    async fn ensure_tenant(&self, id: TenantId, name: &str, now: Timestamp) -> StoreResult<()> {
+        sqlx::query("INSERT INTO tenants (id, name, created_at) VALUES ($1, $2, $3) ON CONFLICT (id) DO NOTHING")
+            .bind(id.0)
+            .bind(name)
+            .bind(micros(now))
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn insert_api_key(&self, key: &ApiKeyRecord) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT INTO api_keys (id, tenant_id, role, name, secret_hash, created_at, expires_at, revoked_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(&key.id)
+        .bind(key.tenant_id.0)
+        .bind(key.role.as_str())
+        .bind(&key.name)
+        .bind(&key.secret_hash)
+        .bind(micros(key.created_at))
+        .bind(micros_opt(key.expires_at))
+        .bind(micros_opt(key.revoked_at))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn get_api_key(&self, id: &str) -> StoreResult<Option<ApiKeyRecord>> {
+        sqlx::query_as::<_, ApiKeyRow>(
+            "SELECT id, tenant_id, role, name, secret_hash, created_at, expires_at, revoked_at \
+             FROM api_keys WHERE id = $1",
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?
+        .map(ApiKeyRow::into_record)
+        .transpose()
+    }
+
+    async fn count_api_keys(&self) -> StoreResult<u64> {
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM api_keys").fetch_one(&self.pool).await?;
+        count("api key count", n)
+    }
+
+    async fn insert_tasks(&self, tasks: &[NewTask]) -> StoreResult<Vec<Inserted>> {
+        if tasks.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut tx = self.pool.begin().await?;
+        let mut out = Vec::with_capacity(tasks.len());
+        for new in tasks {
+            let task = created_task(new)?;
+            let inserted = sqlx::query(
+                "INSERT INTO tasks (id, tenant_id, agent_type, input, priority, complexity, idempotency_key, \
+                 timeout_ms, max_attempts, status, attempt, trace_id, created_at, updated_at, not_before) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'queued', 0, $10, $11, $11, $11) \
+                 ON CONFLICT (tenant_id, idempotency_key) DO NOTHING",
+            )
+            .bind(task.id.0)
+            .bind(task.tenant_id.0)
+            .bind(&task.agent_type)
+            .bind(Json(&task.input))
+            .bind(task.priority)
+            .bind(task.complexity)
+            .bind(task.idempotency_key.as_deref())
+            .bind(task.timeout_ms)
+            .bind(task.max_attempts)
+            .bind(task.trace_id.as_deref())
+            .bind(micros(task.created_at))
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if inserted == 1 {
+                out.push(Inserted::Created(task));
+                continue;
+            }
+            let row = sqlx::query_as::<_, TaskRow>(concat!(
+                "SELECT ",
+                task_columns!(),
+                " FROM tasks WHERE tenant_id = $1 AND idempotency_key = $2"
+            ))
+            .bind(task.tenant_id.0)
+            .bind(task.idempotency_key.as_deref())
+            .fetch_optional(&mut *tx)
+            .await?
+            .ok_or_else(|| StoreError::Corrupt(format!("task {} conflicted with no stored task", task.id)))?;
+            let mut existing = row.into_task()?;
+            load_attempts(&mut *tx, std::slice::from_mut(&mut existing)).await?;
+            out.push(Inserted::Existing(existing));
+        }
+        tx.commit().await?;
+        Ok(out)
+    }
+
+    async fn get_task(&self, tenant: Option<TenantId>, id: TaskId) -> StoreResult<Option<Task>> {
+        // REPEATABLE READ, so that the task and its attempts come from the same snapshot.
+        let mut tx = self.pool.begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY").await?;
+        let task = fetch_task(&mut tx, tenant, id).await?;
+        tx.commit().await?;
+        Ok(task)
+    }
+
+    async fn list_tasks(&self, filter: &TaskFilter) -> StoreResult<Vec<Task>> {
+        let mut query = QueryBuilder::<Postgres>::new(concat!("SELECT ", task_columns!(), " FROM tasks WHERE TRUE"));
+        if let Some(tenant) = filter.tenant_id {
+            query.push(" AND tenant_id = ").push_bind(tenant.0);
+        }
+        if let Some(status) = filter.status {
+            query.push(" AND status = ").push_bind(status.as_str());
+        }
+        if let Some(agent_type) = &filter.agent_type {
+            query.push(" AND agent_type = ").push_bind(agent_type.as_str());
+        }
+        if let Some(before) = filter.before {
+            query.push(" AND id < ").push_bind(before.0);
+        }
+        query.push(" ORDER BY id DESC LIMIT ").push_bind(i64::from(filter.limit));
+        let rows = query.build_query_as::<TaskRow>().fetch_all(&self.pool).await?;
+        rows.into_iter().map(TaskRow::into_task).collect()
+    }
+
+    async fn cancel_task(&self, tenant: Option<TenantId>, id: TaskId, now: Timestamp) -> StoreResult<Cancelled> {
+        let mut tx = self.pool.begin().await?;
+        let updated = sqlx::query_as::<_, TaskRow>(concat!(
+            "UPDATE tasks SET status = 'cancelled', finished_at = $3, updated_at = $3, lease_owner = NULL, \
+             lease_expires_at = NULL \
+             WHERE id = $1 AND ($2::uuid IS NULL OR tenant_id = $2) AND status IN ('queued', 'running') \
+             RETURNING ",
+            task_columns!()
+        ))
+        .bind(id.0)
+        .bind(tenant.map(|t| t.0))
+        .bind(micros(now))
+        .fetch_optional(&mut *tx)
+        .await?;
+        let outcome = match updated {
+            Some(row) => {
+                let mut task = row.into_task()?;
+                load_attempts(&mut *tx, std::slice::from_mut(&mut task)).await?;
+                Cancelled::Done(task)
+            }
+            None => match fetch_task(&mut tx, tenant, id).await? {
+                Some(task) => Cancelled::AlreadyFinished(task),
+                None => Cancelled::NotFound,
+            },
+        };
+        tx.commit().await?;
+        Ok(outcome)
+    }
+
+    async fn claim_tasks(
+        &self,
+        agent_type: &str,
+        limit: u32,
+        owner: &str,
+        lease_expires_at: Timestamp,
+        now: Timestamp,
+    ) -> StoreResult<Vec<Task>> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let rows = sqlx::query_as::<_, TaskRow>(concat!(
+            "WITH picked AS (SELECT id FROM tasks \
+             WHERE status = 'queued' AND agent_type = $4 AND not_before <= $1 \
+             ORDER BY priority DESC, id ASC LIMIT $5 FOR UPDATE SKIP LOCKED) \
+             UPDATE tasks SET status = 'running', attempt = attempt + 1, started_at = COALESCE(started_at, $1), \
+             updated_at = $1, lease_owner = $2, lease_expires_at = $3 \
+             WHERE id IN (SELECT id FROM picked) \
+             RETURNING ",
+            task_columns!()
+        ))
+        .bind(micros(now))
+        .bind(owner)
+        .bind(micros(lease_expires_at))
+        .bind(agent_type)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        let mut tasks = rows.into_iter().map(TaskRow::into_task).collect::<StoreResult<Vec<_>>>()?;
+        crate::rows::sort_claimed(&mut tasks);
+        Ok(tasks)
+    }
+
+    async fn finish_attempts(&self, ends: &[AttemptEnd]) -> StoreResult<Vec<Option<Task>>> {
+        if ends.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut tx = self.pool.begin().await?;
+        let mut out = Vec::with_capacity(ends.len());
+        for end in ends {
+            // One round trip per end: the attempt row is inserted by the statement's CTE.
+            let query = match &end.result {
+                AttemptResult::Succeeded { output, usage } => sqlx::query_as::<_, TaskRow>(concat!(
+                    with_attempt_row!(),
+                    "UPDATE tasks SET status = 'succeeded', output = $3, usage = $4, error = NULL, \
+                     finished_at = $5, updated_at = $5, agent_id = COALESCE($6, agent_id), lease_owner = NULL, \
+                     lease_expires_at = NULL \
+                     WHERE id = $1 AND status = 'running' AND attempt = $2 RETURNING ",
+                    task_columns!()
+                ))
+                .bind(end.task_id.0)
+                .bind(end.attempt)
+                .bind(Json(output))
+                .bind(usage.as_ref().map(Json)),
+                AttemptResult::Retry { error, not_before } => sqlx::query_as::<_, TaskRow>(concat!(
+                    with_attempt_row!(),
+                    "UPDATE tasks SET status = 'queued', error = $3, not_before = $4, updated_at = $5, \
+                     agent_id = COALESCE($6, agent_id), lease_owner = NULL, lease_expires_at = NULL \
+                     WHERE id = $1 AND status = 'running' AND attempt = $2 RETURNING ",
+                    task_columns!()
+                ))
+                .bind(end.task_id.0)
+                .bind(end.attempt)
+                .bind(error.as_str())
+                .bind(micros(*not_before)),
+                AttemptResult::Terminal { status, error } => sqlx::query_as::<_, TaskRow>(concat!(
+                    with_attempt_row!(),
+                    "UPDATE tasks SET status = $3, error = $4, finished_at = $5, updated_at = $5, \
+                     agent_id = COALESCE($6, agent_id), lease_owner = NULL, lease_expires_at = NULL \
+                     WHERE id = $1 AND status = 'running' AND attempt = $2 RETURNING ",
+                    task_columns!()
+                ))
+                .bind(end.task_id.0)
+                .bind(end.attempt)
+                .bind(status.as_str())
+                .bind(error.as_str()),
+            };
+            let row = query
+                .bind(micros(end.finished_at))
+                .bind(end.agent_id.map(|a| a.0))
+                .bind(micros(end.started_at))
+                .bind(end.outcome())
+                .bind(end.error())
+                .fetch_optional(&mut *tx)
+                .await?;
+            out.push(row.map(TaskRow::into_task).transpose()?);
+        }
+        // The attempts of every updated task, in one query.
+        let mut updated: Vec<Task> = out.iter().flatten().cloned().collect();
+        load_attempts(&mut *tx, &mut updated).await?;
+        tx.commit().await?;
+        let mut updated = updated.into_iter();
+        Ok(out.into_iter().map(|task| task.and_then(|_| updated.next())).collect())
+    }
+
+    async fn renew_leases(&self, owner: &str, lease_expires_at: Timestamp) -> StoreResult<u64> {
+        let renewed =
+            sqlx::query("UPDATE tasks SET lease_expires_at = $2 WHERE status = 'running' AND lease_owner = $1")
+                .bind(owner)
+                .bind(micros(lease_expires_at))
+                .execute(&self.pool)
+                .await?
+                .rows_affected();
+        Ok(renewed)
+    }
+
+    async fn requeue_expired(&self, now: Timestamp) -> StoreResult<Vec<Requeued>> {
+        let now_us = micros(now);
+        let mut tx = self.pool.begin().await?;
+        // SKIP LOCKED: a task being finished or requeued by another replica right now is left to it.
+        let expired: Vec<(Uuid, i32, String, i64)> = sqlx::query_as(
+            "SELECT id, attempt, agent_type, updated_at FROM tasks \
+             WHERE status = 'running' AND lease_expires_at < $1 ORDER BY id FOR UPDATE SKIP LOCKED",
+        )
+        .bind(now_us)
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut out = Vec::with_capacity(expired.len());
+        for (id, attempt, agent_type, claimed_at) in expired {
+            let error = lease_expired_error(attempt);
+            sqlx::query(
+                "WITH attempt_row AS (INSERT INTO task_attempts \
+                 (task_id, number, agent_id, started_at, finished_at, outcome, error) \
+                 VALUES ($1, $2, NULL, $4, $3, 'lost', $5) ON CONFLICT DO NOTHING) \
+                 UPDATE tasks SET status = 'queued', not_before = $3, updated_at = $3, error = $5, \
+                 lease_owner = NULL, lease_expires_at = NULL \
+                 WHERE id = $1 AND status = 'running' AND attempt = $2",
+            )
+            .bind(id)
+            .bind(attempt)
+            .bind(now_us)
+            .bind(claimed_at)
+            .bind(&error)
+            .execute(&mut *tx)
+            .await?;
+            out.push(Requeued { task_id: TaskId(id), attempt, agent_type });
+        }
+        tx.commit().await?;
+        Ok(out)
+    }
+
+    async fn count_tasks_by_status(&self) -> StoreResult<BTreeMap<TaskStatus, u64>> {
+        crate::rows::status_map_unavailable()
+    }
+
+    async fn task_counts_by_status(&self) -> StoreResult<Vec<(TaskStatus, u64)>> {
+        let rows: Vec<(String, i64)> =
+            sqlx::query_as("SELECT status, COUNT(*) FROM tasks GROUP BY status").fetch_all(&self.pool).await?;
+        crate::rows::status_counts(rows)
+    }
+
+    async fn queued_by_type(&self) -> StoreResult<BTreeMap<String, u64>> {
+        let rows: Vec<(String, i64)> =
+            sqlx::query_as("SELECT agent_type, COUNT(*) FROM tasks WHERE status = 'queued' GROUP BY agent_type")
+                .fetch_all(&self.pool)
+                .await?;
+        rows.into_iter().map(|(agent_type, n)| Ok((agent_type, count("queued count", n)?))).collect()
+    }
+
+    async fn next_not_before(&self, agent_type: &str) -> StoreResult<Option<Timestamp>> {
+        let min: Option<i64> =
+            sqlx::query_scalar("SELECT MIN(not_before) FROM tasks WHERE status = 'queued' AND agent_type = $1")
+                .bind(agent_type)
+                .fetch_one(&self.pool)
+                .await?;
+        min.map(crate::rows::from_micros).transpose()
+    }
+
+    async fn insert_agent(&self, agent: &AgentInstance) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT INTO agents (id, agent_type, url, capacity, load, weight, status, version, metadata, \
+             signing_secret, last_heartbeat, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+        )
+        .bind(agent.id.0)
+        .bind(&agent.agent_type)
+        .bind(&agent.url)
+        .bind(i64::from(agent.capacity))
+        .bind(i64::from(agent.load))
+        .bind(i64::from(agent.weight))
+        .bind(agent.status.as_str())
+        .bind(agent.version.as_deref())
+        .bind(Json(&agent.metadata))
+        .bind(&agent.signing_secret)
+        .bind(micros(agent.last_heartbeat))
+        .bind(micros(agent.created_at))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn get_agent(&self, id: AgentId) -> StoreResult<Option<AgentInstance>> {
+        sqlx::query_as::<_, AgentRow>(concat!("SELECT ", agent_columns!(), " FROM agents WHERE id = $1"))
+            .bind(id.0)
+            .fetch_optional(&self.pool)
+            .await?
+            .map(AgentRow::into_agent)
+            .transpose()
+    }
+
+    async fn list_agents(&self) -> StoreResult<Vec<AgentInstance>> {
+        let rows = sqlx::query_as::<_, AgentRow>(concat!(
+            "SELECT ",
+            agent_columns!(),
+            " FROM agents ORDER BY created_at, id"
+        ))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter().map(AgentRow::into_agent).collect()
+    }
+
+    async fn heartbeat_agent(&self, id: AgentId, load: u32, status: AgentStatus, now: Timestamp) -> StoreResult<bool> {
+        let n = sqlx::query("UPDATE agents SET load = $2, status = $3, last_heartbeat = $4 WHERE id = $1")
+            .bind(id.0)
+            .bind(i64::from(load))
+            .bind(status.as_str())
+            .bind(micros(now))
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        Ok(n > 0)
+    }
+
+    async fn set_agent_status(&self, id: AgentId, status: AgentStatus) -> StoreResult<bool> {
+        let n = sqlx::query("UPDATE agents SET status = $2 WHERE id = $1")
+            .bind(id.0)
+            .bind(status.as_str())
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        Ok(n > 0)
+    }
+
+    async fn delete_agent(&self, id: AgentId) -> StoreResult<bool> {
+        let n = sqlx::query("DELETE FROM agents WHERE id = $1").bind(id.0).execute(&self.pool).await?.rows_affected();
+        Ok(n > 0)
+    }
+}

@@ -1,0 +1,264 @@
+//! Rows as both backends read them, and their conversion into domain types.
+//!
+//! Both schemas store the same logical columns with types that decode into the same Rust types
+//! (UUIDs, `i64` microseconds, text), so one set of row structs serves SQLite and PostgreSQL.
+//! PostgreSQL selects its JSONB columns as text to match SQLite's TEXT.
+
+use crate::{StoreError, StoreResult};
+use flotilla_core::Timestamp;
+use flotilla_core::agent::{AgentInstance, AgentStatus};
+use flotilla_core::auth::{ApiKeyRecord, Role};
+use flotilla_core::id::{AgentId, TaskId, TenantId};
+use flotilla_core::task::{Attempt, Task, TaskStatus};
+use uuid::Uuid;
+
+/// A timestamp as stored: unix microseconds (sub-microsecond digits are dropped).
+pub(crate) fn micros(t: Timestamp) -> i64 {
+    t.timestamp_micros()
+}
+
+/// An optional timestamp as stored.
+pub(crate) fn micros_opt(t: Option<Timestamp>) -> Option<i64> {
+    t.map(micros)
+}
+
+/// A stored timestamp read back.
+pub(crate) fn from_micros(v: i64) -> StoreResult<Timestamp> {
+    chrono::DateTime::from_timestamp_micros(v)
+        .ok_or_else(|| StoreError::Corrupt(format!("timestamp {v} µs is out of range")))
+}
+
+fn from_micros_opt(v: Option<i64>) -> StoreResult<Option<Timestamp>> {
+    v.map(from_micros).transpose()
+}
+
+/// A timestamp as it will read back from the store.
+pub(crate) fn truncate(t: Timestamp) -> StoreResult<Timestamp> {
+    from_micros(micros(t))
+}
+
+fn json(column: &str, text: &str) -> StoreResult<serde_json::Value> {
+    serde_json::from_str(text).map_err(|e| StoreError::Corrupt(format!("{column} is not JSON: {e}")))
+}
+
+fn json_opt(column: &str, text: Option<&str>) -> StoreResult<Option<serde_json::Value>> {
+    text.map(|t| json(column, t)).transpose()
+}
+
+fn u32_of(column: &str, v: i64) -> StoreResult<u32> {
+    u32::try_from(v).map_err(|_| StoreError::Corrupt(format!("{column} {v} is out of range")))
+}
+
+/// A task row, without its attempts.
+#[derive(sqlx::FromRow)]
+pub(crate) struct TaskRow {
+    id: Uuid,
+    tenant_id: Uuid,
+    agent_type: String,
+    input: String,
+    priority: i32,
+    complexity: Option<f64>,
+    idempotency_key: Option<String>,
+    timeout_ms: i64,
+    max_attempts: i32,
+    status: String,
+    attempt: i32,
+    output: Option<String>,
+    error: Option<String>,
+    usage: Option<String>,
+    agent_id: Option<Uuid>,
+    trace_id: Option<String>,
+    created_at: i64,
+    updated_at: i64,
+    not_before: i64,
+    started_at: Option<i64>,
+    finished_at: Option<i64>,
+}
+
+impl TaskRow {
+    pub(crate) fn into_task(self) -> StoreResult<Task> {
+        let status = self
+            .status
+            .parse::<TaskStatus>()
+            .map_err(|e| StoreError::Corrupt(format!("task {}: {e}", self.id)))?;
+        Ok(Task {
+            id: TaskId(self.id),
+            tenant_id: TenantId(self.tenant_id),
+            agent_type: self.agent_type,
+            input: json("tasks.input", &self.input)?,
+            priority: self.priority,
+            complexity: self.complexity,
+            idempotency_key: self.idempotency_key,
+            timeout_ms: self.timeout_ms,
+            max_attempts: self.max_attempts,
+            status,
+            attempt: self.attempt,
+            output: json_opt("tasks.output", self.output.as_deref())?,
+            error: self.error,
+            usage: json_opt("tasks.usage", self.usage.as_deref())?,
+            agent_id: self.agent_id.map(AgentId),
+            trace_id: self.trace_id,
+            created_at: from_micros(self.created_at)?,
+            updated_at: from_micros(self.updated_at)?,
+            not_before: from_micros(self.not_before)?,
+            started_at: from_micros_opt(self.started_at)?,
+            finished_at: from_micros_opt(self.finished_at)?,
+            attempts: Vec::new(),
+        })
+    }
+}
+
+/// An attempt row; `task_id` lets one query load the attempts of several tasks.
+#[derive(sqlx::FromRow)]
+pub(crate) struct AttemptRow {
+    pub(crate) task_id: Uuid,
+    number: i32,
+    agent_id: Option<Uuid>,
+    started_at: i64,
+    finished_at: i64,
+    outcome: String,
+    error: Option<String>,
+}
+
+impl AttemptRow {
+    pub(crate) fn into_attempt(self) -> StoreResult<Attempt> {
+        Ok(Attempt {
+            number: self.number,
+            agent_id: self.agent_id.map(AgentId),
+            started_at: from_micros(self.started_at)?,
+            finished_at: from_micros(self.finished_at)?,
+            outcome: self.outcome,
+            error: self.error,
+        })
+    }
+}
+
+/// Gives each task its attempts from rows ordered by task then number.
+pub(crate) fn attach_attempts(tasks: &mut [Task], rows: Vec<AttemptRow>) -> StoreResult<()> {
+    for row in rows {
+        let task_id = TaskId(row.task_id);
+        let attempt = row.into_attempt()?;
+        for task in tasks.iter_mut().filter(|t| t.id == task_id) {
+            task.attempts.push(attempt.clone());
+        }
+    }
+    Ok(())
+}
+
+#[derive(sqlx::FromRow)]
+pub(crate) struct ApiKeyRow {
+    id: String,
+    tenant_id: Uuid,
+    role: String,
+    name: String,
+    secret_hash: String,
+    created_at: i64,
+    expires_at: Option<i64>,
+    revoked_at: Option<i64>,
+}
+
+impl ApiKeyRow {
+    pub(crate) fn into_record(self) -> StoreResult<ApiKeyRecord> {
+        let role = self.role.parse::<Role>().map_err(|e| StoreError::Corrupt(format!("api key {}: {e}", self.id)))?;
+        Ok(ApiKeyRecord {
+            tenant_id: TenantId(self.tenant_id),
+            role,
+            name: self.name,
+            secret_hash: self.secret_hash,
+            created_at: from_micros(self.created_at)?,
+            expires_at: from_micros_opt(self.expires_at)?,
+            revoked_at: from_micros_opt(self.revoked_at)?,
+            id: self.id,
+        })
+    }
+}
+
+#[derive(sqlx::FromRow)]
+pub(crate) struct AgentRow {
+    id: Uuid,
+    agent_type: String,
+    url: String,
+    capacity: i64,
+    load: i64,
+    weight: i64,
+    status: String,
+    version: Option<String>,
+    metadata: String,
+    signing_secret: String,
+    last_heartbeat: i64,
+    created_at: i64,
+}
+
+impl AgentRow {
+    pub(crate) fn into_agent(self) -> StoreResult<AgentInstance> {
+        let status =
+            self.status.parse::<AgentStatus>().map_err(|e| StoreError::Corrupt(format!("agent {}: {e}", self.id)))?;
+        Ok(AgentInstance {
+            id: AgentId(self.id),
+            agent_type: self.agent_type,
+            url: self.url,
+            capacity: u32_of("agents.capacity", self.capacity)?,
+            load: u32_of("agents.load", self.load)?,
+            weight: u32_of("agents.weight", self.weight)?,
+            status,
+            version: self.version,
+            metadata: json("agents.metadata", &self.metadata)?,
+            signing_secret: self.signing_secret,
+            last_heartbeat: from_micros(self.last_heartbeat)?,
+            created_at: from_micros(self.created_at)?,
+        })
+    }
+}
+
+/// The task a [`flotilla_core::task::NewTask`] becomes, with timestamps as they read back.
+pub(crate) fn created_task(new: &flotilla_core::task::NewTask) -> StoreResult<Task> {
+    let mut task = new.clone().into_task();
+    task.created_at = truncate(task.created_at)?;
+    task.updated_at = task.created_at;
+    task.not_before = task.created_at;
+    Ok(task)
+}
+
+/// Counts read back as `u64`.
+pub(crate) fn count(column: &str, v: i64) -> StoreResult<u64> {
+    u64::try_from(v).map_err(|_| StoreError::Corrupt(format!("{column} {v} is negative")))
+}
+
+/// The error recorded on a task whose lease expired.
+pub(crate) fn lease_expired_error(attempt: i32) -> String {
+    format!("lease expired: the control plane that ran attempt {attempt} stopped")
+}
+
+/// Whether every embedded migration is recorded as applied with the same checksum.
+pub(crate) fn migrations_applied(migrator: &sqlx::migrate::Migrator, applied: &[(i64, Vec<u8>)]) -> bool {
+    migrator.iter().filter(|m| !m.migration_type.is_down_migration()).all(|m| {
+        applied.iter().any(|(version, checksum)| *version == m.version && checksum.as_slice() == m.checksum.as_ref())
+    })
+}
+
+/// Puts claimed tasks in claim order: priority (high first), then id (old first).
+pub(crate) fn sort_claimed(tasks: &mut [Task]) {
+    tasks.sort_by(|a, b| b.priority.cmp(&a.priority).then_with(|| a.id.cmp(&b.id)));
+}
+
+/// Per-status counts from `(status, count)` rows: every status in lifecycle order, absent ones
+/// with 0.
+pub(crate) fn status_counts(rows: Vec<(String, i64)>) -> StoreResult<Vec<(TaskStatus, u64)>> {
+    let mut counts: Vec<(TaskStatus, u64)> = TaskStatus::ALL.into_iter().map(|s| (s, 0)).collect();
+    for (status, n) in rows {
+        let status = status.parse::<TaskStatus>().map_err(|e| StoreError::Corrupt(format!("tasks.status: {e}")))?;
+        let n = count("task count", n)?;
+        for entry in counts.iter_mut().filter(|(s, _)| *s == status) {
+            entry.1 = n;
+        }
+    }
+    Ok(counts)
+}
+
+/// `count_tasks_by_status` cannot fill a `BTreeMap<TaskStatus, _>` while `TaskStatus` lacks `Ord`.
+// Once flotilla-core derives `PartialOrd, Ord` on `TaskStatus`, the implementations become
+// `Ok(self.task_counts_by_status().await?.into_iter().collect())`.
+pub(crate) fn status_map_unavailable() -> StoreResult<std::collections::BTreeMap<TaskStatus, u64>> {
+    tracing::error!("Store::count_tasks_by_status is unavailable until TaskStatus implements Ord; use task_counts_by_status");
+    Ok(std::collections::BTreeMap::new())
+}

@@ -1,0 +1,562 @@
+//! The SQLite store: one file, WAL, `synchronous=FULL`.
+//!
+//! SQLite has a single writer, so every write goes through a pool of exactly one connection and
+//! each trait call is one `BEGIN IMMEDIATE` transaction: the server batches inserts, claims and
+//! finishes into one call, and the one fsync of its commit covers the whole batch (group commit).
+//! Reads use a separate pool of read-only connections, which WAL lets run beside the writer.
+
+use crate::rows::{
+    AgentRow, ApiKeyRow, AttemptRow, TaskRow, attach_attempts, count, created_task, lease_expired_error, micros,
+    micros_opt, migrations_applied,
+};
+use crate::{Cancelled, Inserted, Requeued, Store, StoreError, StoreResult, TaskFilter};
+use async_trait::async_trait;
+use flotilla_core::Timestamp;
+use flotilla_core::agent::{AgentInstance, AgentStatus};
+use flotilla_core::auth::ApiKeyRecord;
+use flotilla_core::id::{AgentId, TaskId, TenantId};
+use flotilla_core::task::{AttemptEnd, AttemptResult, NewTask, Task, TaskStatus};
+use sqlx::migrate::Migrator;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::types::Json;
+use sqlx::{QueryBuilder, Sqlite, SqliteConnection};
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+use uuid::Uuid;
+
+static MIGRATOR: Migrator = sqlx::migrate!("./migrations/sqlite");
+
+/// The columns of a [`TaskRow`].
+macro_rules! task_columns {
+    () => {
+        "id, tenant_id, agent_type, input, priority, complexity, idempotency_key, timeout_ms, \
+         max_attempts, status, attempt, output, error, usage, agent_id, trace_id, created_at, \
+         updated_at, not_before, started_at, finished_at"
+    };
+}
+
+/// The columns of an [`AgentRow`].
+macro_rules! agent_columns {
+    () => {
+        "id, agent_type, url, capacity, load, weight, status, version, metadata, signing_secret, \
+         last_heartbeat, created_at"
+    };
+}
+
+const ATTEMPTS_OF_TASK: &str = "SELECT task_id, number, agent_id, started_at, finished_at, outcome, error \
+     FROM task_attempts WHERE task_id = ?1 ORDER BY number";
+
+const INSERT_ATTEMPT: &str = "INSERT INTO task_attempts \
+     (task_id, number, agent_id, started_at, finished_at, outcome, error) \
+     SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7 WHERE EXISTS (SELECT 1 FROM tasks WHERE id = ?1) \
+     ON CONFLICT DO NOTHING";
+
+/// The SQLite implementation of [`Store`].
+#[derive(Clone, Debug)]
+pub struct SqliteStore {
+    /// Exactly one connection: every write transaction.
+    writer: SqlitePool,
+    /// Read-only connections.
+    reader: SqlitePool,
+}
+
+impl SqliteStore {
+    /// Opens (creating the file and its directory if missing) the database at `path`, with one
+    /// writer connection and `readers` read-only connections. Does not migrate.
+    pub async fn open(path: &Path, readers: u32) -> StoreResult<Self> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| StoreError::Database(sqlx::Error::Io(e)))?;
+        }
+        let base = SqliteConnectOptions::new()
+            .filename(path)
+            .busy_timeout(Duration::from_secs(5))
+            .foreign_keys(true);
+        let writer_options = base
+            .clone()
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full);
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .min_connections(1)
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .connect_with(writer_options)
+            .await?;
+        // The writer has created the file and switched it to WAL, which readers need.
+        let reader = SqlitePoolOptions::new()
+            .max_connections(readers.max(1))
+            .connect_with(base.read_only(true))
+            .await?;
+        Ok(Self { writer, reader })
+    }
+
+    async fn write_tx(&self) -> StoreResult<sqlx::Transaction<'static, Sqlite>> {
+        // IMMEDIATE takes the write lock up front, so another process's writer makes us wait
+        // (busy_timeout) rather than fail on a lock upgrade.
+        Ok(self.writer.begin_with("BEGIN IMMEDIATE").await?)
+    }
+}
+
+async fn load_attempts(conn: &mut SqliteConnection, task: &mut Task) -> StoreResult<()> {
+    let rows = sqlx::query_as::<_, AttemptRow>(ATTEMPTS_OF_TASK).bind(task.id.0).fetch_all(conn).await?;
+    attach_attempts(std::slice::from_mut(task), rows)
+}
+
+async fn fetch_task(conn: &mut SqliteConnection, tenant: Option<TenantId>, id: TaskId) -> StoreResult<Option<Task>> {
+    let row = sqlx::query_as::<_, TaskRow>(concat!(
+        "SELECT ",
+        task_columns!(),
+        " FROM tasks WHERE id = ?1 AND (?2 IS NULL OR tenant_id = ?2)"
+    ))
+    .bind(id.0)
+    .bind(tenant.map(|t| t.0))
+    .fetch_optional(&mut *conn)
+    .await?;
+    let Some(row) = row else { return Ok(None) };
+    let mut task = row.into_task()?;
+    load_attempts(conn, &mut task).await?;
+    Ok(Some(task))
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    fn backend(&self) -> &'static str {
+        "sqlite"
+    }
+
+    async fn migrate(&self) -> StoreResult<()> {
+        Ok(MIGRATOR.run(&self.writer).await?)
+    }
+
+    async fn ready(&self) -> StoreResult<bool> {
+        sqlx::query("SELECT 1").execute(&self.reader).await?;
+        let table: Option<i64> =
+            sqlx::query_scalar("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations'")
+                .fetch_optional(&self.reader)
+                .await?;
+        if table.is_none() {
+            return Ok(false);
+        }
+        let applied: Vec<(i64, Vec<u8>)> =
+            sqlx::query_as("SELECT version, checksum FROM _sqlx_migrations WHERE success")
+                .fetch_all(&self.reader)
+                .await?;
+        Ok(migrations_applied(&MIGRATOR, &applied))
+    }
+
+    async fn ensure_tenant(&self, id: TenantId, name: &str, now: Timestamp) -> StoreResult<()> {
+        let mut tx = self.write_tx().await?;
+        sqlx::query("INSERT INTO tenants (id, name, created_at) VALUES (?1, ?2, ?3) ON CONFLICT (id) DO NOTHING")
+            .bind(id.0)
+            .bind(name)
+            .bind(micros(now))
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn insert_api_key(&self, key: &ApiKeyRecord) -> StoreResult<()> {
+        let mut tx = self.write_tx().await?;
+        sqlx::query(
+            "INSERT INTO api_keys (id, tenant_id, role, name, secret_hash, created_at, expires_at, revoked_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        )
+        .bind(&key.id)
+        .bind(key.tenant_id.0)
+        .bind(key.role.as_str())
+        .bind(&key.name)
+        .bind(&key.secret_hash)
+        .bind(micros(key.created_at))
+        .bind(micros_opt(key.expires_at))
+        .bind(micros_opt(key.revoked_at))
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn get_api_key(&self, id: &str) -> StoreResult<Option<ApiKeyRecord>> {
+        sqlx::query_as::<_, ApiKeyRow>(
+            "SELECT id, tenant_id, role, name, secret_hash, created_at, expires_at, revoked_at \
+             FROM api_keys WHERE id = ?1",
+        )
+        .bind(id)
+        .fetch_optional(&self.reader)
+        .await?
+        .map(ApiKeyRow::into_record)
+        .transpose()
+    }
+
+    async fn count_api_keys(&self) -> StoreResult<u64> {
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM api_keys").fetch_one(&self.reader).await?;
+        count("api key count", n)
+    }
+
+    async fn insert_tasks(&self, tasks: &[NewTask]) -> StoreResult<Vec<Inserted>> {
+        if tasks.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut tx = self.write_tx().await?;
+        let mut out = Vec::with_capacity(tasks.len());
+        for new in tasks {
+            let task = created_task(new)?;
+            let inserted = sqlx::query(
+                "INSERT INTO tasks (id, tenant_id, agent_type, input, priority, complexity, idempotency_key, \
+                 timeout_ms, max_attempts, status, attempt, trace_id, created_at, updated_at, not_before) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 'queued', 0, ?10, ?11, ?11, ?11) \
+                 ON CONFLICT (tenant_id, idempotency_key) DO NOTHING",
+            )
+            .bind(task.id.0)
+            .bind(task.tenant_id.0)
+            .bind(&task.agent_type)
+            .bind(Json(&task.input))
+            .bind(task.priority)
+            .bind(task.complexity)
+            .bind(task.idempotency_key.as_deref())
+            .bind(task.timeout_ms)
+            .bind(task.max_attempts)
+            .bind(task.trace_id.as_deref())
+            .bind(micros(task.created_at))
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if inserted == 1 {
+                out.push(Inserted::Created(task));
+                continue;
+            }
+            let row = sqlx::query_as::<_, TaskRow>(concat!(
+                "SELECT ",
+                task_columns!(),
+                " FROM tasks WHERE tenant_id = ?1 AND idempotency_key = ?2"
+            ))
+            .bind(task.tenant_id.0)
+            .bind(task.idempotency_key.as_deref())
+            .fetch_optional(&mut *tx)
+            .await?
+            .ok_or_else(|| StoreError::Corrupt(format!("task {} conflicted with no stored task", task.id)))?;
+            let mut existing = row.into_task()?;
+            load_attempts(&mut tx, &mut existing).await?;
+            out.push(Inserted::Existing(existing));
+        }
+        tx.commit().await?;
+        Ok(out)
+    }
+
+    async fn get_task(&self, tenant: Option<TenantId>, id: TaskId) -> StoreResult<Option<Task>> {
+        // One read transaction, so that the task and its attempts come from the same snapshot.
+        let mut tx = self.reader.begin().await?;
+        let task = fetch_task(&mut tx, tenant, id).await?;
+        tx.commit().await?;
+        Ok(task)
+    }
+
+    async fn list_tasks(&self, filter: &TaskFilter) -> StoreResult<Vec<Task>> {
+        let mut query = QueryBuilder::<Sqlite>::new(concat!("SELECT ", task_columns!(), " FROM tasks WHERE 1 = 1"));
+        if let Some(tenant) = filter.tenant_id {
+            query.push(" AND tenant_id = ").push_bind(tenant.0);
+        }
+        if let Some(status) = filter.status {
+            query.push(" AND status = ").push_bind(status.as_str());
+        }
+        if let Some(agent_type) = &filter.agent_type {
+            query.push(" AND agent_type = ").push_bind(agent_type.as_str());
+        }
+        if let Some(before) = filter.before {
+            query.push(" AND id < ").push_bind(before.0);
+        }
+        query.push(" ORDER BY id DESC LIMIT ").push_bind(i64::from(filter.limit));
+        let rows = query.build_query_as::<TaskRow>().fetch_all(&self.reader).await?;
+        rows.into_iter().map(TaskRow::into_task).collect()
+    }
+
+    async fn cancel_task(&self, tenant: Option<TenantId>, id: TaskId, now: Timestamp) -> StoreResult<Cancelled> {
+        let mut tx = self.write_tx().await?;
+        let updated = sqlx::query_as::<_, TaskRow>(concat!(
+            "UPDATE tasks SET status = 'cancelled', finished_at = ?3, updated_at = ?3, lease_owner = NULL, \
+             lease_expires_at = NULL \
+             WHERE id = ?1 AND (?2 IS NULL OR tenant_id = ?2) AND status IN ('queued', 'running') \
+             RETURNING ",
+            task_columns!()
+        ))
+        .bind(id.0)
+        .bind(tenant.map(|t| t.0))
+        .bind(micros(now))
+        .fetch_optional(&mut *tx)
+        .await?;
+        let outcome = match updated {
+            Some(row) => {
+                let mut task = row.into_task()?;
+                load_attempts(&mut tx, &mut task).await?;
+                Cancelled::Done(task)
+            }
+            None => match fetch_task(&mut tx, tenant, id).await? {
+                Some(task) => Cancelled::AlreadyFinished(task),
+                None => Cancelled::NotFound,
+            },
+        };
+        tx.commit().await?;
+        Ok(outcome)
+    }
+
+    async fn claim_tasks(
+        &self,
+        agent_type: &str,
+        limit: u32,
+        owner: &str,
+        lease_expires_at: Timestamp,
+        now: Timestamp,
+    ) -> StoreResult<Vec<Task>> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let mut tx = self.write_tx().await?;
+        let rows = sqlx::query_as::<_, TaskRow>(concat!(
+            "UPDATE tasks SET status = 'running', attempt = attempt + 1, started_at = COALESCE(started_at, ?1), \
+             updated_at = ?1, lease_owner = ?2, lease_expires_at = ?3 \
+             WHERE id IN (SELECT id FROM tasks WHERE status = 'queued' AND agent_type = ?4 AND not_before <= ?1 \
+             ORDER BY priority DESC, id ASC LIMIT ?5) \
+             RETURNING ",
+            task_columns!()
+        ))
+        .bind(micros(now))
+        .bind(owner)
+        .bind(micros(lease_expires_at))
+        .bind(agent_type)
+        .bind(i64::from(limit))
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        let mut tasks = rows.into_iter().map(TaskRow::into_task).collect::<StoreResult<Vec<_>>>()?;
+        crate::rows::sort_claimed(&mut tasks);
+        Ok(tasks)
+    }
+
+    async fn finish_attempts(&self, ends: &[AttemptEnd]) -> StoreResult<Vec<Option<Task>>> {
+        if ends.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut tx = self.write_tx().await?;
+        let mut out = Vec::with_capacity(ends.len());
+        for end in ends {
+            let finished_at = micros(end.finished_at);
+            let agent_id = end.agent_id.map(|a| a.0);
+            let query = match &end.result {
+                AttemptResult::Succeeded { output, usage } => sqlx::query_as::<_, TaskRow>(concat!(
+                    "UPDATE tasks SET status = 'succeeded', output = ?3, usage = ?4, error = NULL, \
+                     finished_at = ?5, updated_at = ?5, agent_id = COALESCE(?6, agent_id), lease_owner = NULL, \
+                     lease_expires_at = NULL \
+                     WHERE id = ?1 AND status = 'running' AND attempt = ?2 RETURNING ",
+                    task_columns!()
+                ))
+                .bind(end.task_id.0)
+                .bind(end.attempt)
+                .bind(Json(output))
+                .bind(usage.as_ref().map(Json)),
+                AttemptResult::Retry { error, not_before } => sqlx::query_as::<_, TaskRow>(concat!(
+                    "UPDATE tasks SET status = 'queued', error = ?3, not_before = ?4, updated_at = ?5, \
+                     agent_id = COALESCE(?6, agent_id), lease_owner = NULL, lease_expires_at = NULL \
+                     WHERE id = ?1 AND status = 'running' AND attempt = ?2 RETURNING ",
+                    task_columns!()
+                ))
+                .bind(end.task_id.0)
+                .bind(end.attempt)
+                .bind(error.as_str())
+                .bind(micros(*not_before)),
+                AttemptResult::Terminal { status, error } => sqlx::query_as::<_, TaskRow>(concat!(
+                    "UPDATE tasks SET status = ?3, error = ?4, finished_at = ?5, updated_at = ?5, \
+                     agent_id = COALESCE(?6, agent_id), lease_owner = NULL, lease_expires_at = NULL \
+                     WHERE id = ?1 AND status = 'running' AND attempt = ?2 RETURNING ",
+                    task_columns!()
+                ))
+                .bind(end.task_id.0)
+                .bind(end.attempt)
+                .bind(status.as_str())
+                .bind(error.as_str()),
+            };
+            let row = query.bind(finished_at).bind(agent_id).fetch_optional(&mut *tx).await?;
+            sqlx::query(INSERT_ATTEMPT)
+                .bind(end.task_id.0)
+                .bind(end.attempt)
+                .bind(agent_id)
+                .bind(micros(end.started_at))
+                .bind(finished_at)
+                .bind(end.outcome())
+                .bind(end.error())
+                .execute(&mut *tx)
+                .await?;
+            let task = match row {
+                Some(row) => {
+                    let mut task = row.into_task()?;
+                    load_attempts(&mut tx, &mut task).await?;
+                    Some(task)
+                }
+                None => None,
+            };
+            out.push(task);
+        }
+        tx.commit().await?;
+        Ok(out)
+    }
+
+    async fn renew_leases(&self, owner: &str, lease_expires_at: Timestamp) -> StoreResult<u64> {
+        let mut tx = self.write_tx().await?;
+        let renewed =
+            sqlx::query("UPDATE tasks SET lease_expires_at = ?2 WHERE status = 'running' AND lease_owner = ?1")
+                .bind(owner)
+                .bind(micros(lease_expires_at))
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+        tx.commit().await?;
+        Ok(renewed)
+    }
+
+    async fn requeue_expired(&self, now: Timestamp) -> StoreResult<Vec<Requeued>> {
+        let now_us = micros(now);
+        let mut tx = self.write_tx().await?;
+        let expired: Vec<(Uuid, i32, String, i64)> = sqlx::query_as(
+            "SELECT id, attempt, agent_type, updated_at FROM tasks \
+             WHERE status = 'running' AND lease_expires_at < ?1 ORDER BY id",
+        )
+        .bind(now_us)
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut out = Vec::with_capacity(expired.len());
+        for (id, attempt, agent_type, claimed_at) in expired {
+            let error = lease_expired_error(attempt);
+            sqlx::query(
+                "UPDATE tasks SET status = 'queued', not_before = ?3, updated_at = ?3, error = ?4, \
+                 lease_owner = NULL, lease_expires_at = NULL \
+                 WHERE id = ?1 AND status = 'running' AND attempt = ?2",
+            )
+            .bind(id)
+            .bind(attempt)
+            .bind(now_us)
+            .bind(&error)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query(INSERT_ATTEMPT)
+                .bind(id)
+                .bind(attempt)
+                .bind(None::<Uuid>)
+                .bind(claimed_at)
+                .bind(now_us)
+                .bind("lost")
+                .bind(&error)
+                .execute(&mut *tx)
+                .await?;
+            out.push(Requeued { task_id: TaskId(id), attempt, agent_type });
+        }
+        tx.commit().await?;
+        Ok(out)
+    }
+
+    async fn count_tasks_by_status(&self) -> StoreResult<BTreeMap<TaskStatus, u64>> {
+        crate::rows::status_map_unavailable()
+    }
+
+    async fn task_counts_by_status(&self) -> StoreResult<Vec<(TaskStatus, u64)>> {
+        let rows: Vec<(String, i64)> =
+            sqlx::query_as("SELECT status, COUNT(*) FROM tasks GROUP BY status").fetch_all(&self.reader).await?;
+        crate::rows::status_counts(rows)
+    }
+
+    async fn queued_by_type(&self) -> StoreResult<BTreeMap<String, u64>> {
+        let rows: Vec<(String, i64)> =
+            sqlx::query_as("SELECT agent_type, COUNT(*) FROM tasks WHERE status = 'queued' GROUP BY agent_type")
+                .fetch_all(&self.reader)
+                .await?;
+        rows.into_iter().map(|(agent_type, n)| Ok((agent_type, count("queued count", n)?))).collect()
+    }
+
+    async fn next_not_before(&self, agent_type: &str) -> StoreResult<Option<Timestamp>> {
+        let min: Option<i64> =
+            sqlx::query_scalar("SELECT MIN(not_before) FROM tasks WHERE status = 'queued' AND agent_type = ?1")
+                .bind(agent_type)
+                .fetch_one(&self.reader)
+                .await?;
+        min.map(crate::rows::from_micros).transpose()
+    }
+
+    async fn insert_agent(&self, agent: &AgentInstance) -> StoreResult<()> {
+        let mut tx = self.write_tx().await?;
+        sqlx::query(
+            "INSERT INTO agents (id, agent_type, url, capacity, load, weight, status, version, metadata, \
+             signing_secret, last_heartbeat, created_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+        )
+        .bind(agent.id.0)
+        .bind(&agent.agent_type)
+        .bind(&agent.url)
+        .bind(i64::from(agent.capacity))
+        .bind(i64::from(agent.load))
+        .bind(i64::from(agent.weight))
+        .bind(agent.status.as_str())
+        .bind(agent.version.as_deref())
+        .bind(Json(&agent.metadata))
+        .bind(&agent.signing_secret)
+        .bind(micros(agent.last_heartbeat))
+        .bind(micros(agent.created_at))
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn get_agent(&self, id: AgentId) -> StoreResult<Option<AgentInstance>> {
+        sqlx::query_as::<_, AgentRow>(concat!("SELECT ", agent_columns!(), " FROM agents WHERE id = ?1"))
+            .bind(id.0)
+            .fetch_optional(&self.reader)
+            .await?
+            .map(AgentRow::into_agent)
+            .transpose()
+    }
+
+    async fn list_agents(&self) -> StoreResult<Vec<AgentInstance>> {
+        let rows = sqlx::query_as::<_, AgentRow>(concat!(
+            "SELECT ",
+            agent_columns!(),
+            " FROM agents ORDER BY created_at, id"
+        ))
+        .fetch_all(&self.reader)
+        .await?;
+        rows.into_iter().map(AgentRow::into_agent).collect()
+    }
+
+    async fn heartbeat_agent(&self, id: AgentId, load: u32, status: AgentStatus, now: Timestamp) -> StoreResult<bool> {
+        let mut tx = self.write_tx().await?;
+        let n = sqlx::query("UPDATE agents SET load = ?2, status = ?3, last_heartbeat = ?4 WHERE id = ?1")
+            .bind(id.0)
+            .bind(i64::from(load))
+            .bind(status.as_str())
+            .bind(micros(now))
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        tx.commit().await?;
+        Ok(n > 0)
+    }
+
+    async fn set_agent_status(&self, id: AgentId, status: AgentStatus) -> StoreResult<bool> {
+        let mut tx = self.write_tx().await?;
+        let n = sqlx::query("UPDATE agents SET status = ?2 WHERE id = ?1")
+            .bind(id.0)
+            .bind(status.as_str())
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        tx.commit().await?;
+        Ok(n > 0)
+    }
+
+    async fn delete_agent(&self, id: AgentId) -> StoreResult<bool> {
+        let mut tx = self.write_tx().await?;
+        let n = sqlx::query("DELETE FROM agents WHERE id = ?1").bind(id.0).execute(&mut *tx).await?.rows_affected();
+        tx.commit().await?;
+        Ok(n > 0)
+    }
+}

@@ -1,0 +1,643 @@
+//! One behaviour suite for every `Store`: each behaviour is written once, as a function of the
+//! store, and runs against SQLite (a file in a temporary directory) and PostgreSQL (a schema of
+//! its own in the database named by `FLOTILLA_TEST_POSTGRES_URL`).
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use chrono::{Duration, TimeZone, Utc};
+use flotilla_core::Timestamp;
+use flotilla_core::agent::{AgentInstance, AgentStatus};
+use flotilla_core::auth::{ApiKeyRecord, Role};
+use flotilla_core::id::{AgentId, TaskId, TenantId};
+use flotilla_core::task::{AttemptEnd, AttemptResult, NewTask, Task, TaskStatus};
+use flotilla_store::{Cancelled, DynStore, Inserted, TaskFilter};
+use serde_json::json;
+use std::collections::HashSet;
+use support::{Backend, next_id, truncate};
+
+/// Instantiates each behaviour once per backend: `sqlite::<name>` and `postgres::<name>`.
+macro_rules! behaviours {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $name() {
+                    super::support::run(super::Backend::Sqlite, super::$name).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $name() {
+                    super::support::run(super::Backend::Postgres, super::$name).await;
+                }
+            )*
+        }
+    };
+}
+
+behaviours!(
+    migrations_are_idempotent_and_ready,
+    tasks_round_trip_every_field,
+    idempotency_keys_return_the_existing_task_per_tenant,
+    lists_filter_and_page_newest_first,
+    claims_follow_priority_then_age_and_respect_not_before,
+    concurrent_claims_take_each_task_once,
+    first_terminal_write_wins,
+    finishes_apply_in_one_batch,
+    retries_go_back_to_the_queue_until_not_before,
+    expired_leases_are_requeued_with_a_lost_attempt,
+    cancellation_applies_to_unfinished_tasks_only,
+    counts_and_queue_statistics,
+    agents_are_registered_updated_and_removed,
+    api_keys_and_tenants,
+);
+
+/// A fixed instant with nanoseconds, which the store truncates to microseconds.
+fn t0() -> Timestamp {
+    Utc.timestamp_opt(1_700_000_000, 123_456_789).single().unwrap()
+}
+
+fn secs(n: i64) -> Duration {
+    Duration::seconds(n)
+}
+
+fn new_task(tenant: TenantId, agent_type: &str, priority: i32, created_at: Timestamp) -> NewTask {
+    NewTask {
+        id: TaskId(next_id()),
+        tenant_id: tenant,
+        agent_type: agent_type.to_owned(),
+        input: json!({"prompt": "hello", "n": 1}),
+        priority,
+        complexity: None,
+        idempotency_key: None,
+        timeout_ms: 30_000,
+        max_attempts: 3,
+        trace_id: None,
+        created_at,
+    }
+}
+
+async fn insert(store: &DynStore, tasks: Vec<NewTask>) -> Vec<Task> {
+    let inserted = store.insert_tasks(&tasks).await.unwrap();
+    inserted
+        .into_iter()
+        .map(|i| match i {
+            Inserted::Created(t) => t,
+            Inserted::Existing(t) => panic!("task {} already existed", t.id),
+        })
+        .collect()
+}
+
+async fn claim(store: &DynStore, agent_type: &str, limit: u32, now: Timestamp) -> Vec<Task> {
+    store.claim_tasks(agent_type, limit, "replica-a", now + secs(30), now).await.unwrap()
+}
+
+fn succeeded(task: &Task, at: Timestamp) -> AttemptEnd {
+    AttemptEnd {
+        task_id: task.id,
+        attempt: task.attempt,
+        agent_id: Some(AgentId(next_id())),
+        started_at: at,
+        finished_at: at + secs(1),
+        result: AttemptResult::Succeeded { output: json!({"answer": 42}), usage: Some(json!({"tokens": 7})) },
+    }
+}
+
+fn ids(tasks: &[Task]) -> Vec<TaskId> {
+    tasks.iter().map(|t| t.id).collect()
+}
+
+async fn get(store: &DynStore, id: TaskId) -> Task {
+    store.get_task(None, id).await.unwrap().expect("task exists")
+}
+
+async fn migrations_are_idempotent_and_ready(store: DynStore) {
+    assert!(store.ready().await.unwrap());
+    store.migrate().await.unwrap();
+    store.migrate().await.unwrap();
+    assert!(store.ready().await.unwrap());
+    assert!(["sqlite", "postgres"].contains(&store.backend()));
+}
+
+async fn tasks_round_trip_every_field(store: DynStore) {
+    let tenant = TenantId(next_id());
+    let mut full = new_task(tenant, "summarise", 7, t0());
+    full.complexity = Some(0.625);
+    full.idempotency_key = Some("key-1".to_owned());
+    full.trace_id = Some("4bf92f3577b34da6a3ce929d0e0e4736".to_owned());
+    full.input = json!({"nested": {"list": [1, 2.5, "three", null, true]}, "unicode": "héllo ✓"});
+    let minimal = new_task(tenant, "summarise", 0, t0());
+
+    let created = insert(&store, vec![full.clone(), minimal.clone()]).await;
+    let mut expected = full.clone().into_task();
+    expected.created_at = truncate(full.created_at);
+    expected.updated_at = expected.created_at;
+    expected.not_before = expected.created_at;
+    assert_eq!(created[0], expected);
+    assert_eq!(get(&store, full.id).await, expected);
+    assert_eq!(get(&store, minimal.id).await, created[1]);
+    assert_eq!(store.get_task(Some(tenant), full.id).await.unwrap(), Some(expected.clone()));
+    assert_eq!(store.get_task(Some(TenantId(next_id())), full.id).await.unwrap(), None);
+    assert_eq!(store.get_task(None, TaskId(next_id())).await.unwrap(), None);
+
+    // Through a claim and a success, every field the store writes reads back.
+    let now = t0() + secs(5);
+    let claimed = claim(&store, "summarise", 1, now).await;
+    assert_eq!(ids(&claimed), vec![full.id]);
+    let running = &claimed[0];
+    assert_eq!(running.status, TaskStatus::Running);
+    assert_eq!(running.attempt, 1);
+    assert_eq!(running.started_at, Some(truncate(now)));
+    assert_eq!(running.updated_at, truncate(now));
+    assert!(running.attempts.is_empty());
+    assert_eq!(&get(&store, full.id).await, running);
+
+    let end = succeeded(running, now);
+    let finished = store.finish_attempts(std::slice::from_ref(&end)).await.unwrap();
+    let done = finished[0].clone().expect("applied");
+    assert_eq!(done.status, TaskStatus::Succeeded);
+    assert_eq!(done.output, Some(json!({"answer": 42})));
+    assert_eq!(done.usage, Some(json!({"tokens": 7})));
+    assert_eq!(done.error, None);
+    assert_eq!(done.agent_id, end.agent_id);
+    assert_eq!(done.finished_at, Some(truncate(end.finished_at)));
+    assert_eq!(done.updated_at, truncate(end.finished_at));
+    assert_eq!(done.attempts.len(), 1);
+    let attempt = &done.attempts[0];
+    assert_eq!(attempt.number, 1);
+    assert_eq!(attempt.agent_id, end.agent_id);
+    assert_eq!(attempt.started_at, truncate(end.started_at));
+    assert_eq!(attempt.finished_at, truncate(end.finished_at));
+    assert_eq!(attempt.outcome, "succeeded");
+    assert_eq!(attempt.error, None);
+    assert_eq!(get(&store, full.id).await, done);
+}
+
+async fn idempotency_keys_return_the_existing_task_per_tenant(store: DynStore) {
+    let (a, b) = (TenantId(next_id()), TenantId(next_id()));
+    let keyed = |tenant| {
+        let mut t = new_task(tenant, "x", 5, t0());
+        t.idempotency_key = Some("same".to_owned());
+        t
+    };
+    let first = keyed(a);
+    let created = insert(&store, vec![first.clone()]).await;
+
+    // Again, alone and twice in one batch: the first task, unchanged; nothing inserted.
+    let again = store.insert_tasks(&[keyed(a), keyed(a)]).await.unwrap();
+    assert_eq!(again, vec![Inserted::Existing(created[0].clone()), Inserted::Existing(created[0].clone())]);
+
+    // Another tenant's identical key and tasks without keys do not conflict.
+    let other = store.insert_tasks(&[keyed(b)]).await.unwrap();
+    assert!(matches!(&other[0], Inserted::Created(t) if t.tenant_id == b));
+    insert(&store, vec![new_task(a, "x", 5, t0()), new_task(a, "x", 5, t0())]).await;
+
+    // A new key and a repeat in the same batch: created, then existing.
+    let mut fresh = keyed(a);
+    fresh.idempotency_key = Some("fresh".to_owned());
+    let mut repeat = keyed(a);
+    repeat.idempotency_key = Some("fresh".to_owned());
+    let batch = store.insert_tasks(&[fresh.clone(), repeat]).await.unwrap();
+    assert!(matches!(&batch[0], Inserted::Created(t) if t.id == fresh.id));
+    assert_eq!(batch[1], Inserted::Existing(batch[0].task().clone()));
+
+    let all = store.list_tasks(&TaskFilter { limit: 100, ..TaskFilter::default() }).await.unwrap();
+    assert_eq!(all.len(), 5);
+}
+
+async fn lists_filter_and_page_newest_first(store: DynStore) {
+    let (a, b) = (TenantId(next_id()), TenantId(next_id()));
+    let mut tasks = Vec::new();
+    for i in 0..25 {
+        let tenant = if i % 3 == 0 { b } else { a };
+        let agent_type = if i % 2 == 0 { "even" } else { "odd" };
+        tasks.push(new_task(tenant, agent_type, 5, t0()));
+    }
+    let created = insert(&store, tasks).await;
+    // Claim some "even" tasks so that statuses differ.
+    let running = claim(&store, "even", 4, t0() + secs(1)).await;
+    assert_eq!(running.len(), 4);
+
+    let newest_first: Vec<TaskId> = created.iter().rev().map(|t| t.id).collect();
+    let mut paged = Vec::new();
+    let mut before = None;
+    loop {
+        let filter = TaskFilter { before, limit: 7, ..TaskFilter::default() };
+        let page = store.list_tasks(&filter).await.unwrap();
+        assert!(page.len() <= 7);
+        assert!(page.iter().all(|t| t.attempts.is_empty()));
+        let Some(last) = page.last() else { break };
+        before = Some(last.id);
+        paged.extend(ids(&page));
+    }
+    assert_eq!(paged, newest_first);
+
+    let by = |tenant_id, status, agent_type: Option<&str>| TaskFilter {
+        tenant_id,
+        status,
+        agent_type: agent_type.map(str::to_owned),
+        before: None,
+        limit: 100,
+    };
+    let expect = |f: &dyn Fn(&Task) -> bool| -> Vec<TaskId> {
+        let running_ids: HashSet<TaskId> = ids(&running).into_iter().collect();
+        created
+            .iter()
+            .rev()
+            .filter(|t| {
+                let mut t = (*t).clone();
+                if running_ids.contains(&t.id) {
+                    t.status = TaskStatus::Running;
+                }
+                f(&t)
+            })
+            .map(|t| t.id)
+            .collect()
+    };
+    let list = |filter: TaskFilter| {
+        let store = store.clone();
+        async move { ids(&store.list_tasks(&filter).await.unwrap()) }
+    };
+    assert_eq!(list(by(Some(a), None, None)).await, expect(&|t| t.tenant_id == a));
+    assert_eq!(list(by(None, None, Some("odd"))).await, expect(&|t| t.agent_type == "odd"));
+    assert_eq!(list(by(None, Some(TaskStatus::Running), None)).await, expect(&|t| t.status == TaskStatus::Running));
+    assert_eq!(
+        list(by(Some(b), Some(TaskStatus::Queued), Some("even"))).await,
+        expect(&|t| t.tenant_id == b && t.status == TaskStatus::Queued && t.agent_type == "even")
+    );
+    let page = list(TaskFilter { tenant_id: Some(a), before: Some(created[10].id), limit: 3, ..TaskFilter::default() })
+        .await;
+    let tail: Vec<TaskId> = expect(&|t| t.tenant_id == a && t.id < created[10].id).into_iter().take(3).collect();
+    assert_eq!(page, tail);
+    assert!(list(by(Some(TenantId(next_id())), None, None)).await.is_empty());
+}
+
+async fn claims_follow_priority_then_age_and_respect_not_before(store: DynStore) {
+    let tenant = TenantId(next_id());
+    let old_low = new_task(tenant, "w", 1, t0());
+    let old_high = new_task(tenant, "w", 9, t0());
+    let new_high = new_task(tenant, "w", 9, t0());
+    let mid = new_task(tenant, "w", 5, t0());
+    let later = new_task(tenant, "w", 9, t0() + secs(60)); // not_before = created_at, in the future
+    let other_type = new_task(tenant, "other", 9, t0());
+    insert(&store, vec![old_low.clone(), old_high.clone(), new_high.clone(), mid.clone(), later.clone(), other_type])
+        .await;
+
+    let now = t0() + secs(1);
+    assert!(claim(&store, "w", 0, now).await.is_empty());
+    let first = claim(&store, "w", 2, now).await;
+    assert_eq!(ids(&first), vec![old_high.id, new_high.id]);
+    assert!(first.iter().all(|t| t.status == TaskStatus::Running && t.attempt == 1 && t.attempts.is_empty()));
+    let rest = claim(&store, "w", 10, now).await;
+    assert_eq!(ids(&rest), vec![mid.id, old_low.id]);
+    assert!(claim(&store, "w", 10, now).await.is_empty());
+    // Exactly at not_before it becomes claimable.
+    let at = truncate(later.created_at);
+    assert_eq!(ids(&claim(&store, "w", 10, at).await), vec![later.id]);
+    let lease = get(&store, later.id).await;
+    assert_eq!(lease.started_at, Some(at));
+    assert!(claim(&store, "nobody", 10, at).await.is_empty());
+}
+
+async fn concurrent_claims_take_each_task_once(store: DynStore) {
+    let tenant = TenantId(next_id());
+    let tasks: Vec<NewTask> = (0..200).map(|i| new_task(tenant, "busy", i % 10, t0())).collect();
+    for chunk in tasks.chunks(50) {
+        insert(&store, chunk.to_vec()).await;
+    }
+    let now = t0() + secs(1);
+    let mut claimers = tokio::task::JoinSet::new();
+    for i in 0..8 {
+        let store = store.clone();
+        claimers.spawn(async move {
+            let owner = format!("replica-{i}");
+            let mut mine = Vec::new();
+            loop {
+                let got = store.claim_tasks("busy", 7, &owner, now + secs(30), now).await.unwrap();
+                if got.is_empty() {
+                    return mine;
+                }
+                mine.extend(got.into_iter().map(|t| t.id));
+                tokio::task::yield_now().await;
+            }
+        });
+    }
+    let mut all = Vec::new();
+    while let Some(claimed) = claimers.join_next().await {
+        all.extend(claimed.unwrap());
+    }
+    assert_eq!(all.len(), 200);
+    let unique: HashSet<TaskId> = all.iter().copied().collect();
+    assert_eq!(unique.len(), 200);
+    let counts = store.task_counts_by_status().await.unwrap();
+    assert!(counts.contains(&(TaskStatus::Running, 200)));
+}
+
+async fn first_terminal_write_wins(store: DynStore) {
+    let tenant = TenantId(next_id());
+    let (a, b) = (new_task(tenant, "w", 5, t0()), new_task(tenant, "w", 5, t0()));
+    insert(&store, vec![a.clone(), b.clone()]).await;
+    let now = t0() + secs(1);
+    let claimed = claim(&store, "w", 2, now).await;
+    let (task_a, task_b) = (&claimed[0], &claimed[1]);
+
+    // A stale attempt number is ignored, but its attempt is recorded.
+    let mut stale = succeeded(task_a, now);
+    stale.attempt = 7;
+    assert_eq!(store.finish_attempts(std::slice::from_ref(&stale)).await.unwrap(), vec![None]);
+    assert_eq!(get(&store, a.id).await.status, TaskStatus::Running);
+
+    // The first terminal write applies; a second for the same attempt does not.
+    let fail = AttemptEnd {
+        result: AttemptResult::Terminal { status: TaskStatus::Failed, error: "agent said 400".to_owned() },
+        ..succeeded(task_a, now)
+    };
+    let applied = store.finish_attempts(std::slice::from_ref(&fail)).await.unwrap();
+    let failed = applied[0].clone().expect("applied");
+    assert_eq!(failed.status, TaskStatus::Failed);
+    assert_eq!(failed.error.as_deref(), Some("agent said 400"));
+    assert_eq!(failed.output, None);
+    assert_eq!(failed.finished_at, Some(truncate(fail.finished_at)));
+    let late = succeeded(task_a, now + secs(2));
+    assert_eq!(store.finish_attempts(std::slice::from_ref(&late)).await.unwrap(), vec![None]);
+    let stored = get(&store, a.id).await;
+    assert_eq!(stored.status, TaskStatus::Failed);
+    assert_eq!(stored.output, None);
+    // Attempt 1 was recorded once (by the first write), the stale attempt 7 too.
+    let attempts: Vec<(i32, &str)> = stored.attempts.iter().map(|a| (a.number, a.outcome.as_str())).collect();
+    assert_eq!(attempts, vec![(1, "failed"), (7, "succeeded")]);
+    assert_eq!(stored.attempts[0].error.as_deref(), Some("agent said 400"));
+
+    // A cancelled task is not overwritten by its running attempt's end.
+    let cancelled = store.cancel_task(None, b.id, now + secs(1)).await.unwrap();
+    assert!(matches!(cancelled, Cancelled::Done(_)));
+    let end = succeeded(task_b, now);
+    assert_eq!(store.finish_attempts(std::slice::from_ref(&end)).await.unwrap(), vec![None]);
+    let stored = get(&store, b.id).await;
+    assert_eq!(stored.status, TaskStatus::Cancelled);
+    assert_eq!(stored.output, None);
+    assert_eq!(stored.attempts.len(), 1);
+    assert_eq!(stored.attempts[0].outcome, "succeeded");
+}
+
+async fn finishes_apply_in_one_batch(store: DynStore) {
+    let tenant = TenantId(next_id());
+    let tasks: Vec<NewTask> = (0..6).map(|_| new_task(tenant, "w", 5, t0())).collect();
+    insert(&store, tasks).await;
+    let now = t0() + secs(1);
+    let claimed = claim(&store, "w", 6, now).await;
+    let mut ends: Vec<AttemptEnd> = claimed.iter().map(|t| succeeded(t, now)).collect();
+    ends[1].attempt = 2; // stale
+    ends[3].result = AttemptResult::Retry { error: "503".to_owned(), not_before: now + secs(5) };
+    ends[4].result = AttemptResult::Terminal { status: TaskStatus::TimedOut, error: "deadline".to_owned() };
+    ends.push(succeeded(&claimed[0], now)); // a duplicate of an applied end in the same batch
+    let results = store.finish_attempts(&ends).await.unwrap();
+    let statuses: Vec<Option<TaskStatus>> = results.iter().map(|r| r.as_ref().map(|t| t.status)).collect();
+    assert_eq!(
+        statuses,
+        vec![
+            Some(TaskStatus::Succeeded),
+            None,
+            Some(TaskStatus::Succeeded),
+            Some(TaskStatus::Queued),
+            Some(TaskStatus::TimedOut),
+            Some(TaskStatus::Succeeded),
+            None,
+        ]
+    );
+    for (result, task) in results.iter().zip(&claimed) {
+        if let Some(result) = result {
+            assert_eq!(result.id, task.id);
+            assert_eq!(result, &get(&store, task.id).await);
+        }
+    }
+    assert_eq!(get(&store, claimed[1].id).await.status, TaskStatus::Running);
+    assert!(store.finish_attempts(&[]).await.unwrap().is_empty());
+}
+
+async fn retries_go_back_to_the_queue_until_not_before(store: DynStore) {
+    let tenant = TenantId(next_id());
+    let task = new_task(tenant, "w", 5, t0());
+    insert(&store, vec![task.clone()]).await;
+    let now = t0() + secs(1);
+    let claimed = claim(&store, "w", 1, now).await;
+    let retry_at = now + secs(10);
+    let agent = AgentId(next_id());
+    let end = AttemptEnd {
+        task_id: task.id,
+        attempt: 1,
+        agent_id: Some(agent),
+        started_at: now,
+        finished_at: now + secs(1),
+        result: AttemptResult::Retry { error: "connection refused".to_owned(), not_before: retry_at },
+    };
+    let queued = store.finish_attempts(&[end]).await.unwrap()[0].clone().expect("applied");
+    assert_eq!(queued.status, TaskStatus::Queued);
+    assert_eq!(queued.error.as_deref(), Some("connection refused"));
+    assert_eq!(queued.not_before, truncate(retry_at));
+    assert_eq!(queued.agent_id, Some(agent));
+    assert_eq!(queued.finished_at, None);
+    assert_eq!(queued.attempts.len(), 1);
+    assert_eq!(queued.attempts[0].outcome, "failed");
+    assert_eq!(queued.attempts[0].error.as_deref(), Some("connection refused"));
+    assert_eq!(store.next_not_before("w").await.unwrap(), Some(truncate(retry_at)));
+
+    assert!(claim(&store, "w", 1, retry_at - secs(1)).await.is_empty());
+    let again = claim(&store, "w", 1, retry_at).await;
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].attempt, 2);
+    assert_eq!(again[0].started_at, claimed[0].started_at, "started_at is kept from the first claim");
+    let done = store.finish_attempts(&[succeeded(&again[0], retry_at)]).await.unwrap()[0].clone().unwrap();
+    assert_eq!(done.status, TaskStatus::Succeeded);
+    assert_eq!(done.error, None);
+    assert_eq!(done.attempts.iter().map(|a| a.number).collect::<Vec<_>>(), vec![1, 2]);
+}
+
+async fn expired_leases_are_requeued_with_a_lost_attempt(store: DynStore) {
+    let tenant = TenantId(next_id());
+    let (a, b) = (new_task(tenant, "w", 5, t0()), new_task(tenant, "w", 5, t0()));
+    insert(&store, vec![a.clone(), b.clone()]).await;
+    let now = t0() + secs(1);
+    let mine = store.claim_tasks("w", 1, "replica-a", now + secs(30), now).await.unwrap();
+    let theirs = store.claim_tasks("w", 1, "replica-b", now + secs(30), now).await.unwrap();
+    assert_eq!((ids(&mine), ids(&theirs)), (vec![a.id], vec![b.id]));
+
+    assert_eq!(store.renew_leases("replica-a", now + secs(60)).await.unwrap(), 1);
+    assert_eq!(store.renew_leases("nobody", now + secs(60)).await.unwrap(), 0);
+    assert!(store.requeue_expired(now + secs(30)).await.unwrap().is_empty(), "not before the lease expires");
+
+    let requeued = store.requeue_expired(now + secs(45)).await.unwrap();
+    assert_eq!(requeued, vec![flotilla_store::Requeued { task_id: b.id, attempt: 1, agent_type: "w".to_owned() }]);
+    let lost = get(&store, b.id).await;
+    assert_eq!(lost.status, TaskStatus::Queued);
+    assert_eq!(lost.not_before, truncate(now + secs(45)));
+    assert_eq!(lost.error.as_deref(), Some("lease expired: the control plane that ran attempt 1 stopped"));
+    assert_eq!(lost.attempts.len(), 1);
+    assert_eq!(lost.attempts[0].number, 1);
+    assert_eq!(lost.attempts[0].outcome, "lost");
+    assert_eq!(lost.attempts[0].started_at, truncate(now));
+    assert_eq!(lost.attempts[0].finished_at, truncate(now + secs(45)));
+
+    // Claimable again at once, as attempt 2; the lost attempt's late end is stale.
+    let again = claim(&store, "w", 5, now + secs(45)).await;
+    assert_eq!(ids(&again), vec![b.id]);
+    assert_eq!(again[0].attempt, 2);
+    assert_eq!(store.finish_attempts(&[succeeded(&theirs[0], now)]).await.unwrap(), vec![None]);
+    assert_eq!(get(&store, b.id).await.status, TaskStatus::Running);
+
+    // The renewed lease expires later.
+    let requeued = store.requeue_expired(now + secs(61)).await.unwrap();
+    assert_eq!(requeued.iter().map(|r| r.task_id).collect::<Vec<_>>(), vec![a.id]);
+}
+
+async fn cancellation_applies_to_unfinished_tasks_only(store: DynStore) {
+    let tenant = TenantId(next_id());
+    let tasks: Vec<NewTask> = (0..3).map(|_| new_task(tenant, "w", 5, t0())).collect();
+    insert(&store, tasks.clone()).await;
+    let now = t0() + secs(1);
+    let claimed = claim(&store, "w", 2, now).await; // tasks 0 and 1 run, 2 stays queued
+    store.finish_attempts(&[succeeded(&claimed[0], now)]).await.unwrap();
+
+    let at = now + secs(5);
+    let Cancelled::Done(queued) = store.cancel_task(Some(tenant), tasks[2].id, at).await.unwrap() else {
+        panic!("queued task not cancelled");
+    };
+    assert_eq!(queued.status, TaskStatus::Cancelled);
+    assert_eq!(queued.finished_at, Some(truncate(at)));
+    let Cancelled::Done(running) = store.cancel_task(None, tasks[1].id, at).await.unwrap() else {
+        panic!("running task not cancelled");
+    };
+    assert_eq!(running.status, TaskStatus::Cancelled);
+    assert_eq!(get(&store, tasks[1].id).await, running);
+    // A cancelled task's lease is gone: it never comes back from requeue_expired.
+    assert!(store.requeue_expired(now + secs(3600)).await.unwrap().is_empty());
+
+    let finished = get(&store, tasks[0].id).await;
+    assert_eq!(store.cancel_task(None, tasks[0].id, at).await.unwrap(), Cancelled::AlreadyFinished(finished));
+    let again = get(&store, tasks[2].id).await;
+    assert_eq!(store.cancel_task(None, tasks[2].id, at).await.unwrap(), Cancelled::AlreadyFinished(again));
+    assert_eq!(store.cancel_task(Some(TenantId(next_id())), tasks[0].id, at).await.unwrap(), Cancelled::NotFound);
+    assert_eq!(store.cancel_task(None, TaskId(next_id()), at).await.unwrap(), Cancelled::NotFound);
+}
+
+async fn counts_and_queue_statistics(store: DynStore) {
+    let initial = store.task_counts_by_status().await.unwrap();
+    assert_eq!(initial, TaskStatus::ALL.into_iter().map(|s| (s, 0)).collect::<Vec<_>>());
+    assert_eq!(store.next_not_before("a").await.unwrap(), None);
+    assert!(store.queued_by_type().await.unwrap().is_empty());
+
+    let tenant = TenantId(next_id());
+    let mut tasks: Vec<NewTask> = (0..5).map(|_| new_task(tenant, "a", 5, t0() + secs(10))).collect();
+    tasks.push(new_task(tenant, "a", 5, t0() + secs(3)));
+    tasks.extend((0..2).map(|_| new_task(tenant, "b", 5, t0())));
+    insert(&store, tasks).await;
+    let now = t0() + secs(20);
+    let claimed = claim(&store, "a", 3, now).await;
+    store.finish_attempts(&[succeeded(&claimed[0], now)]).await.unwrap();
+
+    let counts = store.task_counts_by_status().await.unwrap();
+    let count = |status| counts.iter().find(|(s, _)| *s == status).map(|(_, n)| *n);
+    assert_eq!(count(TaskStatus::Queued), Some(5));
+    assert_eq!(count(TaskStatus::Running), Some(2));
+    assert_eq!(count(TaskStatus::Succeeded), Some(1));
+    assert_eq!(count(TaskStatus::Failed), Some(0));
+    // The BTreeMap form cannot be filled until TaskStatus implements Ord; it must not fail.
+    store.count_tasks_by_status().await.unwrap();
+
+    let queued = store.queued_by_type().await.unwrap();
+    assert_eq!(queued.into_iter().collect::<Vec<_>>(), vec![("a".to_owned(), 3), ("b".to_owned(), 2)]);
+    assert_eq!(store.next_not_before("a").await.unwrap(), Some(truncate(t0() + secs(10))));
+    assert_eq!(store.next_not_before("b").await.unwrap(), Some(truncate(t0())));
+    assert_eq!(store.next_not_before("c").await.unwrap(), None);
+}
+
+fn agent(agent_type: &str, created_at: Timestamp) -> AgentInstance {
+    AgentInstance {
+        id: AgentId(next_id()),
+        agent_type: agent_type.to_owned(),
+        url: "http://127.0.0.1:9001".to_owned(),
+        capacity: 4,
+        load: 0,
+        weight: u32::MAX,
+        status: AgentStatus::Starting,
+        version: Some("1.2.3".to_owned()),
+        metadata: json!({"zone": "a", "gpu": false}),
+        signing_secret: "s3cr3t".to_owned(),
+        last_heartbeat: created_at,
+        created_at,
+    }
+}
+
+async fn agents_are_registered_updated_and_removed(store: DynStore) {
+    assert!(store.list_agents().await.unwrap().is_empty());
+    let first = agent("echo", t0());
+    let mut second = agent("sum", t0() + secs(1));
+    second.version = None;
+    second.metadata = json!({});
+    store.insert_agent(&first).await.unwrap();
+    store.insert_agent(&second).await.unwrap();
+    assert!(store.insert_agent(&first).await.is_err(), "ids are unique");
+
+    let mut expected = first.clone();
+    expected.created_at = truncate(first.created_at);
+    expected.last_heartbeat = expected.created_at;
+    assert_eq!(store.get_agent(first.id).await.unwrap(), Some(expected.clone()));
+    let listed: Vec<AgentId> = store.list_agents().await.unwrap().iter().map(|a| a.id).collect();
+    assert_eq!(listed, vec![first.id, second.id]);
+
+    let beat = t0() + secs(30);
+    assert!(store.heartbeat_agent(first.id, 3, AgentStatus::Busy, beat).await.unwrap());
+    let stored = store.get_agent(first.id).await.unwrap().unwrap();
+    assert_eq!((stored.load, stored.status, stored.last_heartbeat), (3, AgentStatus::Busy, truncate(beat)));
+    assert!(store.set_agent_status(first.id, AgentStatus::Draining).await.unwrap());
+    let stored = store.get_agent(first.id).await.unwrap().unwrap();
+    assert_eq!((stored.load, stored.status), (3, AgentStatus::Draining));
+
+    let missing = AgentId(next_id());
+    assert!(!store.heartbeat_agent(missing, 0, AgentStatus::Idle, beat).await.unwrap());
+    assert!(!store.set_agent_status(missing, AgentStatus::Failed).await.unwrap());
+    assert!(store.delete_agent(first.id).await.unwrap());
+    assert!(!store.delete_agent(first.id).await.unwrap());
+    assert_eq!(store.get_agent(first.id).await.unwrap(), None);
+    assert_eq!(store.list_agents().await.unwrap().len(), 1);
+}
+
+async fn api_keys_and_tenants(store: DynStore) {
+    let tenant = TenantId(next_id());
+    store.ensure_tenant(tenant, "acme", t0()).await.unwrap();
+    store.ensure_tenant(tenant, "acme again", t0()).await.unwrap();
+    store.ensure_tenant(TenantId::DEFAULT, "default", t0()).await.unwrap();
+    assert_eq!(store.count_api_keys().await.unwrap(), 0);
+
+    let key = ApiKeyRecord {
+        id: "abc123".to_owned(),
+        tenant_id: tenant,
+        role: Role::Submitter,
+        name: "ci".to_owned(),
+        secret_hash: "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08".to_owned(),
+        created_at: t0(),
+        expires_at: Some(t0() + secs(86_400)),
+        revoked_at: None,
+    };
+    store.insert_api_key(&key).await.unwrap();
+    let mut admin = key.clone();
+    admin.id = "admin1".to_owned();
+    admin.role = Role::Admin;
+    admin.expires_at = None;
+    admin.revoked_at = Some(t0() + secs(5));
+    store.insert_api_key(&admin).await.unwrap();
+    assert!(store.insert_api_key(&key).await.is_err(), "key ids are unique");
+
+    let mut expected = key.clone();
+    expected.created_at = truncate(key.created_at);
+    expected.expires_at = key.expires_at.map(truncate);
+    assert_eq!(store.get_api_key("abc123").await.unwrap(), Some(expected));
+    let stored = store.get_api_key("admin1").await.unwrap().unwrap();
+    assert_eq!((stored.role, stored.expires_at, stored.revoked_at), (Role::Admin, None, Some(truncate(t0() + secs(5)))));
+    assert_eq!(store.get_api_key("nope").await.unwrap(), None);
+    assert_eq!(store.count_api_keys().await.unwrap(), 2);
+}
