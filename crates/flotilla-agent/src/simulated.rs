@@ -60,7 +60,8 @@ pub enum SimulationError {
 impl Latency {
     /// A log-normal latency with the given median and 99th percentile, in milliseconds.
     pub fn new(median_ms: f64, p99_ms: f64) -> Result<Latency, SimulationError> {
-        let valid = median_ms.is_finite() && p99_ms.is_finite() && median_ms >= 0.0 && p99_ms >= median_ms;
+        let valid =
+            median_ms.is_finite() && p99_ms.is_finite() && median_ms >= 0.0 && p99_ms >= median_ms;
         if valid {
             Ok(Latency { median_ms, p99_ms })
         } else {
@@ -69,7 +70,10 @@ impl Latency {
     }
 
     /// No delay at all.
-    pub const ZERO: Latency = Latency { median_ms: 0.0, p99_ms: 0.0 };
+    pub const ZERO: Latency = Latency {
+        median_ms: 0.0,
+        p99_ms: 0.0,
+    };
 
     pub fn median_ms(&self) -> f64 {
         self.median_ms
@@ -85,7 +89,9 @@ impl Latency {
             return Duration::ZERO;
         }
         let sigma = (self.p99_ms / self.median_ms).ln() / Z_99;
-        let ms = (self.median_ms.ln() + sigma * z).exp().min(self.p99_ms * TAIL_CAP);
+        let ms = (self.median_ms.ln() + sigma * z)
+            .exp()
+            .min(self.p99_ms * TAIL_CAP);
         Duration::from_secs_f64(ms / 1000.0)
     }
 
@@ -110,7 +116,11 @@ impl SimulatedAgent {
         if !(0.0..=1.0).contains(&failure_rate) {
             return Err(SimulationError::FailureRate(failure_rate));
         }
-        Ok(SimulatedAgent { agent_type, latency, failure_rate })
+        Ok(SimulatedAgent {
+            agent_type,
+            latency,
+            failure_rate,
+        })
     }
 
     pub fn agent_type(&self) -> &str {
@@ -128,7 +138,9 @@ impl Agent for SimulatedAgent {
         }
         let steer = Steering::from_input(&request.input);
         if steer.reject {
-            return Err(AgentError::Rejected("simulated rejection requested by the task input".into()));
+            return Err(AgentError::Rejected(
+                "simulated rejection requested by the task input".into(),
+            ));
         }
 
         let delay = steer.duration.unwrap_or_else(|| self.latency.sample());
@@ -138,7 +150,10 @@ impl Agent for SimulatedAgent {
             return Err(AgentError::Failed("simulated failure".into()));
         }
         let output = output::for_task(&self.agent_type, request.task_id, &request.input);
-        Ok(ExecuteResponse { output, usage: None })
+        Ok(ExecuteResponse {
+            output,
+            usage: None,
+        })
     }
 }
 
@@ -156,9 +171,18 @@ impl Steering {
             return Steering::default();
         };
         Steering {
-            duration: simulate.get("duration_ms").and_then(serde_json::Value::as_u64).map(Duration::from_millis),
-            fail: simulate.get("fail").and_then(serde_json::Value::as_bool).unwrap_or(false),
-            reject: simulate.get("reject").and_then(serde_json::Value::as_bool).unwrap_or(false),
+            duration: simulate
+                .get("duration_ms")
+                .and_then(serde_json::Value::as_u64)
+                .map(Duration::from_millis),
+            fail: simulate
+                .get("fail")
+                .and_then(serde_json::Value::as_bool)
+                .unwrap_or(false),
+            reject: simulate
+                .get("reject")
+                .and_then(serde_json::Value::as_bool)
+                .unwrap_or(false),
         }
     }
 }
@@ -181,9 +205,15 @@ mod tests {
         let ms = |d: Duration| d.as_secs_f64() * 1000.0;
         assert!((ms(latency.at(0.0)) - 100.0).abs() < 1e-6);
         assert!((ms(latency.at(Z_99)) - 400.0).abs() < 1e-6);
-        assert!((ms(latency.at(10.0)) - 1600.0).abs() < 1e-6, "the tail is capped");
+        assert!(
+            (ms(latency.at(10.0)) - 1600.0).abs() < 1e-6,
+            "the tail is capped"
+        );
         assert_eq!(Latency::ZERO.sample(), Duration::ZERO);
-        assert_eq!(Latency::new(50.0, 50.0).map(|l| l.at(3.0)), Ok(Duration::from_millis(50)));
+        assert_eq!(
+            Latency::new(50.0, 50.0).map(|l| l.at(3.0)),
+            Ok(Duration::from_millis(50))
+        );
     }
 
     #[test]

@@ -51,7 +51,11 @@ impl ClientError {
         matches!(self, ClientError::Transport(_))
     }
 
-    pub(crate) fn from_response(status: u16, body: &[u8], request_id: Option<String>) -> ClientError {
+    pub(crate) fn from_response(
+        status: u16,
+        body: &[u8],
+        request_id: Option<String>,
+    ) -> ClientError {
         let error = match serde_json::from_slice::<ErrorBody>(body) {
             Ok(ErrorBody { mut error }) => {
                 if error.request_id.is_none() {
@@ -71,7 +75,12 @@ impl ClientError {
                 } else {
                     snippet(text)
                 };
-                ErrorDetail { code: format!("http_{status}"), message, field: None, request_id }
+                ErrorDetail {
+                    code: format!("http_{status}"),
+                    message,
+                    field: None,
+                    request_id,
+                }
             }
         };
         ClientError::Api { status, error }
@@ -96,7 +105,9 @@ mod tests {
         let err = ClientError::from_response(404, body, Some("req-1".into()));
         assert_eq!(err.status(), Some(404));
         assert_eq!(err.code(), Some("not_found"));
-        let ClientError::Api { error, .. } = err else { unreachable!() };
+        let ClientError::Api { error, .. } = err else {
+            unreachable!()
+        };
         assert_eq!(error.field.as_deref(), Some("id"));
         assert_eq!(error.request_id.as_deref(), Some("req-1"));
     }

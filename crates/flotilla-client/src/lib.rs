@@ -17,8 +17,8 @@ use flotilla_core::agent::AgentInstance;
 use flotilla_core::id::{AgentId, TaskId};
 use flotilla_core::task::{Task, TaskStatus};
 use flotilla_core::wire::{
-    AgentList, Deregistered, Heartbeat, HeartbeatAck, Probe, RegisterAgent, Registered,
-    SubmitTask, TaskPage,
+    AgentList, Deregistered, Heartbeat, HeartbeatAck, Probe, RegisterAgent, Registered, SubmitTask,
+    TaskPage,
 };
 use reqwest::header::{AUTHORIZATION, HeaderMap, HeaderValue};
 use reqwest::{Method, RequestBuilder};
@@ -149,7 +149,8 @@ impl Client {
                 let query = [("wait", wait.as_secs_f64().to_string())];
                 // The server holds the request for up to `wait`; the limit must outlast it.
                 let timeout = wait.saturating_add(self.request_timeout);
-                self.call_with(Method::GET, &path, &query, NoBody, Some(timeout)).await
+                self.call_with(Method::GET, &path, &query, NoBody, Some(timeout))
+                    .await
             }
             None => self.call(Method::GET, &path, NoBody, None).await,
         }
@@ -170,27 +171,46 @@ impl Client {
         if let Some(limit) = filter.limit {
             query.push(("limit", limit.to_string()));
         }
-        self.call_with(Method::GET, "/v1/tasks", &query, NoBody, None).await
+        self.call_with(Method::GET, "/v1/tasks", &query, NoBody, None)
+            .await
     }
 
     /// `POST /v1/tasks/{id}/cancel`.
     pub async fn cancel_task(&self, id: TaskId) -> Result<Task, ClientError> {
-        self.call(Method::POST, &format!("/v1/tasks/{id}/cancel"), NoBody, None).await
+        self.call(
+            Method::POST,
+            &format!("/v1/tasks/{id}/cancel"),
+            NoBody,
+            None,
+        )
+        .await
     }
 
     /// `POST /v1/agents`: register an agent instance.
     pub async fn register_agent(&self, agent: &RegisterAgent) -> Result<Registered, ClientError> {
-        self.call(Method::POST, "/v1/agents", Json(agent), None).await
+        self.call(Method::POST, "/v1/agents", Json(agent), None)
+            .await
     }
 
     /// `POST /v1/agents/{id}/heartbeat`.
-    pub async fn heartbeat(&self, id: AgentId, beat: &Heartbeat) -> Result<HeartbeatAck, ClientError> {
-        self.call(Method::POST, &format!("/v1/agents/{id}/heartbeat"), Json(beat), None).await
+    pub async fn heartbeat(
+        &self,
+        id: AgentId,
+        beat: &Heartbeat,
+    ) -> Result<HeartbeatAck, ClientError> {
+        self.call(
+            Method::POST,
+            &format!("/v1/agents/{id}/heartbeat"),
+            Json(beat),
+            None,
+        )
+        .await
     }
 
     /// `DELETE /v1/agents/{id}`: deregister an instance (after it drained).
     pub async fn deregister(&self, id: AgentId) -> Result<Deregistered, ClientError> {
-        self.call(Method::DELETE, &format!("/v1/agents/{id}"), NoBody, None).await
+        self.call(Method::DELETE, &format!("/v1/agents/{id}"), NoBody, None)
+            .await
     }
 
     /// `GET /v1/agents`.
@@ -200,7 +220,8 @@ impl Client {
 
     /// `GET /v1/agents/{id}`.
     pub async fn get_agent(&self, id: AgentId) -> Result<AgentInstance, ClientError> {
-        self.call(Method::GET, &format!("/v1/agents/{id}"), NoBody, None).await
+        self.call(Method::GET, &format!("/v1/agents/{id}"), NoBody, None)
+            .await
     }
 
     async fn call<B: RequestBody, T: DeserializeOwned>(
@@ -239,7 +260,11 @@ impl Client {
             .map(str::to_owned);
         let bytes = response.bytes().await.map_err(ClientError::Transport)?;
         if !status.is_success() {
-            return Err(ClientError::from_response(status.as_u16(), &bytes, request_id));
+            return Err(ClientError::from_response(
+                status.as_u16(),
+                &bytes,
+                request_id,
+            ));
         }
         serde_json::from_slice(&bytes).map_err(|e| {
             ClientError::Decode(format!(

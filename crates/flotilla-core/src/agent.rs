@@ -53,12 +53,19 @@ impl AgentStatus {
 
     /// True when the instance may receive new work (given free capacity).
     pub const fn accepts_work(self) -> bool {
-        matches!(self, AgentStatus::Starting | AgentStatus::Idle | AgentStatus::Busy)
+        matches!(
+            self,
+            AgentStatus::Starting | AgentStatus::Idle | AgentStatus::Busy
+        )
     }
 
     /// The status an accepting instance shows for a given load.
     pub const fn for_load(load: u32) -> AgentStatus {
-        if load == 0 { AgentStatus::Idle } else { AgentStatus::Busy }
+        if load == 0 {
+            AgentStatus::Idle
+        } else {
+            AgentStatus::Busy
+        }
     }
 }
 
@@ -108,7 +115,11 @@ pub struct AgentInstance {
 }
 
 /// True when an instance's heartbeats are overdue and it must be marked failed.
-pub fn heartbeat_expired(last_heartbeat: Timestamp, now: Timestamp, timeout: chrono::Duration) -> bool {
+pub fn heartbeat_expired(
+    last_heartbeat: Timestamp,
+    now: Timestamp,
+    timeout: chrono::Duration,
+) -> bool {
     now - last_heartbeat > timeout
 }
 
@@ -119,8 +130,14 @@ mod tests {
 
     #[test]
     fn only_live_statuses_accept_work() {
-        let accepting: Vec<_> = AgentStatus::ALL.into_iter().filter(|s| s.accepts_work()).collect();
-        assert_eq!(accepting, vec![AgentStatus::Starting, AgentStatus::Idle, AgentStatus::Busy]);
+        let accepting: Vec<_> = AgentStatus::ALL
+            .into_iter()
+            .filter(|s| s.accepts_work())
+            .collect();
+        assert_eq!(
+            accepting,
+            vec![AgentStatus::Starting, AgentStatus::Idle, AgentStatus::Busy]
+        );
     }
 
     #[test]
@@ -128,7 +145,11 @@ mod tests {
         let t0 = Utc.timestamp_opt(1_000, 0).single().unwrap_or_default();
         let timeout = Duration::seconds(10);
         assert!(!heartbeat_expired(t0, t0 + Duration::seconds(10), timeout));
-        assert!(heartbeat_expired(t0, t0 + Duration::milliseconds(10_001), timeout));
+        assert!(heartbeat_expired(
+            t0,
+            t0 + Duration::milliseconds(10_001),
+            timeout
+        ));
     }
 
     #[test]

@@ -47,10 +47,16 @@ pub struct UnknownRole(pub String);
 impl FromStr for Role {
     type Err = UnknownRole;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        [Role::Admin, Role::Operator, Role::Submitter, Role::Agent, Role::Viewer]
-            .into_iter()
-            .find(|r| r.as_str() == s)
-            .ok_or_else(|| UnknownRole(s.to_owned()))
+        [
+            Role::Admin,
+            Role::Operator,
+            Role::Submitter,
+            Role::Agent,
+            Role::Viewer,
+        ]
+        .into_iter()
+        .find(|r| r.as_str() == s)
+        .ok_or_else(|| UnknownRole(s.to_owned()))
     }
 }
 
@@ -78,7 +84,10 @@ pub struct PresentedKey<'a> {
 
 impl fmt::Debug for PresentedKey<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("PresentedKey").field("public_id", &self.public_id).field("secret", &"<redacted>").finish()
+        f.debug_struct("PresentedKey")
+            .field("public_id", &self.public_id)
+            .field("secret", &"<redacted>")
+            .finish()
     }
 }
 
@@ -109,7 +118,16 @@ mod tests {
 
     #[test]
     fn malformed_keys_are_rejected() {
-        for text in ["", "flt_", "flt_abc", "flt__secret", "flt_abc_", "key_abc_def", "flt_a-b_c", "flt_a_b_c"] {
+        for text in [
+            "",
+            "flt_",
+            "flt_abc",
+            "flt__secret",
+            "flt_abc_",
+            "key_abc_def",
+            "flt_a-b_c",
+            "flt_a_b_c",
+        ] {
             assert!(parse_key(text).is_none(), "{text}");
         }
     }

@@ -32,7 +32,10 @@ pub fn least_loaded(candidates: &[Candidate], avoid: &[AgentId]) -> Option<Agent
             .iter()
             .filter(|c| c.has_room() && !(skip_avoided && avoid.contains(&c.id)))
             // Compare load/capacity as fractions without floating point: a/b < c/d <=> a*d < c*b.
-            .min_by(|a, b| (u64::from(a.load) * u64::from(b.capacity)).cmp(&(u64::from(b.load) * u64::from(a.capacity))))
+            .min_by(|a, b| {
+                (u64::from(a.load) * u64::from(b.capacity))
+                    .cmp(&(u64::from(b.load) * u64::from(a.capacity)))
+            })
             .map(|c| c.id)
     };
     pick(true).or_else(|| pick(false))
@@ -45,7 +48,12 @@ mod tests {
     use uuid::Uuid;
 
     fn candidate(n: u128, status: AgentStatus, capacity: u32, load: u32) -> Candidate {
-        Candidate { id: AgentId(Uuid::from_u128(n)), status, capacity, load }
+        Candidate {
+            id: AgentId(Uuid::from_u128(n)),
+            status,
+            capacity,
+            load,
+        }
     }
 
     #[test]
@@ -60,7 +68,10 @@ mod tests {
 
     #[test]
     fn avoids_instances_already_tried_when_another_has_room() {
-        let cs = [candidate(1, AgentStatus::Idle, 4, 0), candidate(2, AgentStatus::Busy, 4, 3)];
+        let cs = [
+            candidate(1, AgentStatus::Idle, 4, 0),
+            candidate(2, AgentStatus::Busy, 4, 3),
+        ];
         assert_eq!(least_loaded(&cs, &[cs[0].id]), Some(cs[1].id));
         assert_eq!(least_loaded(&cs[..1], &[cs[0].id]), Some(cs[0].id));
     }

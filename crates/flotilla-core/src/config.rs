@@ -60,7 +60,10 @@ pub struct DatabaseSection {
 
 impl Default for DatabaseSection {
     fn default() -> Self {
-        Self { url: String::new(), max_connections: 8 }
+        Self {
+            url: String::new(),
+            max_connections: 8,
+        }
     }
 }
 
@@ -114,7 +117,10 @@ pub struct LogSection {
 
 impl Default for LogSection {
     fn default() -> Self {
-        Self { format: "human".to_owned(), level: "info".to_owned() }
+        Self {
+            format: "human".to_owned(),
+            level: "info".to_owned(),
+        }
     }
 }
 
@@ -185,7 +191,10 @@ pub struct Pool {
 pub enum ConfigError {
     /// The file is not valid TOML or does not fit the schema (the message names line and key).
     #[error("{source_name}: {message}")]
-    File { source_name: String, message: String },
+    File {
+        source_name: String,
+        message: String,
+    },
     /// An environment variable names no setting or has a value of the wrong type.
     #[error("environment variable {var}: {message}")]
     Env { var: String, message: String },
@@ -204,54 +213,78 @@ pub type Override = (String, toml::Value);
 
 /// Builds the configuration from a file's text (with a name for messages), the environment's
 /// variables and command-line overrides, in that order of precedence (last wins).
-pub fn load(file: Option<(&str, &str)>, env: &[(String, String)], flags: &[Override]) -> Result<Config, ConfigError> {
+pub fn load(
+    file: Option<(&str, &str)>,
+    env: &[(String, String)],
+    flags: &[Override],
+) -> Result<Config, ConfigError> {
     let mut table = match file {
         Some((name, text)) => {
             // Deserialising straight from the text first gives errors with line and column.
-            toml::from_str::<ConfigFile>(text)
-                .map_err(|e| ConfigError::File { source_name: name.to_owned(), message: e.to_string() })?;
-            toml::from_str::<toml::Table>(text)
-                .map_err(|e| ConfigError::File { source_name: name.to_owned(), message: e.to_string() })?
+            toml::from_str::<ConfigFile>(text).map_err(|e| ConfigError::File {
+                source_name: name.to_owned(),
+                message: e.to_string(),
+            })?;
+            toml::from_str::<toml::Table>(text).map_err(|e| ConfigError::File {
+                source_name: name.to_owned(),
+                message: e.to_string(),
+            })?
         }
         None => toml::Table::new(),
     };
     for (var, value) in env {
         let Some(path) = env_path(var) else { continue };
         set_path(&mut table, &path, parse_env_value(value));
-        check(&table).map_err(|message| ConfigError::Env { var: var.clone(), message })?;
+        check(&table).map_err(|message| ConfigError::Env {
+            var: var.clone(),
+            message,
+        })?;
     }
     for (path, value) in flags {
         let path: Vec<String> = path.split('.').map(str::to_owned).collect();
         set_path(&mut table, &path, value.clone());
     }
-    let raw = check(&table).map_err(|message| ConfigError::Invalid { key: "flags".to_owned(), message })?;
+    let raw = check(&table).map_err(|message| ConfigError::Invalid {
+        key: "flags".to_owned(),
+        message,
+    })?;
     validate(raw)
 }
 
 /// Turns `FLOTILLA_SCHEDULER__LEASE_TTL_MS` into `["scheduler", "lease_ttl_ms"]`.
 fn env_path(var: &str) -> Option<Vec<String>> {
     let rest = var.strip_prefix(ENV_PREFIX)?;
-    rest.contains("__").then(|| rest.split("__").map(str::to_ascii_lowercase).collect())
+    rest.contains("__")
+        .then(|| rest.split("__").map(str::to_ascii_lowercase).collect())
 }
 
 /// Environment values are TOML scalars when they parse as one (numbers, booleans), else strings.
 fn parse_env_value(value: &str) -> toml::Value {
     let doc = format!("v = {value}");
-    match toml::from_str::<toml::Table>(&doc).ok().and_then(|mut t| t.remove("v")) {
+    match toml::from_str::<toml::Table>(&doc)
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+    {
         Some(v @ (toml::Value::Integer(_) | toml::Value::Float(_) | toml::Value::Boolean(_))) => v,
         _ => toml::Value::String(value.to_owned()),
     }
 }
 
 fn set_path(table: &mut toml::Table, path: &[String], value: toml::Value) {
-    let Some((last, parents)) = path.split_last() else { return };
+    let Some((last, parents)) = path.split_last() else {
+        return;
+    };
     let mut current = table;
     for key in parents {
-        let entry = current.entry(key.clone()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        let entry = current
+            .entry(key.clone())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
         if !entry.is_table() {
             *entry = toml::Value::Table(toml::Table::new());
         }
-        let toml::Value::Table(next) = entry else { return };
+        let toml::Value::Table(next) = entry else {
+            return;
+        };
         current = next;
     }
     current.insert(last.clone(), value);
@@ -261,12 +294,19 @@ fn check(table: &toml::Table) -> Result<ConfigFile, String> {
     let value = toml::Value::Table(table.clone());
     serde_path_to_error::deserialize(value).map_err(|e| {
         let path = e.path().to_string();
-        if path == "." { e.inner().to_string() } else { format!("{path}: {}", e.inner()) }
+        if path == "." {
+            e.inner().to_string()
+        } else {
+            format!("{path}: {}", e.inner())
+        }
     })
 }
 
 fn invalid(key: &str, message: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid { key: key.to_owned(), message: message.into() }
+    ConfigError::Invalid {
+        key: key.to_owned(),
+        message: message.into(),
+    }
 }
 
 fn positive_ms(key: &str, ms: u64) -> Result<Duration, ConfigError> {
@@ -278,20 +318,34 @@ fn positive_ms(key: &str, ms: u64) -> Result<Duration, ConfigError> {
 
 /// Checks ranges and turns the file's form into the runtime form.
 pub fn validate(raw: ConfigFile) -> Result<Config, ConfigError> {
-    let listen = raw
-        .server
-        .listen
-        .parse::<SocketAddr>()
-        .map_err(|e| invalid("server.listen", format!("`{}` is not an address such as 127.0.0.1:8080: {e}", raw.server.listen)))?;
+    let listen = raw.server.listen.parse::<SocketAddr>().map_err(|e| {
+        invalid(
+            "server.listen",
+            format!(
+                "`{}` is not an address such as 127.0.0.1:8080: {e}",
+                raw.server.listen
+            ),
+        )
+    })?;
     if raw.server.max_body_bytes == 0 {
         return Err(invalid("server.max_body_bytes", "must be greater than 0"));
     }
     let database = match raw.database.url.as_str() {
         "" => Database::Sqlite(raw.server.data_dir.join("flotilla.db")),
-        url if url.starts_with("postgres://") || url.starts_with("postgresql://") => Database::Postgres(url.to_owned()),
-        url => match url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")) {
+        url if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+            Database::Postgres(url.to_owned())
+        }
+        url => match url
+            .strip_prefix("sqlite://")
+            .or_else(|| url.strip_prefix("sqlite:"))
+        {
             Some(path) if !path.is_empty() => Database::Sqlite(PathBuf::from(path)),
-            _ => return Err(invalid("database.url", "must start with postgres:// or sqlite://")),
+            _ => {
+                return Err(invalid(
+                    "database.url",
+                    "must start with postgres:// or sqlite://",
+                ));
+            }
         },
     };
     if raw.database.max_connections == 0 {
@@ -302,18 +356,29 @@ pub fn validate(raw: ConfigFile) -> Result<Config, ConfigError> {
     if lease_ttl < Duration::from_millis(500) {
         return Err(invalid("scheduler.lease_ttl_ms", "must be at least 500"));
     }
-    let heartbeat_interval = positive_ms("scheduler.heartbeat_interval_ms", s.heartbeat_interval_ms)?;
+    let heartbeat_interval =
+        positive_ms("scheduler.heartbeat_interval_ms", s.heartbeat_interval_ms)?;
     let heartbeat_timeout = positive_ms("scheduler.heartbeat_timeout_ms", s.heartbeat_timeout_ms)?;
     if heartbeat_timeout <= heartbeat_interval {
-        return Err(invalid("scheduler.heartbeat_timeout_ms", "must be longer than scheduler.heartbeat_interval_ms"));
+        return Err(invalid(
+            "scheduler.heartbeat_timeout_ms",
+            "must be longer than scheduler.heartbeat_interval_ms",
+        ));
     }
     let max_attempts = |key: &str, n: u32| {
-        if (1..=100).contains(&n) { Ok(n) } else { Err(invalid(key, "must be between 1 and 100")) }
+        if (1..=100).contains(&n) {
+            Ok(n)
+        } else {
+            Err(invalid(key, "must be between 1 and 100"))
+        }
     };
     let scheduler = Scheduler {
         lease_ttl,
         default_timeout: positive_ms("scheduler.default_timeout_ms", s.default_timeout_ms)?,
-        default_max_attempts: max_attempts("scheduler.default_max_attempts", s.default_max_attempts)?,
+        default_max_attempts: max_attempts(
+            "scheduler.default_max_attempts",
+            s.default_max_attempts,
+        )?,
         retry_base: positive_ms("scheduler.retry_base_ms", s.retry_base_ms)?,
         retry_max: positive_ms("scheduler.retry_max_ms", s.retry_max_ms)?,
         heartbeat_interval,
@@ -321,27 +386,47 @@ pub fn validate(raw: ConfigFile) -> Result<Config, ConfigError> {
         claim_batch: if (1..=10_000).contains(&s.claim_batch) {
             s.claim_batch
         } else {
-            return Err(invalid("scheduler.claim_batch", "must be between 1 and 10000"));
+            return Err(invalid(
+                "scheduler.claim_batch",
+                "must be between 1 and 10000",
+            ));
         },
     };
     let log_format = match raw.log.format.as_str() {
         "human" => LogFormat::Human,
         "json" => LogFormat::Json,
-        other => return Err(invalid("log.format", format!("`{other}` is not `human` or `json`"))),
+        other => {
+            return Err(invalid(
+                "log.format",
+                format!("`{other}` is not `human` or `json`"),
+            ));
+        }
     };
     let mut pools = Vec::with_capacity(raw.pools.len());
     for (i, pool) in raw.pools.iter().enumerate() {
         let key = format!("pools[{i}]");
         if !valid_agent_type(&pool.name) {
-            return Err(invalid(&format!("{key}.name"), "must be 1-64 characters of a-z, 0-9, `_` or `-`"));
+            return Err(invalid(
+                &format!("{key}.name"),
+                "must be 1-64 characters of a-z, 0-9, `_` or `-`",
+            ));
         }
         if pools.iter().any(|p: &Pool| p.name == pool.name) {
-            return Err(invalid(&format!("{key}.name"), format!("pool `{}` is declared twice", pool.name)));
+            return Err(invalid(
+                &format!("{key}.name"),
+                format!("pool `{}` is declared twice", pool.name),
+            ));
         }
         pools.push(Pool {
             name: pool.name.clone(),
-            timeout: pool.timeout_ms.map(|ms| positive_ms(&format!("{key}.timeout_ms"), ms)).transpose()?,
-            max_attempts: pool.max_attempts.map(|n| max_attempts(&format!("{key}.max_attempts"), n)).transpose()?,
+            timeout: pool
+                .timeout_ms
+                .map(|ms| positive_ms(&format!("{key}.timeout_ms"), ms))
+                .transpose()?,
+            max_attempts: pool
+                .max_attempts
+                .map(|n| max_attempts(&format!("{key}.max_attempts"), n))
+                .transpose()?,
         });
     }
     Ok(Config {
@@ -361,7 +446,9 @@ pub fn validate(raw: ConfigFile) -> Result<Config, ConfigError> {
 /// True for a well-formed agent type name: 1-64 characters of `a-z`, `0-9`, `_`, `-`.
 pub fn valid_agent_type(name: &str) -> bool {
     (1..=64).contains(&name.len())
-        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
 }
 
 #[cfg(test)]

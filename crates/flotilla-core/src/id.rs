@@ -56,5 +56,6 @@ id_type!(
 
 impl TenantId {
     /// The tenant that owns everything until the security issue adds tenant management.
-    pub const DEFAULT: TenantId = TenantId(Uuid::from_u128(0x0000_0000_0000_7000_8000_0000_0000_0001));
+    pub const DEFAULT: TenantId =
+        TenantId(Uuid::from_u128(0x0000_0000_0000_7000_8000_0000_0000_0001));
 }

@@ -35,7 +35,9 @@ impl DispatchFailure {
     /// Who is to blame (and so whether a retry can help).
     pub fn blame(&self) -> Blame {
         match self {
-            DispatchFailure::Status { code, .. } if (400..500).contains(code) && *code != 408 && *code != 429 => {
+            DispatchFailure::Status { code, .. }
+                if (400..500).contains(code) && *code != 408 && *code != 429 =>
+            {
                 Blame::Task
             }
             _ => Blame::Instance,
@@ -45,13 +47,17 @@ impl DispatchFailure {
     /// A one-line description for the task's error field.
     pub fn describe(&self) -> String {
         match self {
-            DispatchFailure::Timeout => "agent did not answer before the attempt deadline".to_owned(),
+            DispatchFailure::Timeout => {
+                "agent did not answer before the attempt deadline".to_owned()
+            }
             DispatchFailure::Connect(e) => format!("agent unreachable: {e}"),
             DispatchFailure::Status { code, body } => {
                 let body: String = body.chars().take(500).collect();
                 format!("agent answered HTTP {code}: {body}")
             }
-            DispatchFailure::InvalidResponse(e) => format!("agent answered with an invalid body: {e}"),
+            DispatchFailure::InvalidResponse(e) => {
+                format!("agent answered with an invalid body: {e}")
+            }
         }
     }
 }
@@ -67,7 +73,9 @@ pub struct BackoffPolicy {
 impl BackoffPolicy {
     /// The delay before the attempt after `attempt` (1-based), given `jitter` uniform in [0, 1).
     pub fn delay(&self, attempt: i32, jitter: f64) -> Duration {
-        let exponent = u32::try_from(attempt.saturating_sub(1)).unwrap_or(0).min(30);
+        let exponent = u32::try_from(attempt.saturating_sub(1))
+            .unwrap_or(0)
+            .min(30);
         let full = self.base.saturating_mul(1u32 << exponent).min(self.max);
         let half = full / 2;
         half + half.mul_f64(jitter.clamp(0.0, 1.0))
@@ -85,10 +93,17 @@ pub fn after_failure(
 ) -> AttemptResult {
     let error = failure.describe();
     if failure.blame() == Blame::Task {
-        return AttemptResult::Terminal { status: TaskStatus::Failed, error };
+        return AttemptResult::Terminal {
+            status: TaskStatus::Failed,
+            error,
+        };
     }
     if attempt >= max_attempts {
-        let status = if *failure == DispatchFailure::Timeout { TaskStatus::TimedOut } else { TaskStatus::Failed };
+        let status = if *failure == DispatchFailure::Timeout {
+            TaskStatus::TimedOut
+        } else {
+            TaskStatus::Failed
+        };
         return AttemptResult::Terminal { status, error };
     }
     let delay = policy.delay(attempt, jitter);
@@ -102,40 +117,81 @@ mod tests {
     use chrono::{TimeZone, Utc};
     use proptest::prelude::*;
 
-    const POLICY: BackoffPolicy = BackoffPolicy { base: Duration::from_millis(200), max: Duration::from_secs(10) };
+    const POLICY: BackoffPolicy = BackoffPolicy {
+        base: Duration::from_millis(200),
+        max: Duration::from_secs(10),
+    };
 
     fn now() -> Timestamp {
-        Utc.timestamp_opt(1_700_000_000, 0).single().unwrap_or_default()
+        Utc.timestamp_opt(1_700_000_000, 0)
+            .single()
+            .unwrap_or_default()
     }
 
     fn status(code: u16) -> DispatchFailure {
-        DispatchFailure::Status { code, body: String::new() }
+        DispatchFailure::Status {
+            code,
+            body: String::new(),
+        }
     }
 
     #[test]
     fn client_errors_fail_the_task_at_once() {
         for code in [400, 404, 413, 422] {
             let result = after_failure(&status(code), 1, 3, POLICY, now(), 0.5);
-            assert!(matches!(result, AttemptResult::Terminal { status: TaskStatus::Failed, .. }), "{code}");
+            assert!(
+                matches!(
+                    result,
+                    AttemptResult::Terminal {
+                        status: TaskStatus::Failed,
+                        ..
+                    }
+                ),
+                "{code}"
+            );
         }
     }
 
     #[test]
     fn transient_failures_are_retried_until_attempts_run_out() {
-        let transient =
-            [status(500), status(503), status(408), status(429), DispatchFailure::Timeout, DispatchFailure::Connect("refused".into())];
+        let transient = [
+            status(500),
+            status(503),
+            status(408),
+            status(429),
+            DispatchFailure::Timeout,
+            DispatchFailure::Connect("refused".into()),
+        ];
         for failure in &transient {
-            assert!(matches!(after_failure(failure, 1, 3, POLICY, now(), 0.5), AttemptResult::Retry { .. }));
-            assert!(matches!(after_failure(failure, 3, 3, POLICY, now(), 0.5), AttemptResult::Terminal { .. }));
+            assert!(matches!(
+                after_failure(failure, 1, 3, POLICY, now(), 0.5),
+                AttemptResult::Retry { .. }
+            ));
+            assert!(matches!(
+                after_failure(failure, 3, 3, POLICY, now(), 0.5),
+                AttemptResult::Terminal { .. }
+            ));
         }
     }
 
     #[test]
     fn a_final_timeout_is_timed_out_and_a_final_error_is_failed() {
         let timed_out = after_failure(&DispatchFailure::Timeout, 2, 2, POLICY, now(), 0.0);
-        assert!(matches!(timed_out, AttemptResult::Terminal { status: TaskStatus::TimedOut, .. }));
+        assert!(matches!(
+            timed_out,
+            AttemptResult::Terminal {
+                status: TaskStatus::TimedOut,
+                ..
+            }
+        ));
         let failed = after_failure(&status(502), 2, 2, POLICY, now(), 0.0);
-        assert!(matches!(failed, AttemptResult::Terminal { status: TaskStatus::Failed, .. }));
+        assert!(matches!(
+            failed,
+            AttemptResult::Terminal {
+                status: TaskStatus::Failed,
+                ..
+            }
+        ));
     }
 
     #[test]

@@ -43,7 +43,10 @@ impl TaskStatus {
     pub const fn is_terminal(self) -> bool {
         matches!(
             self,
-            TaskStatus::Succeeded | TaskStatus::Failed | TaskStatus::Cancelled | TaskStatus::TimedOut
+            TaskStatus::Succeeded
+                | TaskStatus::Failed
+                | TaskStatus::Cancelled
+                | TaskStatus::TimedOut
         )
     }
 
@@ -68,7 +71,9 @@ impl fmt::Display for TaskStatus {
 
 /// A status name that is not one of [`TaskStatus::ALL`].
 #[derive(Debug, thiserror::Error)]
-#[error("unknown task status `{0}`; expected one of queued, running, succeeded, failed, cancelled, timed_out")]
+#[error(
+    "unknown task status `{0}`; expected one of queued, running, succeeded, failed, cancelled, timed_out"
+)]
 pub struct UnknownTaskStatus(pub String);
 
 impl FromStr for TaskStatus {
@@ -205,7 +210,10 @@ pub enum AttemptResult {
         usage: Option<serde_json::Value>,
     },
     /// The attempt failed and the task goes back to the queue until `not_before`.
-    Retry { error: String, not_before: Timestamp },
+    Retry {
+        error: String,
+        not_before: Timestamp,
+    },
     /// The attempt failed and the task ends in `status` (failed or timed_out).
     Terminal { status: TaskStatus, error: String },
 }
@@ -236,7 +244,9 @@ impl AttemptEnd {
     pub fn error(&self) -> Option<&str> {
         match &self.result {
             AttemptResult::Succeeded { .. } => None,
-            AttemptResult::Retry { error, .. } | AttemptResult::Terminal { error, .. } => Some(error),
+            AttemptResult::Retry { error, .. } | AttemptResult::Terminal { error, .. } => {
+                Some(error)
+            }
         }
     }
 }
@@ -257,10 +267,18 @@ mod tests {
 
     #[test]
     fn only_finished_states_are_terminal() {
-        let terminal: Vec<_> = TaskStatus::ALL.into_iter().filter(|s| s.is_terminal()).collect();
+        let terminal: Vec<_> = TaskStatus::ALL
+            .into_iter()
+            .filter(|s| s.is_terminal())
+            .collect();
         assert_eq!(
             terminal,
-            vec![TaskStatus::Succeeded, TaskStatus::Failed, TaskStatus::Cancelled, TaskStatus::TimedOut]
+            vec![
+                TaskStatus::Succeeded,
+                TaskStatus::Failed,
+                TaskStatus::Cancelled,
+                TaskStatus::TimedOut
+            ]
         );
     }
 }

@@ -38,7 +38,8 @@ impl AppState {
     /// True when tasks of `agent_type` can be accepted: a pool is configured or an instance of
     /// that type is registered.
     pub fn serves_type(&self, agent_type: &str) -> bool {
-        self.config.pools.iter().any(|p| p.name == agent_type) || self.registry.knows_type(agent_type)
+        self.config.pools.iter().any(|p| p.name == agent_type)
+            || self.registry.knows_type(agent_type)
     }
 
     /// The configured pool of a type, if any.

@@ -40,7 +40,10 @@ pub enum ServerError {
     Bootstrap(#[from] BootstrapError),
     /// The listener could not be bound or served.
     #[error("cannot listen on {addr}: {source}")]
-    Listen { addr: SocketAddr, source: std::io::Error },
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     /// The HTTP client for agents could not be built.
     #[error("cannot build the HTTP client: {0}")]
     Http(#[from] reqwest::Error),
@@ -68,10 +71,15 @@ pub struct RunningServer {
 }
 
 /// Opens nothing itself: takes a migrated store, binds the listener and starts every loop.
-pub async fn start(config: Config, store: DynStore, options: StartOptions) -> Result<RunningServer, ServerError> {
+pub async fn start(
+    config: Config,
+    store: DynStore,
+    options: StartOptions,
+) -> Result<RunningServer, ServerError> {
     let clock = options.clock.unwrap_or_else(|| Arc::new(SystemClock));
     let now = clock.now();
-    let new_admin_key = ensure_admin_key(store.as_ref(), options.bootstrap_key.as_deref(), now).await?;
+    let new_admin_key =
+        ensure_admin_key(store.as_ref(), options.bootstrap_key.as_deref(), now).await?;
 
     let shutdown = CancellationToken::new();
     let stop_writers = CancellationToken::new();
@@ -81,9 +89,14 @@ pub async fn start(config: Config, store: DynStore, options: StartOptions) -> Re
     let registry = Arc::new(Registry::new(wakers.clone()));
     registry.load(store.list_agents().await?, now);
 
-    let (intake, intake_writer) = scheduler::intake::channel(store.clone(), wakers.clone(), stop_writers.clone());
-    let (completions, completion_writer) =
-        scheduler::completion::channel(store.clone(), waiters.clone(), wakers.clone(), stop_writers.clone());
+    let (intake, intake_writer) =
+        scheduler::intake::channel(store.clone(), wakers.clone(), stop_writers.clone());
+    let (completions, completion_writer) = scheduler::completion::channel(
+        store.clone(),
+        waiters.clone(),
+        wakers.clone(),
+        stop_writers.clone(),
+    );
     writers.spawn(intake_writer);
     writers.spawn(completion_writer);
 
@@ -116,15 +129,32 @@ pub async fn start(config: Config, store: DynStore, options: StartOptions) -> Re
 
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
-        .map_err(|source| ServerError::Listen { addr: config.listen, source })?;
-    let addr = listener.local_addr().map_err(|source| ServerError::Listen { addr: config.listen, source })?;
+        .map_err(|source| ServerError::Listen {
+            addr: config.listen,
+            source,
+        })?;
+    let addr = listener
+        .local_addr()
+        .map_err(|source| ServerError::Listen {
+            addr: config.listen,
+            source,
+        })?;
     let router = api::router(state.clone());
     let graceful = shutdown.clone();
     let http = tokio::spawn(async move {
-        axum::serve(listener, router).with_graceful_shutdown(async move { graceful.cancelled().await }).await
+        axum::serve(listener, router)
+            .with_graceful_shutdown(async move { graceful.cancelled().await })
+            .await
     });
     tracing::info!(%addr, store = store.backend(), owner = %state.owner, "Control plane listening");
-    Ok(RunningServer { addr, new_admin_key, state, http, writers, stop_writers })
+    Ok(RunningServer {
+        addr,
+        new_admin_key,
+        state,
+        http,
+        writers,
+        stop_writers,
+    })
 }
 
 impl RunningServer {
@@ -151,7 +181,10 @@ impl RunningServer {
         self.state.dispatchers.stopped().await;
         let attempts = &self.state.dispatchers.attempts;
         attempts.close();
-        if tokio::time::timeout(SHUTDOWN_GRACE, attempts.wait()).await.is_err() {
+        if tokio::time::timeout(SHUTDOWN_GRACE, attempts.wait())
+            .await
+            .is_err()
+        {
             tracing::warn!(
                 in_flight = attempts.len(),
                 "Attempts still running after the grace period; their leases will expire and they will re-run"

@@ -25,7 +25,11 @@ impl Waiters {
 
     /// Wakes every waiter of a task.
     pub fn wake(&self, task: TaskId) {
-        let senders = self.parked.lock().ok().and_then(|mut parked| parked.remove(&task));
+        let senders = self
+            .parked
+            .lock()
+            .ok()
+            .and_then(|mut parked| parked.remove(&task));
         for tx in senders.into_iter().flatten() {
             let _ = tx.send(());
         }

@@ -115,7 +115,12 @@ pub trait Store: Send + Sync + 'static {
     async fn get_task(&self, tenant: Option<TenantId>, id: TaskId) -> StoreResult<Option<Task>>;
     async fn list_tasks(&self, filter: &TaskFilter) -> StoreResult<Vec<Task>>;
     /// Queued or running → cancelled (first terminal write wins).
-    async fn cancel_task(&self, tenant: Option<TenantId>, id: TaskId, now: Timestamp) -> StoreResult<Cancelled>;
+    async fn cancel_task(
+        &self,
+        tenant: Option<TenantId>,
+        id: TaskId,
+        now: Timestamp,
+    ) -> StoreResult<Cancelled>;
     /// Claims up to `limit` queued tasks of `agent_type` whose `not_before` has passed, in order of
     /// priority (high first) then age (old first): each becomes `running`, its `attempt` grows by
     /// one, `started_at` is set if unset, and it gets the lease (`owner`, `lease_expires_at`).
@@ -157,7 +162,13 @@ pub trait Store: Send + Sync + 'static {
     async fn get_agent(&self, id: AgentId) -> StoreResult<Option<AgentInstance>>;
     async fn list_agents(&self) -> StoreResult<Vec<AgentInstance>>;
     /// Records a heartbeat; false when the agent does not exist.
-    async fn heartbeat_agent(&self, id: AgentId, load: u32, status: AgentStatus, now: Timestamp) -> StoreResult<bool>;
+    async fn heartbeat_agent(
+        &self,
+        id: AgentId,
+        load: u32,
+        status: AgentStatus,
+        now: Timestamp,
+    ) -> StoreResult<bool>;
     /// Sets the status; false when the agent does not exist.
     async fn set_agent_status(&self, id: AgentId, status: AgentStatus) -> StoreResult<bool>;
     /// Removes the agent; false when it did not exist.
@@ -169,10 +180,17 @@ pub type DynStore = Arc<dyn Store>;
 
 /// Opens the configured store and applies pending migrations. On SQLite, `max_connections` is the
 /// number of read connections beside the single writer.
-pub async fn open(database: &flotilla_core::config::Database, max_connections: u32) -> StoreResult<DynStore> {
+pub async fn open(
+    database: &flotilla_core::config::Database,
+    max_connections: u32,
+) -> StoreResult<DynStore> {
     let store: DynStore = match database {
-        flotilla_core::config::Database::Sqlite(path) => Arc::new(SqliteStore::open(path, max_connections).await?),
-        flotilla_core::config::Database::Postgres(url) => Arc::new(PostgresStore::connect(url, max_connections).await?),
+        flotilla_core::config::Database::Sqlite(path) => {
+            Arc::new(SqliteStore::open(path, max_connections).await?)
+        }
+        flotilla_core::config::Database::Postgres(url) => {
+            Arc::new(PostgresStore::connect(url, max_connections).await?)
+        }
     };
     store.migrate().await?;
     Ok(store)

@@ -5,8 +5,8 @@
 //! transaction; JSON is stored as JSONB and selected as text so both backends decode the same rows.
 
 use crate::rows::{
-    AgentRow, ApiKeyRow, AttemptRow, TaskRow, attach_attempts, count, created_task, lease_expired_error, micros,
-    micros_opt, migrations_applied,
+    AgentRow, ApiKeyRow, AttemptRow, TaskRow, attach_attempts, count, created_task,
+    lease_expired_error, micros, micros_opt, migrations_applied,
 };
 use crate::{Cancelled, Inserted, Requeued, Store, StoreError, StoreResult, TaskFilter};
 use async_trait::async_trait;
@@ -71,22 +71,33 @@ impl PostgresStore {
 
     /// Connects like [`PostgresStore::connect`], with every table in `schema`, which is created
     /// if missing (each test uses its own).
-    pub async fn connect_in_schema(url: &str, schema: &str, max_connections: u32) -> StoreResult<Self> {
+    pub async fn connect_in_schema(
+        url: &str,
+        schema: &str,
+        max_connections: u32,
+    ) -> StoreResult<Self> {
         let options = PgConnectOptions::from_str(url)?;
         let mut conn = PgConnection::connect_with(&options).await?;
         // An identifier cannot be a bound parameter; the server quotes it.
-        let create: String = sqlx::query_scalar("SELECT format('CREATE SCHEMA IF NOT EXISTS %I', $1::text)")
+        let create: String =
+            sqlx::query_scalar("SELECT format('CREATE SCHEMA IF NOT EXISTS %I', $1::text)")
+                .bind(schema)
+                .fetch_one(&mut conn)
+                .await?;
+        sqlx::raw_sql(&create).execute(&mut conn).await?;
+        let quoted: String = sqlx::query_scalar("SELECT quote_ident($1)")
             .bind(schema)
             .fetch_one(&mut conn)
             .await?;
-        sqlx::raw_sql(&create).execute(&mut conn).await?;
-        let quoted: String = sqlx::query_scalar("SELECT quote_ident($1)").bind(schema).fetch_one(&mut conn).await?;
         conn.close().await?;
         Self::with_options(options.options([("search_path", quoted)]), max_connections).await
     }
 
     async fn with_options(options: PgConnectOptions, max_connections: u32) -> StoreResult<Self> {
-        let pool = PgPoolOptions::new().max_connections(max_connections.max(1)).connect_with(options).await?;
+        let pool = PgPoolOptions::new()
+            .max_connections(max_connections.max(1))
+            .connect_with(options)
+            .await?;
         Ok(Self { pool })
     }
 
@@ -101,11 +112,18 @@ async fn load_attempts<'c>(conn: impl PgExecutor<'c>, tasks: &mut [Task]) -> Sto
         return Ok(());
     }
     let ids: Vec<Uuid> = tasks.iter().map(|t| t.id.0).collect();
-    let rows = sqlx::query_as::<_, AttemptRow>(ATTEMPTS_OF_TASKS).bind(ids).fetch_all(conn).await?;
+    let rows = sqlx::query_as::<_, AttemptRow>(ATTEMPTS_OF_TASKS)
+        .bind(ids)
+        .fetch_all(conn)
+        .await?;
     attach_attempts(tasks, rows)
 }
 
-async fn fetch_task(conn: &mut PgConnection, tenant: Option<TenantId>, id: TaskId) -> StoreResult<Option<Task>> {
+async fn fetch_task(
+    conn: &mut PgConnection,
+    tenant: Option<TenantId>,
+    id: TaskId,
+) -> StoreResult<Option<Task>> {
     let row = sqlx::query_as::<_, TaskRow>(concat!(
         "SELECT ",
         task_columns!(),
@@ -187,7 +205,9 @@ impl Store for PostgresStore {
     }
 
     async fn count_api_keys(&self) -> StoreResult<u64> {
-        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM api_keys").fetch_one(&self.pool).await?;
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM api_keys")
+            .fetch_one(&self.pool)
+            .await?;
         count("api key count", n)
     }
 
@@ -232,7 +252,9 @@ impl Store for PostgresStore {
             .bind(task.idempotency_key.as_deref())
             .fetch_optional(&mut *tx)
             .await?
-            .ok_or_else(|| StoreError::Corrupt(format!("task {} conflicted with no stored task", task.id)))?;
+            .ok_or_else(|| {
+                StoreError::Corrupt(format!("task {} conflicted with no stored task", task.id))
+            })?;
             let mut existing = row.into_task()?;
             load_attempts(&mut *tx, std::slice::from_mut(&mut existing)).await?;
             out.push(Inserted::Existing(existing));
@@ -243,14 +265,21 @@ impl Store for PostgresStore {
 
     async fn get_task(&self, tenant: Option<TenantId>, id: TaskId) -> StoreResult<Option<Task>> {
         // REPEATABLE READ, so that the task and its attempts come from the same snapshot.
-        let mut tx = self.pool.begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY").await?;
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            .await?;
         let task = fetch_task(&mut tx, tenant, id).await?;
         tx.commit().await?;
         Ok(task)
     }
 
     async fn list_tasks(&self, filter: &TaskFilter) -> StoreResult<Vec<Task>> {
-        let mut query = QueryBuilder::<Postgres>::new(concat!("SELECT ", task_columns!(), " FROM tasks WHERE TRUE"));
+        let mut query = QueryBuilder::<Postgres>::new(concat!(
+            "SELECT ",
+            task_columns!(),
+            " FROM tasks WHERE TRUE"
+        ));
         if let Some(tenant) = filter.tenant_id {
             query.push(" AND tenant_id = ").push_bind(tenant.0);
         }
@@ -258,17 +287,29 @@ impl Store for PostgresStore {
             query.push(" AND status = ").push_bind(status.as_str());
         }
         if let Some(agent_type) = &filter.agent_type {
-            query.push(" AND agent_type = ").push_bind(agent_type.as_str());
+            query
+                .push(" AND agent_type = ")
+                .push_bind(agent_type.as_str());
         }
         if let Some(before) = filter.before {
             query.push(" AND id < ").push_bind(before.0);
         }
-        query.push(" ORDER BY id DESC LIMIT ").push_bind(i64::from(filter.limit));
-        let rows = query.build_query_as::<TaskRow>().fetch_all(&self.pool).await?;
+        query
+            .push(" ORDER BY id DESC LIMIT ")
+            .push_bind(i64::from(filter.limit));
+        let rows = query
+            .build_query_as::<TaskRow>()
+            .fetch_all(&self.pool)
+            .await?;
         rows.into_iter().map(TaskRow::into_task).collect()
     }
 
-    async fn cancel_task(&self, tenant: Option<TenantId>, id: TaskId, now: Timestamp) -> StoreResult<Cancelled> {
+    async fn cancel_task(
+        &self,
+        tenant: Option<TenantId>,
+        id: TaskId,
+        now: Timestamp,
+    ) -> StoreResult<Cancelled> {
         let mut tx = self.pool.begin().await?;
         let updated = sqlx::query_as::<_, TaskRow>(concat!(
             "UPDATE tasks SET status = 'cancelled', finished_at = $3, updated_at = $3, lease_owner = NULL, \
@@ -325,7 +366,10 @@ impl Store for PostgresStore {
         .bind(i64::from(limit))
         .fetch_all(&self.pool)
         .await?;
-        let mut tasks = rows.into_iter().map(TaskRow::into_task).collect::<StoreResult<Vec<_>>>()?;
+        let mut tasks = rows
+            .into_iter()
+            .map(TaskRow::into_task)
+            .collect::<StoreResult<Vec<_>>>()?;
         crate::rows::sort_claimed(&mut tasks);
         Ok(tasks)
     }
@@ -389,17 +433,21 @@ impl Store for PostgresStore {
         load_attempts(&mut *tx, &mut updated).await?;
         tx.commit().await?;
         let mut updated = updated.into_iter();
-        Ok(out.into_iter().map(|task| task.and_then(|_| updated.next())).collect())
+        Ok(out
+            .into_iter()
+            .map(|task| task.and_then(|_| updated.next()))
+            .collect())
     }
 
     async fn renew_leases(&self, owner: &str, lease_expires_at: Timestamp) -> StoreResult<u64> {
-        let renewed =
-            sqlx::query("UPDATE tasks SET lease_expires_at = $2 WHERE status = 'running' AND lease_owner = $1")
-                .bind(owner)
-                .bind(micros(lease_expires_at))
-                .execute(&self.pool)
-                .await?
-                .rows_affected();
+        let renewed = sqlx::query(
+            "UPDATE tasks SET lease_expires_at = $2 WHERE status = 'running' AND lease_owner = $1",
+        )
+        .bind(owner)
+        .bind(micros(lease_expires_at))
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
         Ok(renewed)
     }
 
@@ -432,7 +480,11 @@ impl Store for PostgresStore {
             .bind(&error)
             .execute(&mut *tx)
             .await?;
-            out.push(Requeued { task_id: TaskId(id), attempt, agent_type });
+            out.push(Requeued {
+                task_id: TaskId(id),
+                attempt,
+                agent_type,
+            });
         }
         tx.commit().await?;
         Ok(out)
@@ -444,24 +496,30 @@ impl Store for PostgresStore {
 
     async fn task_counts_by_status(&self) -> StoreResult<Vec<(TaskStatus, u64)>> {
         let rows: Vec<(String, i64)> =
-            sqlx::query_as("SELECT status, COUNT(*) FROM tasks GROUP BY status").fetch_all(&self.pool).await?;
+            sqlx::query_as("SELECT status, COUNT(*) FROM tasks GROUP BY status")
+                .fetch_all(&self.pool)
+                .await?;
         crate::rows::status_counts(rows)
     }
 
     async fn queued_by_type(&self) -> StoreResult<BTreeMap<String, u64>> {
-        let rows: Vec<(String, i64)> =
-            sqlx::query_as("SELECT agent_type, COUNT(*) FROM tasks WHERE status = 'queued' GROUP BY agent_type")
-                .fetch_all(&self.pool)
-                .await?;
-        rows.into_iter().map(|(agent_type, n)| Ok((agent_type, count("queued count", n)?))).collect()
+        let rows: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT agent_type, COUNT(*) FROM tasks WHERE status = 'queued' GROUP BY agent_type",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|(agent_type, n)| Ok((agent_type, count("queued count", n)?)))
+            .collect()
     }
 
     async fn next_not_before(&self, agent_type: &str) -> StoreResult<Option<Timestamp>> {
-        let min: Option<i64> =
-            sqlx::query_scalar("SELECT MIN(not_before) FROM tasks WHERE status = 'queued' AND agent_type = $1")
-                .bind(agent_type)
-                .fetch_one(&self.pool)
-                .await?;
+        let min: Option<i64> = sqlx::query_scalar(
+            "SELECT MIN(not_before) FROM tasks WHERE status = 'queued' AND agent_type = $1",
+        )
+        .bind(agent_type)
+        .fetch_one(&self.pool)
+        .await?;
         min.map(crate::rows::from_micros).transpose()
     }
 
@@ -489,12 +547,16 @@ impl Store for PostgresStore {
     }
 
     async fn get_agent(&self, id: AgentId) -> StoreResult<Option<AgentInstance>> {
-        sqlx::query_as::<_, AgentRow>(concat!("SELECT ", agent_columns!(), " FROM agents WHERE id = $1"))
-            .bind(id.0)
-            .fetch_optional(&self.pool)
-            .await?
-            .map(AgentRow::into_agent)
-            .transpose()
+        sqlx::query_as::<_, AgentRow>(concat!(
+            "SELECT ",
+            agent_columns!(),
+            " FROM agents WHERE id = $1"
+        ))
+        .bind(id.0)
+        .fetch_optional(&self.pool)
+        .await?
+        .map(AgentRow::into_agent)
+        .transpose()
     }
 
     async fn list_agents(&self) -> StoreResult<Vec<AgentInstance>> {
@@ -508,15 +570,23 @@ impl Store for PostgresStore {
         rows.into_iter().map(AgentRow::into_agent).collect()
     }
 
-    async fn heartbeat_agent(&self, id: AgentId, load: u32, status: AgentStatus, now: Timestamp) -> StoreResult<bool> {
-        let n = sqlx::query("UPDATE agents SET load = $2, status = $3, last_heartbeat = $4 WHERE id = $1")
-            .bind(id.0)
-            .bind(i64::from(load))
-            .bind(status.as_str())
-            .bind(micros(now))
-            .execute(&self.pool)
-            .await?
-            .rows_affected();
+    async fn heartbeat_agent(
+        &self,
+        id: AgentId,
+        load: u32,
+        status: AgentStatus,
+        now: Timestamp,
+    ) -> StoreResult<bool> {
+        let n = sqlx::query(
+            "UPDATE agents SET load = $2, status = $3, last_heartbeat = $4 WHERE id = $1",
+        )
+        .bind(id.0)
+        .bind(i64::from(load))
+        .bind(status.as_str())
+        .bind(micros(now))
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
         Ok(n > 0)
     }
 
@@ -531,7 +601,11 @@ impl Store for PostgresStore {
     }
 
     async fn delete_agent(&self, id: AgentId) -> StoreResult<bool> {
-        let n = sqlx::query("DELETE FROM agents WHERE id = $1").bind(id.0).execute(&self.pool).await?.rows_affected();
+        let n = sqlx::query("DELETE FROM agents WHERE id = $1")
+            .bind(id.0)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
         Ok(n > 0)
     }
 }

@@ -38,7 +38,8 @@ pub(crate) fn truncate(t: Timestamp) -> StoreResult<Timestamp> {
 }
 
 fn json(column: &str, text: &str) -> StoreResult<serde_json::Value> {
-    serde_json::from_str(text).map_err(|e| StoreError::Corrupt(format!("{column} is not JSON: {e}")))
+    serde_json::from_str(text)
+        .map_err(|e| StoreError::Corrupt(format!("{column} is not JSON: {e}")))
 }
 
 fn json_opt(column: &str, text: Option<&str>) -> StoreResult<Option<serde_json::Value>> {
@@ -159,7 +160,10 @@ pub(crate) struct ApiKeyRow {
 
 impl ApiKeyRow {
     pub(crate) fn into_record(self) -> StoreResult<ApiKeyRecord> {
-        let role = self.role.parse::<Role>().map_err(|e| StoreError::Corrupt(format!("api key {}: {e}", self.id)))?;
+        let role = self
+            .role
+            .parse::<Role>()
+            .map_err(|e| StoreError::Corrupt(format!("api key {}: {e}", self.id)))?;
         Ok(ApiKeyRecord {
             tenant_id: TenantId(self.tenant_id),
             role,
@@ -191,8 +195,10 @@ pub(crate) struct AgentRow {
 
 impl AgentRow {
     pub(crate) fn into_agent(self) -> StoreResult<AgentInstance> {
-        let status =
-            self.status.parse::<AgentStatus>().map_err(|e| StoreError::Corrupt(format!("agent {}: {e}", self.id)))?;
+        let status = self
+            .status
+            .parse::<AgentStatus>()
+            .map_err(|e| StoreError::Corrupt(format!("agent {}: {e}", self.id)))?;
         Ok(AgentInstance {
             id: AgentId(self.id),
             agent_type: self.agent_type,
@@ -230,10 +236,18 @@ pub(crate) fn lease_expired_error(attempt: i32) -> String {
 }
 
 /// Whether every embedded migration is recorded as applied with the same checksum.
-pub(crate) fn migrations_applied(migrator: &sqlx::migrate::Migrator, applied: &[(i64, Vec<u8>)]) -> bool {
-    migrator.iter().filter(|m| !m.migration_type.is_down_migration()).all(|m| {
-        applied.iter().any(|(version, checksum)| *version == m.version && checksum.as_slice() == m.checksum.as_ref())
-    })
+pub(crate) fn migrations_applied(
+    migrator: &sqlx::migrate::Migrator,
+    applied: &[(i64, Vec<u8>)],
+) -> bool {
+    migrator
+        .iter()
+        .filter(|m| !m.migration_type.is_down_migration())
+        .all(|m| {
+            applied.iter().any(|(version, checksum)| {
+                *version == m.version && checksum.as_slice() == m.checksum.as_ref()
+            })
+        })
 }
 
 /// Puts claimed tasks in claim order: priority (high first), then id (old first).
@@ -246,7 +260,9 @@ pub(crate) fn sort_claimed(tasks: &mut [Task]) {
 pub(crate) fn status_counts(rows: Vec<(String, i64)>) -> StoreResult<Vec<(TaskStatus, u64)>> {
     let mut counts: Vec<(TaskStatus, u64)> = TaskStatus::ALL.into_iter().map(|s| (s, 0)).collect();
     for (status, n) in rows {
-        let status = status.parse::<TaskStatus>().map_err(|e| StoreError::Corrupt(format!("tasks.status: {e}")))?;
+        let status = status
+            .parse::<TaskStatus>()
+            .map_err(|e| StoreError::Corrupt(format!("tasks.status: {e}")))?;
         let n = count("task count", n)?;
         for entry in counts.iter_mut().filter(|(s, _)| *s == status) {
             entry.1 = n;
@@ -259,6 +275,8 @@ pub(crate) fn status_counts(rows: Vec<(String, i64)>) -> StoreResult<Vec<(TaskSt
 // Once flotilla-core derives `PartialOrd, Ord` on `TaskStatus`, the implementations become
 // `Ok(self.task_counts_by_status().await?.into_iter().collect())`.
 pub(crate) fn status_map_unavailable() -> StoreResult<std::collections::BTreeMap<TaskStatus, u64>> {
-    tracing::error!("Store::count_tasks_by_status is unavailable until TaskStatus implements Ord; use task_counts_by_status");
+    tracing::error!(
+        "Store::count_tasks_by_status is unavailable until TaskStatus implements Ord; use task_counts_by_status"
+    );
     Ok(std::collections::BTreeMap::new())
 }

@@ -6,8 +6,8 @@
 //! Reads use a separate pool of read-only connections, which WAL lets run beside the writer.
 
 use crate::rows::{
-    AgentRow, ApiKeyRow, AttemptRow, TaskRow, attach_attempts, count, created_task, lease_expired_error, micros,
-    micros_opt, migrations_applied,
+    AgentRow, ApiKeyRow, AttemptRow, TaskRow, attach_attempts, count, created_task,
+    lease_expired_error, micros, micros_opt, migrations_applied,
 };
 use crate::{Cancelled, Inserted, Requeued, Store, StoreError, StoreResult, TaskFilter};
 use async_trait::async_trait;
@@ -17,7 +17,9 @@ use flotilla_core::auth::ApiKeyRecord;
 use flotilla_core::id::{AgentId, TaskId, TenantId};
 use flotilla_core::task::{AttemptEnd, AttemptResult, NewTask, Task, TaskStatus};
 use sqlx::migrate::Migrator;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
 use sqlx::types::Json;
 use sqlx::{QueryBuilder, Sqlite, SqliteConnection};
 use std::collections::BTreeMap;
@@ -66,8 +68,7 @@ impl SqliteStore {
     /// writer connection and `readers` read-only connections. Does not migrate.
     pub async fn open(path: &Path, readers: u32) -> StoreResult<Self> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir)
-                .map_err(|e| StoreError::Database(sqlx::Error::Io(e)))?;
+            std::fs::create_dir_all(dir).map_err(|e| StoreError::Database(sqlx::Error::Io(e)))?;
         }
         let base = SqliteConnectOptions::new()
             .filename(path)
@@ -101,11 +102,18 @@ impl SqliteStore {
 }
 
 async fn load_attempts(conn: &mut SqliteConnection, task: &mut Task) -> StoreResult<()> {
-    let rows = sqlx::query_as::<_, AttemptRow>(ATTEMPTS_OF_TASK).bind(task.id.0).fetch_all(conn).await?;
+    let rows = sqlx::query_as::<_, AttemptRow>(ATTEMPTS_OF_TASK)
+        .bind(task.id.0)
+        .fetch_all(conn)
+        .await?;
     attach_attempts(std::slice::from_mut(task), rows)
 }
 
-async fn fetch_task(conn: &mut SqliteConnection, tenant: Option<TenantId>, id: TaskId) -> StoreResult<Option<Task>> {
+async fn fetch_task(
+    conn: &mut SqliteConnection,
+    tenant: Option<TenantId>,
+    id: TaskId,
+) -> StoreResult<Option<Task>> {
     let row = sqlx::query_as::<_, TaskRow>(concat!(
         "SELECT ",
         task_columns!(),
@@ -133,10 +141,11 @@ impl Store for SqliteStore {
 
     async fn ready(&self) -> StoreResult<bool> {
         sqlx::query("SELECT 1").execute(&self.reader).await?;
-        let table: Option<i64> =
-            sqlx::query_scalar("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations'")
-                .fetch_optional(&self.reader)
-                .await?;
+        let table: Option<i64> = sqlx::query_scalar(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations'",
+        )
+        .fetch_optional(&self.reader)
+        .await?;
         if table.is_none() {
             return Ok(false);
         }
@@ -192,7 +201,9 @@ impl Store for SqliteStore {
     }
 
     async fn count_api_keys(&self) -> StoreResult<u64> {
-        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM api_keys").fetch_one(&self.reader).await?;
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM api_keys")
+            .fetch_one(&self.reader)
+            .await?;
         count("api key count", n)
     }
 
@@ -237,7 +248,9 @@ impl Store for SqliteStore {
             .bind(task.idempotency_key.as_deref())
             .fetch_optional(&mut *tx)
             .await?
-            .ok_or_else(|| StoreError::Corrupt(format!("task {} conflicted with no stored task", task.id)))?;
+            .ok_or_else(|| {
+                StoreError::Corrupt(format!("task {} conflicted with no stored task", task.id))
+            })?;
             let mut existing = row.into_task()?;
             load_attempts(&mut tx, &mut existing).await?;
             out.push(Inserted::Existing(existing));
@@ -255,7 +268,11 @@ impl Store for SqliteStore {
     }
 
     async fn list_tasks(&self, filter: &TaskFilter) -> StoreResult<Vec<Task>> {
-        let mut query = QueryBuilder::<Sqlite>::new(concat!("SELECT ", task_columns!(), " FROM tasks WHERE 1 = 1"));
+        let mut query = QueryBuilder::<Sqlite>::new(concat!(
+            "SELECT ",
+            task_columns!(),
+            " FROM tasks WHERE 1 = 1"
+        ));
         if let Some(tenant) = filter.tenant_id {
             query.push(" AND tenant_id = ").push_bind(tenant.0);
         }
@@ -263,17 +280,29 @@ impl Store for SqliteStore {
             query.push(" AND status = ").push_bind(status.as_str());
         }
         if let Some(agent_type) = &filter.agent_type {
-            query.push(" AND agent_type = ").push_bind(agent_type.as_str());
+            query
+                .push(" AND agent_type = ")
+                .push_bind(agent_type.as_str());
         }
         if let Some(before) = filter.before {
             query.push(" AND id < ").push_bind(before.0);
         }
-        query.push(" ORDER BY id DESC LIMIT ").push_bind(i64::from(filter.limit));
-        let rows = query.build_query_as::<TaskRow>().fetch_all(&self.reader).await?;
+        query
+            .push(" ORDER BY id DESC LIMIT ")
+            .push_bind(i64::from(filter.limit));
+        let rows = query
+            .build_query_as::<TaskRow>()
+            .fetch_all(&self.reader)
+            .await?;
         rows.into_iter().map(TaskRow::into_task).collect()
     }
 
-    async fn cancel_task(&self, tenant: Option<TenantId>, id: TaskId, now: Timestamp) -> StoreResult<Cancelled> {
+    async fn cancel_task(
+        &self,
+        tenant: Option<TenantId>,
+        id: TaskId,
+        now: Timestamp,
+    ) -> StoreResult<Cancelled> {
         let mut tx = self.write_tx().await?;
         let updated = sqlx::query_as::<_, TaskRow>(concat!(
             "UPDATE tasks SET status = 'cancelled', finished_at = ?3, updated_at = ?3, lease_owner = NULL, \
@@ -330,7 +359,10 @@ impl Store for SqliteStore {
         .fetch_all(&mut *tx)
         .await?;
         tx.commit().await?;
-        let mut tasks = rows.into_iter().map(TaskRow::into_task).collect::<StoreResult<Vec<_>>>()?;
+        let mut tasks = rows
+            .into_iter()
+            .map(TaskRow::into_task)
+            .collect::<StoreResult<Vec<_>>>()?;
         crate::rows::sort_claimed(&mut tasks);
         Ok(tasks)
     }
@@ -377,7 +409,11 @@ impl Store for SqliteStore {
                 .bind(status.as_str())
                 .bind(error.as_str()),
             };
-            let row = query.bind(finished_at).bind(agent_id).fetch_optional(&mut *tx).await?;
+            let row = query
+                .bind(finished_at)
+                .bind(agent_id)
+                .fetch_optional(&mut *tx)
+                .await?;
             sqlx::query(INSERT_ATTEMPT)
                 .bind(end.task_id.0)
                 .bind(end.attempt)
@@ -404,13 +440,14 @@ impl Store for SqliteStore {
 
     async fn renew_leases(&self, owner: &str, lease_expires_at: Timestamp) -> StoreResult<u64> {
         let mut tx = self.write_tx().await?;
-        let renewed =
-            sqlx::query("UPDATE tasks SET lease_expires_at = ?2 WHERE status = 'running' AND lease_owner = ?1")
-                .bind(owner)
-                .bind(micros(lease_expires_at))
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
+        let renewed = sqlx::query(
+            "UPDATE tasks SET lease_expires_at = ?2 WHERE status = 'running' AND lease_owner = ?1",
+        )
+        .bind(owner)
+        .bind(micros(lease_expires_at))
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
         tx.commit().await?;
         Ok(renewed)
     }
@@ -449,7 +486,11 @@ impl Store for SqliteStore {
                 .bind(&error)
                 .execute(&mut *tx)
                 .await?;
-            out.push(Requeued { task_id: TaskId(id), attempt, agent_type });
+            out.push(Requeued {
+                task_id: TaskId(id),
+                attempt,
+                agent_type,
+            });
         }
         tx.commit().await?;
         Ok(out)
@@ -461,24 +502,30 @@ impl Store for SqliteStore {
 
     async fn task_counts_by_status(&self) -> StoreResult<Vec<(TaskStatus, u64)>> {
         let rows: Vec<(String, i64)> =
-            sqlx::query_as("SELECT status, COUNT(*) FROM tasks GROUP BY status").fetch_all(&self.reader).await?;
+            sqlx::query_as("SELECT status, COUNT(*) FROM tasks GROUP BY status")
+                .fetch_all(&self.reader)
+                .await?;
         crate::rows::status_counts(rows)
     }
 
     async fn queued_by_type(&self) -> StoreResult<BTreeMap<String, u64>> {
-        let rows: Vec<(String, i64)> =
-            sqlx::query_as("SELECT agent_type, COUNT(*) FROM tasks WHERE status = 'queued' GROUP BY agent_type")
-                .fetch_all(&self.reader)
-                .await?;
-        rows.into_iter().map(|(agent_type, n)| Ok((agent_type, count("queued count", n)?))).collect()
+        let rows: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT agent_type, COUNT(*) FROM tasks WHERE status = 'queued' GROUP BY agent_type",
+        )
+        .fetch_all(&self.reader)
+        .await?;
+        rows.into_iter()
+            .map(|(agent_type, n)| Ok((agent_type, count("queued count", n)?)))
+            .collect()
     }
 
     async fn next_not_before(&self, agent_type: &str) -> StoreResult<Option<Timestamp>> {
-        let min: Option<i64> =
-            sqlx::query_scalar("SELECT MIN(not_before) FROM tasks WHERE status = 'queued' AND agent_type = ?1")
-                .bind(agent_type)
-                .fetch_one(&self.reader)
-                .await?;
+        let min: Option<i64> = sqlx::query_scalar(
+            "SELECT MIN(not_before) FROM tasks WHERE status = 'queued' AND agent_type = ?1",
+        )
+        .bind(agent_type)
+        .fetch_one(&self.reader)
+        .await?;
         min.map(crate::rows::from_micros).transpose()
     }
 
@@ -508,12 +555,16 @@ impl Store for SqliteStore {
     }
 
     async fn get_agent(&self, id: AgentId) -> StoreResult<Option<AgentInstance>> {
-        sqlx::query_as::<_, AgentRow>(concat!("SELECT ", agent_columns!(), " FROM agents WHERE id = ?1"))
-            .bind(id.0)
-            .fetch_optional(&self.reader)
-            .await?
-            .map(AgentRow::into_agent)
-            .transpose()
+        sqlx::query_as::<_, AgentRow>(concat!(
+            "SELECT ",
+            agent_columns!(),
+            " FROM agents WHERE id = ?1"
+        ))
+        .bind(id.0)
+        .fetch_optional(&self.reader)
+        .await?
+        .map(AgentRow::into_agent)
+        .transpose()
     }
 
     async fn list_agents(&self) -> StoreResult<Vec<AgentInstance>> {
@@ -527,16 +578,24 @@ impl Store for SqliteStore {
         rows.into_iter().map(AgentRow::into_agent).collect()
     }
 
-    async fn heartbeat_agent(&self, id: AgentId, load: u32, status: AgentStatus, now: Timestamp) -> StoreResult<bool> {
+    async fn heartbeat_agent(
+        &self,
+        id: AgentId,
+        load: u32,
+        status: AgentStatus,
+        now: Timestamp,
+    ) -> StoreResult<bool> {
         let mut tx = self.write_tx().await?;
-        let n = sqlx::query("UPDATE agents SET load = ?2, status = ?3, last_heartbeat = ?4 WHERE id = ?1")
-            .bind(id.0)
-            .bind(i64::from(load))
-            .bind(status.as_str())
-            .bind(micros(now))
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
+        let n = sqlx::query(
+            "UPDATE agents SET load = ?2, status = ?3, last_heartbeat = ?4 WHERE id = ?1",
+        )
+        .bind(id.0)
+        .bind(i64::from(load))
+        .bind(status.as_str())
+        .bind(micros(now))
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
         tx.commit().await?;
         Ok(n > 0)
     }
@@ -555,7 +614,11 @@ impl Store for SqliteStore {
 
     async fn delete_agent(&self, id: AgentId) -> StoreResult<bool> {
         let mut tx = self.write_tx().await?;
-        let n = sqlx::query("DELETE FROM agents WHERE id = ?1").bind(id.0).execute(&mut *tx).await?.rows_affected();
+        let n = sqlx::query("DELETE FROM agents WHERE id = ?1")
+            .bind(id.0)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
         tx.commit().await?;
         Ok(n > 0)
     }

@@ -58,7 +58,9 @@ behaviours!(
 
 /// A fixed instant with nanoseconds, which the store truncates to microseconds.
 fn t0() -> Timestamp {
-    Utc.timestamp_opt(1_700_000_000, 123_456_789).single().unwrap()
+    Utc.timestamp_opt(1_700_000_000, 123_456_789)
+        .single()
+        .unwrap()
 }
 
 fn secs(n: i64) -> Duration {
@@ -93,7 +95,10 @@ async fn insert(store: &DynStore, tasks: Vec<NewTask>) -> Vec<Task> {
 }
 
 async fn claim(store: &DynStore, agent_type: &str, limit: u32, now: Timestamp) -> Vec<Task> {
-    store.claim_tasks(agent_type, limit, "replica-a", now + secs(30), now).await.unwrap()
+    store
+        .claim_tasks(agent_type, limit, "replica-a", now + secs(30), now)
+        .await
+        .unwrap()
 }
 
 fn succeeded(task: &Task, at: Timestamp) -> AttemptEnd {
@@ -103,7 +108,10 @@ fn succeeded(task: &Task, at: Timestamp) -> AttemptEnd {
         agent_id: Some(AgentId(next_id())),
         started_at: at,
         finished_at: at + secs(1),
-        result: AttemptResult::Succeeded { output: json!({"answer": 42}), usage: Some(json!({"tokens": 7})) },
+        result: AttemptResult::Succeeded {
+            output: json!({"answer": 42}),
+            usage: Some(json!({"tokens": 7})),
+        },
     }
 }
 
@@ -112,7 +120,11 @@ fn ids(tasks: &[Task]) -> Vec<TaskId> {
 }
 
 async fn get(store: &DynStore, id: TaskId) -> Task {
-    store.get_task(None, id).await.unwrap().expect("task exists")
+    store
+        .get_task(None, id)
+        .await
+        .unwrap()
+        .expect("task exists")
 }
 
 async fn migrations_are_idempotent_and_ready(store: DynStore) {
@@ -140,8 +152,17 @@ async fn tasks_round_trip_every_field(store: DynStore) {
     assert_eq!(created[0], expected);
     assert_eq!(get(&store, full.id).await, expected);
     assert_eq!(get(&store, minimal.id).await, created[1]);
-    assert_eq!(store.get_task(Some(tenant), full.id).await.unwrap(), Some(expected.clone()));
-    assert_eq!(store.get_task(Some(TenantId(next_id())), full.id).await.unwrap(), None);
+    assert_eq!(
+        store.get_task(Some(tenant), full.id).await.unwrap(),
+        Some(expected.clone())
+    );
+    assert_eq!(
+        store
+            .get_task(Some(TenantId(next_id())), full.id)
+            .await
+            .unwrap(),
+        None
+    );
     assert_eq!(store.get_task(None, TaskId(next_id())).await.unwrap(), None);
 
     // Through a claim and a success, every field the store writes reads back.
@@ -157,7 +178,10 @@ async fn tasks_round_trip_every_field(store: DynStore) {
     assert_eq!(&get(&store, full.id).await, running);
 
     let end = succeeded(running, now);
-    let finished = store.finish_attempts(std::slice::from_ref(&end)).await.unwrap();
+    let finished = store
+        .finish_attempts(std::slice::from_ref(&end))
+        .await
+        .unwrap();
     let done = finished[0].clone().expect("applied");
     assert_eq!(done.status, TaskStatus::Succeeded);
     assert_eq!(done.output, Some(json!({"answer": 42})));
@@ -189,12 +213,22 @@ async fn idempotency_keys_return_the_existing_task_per_tenant(store: DynStore) {
 
     // Again, alone and twice in one batch: the first task, unchanged; nothing inserted.
     let again = store.insert_tasks(&[keyed(a), keyed(a)]).await.unwrap();
-    assert_eq!(again, vec![Inserted::Existing(created[0].clone()), Inserted::Existing(created[0].clone())]);
+    assert_eq!(
+        again,
+        vec![
+            Inserted::Existing(created[0].clone()),
+            Inserted::Existing(created[0].clone())
+        ]
+    );
 
     // Another tenant's identical key and tasks without keys do not conflict.
     let other = store.insert_tasks(&[keyed(b)]).await.unwrap();
     assert!(matches!(&other[0], Inserted::Created(t) if t.tenant_id == b));
-    insert(&store, vec![new_task(a, "x", 5, t0()), new_task(a, "x", 5, t0())]).await;
+    insert(
+        &store,
+        vec![new_task(a, "x", 5, t0()), new_task(a, "x", 5, t0())],
+    )
+    .await;
 
     // A new key and a repeat in the same batch: created, then existing.
     let mut fresh = keyed(a);
@@ -205,7 +239,13 @@ async fn idempotency_keys_return_the_existing_task_per_tenant(store: DynStore) {
     assert!(matches!(&batch[0], Inserted::Created(t) if t.id == fresh.id));
     assert_eq!(batch[1], Inserted::Existing(batch[0].task().clone()));
 
-    let all = store.list_tasks(&TaskFilter { limit: 100, ..TaskFilter::default() }).await.unwrap();
+    let all = store
+        .list_tasks(&TaskFilter {
+            limit: 100,
+            ..TaskFilter::default()
+        })
+        .await
+        .unwrap();
     assert_eq!(all.len(), 5);
 }
 
@@ -226,7 +266,11 @@ async fn lists_filter_and_page_newest_first(store: DynStore) {
     let mut paged = Vec::new();
     let mut before = None;
     loop {
-        let filter = TaskFilter { before, limit: 7, ..TaskFilter::default() };
+        let filter = TaskFilter {
+            before,
+            limit: 7,
+            ..TaskFilter::default()
+        };
         let page = store.list_tasks(&filter).await.unwrap();
         assert!(page.len() <= 7);
         assert!(page.iter().all(|t| t.attempts.is_empty()));
@@ -262,18 +306,39 @@ async fn lists_filter_and_page_newest_first(store: DynStore) {
         let store = store.clone();
         async move { ids(&store.list_tasks(&filter).await.unwrap()) }
     };
-    assert_eq!(list(by(Some(a), None, None)).await, expect(&|t| t.tenant_id == a));
-    assert_eq!(list(by(None, None, Some("odd"))).await, expect(&|t| t.agent_type == "odd"));
-    assert_eq!(list(by(None, Some(TaskStatus::Running), None)).await, expect(&|t| t.status == TaskStatus::Running));
+    assert_eq!(
+        list(by(Some(a), None, None)).await,
+        expect(&|t| t.tenant_id == a)
+    );
+    assert_eq!(
+        list(by(None, None, Some("odd"))).await,
+        expect(&|t| t.agent_type == "odd")
+    );
+    assert_eq!(
+        list(by(None, Some(TaskStatus::Running), None)).await,
+        expect(&|t| t.status == TaskStatus::Running)
+    );
     assert_eq!(
         list(by(Some(b), Some(TaskStatus::Queued), Some("even"))).await,
         expect(&|t| t.tenant_id == b && t.status == TaskStatus::Queued && t.agent_type == "even")
     );
-    let page = list(TaskFilter { tenant_id: Some(a), before: Some(created[10].id), limit: 3, ..TaskFilter::default() })
-        .await;
-    let tail: Vec<TaskId> = expect(&|t| t.tenant_id == a && t.id < created[10].id).into_iter().take(3).collect();
+    let page = list(TaskFilter {
+        tenant_id: Some(a),
+        before: Some(created[10].id),
+        limit: 3,
+        ..TaskFilter::default()
+    })
+    .await;
+    let tail: Vec<TaskId> = expect(&|t| t.tenant_id == a && t.id < created[10].id)
+        .into_iter()
+        .take(3)
+        .collect();
     assert_eq!(page, tail);
-    assert!(list(by(Some(TenantId(next_id())), None, None)).await.is_empty());
+    assert!(
+        list(by(Some(TenantId(next_id())), None, None))
+            .await
+            .is_empty()
+    );
 }
 
 async fn claims_follow_priority_then_age_and_respect_not_before(store: DynStore) {
@@ -284,14 +349,28 @@ async fn claims_follow_priority_then_age_and_respect_not_before(store: DynStore)
     let mid = new_task(tenant, "w", 5, t0());
     let later = new_task(tenant, "w", 9, t0() + secs(60)); // not_before = created_at, in the future
     let other_type = new_task(tenant, "other", 9, t0());
-    insert(&store, vec![old_low.clone(), old_high.clone(), new_high.clone(), mid.clone(), later.clone(), other_type])
-        .await;
+    insert(
+        &store,
+        vec![
+            old_low.clone(),
+            old_high.clone(),
+            new_high.clone(),
+            mid.clone(),
+            later.clone(),
+            other_type,
+        ],
+    )
+    .await;
 
     let now = t0() + secs(1);
     assert!(claim(&store, "w", 0, now).await.is_empty());
     let first = claim(&store, "w", 2, now).await;
     assert_eq!(ids(&first), vec![old_high.id, new_high.id]);
-    assert!(first.iter().all(|t| t.status == TaskStatus::Running && t.attempt == 1 && t.attempts.is_empty()));
+    assert!(
+        first
+            .iter()
+            .all(|t| t.status == TaskStatus::Running && t.attempt == 1 && t.attempts.is_empty())
+    );
     let rest = claim(&store, "w", 10, now).await;
     assert_eq!(ids(&rest), vec![mid.id, old_low.id]);
     assert!(claim(&store, "w", 10, now).await.is_empty());
@@ -305,7 +384,9 @@ async fn claims_follow_priority_then_age_and_respect_not_before(store: DynStore)
 
 async fn concurrent_claims_take_each_task_once(store: DynStore) {
     let tenant = TenantId(next_id());
-    let tasks: Vec<NewTask> = (0..200).map(|i| new_task(tenant, "busy", i % 10, t0())).collect();
+    let tasks: Vec<NewTask> = (0..200)
+        .map(|i| new_task(tenant, "busy", i % 10, t0()))
+        .collect();
     for chunk in tasks.chunks(50) {
         insert(&store, chunk.to_vec()).await;
     }
@@ -317,7 +398,10 @@ async fn concurrent_claims_take_each_task_once(store: DynStore) {
             let owner = format!("replica-{i}");
             let mut mine = Vec::new();
             loop {
-                let got = store.claim_tasks("busy", 7, &owner, now + secs(30), now).await.unwrap();
+                let got = store
+                    .claim_tasks("busy", 7, &owner, now + secs(30), now)
+                    .await
+                    .unwrap();
                 if got.is_empty() {
                     return mine;
                 }
@@ -339,7 +423,10 @@ async fn concurrent_claims_take_each_task_once(store: DynStore) {
 
 async fn first_terminal_write_wins(store: DynStore) {
     let tenant = TenantId(next_id());
-    let (a, b) = (new_task(tenant, "w", 5, t0()), new_task(tenant, "w", 5, t0()));
+    let (a, b) = (
+        new_task(tenant, "w", 5, t0()),
+        new_task(tenant, "w", 5, t0()),
+    );
     insert(&store, vec![a.clone(), b.clone()]).await;
     let now = t0() + secs(1);
     let claimed = claim(&store, "w", 2, now).await;
@@ -348,27 +435,49 @@ async fn first_terminal_write_wins(store: DynStore) {
     // A stale attempt number is ignored, but its attempt is recorded.
     let mut stale = succeeded(task_a, now);
     stale.attempt = 7;
-    assert_eq!(store.finish_attempts(std::slice::from_ref(&stale)).await.unwrap(), vec![None]);
+    assert_eq!(
+        store
+            .finish_attempts(std::slice::from_ref(&stale))
+            .await
+            .unwrap(),
+        vec![None]
+    );
     assert_eq!(get(&store, a.id).await.status, TaskStatus::Running);
 
     // The first terminal write applies; a second for the same attempt does not.
     let fail = AttemptEnd {
-        result: AttemptResult::Terminal { status: TaskStatus::Failed, error: "agent said 400".to_owned() },
+        result: AttemptResult::Terminal {
+            status: TaskStatus::Failed,
+            error: "agent said 400".to_owned(),
+        },
         ..succeeded(task_a, now)
     };
-    let applied = store.finish_attempts(std::slice::from_ref(&fail)).await.unwrap();
+    let applied = store
+        .finish_attempts(std::slice::from_ref(&fail))
+        .await
+        .unwrap();
     let failed = applied[0].clone().expect("applied");
     assert_eq!(failed.status, TaskStatus::Failed);
     assert_eq!(failed.error.as_deref(), Some("agent said 400"));
     assert_eq!(failed.output, None);
     assert_eq!(failed.finished_at, Some(truncate(fail.finished_at)));
     let late = succeeded(task_a, now + secs(2));
-    assert_eq!(store.finish_attempts(std::slice::from_ref(&late)).await.unwrap(), vec![None]);
+    assert_eq!(
+        store
+            .finish_attempts(std::slice::from_ref(&late))
+            .await
+            .unwrap(),
+        vec![None]
+    );
     let stored = get(&store, a.id).await;
     assert_eq!(stored.status, TaskStatus::Failed);
     assert_eq!(stored.output, None);
     // Attempt 1 was recorded once (by the first write), the stale attempt 7 too.
-    let attempts: Vec<(i32, &str)> = stored.attempts.iter().map(|a| (a.number, a.outcome.as_str())).collect();
+    let attempts: Vec<(i32, &str)> = stored
+        .attempts
+        .iter()
+        .map(|a| (a.number, a.outcome.as_str()))
+        .collect();
     assert_eq!(attempts, vec![(1, "failed"), (7, "succeeded")]);
     assert_eq!(stored.attempts[0].error.as_deref(), Some("agent said 400"));
 
@@ -376,7 +485,13 @@ async fn first_terminal_write_wins(store: DynStore) {
     let cancelled = store.cancel_task(None, b.id, now + secs(1)).await.unwrap();
     assert!(matches!(cancelled, Cancelled::Done(_)));
     let end = succeeded(task_b, now);
-    assert_eq!(store.finish_attempts(std::slice::from_ref(&end)).await.unwrap(), vec![None]);
+    assert_eq!(
+        store
+            .finish_attempts(std::slice::from_ref(&end))
+            .await
+            .unwrap(),
+        vec![None]
+    );
     let stored = get(&store, b.id).await;
     assert_eq!(stored.status, TaskStatus::Cancelled);
     assert_eq!(stored.output, None);
@@ -392,11 +507,20 @@ async fn finishes_apply_in_one_batch(store: DynStore) {
     let claimed = claim(&store, "w", 6, now).await;
     let mut ends: Vec<AttemptEnd> = claimed.iter().map(|t| succeeded(t, now)).collect();
     ends[1].attempt = 2; // stale
-    ends[3].result = AttemptResult::Retry { error: "503".to_owned(), not_before: now + secs(5) };
-    ends[4].result = AttemptResult::Terminal { status: TaskStatus::TimedOut, error: "deadline".to_owned() };
+    ends[3].result = AttemptResult::Retry {
+        error: "503".to_owned(),
+        not_before: now + secs(5),
+    };
+    ends[4].result = AttemptResult::Terminal {
+        status: TaskStatus::TimedOut,
+        error: "deadline".to_owned(),
+    };
     ends.push(succeeded(&claimed[0], now)); // a duplicate of an applied end in the same batch
     let results = store.finish_attempts(&ends).await.unwrap();
-    let statuses: Vec<Option<TaskStatus>> = results.iter().map(|r| r.as_ref().map(|t| t.status)).collect();
+    let statuses: Vec<Option<TaskStatus>> = results
+        .iter()
+        .map(|r| r.as_ref().map(|t| t.status))
+        .collect();
     assert_eq!(
         statuses,
         vec![
@@ -433,9 +557,14 @@ async fn retries_go_back_to_the_queue_until_not_before(store: DynStore) {
         agent_id: Some(agent),
         started_at: now,
         finished_at: now + secs(1),
-        result: AttemptResult::Retry { error: "connection refused".to_owned(), not_before: retry_at },
+        result: AttemptResult::Retry {
+            error: "connection refused".to_owned(),
+            not_before: retry_at,
+        },
     };
-    let queued = store.finish_attempts(&[end]).await.unwrap()[0].clone().expect("applied");
+    let queued = store.finish_attempts(&[end]).await.unwrap()[0]
+        .clone()
+        .expect("applied");
     assert_eq!(queued.status, TaskStatus::Queued);
     assert_eq!(queued.error.as_deref(), Some("connection refused"));
     assert_eq!(queued.not_before, truncate(retry_at));
@@ -443,39 +572,91 @@ async fn retries_go_back_to_the_queue_until_not_before(store: DynStore) {
     assert_eq!(queued.finished_at, None);
     assert_eq!(queued.attempts.len(), 1);
     assert_eq!(queued.attempts[0].outcome, "failed");
-    assert_eq!(queued.attempts[0].error.as_deref(), Some("connection refused"));
-    assert_eq!(store.next_not_before("w").await.unwrap(), Some(truncate(retry_at)));
+    assert_eq!(
+        queued.attempts[0].error.as_deref(),
+        Some("connection refused")
+    );
+    assert_eq!(
+        store.next_not_before("w").await.unwrap(),
+        Some(truncate(retry_at))
+    );
 
     assert!(claim(&store, "w", 1, retry_at - secs(1)).await.is_empty());
     let again = claim(&store, "w", 1, retry_at).await;
     assert_eq!(again.len(), 1);
     assert_eq!(again[0].attempt, 2);
-    assert_eq!(again[0].started_at, claimed[0].started_at, "started_at is kept from the first claim");
-    let done = store.finish_attempts(&[succeeded(&again[0], retry_at)]).await.unwrap()[0].clone().unwrap();
+    assert_eq!(
+        again[0].started_at, claimed[0].started_at,
+        "started_at is kept from the first claim"
+    );
+    let done = store
+        .finish_attempts(&[succeeded(&again[0], retry_at)])
+        .await
+        .unwrap()[0]
+        .clone()
+        .unwrap();
     assert_eq!(done.status, TaskStatus::Succeeded);
     assert_eq!(done.error, None);
-    assert_eq!(done.attempts.iter().map(|a| a.number).collect::<Vec<_>>(), vec![1, 2]);
+    assert_eq!(
+        done.attempts.iter().map(|a| a.number).collect::<Vec<_>>(),
+        vec![1, 2]
+    );
 }
 
 async fn expired_leases_are_requeued_with_a_lost_attempt(store: DynStore) {
     let tenant = TenantId(next_id());
-    let (a, b) = (new_task(tenant, "w", 5, t0()), new_task(tenant, "w", 5, t0()));
+    let (a, b) = (
+        new_task(tenant, "w", 5, t0()),
+        new_task(tenant, "w", 5, t0()),
+    );
     insert(&store, vec![a.clone(), b.clone()]).await;
     let now = t0() + secs(1);
-    let mine = store.claim_tasks("w", 1, "replica-a", now + secs(30), now).await.unwrap();
-    let theirs = store.claim_tasks("w", 1, "replica-b", now + secs(30), now).await.unwrap();
+    let mine = store
+        .claim_tasks("w", 1, "replica-a", now + secs(30), now)
+        .await
+        .unwrap();
+    let theirs = store
+        .claim_tasks("w", 1, "replica-b", now + secs(30), now)
+        .await
+        .unwrap();
     assert_eq!((ids(&mine), ids(&theirs)), (vec![a.id], vec![b.id]));
 
-    assert_eq!(store.renew_leases("replica-a", now + secs(60)).await.unwrap(), 1);
-    assert_eq!(store.renew_leases("nobody", now + secs(60)).await.unwrap(), 0);
-    assert!(store.requeue_expired(now + secs(30)).await.unwrap().is_empty(), "not before the lease expires");
+    assert_eq!(
+        store
+            .renew_leases("replica-a", now + secs(60))
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        store.renew_leases("nobody", now + secs(60)).await.unwrap(),
+        0
+    );
+    assert!(
+        store
+            .requeue_expired(now + secs(30))
+            .await
+            .unwrap()
+            .is_empty(),
+        "not before the lease expires"
+    );
 
     let requeued = store.requeue_expired(now + secs(45)).await.unwrap();
-    assert_eq!(requeued, vec![flotilla_store::Requeued { task_id: b.id, attempt: 1, agent_type: "w".to_owned() }]);
+    assert_eq!(
+        requeued,
+        vec![flotilla_store::Requeued {
+            task_id: b.id,
+            attempt: 1,
+            agent_type: "w".to_owned()
+        }]
+    );
     let lost = get(&store, b.id).await;
     assert_eq!(lost.status, TaskStatus::Queued);
     assert_eq!(lost.not_before, truncate(now + secs(45)));
-    assert_eq!(lost.error.as_deref(), Some("lease expired: the control plane that ran attempt 1 stopped"));
+    assert_eq!(
+        lost.error.as_deref(),
+        Some("lease expired: the control plane that ran attempt 1 stopped")
+    );
     assert_eq!(lost.attempts.len(), 1);
     assert_eq!(lost.attempts[0].number, 1);
     assert_eq!(lost.attempts[0].outcome, "lost");
@@ -486,12 +667,21 @@ async fn expired_leases_are_requeued_with_a_lost_attempt(store: DynStore) {
     let again = claim(&store, "w", 5, now + secs(45)).await;
     assert_eq!(ids(&again), vec![b.id]);
     assert_eq!(again[0].attempt, 2);
-    assert_eq!(store.finish_attempts(&[succeeded(&theirs[0], now)]).await.unwrap(), vec![None]);
+    assert_eq!(
+        store
+            .finish_attempts(&[succeeded(&theirs[0], now)])
+            .await
+            .unwrap(),
+        vec![None]
+    );
     assert_eq!(get(&store, b.id).await.status, TaskStatus::Running);
 
     // The renewed lease expires later.
     let requeued = store.requeue_expired(now + secs(61)).await.unwrap();
-    assert_eq!(requeued.iter().map(|r| r.task_id).collect::<Vec<_>>(), vec![a.id]);
+    assert_eq!(
+        requeued.iter().map(|r| r.task_id).collect::<Vec<_>>(),
+        vec![a.id]
+    );
 }
 
 async fn cancellation_applies_to_unfinished_tasks_only(store: DynStore) {
@@ -500,10 +690,17 @@ async fn cancellation_applies_to_unfinished_tasks_only(store: DynStore) {
     insert(&store, tasks.clone()).await;
     let now = t0() + secs(1);
     let claimed = claim(&store, "w", 2, now).await; // tasks 0 and 1 run, 2 stays queued
-    store.finish_attempts(&[succeeded(&claimed[0], now)]).await.unwrap();
+    store
+        .finish_attempts(&[succeeded(&claimed[0], now)])
+        .await
+        .unwrap();
 
     let at = now + secs(5);
-    let Cancelled::Done(queued) = store.cancel_task(Some(tenant), tasks[2].id, at).await.unwrap() else {
+    let Cancelled::Done(queued) = store
+        .cancel_task(Some(tenant), tasks[2].id, at)
+        .await
+        .unwrap()
+    else {
         panic!("queued task not cancelled");
     };
     assert_eq!(queued.status, TaskStatus::Cancelled);
@@ -514,30 +711,65 @@ async fn cancellation_applies_to_unfinished_tasks_only(store: DynStore) {
     assert_eq!(running.status, TaskStatus::Cancelled);
     assert_eq!(get(&store, tasks[1].id).await, running);
     // A cancelled task's lease is gone: it never comes back from requeue_expired.
-    assert!(store.requeue_expired(now + secs(3600)).await.unwrap().is_empty());
+    assert!(
+        store
+            .requeue_expired(now + secs(3600))
+            .await
+            .unwrap()
+            .is_empty()
+    );
 
     let finished = get(&store, tasks[0].id).await;
-    assert_eq!(store.cancel_task(None, tasks[0].id, at).await.unwrap(), Cancelled::AlreadyFinished(finished));
+    assert_eq!(
+        store.cancel_task(None, tasks[0].id, at).await.unwrap(),
+        Cancelled::AlreadyFinished(finished)
+    );
     let again = get(&store, tasks[2].id).await;
-    assert_eq!(store.cancel_task(None, tasks[2].id, at).await.unwrap(), Cancelled::AlreadyFinished(again));
-    assert_eq!(store.cancel_task(Some(TenantId(next_id())), tasks[0].id, at).await.unwrap(), Cancelled::NotFound);
-    assert_eq!(store.cancel_task(None, TaskId(next_id()), at).await.unwrap(), Cancelled::NotFound);
+    assert_eq!(
+        store.cancel_task(None, tasks[2].id, at).await.unwrap(),
+        Cancelled::AlreadyFinished(again)
+    );
+    assert_eq!(
+        store
+            .cancel_task(Some(TenantId(next_id())), tasks[0].id, at)
+            .await
+            .unwrap(),
+        Cancelled::NotFound
+    );
+    assert_eq!(
+        store
+            .cancel_task(None, TaskId(next_id()), at)
+            .await
+            .unwrap(),
+        Cancelled::NotFound
+    );
 }
 
 async fn counts_and_queue_statistics(store: DynStore) {
     let initial = store.task_counts_by_status().await.unwrap();
-    assert_eq!(initial, TaskStatus::ALL.into_iter().map(|s| (s, 0)).collect::<Vec<_>>());
+    assert_eq!(
+        initial,
+        TaskStatus::ALL
+            .into_iter()
+            .map(|s| (s, 0))
+            .collect::<Vec<_>>()
+    );
     assert_eq!(store.next_not_before("a").await.unwrap(), None);
     assert!(store.queued_by_type().await.unwrap().is_empty());
 
     let tenant = TenantId(next_id());
-    let mut tasks: Vec<NewTask> = (0..5).map(|_| new_task(tenant, "a", 5, t0() + secs(10))).collect();
+    let mut tasks: Vec<NewTask> = (0..5)
+        .map(|_| new_task(tenant, "a", 5, t0() + secs(10)))
+        .collect();
     tasks.push(new_task(tenant, "a", 5, t0() + secs(3)));
     tasks.extend((0..2).map(|_| new_task(tenant, "b", 5, t0())));
     insert(&store, tasks).await;
     let now = t0() + secs(20);
     let claimed = claim(&store, "a", 3, now).await;
-    store.finish_attempts(&[succeeded(&claimed[0], now)]).await.unwrap();
+    store
+        .finish_attempts(&[succeeded(&claimed[0], now)])
+        .await
+        .unwrap();
 
     let counts = store.task_counts_by_status().await.unwrap();
     let count = |status| counts.iter().find(|(s, _)| *s == status).map(|(_, n)| *n);
@@ -549,9 +781,18 @@ async fn counts_and_queue_statistics(store: DynStore) {
     store.count_tasks_by_status().await.unwrap();
 
     let queued = store.queued_by_type().await.unwrap();
-    assert_eq!(queued.into_iter().collect::<Vec<_>>(), vec![("a".to_owned(), 3), ("b".to_owned(), 2)]);
-    assert_eq!(store.next_not_before("a").await.unwrap(), Some(truncate(t0() + secs(10))));
-    assert_eq!(store.next_not_before("b").await.unwrap(), Some(truncate(t0())));
+    assert_eq!(
+        queued.into_iter().collect::<Vec<_>>(),
+        vec![("a".to_owned(), 3), ("b".to_owned(), 2)]
+    );
+    assert_eq!(
+        store.next_not_before("a").await.unwrap(),
+        Some(truncate(t0() + secs(3)))
+    );
+    assert_eq!(
+        store.next_not_before("b").await.unwrap(),
+        Some(truncate(t0()))
+    );
     assert_eq!(store.next_not_before("c").await.unwrap(), None);
 }
 
@@ -585,21 +826,53 @@ async fn agents_are_registered_updated_and_removed(store: DynStore) {
     let mut expected = first.clone();
     expected.created_at = truncate(first.created_at);
     expected.last_heartbeat = expected.created_at;
-    assert_eq!(store.get_agent(first.id).await.unwrap(), Some(expected.clone()));
-    let listed: Vec<AgentId> = store.list_agents().await.unwrap().iter().map(|a| a.id).collect();
+    assert_eq!(
+        store.get_agent(first.id).await.unwrap(),
+        Some(expected.clone())
+    );
+    let listed: Vec<AgentId> = store
+        .list_agents()
+        .await
+        .unwrap()
+        .iter()
+        .map(|a| a.id)
+        .collect();
     assert_eq!(listed, vec![first.id, second.id]);
 
     let beat = t0() + secs(30);
-    assert!(store.heartbeat_agent(first.id, 3, AgentStatus::Busy, beat).await.unwrap());
+    assert!(
+        store
+            .heartbeat_agent(first.id, 3, AgentStatus::Busy, beat)
+            .await
+            .unwrap()
+    );
     let stored = store.get_agent(first.id).await.unwrap().unwrap();
-    assert_eq!((stored.load, stored.status, stored.last_heartbeat), (3, AgentStatus::Busy, truncate(beat)));
-    assert!(store.set_agent_status(first.id, AgentStatus::Draining).await.unwrap());
+    assert_eq!(
+        (stored.load, stored.status, stored.last_heartbeat),
+        (3, AgentStatus::Busy, truncate(beat))
+    );
+    assert!(
+        store
+            .set_agent_status(first.id, AgentStatus::Draining)
+            .await
+            .unwrap()
+    );
     let stored = store.get_agent(first.id).await.unwrap().unwrap();
     assert_eq!((stored.load, stored.status), (3, AgentStatus::Draining));
 
     let missing = AgentId(next_id());
-    assert!(!store.heartbeat_agent(missing, 0, AgentStatus::Idle, beat).await.unwrap());
-    assert!(!store.set_agent_status(missing, AgentStatus::Failed).await.unwrap());
+    assert!(
+        !store
+            .heartbeat_agent(missing, 0, AgentStatus::Idle, beat)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .set_agent_status(missing, AgentStatus::Failed)
+            .await
+            .unwrap()
+    );
     assert!(store.delete_agent(first.id).await.unwrap());
     assert!(!store.delete_agent(first.id).await.unwrap());
     assert_eq!(store.get_agent(first.id).await.unwrap(), None);
@@ -609,8 +882,14 @@ async fn agents_are_registered_updated_and_removed(store: DynStore) {
 async fn api_keys_and_tenants(store: DynStore) {
     let tenant = TenantId(next_id());
     store.ensure_tenant(tenant, "acme", t0()).await.unwrap();
-    store.ensure_tenant(tenant, "acme again", t0()).await.unwrap();
-    store.ensure_tenant(TenantId::DEFAULT, "default", t0()).await.unwrap();
+    store
+        .ensure_tenant(tenant, "acme again", t0())
+        .await
+        .unwrap();
+    store
+        .ensure_tenant(TenantId::DEFAULT, "default", t0())
+        .await
+        .unwrap();
     assert_eq!(store.count_api_keys().await.unwrap(), 0);
 
     let key = ApiKeyRecord {
@@ -630,14 +909,20 @@ async fn api_keys_and_tenants(store: DynStore) {
     admin.expires_at = None;
     admin.revoked_at = Some(t0() + secs(5));
     store.insert_api_key(&admin).await.unwrap();
-    assert!(store.insert_api_key(&key).await.is_err(), "key ids are unique");
+    assert!(
+        store.insert_api_key(&key).await.is_err(),
+        "key ids are unique"
+    );
 
     let mut expected = key.clone();
     expected.created_at = truncate(key.created_at);
     expected.expires_at = key.expires_at.map(truncate);
     assert_eq!(store.get_api_key("abc123").await.unwrap(), Some(expected));
     let stored = store.get_api_key("admin1").await.unwrap().unwrap();
-    assert_eq!((stored.role, stored.expires_at, stored.revoked_at), (Role::Admin, None, Some(truncate(t0() + secs(5)))));
+    assert_eq!(
+        (stored.role, stored.expires_at, stored.revoked_at),
+        (Role::Admin, None, Some(truncate(t0() + secs(5))))
+    );
     assert_eq!(store.get_api_key("nope").await.unwrap(), None);
     assert_eq!(store.count_api_keys().await.unwrap(), 2);
 }

@@ -110,7 +110,12 @@ impl AgentProcessBuilder {
             &log_dir,
             &format!("agent-{port}"),
         );
-        let mut agent = AgentProcess { process, port, id: None, _temp_dir: temp_dir };
+        let mut agent = AgentProcess {
+            process,
+            port,
+            id: None,
+            _temp_dir: temp_dir,
+        };
         agent.spawn_and_wait().await?;
         Ok(agent)
     }
@@ -196,7 +201,9 @@ impl AgentProcess {
 
     async fn spawn_and_wait(&mut self) -> Result<(), HarnessError> {
         // Only lines written after this start count.
-        let offset = std::fs::metadata(self.process.stdout_path()).map(|m| m.len()).unwrap_or(0);
+        let offset = std::fs::metadata(self.process.stdout_path())
+            .map(|m| m.len())
+            .unwrap_or(0);
         self.process.spawn()?;
         let started = Instant::now();
         loop {
@@ -240,7 +247,10 @@ mod tests {
     #[test]
     fn parses_the_ready_line() {
         let line = "agent 0190a8f2-6f4b-7c3e-9a2b-3c4d5e6f7a8b (code_generator) listening on http://127.0.0.1:4100";
-        assert_eq!(parse_ready_line(line).map(|id| id.to_string()).as_deref(), Some("0190a8f2-6f4b-7c3e-9a2b-3c4d5e6f7a8b"));
+        assert_eq!(
+            parse_ready_line(line).map(|id| id.to_string()).as_deref(),
+            Some("0190a8f2-6f4b-7c3e-9a2b-3c4d5e6f7a8b")
+        );
         assert_eq!(parse_ready_line("agent starting"), None);
         assert_eq!(parse_ready_line("2024 INFO agent registered"), None);
     }

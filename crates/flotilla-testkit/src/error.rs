@@ -19,13 +19,25 @@ pub enum HarnessError {
     Io(#[source] std::io::Error),
     /// The process did not become ready in time; `logs` holds its output so far.
     #[error("{what} was not ready after {waited:?}\n{logs}")]
-    NotReady { what: String, waited: Duration, logs: String },
+    NotReady {
+        what: String,
+        waited: Duration,
+        logs: String,
+    },
     /// The process exited while it was expected to run; `logs` holds its output.
     #[error("{what} exited with {status}\n{logs}")]
-    Exited { what: String, status: ExitStatus, logs: String },
+    Exited {
+        what: String,
+        status: ExitStatus,
+        logs: String,
+    },
     /// The process did not exit within the time allowed after SIGTERM (it was then killed).
     #[error("{what} did not exit within {waited:?} of SIGTERM and was killed\n{logs}")]
-    StopTimeout { what: String, waited: Duration, logs: String },
+    StopTimeout {
+        what: String,
+        waited: Duration,
+        logs: String,
+    },
     /// The process is not running.
     #[error("{0} is not running")]
     NotRunning(String),

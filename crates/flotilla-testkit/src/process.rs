@@ -68,7 +68,10 @@ impl Managed {
             .stderr(stderr)
             .kill_on_drop(true)
             .spawn()
-            .map_err(|source| HarnessError::Spawn { program: self.program.clone(), source })?;
+            .map_err(|source| HarnessError::Spawn {
+                program: self.program.clone(),
+                source,
+            })?;
         self.child = Some(child);
         Ok(())
     }
@@ -87,7 +90,11 @@ impl Managed {
             None => Ok(()),
             Some(status) => {
                 self.child = None;
-                Err(HarnessError::Exited { what: self.what.clone(), status, logs: self.logs() })
+                Err(HarnessError::Exited {
+                    what: self.what.clone(),
+                    status,
+                    logs: self.logs(),
+                })
             }
         }
     }
@@ -125,7 +132,9 @@ impl Managed {
     /// Sends `signal` to the running process.
     pub(crate) fn signal(&mut self, signal: Signal) -> Result<(), HarnessError> {
         self.check_running()?;
-        let pid = self.pid().ok_or_else(|| HarnessError::NotRunning(self.what.clone()))?;
+        let pid = self
+            .pid()
+            .ok_or_else(|| HarnessError::NotRunning(self.what.clone()))?;
         let pid = i32::try_from(pid).map_err(|_| HarnessError::NotRunning(self.what.clone()))?;
         kill(Pid::from_raw(pid), signal).map_err(HarnessError::Signal)
     }
@@ -145,7 +154,11 @@ impl Managed {
 }
 
 fn open_log(path: &Path, start: u32) -> Result<File, HarnessError> {
-    let mut file = OpenOptions::new().create(true).append(true).open(path).map_err(HarnessError::Io)?;
+    let mut file = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(HarnessError::Io)?;
     writeln!(file, "=== harness: start #{start} ===").map_err(HarnessError::Io)?;
     Ok(file)
 }

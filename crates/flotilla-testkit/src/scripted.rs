@@ -40,7 +40,9 @@ pub enum Behaviour {
 
 impl Behaviour {
     /// Succeed at once.
-    pub const SUCCEED: Behaviour = Behaviour::Succeed { delay: Duration::ZERO };
+    pub const SUCCEED: Behaviour = Behaviour::Succeed {
+        delay: Duration::ZERO,
+    };
 }
 
 /// One `/execute` call as the agent received it.
@@ -122,7 +124,11 @@ impl ScriptedAgent {
                 drop(runtime);
             })
             .map_err(HarnessError::Io)?;
-        Ok(ScriptedAgent { addr, script, runner: Mutex::new(Some(Runner { stop, thread })) })
+        Ok(ScriptedAgent {
+            addr,
+            script,
+            runner: Mutex::new(Some(Runner { stop, thread })),
+        })
     }
 
     /// `http://127.0.0.1:<port>`.
@@ -167,12 +173,21 @@ impl ScriptedAgent {
     /// The attempt numbers received for one task, in arrival order.
     pub fn attempts_for(&self, task_id: TaskId) -> Vec<i32> {
         let script = self.script();
-        script.received.iter().filter(|c| c.request.task_id == task_id).map(|c| c.request.attempt).collect()
+        script
+            .received
+            .iter()
+            .filter(|c| c.request.task_id == task_id)
+            .map(|c| c.request.attempt)
+            .collect()
     }
 
     /// The parsed requests, in arrival order.
     pub fn requests(&self) -> Vec<ExecuteRequest> {
-        self.script().received.iter().map(|c| c.request.clone()).collect()
+        self.script()
+            .received
+            .iter()
+            .map(|c| c.request.clone())
+            .collect()
     }
 
     /// The parsed calls with their headers and the behaviour applied.
@@ -199,7 +214,11 @@ impl ScriptedAgent {
 
     /// Stops the server and drops every open connection; later calls are refused. Idempotent.
     pub fn stop(&self) {
-        let runner = self.runner.lock().unwrap_or_else(PoisonError::into_inner).take();
+        let runner = self
+            .runner
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
         if let Some(Runner { stop, thread }) = runner {
             let _ = stop.send(());
             // The thread only drops its runtime after this; it never waits on the caller.
@@ -233,22 +252,38 @@ impl Drop for InFlight {
     }
 }
 
-async fn execute(State(script): State<Arc<Mutex<Script>>>, headers: HeaderMap, body: Bytes) -> Response {
+async fn execute(
+    State(script): State<Arc<Mutex<Script>>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let parsed = serde_json::from_slice::<ExecuteRequest>(&body);
     let behaviour = {
         let mut script = lock(&script);
         script.calls += 1;
         let Ok(request) = &parsed else {
             drop(script);
-            return error(StatusCode::BAD_REQUEST, "invalid_request", "the body is not an execute request");
+            return error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                "the body is not an execute request",
+            );
         };
-        let behaviour = script.queue.pop_front().unwrap_or_else(|| script.default.clone());
+        let behaviour = script
+            .queue
+            .pop_front()
+            .unwrap_or_else(|| script.default.clone());
         *script.per_task.entry(request.task_id).or_default() += 1;
         script.received.push(ReceivedCall {
             request: request.clone(),
             headers: headers
                 .iter()
-                .map(|(k, v)| (k.as_str().to_owned(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+                .map(|(k, v)| {
+                    (
+                        k.as_str().to_owned(),
+                        String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                    )
+                })
                 .collect(),
             behaviour: behaviour.clone(),
         });
@@ -257,7 +292,11 @@ async fn execute(State(script): State<Arc<Mutex<Script>>>, headers: HeaderMap, b
     };
     let _in_flight = InFlight(Arc::clone(&script));
     let Ok(request) = parsed else {
-        return error(StatusCode::BAD_REQUEST, "invalid_request", "the body is not an execute request");
+        return error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "the body is not an execute request",
+        );
     };
 
     match behaviour {
@@ -269,24 +308,41 @@ async fn execute(State(script): State<Arc<Mutex<Script>>>, headers: HeaderMap, b
                 "attempt": request.attempt,
                 "input": request.input,
             });
-            (StatusCode::OK, axum::Json(ExecuteResponse { output, usage: None })).into_response()
+            (
+                StatusCode::OK,
+                axum::Json(ExecuteResponse {
+                    output,
+                    usage: None,
+                }),
+            )
+                .into_response()
         }
         Behaviour::Fail { status } => {
             let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-            error(status, "scripted_failure", "the scripted agent was told to fail this call")
+            error(
+                status,
+                "scripted_failure",
+                "the scripted agent was told to fail this call",
+            )
         }
         Behaviour::Garbage => (StatusCode::OK, "this is not JSON {").into_response(),
         Behaviour::Hang => std::future::pending().await,
-        Behaviour::Reject => {
-            error(StatusCode::UNPROCESSABLE_ENTITY, "task_rejected", "the scripted agent rejects this task")
-        }
+        Behaviour::Reject => error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "task_rejected",
+            "the scripted agent rejects this task",
+        ),
     }
 }
 
 async fn health(State(script): State<Arc<Mutex<Script>>>) -> Response {
     let script = lock(&script);
     if !script.healthy {
-        return error(StatusCode::SERVICE_UNAVAILABLE, "unhealthy", "the scripted agent was told to be unhealthy");
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unhealthy",
+            "the scripted agent was told to be unhealthy",
+        );
     }
     let health = AgentHealth {
         status: AgentStatus::for_load(script.in_flight),
@@ -298,7 +354,12 @@ async fn health(State(script): State<Arc<Mutex<Script>>>) -> Response {
 
 fn error(status: StatusCode, code: &str, message: &str) -> Response {
     let body = ErrorBody {
-        error: ErrorDetail { code: code.to_owned(), message: message.to_owned(), field: None, request_id: None },
+        error: ErrorDetail {
+            code: code.to_owned(),
+            message: message.to_owned(),
+            field: None,
+            request_id: None,
+        },
     };
     (status, axum::Json(body)).into_response()
 }

@@ -113,7 +113,13 @@ impl ServerProcessBuilder {
             &data_dir,
             "server",
         );
-        let mut server = ServerProcess { process, port, data_dir, admin_key, _temp_dir: temp_dir };
+        let mut server = ServerProcess {
+            process,
+            port,
+            data_dir,
+            admin_key,
+            _temp_dir: temp_dir,
+        };
         server.process.spawn()?;
         server.wait_ready().await?;
         Ok(server)
@@ -123,7 +129,13 @@ impl ServerProcessBuilder {
 impl ServerProcess {
     /// Options for starting the binary at `bin` (e.g. `env!("CARGO_BIN_EXE_flotilla")`).
     pub fn builder(bin: impl Into<PathBuf>) -> ServerProcessBuilder {
-        ServerProcessBuilder { bin: bin.into(), args: Vec::new(), envs: Vec::new(), data_dir: None, port: None }
+        ServerProcessBuilder {
+            bin: bin.into(),
+            args: Vec::new(),
+            envs: Vec::new(),
+            data_dir: None,
+            port: None,
+        }
     }
 
     /// Starts `bin serve` with the given environment and extra arguments, in a temporary data
@@ -214,7 +226,8 @@ impl ServerProcess {
     }
 
     async fn wait_ready(&mut self) -> Result<(), HarnessError> {
-        let client = Client::new(&self.base_url(), None)?.with_request_timeout(Duration::from_secs(1));
+        let client =
+            Client::new(&self.base_url(), None)?.with_request_timeout(Duration::from_secs(1));
         let started = Instant::now();
         loop {
             self.process.check_running()?;

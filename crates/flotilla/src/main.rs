@@ -1,1 +1,71 @@
-fn main() {}
+//! The `flotilla` binary: one program for every role — the control plane (`serve`), an agent
+//! worker (`agent`), the whole system on embedded defaults with a workload (`demo`), and client
+//! commands for the API.
+
+mod cmd;
+mod logging;
+mod output;
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+/// Flotilla: a production control plane for AI agents.
+#[derive(Parser, Debug)]
+#[command(name = "flotilla", version, about, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the control plane (embedded SQLite in ./flotilla-data by default).
+    Serve(cmd::serve::ServeArgs),
+    /// Run an agent worker with simulated work that registers with a control plane.
+    Agent(cmd::agent::AgentArgs),
+    /// Start a control plane and agents on a fresh data directory, run a workload, report.
+    Demo(cmd::demo::DemoArgs),
+    /// Submit, inspect, list and cancel tasks.
+    #[command(subcommand)]
+    Task(cmd::task::TaskCommand),
+    /// Inspect the agent fleet.
+    #[command(subcommand)]
+    Agents(cmd::agents::AgentsCommand),
+    /// Check configuration files.
+    #[command(subcommand)]
+    Config(cmd::config::ConfigCommand),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Serve(args) => cmd::serve::run(args).await,
+            Command::Agent(args) => {
+                logging::init(flotilla_core::config::LogFormat::Human, "info");
+                cmd::agent::run(args).await
+            }
+            Command::Demo(args) => cmd::demo::run(args).await,
+            Command::Task(command) => cmd::task::run(command).await,
+            Command::Agents(command) => cmd::agents::run(command).await,
+            Command::Config(command) => cmd::config::run(command),
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

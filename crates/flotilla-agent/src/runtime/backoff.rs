@@ -14,7 +14,11 @@ pub(crate) struct Backoff {
 impl Backoff {
     pub(crate) fn new(initial: Duration, max: Duration) -> Backoff {
         let initial = initial.min(max);
-        Backoff { initial, max, next: initial }
+        Backoff {
+            initial,
+            max,
+            next: initial,
+        }
     }
 
     /// The delay before the next try.
@@ -41,7 +45,11 @@ mod tests {
         for base in bases {
             let delay = backoff.next_delay();
             let base = Duration::from_millis(base);
-            assert!(delay >= base / 2 && delay <= base, "{delay:?} outside [{:?}, {base:?}]", base / 2);
+            assert!(
+                delay >= base / 2 && delay <= base,
+                "{delay:?} outside [{:?}, {base:?}]",
+                base / 2
+            );
         }
         backoff.reset();
         assert!(backoff.next_delay() <= Duration::from_millis(100));

@@ -36,7 +36,10 @@ pub(crate) struct Permit {
 
 impl Gate {
     pub(crate) fn new(capacity: u32) -> Gate {
-        Gate { capacity, state: watch::Sender::new(GateState::default()) }
+        Gate {
+            capacity,
+            state: watch::Sender::new(GateState::default()),
+        }
     }
 
     pub(crate) fn capacity(&self) -> u32 {
@@ -67,12 +70,15 @@ impl Gate {
                 true
             }
         });
-        outcome.map(|()| Permit { gate: Arc::clone(self) })
+        outcome.map(|()| Permit {
+            gate: Arc::clone(self),
+        })
     }
 
     /// From now on every call is refused with [`Refusal::Draining`].
     pub(crate) fn start_draining(&self) {
-        self.state.send_if_modified(|state| !std::mem::replace(&mut state.draining, true));
+        self.state
+            .send_if_modified(|state| !std::mem::replace(&mut state.draining, true));
     }
 
     /// Resolves once no call is in flight.
@@ -85,7 +91,9 @@ impl Gate {
 
 impl Drop for Permit {
     fn drop(&mut self) {
-        self.gate.state.send_modify(|state| state.load = state.load.saturating_sub(1));
+        self.gate
+            .state
+            .send_modify(|state| state.load = state.load.saturating_sub(1));
     }
 }
 

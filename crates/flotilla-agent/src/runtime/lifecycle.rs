@@ -27,8 +27,10 @@ const RETRY_INITIAL: Duration = Duration::from_millis(250);
 const REGISTER_RETRY_MAX: Duration = Duration::from_secs(5);
 /// Tries of the final `DELETE`.
 const DEREGISTER_TRIES: u32 = 3;
-/// How long the stopped server may take to close its connections before it is abandoned.
-const SERVER_STOP_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long the stopped server may take to close its connections before it is abandoned. By
+/// then in-flight work has finished or outlived the drain timeout, so this only lets the last
+/// answers leave.
+const SERVER_STOP_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// The current registration.
 #[derive(Clone)]
@@ -37,7 +39,10 @@ pub(crate) struct Session {
     pub(crate) heartbeat_interval: Duration,
     /// The HMAC secret of requests from the control plane. The `/execute` handler will check
     /// `x-flotilla-signature` against it once request signing is enabled (DESIGN.md §6).
-    #[expect(dead_code, reason = "read by request-signature verification, which comes with the security work")]
+    #[expect(
+        dead_code,
+        reason = "read by request-signature verification, which comes with the security work"
+    )]
     signing_secret: String,
 }
 
@@ -92,7 +97,9 @@ impl Lifecycle {
         let stop = self.heartbeat_until_stop().await;
         let registered = !matches!(stop, Ok(Stop::Unregistered) | Err(_));
         match stop {
-            Ok(Stop::DrainRequested) => tracing::info!("The control plane asked this instance to drain."),
+            Ok(Stop::DrainRequested) => {
+                tracing::info!("The control plane asked this instance to drain.")
+            }
             Ok(Stop::Shutdown | Stop::Unregistered) => tracing::info!("Shutting down."),
             Err(ref e) => tracing::error!(error = %e, "Cannot stay registered; shutting down."),
         }
@@ -119,7 +126,10 @@ impl Lifecycle {
                 () = self.shutdown.cancelled() => return Ok(Stop::Shutdown),
                 () = tokio::time::sleep(delay) => {}
             }
-            let beat = Heartbeat { load: self.gate.load(), status: None };
+            let beat = Heartbeat {
+                load: self.gate.load(),
+                status: None,
+            };
             let id = self.id();
             let answer = tokio::select! {
                 biased;
@@ -145,12 +155,17 @@ impl Lifecycle {
                             backoff = Backoff::new(RETRY_INITIAL, self.interval());
                             delay = self.interval();
                         }
-                        Err(AgentRuntimeError::ShutdownBeforeRegistration) => return Ok(Stop::Unregistered),
+                        Err(AgentRuntimeError::ShutdownBeforeRegistration) => {
+                            return Ok(Stop::Unregistered);
+                        }
                         Err(e) => return Err(e),
                     }
                 }
                 Err(e) => {
-                    outage.failed("Heartbeat failed; retrying until the control plane answers.", &e);
+                    outage.failed(
+                        "Heartbeat failed; retrying until the control plane answers.",
+                        &e,
+                    );
                     delay = backoff.next_delay();
                 }
             }
@@ -161,7 +176,10 @@ impl Lifecycle {
     /// timeout; then deregisters.
     async fn drain(&self, registered: bool) {
         self.gate.start_draining();
-        tracing::info!(load = self.gate.load(), "Draining: no new tasks; waiting for in-flight tasks.");
+        tracing::info!(
+            load = self.gate.load(),
+            "Draining: no new tasks; waiting for in-flight tasks."
+        );
         if registered {
             self.draining_heartbeat().await;
         }
@@ -196,7 +214,10 @@ impl Lifecycle {
     }
 
     async fn draining_heartbeat(&self) {
-        let beat = Heartbeat { load: self.gate.load(), status: Some(AgentStatus::Draining) };
+        let beat = Heartbeat {
+            load: self.gate.load(),
+            status: Some(AgentStatus::Draining),
+        };
         if let Err(e) = self.client.heartbeat(self.id(), &beat).await {
             tracing::debug!(error = %e, "Draining heartbeat failed.");
         }
@@ -233,7 +254,9 @@ impl Lifecycle {
             Ok(Ok(result)) => result,
             Ok(Err(join)) => Err(AgentRuntimeError::Task(join.to_string())),
             Err(_) => {
-                tracing::warn!("The HTTP server did not close its connections in time; stopping it.");
+                tracing::warn!(
+                    "The HTTP server did not close its connections in time; stopping it."
+                );
                 server.abort();
                 Ok(())
             }
@@ -275,7 +298,9 @@ pub(crate) async fn register(
 /// A 4xx other than 408 and 429 says the request itself is wrong (bad key, unknown type).
 fn is_permanent(error: &ClientError) -> bool {
     match error {
-        ClientError::Api { status, .. } => (400..500).contains(status) && !matches!(status, 408 | 429),
+        ClientError::Api { status, .. } => {
+            (400..500).contains(status) && !matches!(status, 408 | 429)
+        }
         ClientError::InvalidUrl(_) | ClientError::InvalidKey(_) => true,
         ClientError::Transport(_) | ClientError::Decode(_) => false,
     }
@@ -299,7 +324,10 @@ impl Outage {
 
     fn recovered(&mut self) {
         if let Some(since) = self.since.take() {
-            tracing::info!(outage_s = since.elapsed().as_secs_f64(), "The control plane answers again.");
+            tracing::info!(
+                outage_s = since.elapsed().as_secs_f64(),
+                "The control plane answers again."
+            );
         }
     }
 }

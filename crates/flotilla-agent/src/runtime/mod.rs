@@ -159,11 +159,20 @@ pub async fn start<A: Agent>(
 
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
-        .map_err(|source| AgentRuntimeError::Bind { addr: config.listen, source })?;
+        .map_err(|source| AgentRuntimeError::Bind {
+            addr: config.listen,
+            source,
+        })?;
     let addr = listener
         .local_addr()
-        .map_err(|source| AgentRuntimeError::Bind { addr: config.listen, source })?;
-    let url = config.advertise_url.clone().unwrap_or_else(|| advertised_url(addr));
+        .map_err(|source| AgentRuntimeError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+    let url = config
+        .advertise_url
+        .clone()
+        .unwrap_or_else(|| advertised_url(addr));
 
     let gate = Arc::new(Gate::new(config.capacity));
     let server_stop = CancellationToken::new();
@@ -207,15 +216,25 @@ pub async fn start<A: Agent>(
         server,
     };
     let lifecycle = tokio::spawn(lifecycle.run());
-    Ok(RunningAgent { addr, url, id, session, lifecycle })
+    Ok(RunningAgent {
+        addr,
+        url,
+        id,
+        session,
+        lifecycle,
+    })
 }
 
 fn validate(config: &RuntimeConfig) -> Result<(), AgentRuntimeError> {
     if config.agent_type.trim().is_empty() {
-        return Err(AgentRuntimeError::Config("the agent type must not be empty".into()));
+        return Err(AgentRuntimeError::Config(
+            "the agent type must not be empty".into(),
+        ));
     }
     if config.capacity == 0 {
-        return Err(AgentRuntimeError::Config("the capacity must be at least 1".into()));
+        return Err(AgentRuntimeError::Config(
+            "the capacity must be at least 1".into(),
+        ));
     }
     Ok(())
 }

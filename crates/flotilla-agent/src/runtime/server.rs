@@ -23,7 +23,10 @@ struct AppState<A> {
 
 impl<A> Clone for AppState<A> {
     fn clone(&self) -> Self {
-        AppState { agent: Arc::clone(&self.agent), gate: Arc::clone(&self.gate) }
+        AppState {
+            agent: Arc::clone(&self.agent),
+            gate: Arc::clone(&self.gate),
+        }
     }
 }
 
@@ -87,7 +90,9 @@ async fn execute<A: Agent>(State(state): State<AppState<A>>, body: Bytes) -> Res
                 ),
                 None,
             );
-            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             return response;
         }
     };
@@ -102,11 +107,21 @@ async fn execute<A: Agent>(State(state): State<AppState<A>>, body: Bytes) -> Res
         Ok(Ok(response)) => (StatusCode::OK, axum::Json(response)).into_response(),
         Ok(Err(AgentError::Rejected(message))) => {
             tracing::info!(%task_id, attempt, %message, "Task rejected.");
-            error(StatusCode::UNPROCESSABLE_ENTITY, "task_rejected", message, None)
+            error(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "task_rejected",
+                message,
+                None,
+            )
         }
         Ok(Err(AgentError::Failed(message))) => {
             tracing::warn!(%task_id, attempt, %message, "Task failed.");
-            error(StatusCode::INTERNAL_SERVER_ERROR, "task_failed", message, None)
+            error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "task_failed",
+                message,
+                None,
+            )
         }
         Err(_) => {
             tracing::warn!(%task_id, attempt, "Task ran past its deadline; abandoned.");
@@ -123,7 +138,11 @@ async fn health<A: Agent>(State(state): State<AppState<A>>) -> axum::Json<AgentH
     } else {
         AgentStatus::for_load(load)
     };
-    axum::Json(AgentHealth { status, load, capacity: state.gate.capacity() })
+    axum::Json(AgentHealth {
+        status,
+        load,
+        capacity: state.gate.capacity(),
+    })
 }
 
 fn deadline_exceeded() -> Response {
@@ -138,7 +157,12 @@ fn deadline_exceeded() -> Response {
 /// A JSON error body in the shape of DESIGN.md §8.
 fn error(status: StatusCode, code: &str, message: String, field: Option<String>) -> Response {
     let body = ErrorBody {
-        error: ErrorDetail { code: code.to_owned(), message, field, request_id: None },
+        error: ErrorDetail {
+            code: code.to_owned(),
+            message,
+            field,
+            request_id: None,
+        },
     };
     (status, axum::Json(body)).into_response()
 }

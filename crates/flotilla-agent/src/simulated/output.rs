@@ -11,9 +11,15 @@ const LANGUAGES: [&str; 6] = ["rust", "python", "typescript", "go", "java", "sql
 const SEVERITIES: [&str; 4] = ["critical", "high", "medium", "low"];
 const FINDINGS: [(&str, &str); 6] = [
     ("SQL built by string concatenation", "src/db/query.rs"),
-    ("Secret committed in a configuration file", "config/settings.toml"),
+    (
+        "Secret committed in a configuration file",
+        "config/settings.toml",
+    ),
     ("Outdated dependency with a known CVE", "Cargo.lock"),
-    ("Missing authorisation check on an admin route", "src/api/admin.rs"),
+    (
+        "Missing authorisation check on an admin route",
+        "src/api/admin.rs",
+    ),
     ("Unbounded request body accepted", "src/api/upload.rs"),
     ("Weak hash used for passwords", "src/auth/password.rs"),
 ];
@@ -89,7 +95,10 @@ fn performance_tester(rng: &mut SplitMix64, input: &Value) -> Value {
     let target = text(input, "url")
         .or_else(|| text(input, "target"))
         .unwrap_or_else(|| "the submitted endpoint".to_owned());
-    let requests = input.get("requests").and_then(Value::as_u64).unwrap_or(1_000 + rng.below(9_000));
+    let requests = input
+        .get("requests")
+        .and_then(Value::as_u64)
+        .unwrap_or(1_000 + rng.below(9_000));
     let p50 = 5 + rng.below(195);
     let p95 = p50 + 10 + rng.below(4 * p50);
     let p99 = p95 + 5 + rng.below(2 * p95);
@@ -168,19 +177,37 @@ mod tests {
 
     #[test]
     fn every_type_is_labelled_simulated() {
-        for agent_type in ["code_generator", "security_scanner", "performance_tester", "translator"] {
+        for agent_type in [
+            "code_generator",
+            "security_scanner",
+            "performance_tester",
+            "translator",
+        ] {
             let output = for_task(agent_type, id(1), &json!({"prompt": "x"}));
             assert_eq!(output["simulated"], json!(true), "{agent_type}");
-            assert!(output["note"].as_str().is_some_and(|n| n.contains("Simulated")));
-            assert!(output["summary"].as_str().is_some_and(|s| s.contains("(simulated)")));
+            assert!(
+                output["note"]
+                    .as_str()
+                    .is_some_and(|n| n.contains("Simulated"))
+            );
+            assert!(
+                output["summary"]
+                    .as_str()
+                    .is_some_and(|s| s.contains("(simulated)"))
+            );
         }
     }
 
     #[test]
     fn output_is_deterministic_per_task() {
         let input = json!({"target": "repo"});
-        assert_eq!(for_task("security_scanner", id(7), &input), for_task("security_scanner", id(7), &input));
-        let differs = (0..20).any(|n| for_task("code_generator", id(n), &input) != for_task("code_generator", id(7), &input));
+        assert_eq!(
+            for_task("security_scanner", id(7), &input),
+            for_task("security_scanner", id(7), &input)
+        );
+        let differs = (0..20).any(|n| {
+            for_task("code_generator", id(n), &input) != for_task("code_generator", id(7), &input)
+        });
         assert!(differs, "different tasks give different output");
     }
 

@@ -14,11 +14,19 @@ use flotilla_core::agent::{AgentInstance, AgentStatus};
 use flotilla_core::auth::Role;
 use flotilla_core::config::valid_agent_type;
 use flotilla_core::id::AgentId;
-use flotilla_core::wire::{AgentList, Deregistered, ErrorBody, Heartbeat, HeartbeatAck, RegisterAgent, Registered};
+use flotilla_core::wire::{
+    AgentList, Deregistered, ErrorBody, Heartbeat, HeartbeatAck, RegisterAgent, Registered,
+};
 use rand::RngCore;
 
 const AGENT: &[Role] = &[Role::Admin, Role::Operator, Role::Agent];
-const READ: &[Role] = &[Role::Admin, Role::Operator, Role::Submitter, Role::Viewer, Role::Agent];
+const READ: &[Role] = &[
+    Role::Admin,
+    Role::Operator,
+    Role::Submitter,
+    Role::Viewer,
+    Role::Agent,
+];
 
 pub(super) fn routes() -> Router<AppState> {
     Router::new()
@@ -37,22 +45,39 @@ pub async fn register(
 ) -> Result<(StatusCode, Json<Registered>), ApiError> {
     caller.require(AGENT, "register agents")?;
     if !valid_agent_type(&body.agent_type) {
-        return Err(ApiError::invalid_field("type", "`type` must be 1-64 characters of a-z, 0-9, `_` or `-`"));
+        return Err(ApiError::invalid_field(
+            "type",
+            "`type` must be 1-64 characters of a-z, 0-9, `_` or `-`",
+        ));
     }
     let url = reqwest::Url::parse(&body.url)
         .ok()
         .filter(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
-        .ok_or_else(|| ApiError::invalid_field("url", format!("`url` must be an http(s) URL, not `{}`", body.url)))?;
+        .ok_or_else(|| {
+            ApiError::invalid_field(
+                "url",
+                format!("`url` must be an http(s) URL, not `{}`", body.url),
+            )
+        })?;
     if !(1..=10_000).contains(&body.capacity) {
-        return Err(ApiError::invalid_field("capacity", "`capacity` must be between 1 and 10000"));
+        return Err(ApiError::invalid_field(
+            "capacity",
+            "`capacity` must be between 1 and 10000",
+        ));
     }
     let weight = body.weight.unwrap_or(1);
     if !(1..=1000).contains(&weight) {
-        return Err(ApiError::invalid_field("weight", "`weight` must be between 1 and 1000"));
+        return Err(ApiError::invalid_field(
+            "weight",
+            "`weight` must be between 1 and 1000",
+        ));
     }
     let metadata = body.metadata.unwrap_or_else(|| serde_json::json!({}));
     if !metadata.is_object() {
-        return Err(ApiError::invalid_field("metadata", "`metadata` must be a JSON object"));
+        return Err(ApiError::invalid_field(
+            "metadata",
+            "`metadata` must be a JSON object",
+        ));
     }
     let mut secret = [0u8; 32];
     rand::rng().fill_bytes(&mut secret);
@@ -99,14 +124,20 @@ pub async fn heartbeat(
         && status != AgentStatus::Draining
         && !status.accepts_work()
     {
-        return Err(ApiError::invalid_field("status", "an instance may only report `draining` or a running status"));
+        return Err(ApiError::invalid_field(
+            "status",
+            "an instance may only report `draining` or a running status",
+        ));
     }
     let now = state.clock.now();
     let (desired, status) = state
         .registry
         .heartbeat(id, body.status, now)
         .ok_or_else(|| ApiError::NotFound(format!("no agent {id}; register again")))?;
-    state.store.heartbeat_agent(id, body.load, status, now).await?;
+    state
+        .store
+        .heartbeat_agent(id, body.load, status, now)
+        .await?;
     Ok(Json(HeartbeatAck { desired }))
 }
 
@@ -125,12 +156,25 @@ pub async fn deregister(
         Deregistration::Removed => {
             state.store.delete_agent(id).await?;
             tracing::info!(agent_id = %id, "Instance deregistered");
-            Ok((StatusCode::OK, Json(Deregistered { status: "deregistered".to_owned() })))
+            Ok((
+                StatusCode::OK,
+                Json(Deregistered {
+                    status: "deregistered".to_owned(),
+                }),
+            ))
         }
         Deregistration::Draining => {
-            state.store.set_agent_status(id, AgentStatus::Draining).await?;
+            state
+                .store
+                .set_agent_status(id, AgentStatus::Draining)
+                .await?;
             tracing::info!(agent_id = %id, "Instance draining before removal");
-            Ok((StatusCode::ACCEPTED, Json(Deregistered { status: "draining".to_owned() })))
+            Ok((
+                StatusCode::ACCEPTED,
+                Json(Deregistered {
+                    status: "draining".to_owned(),
+                }),
+            ))
         }
         Deregistration::Unknown => Err(ApiError::NotFound(format!("no agent {id}"))),
     }
@@ -138,16 +182,29 @@ pub async fn deregister(
 
 /// Lists every registered instance with its status and load.
 #[utoipa::path(get, path = "/v1/agents", tag = "agents", responses((status = 200, body = AgentList)), security(("bearer" = [])))]
-pub async fn list(State(state): State<AppState>, caller: Caller) -> Result<Json<AgentList>, ApiError> {
+pub async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<Json<AgentList>, ApiError> {
     caller.require(READ, "list agents")?;
-    Ok(Json(AgentList { agents: state.registry.list() }))
+    Ok(Json(AgentList {
+        agents: state.registry.list(),
+    }))
 }
 
 /// One instance.
 #[utoipa::path(get, path = "/v1/agents/{id}", tag = "agents", params(("id" = String, Path)),
     responses((status = 200, body = AgentInstance), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
-pub async fn get_agent(State(state): State<AppState>, caller: Caller, Path(id): Path<String>) -> Result<Json<AgentInstance>, ApiError> {
+pub async fn get_agent(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<AgentInstance>, ApiError> {
     caller.require(READ, "read agents")?;
     let id: AgentId = parse_id(&id, "agent")?;
-    state.registry.get(id).map(Json).ok_or_else(|| ApiError::NotFound(format!("no agent {id}")))
+    state
+        .registry
+        .get(id)
+        .map(Json)
+        .ok_or_else(|| ApiError::NotFound(format!("no agent {id}")))
 }

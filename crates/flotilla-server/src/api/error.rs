@@ -16,7 +16,11 @@ tokio::task_local! {
 pub enum ApiError {
     /// The request is malformed: bad JSON, a wrong type, a missing or out-of-range field.
     #[error("{message}")]
-    BadRequest { code: &'static str, message: String, field: Option<String> },
+    BadRequest {
+        code: &'static str,
+        message: String,
+        field: Option<String>,
+    },
     /// No (valid) credentials.
     #[error("{0}")]
     Unauthenticated(String),
@@ -40,7 +44,11 @@ pub enum ApiError {
     UnsupportedMediaType(String),
     /// Well-formed but impossible to act on, e.g. an agent type no pool or instance serves.
     #[error("{message}")]
-    Unprocessable { code: &'static str, message: String, field: Option<String> },
+    Unprocessable {
+        code: &'static str,
+        message: String,
+        field: Option<String>,
+    },
     /// The server cannot serve now (store unreachable, shutting down); retry later.
     #[error("{0}")]
     Unavailable(String),
@@ -52,12 +60,20 @@ pub enum ApiError {
 impl ApiError {
     /// A 400 naming the field at fault.
     pub fn invalid_field(field: impl Into<String>, message: impl Into<String>) -> Self {
-        ApiError::BadRequest { code: "invalid_field", message: message.into(), field: Some(field.into()) }
+        ApiError::BadRequest {
+            code: "invalid_field",
+            message: message.into(),
+            field: Some(field.into()),
+        }
     }
 
     /// A 400 without a particular field.
     pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
-        ApiError::BadRequest { code, message: message.into(), field: None }
+        ApiError::BadRequest {
+            code,
+            message: message.into(),
+            field: None,
+        }
     }
 
     /// The HTTP status of this error.
@@ -94,7 +110,9 @@ impl ApiError {
 
     fn field(&self) -> Option<String> {
         match self {
-            ApiError::BadRequest { field, .. } | ApiError::Unprocessable { field, .. } => field.clone(),
+            ApiError::BadRequest { field, .. } | ApiError::Unprocessable { field, .. } => {
+                field.clone()
+            }
             _ => None,
         }
     }
@@ -103,9 +121,9 @@ impl ApiError {
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
-            StoreError::Database(sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed) => {
-                ApiError::Unavailable(format!("the store is unavailable: {e}"))
-            }
+            StoreError::Database(
+                sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed,
+            ) => ApiError::Unavailable(format!("the store is unavailable: {e}")),
             other => ApiError::Internal(other.to_string()),
         }
     }
@@ -128,15 +146,24 @@ impl IntoResponse for ApiError {
             _ => self.to_string(),
         };
         let body = ErrorBody {
-            error: ErrorDetail { code: self.code().to_owned(), message, field: self.field(), request_id },
+            error: ErrorDetail {
+                code: self.code().to_owned(),
+                message,
+                field: self.field(),
+                request_id,
+            },
         };
         let mut response = (status, axum::Json(body)).into_response();
         match &self {
             ApiError::Unauthenticated(_) => {
-                response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+                response
+                    .headers_mut()
+                    .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             }
             ApiError::Unavailable(_) => {
-                response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
             _ => {}
         }

@@ -30,7 +30,9 @@ impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
         }
         let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
             if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::PayloadTooLarge { limit: state.config.max_body_bytes }
+                ApiError::PayloadTooLarge {
+                    limit: state.config.max_body_bytes,
+                }
             } else {
                 ApiError::bad_request("unreadable_body", rejection.body_text())
             }
@@ -42,14 +44,20 @@ impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
 /// Parses a JSON body, naming the field at fault on a type or value error.
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
-        return Err(ApiError::bad_request("invalid_json", "the request body is empty; send a JSON object"));
+        return Err(ApiError::bad_request(
+            "invalid_json",
+            "the request body is empty; send a JSON object",
+        ));
     }
     let mut deserializer = serde_json::Deserializer::from_slice(bytes);
     let value = serde_path_to_error::deserialize(&mut deserializer).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
         if inner.is_syntax() || inner.is_eof() {
-            return ApiError::bad_request("invalid_json", format!("the request body is not valid JSON: {inner}"));
+            return ApiError::bad_request(
+                "invalid_json",
+                format!("the request body is not valid JSON: {inner}"),
+            );
         }
         let message = inner.to_string();
         // A missing field is reported by serde at the parent path; name the field itself.
@@ -60,9 +68,12 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
         };
         ApiError::invalid_field(field.clone(), format!("`{field}`: {message}"))
     })?;
-    deserializer
-        .end()
-        .map_err(|e| ApiError::bad_request("invalid_json", format!("the request body is not valid JSON: {e}")))?;
+    deserializer.end().map_err(|e| {
+        ApiError::bad_request(
+            "invalid_json",
+            format!("the request body is not valid JSON: {e}"),
+        )
+    })?;
     Ok(value)
 }
 
@@ -79,21 +90,31 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for QueryParams<T>
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, ApiError> {
         let query = parts.uri.query().unwrap_or_default();
-        let deserializer = serde_urlencoded::Deserializer::new(form_urlencoded::parse(query.as_bytes()));
-        serde_path_to_error::deserialize(deserializer).map(QueryParams).map_err(|e| {
-            let field = e.path().to_string();
-            let message = e.into_inner().to_string();
-            if field == "." {
-                ApiError::bad_request("invalid_query", format!("invalid query string: {message}"))
-            } else {
-                ApiError::invalid_field(field.clone(), format!("query parameter `{field}`: {message}"))
-            }
-        })
+        let deserializer =
+            serde_urlencoded::Deserializer::new(form_urlencoded::parse(query.as_bytes()));
+        serde_path_to_error::deserialize(deserializer)
+            .map(QueryParams)
+            .map_err(|e| {
+                let field = e.path().to_string();
+                let message = e.into_inner().to_string();
+                if field == "." {
+                    ApiError::bad_request(
+                        "invalid_query",
+                        format!("invalid query string: {message}"),
+                    )
+                } else {
+                    ApiError::invalid_field(
+                        field.clone(),
+                        format!("query parameter `{field}`: {message}"),
+                    )
+                }
+            })
     }
 }
 
 /// Parses an id from a path segment, answering 400 when it is not one.
 pub fn parse_id<T: FromStr>(text: &str, what: &str) -> Result<T, ApiError> {
-    text.parse()
-        .map_err(|_| ApiError::invalid_field("id", format!("`{text}` is not a valid {what} id (a UUID)")))
+    text.parse().map_err(|_| {
+        ApiError::invalid_field("id", format!("`{text}` is not a valid {what} id (a UUID)"))
+    })
 }

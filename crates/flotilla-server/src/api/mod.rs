@@ -52,12 +52,20 @@ pub fn router(state: AppState) -> Router {
 
 /// Makes the request id available to [`ApiError`] while the request is handled.
 async fn request_id_scope(request: Request, next: Next) -> Response {
-    let id = request.headers().get(&X_REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
+    let id = request
+        .headers()
+        .get(&X_REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
     REQUEST_ID.scope(id, next.run(request)).await
 }
 
 async fn not_found(uri: Uri) -> ApiError {
-    ApiError::NotFound(format!("no route for {}; see /openapi.json for the API", uri.path()))
+    ApiError::NotFound(format!(
+        "no route for {}; see /openapi.json for the API",
+        uri.path()
+    ))
 }
 
 async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {

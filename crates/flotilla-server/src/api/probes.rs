@@ -9,24 +9,43 @@ use axum::{Json, Router};
 use flotilla_core::wire::Probe;
 
 pub(super) fn routes() -> Router<AppState> {
-    Router::new().route("/health", get(health)).route("/ready", get(ready))
+    Router::new()
+        .route("/health", get(health))
+        .route("/ready", get(ready))
 }
 
 /// Liveness: the process serves HTTP.
 #[utoipa::path(get, path = "/health", tag = "probes", responses((status = 200, body = Probe)))]
 pub async fn health() -> Json<Probe> {
-    Json(Probe { status: "ok".to_owned(), reason: None })
+    Json(Probe {
+        status: "ok".to_owned(),
+        reason: None,
+    })
 }
 
 /// Readiness: the store is reachable and migrated, and the server is not shutting down.
 #[utoipa::path(get, path = "/ready", tag = "probes", responses((status = 200, body = Probe), (status = 503, body = Probe)))]
 pub async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Probe>) {
-    let unavailable = |reason: String| (StatusCode::SERVICE_UNAVAILABLE, Json(Probe { status: "unavailable".to_owned(), reason: Some(reason) }));
+    let unavailable = |reason: String| {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(Probe {
+                status: "unavailable".to_owned(),
+                reason: Some(reason),
+            }),
+        )
+    };
     if state.shutdown.is_cancelled() {
         return unavailable("shutting down".to_owned());
     }
     match state.store.ready().await {
-        Ok(true) => (StatusCode::OK, Json(Probe { status: "ok".to_owned(), reason: None })),
+        Ok(true) => (
+            StatusCode::OK,
+            Json(Probe {
+                status: "ok".to_owned(),
+                reason: None,
+            }),
+        ),
         Ok(false) => unavailable("migrations are not applied".to_owned()),
         Err(e) => unavailable(format!("store unreachable: {e}")),
     }

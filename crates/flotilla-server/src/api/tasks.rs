@@ -13,7 +13,9 @@ use axum::{Json, Router};
 use flotilla_core::auth::Role;
 use flotilla_core::config::valid_agent_type;
 use flotilla_core::id::TaskId;
-use flotilla_core::task::{NewTask, PRIORITY_DEFAULT, PRIORITY_MAX, PRIORITY_MIN, Task, TaskStatus};
+use flotilla_core::task::{
+    NewTask, PRIORITY_DEFAULT, PRIORITY_MAX, PRIORITY_MIN, Task, TaskStatus,
+};
 use flotilla_core::wire::{ErrorBody, SubmitTask, TaskPage};
 use flotilla_store::{Cancelled, Inserted, TaskFilter};
 use serde::Deserialize;
@@ -49,7 +51,12 @@ pub async fn submit(
         .get("idempotency-key")
         .map(|v| v.to_str().map(str::to_owned))
         .transpose()
-        .map_err(|_| ApiError::invalid_field("Idempotency-Key", "the Idempotency-Key header must be visible ASCII"))?;
+        .map_err(|_| {
+            ApiError::invalid_field(
+                "Idempotency-Key",
+                "the Idempotency-Key header must be visible ASCII",
+            )
+        })?;
     let traceparent = headers.get("traceparent").and_then(|v| v.to_str().ok());
     let task = validate(&state, &caller, body, header_key, traceparent)?;
     let inserted = state.intake.submit(task).await.map_err(|e| match e {
@@ -58,7 +65,12 @@ pub async fn submit(
     })?;
     Ok(match inserted {
         Inserted::Created(task) => (StatusCode::ACCEPTED, Json(task)).into_response(),
-        Inserted::Existing(task) => (StatusCode::OK, [("idempotent-replayed", "true")], Json(task)).into_response(),
+        Inserted::Existing(task) => (
+            StatusCode::OK,
+            [("idempotent-replayed", "true")],
+            Json(task),
+        )
+            .into_response(),
     })
 }
 
@@ -71,7 +83,10 @@ fn validate(
     traceparent: Option<&str>,
 ) -> Result<NewTask, ApiError> {
     if !valid_agent_type(&body.agent_type) {
-        return Err(ApiError::invalid_field("agent_type", "`agent_type` must be 1-64 characters of a-z, 0-9, `_` or `-`"));
+        return Err(ApiError::invalid_field(
+            "agent_type",
+            "`agent_type` must be 1-64 characters of a-z, 0-9, `_` or `-`",
+        ));
     }
     if !state.serves_type(&body.agent_type) {
         return Err(ApiError::Unprocessable {
@@ -86,35 +101,64 @@ fn validate(
     }
     let priority = body.priority.unwrap_or(PRIORITY_DEFAULT);
     if !(PRIORITY_MIN..=PRIORITY_MAX).contains(&priority) {
-        return Err(ApiError::invalid_field("priority", format!("`priority` must be between {PRIORITY_MIN} and {PRIORITY_MAX}")));
+        return Err(ApiError::invalid_field(
+            "priority",
+            format!("`priority` must be between {PRIORITY_MIN} and {PRIORITY_MAX}"),
+        ));
     }
     if let Some(c) = body.complexity
         && !(0.0..=1.0).contains(&c)
     {
-        return Err(ApiError::invalid_field("complexity", "`complexity` must be between 0 and 1"));
+        return Err(ApiError::invalid_field(
+            "complexity",
+            "`complexity` must be between 0 and 1",
+        ));
     }
     let idempotency_key = match (body.idempotency_key, header_key) {
         (Some(a), Some(b)) if a != b => {
-            return Err(ApiError::invalid_field("idempotency_key", "the body's idempotency_key and the Idempotency-Key header differ"));
+            return Err(ApiError::invalid_field(
+                "idempotency_key",
+                "the body's idempotency_key and the Idempotency-Key header differ",
+            ));
         }
         (a, b) => a.or(b),
     };
     if let Some(key) = &idempotency_key
         && (key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY)
     {
-        return Err(ApiError::invalid_field("idempotency_key", format!("`idempotency_key` must be 1-{MAX_IDEMPOTENCY_KEY} bytes")));
+        return Err(ApiError::invalid_field(
+            "idempotency_key",
+            format!("`idempotency_key` must be 1-{MAX_IDEMPOTENCY_KEY} bytes"),
+        ));
     }
     let pool = state.pool(&body.agent_type);
     let defaults = &state.config.scheduler;
     let timeout_ms = match body.timeout_ms {
         Some(ms) if (1..=MAX_TIMEOUT_MS).contains(&ms) => ms,
-        Some(_) => return Err(ApiError::invalid_field("timeout_ms", format!("`timeout_ms` must be between 1 and {MAX_TIMEOUT_MS}"))),
-        None => duration_ms(pool.and_then(|p| p.timeout).unwrap_or(defaults.default_timeout)),
+        Some(_) => {
+            return Err(ApiError::invalid_field(
+                "timeout_ms",
+                format!("`timeout_ms` must be between 1 and {MAX_TIMEOUT_MS}"),
+            ));
+        }
+        None => duration_ms(
+            pool.and_then(|p| p.timeout)
+                .unwrap_or(defaults.default_timeout),
+        ),
     };
     let max_attempts = match body.max_attempts {
         Some(n) if (1..=100).contains(&n) => n,
-        Some(_) => return Err(ApiError::invalid_field("max_attempts", "`max_attempts` must be between 1 and 100")),
-        None => i32::try_from(pool.and_then(|p| p.max_attempts).unwrap_or(defaults.default_max_attempts)).unwrap_or(3),
+        Some(_) => {
+            return Err(ApiError::invalid_field(
+                "max_attempts",
+                "`max_attempts` must be between 1 and 100",
+            ));
+        }
+        None => i32::try_from(
+            pool.and_then(|p| p.max_attempts)
+                .unwrap_or(defaults.default_max_attempts),
+        )
+        .unwrap_or(3),
     };
     Ok(NewTask {
         id: TaskId(uuid::Uuid::now_v7()),
@@ -136,7 +180,11 @@ fn known_types(state: &AppState) -> String {
     types.extend(state.registry.types());
     types.sort();
     types.dedup();
-    if types.is_empty() { "none yet (start an agent or configure a pool)".to_owned() } else { types.join(", ") }
+    if types.is_empty() {
+        "none yet (start an agent or configure a pool)".to_owned()
+    } else {
+        types.join(", ")
+    }
 }
 
 fn duration_ms(d: Duration) -> i64 {
@@ -145,9 +193,13 @@ fn duration_ms(d: Duration) -> i64 {
 
 /// The trace id of an incoming W3C `traceparent`, or a new random one.
 fn trace_id(traceparent: Option<&str>) -> String {
-    let incoming = traceparent.and_then(|tp| tp.split('-').nth(1)).filter(|id| {
-        id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()) && id.bytes().any(|b| b != b'0')
-    });
+    let incoming = traceparent
+        .and_then(|tp| tp.split('-').nth(1))
+        .filter(|id| {
+            id.len() == 32
+                && id.bytes().all(|b| b.is_ascii_hexdigit())
+                && id.bytes().any(|b| b != b'0')
+        });
     match incoming {
         Some(id) => id.to_ascii_lowercase(),
         None => format!("{:032x}", rand::random::<u128>()),
@@ -177,17 +229,33 @@ pub async fn get_task(
     let id: TaskId = parse_id(&id, "task")?;
     let wait = match params.wait {
         None => Duration::ZERO,
-        Some(w) if w.is_finite() && w >= 0.0 => Duration::from_secs_f64(w).min(state.config.max_wait),
-        Some(_) => return Err(ApiError::invalid_field("wait", "`wait` must be a number of seconds ≥ 0")),
+        Some(w) if w.is_finite() && w >= 0.0 => {
+            Duration::from_secs_f64(w).min(state.config.max_wait)
+        }
+        Some(_) => {
+            return Err(ApiError::invalid_field(
+                "wait",
+                "`wait` must be a number of seconds ≥ 0",
+            ));
+        }
     };
     let tenant = Some(caller.tenant_id);
     let not_found = || ApiError::NotFound(format!("no task {id}"));
     if wait.is_zero() {
-        return state.store.get_task(tenant, id).await?.map(Json).ok_or_else(not_found);
+        return state
+            .store
+            .get_task(tenant, id)
+            .await?
+            .map(Json)
+            .ok_or_else(not_found);
     }
     // Park before reading, so a completion between the read and the wait is not missed.
     let parked = state.waiters.park(id);
-    let task = state.store.get_task(tenant, id).await?.ok_or_else(not_found)?;
+    let task = state
+        .store
+        .get_task(tenant, id)
+        .await?
+        .ok_or_else(not_found)?;
     if task.status.is_terminal() {
         return Ok(Json(task));
     }
@@ -197,7 +265,12 @@ pub async fn get_task(
         () = state.shutdown.cancelled() => {}
     }
     state.waiters.prune(id);
-    state.store.get_task(tenant, id).await?.map(Json).ok_or_else(not_found)
+    state
+        .store
+        .get_task(tenant, id)
+        .await?
+        .map(Json)
+        .ok_or_else(not_found)
 }
 
 /// Query of `GET /v1/tasks`.
@@ -225,12 +298,19 @@ pub async fn list(
     caller.require(READ, "read tasks")?;
     let limit = params.limit.unwrap_or(50);
     if !(1..=500).contains(&limit) {
-        return Err(ApiError::invalid_field("limit", "`limit` must be between 1 and 500"));
+        return Err(ApiError::invalid_field(
+            "limit",
+            "`limit` must be between 1 and 500",
+        ));
     }
     let before = params
         .cursor
         .as_deref()
-        .map(|c| c.parse::<TaskId>().map_err(|_| ApiError::invalid_field("cursor", "`cursor` is not a cursor from a previous page")))
+        .map(|c| {
+            c.parse::<TaskId>().map_err(|_| {
+                ApiError::invalid_field("cursor", "`cursor` is not a cursor from a previous page")
+            })
+        })
         .transpose()?;
     let filter = TaskFilter {
         tenant_id: Some(caller.tenant_id),
@@ -253,17 +333,26 @@ pub async fn list(
 #[utoipa::path(post, path = "/v1/tasks/{id}/cancel", tag = "tasks", params(("id" = String, Path)),
     responses((status = 200, body = Task), (status = 404, body = ErrorBody), (status = 409, description = "Already finished", body = ErrorBody)),
     security(("bearer" = [])))]
-pub async fn cancel(State(state): State<AppState>, caller: Caller, Path(id): Path<String>) -> Result<Json<Task>, ApiError> {
+pub async fn cancel(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Task>, ApiError> {
     caller.require(SUBMIT, "cancel tasks")?;
     let id: TaskId = parse_id(&id, "task")?;
-    match state.store.cancel_task(Some(caller.tenant_id), id, state.clock.now()).await? {
+    match state
+        .store
+        .cancel_task(Some(caller.tenant_id), id, state.clock.now())
+        .await?
+    {
         Cancelled::Done(task) => {
             state.waiters.wake(id);
             Ok(Json(task))
         }
-        Cancelled::AlreadyFinished(task) => {
-            Err(ApiError::Conflict(format!("task {id} already finished with status `{}`", task.status)))
-        }
+        Cancelled::AlreadyFinished(task) => Err(ApiError::Conflict(format!(
+            "task {id} already finished with status `{}`",
+            task.status
+        ))),
         Cancelled::NotFound => Err(ApiError::NotFound(format!("no task {id}"))),
     }
 }

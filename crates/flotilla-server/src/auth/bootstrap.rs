@@ -32,16 +32,30 @@ impl std::fmt::Debug for NewKey {
 /// Generates a new random key: a 12-character public id and a 43-character secret (≥ 256 bits).
 pub fn generate_key() -> String {
     let mut rng = rand::rng();
-    let public: String = (&mut rng).sample_iter(Alphanumeric).take(12).map(char::from).collect();
-    let secret: String = (&mut rng).sample_iter(Alphanumeric).take(43).map(char::from).collect();
+    let public: String = (&mut rng)
+        .sample_iter(Alphanumeric)
+        .take(12)
+        .map(char::from)
+        .collect();
+    let secret: String = (&mut rng)
+        .sample_iter(Alphanumeric)
+        .take(43)
+        .map(char::from)
+        .collect();
     format_key(&public.to_ascii_lowercase(), &secret)
 }
 
 /// Ensures an admin key exists. With `preset` (from the environment) that key is stored if it is
 /// not already; without, a key is generated only when the store has none. Returns the key when
 /// one was created from nothing, so the caller can print it once.
-pub async fn ensure_admin_key(store: &dyn Store, preset: Option<&str>, now: Timestamp) -> Result<Option<NewKey>, BootstrapError> {
-    store.ensure_tenant(TenantId::DEFAULT, "default", now).await?;
+pub async fn ensure_admin_key(
+    store: &dyn Store,
+    preset: Option<&str>,
+    now: Timestamp,
+) -> Result<Option<NewKey>, BootstrapError> {
+    store
+        .ensure_tenant(TenantId::DEFAULT, "default", now)
+        .await?;
     let (text, generated) = match preset {
         Some(text) => (text.to_owned(), false),
         None if store.count_api_keys().await? == 0 => (generate_key(), true),
@@ -75,6 +89,9 @@ mod tests {
         let b = generate_key();
         assert_ne!(a, b);
         let parts = parse_key(&a);
-        assert_eq!(parts.map(|p| (p.public_id.len(), p.secret.len())), Some((12, 43)));
+        assert_eq!(
+            parts.map(|p| (p.public_id.len(), p.secret.len())),
+            Some((12, 43))
+        );
     }
 }

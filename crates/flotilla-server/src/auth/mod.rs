@@ -37,7 +37,10 @@ impl Caller {
         if roles.contains(&self.role) {
             Ok(())
         } else {
-            Err(ApiError::Forbidden(format!("a key with role `{}` may not {action}", self.role)))
+            Err(ApiError::Forbidden(format!(
+                "a key with role `{}` may not {action}",
+                self.role
+            )))
         }
     }
 }
@@ -88,27 +91,47 @@ impl KeyCache {
 /// Checks a presented bearer token against the store; the error says what was wrong without
 /// revealing whether a key id exists.
 pub async fn verify(state: &AppState, token: &str, now: Timestamp) -> Result<Caller, ApiError> {
-    let invalid = || ApiError::Unauthenticated("the API key is invalid, expired or revoked".to_owned());
+    let invalid =
+        || ApiError::Unauthenticated("the API key is invalid, expired or revoked".to_owned());
     let presented = parse_key(token).ok_or_else(invalid)?;
     let record = match state.keys.get(presented.public_id) {
         Some(record) => record,
         None => {
-            let record = state.store.get_api_key(presented.public_id).await?.ok_or_else(invalid)?;
+            let record = state
+                .store
+                .get_api_key(presented.public_id)
+                .await?
+                .ok_or_else(invalid)?;
             state.keys.put(record.clone());
             record
         }
     };
-    let matches: bool = hash_secret(presented.secret).as_bytes().ct_eq(record.secret_hash.as_bytes()).into();
+    let matches: bool = hash_secret(presented.secret)
+        .as_bytes()
+        .ct_eq(record.secret_hash.as_bytes())
+        .into();
     let live = record.revoked_at.is_none() && record.expires_at.is_none_or(|at| at > now);
     if !(matches && live) {
         return Err(invalid());
     }
-    Ok(Caller { key_id: record.id, tenant_id: record.tenant_id, role: record.role })
+    Ok(Caller {
+        key_id: record.id,
+        tenant_id: record.tenant_id,
+        role: record.role,
+    })
 }
 
 /// Middleware on `/v1`: every request needs `Authorization: Bearer <key>`.
-pub async fn require_key(State(state): State<AppState>, mut request: Request, next: Next) -> Result<Response, ApiError> {
-    let header = request.headers().get(AUTHORIZATION).and_then(|v| v.to_str().ok()).unwrap_or_default();
+pub async fn require_key(
+    State(state): State<AppState>,
+    mut request: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    let header = request
+        .headers()
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
     let Some(token) = header.strip_prefix("Bearer ").map(str::trim) else {
         return Err(ApiError::Unauthenticated(
             "this route needs an API key: send `Authorization: Bearer flt_…`".to_owned(),
@@ -125,13 +148,23 @@ mod tests {
 
     #[test]
     fn secrets_hash_to_stable_hex() {
-        assert_eq!(hash_secret("abc"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+        assert_eq!(
+            hash_secret("abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
     }
 
     #[test]
     fn roles_outside_the_list_are_forbidden() {
-        let caller = Caller { key_id: "k".into(), tenant_id: TenantId::DEFAULT, role: Role::Viewer };
+        let caller = Caller {
+            key_id: "k".into(),
+            tenant_id: TenantId::DEFAULT,
+            role: Role::Viewer,
+        };
         assert!(caller.require(&[Role::Viewer], "read").is_ok());
-        assert!(matches!(caller.require(&[Role::Admin], "submit tasks"), Err(ApiError::Forbidden(_))));
+        assert!(matches!(
+            caller.require(&[Role::Admin], "submit tasks"),
+            Err(ApiError::Forbidden(_))
+        ));
     }
 }

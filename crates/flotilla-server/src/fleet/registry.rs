@@ -59,19 +59,31 @@ pub struct Registry {
 impl Registry {
     /// An empty registry that wakes dispatchers through `wakers`.
     pub fn new(wakers: Arc<Wakers>) -> Self {
-        Self { entries: Mutex::new(HashMap::new()), wakers }
+        Self {
+            entries: Mutex::new(HashMap::new()),
+            wakers,
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, HashMap<AgentId, Entry>> {
         // A poisoned lock means a panic while holding it; the map itself is still consistent
         // (every mutation is a single insert/remove/field write), so keep serving.
-        self.entries.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.entries
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Adds (or replaces) an instance.
     pub fn insert(&self, record: AgentInstance) {
         let agent_type = record.agent_type.clone();
-        self.lock().insert(record.id, Entry { record, in_flight: 0, remove_when_idle: false });
+        self.lock().insert(
+            record.id,
+            Entry {
+                record,
+                in_flight: 0,
+                remove_when_idle: false,
+            },
+        );
         self.wakers.wake(&agent_type);
     }
 
@@ -87,7 +99,12 @@ impl Registry {
 
     /// Records a heartbeat. `None` when the instance is unknown. A failed instance that
     /// heartbeats again is back in rotation; one that says `draining` gets no new work.
-    pub fn heartbeat(&self, id: AgentId, status: Option<AgentStatus>, now: Timestamp) -> Option<(Desired, AgentStatus)> {
+    pub fn heartbeat(
+        &self,
+        id: AgentId,
+        status: Option<AgentStatus>,
+        now: Timestamp,
+    ) -> Option<(Desired, AgentStatus)> {
         let mut entries = self.lock();
         let entry = entries.get_mut(&id)?;
         entry.record.last_heartbeat = now;
@@ -118,7 +135,11 @@ impl Registry {
     pub fn free_capacity(&self, agent_type: &str) -> u32 {
         self.lock()
             .values()
-            .filter(|e| e.record.agent_type == agent_type && e.record.status.accepts_work() && !e.remove_when_idle)
+            .filter(|e| {
+                e.record.agent_type == agent_type
+                    && e.record.status.accepts_work()
+                    && !e.remove_when_idle
+            })
             .map(|e| e.record.capacity.saturating_sub(e.in_flight))
             .sum()
     }
@@ -139,13 +160,18 @@ impl Registry {
         let chosen = least_loaded(&candidates, avoid)?;
         let entry = entries.get_mut(&chosen)?;
         entry.in_flight += 1;
-        Some(Slot { agent_id: chosen, url: entry.record.url.clone() })
+        Some(Slot {
+            agent_id: chosen,
+            url: entry.record.url.clone(),
+        })
     }
 
     /// Returns a slot. True when the instance was waiting to be removed and now is.
     pub fn release(&self, id: AgentId) -> bool {
         let mut entries = self.lock();
-        let Some(entry) = entries.get_mut(&id) else { return false };
+        let Some(entry) = entries.get_mut(&id) else {
+            return false;
+        };
         entry.in_flight = entry.in_flight.saturating_sub(1);
         let agent_type = entry.record.agent_type.clone();
         let removed = entry.remove_when_idle && entry.in_flight == 0;
@@ -160,7 +186,9 @@ impl Registry {
     /// Takes an instance out of rotation and removes it once its in-flight tasks end.
     pub fn deregister(&self, id: AgentId) -> Deregistration {
         let mut entries = self.lock();
-        let Some(entry) = entries.get_mut(&id) else { return Deregistration::Unknown };
+        let Some(entry) = entries.get_mut(&id) else {
+            return Deregistration::Unknown;
+        };
         if entry.in_flight == 0 {
             entries.remove(&id);
             Deregistration::Removed
@@ -172,10 +200,16 @@ impl Registry {
     }
 
     /// Marks failed every instance whose heartbeat is older than `timeout`; returns them.
-    pub fn expire_heartbeats(&self, now: Timestamp, timeout: chrono::Duration) -> Vec<AgentInstance> {
+    pub fn expire_heartbeats(
+        &self,
+        now: Timestamp,
+        timeout: chrono::Duration,
+    ) -> Vec<AgentInstance> {
         let mut expired = Vec::new();
         for entry in self.lock().values_mut() {
-            if entry.record.status != AgentStatus::Failed && heartbeat_expired(entry.record.last_heartbeat, now, timeout) {
+            if entry.record.status != AgentStatus::Failed
+                && heartbeat_expired(entry.record.last_heartbeat, now, timeout)
+            {
                 entry.record.status = AgentStatus::Failed;
                 expired.push(entry.view());
             }
@@ -197,12 +231,18 @@ impl Registry {
 
     /// True when some instance (in any state) serves this type.
     pub fn knows_type(&self, agent_type: &str) -> bool {
-        self.lock().values().any(|e| e.record.agent_type == agent_type)
+        self.lock()
+            .values()
+            .any(|e| e.record.agent_type == agent_type)
     }
 
     /// The agent types of all instances.
     pub fn types(&self) -> Vec<String> {
-        let mut types: Vec<String> = self.lock().values().map(|e| e.record.agent_type.clone()).collect();
+        let mut types: Vec<String> = self
+            .lock()
+            .values()
+            .map(|e| e.record.agent_type.clone())
+            .collect();
         types.sort();
         types.dedup();
         types

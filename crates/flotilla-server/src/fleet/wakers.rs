@@ -14,7 +14,9 @@ pub struct Wakers {
 impl Wakers {
     /// The signal of one agent type (created on first use).
     pub fn get(&self, agent_type: &str) -> Arc<Notify> {
-        let Ok(mut map) = self.by_type.lock() else { return Arc::new(Notify::new()) };
+        let Ok(mut map) = self.by_type.lock() else {
+            return Arc::new(Notify::new());
+        };
         map.entry(agent_type.to_owned()).or_default().clone()
     }
 

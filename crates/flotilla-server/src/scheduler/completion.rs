@@ -25,7 +25,9 @@ impl Completions {
     /// fleet's total capacity (one end per in-flight attempt).
     pub fn send(&self, end: AttemptEnd) {
         if self.tx.send(end).is_err() {
-            tracing::warn!("Attempt end after the completion writer stopped; its lease will expire and the task re-run");
+            tracing::warn!(
+                "Attempt end after the completion writer stopped; its lease will expire and the task re-run"
+            );
         }
     }
 }
@@ -79,7 +81,9 @@ async fn writer(
                 Some(task) if task.status.is_terminal() => waiters.wake(task.id),
                 Some(task) if task.status == TaskStatus::Queued => wakers.wake(&task.agent_type),
                 Some(_) => {}
-                None => tracing::debug!(task_id = %end.task_id, attempt = end.attempt, "Stale attempt end ignored"),
+                None => {
+                    tracing::debug!(task_id = %end.task_id, attempt = end.attempt, "Stale attempt end ignored")
+                }
             }
         }
     }

@@ -30,7 +30,8 @@ pub async fn execute(
     traceparent: Option<&str>,
     timeout: Duration,
 ) -> Result<ExecuteResponse, DispatchFailure> {
-    let body = serde_json::to_vec(request).map_err(|e| DispatchFailure::InvalidResponse(e.to_string()))?;
+    let body =
+        serde_json::to_vec(request).map_err(|e| DispatchFailure::InvalidResponse(e.to_string()))?;
     let mut call = http
         .post(format!("{}/execute", base_url.trim_end_matches('/')))
         .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
@@ -41,8 +42,13 @@ pub async fn execute(
     }
     let response = call.send().await.map_err(transport_failure)?;
     let status = response.status();
-    if response.content_length().is_some_and(|n| n > MAX_RESPONSE_BYTES as u64) {
-        return Err(DispatchFailure::InvalidResponse(format!("answer larger than {MAX_RESPONSE_BYTES} bytes")));
+    if response
+        .content_length()
+        .is_some_and(|n| n > MAX_RESPONSE_BYTES as u64)
+    {
+        return Err(DispatchFailure::InvalidResponse(format!(
+            "answer larger than {MAX_RESPONSE_BYTES} bytes"
+        )));
     }
     let bytes = response.bytes().await.map_err(transport_failure)?;
     if !status.is_success() {
@@ -52,7 +58,9 @@ pub async fn execute(
         });
     }
     if bytes.len() > MAX_RESPONSE_BYTES {
-        return Err(DispatchFailure::InvalidResponse(format!("answer larger than {MAX_RESPONSE_BYTES} bytes")));
+        return Err(DispatchFailure::InvalidResponse(format!(
+            "answer larger than {MAX_RESPONSE_BYTES} bytes"
+        )));
     }
     serde_json::from_slice(&bytes).map_err(|e| DispatchFailure::InvalidResponse(e.to_string()))
 }

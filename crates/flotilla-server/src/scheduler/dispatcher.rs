@@ -30,17 +30,28 @@ pub struct Dispatchers {
 impl Dispatchers {
     /// No dispatchers yet; they stop claiming when `shutdown` is cancelled.
     pub fn new(shutdown: CancellationToken) -> Self {
-        Self { started: Mutex::default(), loops: TaskTracker::new(), attempts: TaskTracker::new(), shutdown }
+        Self {
+            started: Mutex::default(),
+            loops: TaskTracker::new(),
+            attempts: TaskTracker::new(),
+            shutdown,
+        }
     }
 
     /// Starts the dispatcher of `agent_type` unless it runs already.
     pub fn ensure(&self, state: &AppState, agent_type: &str) {
-        let Ok(mut started) = self.started.lock() else { return };
+        let Ok(mut started) = self.started.lock() else {
+            return;
+        };
         if self.shutdown.is_cancelled() || !started.insert(agent_type.to_owned()) {
             return;
         }
         tracing::debug!(agent_type, "Dispatcher started");
-        self.loops.spawn(run(state.clone(), agent_type.to_owned(), self.shutdown.clone()));
+        self.loops.spawn(run(
+            state.clone(),
+            agent_type.to_owned(),
+            self.shutdown.clone(),
+        ));
     }
 
     /// Waits for the dispatcher loops to stop (after shutdown was cancelled).
@@ -62,8 +73,14 @@ async fn run(state: AppState, agent_type: String, shutdown: CancellationToken) {
         if free > 0 {
             let want = free.min(batch);
             let now = state.clock.now();
-            let lease = now + chrono::Duration::from_std(state.config.scheduler.lease_ttl).unwrap_or(chrono::Duration::MAX);
-            match state.store.claim_tasks(&agent_type, want, &state.owner, lease, now).await {
+            let lease = now
+                + chrono::Duration::from_std(state.config.scheduler.lease_ttl)
+                    .unwrap_or(chrono::Duration::MAX);
+            match state
+                .store
+                .claim_tasks(&agent_type, want, &state.owner, lease, now)
+                .await
+            {
                 Ok(tasks) => {
                     let full = tasks.len() as u32 == want;
                     for task in tasks {
@@ -91,7 +108,11 @@ async fn run(state: AppState, agent_type: String, shutdown: CancellationToken) {
 /// Reserves an instance for a claimed task and starts its attempt.
 fn start_attempt(state: &AppState, task: Task) {
     // A retried task avoids the instance it last failed on, when another has room.
-    let avoid: Vec<_> = task.agent_id.filter(|_| task.attempt > 1).into_iter().collect();
+    let avoid: Vec<_> = task
+        .agent_id
+        .filter(|_| task.attempt > 1)
+        .into_iter()
+        .collect();
     let Some(slot) = state.registry.acquire(&task.agent_type, &avoid) else {
         // The slot counted before the claim vanished (an instance failed or left meanwhile).
         let now = state.clock.now();
@@ -101,18 +122,28 @@ fn start_attempt(state: &AppState, task: Task) {
             agent_id: None,
             started_at: now,
             finished_at: now,
-            result: AttemptResult::Retry { error: "no instance had room when the task was claimed".to_owned(), not_before: now },
+            result: AttemptResult::Retry {
+                error: "no instance had room when the task was claimed".to_owned(),
+                not_before: now,
+            },
         });
         return;
     };
-    state.dispatchers.attempts.spawn(attempt(state.clone(), task, slot));
+    state
+        .dispatchers
+        .attempts
+        .spawn(attempt(state.clone(), task, slot));
 }
 
 async fn attempt(state: AppState, task: Task, slot: Slot) {
     let started_at = state.clock.now();
     let timeout = Duration::from_millis(u64::try_from(task.timeout_ms).unwrap_or(1).max(1));
-    let deadline = started_at + chrono::Duration::from_std(timeout).unwrap_or(chrono::Duration::MAX);
-    let traceparent = task.trace_id.as_deref().map(|trace| format!("00-{trace}-{:016x}-01", rand::random::<u64>()));
+    let deadline =
+        started_at + chrono::Duration::from_std(timeout).unwrap_or(chrono::Duration::MAX);
+    let traceparent = task
+        .trace_id
+        .as_deref()
+        .map(|trace| format!("00-{trace}-{:016x}-01", rand::random::<u64>()));
     let request = ExecuteRequest {
         task_id: task.id,
         attempt: task.attempt,
@@ -121,7 +152,14 @@ async fn attempt(state: AppState, task: Task, slot: Slot) {
         deadline,
         model_gateway: None,
     };
-    let outcome = dispatch::execute(&state.http, &slot.url, &request, traceparent.as_deref(), timeout).await;
+    let outcome = dispatch::execute(
+        &state.http,
+        &slot.url,
+        &request,
+        traceparent.as_deref(),
+        timeout,
+    )
+    .await;
     let finished_at = state.clock.now();
     if state.registry.release(slot.agent_id)
         && let Err(e) = state.store.delete_agent(slot.agent_id).await
@@ -131,12 +169,23 @@ async fn attempt(state: AppState, task: Task, slot: Slot) {
     let result = match outcome {
         Ok(answer) => AttemptResult::Succeeded {
             output: answer.output,
-            usage: answer.usage.and_then(|usage| serde_json::to_value(usage).ok()),
+            usage: answer
+                .usage
+                .and_then(|usage| serde_json::to_value(usage).ok()),
         },
         Err(failure) => {
-            let policy =
-                BackoffPolicy { base: state.config.scheduler.retry_base, max: state.config.scheduler.retry_max };
-            let result = after_failure(&failure, task.attempt, task.max_attempts, policy, finished_at, rand::random());
+            let policy = BackoffPolicy {
+                base: state.config.scheduler.retry_base,
+                max: state.config.scheduler.retry_max,
+            };
+            let result = after_failure(
+                &failure,
+                task.attempt,
+                task.max_attempts,
+                policy,
+                finished_at,
+                rand::random(),
+            );
             tracing::info!(task_id = %task.id, attempt = task.attempt, agent_id = %slot.agent_id, error = %failure.describe(), "Attempt failed");
             result
         }

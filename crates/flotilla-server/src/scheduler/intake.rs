@@ -35,19 +35,34 @@ impl Intake {
     /// Stores one task; returns once it is durable.
     pub async fn submit(&self, task: NewTask) -> Result<Inserted, IntakeError> {
         let (reply, answer) = oneshot::channel();
-        self.tx.send((task, reply)).await.map_err(|_| IntakeError::Stopped)?;
-        answer.await.map_err(|_| IntakeError::Stopped)?.map_err(IntakeError::Store)
+        self.tx
+            .send((task, reply))
+            .await
+            .map_err(|_| IntakeError::Stopped)?;
+        answer
+            .await
+            .map_err(|_| IntakeError::Stopped)?
+            .map_err(IntakeError::Store)
     }
 }
 
 /// Creates the intake and its writer loop, which runs until `stop` and then drains what was
 /// already sent.
-pub fn channel(store: DynStore, wakers: Arc<Wakers>, stop: CancellationToken) -> (Intake, impl Future<Output = ()>) {
+pub fn channel(
+    store: DynStore,
+    wakers: Arc<Wakers>,
+    stop: CancellationToken,
+) -> (Intake, impl Future<Output = ()>) {
     let (tx, rx) = mpsc::channel(4 * MAX_BATCH);
     (Intake { tx }, writer(store, wakers, rx, stop))
 }
 
-async fn writer(store: DynStore, wakers: Arc<Wakers>, mut rx: mpsc::Receiver<(NewTask, Reply)>, stop: CancellationToken) {
+async fn writer(
+    store: DynStore,
+    wakers: Arc<Wakers>,
+    mut rx: mpsc::Receiver<(NewTask, Reply)>,
+    stop: CancellationToken,
+) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     loop {
         tokio::select! {

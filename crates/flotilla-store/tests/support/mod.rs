@@ -16,7 +16,8 @@ pub enum Backend {
 }
 
 fn postgres_url() -> String {
-    std::env::var("FLOTILLA_TEST_POSTGRES_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
+    std::env::var("FLOTILLA_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
 }
 
 /// Runs `behaviour` against a fresh, migrated store of `backend`, then removes the store.
@@ -29,12 +30,16 @@ where
         Backend::Sqlite => {
             let dir = tempfile::tempdir().unwrap();
             // A directory that does not exist yet: open creates it.
-            let store = SqliteStore::open(&dir.path().join("data").join("flotilla.db"), 4).await.unwrap();
+            let store = SqliteStore::open(&dir.path().join("data").join("flotilla.db"), 4)
+                .await
+                .unwrap();
             with_store(Arc::new(store), behaviour).await;
         }
         Backend::Postgres => {
             let schema = format!("t_{}", Uuid::new_v4().simple());
-            let store = PostgresStore::connect_in_schema(&postgres_url(), &schema, 10).await.unwrap();
+            let store = PostgresStore::connect_in_schema(&postgres_url(), &schema, 10)
+                .await
+                .unwrap();
             with_store(Arc::new(store), behaviour).await;
             drop_schema(&schema).await;
         }
@@ -53,11 +58,14 @@ where
 
 /// Best effort: a schema left behind by a failed test is harmless.
 async fn drop_schema(schema: &str) {
-    let Ok(mut conn) = sqlx::PgConnection::connect(&postgres_url()).await else { return };
-    let drop: Result<String, _> = sqlx::query_scalar("SELECT format('DROP SCHEMA IF EXISTS %I CASCADE', $1::text)")
-        .bind(schema)
-        .fetch_one(&mut conn)
-        .await;
+    let Ok(mut conn) = sqlx::PgConnection::connect(&postgres_url()).await else {
+        return;
+    };
+    let drop: Result<String, _> =
+        sqlx::query_scalar("SELECT format('DROP SCHEMA IF EXISTS %I CASCADE', $1::text)")
+            .bind(schema)
+            .fetch_one(&mut conn)
+            .await;
     if let Ok(drop) = drop {
         let _ = sqlx::raw_sql(&drop).execute(&mut conn).await;
     }

@@ -34,7 +34,10 @@ fn slots_never_exceed_capacity_and_are_returned() {
     assert!(reg.acquire("t", &[]).is_some());
     assert!(reg.acquire("t", &[]).is_some());
     assert!(reg.acquire("t", &[]).is_none());
-    assert_eq!(reg.get(a.id).map(|v| (v.load, v.status)), Some((2, AgentStatus::Busy)));
+    assert_eq!(
+        reg.get(a.id).map(|v| (v.load, v.status)),
+        Some((2, AgentStatus::Busy))
+    );
     assert!(!reg.release(a.id));
     assert_eq!(reg.free_capacity("t"), 1);
     assert_eq!(reg.free_capacity("other"), 0);
@@ -49,7 +52,10 @@ fn failed_instances_get_no_work_until_they_heartbeat_again() {
     let expired = reg.expire_heartbeats(later, Duration::seconds(10));
     assert_eq!(expired.len(), 1);
     assert!(reg.acquire("t", &[]).is_none());
-    assert_eq!(reg.heartbeat(a.id, None, later), Some((Desired::Run, AgentStatus::Idle)));
+    assert_eq!(
+        reg.heartbeat(a.id, None, later),
+        Some((Desired::Run, AgentStatus::Idle))
+    );
     assert!(reg.acquire("t", &[]).is_some());
 }
 
@@ -61,7 +67,10 @@ fn deregistration_drains_in_flight_work_first() {
     let _slot = reg.acquire("t", &[]).unwrap();
     assert_eq!(reg.deregister(a.id), Deregistration::Draining);
     assert!(reg.acquire("t", &[]).is_none());
-    assert_eq!(reg.heartbeat(a.id, None, Utc::now()).map(|h| h.0), Some(Desired::Drain));
+    assert_eq!(
+        reg.heartbeat(a.id, None, Utc::now()).map(|h| h.0),
+        Some(Desired::Drain)
+    );
     assert!(reg.release(a.id));
     assert!(reg.get(a.id).is_none());
     assert_eq!(reg.deregister(a.id), Deregistration::Unknown);

@@ -1,0 +1,126 @@
+//! `flotilla agent`: a reference agent worker running simulated work of one type under the
+//! agent SDK's runtime (registration, heartbeats, drain on SIGTERM/SIGINT).
+
+use anyhow::Context as _;
+use flotilla_agent::{Latency, RuntimeConfig, SimulatedAgent};
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::time::Duration;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio_util::sync::CancellationToken;
+
+/// Run a simulated agent worker that registers with a control plane.
+#[derive(clap::Args, Debug)]
+pub struct AgentArgs {
+    /// The agent type (pool) this worker serves, e.g. `code_generator`, `security_scanner`,
+    /// `performance_tester`; other types echo their input.
+    #[arg(long = "type", value_name = "TYPE")]
+    pub agent_type: String,
+
+    /// Base URL of the control plane.
+    #[arg(long, value_name = "URL", default_value = "http://127.0.0.1:8080")]
+    pub control_plane: String,
+
+    /// API key with role `agent`.
+    #[arg(long, env = "FLOTILLA_KEY", hide_env_values = true, value_name = "KEY")]
+    pub key: String,
+
+    /// Address to serve `/execute` and `/health` on; port 0 picks a free port.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:0")]
+    pub listen: SocketAddr,
+
+    /// URL the control plane should call; default `http://<bound address>`.
+    #[arg(long, value_name = "URL")]
+    pub advertise_url: Option<String>,
+
+    /// Tasks run at once; more get 429.
+    #[arg(long, value_name = "N", default_value_t = 4)]
+    pub capacity: u32,
+
+    /// Weight for weighted balancing (the control plane's default when absent).
+    #[arg(long, value_name = "N")]
+    pub weight: Option<u32>,
+
+    /// Median latency of simulated work, in milliseconds (log-normal distribution).
+    #[arg(long, value_name = "MS", default_value_t = 200.0)]
+    pub median_ms: f64,
+
+    /// 99th-percentile latency of simulated work, in milliseconds (at least the median).
+    #[arg(long, value_name = "MS", default_value_t = 1000.0)]
+    pub p99_ms: f64,
+
+    /// Share of calls, 0 to 1, that fail with a transient error (retried by the control plane).
+    #[arg(long, value_name = "SHARE", default_value_t = 0.0)]
+    pub failure_rate: f64,
+
+    /// On shutdown, how long to wait for in-flight tasks before deregistering anyway.
+    #[arg(long, value_name = "SECONDS", default_value_t = 30)]
+    pub drain_timeout_secs: u64,
+}
+
+/// Runs the worker until SIGTERM or SIGINT (then drains and deregisters) or until the control
+/// plane asks it to drain. A second signal exits at once.
+pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
+    let latency =
+        Latency::new(args.median_ms, args.p99_ms).context("invalid --median-ms/--p99-ms")?;
+    let agent = SimulatedAgent::new(args.agent_type.clone(), latency, args.failure_rate)
+        .context("invalid simulated agent settings")?;
+    let config = RuntimeConfig {
+        agent_type: args.agent_type.clone(),
+        capacity: args.capacity,
+        listen: args.listen,
+        advertise_url: args.advertise_url,
+        control_plane: args.control_plane,
+        key: args.key,
+        weight: args.weight,
+        drain_timeout: Duration::from_secs(args.drain_timeout_secs),
+        metadata: Some(serde_json::json!({"simulated": true})),
+        version: Some(env!("CARGO_PKG_VERSION").to_owned()),
+    };
+
+    let shutdown = CancellationToken::new();
+    let mut terminate = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
+    let signals = tokio::spawn({
+        let shutdown = shutdown.clone();
+        async move {
+            tokio::select! {
+                _ = terminate.recv() => {}
+                _ = interrupt.recv() => {}
+            }
+            tracing::info!("Signal received; draining. A second signal exits at once.");
+            shutdown.cancel();
+            tokio::select! {
+                _ = terminate.recv() => {}
+                _ = interrupt.recv() => {}
+            }
+            tracing::warn!("Second signal received; exiting without draining.");
+            std::process::exit(130);
+        }
+    });
+
+    let result = async {
+        let running = match flotilla_agent::start(agent, config, shutdown.clone()).await {
+            Ok(running) => running,
+            Err(flotilla_agent::AgentRuntimeError::ShutdownBeforeRegistration) => return Ok(()),
+            Err(e) => return Err(e).context("the agent could not start"),
+        };
+        {
+            // Tests and scripts wait for this exact line (see flotilla-testkit's AgentProcess).
+            let mut stdout = std::io::stdout().lock();
+            writeln!(
+                stdout,
+                "agent {} ({}) listening on http://{}",
+                running.id, args.agent_type, running.addr
+            )?;
+            stdout.flush()?;
+        }
+        running
+            .wait()
+            .await
+            .context("the agent stopped with an error")
+    }
+    .await;
+    signals.abort();
+    result
+}

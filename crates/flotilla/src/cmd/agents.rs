@@ -1,0 +1,41 @@
+//! `flotilla agents list`.
+
+use crate::cmd::Connection;
+use crate::output::{Output, print_json, table};
+
+/// `flotilla agents …`.
+#[derive(clap::Subcommand, Debug)]
+pub enum AgentsCommand {
+    /// List registered instances with their status and load.
+    List {
+        #[command(flatten)]
+        connection: Connection,
+        #[arg(long, value_enum, default_value_t)]
+        output: Output,
+    },
+}
+
+/// Runs the command.
+pub async fn run(command: AgentsCommand) -> anyhow::Result<()> {
+    match command {
+        AgentsCommand::List { connection, output } => {
+            let list = connection.client()?.list_agents().await?;
+            if output == Output::Json {
+                return print_json(&list);
+            }
+            let mut t = table(["ID", "TYPE", "STATUS", "LOAD", "URL", "LAST HEARTBEAT"]);
+            for a in &list.agents {
+                t.add_row([
+                    a.id.to_string(),
+                    a.agent_type.clone(),
+                    a.status.to_string(),
+                    format!("{}/{}", a.load, a.capacity),
+                    a.url.clone(),
+                    a.last_heartbeat.format("%H:%M:%S").to_string(),
+                ]);
+            }
+            println!("{t}");
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,410 @@
+//! `flotilla demo`: the whole system on embedded defaults, with a workload.
+//!
+//! It starts a control plane on a fresh SQLite data directory, starts agent processes of the
+//! three classic types (`flotilla agent`, whose work is simulated), submits a mixed workload,
+//! shows progress, and prints a summary. With `--keep` it leaves everything running.
+
+use crate::cmd::serve;
+use crate::logging;
+use crate::output::table;
+use anyhow::{Context, bail};
+use flotilla_client::Client;
+use flotilla_core::config::{self, LogFormat};
+use flotilla_core::id::{AgentId, TaskId};
+use flotilla_core::task::{Task, TaskStatus};
+use flotilla_core::wire::SubmitTask;
+use indicatif::{ProgressBar, ProgressStyle};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use rand::Rng;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::Semaphore;
+
+/// The classic agent types the demo runs.
+pub const DEMO_TYPES: [&str; 3] = ["code_generator", "security_scanner", "performance_tester"];
+
+/// Flags of `flotilla demo`.
+#[derive(clap::Args, Debug)]
+pub struct DemoArgs {
+    /// Tasks to submit.
+    #[arg(long, default_value_t = 300)]
+    pub tasks: u32,
+    /// Keep submitting for this many seconds instead of stopping at --tasks (e.g. `30s`, `2m`).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub duration: Option<Duration>,
+    /// Agent processes per type.
+    #[arg(long, default_value_t = 2)]
+    pub agents_per_type: u32,
+    /// Tasks each agent runs at once.
+    #[arg(long, default_value_t = 8)]
+    pub capacity: u32,
+    /// Median latency of the simulated work, in milliseconds.
+    #[arg(long, default_value_t = 40.0)]
+    pub median_ms: f64,
+    /// 99th percentile latency of the simulated work, in milliseconds.
+    #[arg(long, default_value_t = 400.0)]
+    pub p99_ms: f64,
+    /// Share of simulated calls that fail (and are retried).
+    #[arg(long, default_value_t = 0.05)]
+    pub failure_rate: f64,
+    /// Submissions in flight at once.
+    #[arg(long, default_value_t = 32)]
+    pub concurrency: usize,
+    /// Data directory [default: a fresh temporary directory, removed at the end unless --keep].
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Address of the control plane [default: 127.0.0.1:8080 with --keep, else a free port].
+    #[arg(long)]
+    pub listen: Option<String>,
+    /// Leave the control plane and agents running after the workload; stop with Ctrl-C.
+    #[arg(long)]
+    pub keep: bool,
+}
+
+/// What happened to one submitted task.
+struct Outcome {
+    status: TaskStatus,
+    latency: Duration,
+    agent_id: Option<AgentId>,
+    attempts: i32,
+}
+
+/// Agent processes that are stopped (drained) when dropped.
+struct Agents(Vec<Child>);
+
+impl Agents {
+    fn stop(&mut self) {
+        for child in &self.0 {
+            if let Ok(pid) = i32::try_from(child.id()) {
+                let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
+            }
+        }
+        let deadline = Instant::now() + Duration::from_secs(15);
+        for child in &mut self.0 {
+            while Instant::now() < deadline && matches!(child.try_wait(), Ok(None)) {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        self.0.clear();
+    }
+}
+
+impl Drop for Agents {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Runs the demo.
+pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
+    logging::init(LogFormat::Human, "warn");
+    let temp;
+    let data_dir = match &args.data_dir {
+        Some(dir) => dir.clone(),
+        None => {
+            temp = tempfile::Builder::new()
+                .prefix("flotilla-demo-")
+                .tempdir()?;
+            if args.keep {
+                temp.keep()
+            } else {
+                temp.path().to_path_buf()
+            }
+        }
+    };
+    let listen = args.listen.clone().unwrap_or_else(|| {
+        if args.keep {
+            "127.0.0.1:8080"
+        } else {
+            "127.0.0.1:0"
+        }
+        .to_owned()
+    });
+    let pools: String = DEMO_TYPES
+        .iter()
+        .map(|t| format!("[[pools]]\nname = \"{t}\"\n"))
+        .collect();
+    let flags = vec![
+        ("server.listen".to_owned(), toml::Value::String(listen)),
+        (
+            "server.data_dir".to_owned(),
+            toml::Value::String(data_dir.display().to_string()),
+        ),
+    ];
+    let config = config::load(Some(("demo pools", &pools)), &[], &flags)?;
+    let key = flotilla_server::auth::bootstrap::generate_key();
+    let server = serve::start(config, Some(key.clone())).await?;
+    let url = format!("http://{}", server.addr);
+    println!("Control plane on {url} (SQLite in {})", data_dir.display());
+
+    let mut agents = spawn_agents(&args, &url, &key, &data_dir)?;
+    let client = Client::new(&url, Some(key.clone()))?;
+    let expected = DEMO_TYPES.len() * args.agents_per_type as usize;
+    wait_for_agents(&client, expected, &mut agents).await?;
+    println!(
+        "{expected} agent processes registered ({} per type; work is simulated)",
+        args.agents_per_type
+    );
+
+    let started = Instant::now();
+    let outcomes = run_workload(&args, &client).await;
+    let elapsed = started.elapsed();
+    let outcomes = outcomes?;
+    print_summary(&client, &outcomes, elapsed).await?;
+    let unfinished = outcomes.iter().filter(|o| !o.status.is_terminal()).count();
+
+    if args.keep {
+        println!(
+            "\nStill running (Ctrl-C to stop):\n  API:     {url}/v1\n  OpenAPI: {url}/openapi.json\n  Admin key: {key}"
+        );
+        println!("  Try:     FLOTILLA_URL={url} FLOTILLA_KEY={key} flotilla agents list");
+        let mut interrupt = signal(SignalKind::interrupt())?;
+        let mut terminate = signal(SignalKind::terminate())?;
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = terminate.recv() => {}
+        }
+    }
+    let stop_agents = tokio::task::spawn_blocking(move || agents.stop());
+    let _ = stop_agents.await;
+    server.stop().await;
+    if unfinished > 0 {
+        bail!("{unfinished} tasks did not reach a terminal state");
+    }
+    Ok(())
+}
+
+fn spawn_agents(
+    args: &DemoArgs,
+    url: &str,
+    key: &str,
+    data_dir: &std::path::Path,
+) -> anyhow::Result<Agents> {
+    let exe = std::env::current_exe().context("cannot find the flotilla executable")?;
+    let logs = data_dir.join("agents");
+    std::fs::create_dir_all(&logs)?;
+    let mut agents = Agents(Vec::new());
+    for agent_type in DEMO_TYPES {
+        for n in 0..args.agents_per_type {
+            let log = std::fs::File::create(logs.join(format!("{agent_type}-{n}.log")))?;
+            let child = Command::new(&exe)
+                .args([
+                    "agent",
+                    "--type",
+                    agent_type,
+                    "--control-plane",
+                    url,
+                    "--listen",
+                    "127.0.0.1:0",
+                ])
+                .args(["--capacity", &args.capacity.to_string()])
+                .args([
+                    "--median-ms",
+                    &args.median_ms.to_string(),
+                    "--p99-ms",
+                    &args.p99_ms.to_string(),
+                ])
+                .args(["--failure-rate", &args.failure_rate.to_string()])
+                .env("FLOTILLA_KEY", key)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .with_context(|| format!("cannot start agent {agent_type}"))?;
+            agents.0.push(child);
+        }
+    }
+    Ok(agents)
+}
+
+async fn wait_for_agents(
+    client: &Client,
+    expected: usize,
+    agents: &mut Agents,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let registered = client.list_agents().await?.agents.len();
+        if registered >= expected {
+            return Ok(());
+        }
+        for child in &mut agents.0 {
+            if let Ok(Some(status)) = child.try_wait() {
+                bail!(
+                    "an agent process exited at start-up ({status}); see its log in the data directory's agents/"
+                );
+            }
+        }
+        if Instant::now() > deadline {
+            bail!("only {registered} of {expected} agents registered within 30 s");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn run_workload(args: &DemoArgs, client: &Client) -> anyhow::Result<Vec<Outcome>> {
+    let total = if args.duration.is_some() {
+        None
+    } else {
+        Some(args.tasks)
+    };
+    let bar = match total {
+        Some(n) => ProgressBar::new(u64::from(n)),
+        None => ProgressBar::new_spinner(),
+    };
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} tasks finished ({per_sec}) {msg}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let permits = Arc::new(Semaphore::new(args.concurrency.max(1)));
+    let deadline = args.duration.map(|d| Instant::now() + d);
+    let mut running = tokio::task::JoinSet::new();
+    let mut submitted = 0u32;
+    loop {
+        let more = match (total, deadline) {
+            (Some(n), _) => submitted < n,
+            (None, Some(at)) => Instant::now() < at,
+            (None, None) => false,
+        };
+        if !more {
+            break;
+        }
+        let permit = permits.clone().acquire_owned().await?;
+        let (agent_type, priority) = {
+            let mut rng = rand::rng();
+            (
+                DEMO_TYPES[rng.random_range(0..DEMO_TYPES.len())],
+                rng.random_range(0..=9),
+            )
+        };
+        let n = submitted;
+        submitted += 1;
+        let client = client.clone();
+        let bar = bar.clone();
+        running.spawn(async move {
+            let _permit = permit;
+            let outcome = one_task(&client, agent_type, priority, n).await;
+            bar.inc(1);
+            outcome
+        });
+    }
+    bar.set_length(u64::from(submitted));
+    let mut outcomes = Vec::with_capacity(submitted as usize);
+    while let Some(joined) = running.join_next().await {
+        outcomes.push(joined??);
+    }
+    bar.finish();
+    Ok(outcomes)
+}
+
+async fn one_task(
+    client: &Client,
+    agent_type: &str,
+    priority: i32,
+    n: u32,
+) -> anyhow::Result<Outcome> {
+    let input = serde_json::json!({ "demo_task": n, "description": format!("demo {agent_type} task #{n}") });
+    let submission = SubmitTask {
+        priority: Some(priority),
+        ..SubmitTask::new(agent_type, input)
+    };
+    let started = Instant::now();
+    let task = client.submit_task(&submission).await?;
+    let task = wait_terminal(client, task.id).await?;
+    Ok(Outcome {
+        status: task.status,
+        latency: started.elapsed(),
+        agent_id: task.agent_id,
+        attempts: task.attempt,
+    })
+}
+
+async fn wait_terminal(client: &Client, id: TaskId) -> anyhow::Result<Task> {
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        let task = client.get_task(id, Some(Duration::from_secs(20))).await?;
+        if task.status.is_terminal() || Instant::now() > deadline {
+            return Ok(task);
+        }
+    }
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+async fn print_summary(
+    client: &Client,
+    outcomes: &[Outcome],
+    elapsed: Duration,
+) -> anyhow::Result<()> {
+    let mut by_status: BTreeMap<&str, usize> = BTreeMap::new();
+    for o in outcomes {
+        *by_status.entry(o.status.as_str()).or_default() += 1;
+    }
+    let mut latencies: Vec<Duration> = outcomes.iter().map(|o| o.latency).collect();
+    latencies.sort();
+    let retries: i64 = outcomes
+        .iter()
+        .map(|o| i64::from(o.attempts.max(1) - 1))
+        .sum();
+    let throughput = outcomes.len() as f64 / elapsed.as_secs_f64().max(f64::EPSILON);
+
+    println!("\nWorkload summary (agent work is simulated)");
+    let mut status_table = table(["STATUS", "TASKS"]);
+    for (status, n) in &by_status {
+        status_table.add_row([(*status).to_owned(), n.to_string()]);
+    }
+    println!("{status_table}");
+    let ms = |d: Duration| format!("{:.1} ms", d.as_secs_f64() * 1000.0);
+    let mut figures = table(["FIGURE", "VALUE"]);
+    figures.add_row(["tasks".to_owned(), outcomes.len().to_string()]);
+    figures.add_row([
+        "wall time".to_owned(),
+        format!("{:.2} s", elapsed.as_secs_f64()),
+    ]);
+    figures.add_row(["throughput".to_owned(), format!("{throughput:.1} tasks/s")]);
+    figures.add_row([
+        "latency p50 (submit → result)".to_owned(),
+        ms(percentile(&latencies, 50.0)),
+    ]);
+    figures.add_row(["latency p95".to_owned(), ms(percentile(&latencies, 95.0))]);
+    figures.add_row(["latency p99".to_owned(), ms(percentile(&latencies, 99.0))]);
+    figures.add_row(["retries (extra attempts)".to_owned(), retries.to_string()]);
+    println!("{figures}");
+
+    let agents = client.list_agents().await?.agents;
+    let mut per_instance: BTreeMap<AgentId, usize> = BTreeMap::new();
+    for o in outcomes {
+        if let Some(id) = o.agent_id {
+            *per_instance.entry(id).or_default() += 1;
+        }
+    }
+    let mut instances = table(["INSTANCE", "TYPE", "TASKS (last attempt)"]);
+    for agent in &agents {
+        instances.add_row([
+            agent.id.to_string(),
+            agent.agent_type.clone(),
+            per_instance
+                .get(&agent.id)
+                .copied()
+                .unwrap_or(0)
+                .to_string(),
+        ]);
+    }
+    println!("{instances}");
+    Ok(())
+}
