@@ -13,8 +13,10 @@ pub enum ClientError {
     #[error("HTTP {status}: {} ({})", error.message, error.code)]
     Api { status: u16, error: ErrorDetail },
     /// The request did not complete: connection refused or reset, timeout, protocol error.
-    #[error("transport error: {0}")]
-    Transport(#[source] reqwest::Error),
+    /// The message already includes the causes (so that one log line says what happened), which
+    /// is why the inner error is not exposed as `source()` as well.
+    #[error("transport error: {}", with_causes(.0))]
+    Transport(reqwest::Error),
     /// The server answered 2xx with a body that is not the expected JSON (or the request body
     /// could not be encoded).
     #[error("cannot decode the answer: {0}")]
@@ -85,6 +87,22 @@ impl ClientError {
         };
         ClientError::Api { status, error }
     }
+}
+
+/// `error: cause: cause…`, since reqwest's own message ("error sending request") hides what went
+/// wrong (connection refused, timed out).
+fn with_causes(error: &reqwest::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
 }
 
 /// The start of `text`, cut at a character boundary.

@@ -263,6 +263,7 @@ async fn unreachable_servers_are_transport_errors() {
     drop(listener);
     let err = Client::new(&url, None).unwrap().health().await.unwrap_err();
     assert!(err.is_transport(), "{err:?}");
+    assert!(err.to_string().to_lowercase().contains("refused"), "{err}");
     assert_eq!(err.status(), None);
 }
 
