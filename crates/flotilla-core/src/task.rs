@@ -99,7 +99,6 @@ pub struct Task {
     pub id: TaskId,
     pub tenant_id: TenantId,
     pub agent_type: String,
-    #[schema(value_type = Object)]
     pub input: serde_json::Value,
     /// 0 (lowest) to 9 (highest); higher-priority tasks are claimed first, then older ones.
     pub priority: i32,
@@ -115,13 +114,11 @@ pub struct Task {
     /// Attempts started so far (the number of the current or last attempt).
     pub attempt: i32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<Object>)]
     pub output: Option<serde_json::Value>,
     /// The error of the last failed attempt, or why the task failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<Object>)]
     pub usage: Option<serde_json::Value>,
     /// The instance of the current or last attempt.
     #[serde(default, skip_serializing_if = "Option::is_none")]

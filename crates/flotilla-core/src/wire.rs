@@ -12,26 +12,31 @@ use serde::{Deserialize, Serialize};
 #[serde(deny_unknown_fields)]
 pub struct SubmitTask {
     /// The pool (agent type) that runs the task, e.g. `code_generator`.
+    #[schema(pattern = "^[a-z0-9_-]{1,64}$", min_length = 1, max_length = 64)]
     pub agent_type: String,
     /// Free-form input handed to the agent as is.
     #[serde(default)]
-    #[schema(value_type = Object)]
     pub input: serde_json::Value,
     /// 0 (lowest) to 9 (highest); default 5.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 0, maximum = 9)]
     pub priority: Option<i32>,
     /// Estimated difficulty, 0..1.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 0, maximum = 1)]
     pub complexity: Option<f64>,
     /// A second submission with the same key returns the first task (the `Idempotency-Key`
     /// header works too).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(min_length = 1, max_length = 255)]
     pub idempotency_key: Option<String>,
     /// Deadline of each attempt in milliseconds; default from the pool or the scheduler config.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 86_400_000)]
     pub timeout_ms: Option<i64>,
     /// Attempts before the task fails; default from the pool or the scheduler config.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 100)]
     pub max_attempts: Option<i32>,
 }
 
@@ -64,12 +69,16 @@ pub struct TaskPage {
 #[serde(deny_unknown_fields)]
 pub struct RegisterAgent {
     #[serde(rename = "type")]
+    #[schema(pattern = "^[a-z0-9_-]{1,64}$", min_length = 1, max_length = 64)]
     pub agent_type: String,
-    /// Base URL the control plane reaches the instance at.
+    /// Base URL the control plane reaches the instance at (http or https).
+    #[schema(pattern = "^https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?(/[A-Za-z0-9._~/-]*)?$")]
     pub url: String,
     /// Tasks it runs at once.
+    #[schema(minimum = 1, maximum = 10_000)]
     pub capacity: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 1000)]
     pub weight: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Object>)]
@@ -93,10 +102,32 @@ pub struct Registered {
 #[serde(deny_unknown_fields)]
 pub struct Heartbeat {
     /// Tasks the instance is running now.
+    #[schema(maximum = 10_000)]
     pub load: u32,
     /// Set to `draining` when the instance is shutting down.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub status: Option<AgentStatus>,
+    pub status: Option<ReportedStatus>,
+}
+
+/// The status an instance may report of itself in a heartbeat (the others — failed, ejected,
+/// maintenance — are the control plane's judgement).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ReportedStatus {
+    Idle,
+    Busy,
+    /// Shutting down: finish in-flight work, send nothing new.
+    Draining,
+}
+
+impl From<ReportedStatus> for AgentStatus {
+    fn from(status: ReportedStatus) -> Self {
+        match status {
+            ReportedStatus::Idle => AgentStatus::Idle,
+            ReportedStatus::Busy => AgentStatus::Busy,
+            ReportedStatus::Draining => AgentStatus::Draining,
+        }
+    }
 }
 
 /// What the control plane wants of an instance.
@@ -140,7 +171,6 @@ pub struct ExecuteRequest {
     /// Attempt number, from 1; with `task_id` it lets an agent deduplicate.
     pub attempt: i32,
     pub agent_type: String,
-    #[schema(value_type = Object)]
     pub input: serde_json::Value,
     /// The agent should give up after this instant; the control plane stops waiting then.
     pub deadline: chrono::DateTime<chrono::Utc>,
@@ -159,7 +189,6 @@ pub struct ModelUsage {
 /// Answer of `POST {agent}/execute`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ExecuteResponse {
-    #[schema(value_type = Object)]
     pub output: serde_json::Value,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub usage: Option<Vec<ModelUsage>>,

@@ -10,8 +10,8 @@ use super::AgentRuntimeError;
 use super::backoff::Backoff;
 use super::gate::Gate;
 use flotilla_client::{Client, ClientError};
-use flotilla_core::agent::AgentStatus;
 use flotilla_core::id::AgentId;
+use flotilla_core::wire::ReportedStatus;
 use flotilla_core::wire::{Desired, Heartbeat, RegisterAgent, Registered};
 use std::fmt;
 use std::sync::Arc;
@@ -216,7 +216,7 @@ impl Lifecycle {
     async fn draining_heartbeat(&self) {
         let beat = Heartbeat {
             load: self.gate.load(),
-            status: Some(AgentStatus::Draining),
+            status: Some(ReportedStatus::Draining),
         };
         if let Err(e) = self.client.heartbeat(self.id(), &beat).await {
             tracing::debug!(error = %e, "Draining heartbeat failed.");

@@ -110,7 +110,7 @@ pub async fn register(
 }
 
 /// Records a heartbeat; the answer says whether to keep running or drain.
-#[utoipa::path(post, path = "/v1/agents/{id}/heartbeat", tag = "agents", request_body = Heartbeat, params(("id" = String, Path)),
+#[utoipa::path(post, path = "/v1/agents/{id}/heartbeat", tag = "agents", request_body = Heartbeat, params(("id" = uuid::Uuid, Path)),
     responses((status = 200, body = HeartbeatAck), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
 pub async fn heartbeat(
     State(state): State<AppState>,
@@ -120,19 +120,16 @@ pub async fn heartbeat(
 ) -> Result<Json<HeartbeatAck>, ApiError> {
     caller.require(AGENT, "send heartbeats")?;
     let id: AgentId = parse_id(&id, "agent")?;
-    if let Some(status) = body.status
-        && status != AgentStatus::Draining
-        && !status.accepts_work()
-    {
+    if body.load > 10_000 {
         return Err(ApiError::invalid_field(
-            "status",
-            "an instance may only report `draining` or a running status",
+            "load",
+            "`load` must be between 0 and 10000",
         ));
     }
     let now = state.clock.now();
     let (desired, status) = state
         .registry
-        .heartbeat(id, body.status, now)
+        .heartbeat(id, body.status.map(AgentStatus::from), now)
         .ok_or_else(|| ApiError::NotFound(format!("no agent {id}; register again")))?;
     state
         .store
@@ -142,7 +139,7 @@ pub async fn heartbeat(
 }
 
 /// Deregisters an instance: no new work at once, removed when its in-flight tasks end.
-#[utoipa::path(delete, path = "/v1/agents/{id}", tag = "agents", params(("id" = String, Path)),
+#[utoipa::path(delete, path = "/v1/agents/{id}", tag = "agents", params(("id" = uuid::Uuid, Path)),
     responses((status = 200, body = Deregistered), (status = 202, description = "Draining", body = Deregistered), (status = 404, body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn deregister(
@@ -193,7 +190,7 @@ pub async fn list(
 }
 
 /// One instance.
-#[utoipa::path(get, path = "/v1/agents/{id}", tag = "agents", params(("id" = String, Path)),
+#[utoipa::path(get, path = "/v1/agents/{id}", tag = "agents", params(("id" = uuid::Uuid, Path)),
     responses((status = 200, body = AgentInstance), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
 pub async fn get_agent(
     State(state): State<AppState>,

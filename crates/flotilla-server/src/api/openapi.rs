@@ -22,7 +22,7 @@ use utoipa::{Modify, OpenApi};
         super::agents::list,
         super::agents::get_agent,
     ),
-    modifiers(&BearerAuth),
+    modifiers(&BearerAuth, &CommonErrors),
     tags((name = "tasks"), (name = "agents"), (name = "probes"))
 )]
 pub struct ApiDoc;
@@ -36,6 +36,67 @@ impl Modify for BearerAuth {
             "bearer",
             SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
         );
+    }
+}
+
+/// Adds the error answers every operation can give (so clients and contract tests know them):
+/// 400 and 413/415 where a request carries input, 401 on every `/v1` route, 503 everywhere.
+struct CommonErrors;
+
+impl Modify for CommonErrors {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::{RefOr, ResponseBuilder, content::ContentBuilder, path::HttpMethod};
+        let error = |description: &str| -> RefOr<utoipa::openapi::Response> {
+            RefOr::T(
+                ResponseBuilder::new()
+                    .description(description)
+                    .content(
+                        "application/json",
+                        ContentBuilder::new()
+                            .schema(Some(utoipa::openapi::Ref::from_schema_name("ErrorBody")))
+                            .build(),
+                    )
+                    .build(),
+            )
+        };
+        for (path, item) in openapi.paths.paths.iter_mut() {
+            let operations = [
+                (HttpMethod::Get, item.get.as_mut()),
+                (HttpMethod::Post, item.post.as_mut()),
+                (HttpMethod::Delete, item.delete.as_mut()),
+            ];
+            for (method, operation) in operations {
+                let Some(operation) = operation else { continue };
+                let responses = &mut operation.responses.responses;
+                let mut add = |code: &str, description: &str| {
+                    responses
+                        .entry(code.to_owned())
+                        .or_insert_with(|| error(description));
+                };
+                if path.starts_with("/v1") {
+                    add(
+                        "400",
+                        "Malformed request: the body names the field at fault",
+                    );
+                    add("401", "Missing, invalid, expired or revoked API key");
+                    add("403", "The key's role may not do this");
+                }
+                if method == HttpMethod::Post {
+                    add("413", "Request body over the configured limit");
+                    add("415", "Request body is not JSON");
+                }
+                add(
+                    "503",
+                    "Unavailable: the store cannot be reached or the server is shutting down",
+                );
+            }
+        }
+        openapi
+            .components
+            .get_or_insert_with(Default::default)
+            .schemas
+            .entry("ErrorBody".to_owned())
+            .or_insert_with(|| <flotilla_core::wire::ErrorBody as utoipa::PartialSchema>::schema());
     }
 }
 

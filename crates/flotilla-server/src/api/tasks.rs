@@ -208,15 +208,17 @@ fn trace_id(traceparent: Option<&str>) -> String {
 
 /// Query of `GET /v1/tasks/{id}`.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct GetParams {
     /// Wait up to this many seconds (fractions allowed) for the task to finish.
+    #[param(minimum = 0)]
     pub wait: Option<f64>,
 }
 
 /// Gets a task with its attempts. With `?wait=N` the answer waits until the task finishes or N
 /// seconds pass (capped by `server.max_wait_s`), then returns its state either way.
-#[utoipa::path(get, path = "/v1/tasks/{id}", tag = "tasks", params(("id" = String, Path), GetParams),
+#[utoipa::path(get, path = "/v1/tasks/{id}", tag = "tasks", params(("id" = uuid::Uuid, Path), GetParams),
     responses((status = 200, body = Task), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn get_task(
@@ -230,7 +232,10 @@ pub async fn get_task(
     let wait = match params.wait {
         None => Duration::ZERO,
         Some(w) if w.is_finite() && w >= 0.0 => {
-            Duration::from_secs_f64(w).min(state.config.max_wait)
+            // Anything beyond the cap (including values too large for a Duration) waits the cap.
+            Duration::try_from_secs_f64(w)
+                .unwrap_or(Duration::MAX)
+                .min(state.config.max_wait)
         }
         Some(_) => {
             return Err(ApiError::invalid_field(
@@ -275,6 +280,7 @@ pub async fn get_task(
 
 /// Query of `GET /v1/tasks`.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ListParams {
     /// Only tasks in this status.
@@ -282,8 +288,10 @@ pub struct ListParams {
     /// Only tasks of this agent type.
     pub agent_type: Option<String>,
     /// `next_cursor` of the previous page.
+    #[param(format = Uuid)]
     pub cursor: Option<String>,
     /// Page size, 1-500 (default 50).
+    #[param(minimum = 1, maximum = 500)]
     pub limit: Option<u32>,
 }
 
@@ -330,7 +338,7 @@ pub async fn list(
 }
 
 /// Cancels a queued or running task. A running attempt's eventual result is discarded.
-#[utoipa::path(post, path = "/v1/tasks/{id}/cancel", tag = "tasks", params(("id" = String, Path)),
+#[utoipa::path(post, path = "/v1/tasks/{id}/cancel", tag = "tasks", params(("id" = uuid::Uuid, Path)),
     responses((status = 200, body = Task), (status = 404, body = ErrorBody), (status = 409, description = "Already finished", body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn cancel(
