@@ -143,12 +143,10 @@ pub trait Store: Send + Sync + 'static {
     /// Returns running tasks whose lease expired before `now` to `queued` (available at once),
     /// recording a `lost` attempt for each.
     async fn requeue_expired(&self, now: Timestamp) -> StoreResult<Vec<Requeued>>;
-    /// Number of tasks per status (all tenants).
-    ///
-    /// NOTE: `TaskStatus` does not implement `Ord` yet, so no entry can be put in this map: until
-    /// `flotilla-core` derives `PartialOrd, Ord` on it, this returns an empty map (and logs an
-    /// error). Use [`Store::task_counts_by_status`].
-    async fn count_tasks_by_status(&self) -> StoreResult<BTreeMap<TaskStatus, u64>>;
+    /// Number of tasks per status (all tenants), as a map.
+    async fn count_tasks_by_status(&self) -> StoreResult<BTreeMap<TaskStatus, u64>> {
+        Ok(self.task_counts_by_status().await?.into_iter().collect())
+    }
     /// Number of tasks per status (all tenants): every status in lifecycle order
     /// ([`TaskStatus::ALL`]), those without tasks with 0.
     async fn task_counts_by_status(&self) -> StoreResult<Vec<(TaskStatus, u64)>>;

@@ -5,8 +5,9 @@
 //! transaction; JSON is stored as JSONB and selected as text so both backends decode the same rows.
 
 use crate::rows::{
-    AgentRow, ApiKeyRow, AttemptRow, TaskRow, attach_attempts, count, created_task,
-    lease_expired_error, micros, micros_opt, migrations_applied,
+    AgentRow, ApiKeyRow, AttemptRow, EndUpdate, TaskRow, attach_attempts, count, created_task,
+    finish_update, lease_expired_error, micros, micros_opt, migrations_applied, place_round,
+    rounds,
 };
 use crate::{Cancelled, Inserted, Requeued, Store, StoreError, StoreResult, TaskFilter};
 use async_trait::async_trait;
@@ -14,12 +15,12 @@ use flotilla_core::Timestamp;
 use flotilla_core::agent::{AgentInstance, AgentStatus};
 use flotilla_core::auth::ApiKeyRecord;
 use flotilla_core::id::{AgentId, TaskId, TenantId};
-use flotilla_core::task::{AttemptEnd, AttemptResult, NewTask, Task, TaskStatus};
+use flotilla_core::task::{AttemptEnd, NewTask, Task, TaskStatus};
 use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
 use sqlx::types::Json;
 use sqlx::{Connection, PgExecutor, Postgres, QueryBuilder};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::str::FromStr;
 use uuid::Uuid;
 
@@ -39,17 +40,6 @@ macro_rules! agent_columns {
     () => {
         "id, agent_type, url, capacity, load, weight, status, version, metadata::text AS metadata, \
          signing_secret, last_heartbeat, created_at"
-    };
-}
-
-/// Records an attempt ($1 task, $2 number, $6 agent, $7 start, $5 end, $8 outcome, $9 error)
-/// alongside the update of its task, in the same statement.
-macro_rules! with_attempt_row {
-    () => {
-        "WITH attempt_row AS (INSERT INTO task_attempts \
-         (task_id, number, agent_id, started_at, finished_at, outcome, error) \
-         SELECT $1, $2, $6, $7, $5, $8, $9 WHERE EXISTS (SELECT 1 FROM tasks WHERE id = $1) \
-         ON CONFLICT DO NOTHING) "
     };
 }
 
@@ -93,17 +83,17 @@ impl PostgresStore {
         Self::with_options(options.options([("search_path", quoted)]), max_connections).await
     }
 
+    /// The connection pool (used by tests and benchmarks to drop their schema or close early).
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
     async fn with_options(options: PgConnectOptions, max_connections: u32) -> StoreResult<Self> {
         let pool = PgPoolOptions::new()
             .max_connections(max_connections.max(1))
             .connect_with(options)
             .await?;
         Ok(Self { pool })
-    }
-
-    /// The connection pool (tests use it to drop their schema).
-    pub fn pool(&self) -> &PgPool {
-        &self.pool
     }
 }
 
@@ -215,31 +205,64 @@ impl Store for PostgresStore {
         if tasks.is_empty() {
             return Ok(Vec::new());
         }
+        let tasks = tasks
+            .iter()
+            .map(created_task)
+            .collect::<StoreResult<Vec<_>>>()?;
         let mut tx = self.pool.begin().await?;
+        // One statement over arrays, inserting in the batch's order; a row whose idempotency key
+        // exists (before or earlier in the batch) is skipped.
+        let created: HashSet<Uuid> = sqlx::query_scalar(
+            "INSERT INTO tasks (id, tenant_id, agent_type, input, priority, complexity, \
+             idempotency_key, timeout_ms, max_attempts, status, attempt, trace_id, created_at, \
+             updated_at, not_before) \
+             SELECT id, tenant_id, agent_type, input, priority, complexity, idempotency_key, \
+             timeout_ms, max_attempts, 'queued', 0, trace_id, created_at, created_at, created_at \
+             FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::jsonb[], $5::int4[], \
+             $6::float8[], $7::text[], $8::int8[], $9::int4[], $10::text[], $11::int8[]) \
+             WITH ORDINALITY AS n (id, tenant_id, agent_type, input, priority, complexity, \
+             idempotency_key, timeout_ms, max_attempts, trace_id, created_at, ord) \
+             ORDER BY ord \
+             ON CONFLICT (tenant_id, idempotency_key) DO NOTHING RETURNING id",
+        )
+        .bind(tasks.iter().map(|t| t.id.0).collect::<Vec<_>>())
+        .bind(tasks.iter().map(|t| t.tenant_id.0).collect::<Vec<_>>())
+        .bind(
+            tasks
+                .iter()
+                .map(|t| t.agent_type.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(tasks.iter().map(|t| Json(&t.input)).collect::<Vec<_>>())
+        .bind(tasks.iter().map(|t| t.priority).collect::<Vec<_>>())
+        .bind(tasks.iter().map(|t| t.complexity).collect::<Vec<_>>())
+        .bind(
+            tasks
+                .iter()
+                .map(|t| t.idempotency_key.as_deref())
+                .collect::<Vec<_>>(),
+        )
+        .bind(tasks.iter().map(|t| t.timeout_ms).collect::<Vec<_>>())
+        .bind(tasks.iter().map(|t| t.max_attempts).collect::<Vec<_>>())
+        .bind(
+            tasks
+                .iter()
+                .map(|t| t.trace_id.as_deref())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            tasks
+                .iter()
+                .map(|t| micros(t.created_at))
+                .collect::<Vec<_>>(),
+        )
+        .fetch_all(&mut *tx)
+        .await?
+        .into_iter()
+        .collect();
         let mut out = Vec::with_capacity(tasks.len());
-        for new in tasks {
-            let task = created_task(new)?;
-            let inserted = sqlx::query(
-                "INSERT INTO tasks (id, tenant_id, agent_type, input, priority, complexity, idempotency_key, \
-                 timeout_ms, max_attempts, status, attempt, trace_id, created_at, updated_at, not_before) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'queued', 0, $10, $11, $11, $11) \
-                 ON CONFLICT (tenant_id, idempotency_key) DO NOTHING",
-            )
-            .bind(task.id.0)
-            .bind(task.tenant_id.0)
-            .bind(&task.agent_type)
-            .bind(Json(&task.input))
-            .bind(task.priority)
-            .bind(task.complexity)
-            .bind(task.idempotency_key.as_deref())
-            .bind(task.timeout_ms)
-            .bind(task.max_attempts)
-            .bind(task.trace_id.as_deref())
-            .bind(micros(task.created_at))
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-            if inserted == 1 {
+        for task in tasks {
+            if created.contains(&task.id.0) {
                 out.push(Inserted::Created(task));
                 continue;
             }
@@ -379,56 +402,89 @@ impl Store for PostgresStore {
             return Ok(Vec::new());
         }
         let mut tx = self.pool.begin().await?;
-        let mut out = Vec::with_capacity(ends.len());
-        for end in ends {
-            // One round trip per end: the attempt row is inserted by the statement's CTE.
-            let query = match &end.result {
-                AttemptResult::Succeeded { output, usage } => sqlx::query_as::<_, TaskRow>(concat!(
-                    with_attempt_row!(),
-                    "UPDATE tasks SET status = 'succeeded', output = $3, usage = $4, error = NULL, \
-                     finished_at = $5, updated_at = $5, agent_id = COALESCE($6, agent_id), lease_owner = NULL, \
-                     lease_expires_at = NULL \
-                     WHERE id = $1 AND status = 'running' AND attempt = $2 RETURNING ",
-                    task_columns!()
-                ))
-                .bind(end.task_id.0)
-                .bind(end.attempt)
-                .bind(Json(output))
-                .bind(usage.as_ref().map(Json)),
-                AttemptResult::Retry { error, not_before } => sqlx::query_as::<_, TaskRow>(concat!(
-                    with_attempt_row!(),
-                    "UPDATE tasks SET status = 'queued', error = $3, not_before = $4, updated_at = $5, \
-                     agent_id = COALESCE($6, agent_id), lease_owner = NULL, lease_expires_at = NULL \
-                     WHERE id = $1 AND status = 'running' AND attempt = $2 RETURNING ",
-                    task_columns!()
-                ))
-                .bind(end.task_id.0)
-                .bind(end.attempt)
-                .bind(error.as_str())
-                .bind(micros(*not_before)),
-                AttemptResult::Terminal { status, error } => sqlx::query_as::<_, TaskRow>(concat!(
-                    with_attempt_row!(),
-                    "UPDATE tasks SET status = $3, error = $4, finished_at = $5, updated_at = $5, \
-                     agent_id = COALESCE($6, agent_id), lease_owner = NULL, lease_expires_at = NULL \
-                     WHERE id = $1 AND status = 'running' AND attempt = $2 RETURNING ",
-                    task_columns!()
-                ))
-                .bind(end.task_id.0)
-                .bind(end.attempt)
-                .bind(status.as_str())
-                .bind(error.as_str()),
-            };
-            let row = query
-                .bind(micros(end.finished_at))
-                .bind(end.agent_id.map(|a| a.0))
-                .bind(micros(end.started_at))
-                .bind(end.outcome())
-                .bind(end.error())
-                .fetch_optional(&mut *tx)
-                .await?;
-            out.push(row.map(TaskRow::into_task).transpose()?);
+        let mut out: Vec<Option<Task>> = vec![None; ends.len()];
+        for round in rounds(ends) {
+            let members: Vec<&AttemptEnd> = round.iter().filter_map(|&i| ends.get(i)).collect();
+            let updates: Vec<EndUpdate<'_>> = members.iter().map(|e| EndUpdate::of(e)).collect();
+            let rows = sqlx::query_as::<_, TaskRow>(concat!(
+                "WITH e AS (SELECT * FROM UNNEST($1::uuid[], $2::int4[], $3::text[], $4::text[], \
+                 $5::jsonb[], $6::jsonb[], $7::text[], $8::int8[], $9::int8[], $10::uuid[]) \
+                 AS e (e_task, e_attempt, e_kind, e_status, e_output, e_usage, e_error, \
+                 e_not_before, e_finished_at, e_agent)) ",
+                finish_update!(),
+                task_columns!()
+            ))
+            .bind(members.iter().map(|e| e.task_id.0).collect::<Vec<_>>())
+            .bind(members.iter().map(|e| e.attempt).collect::<Vec<_>>())
+            .bind(updates.iter().map(|u| u.kind).collect::<Vec<_>>())
+            .bind(updates.iter().map(|u| u.status).collect::<Vec<_>>())
+            .bind(
+                updates
+                    .iter()
+                    .map(|u| u.output.map(Json))
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                updates
+                    .iter()
+                    .map(|u| u.usage.map(Json))
+                    .collect::<Vec<_>>(),
+            )
+            .bind(updates.iter().map(|u| u.error).collect::<Vec<_>>())
+            .bind(updates.iter().map(|u| u.not_before).collect::<Vec<_>>())
+            .bind(
+                members
+                    .iter()
+                    .map(|e| micros(e.finished_at))
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                members
+                    .iter()
+                    .map(|e| e.agent_id.map(|a| a.0))
+                    .collect::<Vec<_>>(),
+            )
+            .fetch_all(&mut *tx)
+            .await?;
+            let updated = rows
+                .into_iter()
+                .map(TaskRow::into_task)
+                .collect::<StoreResult<_>>()?;
+            place_round(ends, &round, updated, &mut out);
         }
-        // The attempts of every updated task, in one query.
+        // Every end's attempt is recorded, applied or not; the first record of a number wins.
+        // The end of an unknown task is skipped rather than failing the batch on the foreign key.
+        sqlx::query(
+            "INSERT INTO task_attempts \
+             (task_id, number, agent_id, started_at, finished_at, outcome, error) \
+             SELECT task_id, number, agent_id, started_at, finished_at, outcome, error \
+             FROM UNNEST($1::uuid[], $2::int4[], $3::uuid[], $4::int8[], $5::int8[], $6::text[], \
+             $7::text[]) WITH ORDINALITY \
+             AS a (task_id, number, agent_id, started_at, finished_at, outcome, error, ord) \
+             WHERE EXISTS (SELECT 1 FROM tasks WHERE tasks.id = a.task_id) \
+             ORDER BY ord ON CONFLICT DO NOTHING",
+        )
+        .bind(ends.iter().map(|e| e.task_id.0).collect::<Vec<_>>())
+        .bind(ends.iter().map(|e| e.attempt).collect::<Vec<_>>())
+        .bind(
+            ends.iter()
+                .map(|e| e.agent_id.map(|a| a.0))
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            ends.iter()
+                .map(|e| micros(e.started_at))
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            ends.iter()
+                .map(|e| micros(e.finished_at))
+                .collect::<Vec<_>>(),
+        )
+        .bind(ends.iter().map(AttemptEnd::outcome).collect::<Vec<_>>())
+        .bind(ends.iter().map(AttemptEnd::error).collect::<Vec<_>>())
+        .execute(&mut *tx)
+        .await?;
         let mut updated: Vec<Task> = out.iter().flatten().cloned().collect();
         load_attempts(&mut *tx, &mut updated).await?;
         tx.commit().await?;
@@ -440,8 +496,12 @@ impl Store for PostgresStore {
     }
 
     async fn renew_leases(&self, owner: &str, lease_expires_at: Timestamp) -> StoreResult<u64> {
+        // SKIP LOCKED: a task locked right now is being finished, cancelled or requeued, so its
+        // lease no longer matters; skipping it means renewal never waits for (or deadlocks with)
+        // a batch of finishes that locks the same rows in another order.
         let renewed = sqlx::query(
-            "UPDATE tasks SET lease_expires_at = $2 WHERE status = 'running' AND lease_owner = $1",
+            "UPDATE tasks SET lease_expires_at = $2 WHERE id IN (SELECT id FROM tasks \
+             WHERE status = 'running' AND lease_owner = $1 FOR UPDATE SKIP LOCKED)",
         )
         .bind(owner)
         .bind(micros(lease_expires_at))
@@ -488,10 +548,6 @@ impl Store for PostgresStore {
         }
         tx.commit().await?;
         Ok(out)
-    }
-
-    async fn count_tasks_by_status(&self) -> StoreResult<BTreeMap<TaskStatus, u64>> {
-        crate::rows::status_map_unavailable()
     }
 
     async fn task_counts_by_status(&self) -> StoreResult<Vec<(TaskStatus, u64)>> {

@@ -9,7 +9,8 @@ use flotilla_core::Timestamp;
 use flotilla_core::agent::{AgentInstance, AgentStatus};
 use flotilla_core::auth::{ApiKeyRecord, Role};
 use flotilla_core::id::{AgentId, TaskId, TenantId};
-use flotilla_core::task::{Attempt, Task, TaskStatus};
+use flotilla_core::task::{Attempt, AttemptEnd, AttemptResult, Task, TaskStatus};
+use std::collections::HashMap;
 use uuid::Uuid;
 
 /// A timestamp as stored: unix microseconds (sub-microsecond digits are dropped).
@@ -136,11 +137,12 @@ impl AttemptRow {
 
 /// Gives each task its attempts from rows ordered by task then number.
 pub(crate) fn attach_attempts(tasks: &mut [Task], rows: Vec<AttemptRow>) -> StoreResult<()> {
+    let index: HashMap<TaskId, usize> = tasks.iter().enumerate().map(|(i, t)| (t.id, i)).collect();
     for row in rows {
         let task_id = TaskId(row.task_id);
         let attempt = row.into_attempt()?;
-        for task in tasks.iter_mut().filter(|t| t.id == task_id) {
-            task.attempts.push(attempt.clone());
+        if let Some(task) = index.get(&task_id).and_then(|&i| tasks.get_mut(i)) {
+            task.attempts.push(attempt);
         }
     }
     Ok(())
@@ -271,12 +273,94 @@ pub(crate) fn status_counts(rows: Vec<(String, i64)>) -> StoreResult<Vec<(TaskSt
     Ok(counts)
 }
 
-/// `count_tasks_by_status` cannot fill a `BTreeMap<TaskStatus, _>` while `TaskStatus` lacks `Ord`.
-// Once flotilla-core derives `PartialOrd, Ord` on `TaskStatus`, the implementations become
-// `Ok(self.task_counts_by_status().await?.into_iter().collect())`.
-pub(crate) fn status_map_unavailable() -> StoreResult<std::collections::BTreeMap<TaskStatus, u64>> {
-    tracing::error!(
-        "Store::count_tasks_by_status is unavailable until TaskStatus implements Ord; use task_counts_by_status"
-    );
-    Ok(std::collections::BTreeMap::new())
+/// Splits a batch of ends into rounds in which each task appears at most once, keeping the
+/// batch's order within and across rounds. Applying the rounds one after the other, each as one
+/// set-based update, gives the same result as applying the ends one by one.
+pub(crate) fn rounds(ends: &[AttemptEnd]) -> Vec<Vec<usize>> {
+    let mut seen: HashMap<TaskId, usize> = HashMap::with_capacity(ends.len());
+    let mut rounds: Vec<Vec<usize>> = Vec::new();
+    for (i, end) in ends.iter().enumerate() {
+        let round = seen.entry(end.task_id).or_insert(0);
+        if rounds.len() <= *round {
+            rounds.push(Vec::new());
+        }
+        if let Some(members) = rounds.get_mut(*round) {
+            members.push(i);
+        }
+        *round += 1;
+    }
+    rounds
+}
+
+/// What an end writes on its task, flattened for a set-based update.
+pub(crate) struct EndUpdate<'a> {
+    /// `succeeded`, `retry` or `terminal`.
+    pub(crate) kind: &'static str,
+    pub(crate) status: &'static str,
+    pub(crate) output: Option<&'a serde_json::Value>,
+    pub(crate) usage: Option<&'a serde_json::Value>,
+    pub(crate) error: Option<&'a str>,
+    pub(crate) not_before: Option<i64>,
+}
+
+impl<'a> EndUpdate<'a> {
+    pub(crate) fn of(end: &'a AttemptEnd) -> Self {
+        match &end.result {
+            AttemptResult::Succeeded { output, usage } => EndUpdate {
+                kind: "succeeded",
+                status: TaskStatus::Succeeded.as_str(),
+                output: Some(output),
+                usage: usage.as_ref(),
+                error: None,
+                not_before: None,
+            },
+            AttemptResult::Retry { error, not_before } => EndUpdate {
+                kind: "retry",
+                status: TaskStatus::Queued.as_str(),
+                output: None,
+                usage: None,
+                error: Some(error),
+                not_before: Some(micros(*not_before)),
+            },
+            AttemptResult::Terminal { status, error } => EndUpdate {
+                kind: "terminal",
+                status: status.as_str(),
+                output: None,
+                usage: None,
+                error: Some(error),
+                not_before: None,
+            },
+        }
+    }
+}
+
+/// The SET and WHERE of the set-based finish, over an input relation of `e_*` columns (one row
+/// per end, each task at most once). Shared by both backends.
+macro_rules! finish_update {
+    () => {
+        "UPDATE tasks SET status = e_status, \
+         output = CASE WHEN e_kind = 'succeeded' THEN e_output ELSE output END, \
+         usage = CASE WHEN e_kind = 'succeeded' THEN e_usage ELSE usage END, \
+         error = e_error, not_before = COALESCE(e_not_before, not_before), \
+         finished_at = CASE WHEN e_kind = 'retry' THEN finished_at ELSE e_finished_at END, \
+         updated_at = e_finished_at, agent_id = COALESCE(e_agent, agent_id), \
+         lease_owner = NULL, lease_expires_at = NULL \
+         FROM e WHERE id = e_task AND status = 'running' AND attempt = e_attempt RETURNING "
+    };
+}
+pub(crate) use finish_update;
+
+/// Places the tasks a round updated at their ends' positions in `out`.
+pub(crate) fn place_round(
+    ends: &[AttemptEnd],
+    round: &[usize],
+    updated: Vec<Task>,
+    out: &mut [Option<Task>],
+) {
+    let mut by_id: HashMap<TaskId, Task> = updated.into_iter().map(|t| (t.id, t)).collect();
+    for &i in round {
+        if let (Some(end), Some(slot)) = (ends.get(i), out.get_mut(i)) {
+            *slot = by_id.remove(&end.task_id);
+        }
+    }
 }

@@ -6,8 +6,9 @@
 //! Reads use a separate pool of read-only connections, which WAL lets run beside the writer.
 
 use crate::rows::{
-    AgentRow, ApiKeyRow, AttemptRow, TaskRow, attach_attempts, count, created_task,
-    lease_expired_error, micros, micros_opt, migrations_applied,
+    AgentRow, ApiKeyRow, AttemptRow, EndUpdate, TaskRow, attach_attempts, count, created_task,
+    finish_update, lease_expired_error, micros, micros_opt, migrations_applied, place_round,
+    rounds,
 };
 use crate::{Cancelled, Inserted, Requeued, Store, StoreError, StoreResult, TaskFilter};
 use async_trait::async_trait;
@@ -15,14 +16,14 @@ use flotilla_core::Timestamp;
 use flotilla_core::agent::{AgentInstance, AgentStatus};
 use flotilla_core::auth::ApiKeyRecord;
 use flotilla_core::id::{AgentId, TaskId, TenantId};
-use flotilla_core::task::{AttemptEnd, AttemptResult, NewTask, Task, TaskStatus};
+use flotilla_core::task::{AttemptEnd, NewTask, Task, TaskStatus};
 use sqlx::migrate::Migrator;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 use sqlx::types::Json;
 use sqlx::{QueryBuilder, Sqlite, SqliteConnection};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
 use std::time::Duration;
 use uuid::Uuid;
@@ -51,8 +52,7 @@ const ATTEMPTS_OF_TASK: &str = "SELECT task_id, number, agent_id, started_at, fi
 
 const INSERT_ATTEMPT: &str = "INSERT INTO task_attempts \
      (task_id, number, agent_id, started_at, finished_at, outcome, error) \
-     SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7 WHERE EXISTS (SELECT 1 FROM tasks WHERE id = ?1) \
-     ON CONFLICT DO NOTHING";
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT DO NOTHING";
 
 /// The SQLite implementation of [`Store`].
 #[derive(Clone, Debug)]
@@ -107,6 +107,60 @@ async fn load_attempts(conn: &mut SqliteConnection, task: &mut Task) -> StoreRes
         .fetch_all(conn)
         .await?;
     attach_attempts(std::slice::from_mut(task), rows)
+}
+
+/// Loads the attempts of many tasks with few queries: `IN` lists of a power-of-two length (padded
+/// by repeating an id), so that few statement shapes are prepared.
+async fn load_attempts_of_many(conn: &mut SqliteConnection, tasks: &mut [Task]) -> StoreResult<()> {
+    let ids: Vec<Uuid> = tasks.iter().map(|t| t.id.0).collect();
+    let mut rows = Vec::new();
+    for chunk in ids.chunks(MAX_CHUNK) {
+        let Some(&last) = chunk.last() else { continue };
+        let padding = chunk.len().next_power_of_two() - chunk.len();
+        let mut query = QueryBuilder::<Sqlite>::new(
+            "SELECT task_id, number, agent_id, started_at, finished_at, outcome, error \
+             FROM task_attempts WHERE task_id IN (",
+        );
+        let mut list = query.separated(", ");
+        for id in chunk
+            .iter()
+            .copied()
+            .chain(std::iter::repeat_n(last, padding))
+        {
+            list.push_bind(id);
+        }
+        query.push(") ORDER BY task_id, number");
+        rows.extend(
+            query
+                .build_query_as::<AttemptRow>()
+                .fetch_all(&mut *conn)
+                .await?,
+        );
+    }
+    attach_attempts(tasks, rows)
+}
+
+/// Most rows in one multi-row statement (15 parameters each, well under SQLite's 32766).
+const MAX_CHUNK: usize = 256;
+
+/// Splits `items` into chunks whose lengths are powers of two (at most [`MAX_CHUNK`]), largest
+/// first, so that multi-row statements come in few shapes and their prepared forms are reused.
+fn pow2_chunks<T>(items: &[T]) -> impl Iterator<Item = &[T]> {
+    let mut rest = items;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let len = rest.len().min(MAX_CHUNK);
+        let size = if len.is_power_of_two() {
+            len
+        } else {
+            len.next_power_of_two() / 2
+        };
+        let (chunk, tail) = rest.split_at(size);
+        rest = tail;
+        Some(chunk)
+    })
 }
 
 async fn fetch_task(
@@ -211,31 +265,44 @@ impl Store for SqliteStore {
         if tasks.is_empty() {
             return Ok(Vec::new());
         }
+        let tasks = tasks
+            .iter()
+            .map(created_task)
+            .collect::<StoreResult<Vec<_>>>()?;
         let mut tx = self.write_tx().await?;
+        // Multi-row inserts, in order; a row whose idempotency key exists is skipped.
+        let mut created = HashSet::with_capacity(tasks.len());
+        for chunk in pow2_chunks(&tasks) {
+            let mut query = QueryBuilder::<Sqlite>::new(
+                "INSERT INTO tasks (id, tenant_id, agent_type, input, priority, complexity, \
+                 idempotency_key, timeout_ms, max_attempts, status, attempt, trace_id, created_at, \
+                 updated_at, not_before) ",
+            );
+            query.push_values(chunk, |mut row, task| {
+                let created_at = micros(task.created_at);
+                row.push_bind(task.id.0)
+                    .push_bind(task.tenant_id.0)
+                    .push_bind(task.agent_type.as_str())
+                    .push_bind(Json(&task.input))
+                    .push_bind(task.priority)
+                    .push_bind(task.complexity)
+                    .push_bind(task.idempotency_key.as_deref())
+                    .push_bind(task.timeout_ms)
+                    .push_bind(task.max_attempts)
+                    .push("'queued'")
+                    .push("0")
+                    .push_bind(task.trace_id.as_deref())
+                    .push_bind(created_at)
+                    .push_bind(created_at)
+                    .push_bind(created_at);
+            });
+            query.push(" ON CONFLICT (tenant_id, idempotency_key) DO NOTHING RETURNING id");
+            let ids: Vec<Uuid> = query.build_query_scalar().fetch_all(&mut *tx).await?;
+            created.extend(ids);
+        }
         let mut out = Vec::with_capacity(tasks.len());
-        for new in tasks {
-            let task = created_task(new)?;
-            let inserted = sqlx::query(
-                "INSERT INTO tasks (id, tenant_id, agent_type, input, priority, complexity, idempotency_key, \
-                 timeout_ms, max_attempts, status, attempt, trace_id, created_at, updated_at, not_before) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 'queued', 0, ?10, ?11, ?11, ?11) \
-                 ON CONFLICT (tenant_id, idempotency_key) DO NOTHING",
-            )
-            .bind(task.id.0)
-            .bind(task.tenant_id.0)
-            .bind(&task.agent_type)
-            .bind(Json(&task.input))
-            .bind(task.priority)
-            .bind(task.complexity)
-            .bind(task.idempotency_key.as_deref())
-            .bind(task.timeout_ms)
-            .bind(task.max_attempts)
-            .bind(task.trace_id.as_deref())
-            .bind(micros(task.created_at))
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-            if inserted == 1 {
+        for task in tasks {
+            if created.contains(&task.id.0) {
                 out.push(Inserted::Created(task));
                 continue;
             }
@@ -372,70 +439,67 @@ impl Store for SqliteStore {
             return Ok(Vec::new());
         }
         let mut tx = self.write_tx().await?;
-        let mut out = Vec::with_capacity(ends.len());
-        for end in ends {
-            let finished_at = micros(end.finished_at);
-            let agent_id = end.agent_id.map(|a| a.0);
-            let query = match &end.result {
-                AttemptResult::Succeeded { output, usage } => sqlx::query_as::<_, TaskRow>(concat!(
-                    "UPDATE tasks SET status = 'succeeded', output = ?3, usage = ?4, error = NULL, \
-                     finished_at = ?5, updated_at = ?5, agent_id = COALESCE(?6, agent_id), lease_owner = NULL, \
-                     lease_expires_at = NULL \
-                     WHERE id = ?1 AND status = 'running' AND attempt = ?2 RETURNING ",
-                    task_columns!()
-                ))
-                .bind(end.task_id.0)
-                .bind(end.attempt)
-                .bind(Json(output))
-                .bind(usage.as_ref().map(Json)),
-                AttemptResult::Retry { error, not_before } => sqlx::query_as::<_, TaskRow>(concat!(
-                    "UPDATE tasks SET status = 'queued', error = ?3, not_before = ?4, updated_at = ?5, \
-                     agent_id = COALESCE(?6, agent_id), lease_owner = NULL, lease_expires_at = NULL \
-                     WHERE id = ?1 AND status = 'running' AND attempt = ?2 RETURNING ",
-                    task_columns!()
-                ))
-                .bind(end.task_id.0)
-                .bind(end.attempt)
-                .bind(error.as_str())
-                .bind(micros(*not_before)),
-                AttemptResult::Terminal { status, error } => sqlx::query_as::<_, TaskRow>(concat!(
-                    "UPDATE tasks SET status = ?3, error = ?4, finished_at = ?5, updated_at = ?5, \
-                     agent_id = COALESCE(?6, agent_id), lease_owner = NULL, lease_expires_at = NULL \
-                     WHERE id = ?1 AND status = 'running' AND attempt = ?2 RETURNING ",
-                    task_columns!()
-                ))
-                .bind(end.task_id.0)
-                .bind(end.attempt)
-                .bind(status.as_str())
-                .bind(error.as_str()),
-            };
-            let row = query
-                .bind(finished_at)
-                .bind(agent_id)
-                .fetch_optional(&mut *tx)
-                .await?;
-            sqlx::query(INSERT_ATTEMPT)
-                .bind(end.task_id.0)
-                .bind(end.attempt)
-                .bind(agent_id)
-                .bind(micros(end.started_at))
-                .bind(finished_at)
-                .bind(end.outcome())
-                .bind(end.error())
-                .execute(&mut *tx)
-                .await?;
-            let task = match row {
-                Some(row) => {
-                    let mut task = row.into_task()?;
-                    load_attempts(&mut tx, &mut task).await?;
-                    Some(task)
-                }
-                None => None,
-            };
-            out.push(task);
+        let mut out: Vec<Option<Task>> = vec![None; ends.len()];
+        for round in rounds(ends) {
+            for chunk in pow2_chunks(&round) {
+                let mut query = QueryBuilder::<Sqlite>::new(
+                    "WITH e (e_task, e_attempt, e_kind, e_status, e_output, e_usage, e_error, \
+                     e_not_before, e_finished_at, e_agent) AS (",
+                );
+                query.push_values(chunk.iter().filter_map(|&i| ends.get(i)), |mut row, end| {
+                    let update = EndUpdate::of(end);
+                    row.push_bind(end.task_id.0)
+                        .push_bind(end.attempt)
+                        .push_bind(update.kind)
+                        .push_bind(update.status)
+                        .push_bind(update.output.map(Json))
+                        .push_bind(update.usage.map(Json))
+                        .push_bind(update.error)
+                        .push_bind(update.not_before)
+                        .push_bind(micros(end.finished_at))
+                        .push_bind(end.agent_id.map(|a| a.0));
+                });
+                query.push(concat!(") ", finish_update!(), task_columns!()));
+                let rows = query
+                    .build_query_as::<TaskRow>()
+                    .fetch_all(&mut *tx)
+                    .await?;
+                let updated = rows
+                    .into_iter()
+                    .map(TaskRow::into_task)
+                    .collect::<StoreResult<_>>()?;
+                place_round(ends, chunk, updated, &mut out);
+            }
         }
+        // Every end's attempt is recorded, applied or not; the first record of a number wins.
+        for chunk in pow2_chunks(ends) {
+            let mut query = QueryBuilder::<Sqlite>::new(
+                "INSERT INTO task_attempts \
+                 (task_id, number, agent_id, started_at, finished_at, outcome, error) \
+                 SELECT * FROM (",
+            );
+            query.push_values(chunk, |mut row, end| {
+                row.push_bind(end.task_id.0)
+                    .push_bind(end.attempt)
+                    .push_bind(end.agent_id.map(|a| a.0))
+                    .push_bind(micros(end.started_at))
+                    .push_bind(micros(end.finished_at))
+                    .push_bind(end.outcome())
+                    .push_bind(end.error());
+            });
+            // The end of an unknown task is skipped rather than failing the batch on the foreign
+            // key.
+            query.push(") WHERE column1 IN (SELECT id FROM tasks) ON CONFLICT DO NOTHING");
+            query.build().execute(&mut *tx).await?;
+        }
+        let mut updated: Vec<Task> = out.iter().flatten().cloned().collect();
+        load_attempts_of_many(&mut tx, &mut updated).await?;
         tx.commit().await?;
-        Ok(out)
+        let mut updated = updated.into_iter();
+        Ok(out
+            .into_iter()
+            .map(|task| task.and_then(|_| updated.next()))
+            .collect())
     }
 
     async fn renew_leases(&self, owner: &str, lease_expires_at: Timestamp) -> StoreResult<u64> {
@@ -494,10 +558,6 @@ impl Store for SqliteStore {
         }
         tx.commit().await?;
         Ok(out)
-    }
-
-    async fn count_tasks_by_status(&self) -> StoreResult<BTreeMap<TaskStatus, u64>> {
-        crate::rows::status_map_unavailable()
     }
 
     async fn task_counts_by_status(&self) -> StoreResult<Vec<(TaskStatus, u64)>> {

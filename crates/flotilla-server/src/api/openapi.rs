@@ -96,7 +96,7 @@ impl Modify for CommonErrors {
             .get_or_insert_with(Default::default)
             .schemas
             .entry("ErrorBody".to_owned())
-            .or_insert_with(|| <flotilla_core::wire::ErrorBody as utoipa::PartialSchema>::schema());
+            .or_insert_with(<flotilla_core::wire::ErrorBody as utoipa::PartialSchema>::schema);
     }
 }
 
