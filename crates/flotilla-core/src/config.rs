@@ -359,10 +359,12 @@ pub fn validate(raw: ConfigFile) -> Result<Config, ConfigError> {
     let heartbeat_interval =
         positive_ms("scheduler.heartbeat_interval_ms", s.heartbeat_interval_ms)?;
     let heartbeat_timeout = positive_ms("scheduler.heartbeat_timeout_ms", s.heartbeat_timeout_ms)?;
-    if heartbeat_timeout <= heartbeat_interval {
+    // Agents are told the interval in whole seconds (DESIGN.md §6), so the timeout must exceed
+    // what they are told, not only what is configured.
+    if heartbeat_timeout <= Duration::from_secs(announced_interval_s(heartbeat_interval)) {
         return Err(invalid(
             "scheduler.heartbeat_timeout_ms",
-            "must be longer than scheduler.heartbeat_interval_ms",
+            "must be longer than the heartbeat interval as announced to agents (whole seconds, at least 1)",
         ));
     }
     let max_attempts = |key: &str, n: u32| {
@@ -441,6 +443,12 @@ pub fn validate(raw: ConfigFile) -> Result<Config, ConfigError> {
         log_level: raw.log.level,
         pools,
     })
+}
+
+/// The heartbeat interval announced to agents: whole seconds (rounded down, so agents beat at
+/// least as often as configured), at least 1.
+pub fn announced_interval_s(interval: Duration) -> u64 {
+    interval.as_secs().max(1)
 }
 
 /// True for a well-formed agent type name: 1-64 characters of `a-z`, `0-9`, `_`, `-`.

@@ -46,7 +46,7 @@ impl DispatchFailure {
 
     /// A one-line description for the task's error field.
     pub fn describe(&self) -> String {
-        match self {
+        let text = match self {
             DispatchFailure::Timeout => {
                 "agent did not answer before the attempt deadline".to_owned()
             }
@@ -58,7 +58,11 @@ impl DispatchFailure {
             DispatchFailure::InvalidResponse(e) => {
                 format!("agent answered with an invalid body: {e}")
             }
-        }
+        };
+        // The text comes partly from the agent; keep it printable and storable everywhere.
+        text.chars()
+            .map(|c| if c.is_control() && c != '\n' { ' ' } else { c })
+            .collect()
     }
 }
 

@@ -231,3 +231,32 @@ pub struct Probe {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
 }
+
+/// True when a JSON value holds a U+0000 character in a string or an object key. PostgreSQL
+/// cannot store such text (and most tools choke on it), so the API refuses it at the edge.
+pub fn contains_nul(value: &serde_json::Value) -> bool {
+    match value {
+        serde_json::Value::String(s) => s.contains('\0'),
+        serde_json::Value::Array(items) => items.iter().any(contains_nul),
+        serde_json::Value::Object(map) => {
+            map.iter().any(|(k, v)| k.contains('\0') || contains_nul(v))
+        }
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nul_characters_are_found_at_any_depth() {
+        assert!(!contains_nul(
+            &serde_json::json!({"a": ["b", 1, null, {"c": "d"}]})
+        ));
+        assert!(contains_nul(
+            &serde_json::json!({"a": ["b", {"c": "d\u{0}"}]})
+        ));
+        assert!(contains_nul(&serde_json::json!({"k\u{0}": 1})));
+    }
+}

@@ -36,6 +36,20 @@ pub enum StoreError {
     Corrupt(String),
 }
 
+impl StoreError {
+    /// True when the same call may succeed later (the database was unreachable or busy); false
+    /// when the database refused this data or the row is corrupt, so retrying cannot help.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            StoreError::Database(
+                sqlx::Error::Database(_) | sqlx::Error::Encode(_) | sqlx::Error::Decode(_),
+            ) => false,
+            StoreError::Database(_) => true,
+            StoreError::Migrate(_) | StoreError::Corrupt(_) => false,
+        }
+    }
+}
+
 /// Result of the store.
 pub type StoreResult<T> = Result<T, StoreError>;
 

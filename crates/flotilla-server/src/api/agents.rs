@@ -12,10 +12,11 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use flotilla_core::agent::{AgentInstance, AgentStatus};
 use flotilla_core::auth::Role;
-use flotilla_core::config::valid_agent_type;
+use flotilla_core::config::{announced_interval_s, valid_agent_type};
 use flotilla_core::id::AgentId;
 use flotilla_core::wire::{
     AgentList, Deregistered, ErrorBody, Heartbeat, HeartbeatAck, RegisterAgent, Registered,
+    contains_nul,
 };
 use rand::RngCore;
 
@@ -73,10 +74,20 @@ pub async fn register(
         ));
     }
     let metadata = body.metadata.unwrap_or_else(|| serde_json::json!({}));
-    if !metadata.is_object() {
+    if !metadata.is_object() || contains_nul(&metadata) {
         return Err(ApiError::invalid_field(
             "metadata",
-            "`metadata` must be a JSON object",
+            "`metadata` must be a JSON object without the character U+0000",
+        ));
+    }
+    if body
+        .version
+        .as_deref()
+        .is_some_and(|v| v.len() > 128 || v.chars().any(char::is_control))
+    {
+        return Err(ApiError::invalid_field(
+            "version",
+            "`version` must be at most 128 printable characters",
         ));
     }
     let mut secret = [0u8; 32];
@@ -100,7 +111,7 @@ pub async fn register(
     tracing::info!(agent_id = %agent.id, agent_type = %agent.agent_type, url = %agent.url, capacity = agent.capacity, "Instance registered");
     let registered = Registered {
         id: agent.id,
-        heartbeat_interval_s: state.config.scheduler.heartbeat_interval.as_secs().max(1),
+        heartbeat_interval_s: announced_interval_s(state.config.scheduler.heartbeat_interval),
         signing_secret: agent.signing_secret.clone(),
     };
     let agent_type = agent.agent_type.clone();

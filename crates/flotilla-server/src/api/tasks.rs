@@ -16,7 +16,7 @@ use flotilla_core::id::TaskId;
 use flotilla_core::task::{
     NewTask, PRIORITY_DEFAULT, PRIORITY_MAX, PRIORITY_MIN, Task, TaskStatus,
 };
-use flotilla_core::wire::{ErrorBody, SubmitTask, TaskPage};
+use flotilla_core::wire::{ErrorBody, SubmitTask, TaskPage, contains_nul};
 use flotilla_store::{Cancelled, Inserted, TaskFilter};
 use serde::Deserialize;
 use std::time::Duration;
@@ -99,6 +99,12 @@ fn validate(
             field: Some("agent_type".to_owned()),
         });
     }
+    if contains_nul(&body.input) {
+        return Err(ApiError::invalid_field(
+            "input",
+            "`input` may not contain the character U+0000",
+        ));
+    }
     let priority = body.priority.unwrap_or(PRIORITY_DEFAULT);
     if !(PRIORITY_MIN..=PRIORITY_MAX).contains(&priority) {
         return Err(ApiError::invalid_field(
@@ -124,7 +130,7 @@ fn validate(
         (a, b) => a.or(b),
     };
     if let Some(key) = &idempotency_key
-        && (key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY)
+        && (key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY || key.chars().any(char::is_control))
     {
         return Err(ApiError::invalid_field(
             "idempotency_key",

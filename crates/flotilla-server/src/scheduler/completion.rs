@@ -4,8 +4,8 @@
 
 use crate::fleet::wakers::Wakers;
 use crate::waiters::Waiters;
-use flotilla_core::task::{AttemptEnd, TaskStatus};
-use flotilla_store::DynStore;
+use flotilla_core::task::{AttemptEnd, AttemptResult, Task, TaskStatus};
+use flotilla_store::{DynStore, Store};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -65,16 +65,9 @@ async fn writer(
                 }
             }
         }
-        let mut backoff = Duration::from_millis(50);
-        let results = loop {
-            match store.finish_attempts(&batch).await {
-                Ok(results) => break results,
-                Err(e) => {
-                    tracing::error!(error = %e, ends = batch.len(), "Could not record attempt ends; retrying");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(2));
-                }
-            }
+        let Some(results) = write(store.as_ref(), &batch, &stop).await else {
+            batch.clear();
+            continue;
         };
         for (end, applied) in batch.drain(..).zip(results) {
             match applied {
@@ -87,4 +80,55 @@ async fn writer(
             }
         }
     }
+}
+
+/// Writes a batch, retrying while the store is unreachable (until shutdown, after which lease
+/// expiry takes over). When the store refuses the batch's data, the ends are written one by one
+/// so that one unstorable result cannot hold up the others.
+async fn write(
+    store: &dyn Store,
+    batch: &[AttemptEnd],
+    stop: &CancellationToken,
+) -> Option<Vec<Option<Task>>> {
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        match store.finish_attempts(batch).await {
+            Ok(results) => return Some(results),
+            Err(e) if !e.is_transient() => break,
+            Err(e) if stop.is_cancelled() => {
+                tracing::error!(error = %e, ends = batch.len(), "Could not record attempt ends at shutdown; their leases will expire and the tasks re-run");
+                return None;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, ends = batch.len(), "Could not record attempt ends; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+            }
+        }
+    }
+    let mut results = Vec::with_capacity(batch.len());
+    for end in batch {
+        let result = match store.finish_attempts(std::slice::from_ref(end)).await {
+            Ok(mut one) => one.pop().flatten(),
+            Err(e) if !e.is_transient() => {
+                tracing::error!(task_id = %end.task_id, error = %e, "The store refused an attempt's result; failing the task");
+                let failed = AttemptEnd {
+                    result: AttemptResult::Terminal {
+                        status: TaskStatus::Failed,
+                        error: format!("the agent's result could not be stored: {e}"),
+                    },
+                    ..end.clone()
+                };
+                store
+                    .finish_attempts(std::slice::from_ref(&failed))
+                    .await
+                    .ok()
+                    .and_then(|mut one| one.pop().flatten())
+            }
+            // Unreachable again: leave this one to lease expiry.
+            Err(_) => None,
+        };
+        results.push(result);
+    }
+    Some(results)
 }

@@ -4,7 +4,7 @@
 //! flotilla-core; nothing here panics or hangs past the deadline.
 
 use flotilla_core::retry::DispatchFailure;
-use flotilla_core::wire::{ExecuteRequest, ExecuteResponse};
+use flotilla_core::wire::{ExecuteRequest, ExecuteResponse, contains_nul};
 use reqwest::header::{CONTENT_TYPE, HeaderValue};
 use std::time::Duration;
 
@@ -62,7 +62,19 @@ pub async fn execute(
             "answer larger than {MAX_RESPONSE_BYTES} bytes"
         )));
     }
-    serde_json::from_slice(&bytes).map_err(|e| DispatchFailure::InvalidResponse(e.to_string()))
+    let answer: ExecuteResponse = serde_json::from_slice(&bytes)
+        .map_err(|e| DispatchFailure::InvalidResponse(e.to_string()))?;
+    let nul_in_usage = answer
+        .usage
+        .iter()
+        .flatten()
+        .any(|u| u.model.contains('\0'));
+    if contains_nul(&answer.output) || nul_in_usage {
+        return Err(DispatchFailure::InvalidResponse(
+            "the output contains the character U+0000".to_owned(),
+        ));
+    }
+    Ok(answer)
 }
 
 fn transport_failure(e: reqwest::Error) -> DispatchFailure {

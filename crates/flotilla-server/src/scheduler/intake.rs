@@ -4,7 +4,7 @@
 
 use crate::fleet::wakers::Wakers;
 use flotilla_core::task::NewTask;
-use flotilla_store::{DynStore, Inserted};
+use flotilla_store::{DynStore, Inserted, StoreError};
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -74,25 +74,39 @@ async fn writer(
             }
         }
         let (tasks, replies): (Vec<NewTask>, Vec<Reply>) = batch.drain(..).unzip();
-        match store.insert_tasks(&tasks).await {
-            Ok(results) => {
-                let mut types = std::collections::BTreeSet::new();
-                for (result, reply) in results.into_iter().zip(replies) {
-                    if let Inserted::Created(task) = &result {
-                        types.insert(task.agent_type.clone());
-                    }
-                    let _ = reply.send(Ok(result));
+        let results = match store.insert_tasks(&tasks).await {
+            Ok(results) => results.into_iter().map(Ok).collect(),
+            // One submission the database refuses must not fail the others written with it:
+            // write them one by one so only the culprit gets the error.
+            Err(e) if !e.is_transient() && tasks.len() > 1 => {
+                let mut results = Vec::with_capacity(tasks.len());
+                for task in &tasks {
+                    let one = store.insert_tasks(std::slice::from_ref(task)).await;
+                    results.push(one.and_then(|mut r| {
+                        r.pop()
+                            .ok_or_else(|| StoreError::Corrupt("no insert result".to_owned()))
+                    }));
                 }
-                for agent_type in types {
-                    wakers.wake(&agent_type);
-                }
+                results
             }
-            Err(e) => {
-                tracing::error!(error = %e, tasks = tasks.len(), "Could not store submitted tasks");
-                for reply in replies {
-                    let _ = reply.send(Err(e.to_string()));
+            Err(e) => tasks
+                .iter()
+                .map(|_| Err(StoreError::Corrupt(e.to_string())))
+                .collect::<Vec<_>>(),
+        };
+        let mut types = std::collections::BTreeSet::new();
+        for (result, reply) in results.into_iter().zip(replies) {
+            match &result {
+                Ok(Inserted::Created(task)) => {
+                    types.insert(task.agent_type.clone());
                 }
+                Ok(Inserted::Existing(_)) => {}
+                Err(e) => tracing::error!(error = %e, "Could not store a submitted task"),
             }
+            let _ = reply.send(result.map_err(|e| e.to_string()));
+        }
+        for agent_type in types {
+            wakers.wake(&agent_type);
         }
     }
 }

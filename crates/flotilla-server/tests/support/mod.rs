@@ -180,7 +180,11 @@ impl Settings {
     }
 
     pub fn build(&self) -> Config {
-        config::load(Some(("test", &self.text)), &[], &self.overrides).unwrap()
+        self.try_build().unwrap()
+    }
+
+    pub fn try_build(&self) -> Result<Config, config::ConfigError> {
+        config::load(Some(("test", &self.text)), &[], &self.overrides)
     }
 }
 
