@@ -21,8 +21,14 @@ fn flotilla(server: &ServerProcess, args: &[&str]) -> Output {
 }
 
 fn stdout_json<T: serde::de::DeserializeOwned>(out: &Output) -> T {
-    assert!(out.status.success(), "exit {:?}: {}", out.status, String::from_utf8_lossy(&out.stderr));
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)))
+    assert!(
+        out.status.success(),
+        "exit {:?}: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)))
 }
 
 #[tokio::test]
@@ -45,7 +51,10 @@ async fn serve_without_configuration_prints_an_admin_key_once_that_works() {
     server.restart().await.unwrap();
     let after = server.logs();
     assert_eq!(after.matches("flt_").count(), 1, "{after}");
-    assert!(client.list_agents().await.is_ok(), "the key survives the restart");
+    assert!(
+        client.list_agents().await.is_ok(),
+        "the key survives the restart"
+    );
     server.terminate().await.unwrap();
 }
 
@@ -54,18 +63,42 @@ fn unknown_configuration_keys_stop_the_server_with_the_key_named() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("flotilla.toml");
     std::fs::write(&file, "[server]\nlisten = \"127.0.0.1:0\"\nlistem = 1\n").unwrap();
-    let out = Command::new(BIN).args(["serve", "--config"]).arg(&file).output().unwrap();
+    let out = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&file)
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("listem") && stderr.contains("line 3"), "{stderr}");
+    assert!(
+        stderr.contains("listem") && stderr.contains("line 3"),
+        "{stderr}"
+    );
 
-    let check = Command::new(BIN).args(["config", "check"]).arg(&file).output().unwrap();
+    let check = Command::new(BIN)
+        .args(["config", "check"])
+        .arg(&file)
+        .output()
+        .unwrap();
     assert!(!check.status.success());
     std::fs::write(&file, "[server]\nlisten = \"127.0.0.1:0\"\n").unwrap();
-    let check = Command::new(BIN).args(["config", "check"]).arg(&file).output().unwrap();
-    assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stderr));
+    let check = Command::new(BIN)
+        .args(["config", "check"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
 
-    let env = Command::new(BIN).args(["serve", "--data-dir"]).arg(dir.path()).env("FLOTILLA_SERVER__NOPE", "1").output().unwrap();
+    let env = Command::new(BIN)
+        .args(["serve", "--data-dir"])
+        .arg(dir.path())
+        .env("FLOTILLA_SERVER__NOPE", "1")
+        .output()
+        .unwrap();
     assert!(!env.status.success());
     assert!(String::from_utf8_lossy(&env.stderr).contains("FLOTILLA_SERVER__NOPE"));
 }
@@ -75,52 +108,110 @@ async fn client_commands_submit_get_list_and_cancel() {
     let server = ServerProcess::builder(BIN)
         .env("FLOTILLA_BOOTSTRAP_ADMIN_KEY", ADMIN_KEY)
         .arg("--config")
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/code_generator_pool.toml"))
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/code_generator_pool.toml"
+        ))
         .start()
         .await
         .unwrap();
     // With no agent the task stays queued, so it can be cancelled.
-    let queued: Task = stdout_json(&flotilla(&server, &["task", "submit", "--type", "code_generator", "--input", r#"{"x":1}"#, "--priority", "8", "--output", "json"]));
+    let queued: Task = stdout_json(&flotilla(
+        &server,
+        &[
+            "task",
+            "submit",
+            "--type",
+            "code_generator",
+            "--input",
+            r#"{"x":1}"#,
+            "--priority",
+            "8",
+            "--output",
+            "json",
+        ],
+    ));
     assert_eq!((queued.status, queued.priority), (TaskStatus::Queued, 8));
-    let cancelled: Task = stdout_json(&flotilla(&server, &["task", "cancel", &queued.id.to_string(), "--output", "json"]));
+    let cancelled: Task = stdout_json(&flotilla(
+        &server,
+        &["task", "cancel", &queued.id.to_string(), "--output", "json"],
+    ));
     assert_eq!(cancelled.status, TaskStatus::Cancelled);
     let again = flotilla(&server, &["task", "cancel", &queued.id.to_string()]);
-    assert!(!again.status.success() && String::from_utf8_lossy(&again.stderr).contains("already finished"));
+    assert!(
+        !again.status.success()
+            && String::from_utf8_lossy(&again.stderr).contains("already finished")
+    );
 
     let _agent = AgentProcess::builder(BIN, "code_generator", server.base_url(), ADMIN_KEY)
         .args(["--median-ms", "5", "--p99-ms", "10"])
         .start()
         .await
         .unwrap();
-    let done: Task = stdout_json(&flotilla(&server, &["task", "submit", "--type", "code_generator", "--wait", "20", "--output", "json"]));
+    let done: Task = stdout_json(&flotilla(
+        &server,
+        &[
+            "task",
+            "submit",
+            "--type",
+            "code_generator",
+            "--wait",
+            "20",
+            "--output",
+            "json",
+        ],
+    ));
     assert_eq!(done.status, TaskStatus::Succeeded);
-    assert_eq!(done.output.as_ref().and_then(|o| o.get("simulated")), Some(&serde_json::json!(true)));
-    let got: Task = stdout_json(&flotilla(&server, &["task", "get", &done.id.to_string(), "--output", "json"]));
+    assert_eq!(
+        done.output.as_ref().and_then(|o| o.get("simulated")),
+        Some(&serde_json::json!(true))
+    );
+    let got: Task = stdout_json(&flotilla(
+        &server,
+        &["task", "get", &done.id.to_string(), "--output", "json"],
+    ));
     assert_eq!(got.attempts.len(), 1);
 
-    let page: serde_json::Value = stdout_json(&flotilla(&server, &["task", "list", "--status", "succeeded", "--output", "json"]));
+    let page: serde_json::Value = stdout_json(&flotilla(
+        &server,
+        &["task", "list", "--status", "succeeded", "--output", "json"],
+    ));
     assert_eq!(page["tasks"].as_array().map(Vec::len), Some(1));
-    let agents: serde_json::Value = stdout_json(&flotilla(&server, &["agents", "list", "--output", "json"]));
+    let agents: serde_json::Value =
+        stdout_json(&flotilla(&server, &["agents", "list", "--output", "json"]));
     assert_eq!(agents["agents"][0]["agent_type"], "code_generator");
 
     // Human output is a table that names the task.
     let table = flotilla(&server, &["task", "get", &done.id.to_string()]);
     assert!(String::from_utf8_lossy(&table.stdout).contains("succeeded"));
     // Without a key the client says how to get one.
-    let nokey = Command::new(BIN).args(["agents", "list", "--url", &server.base_url()]).env_remove("FLOTILLA_KEY").output().unwrap();
-    assert!(!nokey.status.success() && String::from_utf8_lossy(&nokey.stderr).contains("FLOTILLA_KEY"));
+    let nokey = Command::new(BIN)
+        .args(["agents", "list", "--url", &server.base_url()])
+        .env_remove("FLOTILLA_KEY")
+        .output()
+        .unwrap();
+    assert!(
+        !nokey.status.success() && String::from_utf8_lossy(&nokey.stderr).contains("FLOTILLA_KEY")
+    );
 }
 
 #[tokio::test]
 async fn an_agent_stopped_with_sigterm_finishes_its_task_then_deregisters() {
-    let server = ServerProcess::builder(BIN).env("FLOTILLA_BOOTSTRAP_ADMIN_KEY", ADMIN_KEY).start().await.unwrap();
+    let server = ServerProcess::builder(BIN)
+        .env("FLOTILLA_BOOTSTRAP_ADMIN_KEY", ADMIN_KEY)
+        .start()
+        .await
+        .unwrap();
     let mut agent = AgentProcess::builder(BIN, "security_scanner", server.base_url(), ADMIN_KEY)
         .args(["--median-ms", "1", "--p99-ms", "1"])
         .start()
         .await
         .unwrap();
     let client = server.client().unwrap();
-    let slow = SubmitTask::new("security_scanner", serde_json::json!({ "simulate": { "duration_ms": 1500 } }));
+    let slow = SubmitTask::new(
+        "security_scanner",
+        serde_json::json!({ "simulate": { "duration_ms": 1500 } }),
+    );
     let task = client.submit_task(&slow).await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     while client.get_task(task.id, None).await.unwrap().status != TaskStatus::Running {
@@ -131,5 +222,8 @@ async fn an_agent_stopped_with_sigterm_finishes_its_task_then_deregisters() {
     assert!(status.success(), "agent exit {status:?}\n{}", agent.logs());
     let done = wait_terminal(&client, task.id, Duration::from_secs(10)).await;
     assert_eq!(done.status, TaskStatus::Succeeded, "{done:?}");
-    assert!(client.list_agents().await.unwrap().agents.is_empty(), "the agent deregistered");
+    assert!(
+        client.list_agents().await.unwrap().agents.is_empty(),
+        "the agent deregistered"
+    );
 }
