@@ -8,7 +8,7 @@ mod support;
 use flotilla_agent::{AgentRuntimeError, Latency, RunningAgent, RuntimeConfig, SimulatedAgent};
 use flotilla_core::agent::AgentStatus;
 use flotilla_core::id::TaskId;
-use flotilla_core::wire::{AgentHealth, ErrorBody, ExecuteResponse};
+use flotilla_core::wire::{AgentHealth, ErrorBody, ExecuteResponse, ReportedStatus};
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
 use support::{Event, FakeControlPlane, KEY};
@@ -243,7 +243,7 @@ async fn shutdown_drains_in_flight_work_before_deregistering() {
     cp.wait_until("a draining heartbeat", WAIT, |cp| {
         cp.heartbeats()
             .iter()
-            .any(|(_, beat, _)| beat.status == Some(AgentStatus::Draining))
+            .any(|(_, beat, _)| beat.status == Some(ReportedStatus::Draining))
     })
     .await;
     // New work is refused while the slow task still runs.
@@ -274,7 +274,7 @@ async fn shutdown_drains_in_flight_work_before_deregistering() {
     let events = cp.events();
     let draining_at = events
         .iter()
-        .position(|e| matches!(e, Event::Heartbeat { beat, .. } if beat.status == Some(AgentStatus::Draining)))
+        .position(|e| matches!(e, Event::Heartbeat { beat, .. } if beat.status == Some(ReportedStatus::Draining)))
         .unwrap();
     let delete_at = events
         .iter()
