@@ -72,7 +72,9 @@ async fn writer(
         for (end, applied) in batch.drain(..).zip(results) {
             match applied {
                 Some(task) if task.status.is_terminal() => waiters.wake(task.id),
-                Some(task) if task.status == TaskStatus::Queued => wakers.wake(&task.agent_type),
+                Some(task) if task.status == TaskStatus::Queued => {
+                    wakers.task_queued(&task.agent_type)
+                }
                 Some(_) => {}
                 None => {
                     tracing::debug!(task_id = %end.task_id, attempt = end.attempt, "Stale attempt end ignored")

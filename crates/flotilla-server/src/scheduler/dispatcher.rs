@@ -10,7 +10,7 @@ use flotilla_core::task::{AttemptEnd, AttemptResult, Task};
 use flotilla_core::wire::ExecuteRequest;
 use std::collections::HashSet;
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -62,15 +62,19 @@ impl Dispatchers {
 }
 
 async fn run(state: AppState, agent_type: String, shutdown: CancellationToken) {
-    let wake = state.wakers.get(&agent_type);
+    let signal = state.wakers.get(&agent_type);
     let batch = state.config.scheduler.claim_batch;
+    let mut last_look = Instant::now();
     loop {
         if shutdown.is_cancelled() {
             return;
         }
         let free = state.registry.free_capacity(&agent_type);
-        let mut wait = IDLE_POLL;
-        if free > 0 {
+        // Claim only when something may be queued — a submission or retry said so, or the poll
+        // interval passed (retries whose backoff ended, leases re-queued by another replica).
+        // A freed slot with an empty queue then costs no store transaction.
+        if free > 0 && (signal.take_maybe_queued() || last_look.elapsed() >= IDLE_POLL) {
+            last_look = Instant::now();
             let want = free.min(batch);
             let now = state.clock.now();
             let lease = now
@@ -87,20 +91,29 @@ async fn run(state: AppState, agent_type: String, shutdown: CancellationToken) {
                         start_attempt(&state, task);
                     }
                     if full {
-                        // There may be more queued: go round again without sleeping.
+                        // There may be more queued: look again as soon as there is room.
+                        signal.set_maybe_queued();
                         continue;
                     }
                 }
                 Err(e) => {
                     tracing::warn!(agent_type, error = %e, "Could not claim tasks");
-                    wait = Duration::from_secs(1);
+                    signal.set_maybe_queued();
+                    tokio::select! {
+                        () = shutdown.cancelled() => return,
+                        () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    }
+                    continue;
                 }
             }
         }
+        let next_look = IDLE_POLL
+            .saturating_sub(last_look.elapsed())
+            .max(Duration::from_millis(1));
         tokio::select! {
             () = shutdown.cancelled() => return,
-            () = wake.notified() => {}
-            () = tokio::time::sleep(wait) => {}
+            () = signal.notified() => {}
+            () = tokio::time::sleep(next_look) => {}
         }
     }
 }

@@ -106,7 +106,7 @@ async fn writer(
             let _ = reply.send(result.map_err(|e| e.to_string()));
         }
         for agent_type in types {
-            wakers.wake(&agent_type);
+            wakers.task_queued(&agent_type);
         }
     }
 }

@@ -26,7 +26,7 @@ pub async fn run(state: AppState, shutdown: CancellationToken) {
                 for task in requeued {
                     tracing::warn!(task_id = %task.task_id, attempt = task.attempt, "Lease expired; task re-queued");
                     state.dispatchers.ensure(&state, &task.agent_type);
-                    state.wakers.wake(&task.agent_type);
+                    state.wakers.task_queued(&task.agent_type);
                 }
             }
             Err(e) => tracing::warn!(error = %e, "Could not re-queue expired leases"),
