@@ -140,6 +140,12 @@ pub async fn start(
             source,
         })?;
     let router = api::router(state.clone());
+    // Answers go out at once (no Nagle delay on keep-alive connections, DESIGN.md §7).
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "Could not set TCP_NODELAY");
+        }
+    });
     let graceful = shutdown.clone();
     let http = tokio::spawn(async move {
         axum::serve(listener, router)

@@ -150,7 +150,8 @@ pub trait Store: Send + Sync + 'static {
     /// Records the end of attempts in one transaction. Each end applies only if the task is still
     /// `running` with that attempt number (otherwise it was cancelled or its lease expired and it
     /// was claimed again) — the attempt row is recorded either way. Returns, per end, the updated
-    /// task when it applied and `None` when it did not.
+    /// task (without its attempts: this is the hot path) when it applied and `None` when it did
+    /// not.
     async fn finish_attempts(&self, ends: &[AttemptEnd]) -> StoreResult<Vec<Option<Task>>>;
     /// Extends the lease of every running task owned by `owner`.
     async fn renew_leases(&self, owner: &str, lease_expires_at: Timestamp) -> StoreResult<u64>;

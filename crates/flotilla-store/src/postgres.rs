@@ -485,14 +485,8 @@ impl Store for PostgresStore {
         .bind(ends.iter().map(AttemptEnd::error).collect::<Vec<_>>())
         .execute(&mut *tx)
         .await?;
-        let mut updated: Vec<Task> = out.iter().flatten().cloned().collect();
-        load_attempts(&mut *tx, &mut updated).await?;
         tx.commit().await?;
-        let mut updated = updated.into_iter();
-        Ok(out
-            .into_iter()
-            .map(|task| task.and_then(|_| updated.next()))
-            .collect())
+        Ok(out)
     }
 
     async fn renew_leases(&self, owner: &str, lease_expires_at: Timestamp) -> StoreResult<u64> {

@@ -109,37 +109,6 @@ async fn load_attempts(conn: &mut SqliteConnection, task: &mut Task) -> StoreRes
     attach_attempts(std::slice::from_mut(task), rows)
 }
 
-/// Loads the attempts of many tasks with few queries: `IN` lists of a power-of-two length (padded
-/// by repeating an id), so that few statement shapes are prepared.
-async fn load_attempts_of_many(conn: &mut SqliteConnection, tasks: &mut [Task]) -> StoreResult<()> {
-    let ids: Vec<Uuid> = tasks.iter().map(|t| t.id.0).collect();
-    let mut rows = Vec::new();
-    for chunk in ids.chunks(MAX_CHUNK) {
-        let Some(&last) = chunk.last() else { continue };
-        let padding = chunk.len().next_power_of_two() - chunk.len();
-        let mut query = QueryBuilder::<Sqlite>::new(
-            "SELECT task_id, number, agent_id, started_at, finished_at, outcome, error \
-             FROM task_attempts WHERE task_id IN (",
-        );
-        let mut list = query.separated(", ");
-        for id in chunk
-            .iter()
-            .copied()
-            .chain(std::iter::repeat_n(last, padding))
-        {
-            list.push_bind(id);
-        }
-        query.push(") ORDER BY task_id, number");
-        rows.extend(
-            query
-                .build_query_as::<AttemptRow>()
-                .fetch_all(&mut *conn)
-                .await?,
-        );
-    }
-    attach_attempts(tasks, rows)
-}
-
 /// Most rows in one multi-row statement (15 parameters each, well under SQLite's 32766).
 const MAX_CHUNK: usize = 256;
 
@@ -492,14 +461,8 @@ impl Store for SqliteStore {
             query.push(") WHERE column1 IN (SELECT id FROM tasks) ON CONFLICT DO NOTHING");
             query.build().execute(&mut *tx).await?;
         }
-        let mut updated: Vec<Task> = out.iter().flatten().cloned().collect();
-        load_attempts_of_many(&mut tx, &mut updated).await?;
         tx.commit().await?;
-        let mut updated = updated.into_iter();
-        Ok(out
-            .into_iter()
-            .map(|task| task.and_then(|_| updated.next()))
-            .collect())
+        Ok(out)
     }
 
     async fn renew_leases(&self, owner: &str, lease_expires_at: Timestamp) -> StoreResult<u64> {

@@ -43,6 +43,10 @@ pub(crate) async fn serve(
     router: Router,
     stop: CancellationToken,
 ) -> Result<(), AgentRuntimeError> {
+    // Answers go out at once (no Nagle delay on keep-alive connections, DESIGN.md §7).
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     axum::serve(listener, router)
         .with_graceful_shutdown(stop.cancelled_owned())
         .await
