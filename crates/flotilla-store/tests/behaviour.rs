@@ -190,15 +190,22 @@ async fn tasks_round_trip_every_field(store: DynStore) {
     assert_eq!(done.agent_id, end.agent_id);
     assert_eq!(done.finished_at, Some(truncate(end.finished_at)));
     assert_eq!(done.updated_at, truncate(end.finished_at));
-    assert_eq!(done.attempts.len(), 1);
-    let attempt = &done.attempts[0];
+    let attempts = get(&store, done.id).await.attempts;
+    assert_eq!(attempts.len(), 1);
+    let attempt = &attempts[0];
     assert_eq!(attempt.number, 1);
     assert_eq!(attempt.agent_id, end.agent_id);
     assert_eq!(attempt.started_at, truncate(end.started_at));
     assert_eq!(attempt.finished_at, truncate(end.finished_at));
     assert_eq!(attempt.outcome, "succeeded");
     assert_eq!(attempt.error, None);
-    assert_eq!(get(&store, full.id).await, done);
+    assert_eq!(
+        Task {
+            attempts: Vec::new(),
+            ..get(&store, full.id).await
+        },
+        done
+    );
 }
 
 async fn idempotency_keys_return_the_existing_task_per_tenant(store: DynStore) {
@@ -579,12 +586,10 @@ async fn retries_go_back_to_the_queue_until_not_before(store: DynStore) {
     assert_eq!(queued.not_before, truncate(retry_at));
     assert_eq!(queued.agent_id, Some(agent));
     assert_eq!(queued.finished_at, None);
-    assert_eq!(queued.attempts.len(), 1);
-    assert_eq!(queued.attempts[0].outcome, "failed");
-    assert_eq!(
-        queued.attempts[0].error.as_deref(),
-        Some("connection refused")
-    );
+    let attempts = get(&store, queued.id).await.attempts;
+    assert_eq!(attempts.len(), 1);
+    assert_eq!(attempts[0].outcome, "failed");
+    assert_eq!(attempts[0].error.as_deref(), Some("connection refused"));
     assert_eq!(
         store.next_not_before("w").await.unwrap(),
         Some(truncate(retry_at))
@@ -606,8 +611,9 @@ async fn retries_go_back_to_the_queue_until_not_before(store: DynStore) {
         .unwrap();
     assert_eq!(done.status, TaskStatus::Succeeded);
     assert_eq!(done.error, None);
+    let attempts = get(&store, done.id).await.attempts;
     assert_eq!(
-        done.attempts.iter().map(|a| a.number).collect::<Vec<_>>(),
+        attempts.iter().map(|a| a.number).collect::<Vec<_>>(),
         vec![1, 2]
     );
 }
