@@ -83,7 +83,21 @@ impl PostgresStore {
         Self::with_options(options.options([("search_path", quoted)]), max_connections).await
     }
 
-    /// The connection pool (used by tests and benchmarks to drop their schema or close early).
+    /// Drops `schema` and everything in it (tests and benchmarks clean up their own schema).
+    pub async fn drop_schema(url: &str, schema: &str) -> StoreResult<()> {
+        let mut conn = PgConnection::connect_with(&PgConnectOptions::from_str(url)?).await?;
+        // An identifier cannot be a bound parameter; the server quotes it.
+        let drop: String =
+            sqlx::query_scalar("SELECT format('DROP SCHEMA IF EXISTS %I CASCADE', $1::text)")
+                .bind(schema)
+                .fetch_one(&mut conn)
+                .await?;
+        sqlx::raw_sql(&drop).execute(&mut conn).await?;
+        conn.close().await?;
+        Ok(())
+    }
+
+    /// The connection pool (used by tests and benchmarks to close it early).
     pub fn pool(&self) -> &PgPool {
         &self.pool
     }

@@ -558,7 +558,7 @@ struct Plane {
     /// The data directory (SQLite's file); removed on drop.
     _data_dir: tempfile::TempDir,
     /// The PostgreSQL store and its schema, dropped at the end.
-    postgres: Option<(Arc<PostgresStore>, String)>,
+    postgres: Option<(Arc<PostgresStore>, String, String)>,
 }
 
 impl Plane {
@@ -611,7 +611,7 @@ impl Plane {
                         .await?,
                 );
                 pg.migrate().await?;
-                (pg.clone() as DynStore, Some((pg, schema)))
+                (pg.clone() as DynStore, Some((pg, url.clone(), schema)))
             }
         };
         let options = StartOptions {
@@ -677,16 +677,9 @@ impl Plane {
             agent.wait().await?;
         }
         self.server.stop().await;
-        if let Some((pg, schema)) = self.postgres {
-            // Clean-up of the benchmark's own schema, as the store's behaviour tests do theirs:
-            // the store has no call for it. An identifier cannot be bound; the server quotes it.
-            let drop: String =
-                sqlx::query_scalar("SELECT format('DROP SCHEMA IF EXISTS %I CASCADE', $1::text)")
-                    .bind(&schema)
-                    .fetch_one(pg.pool())
-                    .await?;
-            sqlx::raw_sql(&drop).execute(pg.pool()).await?;
+        if let Some((pg, url, schema)) = self.postgres {
             pg.pool().close().await;
+            PostgresStore::drop_schema(&url, &schema).await?;
         }
         Ok(())
     }

@@ -14,7 +14,6 @@ use flotilla_core::wire::{Heartbeat, RegisterAgent, SubmitTask};
 use flotilla_server::{RunningServer, StartOptions};
 use flotilla_store::{DynStore, PostgresStore};
 use flotilla_testkit::ScriptedAgent;
-use sqlx::Connection;
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -116,19 +115,7 @@ impl Database {
         let Location::Postgres { schema } = &self.location else {
             return;
         };
-        let Ok(mut conn) = sqlx::PgConnection::connect(&flotilla_testkit::postgres_url()).await
-        else {
-            return;
-        };
-        let drop: Result<String, _> =
-            sqlx::query_scalar("SELECT format('DROP SCHEMA IF EXISTS %I CASCADE', $1::text)")
-                .bind(schema)
-                .fetch_one(&mut conn)
-                .await;
-        if let Ok(drop) = drop {
-            let _ = sqlx::raw_sql(&drop).execute(&mut conn).await;
-        }
-        let _ = conn.close().await;
+        let _ = PostgresStore::drop_schema(&flotilla_testkit::postgres_url(), schema).await;
     }
 }
 
