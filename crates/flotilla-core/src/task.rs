@@ -178,6 +178,16 @@ pub struct NewTask {
     pub max_attempts: i32,
     pub trace_id: Option<String>,
     pub created_at: chrono::DateTime<chrono::Utc>,
+    /// Set when the task is claimed as it is inserted (an instance had a free slot and nothing
+    /// older was queued): it is stored `running` with attempt 1 under this lease.
+    pub claim: Option<Lease>,
+}
+
+/// A claim's lease: who runs the attempt, and until when without renewal.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Lease {
+    pub owner: String,
+    pub expires_at: Timestamp,
 }
 
 impl NewTask {
@@ -193,8 +203,12 @@ impl NewTask {
             idempotency_key: self.idempotency_key,
             timeout_ms: self.timeout_ms,
             max_attempts: self.max_attempts,
-            status: TaskStatus::Queued,
-            attempt: 0,
+            status: if self.claim.is_some() {
+                TaskStatus::Running
+            } else {
+                TaskStatus::Queued
+            },
+            attempt: i32::from(self.claim.is_some()),
             output: None,
             error: None,
             usage: None,
@@ -203,7 +217,7 @@ impl NewTask {
             created_at: self.created_at,
             updated_at: self.created_at,
             not_before: self.created_at,
-            started_at: None,
+            started_at: self.claim.as_ref().map(|_| self.created_at),
             finished_at: None,
             attempts: Vec::new(),
         }

@@ -124,6 +124,7 @@ async fn a_task_claimed_by_a_dead_owner_is_requeued_once_its_lease_expires(backe
         timeout_ms: 5_000,
         max_attempts: 3,
         trace_id: None,
+        claim: None,
         created_at: now,
     };
     store.insert_tasks(&[new]).await.unwrap();

@@ -15,12 +15,12 @@ use flotilla_core::Timestamp;
 use flotilla_core::agent::{AgentInstance, AgentStatus};
 use flotilla_core::auth::ApiKeyRecord;
 use flotilla_core::id::{AgentId, TaskId, TenantId};
-use flotilla_core::task::{AttemptEnd, NewTask, Task, TaskStatus};
+use flotilla_core::task::{AttemptEnd, Lease, NewTask, Task, TaskStatus};
 use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
 use sqlx::types::Json;
 use sqlx::{Connection, PgExecutor, Postgres, QueryBuilder};
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::str::FromStr;
 use uuid::Uuid;
 
@@ -219,6 +219,10 @@ impl Store for PostgresStore {
         if tasks.is_empty() {
             return Ok(Vec::new());
         }
+        let leases: HashMap<Uuid, &Lease> = tasks
+            .iter()
+            .filter_map(|t| Some((t.id.0, t.claim.as_ref()?)))
+            .collect();
         let tasks = tasks
             .iter()
             .map(created_task)
@@ -229,13 +233,16 @@ impl Store for PostgresStore {
         let created: HashSet<Uuid> = sqlx::query_scalar(
             "INSERT INTO tasks (id, tenant_id, agent_type, input, priority, complexity, \
              idempotency_key, timeout_ms, max_attempts, status, attempt, trace_id, created_at, \
-             updated_at, not_before) \
+             updated_at, not_before, started_at, lease_owner, lease_expires_at) \
              SELECT id, tenant_id, agent_type, input, priority, complexity, idempotency_key, \
-             timeout_ms, max_attempts, 'queued', 0, trace_id, created_at, created_at, created_at \
+             timeout_ms, max_attempts, status, attempt, trace_id, created_at, created_at, created_at, \
+             started_at, lease_owner, lease_expires_at \
              FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::jsonb[], $5::int4[], \
-             $6::float8[], $7::text[], $8::int8[], $9::int4[], $10::text[], $11::int8[]) \
+             $6::float8[], $7::text[], $8::int8[], $9::int4[], $10::text[], $11::int8[], \
+             $12::text[], $13::int4[], $14::int8[], $15::text[], $16::int8[]) \
              WITH ORDINALITY AS n (id, tenant_id, agent_type, input, priority, complexity, \
-             idempotency_key, timeout_ms, max_attempts, trace_id, created_at, ord) \
+             idempotency_key, timeout_ms, max_attempts, trace_id, created_at, status, attempt, \
+             started_at, lease_owner, lease_expires_at, ord) \
              ORDER BY ord \
              ON CONFLICT (tenant_id, idempotency_key) DO NOTHING RETURNING id",
         )
@@ -270,6 +277,11 @@ impl Store for PostgresStore {
                 .map(|t| micros(t.created_at))
                 .collect::<Vec<_>>(),
         )
+        .bind(tasks.iter().map(|t| t.status.as_str()).collect::<Vec<_>>())
+        .bind(tasks.iter().map(|t| t.attempt).collect::<Vec<_>>())
+        .bind(tasks.iter().map(|t| t.started_at.map(micros)).collect::<Vec<_>>())
+        .bind(tasks.iter().map(|t| leases.get(&t.id.0).map(|l| l.owner.as_str())).collect::<Vec<_>>())
+        .bind(tasks.iter().map(|t| leases.get(&t.id.0).map(|l| micros(l.expires_at))).collect::<Vec<_>>())
         .fetch_all(&mut *tx)
         .await?
         .into_iter()

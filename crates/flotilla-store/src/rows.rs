@@ -224,6 +224,7 @@ pub(crate) fn created_task(new: &flotilla_core::task::NewTask) -> StoreResult<Ta
     task.created_at = truncate(task.created_at)?;
     task.updated_at = task.created_at;
     task.not_before = task.created_at;
+    task.started_at = task.started_at.map(|_| task.created_at);
     Ok(task)
 }
 

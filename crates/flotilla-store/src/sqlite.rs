@@ -16,14 +16,14 @@ use flotilla_core::Timestamp;
 use flotilla_core::agent::{AgentInstance, AgentStatus};
 use flotilla_core::auth::ApiKeyRecord;
 use flotilla_core::id::{AgentId, TaskId, TenantId};
-use flotilla_core::task::{AttemptEnd, NewTask, Task, TaskStatus};
+use flotilla_core::task::{AttemptEnd, Lease, NewTask, Task, TaskStatus};
 use sqlx::migrate::Migrator;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 use sqlx::types::Json;
 use sqlx::{QueryBuilder, Sqlite, SqliteConnection};
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 use std::time::Duration;
 use uuid::Uuid;
@@ -234,6 +234,10 @@ impl Store for SqliteStore {
         if tasks.is_empty() {
             return Ok(Vec::new());
         }
+        let leases: HashMap<Uuid, &Lease> = tasks
+            .iter()
+            .filter_map(|t| Some((t.id.0, t.claim.as_ref()?)))
+            .collect();
         let tasks = tasks
             .iter()
             .map(created_task)
@@ -245,10 +249,11 @@ impl Store for SqliteStore {
             let mut query = QueryBuilder::<Sqlite>::new(
                 "INSERT INTO tasks (id, tenant_id, agent_type, input, priority, complexity, \
                  idempotency_key, timeout_ms, max_attempts, status, attempt, trace_id, created_at, \
-                 updated_at, not_before) ",
+                 updated_at, not_before, started_at, lease_owner, lease_expires_at) ",
             );
             query.push_values(chunk, |mut row, task| {
                 let created_at = micros(task.created_at);
+                let lease = leases.get(&task.id.0);
                 row.push_bind(task.id.0)
                     .push_bind(task.tenant_id.0)
                     .push_bind(task.agent_type.as_str())
@@ -258,12 +263,15 @@ impl Store for SqliteStore {
                     .push_bind(task.idempotency_key.as_deref())
                     .push_bind(task.timeout_ms)
                     .push_bind(task.max_attempts)
-                    .push("'queued'")
-                    .push("0")
+                    .push_bind(task.status.as_str())
+                    .push_bind(task.attempt)
                     .push_bind(task.trace_id.as_deref())
                     .push_bind(created_at)
                     .push_bind(created_at)
-                    .push_bind(created_at);
+                    .push_bind(created_at)
+                    .push_bind(task.started_at.map(micros))
+                    .push_bind(lease.map(|l| l.owner.as_str()))
+                    .push_bind(lease.map(|l| micros(l.expires_at)));
             });
             query.push(" ON CONFLICT (tenant_id, idempotency_key) DO NOTHING RETURNING id");
             let ids: Vec<Uuid> = query.build_query_scalar().fetch_all(&mut *tx).await?;

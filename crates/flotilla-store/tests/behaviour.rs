@@ -54,6 +54,7 @@ behaviours!(
     counts_and_queue_statistics,
     agents_are_registered_updated_and_removed,
     api_keys_and_tenants,
+    tasks_claimed_at_insertion_run_under_their_lease,
 );
 
 /// A fixed instant with nanoseconds, which the store truncates to microseconds.
@@ -79,6 +80,7 @@ fn new_task(tenant: TenantId, agent_type: &str, priority: i32, created_at: Times
         timeout_ms: 30_000,
         max_attempts: 3,
         trace_id: None,
+        claim: None,
         created_at,
     }
 }
@@ -940,4 +942,46 @@ async fn api_keys_and_tenants(store: DynStore) {
     );
     assert_eq!(store.get_api_key("nope").await.unwrap(), None);
     assert_eq!(store.count_api_keys().await.unwrap(), 2);
+}
+
+async fn tasks_claimed_at_insertion_run_under_their_lease(store: DynStore) {
+    let tenant = TenantId(next_id());
+    let now = chrono::Utc::now();
+    let mut claimed = new_task(tenant, "direct", 5, now);
+    claimed.claim = Some(flotilla_core::task::Lease {
+        owner: "me".to_owned(),
+        expires_at: now + secs(10),
+    });
+    let queued = new_task(tenant, "direct", 5, now);
+    let inserted = insert(&store, vec![claimed.clone(), queued.clone()]).await;
+    assert_eq!(
+        (inserted[0].status, inserted[0].attempt),
+        (TaskStatus::Running, 1)
+    );
+    assert_eq!(inserted[0].started_at, Some(truncate(now)));
+    assert_eq!(inserted[1].status, TaskStatus::Queued);
+    let stored = get(&store, claimed.id).await;
+    assert_eq!(
+        (stored.status, stored.attempt, stored.started_at),
+        (TaskStatus::Running, 1, Some(truncate(now)))
+    );
+
+    // Only the queued one can be claimed; the other is under its lease.
+    let taken = store
+        .claim_tasks("direct", 10, "other", now + secs(10), now)
+        .await
+        .unwrap();
+    assert_eq!(
+        taken.iter().map(|t| t.id).collect::<Vec<_>>(),
+        vec![queued.id]
+    );
+    assert_eq!(store.renew_leases("me", now + secs(20)).await.unwrap(), 1);
+    // When its owner dies, the lease expires and the task returns to the queue.
+    let requeued = store.requeue_expired(now + secs(30)).await.unwrap();
+    assert!(
+        requeued
+            .iter()
+            .any(|r| r.task_id == claimed.id && r.attempt == 1)
+    );
+    assert_eq!(get(&store, claimed.id).await.status, TaskStatus::Queued);
 }

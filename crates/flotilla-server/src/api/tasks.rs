@@ -4,6 +4,8 @@ use crate::api::error::ApiError;
 use crate::api::extract::{JsonBody, QueryParams, parse_id};
 use crate::app::AppState;
 use crate::auth::Caller;
+use crate::fleet::registry::Slot;
+use crate::scheduler::dispatcher::{release_slot, spawn_attempt};
 use crate::scheduler::intake::IntakeError;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -14,7 +16,7 @@ use flotilla_core::auth::Role;
 use flotilla_core::config::valid_agent_type;
 use flotilla_core::id::TaskId;
 use flotilla_core::task::{
-    NewTask, PRIORITY_DEFAULT, PRIORITY_MAX, PRIORITY_MIN, Task, TaskStatus,
+    Lease, NewTask, PRIORITY_DEFAULT, PRIORITY_MAX, PRIORITY_MIN, Task, TaskStatus,
 };
 use flotilla_core::wire::{ErrorBody, SubmitTask, TaskPage, contains_nul};
 use flotilla_store::{Cancelled, Inserted, TaskFilter};
@@ -58,8 +60,16 @@ pub async fn submit(
             )
         })?;
     let traceparent = headers.get("traceparent").and_then(|v| v.to_str().ok());
-    let task = validate(&state, &caller, body, header_key, traceparent)?;
-    let inserted = state.intake.submit(task).await.map_err(|e| match e {
+    let mut task = validate(&state, &caller, body, header_key, traceparent)?;
+    let slot = claim_at_submission(&state, &mut task);
+    let inserted = state.intake.submit(task).await;
+    // The reserved slot is used only if this submission created the task.
+    match (&inserted, slot) {
+        (Ok(Inserted::Created(task)), Some(slot)) => spawn_attempt(&state, task.clone(), slot),
+        (_, Some(slot)) => release_slot(&state, &slot).await,
+        (_, None) => {}
+    }
+    let inserted = inserted.map_err(|e| match e {
         IntakeError::Stopped => ApiError::Unavailable(e.to_string()),
         IntakeError::Store(detail) => ApiError::Internal(detail),
     })?;
@@ -72,6 +82,24 @@ pub async fn submit(
         )
             .into_response(),
     })
+}
+
+/// When an instance of the type has a free slot and nothing of the type waits in the queue, the
+/// task is claimed in the same transaction that stores it: one store transaction and one
+/// dispatcher wake-up fewer on its way to the agent. Otherwise it is queued as usual, so queued
+/// tasks (and their priorities) always go first.
+fn claim_at_submission(state: &AppState, task: &mut NewTask) -> Option<Slot> {
+    if state.shutdown.is_cancelled() || state.wakers.get(&task.agent_type).maybe_queued() {
+        return None;
+    }
+    let slot = state.registry.acquire(&task.agent_type, &[])?;
+    let ttl = chrono::Duration::from_std(state.config.scheduler.lease_ttl)
+        .unwrap_or(chrono::Duration::MAX);
+    task.claim = Some(Lease {
+        owner: state.owner.to_string(),
+        expires_at: task.created_at + ttl,
+    });
+    Some(slot)
 }
 
 /// Checks a submission and turns it into a task to insert.
@@ -178,6 +206,7 @@ fn validate(
         max_attempts,
         trace_id: Some(trace_id(traceparent)),
         created_at: state.clock.now(),
+        claim: None,
     })
 }
 

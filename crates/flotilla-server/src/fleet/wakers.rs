@@ -26,6 +26,11 @@ impl Signal {
         self.maybe_queued.swap(false, Ordering::AcqRel)
     }
 
+    /// Reads the flag without clearing it.
+    pub fn maybe_queued(&self) -> bool {
+        self.maybe_queued.load(Ordering::Acquire)
+    }
+
     /// Sets the flag (e.g. when a claim was cut short by its batch size).
     pub fn set_maybe_queued(&self) {
         self.maybe_queued.store(true, Ordering::Release);

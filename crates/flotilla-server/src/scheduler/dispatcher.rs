@@ -142,10 +142,24 @@ fn start_attempt(state: &AppState, task: Task) {
         });
         return;
     };
+    spawn_attempt(state, task, slot);
+}
+
+/// Starts the attempt of a claimed task on a reserved slot.
+pub fn spawn_attempt(state: &AppState, task: Task, slot: Slot) {
     state
         .dispatchers
         .attempts
         .spawn(attempt(state.clone(), task, slot));
+}
+
+/// Gives a reserved slot back; removes the instance from the store when it was waiting to be.
+pub async fn release_slot(state: &AppState, slot: &Slot) {
+    if state.registry.release(slot.agent_id)
+        && let Err(e) = state.store.delete_agent(slot.agent_id).await
+    {
+        tracing::warn!(agent_id = %slot.agent_id, error = %e, "Could not delete the drained instance");
+    }
 }
 
 async fn attempt(state: AppState, task: Task, slot: Slot) {
@@ -174,11 +188,7 @@ async fn attempt(state: AppState, task: Task, slot: Slot) {
     )
     .await;
     let finished_at = state.clock.now();
-    if state.registry.release(slot.agent_id)
-        && let Err(e) = state.store.delete_agent(slot.agent_id).await
-    {
-        tracing::warn!(agent_id = %slot.agent_id, error = %e, "Could not delete the drained instance");
-    }
+    release_slot(&state, &slot).await;
     let result = match outcome {
         Ok(answer) => AttemptResult::Succeeded {
             output: answer.output,

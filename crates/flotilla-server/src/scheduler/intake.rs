@@ -3,7 +3,7 @@
 //! covers many tasks, which is what lets SQLite with `synchronous=FULL` keep up.
 
 use crate::fleet::wakers::Wakers;
-use flotilla_core::task::NewTask;
+use flotilla_core::task::{NewTask, TaskStatus};
 use flotilla_store::{DynStore, Inserted, StoreError};
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
@@ -97,9 +97,12 @@ async fn writer(
         let mut types = std::collections::BTreeSet::new();
         for (result, reply) in results.into_iter().zip(replies) {
             match &result {
-                Ok(Inserted::Created(task)) => {
+                // A task claimed at insertion is already being dispatched; only queued ones
+                // concern the dispatcher.
+                Ok(Inserted::Created(task)) if task.status == TaskStatus::Queued => {
                     types.insert(task.agent_type.clone());
                 }
+                Ok(Inserted::Created(_)) => {}
                 Ok(Inserted::Existing(_)) => {}
                 Err(e) => tracing::error!(error = %e, "Could not store a submitted task"),
             }
