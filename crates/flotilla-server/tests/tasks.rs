@@ -80,7 +80,10 @@ async fn a_submitted_task_runs_on_an_agent_and_succeeds_with_its_output(backend:
     assert_eq!(response.status().as_u16(), 202);
     let accepted: Task = response.json().await.unwrap();
     // An instance had a free slot and nothing was queued: claimed as it was stored.
-    assert_eq!((accepted.status, accepted.attempt), (TaskStatus::Running, 1));
+    assert_eq!(
+        (accepted.status, accepted.attempt),
+        (TaskStatus::Running, 1)
+    );
     assert_eq!(accepted.trace_id.as_deref(), Some(trace));
 
     let done = server.finish(accepted.id).await;
