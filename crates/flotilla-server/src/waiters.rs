@@ -48,12 +48,14 @@ impl Waiters {
     }
 
     /// Number of tasks with parked waiters.
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.parked.lock().map(|p| p.len()).unwrap_or(0)
     }
 
     /// True when nobody waits.
-    pub fn is_empty(&self) -> bool {
+    #[cfg(test)]
+    fn is_empty(&self) -> bool {
         self.len() == 0
     }
 }

@@ -417,15 +417,7 @@ async fn an_instance_whose_heartbeats_stop_is_failed_and_gets_no_work_until_it_h
     let submitted = server.submit(&echo_task(None, None)).await;
     tokio::time::sleep(Duration::from_millis(400)).await;
     assert_eq!(agent.calls(), 0, "a failed instance gets no work");
-    assert_eq!(
-        server
-            .client
-            .get_task(submitted.id, None)
-            .await
-            .unwrap()
-            .status,
-        TaskStatus::Queued
-    );
+    assert_eq!(server.status(submitted.id).await, TaskStatus::Queued);
 
     let ack = server
         .client
@@ -550,15 +542,7 @@ async fn a_deregistered_instance_drains_then_disappears_and_gets_no_new_work() {
     )
     .await;
     assert!(server.client.list_agents().await.unwrap().agents.is_empty());
-    assert_eq!(
-        server
-            .client
-            .get_task(waiting.id, None)
-            .await
-            .unwrap()
-            .status,
-        TaskStatus::Queued
-    );
+    assert_eq!(server.status(waiting.id).await, TaskStatus::Queued);
     assert_eq!(
         leaving.calls(),
         1,
@@ -619,15 +603,7 @@ async fn an_idle_instance_is_removed_at_once_on_deregistration() {
     let submitted = server.submit(&echo_task(None, None)).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(
-        (
-            agent.calls(),
-            server
-                .client
-                .get_task(submitted.id, None)
-                .await
-                .unwrap()
-                .status
-        ),
+        (agent.calls(), server.status(submitted.id).await),
         (0, TaskStatus::Queued)
     );
     server.stop().await;

@@ -12,11 +12,10 @@ use chrono::Utc;
 use flotilla_core::id::{TaskId, TenantId};
 use flotilla_core::task::{NewTask, Task, TaskStatus};
 use flotilla_core::wire::SubmitTask;
-use flotilla_server::StartOptions;
 use flotilla_testkit::{Behaviour, ScriptedAgent};
 use serde_json::json;
 use std::time::Duration;
-use support::{ADMIN_KEY, Backend, Database, Settings, TestServer, task};
+use support::{Backend, Database, Settings, TestServer, task};
 
 on_both_backends!(
     a_control_plane_that_dies_mid_attempt_has_its_task_completed_by_the_next,
@@ -46,18 +45,9 @@ async fn a_control_plane_that_dies_mid_attempt_has_its_task_completed_by_the_nex
         .enable_all()
         .build()
         .unwrap();
-    let (location, config) = (database.location.clone(), settings.build());
-    let start = move || async move {
-        let store = location.open().await;
-        let options = StartOptions {
-            bootstrap_key: Some(ADMIN_KEY.to_owned()),
-            ..StartOptions::default()
-        };
-        let running = flotilla_server::start(config.clone(), store.clone(), options)
-            .await
-            .unwrap();
-        TestServer::attach(running, store, config)
-    };
+    let (location, first_settings) = (database.location.clone(), settings.clone());
+    let start =
+        move || async move { TestServer::start_on(location.open().await, first_settings).await };
     // `block_on` may not run on a thread of the test's runtime; the loops it starts go on in
     // `doomed` after it returns.
     let first =
@@ -73,15 +63,7 @@ async fn a_control_plane_that_dies_mid_attempt_has_its_task_completed_by_the_nex
         agent.wait_for_calls(1, Duration::from_secs(5)).await,
         "the first attempt started"
     );
-    assert_eq!(
-        first
-            .client
-            .get_task(submitted.id, None)
-            .await
-            .unwrap()
-            .status,
-        TaskStatus::Running
-    );
+    assert_eq!(first.status(submitted.id).await, TaskStatus::Running);
     doomed.shutdown_background();
     drop(first);
 

@@ -355,15 +355,7 @@ async fn cancelling_a_queued_task_cancels_it_once(backend: Backend) {
     let later = server.submit(&task(ECHO, json!({}))).await;
     assert_eq!(server.finish(later.id).await.status, TaskStatus::Succeeded);
     assert_eq!(agent.calls_for(submitted.id), 0);
-    assert_eq!(
-        server
-            .client
-            .get_task(submitted.id, None)
-            .await
-            .unwrap()
-            .status,
-        TaskStatus::Cancelled
-    );
+    assert_eq!(server.status(submitted.id).await, TaskStatus::Cancelled);
     server.stop().await;
 }
 
@@ -473,10 +465,7 @@ async fn tasks_are_invisible_to_other_tenants(backend: Backend) {
         our_list.tasks.iter().map(|t| t.id).collect::<Vec<_>>(),
         vec![ours.id]
     );
-    assert_eq!(
-        server.client.get_task(ours.id, None).await.unwrap().status,
-        TaskStatus::Queued
-    );
+    assert_eq!(server.status(ours.id).await, TaskStatus::Queued);
     server.stop().await;
 }
 

@@ -158,17 +158,11 @@ pub trait Store: Send + Sync + 'static {
     /// Returns running tasks whose lease expired before `now` to `queued` (available at once),
     /// recording a `lost` attempt for each.
     async fn requeue_expired(&self, now: Timestamp) -> StoreResult<Vec<Requeued>>;
-    /// Number of tasks per status (all tenants), as a map.
-    async fn count_tasks_by_status(&self) -> StoreResult<BTreeMap<TaskStatus, u64>> {
-        Ok(self.task_counts_by_status().await?.into_iter().collect())
-    }
     /// Number of tasks per status (all tenants): every status in lifecycle order
     /// ([`TaskStatus::ALL`]), those without tasks with 0.
     async fn task_counts_by_status(&self) -> StoreResult<Vec<(TaskStatus, u64)>>;
     /// Number of queued tasks per agent type.
     async fn queued_by_type(&self) -> StoreResult<BTreeMap<String, u64>>;
-    /// The earliest `not_before` among queued tasks of `agent_type`, if any is queued.
-    async fn next_not_before(&self, agent_type: &str) -> StoreResult<Option<Timestamp>>;
 
     // --- agents ---
     async fn insert_agent(&self, agent: &AgentInstance) -> StoreResult<()>;

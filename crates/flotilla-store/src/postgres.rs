@@ -589,16 +589,6 @@ impl Store for PostgresStore {
             .collect()
     }
 
-    async fn next_not_before(&self, agent_type: &str) -> StoreResult<Option<Timestamp>> {
-        let min: Option<i64> = sqlx::query_scalar(
-            "SELECT MIN(not_before) FROM tasks WHERE status = 'queued' AND agent_type = $1",
-        )
-        .bind(agent_type)
-        .fetch_one(&self.pool)
-        .await?;
-        min.map(crate::rows::from_micros).transpose()
-    }
-
     async fn insert_agent(&self, agent: &AgentInstance) -> StoreResult<()> {
         sqlx::query(
             "INSERT INTO agents (id, agent_type, url, capacity, load, weight, status, version, metadata, \

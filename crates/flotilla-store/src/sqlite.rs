@@ -550,16 +550,6 @@ impl Store for SqliteStore {
             .collect()
     }
 
-    async fn next_not_before(&self, agent_type: &str) -> StoreResult<Option<Timestamp>> {
-        let min: Option<i64> = sqlx::query_scalar(
-            "SELECT MIN(not_before) FROM tasks WHERE status = 'queued' AND agent_type = ?1",
-        )
-        .bind(agent_type)
-        .fetch_one(&self.reader)
-        .await?;
-        min.map(crate::rows::from_micros).transpose()
-    }
-
     async fn insert_agent(&self, agent: &AgentInstance) -> StoreResult<()> {
         let mut tx = self.write_tx().await?;
         sqlx::query(

@@ -9,7 +9,7 @@ use flotilla_client::Client;
 use flotilla_core::auth::{ApiKeyRecord, Role};
 use flotilla_core::config::{self, Config};
 use flotilla_core::id::{AgentId, TaskId, TenantId};
-use flotilla_core::task::Task;
+use flotilla_core::task::{Task, TaskStatus};
 use flotilla_core::wire::{Heartbeat, RegisterAgent, SubmitTask};
 use flotilla_server::{RunningServer, StartOptions};
 use flotilla_store::{DynStore, PostgresStore};
@@ -286,6 +286,11 @@ impl TestServer {
     /// Submits a task through the typed client.
     pub async fn submit(&self, task: &SubmitTask) -> Task {
         self.client.submit_task(task).await.unwrap()
+    }
+
+    /// The task's current status.
+    pub async fn status(&self, id: TaskId) -> TaskStatus {
+        self.client.get_task(id, None).await.unwrap().status
     }
 
     /// Long-polls until the task is terminal; panics after 20 s.
