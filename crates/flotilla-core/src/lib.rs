@@ -9,6 +9,7 @@ pub mod agent;
 pub mod auth;
 pub mod balance;
 pub mod config;
+pub mod event;
 pub mod id;
 pub mod retry;
 pub mod task;
