@@ -22,7 +22,11 @@ pub enum EventKind {
 
 impl EventKind {
     /// All kinds.
-    pub const ALL: [EventKind; 3] = [EventKind::Instance, EventKind::Scale, EventKind::Provisioner];
+    pub const ALL: [EventKind; 3] = [
+        EventKind::Instance,
+        EventKind::Scale,
+        EventKind::Provisioner,
+    ];
 
     /// The snake_case name used on the wire and in the store.
     pub const fn as_str(self) -> &'static str {
@@ -74,7 +78,7 @@ pub struct NewEvent {
 pub struct Event {
     /// Increasing number; use it as the `after` cursor to follow new events.
     pub id: i64,
-    pub at: Timestamp,
+    pub at: chrono::DateTime<chrono::Utc>,
     pub kind: EventKind,
     pub agent_type: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
