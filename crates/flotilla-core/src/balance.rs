@@ -1,104 +1,304 @@
-//! Choosing the instance that gets a task.
+//! Choosing the instance that gets a task: the load-balancing strategies of DESIGN.md §5.
 //!
-//! Only least-loaded selection exists for now (the other strategies of DESIGN.md §5 come with the
-//! fleet issue and will sit beside it as pure functions over the same [`Candidate`]s).
+//! Every strategy is a pure function over a slice of [`Candidate`]s kept by the caller in a
+//! stable order; the only state they carry is a rotation cursor ([`BalancerState`]) and, for
+//! smooth weighted round robin, each candidate's current weight. Randomness (for
+//! power-of-two-choices) is passed in. No strategy ever picks a candidate without room: see
+//! [`Candidate::has_room`].
 
 use crate::agent::AgentStatus;
 use crate::id::AgentId;
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::str::FromStr;
 
 /// What the balancer needs to know of an instance.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Candidate {
     pub id: AgentId,
     pub status: AgentStatus,
     pub capacity: u32,
     /// Tasks in flight on it.
     pub load: u32,
+    /// Relative share of work under weighted round robin (at least 1 counts).
+    pub weight: u32,
+    /// Peak-EWMA latency estimate in milliseconds (the caller supplies a prior before the first
+    /// observation, so that new instances are tried).
+    pub latency_ms: f64,
+    /// Share of recent attempts that succeeded, 0 to 1 (1 before any).
+    pub success_rate: f64,
+    /// How well this instance suits the pool's work, 0 to 1, from the pool's compatibility matrix.
+    pub compatibility: f64,
+    /// Task complexity this instance is suited to, 0 to 1.
+    pub capability: f64,
+    /// Smooth weighted round robin's running weight; starts at 0, owned by the strategy.
+    pub current_weight: i64,
 }
 
 impl Candidate {
+    /// A candidate with neutral statistics.
+    pub fn new(id: AgentId, status: AgentStatus, capacity: u32, load: u32) -> Self {
+        Self {
+            id,
+            status,
+            capacity,
+            load,
+            weight: 1,
+            latency_ms: 0.0,
+            success_rate: 1.0,
+            compatibility: 1.0,
+            capability: 0.5,
+            current_weight: 0,
+        }
+    }
+
     /// True when the instance may take one more task.
     pub fn has_room(&self) -> bool {
         self.status.accepts_work() && self.load < self.capacity
     }
+
+    fn free_share(&self) -> f64 {
+        f64::from(self.capacity.saturating_sub(self.load)) / f64::from(self.capacity.max(1))
+    }
 }
 
-/// The candidate with the lowest utilisation (load / capacity) that has room, preferring ones not
-/// in `avoid` (instances a retried task already failed on). Ties go to the lower free capacity
-/// index order given, so callers can rotate the slice for fairness.
-pub fn least_loaded(candidates: &[Candidate], avoid: &[AgentId]) -> Option<AgentId> {
-    let pick = |skip_avoided: bool| {
-        candidates
-            .iter()
-            .filter(|c| c.has_room() && !(skip_avoided && avoid.contains(&c.id)))
-            // Compare load/capacity as fractions without floating point: a/b < c/d <=> a*d < c*b.
-            .min_by(|a, b| {
-                (u64::from(a.load) * u64::from(b.capacity))
-                    .cmp(&(u64::from(b.load) * u64::from(a.capacity)))
+/// A pool's strategy.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum StrategyKind {
+    RoundRobin,
+    LeastConnections,
+    WeightedRoundRobin,
+    Score,
+    /// Power of two choices by peak-EWMA latency × (in-flight + 1).
+    #[default]
+    P2cEwma,
+}
+
+impl StrategyKind {
+    /// All strategies.
+    pub const ALL: [StrategyKind; 5] = [
+        StrategyKind::RoundRobin,
+        StrategyKind::LeastConnections,
+        StrategyKind::WeightedRoundRobin,
+        StrategyKind::Score,
+        StrategyKind::P2cEwma,
+    ];
+
+    /// The snake_case name used in configuration and on the wire.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            StrategyKind::RoundRobin => "round_robin",
+            StrategyKind::LeastConnections => "least_connections",
+            StrategyKind::WeightedRoundRobin => "weighted_round_robin",
+            StrategyKind::Score => "score",
+            StrategyKind::P2cEwma => "p2c_ewma",
+        }
+    }
+}
+
+impl fmt::Display for StrategyKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for StrategyKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        StrategyKind::ALL
+            .into_iter()
+            .find(|k| k.as_str() == s)
+            .ok_or_else(|| {
+                let names: Vec<_> = StrategyKind::ALL.iter().map(|k| k.as_str()).collect();
+                format!("`{s}` is not a strategy (one of {})", names.join(", "))
             })
-            .map(|c| c.id)
+    }
+}
+
+/// Weights of the `score` strategy; the defaults are the classic 0.3/0.25/0.2/0.15/0.1.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ScoreWeights {
+    pub success_rate: f64,
+    pub response_time: f64,
+    pub free_capacity: f64,
+    pub compatibility: f64,
+    pub complexity_fit: f64,
+}
+
+impl Default for ScoreWeights {
+    fn default() -> Self {
+        Self {
+            success_rate: 0.3,
+            response_time: 0.25,
+            free_capacity: 0.2,
+            compatibility: 0.15,
+            complexity_fit: 0.1,
+        }
+    }
+}
+
+/// A strategy with its parameters.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Strategy {
+    pub kind: StrategyKind,
+    pub weights: ScoreWeights,
+}
+
+impl From<StrategyKind> for Strategy {
+    fn from(kind: StrategyKind) -> Self {
+        Self {
+            kind,
+            weights: ScoreWeights::default(),
+        }
+    }
+}
+
+/// The rotation cursor shared by the strategies of one pool.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BalancerState {
+    cursor: usize,
+}
+
+/// What is being placed.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct PickRequest {
+    /// The task's complexity estimate, 0 to 1, if it has one.
+    pub complexity: Option<f64>,
+    /// An instance to avoid when another has room (the one a retried task last failed on).
+    pub avoid: Option<AgentId>,
+    /// Fresh randomness from the caller.
+    pub random: u64,
+}
+
+/// Picks the index of the candidate that gets the task, or `None` when none has room.
+/// Weighted round robin updates the candidates' `current_weight`s.
+pub fn pick(
+    strategy: &Strategy,
+    state: &mut BalancerState,
+    candidates: &mut [Candidate],
+    request: &PickRequest,
+) -> Option<usize> {
+    let avoided = |c: &Candidate| request.avoid == Some(c.id);
+    let any_other =
+        request.avoid.is_some() && candidates.iter().any(|c| c.has_room() && !avoided(c));
+    let eligible = |c: &Candidate| c.has_room() && !(any_other && avoided(c));
+    let n = candidates.len();
+    if n == 0 {
+        return None;
+    }
+    let start = state.cursor % n;
+    // Candidates in rotation order from the cursor, so ties spread over instances.
+    let rotation = (0..n).map(|k| (start + k) % n);
+    let chosen = match strategy.kind {
+        StrategyKind::RoundRobin => rotation.clone().find(|&i| eligible(&candidates[i])),
+        StrategyKind::LeastConnections => rotation
+            .clone()
+            .filter(|&i| eligible(&candidates[i]))
+            .min_by(|&a, &b| {
+                let (a, b) = (&candidates[a], &candidates[b]);
+                // Fewest in flight; among equals, the lowest utilisation (exact: a/ca < b/cb).
+                a.load.cmp(&b.load).then(
+                    (u64::from(a.load) * u64::from(b.capacity))
+                        .cmp(&(u64::from(b.load) * u64::from(a.capacity))),
+                )
+            }),
+        StrategyKind::WeightedRoundRobin => smooth_weighted(candidates, &eligible),
+        StrategyKind::Score => {
+            let best_latency = candidates
+                .iter()
+                .filter(|c| eligible(c))
+                .map(|c| c.latency_ms)
+                .fold(f64::INFINITY, f64::min);
+            let mut best: Option<(usize, f64)> = None;
+            for i in rotation.clone().filter(|&i| eligible(&candidates[i])) {
+                let s = score(
+                    &strategy.weights,
+                    &candidates[i],
+                    best_latency,
+                    request.complexity,
+                );
+                if best.is_none_or(|(_, b)| s > b) {
+                    best = Some((i, s));
+                }
+            }
+            best.map(|(i, _)| i)
+        }
+        StrategyKind::P2cEwma => {
+            let pool: Vec<usize> = (0..n).filter(|&i| eligible(&candidates[i])).collect();
+            match pool.len() {
+                0 => None,
+                1 => Some(pool[0]),
+                len => {
+                    let a = (request.random % len as u64) as usize;
+                    let mut b = ((request.random >> 32) % (len as u64 - 1)) as usize;
+                    if b >= a {
+                        b += 1;
+                    }
+                    let (a, b) = (pool[a], pool[b]);
+                    if p2c_cost(&candidates[b]) < p2c_cost(&candidates[a]) {
+                        Some(b)
+                    } else {
+                        Some(a)
+                    }
+                }
+            }
+        }
     };
-    pick(true).or_else(|| pick(false))
+    if let Some(i) = chosen {
+        state.cursor = i + 1;
+    }
+    chosen
+}
+
+/// Power of two choices' cost: peak-EWMA latency × (in-flight + 1), so an idle slow instance and
+/// a busy fast one compare fairly. A latency of 0 (no observations) still counts the load.
+fn p2c_cost(c: &Candidate) -> f64 {
+    c.latency_ms.max(1e-3) * f64::from(c.load + 1)
+}
+
+/// The `score` strategy's weighted sum, each term in 0..=1.
+pub fn score(w: &ScoreWeights, c: &Candidate, best_latency: f64, complexity: Option<f64>) -> f64 {
+    let response_time = if c.latency_ms <= 0.0 || !best_latency.is_finite() {
+        1.0
+    } else {
+        (best_latency.max(0.0) / c.latency_ms).clamp(0.0, 1.0)
+    };
+    let complexity_fit = complexity.map_or(1.0, |x| 1.0 - (x - c.capability).abs().min(1.0));
+    w.success_rate * c.success_rate.clamp(0.0, 1.0)
+        + w.response_time * response_time
+        + w.free_capacity * c.free_share()
+        + w.compatibility * c.compatibility.clamp(0.0, 1.0)
+        + w.complexity_fit * complexity_fit
+}
+
+/// Nginx's smooth weighted round robin: each eligible candidate's current weight grows by its
+/// weight, the largest is chosen and pays back the total. Over any run of Σw picks each candidate
+/// is chosen w times, interleaved rather than in bursts.
+fn smooth_weighted(
+    candidates: &mut [Candidate],
+    eligible: &dyn Fn(&Candidate) -> bool,
+) -> Option<usize> {
+    let mut total = 0i64;
+    let mut best: Option<(usize, i64)> = None;
+    for (i, c) in candidates.iter_mut().enumerate() {
+        if !eligible(c) {
+            continue;
+        }
+        let w = i64::from(c.weight.max(1));
+        c.current_weight += w;
+        total += w;
+        if best.is_none_or(|(_, b)| c.current_weight > b) {
+            best = Some((i, c.current_weight));
+        }
+    }
+    let (best, _) = best?;
+    candidates[best].current_weight -= total;
+    Some(best)
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use proptest::prelude::*;
-    use uuid::Uuid;
-
-    fn candidate(n: u128, status: AgentStatus, capacity: u32, load: u32) -> Candidate {
-        Candidate {
-            id: AgentId(Uuid::from_u128(n)),
-            status,
-            capacity,
-            load,
-        }
-    }
-
-    #[test]
-    fn picks_the_lowest_utilisation() {
-        let cs = [
-            candidate(1, AgentStatus::Busy, 4, 2),
-            candidate(2, AgentStatus::Busy, 10, 3),
-            candidate(3, AgentStatus::Busy, 2, 1),
-        ];
-        assert_eq!(least_loaded(&cs, &[]), Some(cs[1].id));
-    }
-
-    #[test]
-    fn avoids_instances_already_tried_when_another_has_room() {
-        let cs = [
-            candidate(1, AgentStatus::Idle, 4, 0),
-            candidate(2, AgentStatus::Busy, 4, 3),
-        ];
-        assert_eq!(least_loaded(&cs, &[cs[0].id]), Some(cs[1].id));
-        assert_eq!(least_loaded(&cs[..1], &[cs[0].id]), Some(cs[0].id));
-    }
-
-    #[test]
-    fn never_picks_full_or_unavailable_instances() {
-        let cs = [
-            candidate(1, AgentStatus::Busy, 2, 2),
-            candidate(2, AgentStatus::Draining, 2, 0),
-            candidate(3, AgentStatus::Failed, 2, 0),
-        ];
-        assert_eq!(least_loaded(&cs, &[]), None);
-    }
-
-    proptest! {
-        #[test]
-        fn choice_always_has_room(specs in proptest::collection::vec((0usize..7, 1u32..8, 0u32..9), 0..30)) {
-            let cs: Vec<_> = specs.iter().enumerate()
-                .map(|(i, (s, cap, load))| candidate(i as u128, AgentStatus::ALL[*s], *cap, *load))
-                .collect();
-            match least_loaded(&cs, &[]) {
-                Some(id) => {
-                    let chosen = cs.iter().find(|c| c.id == id);
-                    prop_assert!(chosen.is_some_and(|c| c.has_room()));
-                }
-                None => prop_assert!(cs.iter().all(|c| !c.has_room())),
-            }
-        }
-    }
-}
+mod tests;

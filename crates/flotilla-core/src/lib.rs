@@ -7,11 +7,14 @@
 
 pub mod agent;
 pub mod auth;
+pub mod autoscale;
 pub mod balance;
 pub mod config;
 pub mod event;
+pub mod health;
 pub mod id;
 pub mod retry;
+pub mod stats;
 pub mod task;
 pub mod wire;
 
