@@ -5,6 +5,12 @@
 //! `FLOTILLA_<SECTION>__<KEY>` environment variables, then command-line flags. The caller reads
 //! the file and the environment and hands them in, so loading is a pure function.
 
+mod pool;
+
+pub use pool::{
+    AutoscaleSection, Fleet, FleetSection, HealthChecks, HealthSection, KubernetesSection,
+    OutlierSection, Pool, PoolSection, Provisioner, ScoreSection,
+};
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -18,6 +24,7 @@ pub struct ConfigFile {
     pub database: DatabaseSection,
     pub scheduler: SchedulerSection,
     pub log: LogSection,
+    pub fleet: FleetSection,
     /// Agent pools. A task's `agent_type` must name a pool or the type of a registered instance.
     pub pools: Vec<PoolSection>,
 }
@@ -124,18 +131,6 @@ impl Default for LogSection {
     }
 }
 
-/// `[[pools]]`: one kind of agent.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct PoolSection {
-    /// The agent type, e.g. `code_generator`.
-    pub name: String,
-    /// Deadline of each attempt for this pool's tasks.
-    pub timeout_ms: Option<u64>,
-    /// Attempts per task for this pool.
-    pub max_attempts: Option<u32>,
-}
-
 /// Validated configuration.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Config {
@@ -148,6 +143,7 @@ pub struct Config {
     pub scheduler: Scheduler,
     pub log_format: LogFormat,
     pub log_level: String,
+    pub fleet: Fleet,
     pub pools: Vec<Pool>,
 }
 
@@ -176,14 +172,6 @@ pub struct Scheduler {
 pub enum LogFormat {
     Human,
     Json,
-}
-
-/// Validated `[[pools]]` entry.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Pool {
-    pub name: String,
-    pub timeout: Option<Duration>,
-    pub max_attempts: Option<u32>,
 }
 
 /// Why a configuration was refused.
@@ -404,33 +392,19 @@ pub fn validate(raw: ConfigFile) -> Result<Config, ConfigError> {
             ));
         }
     };
-    let mut pools = Vec::with_capacity(raw.pools.len());
-    for (i, pool) in raw.pools.iter().enumerate() {
+    let mut pools: Vec<Pool> = Vec::with_capacity(raw.pools.len());
+    for (i, section) in raw.pools.iter().enumerate() {
         let key = format!("pools[{i}]");
-        if !valid_agent_type(&pool.name) {
-            return Err(invalid(
-                &format!("{key}.name"),
-                "must be 1-64 characters of a-z, 0-9, `_` or `-`",
-            ));
-        }
-        if pools.iter().any(|p: &Pool| p.name == pool.name) {
+        let pool = pool::validate_pool(section, &key)?;
+        if pools.iter().any(|p| p.name == pool.name) {
             return Err(invalid(
                 &format!("{key}.name"),
                 format!("pool `{}` is declared twice", pool.name),
             ));
         }
-        pools.push(Pool {
-            name: pool.name.clone(),
-            timeout: pool
-                .timeout_ms
-                .map(|ms| positive_ms(&format!("{key}.timeout_ms"), ms))
-                .transpose()?,
-            max_attempts: pool
-                .max_attempts
-                .map(|n| max_attempts(&format!("{key}.max_attempts"), n))
-                .transpose()?,
-        });
+        pools.push(pool);
     }
+    let fleet = pool::validate_fleet(&raw.fleet)?;
     Ok(Config {
         listen,
         data_dir: raw.server.data_dir,
@@ -441,6 +415,7 @@ pub fn validate(raw: ConfigFile) -> Result<Config, ConfigError> {
         scheduler,
         log_format,
         log_level: raw.log.level,
+        fleet,
         pools,
     })
 }

@@ -30,6 +30,7 @@ fn every_setting_is_documented() {
         name: "x".into(),
         timeout_ms: Some(1),
         max_attempts: Some(1),
+        ..PoolSection::default()
     });
     let value = toml::Value::try_from(&config).unwrap();
     let mut all = Vec::new();

@@ -132,3 +132,44 @@ fn database_urls_select_the_store() {
         Some(Database::Sqlite(PathBuf::from("/tmp/x.db")))
     );
 }
+
+#[test]
+fn a_named_pool_gets_working_fleet_defaults() {
+    let text = "[[pools]]\nname = \"code_generator\"\n";
+    let config = load(Some(("f", text)), &[], &[]).map_err(|e| e.to_string());
+    let pool = config.map(|c| c.pools[0].clone());
+    let pool = pool.as_ref();
+    assert_eq!(pool.map(|p| p.provisioner.name()), Ok("local"));
+    assert_eq!(
+        pool.map(|p| p.strategy.kind),
+        Ok(crate::balance::StrategyKind::P2cEwma)
+    );
+    assert_eq!(pool.map(|p| (p.min_instances, p.max_instances, p.capacity)), Ok((1, 10, 4)));
+    assert!(pool.is_ok_and(|p| p.autoscale.is_some() && p.outlier.is_some()));
+    let implicit = Pool::implicit("other");
+    assert_eq!(implicit.provisioner, Provisioner::Static);
+}
+
+#[test]
+fn pool_settings_are_checked_with_their_path() {
+    let cases = [
+        ("strategy = \"random\"", "pools[0].strategy"),
+        ("provisioner = \"docker\"", "pools[0].provisioner"),
+        ("min_instances = 5\nmax_instances = 2", "pools[0].min_instances"),
+        ("provisioner = \"kubernetes\"", "pools[0].kubernetes.image"),
+        ("provisioner = \"static\"\ncommand = [\"x\"]", "pools[0].command"),
+        (
+            "[pools.autoscale]\ntarget_utilisation = 0.9",
+            "pools[0].autoscale.target_utilisation",
+        ),
+        ("[pools.outlier]\nmax_ejected_share = 2.0", "pools[0].outlier.max_ejected_share"),
+    ];
+    for (extra, key) in cases {
+        let text = format!("[[pools]]\nname = \"p\"\n{extra}\n");
+        let err = load(Some(("f", &text)), &[], &[])
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains(key), "{extra}: {err}");
+    }
+}
