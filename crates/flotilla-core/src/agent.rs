@@ -112,6 +112,12 @@ pub struct AgentInstance {
     pub signing_secret: String,
     pub last_heartbeat: chrono::DateTime<chrono::Utc>,
     pub created_at: chrono::DateTime<chrono::Utc>,
+    /// Peak-EWMA latency of its recent attempts, in milliseconds (none before the first).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latency_ms: Option<f64>,
+    /// Share of its attempts in the statistics window that succeeded (none without attempts).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub success_rate: Option<f64>,
 }
 
 /// True when an instance's heartbeats are overdue and it must be marked failed.

@@ -2,6 +2,7 @@
 
 use crate::auth::KeyCache;
 use crate::clock::Clock;
+use crate::fleet::events::EventSink;
 use crate::fleet::registry::Registry;
 use crate::fleet::wakers::Wakers;
 use crate::scheduler::completion::Completions;
@@ -20,6 +21,7 @@ pub struct AppState {
     pub store: DynStore,
     pub clock: Arc<dyn Clock>,
     pub registry: Arc<Registry>,
+    pub events: EventSink,
     pub wakers: Arc<Wakers>,
     pub waiters: Arc<Waiters>,
     pub keys: Arc<KeyCache>,

@@ -86,7 +86,18 @@ pub async fn start(
     let writers = TaskTracker::new();
     let wakers = Arc::new(Wakers::default());
     let waiters = Arc::new(waiters::Waiters::default());
-    let registry = Arc::new(Registry::new(wakers.clone()));
+    let config = Arc::new(config);
+    let (events, event_writer) = fleet::events::channel(
+        store.clone(),
+        config.fleet.events_retention,
+        stop_writers.clone(),
+    );
+    writers.spawn(event_writer);
+    let registry = Arc::new(Registry::new(
+        wakers.clone(),
+        events.clone(),
+        config.clone(),
+    ));
     registry.load(store.list_agents().await?, now);
 
     let (intake, intake_writer) =
@@ -100,12 +111,12 @@ pub async fn start(
     writers.spawn(intake_writer);
     writers.spawn(completion_writer);
 
-    let config = Arc::new(config);
     let state = AppState {
         config: config.clone(),
         store: store.clone(),
         clock,
         registry: registry.clone(),
+        events,
         wakers,
         waiters,
         keys: Arc::default(),
@@ -126,6 +137,7 @@ pub async fn start(
     }
     writers.spawn(scheduler::lease::run(state.clone(), shutdown.clone()));
     writers.spawn(fleet::heartbeat::run(state.clone(), shutdown.clone()));
+    writers.spawn(fleet::health::run(state.clone(), shutdown.clone()));
 
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await

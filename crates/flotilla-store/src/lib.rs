@@ -10,6 +10,7 @@ use async_trait::async_trait;
 use flotilla_core::Timestamp;
 use flotilla_core::agent::{AgentInstance, AgentStatus};
 use flotilla_core::auth::ApiKeyRecord;
+use flotilla_core::event::{Event, EventKind, NewEvent};
 use flotilla_core::id::{AgentId, TaskId, TenantId};
 use flotilla_core::task::{AttemptEnd, NewTask, Task, TaskStatus};
 use std::collections::BTreeMap;
@@ -103,6 +104,22 @@ pub struct Requeued {
     pub agent_type: String,
 }
 
+/// Filter and page of `list_events`. Events come in id order (oldest first); filters combine with
+/// AND.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct EventFilter {
+    /// Only events of this pool.
+    pub agent_type: Option<String>,
+    /// Only events of this instance.
+    pub agent_id: Option<AgentId>,
+    pub kind: Option<EventKind>,
+    /// Only events with an id strictly greater than this (the last id already seen), the oldest
+    /// first. `None`: the latest events.
+    pub after: Option<i64>,
+    /// At most this many events.
+    pub limit: u32,
+}
+
 /// Everything Flotilla persists. Implementations must be safe to share between tasks.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
@@ -180,6 +197,17 @@ pub trait Store: Send + Sync + 'static {
     async fn set_agent_status(&self, id: AgentId, status: AgentStatus) -> StoreResult<bool>;
     /// Removes the agent; false when it did not exist.
     async fn delete_agent(&self, id: AgentId) -> StoreResult<bool>;
+
+    // --- events ---
+    /// Records events in one transaction, numbering them in order with ids greater than every
+    /// id recorded before (pruned ones included). Once an id is visible to `list_events`, no
+    /// event with a smaller id appears later, so following the `after` cursor misses nothing.
+    async fn insert_events(&self, events: &[NewEvent]) -> StoreResult<()>;
+    /// With `after`, the first `limit` matching events after it; without, the latest `limit`
+    /// matching events. Either way in ascending id order.
+    async fn list_events(&self, filter: &EventFilter) -> StoreResult<Vec<Event>>;
+    /// Deletes all but the newest `keep` events; returns how many it deleted.
+    async fn prune_events(&self, keep: u64) -> StoreResult<u64>;
 }
 
 /// A shared store.

@@ -9,11 +9,14 @@ use crate::rows::{
     finish_update, lease_expired_error, micros, micros_opt, migrations_applied, place_round,
     rounds,
 };
-use crate::{Cancelled, Inserted, Requeued, Store, StoreError, StoreResult, TaskFilter};
+use crate::{
+    Cancelled, EventFilter, Inserted, Requeued, Store, StoreError, StoreResult, TaskFilter,
+};
 use async_trait::async_trait;
 use flotilla_core::Timestamp;
 use flotilla_core::agent::{AgentInstance, AgentStatus};
 use flotilla_core::auth::ApiKeyRecord;
+use flotilla_core::event::{Event, NewEvent};
 use flotilla_core::id::{AgentId, TaskId, TenantId};
 use flotilla_core::task::{AttemptEnd, Lease, NewTask, Task, TaskStatus};
 use sqlx::migrate::Migrator;
@@ -23,6 +26,8 @@ use sqlx::{Connection, PgExecutor, Postgres, QueryBuilder};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::str::FromStr;
 use uuid::Uuid;
+
+mod events;
 
 static MIGRATOR: Migrator = sqlx::migrate!("./migrations/postgres");
 
@@ -673,5 +678,17 @@ impl Store for PostgresStore {
             .await?
             .rows_affected();
         Ok(n > 0)
+    }
+
+    async fn insert_events(&self, events: &[NewEvent]) -> StoreResult<()> {
+        events::insert(self, events).await
+    }
+
+    async fn list_events(&self, filter: &EventFilter) -> StoreResult<Vec<Event>> {
+        events::list(self, filter).await
+    }
+
+    async fn prune_events(&self, keep: u64) -> StoreResult<u64> {
+        events::prune(self, keep).await
     }
 }

@@ -8,6 +8,7 @@ use crate::{StoreError, StoreResult};
 use flotilla_core::Timestamp;
 use flotilla_core::agent::{AgentInstance, AgentStatus};
 use flotilla_core::auth::{ApiKeyRecord, Role};
+use flotilla_core::event::{Event, EventKind};
 use flotilla_core::id::{AgentId, TaskId, TenantId};
 use flotilla_core::task::{Attempt, AttemptEnd, AttemptResult, Task, TaskStatus};
 use std::collections::HashMap;
@@ -212,10 +213,68 @@ impl AgentRow {
             version: self.version,
             metadata: json("agents.metadata", &self.metadata)?,
             signing_secret: self.signing_secret,
+            latency_ms: None,
+            success_rate: None,
             last_heartbeat: from_micros(self.last_heartbeat)?,
             created_at: from_micros(self.created_at)?,
         })
     }
+}
+
+#[derive(sqlx::FromRow)]
+pub(crate) struct EventRow {
+    id: i64,
+    at: i64,
+    kind: String,
+    agent_type: String,
+    agent_id: Option<Uuid>,
+    message: String,
+}
+
+impl EventRow {
+    pub(crate) fn into_event(self) -> StoreResult<Event> {
+        let kind = self
+            .kind
+            .parse::<EventKind>()
+            .map_err(|e| StoreError::Corrupt(format!("event {}: {e}", self.id)))?;
+        Ok(Event {
+            id: self.id,
+            at: from_micros(self.at)?,
+            kind,
+            agent_type: self.agent_type,
+            agent_id: self.agent_id.map(AgentId),
+            message: self.message,
+        })
+    }
+}
+
+/// The columns of an [`EventRow`], the same on both backends.
+macro_rules! event_columns {
+    () => {
+        "id, at, kind, agent_type, agent_id, message"
+    };
+}
+pub(crate) use event_columns;
+
+/// Events from rows that came newest first (the latest page) or oldest first (after a cursor),
+/// oldest first.
+pub(crate) fn events_oldest_first(
+    rows: Vec<EventRow>,
+    newest_first: bool,
+) -> StoreResult<Vec<Event>> {
+    let mut events = rows
+        .into_iter()
+        .map(EventRow::into_event)
+        .collect::<StoreResult<Vec<_>>>()?;
+    if newest_first {
+        events.reverse();
+    }
+    Ok(events)
+}
+
+/// The number of events to keep as a bound parameter (`u64` beyond `i64` keeps them all anyway).
+pub(crate) fn keep_param(keep: u64) -> i64 {
+    i64::try_from(keep).unwrap_or(i64::MAX)
 }
 
 /// The task a [`flotilla_core::task::NewTask`] becomes, with timestamps as they read back.

@@ -10,11 +10,14 @@ use crate::rows::{
     finish_update, lease_expired_error, micros, micros_opt, migrations_applied, place_round,
     rounds,
 };
-use crate::{Cancelled, Inserted, Requeued, Store, StoreError, StoreResult, TaskFilter};
+use crate::{
+    Cancelled, EventFilter, Inserted, Requeued, Store, StoreError, StoreResult, TaskFilter,
+};
 use async_trait::async_trait;
 use flotilla_core::Timestamp;
 use flotilla_core::agent::{AgentInstance, AgentStatus};
 use flotilla_core::auth::ApiKeyRecord;
+use flotilla_core::event::{Event, NewEvent};
 use flotilla_core::id::{AgentId, TaskId, TenantId};
 use flotilla_core::task::{AttemptEnd, Lease, NewTask, Task, TaskStatus};
 use sqlx::migrate::Migrator;
@@ -27,6 +30,8 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 use std::time::Duration;
 use uuid::Uuid;
+
+mod events;
 
 static MIGRATOR: Migrator = sqlx::migrate!("./migrations/sqlite");
 
@@ -642,5 +647,17 @@ impl Store for SqliteStore {
             .rows_affected();
         tx.commit().await?;
         Ok(n > 0)
+    }
+
+    async fn insert_events(&self, events: &[NewEvent]) -> StoreResult<()> {
+        events::insert(self, events).await
+    }
+
+    async fn list_events(&self, filter: &EventFilter) -> StoreResult<Vec<Event>> {
+        events::list(self, filter).await
+    }
+
+    async fn prune_events(&self, keep: u64) -> StoreResult<u64> {
+        events::prune(self, keep).await
     }
 }

@@ -10,9 +10,10 @@ use chrono::{Duration, TimeZone, Utc};
 use flotilla_core::Timestamp;
 use flotilla_core::agent::{AgentInstance, AgentStatus};
 use flotilla_core::auth::{ApiKeyRecord, Role};
+use flotilla_core::event::{Event, EventKind, NewEvent};
 use flotilla_core::id::{AgentId, TaskId, TenantId};
 use flotilla_core::task::{AttemptEnd, AttemptResult, NewTask, Task, TaskStatus};
-use flotilla_store::{Cancelled, DynStore, Inserted, TaskFilter};
+use flotilla_store::{Cancelled, DynStore, EventFilter, Inserted, TaskFilter};
 use serde_json::json;
 use std::collections::HashSet;
 use support::{Backend, next_id, truncate};
@@ -55,6 +56,12 @@ behaviours!(
     agents_are_registered_updated_and_removed,
     api_keys_and_tenants,
     tasks_claimed_at_insertion_run_under_their_lease,
+    events_round_trip_in_order,
+    events_follow_the_after_cursor,
+    events_without_cursor_are_the_latest,
+    events_filter_by_pool_instance_and_kind,
+    pruning_keeps_the_newest_events,
+    a_follower_misses_no_event_of_concurrent_writers,
 );
 
 /// A fixed instant with nanoseconds, which the store truncates to microseconds.
@@ -809,6 +816,8 @@ fn agent(agent_type: &str, created_at: Timestamp) -> AgentInstance {
         version: Some("1.2.3".to_owned()),
         metadata: json!({"zone": "a", "gpu": false}),
         signing_secret: "s3cr3t".to_owned(),
+        latency_ms: None,
+        success_rate: None,
         last_heartbeat: created_at,
         created_at,
     }
@@ -968,4 +977,316 @@ async fn tasks_claimed_at_insertion_run_under_their_lease(store: DynStore) {
             .any(|r| r.task_id == claimed.id && r.attempt == 1)
     );
     assert_eq!(get(&store, claimed.id).await.status, TaskStatus::Queued);
+}
+
+/// The `n`th event of a test: `n` seconds after [`t0`].
+fn event(kind: EventKind, agent_type: &str, agent_id: Option<AgentId>, n: i64) -> NewEvent {
+    NewEvent {
+        at: t0() + secs(n),
+        kind,
+        agent_type: agent_type.to_owned(),
+        agent_id,
+        message: format!("event {n}: pool {agent_type} 3 → 5, utilisation 0.91 > 0.80"),
+    }
+}
+
+/// Events of the scale kind for pool `p`, numbered `from..to`.
+fn scale_events(from: i64, to: i64) -> Vec<NewEvent> {
+    (from..to)
+        .map(|n| event(EventKind::Scale, "p", None, n))
+        .collect()
+}
+
+/// Asserts that `listed` is `expected` as stored: the same fields (timestamps in microseconds),
+/// in order, with increasing ids.
+fn assert_stored(listed: &[Event], expected: &[NewEvent]) {
+    assert_eq!(listed.len(), expected.len(), "{listed:#?}");
+    assert!(listed.windows(2).all(|w| w[0].id < w[1].id), "{listed:#?}");
+    for (event, new) in listed.iter().zip(expected) {
+        let stored = Event {
+            id: event.id,
+            at: truncate(new.at),
+            kind: new.kind,
+            agent_type: new.agent_type.clone(),
+            agent_id: new.agent_id,
+            message: new.message.clone(),
+        };
+        assert_eq!(event, &stored);
+    }
+}
+
+fn messages(events: &[Event]) -> Vec<&str> {
+    events.iter().map(|e| e.message.as_str()).collect()
+}
+
+async fn all_events(store: &DynStore) -> Vec<Event> {
+    store
+        .list_events(&EventFilter {
+            limit: 1000,
+            ..EventFilter::default()
+        })
+        .await
+        .unwrap()
+}
+
+async fn events_round_trip_in_order(store: DynStore) {
+    assert!(all_events(&store).await.is_empty());
+    store.insert_events(&[]).await.unwrap();
+
+    // An instance that was registered and removed, and one that never was: events outlive
+    // instances, so neither is refused.
+    let removed = agent("echo", t0());
+    store.insert_agent(&removed).await.unwrap();
+    assert!(store.delete_agent(removed.id).await.unwrap());
+    let unknown = AgentId(next_id());
+    let mut first = vec![
+        event(EventKind::Instance, "echo", Some(removed.id), 0),
+        event(EventKind::Scale, "echo", None, 1),
+        event(EventKind::Provisioner, "echo", Some(unknown), 2),
+    ];
+    first[2].message = "restarted: exit code 137 (killed) — \"oom\"\nretry in 5s ✓".to_owned();
+    // Earlier timestamps than the first batch: the order is the order of recording.
+    let second = vec![
+        event(EventKind::Instance, "sum", Some(unknown), -10),
+        event(EventKind::Scale, "sum", None, -20),
+    ];
+    store.insert_events(&first).await.unwrap();
+    store.insert_events(&second).await.unwrap();
+
+    let listed = all_events(&store).await;
+    assert_stored(&listed, &[first, second].concat());
+    assert_eq!(listed[0].agent_id, Some(removed.id));
+    assert!(store.get_agent(unknown).await.unwrap().is_none());
+}
+
+async fn events_follow_the_after_cursor(store: DynStore) {
+    let all = scale_events(0, 10);
+    for batch in [&all[..1], &all[1..6], &all[6..]] {
+        store.insert_events(batch).await.unwrap();
+    }
+    let first_id = all_events(&store).await[0].id;
+
+    // Pages of 3 from before the first event read everything once, in order.
+    let mut followed = Vec::new();
+    let mut after = first_id - 1;
+    loop {
+        let page = store
+            .list_events(&EventFilter {
+                after: Some(after),
+                limit: 3,
+                ..EventFilter::default()
+            })
+            .await
+            .unwrap();
+        assert!(page.len() <= 3);
+        let Some(last) = page.last() else { break };
+        assert!(page.iter().all(|e| e.id > after));
+        after = last.id;
+        followed.extend(page);
+    }
+    assert_stored(&followed, &all);
+
+    // Followed further, the cursor yields exactly the events recorded since.
+    let later = scale_events(10, 12);
+    store.insert_events(&later).await.unwrap();
+    let next = store
+        .list_events(&EventFilter {
+            after: Some(after),
+            limit: 100,
+            ..EventFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_stored(&next, &later);
+    let cursor = next.last().unwrap().id;
+    let after_last = EventFilter {
+        after: Some(cursor),
+        limit: 100,
+        ..EventFilter::default()
+    };
+    assert!(store.list_events(&after_last).await.unwrap().is_empty());
+
+    // A cursor in the middle starts right after it.
+    let middle = EventFilter {
+        after: Some(followed[4].id),
+        limit: 2,
+        ..EventFilter::default()
+    };
+    assert_stored(&store.list_events(&middle).await.unwrap(), &all[5..7]);
+}
+
+async fn events_without_cursor_are_the_latest(store: DynStore) {
+    let all = scale_events(0, 10);
+    store.insert_events(&all[..7]).await.unwrap();
+    store.insert_events(&all[7..]).await.unwrap();
+    let latest = |limit| {
+        let store = store.clone();
+        async move {
+            store
+                .list_events(&EventFilter {
+                    limit,
+                    ..EventFilter::default()
+                })
+                .await
+                .unwrap()
+        }
+    };
+    assert_stored(&latest(4).await, &all[6..]);
+    assert_stored(&latest(1).await, &all[9..]);
+    assert_stored(&latest(10).await, &all);
+    assert_stored(&latest(50).await, &all);
+    assert!(latest(0).await.is_empty());
+}
+
+async fn events_filter_by_pool_instance_and_kind(store: DynStore) {
+    let (x, y) = (AgentId(next_id()), AgentId(next_id()));
+    let kinds = [
+        EventKind::Instance,
+        EventKind::Provisioner,
+        EventKind::Scale,
+    ];
+    let all: Vec<NewEvent> = (0..24)
+        .map(|n| {
+            let agent_type = if n % 2 == 0 { "a" } else { "b" };
+            let agent_id = [Some(x), Some(y), None][(n % 3) as usize];
+            event(kinds[(n % 4 % 3) as usize], agent_type, agent_id, n)
+        })
+        .collect();
+    store.insert_events(&all).await.unwrap();
+    let stored = all_events(&store).await;
+    assert_stored(&stored, &all);
+
+    let expect = |f: &dyn Fn(&Event) -> bool| -> Vec<Event> {
+        stored.iter().filter(|e| f(e)).cloned().collect()
+    };
+    let list = |filter: EventFilter| {
+        let store = store.clone();
+        async move { store.list_events(&filter).await.unwrap() }
+    };
+    let by = |agent_type: Option<&str>, agent_id, kind| EventFilter {
+        agent_type: agent_type.map(str::to_owned),
+        agent_id,
+        kind,
+        after: None,
+        limit: 100,
+    };
+    assert_eq!(
+        list(by(Some("a"), None, None)).await,
+        expect(&|e| e.agent_type == "a")
+    );
+    assert_eq!(
+        list(by(None, Some(y), None)).await,
+        expect(&|e| e.agent_id == Some(y))
+    );
+    assert_eq!(
+        list(by(None, None, Some(EventKind::Scale))).await,
+        expect(&|e| e.kind == EventKind::Scale)
+    );
+    let combined = expect(&|e| {
+        e.agent_type == "b" && e.agent_id == Some(x) && e.kind == EventKind::Provisioner
+    });
+    assert!(!combined.is_empty());
+    assert_eq!(
+        list(by(Some("b"), Some(x), Some(EventKind::Provisioner))).await,
+        combined
+    );
+    assert!(
+        list(by(Some("c"), None, None)).await.is_empty(),
+        "no such pool"
+    );
+    assert!(
+        list(by(None, Some(AgentId(next_id())), None))
+            .await
+            .is_empty(),
+        "no such instance"
+    );
+
+    // Filters apply before the limit, with or without a cursor.
+    let of_a = expect(&|e| e.agent_type == "a");
+    let latest = list(EventFilter {
+        limit: 3,
+        ..by(Some("a"), None, None)
+    })
+    .await;
+    assert_eq!(latest, of_a[of_a.len() - 3..]);
+    let after = list(EventFilter {
+        after: Some(of_a[2].id),
+        limit: 2,
+        ..by(Some("a"), None, None)
+    })
+    .await;
+    assert_eq!(after, of_a[3..5]);
+    assert_eq!(messages(&after), messages(&of_a[3..5]));
+}
+
+async fn pruning_keeps_the_newest_events(store: DynStore) {
+    assert_eq!(store.prune_events(5).await.unwrap(), 0);
+    let all = scale_events(0, 10);
+    store.insert_events(&all).await.unwrap();
+    assert_eq!(store.prune_events(10).await.unwrap(), 0);
+    assert_eq!(store.prune_events(u64::MAX).await.unwrap(), 0);
+    assert_eq!(all_events(&store).await.len(), 10);
+
+    assert_eq!(store.prune_events(4).await.unwrap(), 6);
+    let kept = all_events(&store).await;
+    assert_stored(&kept, &all[6..]);
+    assert_eq!(store.prune_events(4).await.unwrap(), 0);
+
+    assert_eq!(store.prune_events(0).await.unwrap(), 4);
+    assert!(all_events(&store).await.is_empty());
+    // Ids are never reused, so a follower's cursor stays valid across pruning.
+    let later = scale_events(10, 12);
+    store.insert_events(&later).await.unwrap();
+    let fresh = all_events(&store).await;
+    assert_stored(&fresh, &later);
+    assert!(fresh[0].id > kept[3].id);
+}
+
+async fn a_follower_misses_no_event_of_concurrent_writers(store: DynStore) {
+    let mut writers = tokio::task::JoinSet::new();
+    for w in 0..4 {
+        let store = store.clone();
+        writers.spawn(async move {
+            for b in 0..25 {
+                let pool = format!("w{w}");
+                let batch: Vec<NewEvent> = (0..4)
+                    .map(|n| event(EventKind::Instance, &pool, None, b * 4 + n))
+                    .collect();
+                store.insert_events(&batch).await.unwrap();
+                tokio::task::yield_now().await;
+            }
+        });
+    }
+    let poll = |after| {
+        let store = store.clone();
+        async move {
+            store
+                .list_events(&EventFilter {
+                    after: Some(after),
+                    limit: 7,
+                    ..EventFilter::default()
+                })
+                .await
+                .unwrap()
+        }
+    };
+    // Follow while the writers write, then drain what is left.
+    let mut followed: Vec<Event> = Vec::new();
+    let mut after = 0;
+    let mut writing = true;
+    while writing || followed.len() < 400 {
+        writing = !writers.is_empty();
+        if let Some(done) = writers.try_join_next() {
+            done.unwrap();
+        }
+        let page = poll(after).await;
+        if let Some(last) = page.last() {
+            after = last.id;
+        } else if !writing {
+            break;
+        }
+        followed.extend(page);
+    }
+    assert_eq!(followed, all_events(&store).await);
+    assert_eq!(followed.len(), 400);
 }

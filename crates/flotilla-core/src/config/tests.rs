@@ -144,7 +144,10 @@ fn a_named_pool_gets_working_fleet_defaults() {
         pool.map(|p| p.strategy.kind),
         Ok(crate::balance::StrategyKind::P2cEwma)
     );
-    assert_eq!(pool.map(|p| (p.min_instances, p.max_instances, p.capacity)), Ok((1, 10, 4)));
+    assert_eq!(
+        pool.map(|p| (p.min_instances, p.max_instances, p.capacity)),
+        Ok((1, 10, 4))
+    );
     assert!(pool.is_ok_and(|p| p.autoscale.is_some() && p.outlier.is_some()));
     let implicit = Pool::implicit("other");
     assert_eq!(implicit.provisioner, Provisioner::Static);
@@ -155,14 +158,23 @@ fn pool_settings_are_checked_with_their_path() {
     let cases = [
         ("strategy = \"random\"", "pools[0].strategy"),
         ("provisioner = \"docker\"", "pools[0].provisioner"),
-        ("min_instances = 5\nmax_instances = 2", "pools[0].min_instances"),
+        (
+            "min_instances = 5\nmax_instances = 2",
+            "pools[0].min_instances",
+        ),
         ("provisioner = \"kubernetes\"", "pools[0].kubernetes.image"),
-        ("provisioner = \"static\"\ncommand = [\"x\"]", "pools[0].command"),
+        (
+            "provisioner = \"static\"\ncommand = [\"x\"]",
+            "pools[0].command",
+        ),
         (
             "[pools.autoscale]\ntarget_utilisation = 0.9",
             "pools[0].autoscale.target_utilisation",
         ),
-        ("[pools.outlier]\nmax_ejected_share = 2.0", "pools[0].outlier.max_ejected_share"),
+        (
+            "[pools.outlier]\nmax_ejected_share = 2.0",
+            "pools[0].outlier.max_ejected_share",
+        ),
     ];
     for (extra, key) in cases {
         let text = format!("[[pools]]\nname = \"p\"\n{extra}\n");

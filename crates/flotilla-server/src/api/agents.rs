@@ -16,7 +16,7 @@ use flotilla_core::config::{announced_interval_s, valid_agent_type};
 use flotilla_core::id::AgentId;
 use flotilla_core::wire::{
     AgentList, Deregistered, ErrorBody, Heartbeat, HeartbeatAck, RegisterAgent, Registered,
-    contains_nul,
+    ReportedStatus, contains_nul,
 };
 use rand::RngCore;
 
@@ -104,18 +104,19 @@ pub async fn register(
         version: body.version,
         metadata,
         signing_secret: hex::encode(secret),
+        latency_ms: None,
+        success_rate: None,
         last_heartbeat: now,
         created_at: now,
     };
     state.store.insert_agent(&agent).await?;
-    tracing::info!(agent_id = %agent.id, agent_type = %agent.agent_type, url = %agent.url, capacity = agent.capacity, "Instance registered");
     let registered = Registered {
         id: agent.id,
         heartbeat_interval_s: announced_interval_s(state.config.scheduler.heartbeat_interval),
         signing_secret: agent.signing_secret.clone(),
     };
     let agent_type = agent.agent_type.clone();
-    state.registry.insert(agent);
+    state.registry.insert(agent, now);
     state.dispatchers.ensure(&state, &agent_type);
     Ok((StatusCode::CREATED, Json(registered)))
 }
@@ -140,7 +141,7 @@ pub async fn heartbeat(
     let now = state.clock.now();
     let (desired, status) = state
         .registry
-        .heartbeat(id, body.status.map(AgentStatus::from), now)
+        .heartbeat(id, body.status == Some(ReportedStatus::Draining), now)
         .ok_or_else(|| ApiError::NotFound(format!("no agent {id}; register again")))?;
     state
         .store
@@ -160,10 +161,9 @@ pub async fn deregister(
 ) -> Result<(StatusCode, Json<Deregistered>), ApiError> {
     caller.require(AGENT, "deregister agents")?;
     let id: AgentId = parse_id(&id, "agent")?;
-    match state.registry.deregister(id) {
+    match state.registry.deregister(id, state.clock.now()) {
         Deregistration::Removed => {
             state.store.delete_agent(id).await?;
-            tracing::info!(agent_id = %id, "Instance deregistered");
             Ok((
                 StatusCode::OK,
                 Json(Deregistered {
@@ -176,7 +176,6 @@ pub async fn deregister(
                 .store
                 .set_agent_status(id, AgentStatus::Draining)
                 .await?;
-            tracing::info!(agent_id = %id, "Instance draining before removal");
             Ok((
                 StatusCode::ACCEPTED,
                 Json(Deregistered {

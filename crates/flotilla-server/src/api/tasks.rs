@@ -92,7 +92,9 @@ fn claim_at_submission(state: &AppState, task: &mut NewTask) -> Option<Slot> {
     if state.shutdown.is_cancelled() || state.wakers.get(&task.agent_type).maybe_queued() {
         return None;
     }
-    let slot = state.registry.acquire(&task.agent_type, &[])?;
+    let slot = state
+        .registry
+        .acquire(&task.agent_type, None, task.complexity)?;
     let ttl = chrono::Duration::from_std(state.config.scheduler.lease_ttl)
         .unwrap_or(chrono::Duration::MAX);
     task.claim = Some(Lease {

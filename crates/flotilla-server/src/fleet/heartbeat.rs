@@ -1,14 +1,18 @@
-//! The loop that marks instances failed when their heartbeats stop (DESIGN.md §5). A failed
-//! instance gets no new work; its in-flight attempts fail on their own deadline and are retried
-//! elsewhere. It returns to rotation when it heartbeats again.
+//! The sweeper of the fleet (DESIGN.md §5), once a second: fails instances whose heartbeats
+//! stopped (their in-flight attempts are cut short and re-queued for another instance), removes
+//! instances failed for longer than `[fleet] failed_removal_ms`, and returns ejected instances to
+//! rotation when their ejection time is over.
 
 use crate::app::AppState;
+use flotilla_core::agent::AgentStatus;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
-/// Runs until `shutdown`, checking every second.
+/// Runs until `shutdown`.
 pub async fn run(state: AppState, shutdown: CancellationToken) {
     let timeout = chrono::Duration::from_std(state.config.scheduler.heartbeat_timeout)
+        .unwrap_or(chrono::Duration::MAX);
+    let removal = chrono::Duration::from_std(state.config.fleet.failed_removal)
         .unwrap_or(chrono::Duration::MAX);
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -17,15 +21,17 @@ pub async fn run(state: AppState, shutdown: CancellationToken) {
             () = shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
-        for agent in state.registry.expire_heartbeats(state.clock.now(), timeout) {
-            tracing::warn!(agent_id = %agent.id, agent_type = %agent.agent_type, last_heartbeat = %agent.last_heartbeat, "Instance failed: heartbeats stopped");
-            if let Err(e) = state
-                .store
-                .set_agent_status(agent.id, flotilla_core::agent::AgentStatus::Failed)
-                .await
-            {
-                tracing::warn!(agent_id = %agent.id, error = %e, "Could not record the failed status");
+        let now = state.clock.now();
+        for id in state.registry.expire_heartbeats(now, timeout) {
+            if let Err(e) = state.store.set_agent_status(id, AgentStatus::Failed).await {
+                tracing::warn!(agent_id = %id, error = %e, "Could not record the failed status");
             }
         }
+        for id in state.registry.remove_failed(now, removal) {
+            if let Err(e) = state.store.delete_agent(id).await {
+                tracing::warn!(agent_id = %id, error = %e, "Could not delete the failed instance");
+            }
+        }
+        state.registry.restore_ejected(now);
     }
 }

@@ -1,24 +1,35 @@
-//! The in-memory registry of agent instances and their in-flight load.
+//! The in-memory registry of agent instances: their in-flight load, statistics and health.
 //!
 //! The store holds the durable record of each instance (so a restarted control plane knows its
-//! fleet); this registry holds what changes on every dispatch — the tasks in flight per instance —
-//! and is the only place that hands out dispatch slots, so an instance never gets more than its
-//! capacity. Locks are held for a few map operations, never across an `.await`.
+//! fleet); this registry holds what changes on every dispatch and is the only place that hands
+//! out dispatch slots, so an instance never gets more than its capacity. Instances are grouped by
+//! pool, each pool keeping its balancer's candidates in one vector that strategies scan in place.
+//! Every status change is a fleet event with its reason. Locks are held for a few map operations,
+//! never across an `.await`.
 
+use crate::fleet::events::EventSink;
 use crate::fleet::wakers::Wakers;
 use flotilla_core::Timestamp;
 use flotilla_core::agent::{AgentInstance, AgentStatus, heartbeat_expired};
-use flotilla_core::balance::{Candidate, least_loaded};
+use flotilla_core::balance::{BalancerState, Candidate, PickRequest, pick};
+use flotilla_core::config::{Config, Pool};
+use flotilla_core::event::EventKind;
+use flotilla_core::health::{CheckState, Ejection, may_eject, outlier_reason};
 use flotilla_core::id::AgentId;
+use flotilla_core::stats::InstanceStats;
 use flotilla_core::wire::Desired;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
 
 /// A reserved place on an instance for one task.
 #[derive(Clone, Debug)]
 pub struct Slot {
     pub agent_id: AgentId,
     pub url: String,
+    /// Cancelled when the instance fails: its in-flight attempts end and are retried elsewhere.
+    pub failed: CancellationToken,
 }
 
 /// What `DELETE /v1/agents/{id}` did.
@@ -32,57 +43,224 @@ pub enum Deregistration {
     Unknown,
 }
 
-struct Entry {
-    record: AgentInstance,
-    in_flight: u32,
-    /// Removal was asked for; happens when `in_flight` reaches 0.
-    remove_when_idle: bool,
+/// Why an instance is failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Failure {
+    /// Heartbeats stopped; the next heartbeat brings it back.
+    Heartbeats,
+    /// Active health checks failed; enough good checks bring it back.
+    HealthChecks,
 }
 
-impl Entry {
-    fn view(&self) -> AgentInstance {
-        let mut record = self.record.clone();
-        record.load = self.in_flight;
-        if record.status.accepts_work() {
-            record.status = AgentStatus::for_load(self.in_flight);
+struct Instance {
+    record: AgentInstance,
+    stats: InstanceStats,
+    ejection: Ejection,
+    checks: CheckState,
+    failure: Option<(Failure, Timestamp)>,
+    /// Asked to drain (by itself, by scale-down, or by deregistration).
+    draining: bool,
+    /// Removal was asked for; happens when the load reaches 0.
+    remove_when_idle: bool,
+    failed: CancellationToken,
+    next_check: Timestamp,
+}
+
+impl Instance {
+    fn status(&self, load: u32) -> AgentStatus {
+        if self.failure.is_some() {
+            AgentStatus::Failed
+        } else if self.ejection.is_ejected() {
+            AgentStatus::Ejected
+        } else if self.draining || self.remove_when_idle {
+            AgentStatus::Draining
+        } else if self.record.status == AgentStatus::Maintenance {
+            AgentStatus::Maintenance
+        } else {
+            AgentStatus::for_load(load)
         }
+    }
+}
+
+struct PoolState {
+    pool: Arc<Pool>,
+    /// The balancer's view, index-aligned with `instances`.
+    candidates: Vec<Candidate>,
+    instances: Vec<Instance>,
+    index: HashMap<AgentId, usize>,
+    balancer: BalancerState,
+}
+
+impl PoolState {
+    fn view(&self, i: usize) -> AgentInstance {
+        let c = &self.candidates[i];
+        let inst = &self.instances[i];
+        let mut record = inst.record.clone();
+        record.load = c.load;
+        record.status = c.status;
+        record.latency_ms = inst.stats.latency_ms();
+        record.success_rate = inst.stats.success_rate();
         record
     }
+
+    /// Recomputes the balancer's status of instance `i` after a change.
+    fn sync(&mut self, i: usize) -> AgentStatus {
+        let status = self.instances[i].status(self.candidates[i].load);
+        self.candidates[i].status = status;
+        status
+    }
+
+    fn remove(&mut self, id: AgentId) -> Option<Instance> {
+        let i = self.index.remove(&id)?;
+        self.candidates.swap_remove(i);
+        let instance = self.instances.swap_remove(i);
+        if let Some(moved) = self.instances.get(i) {
+            self.index.insert(moved.record.id, i);
+        }
+        Some(instance)
+    }
+
+    fn ejected(&self) -> usize {
+        self.instances
+            .iter()
+            .filter(|i| i.ejection.is_ejected())
+            .count()
+    }
+}
+
+#[derive(Default)]
+struct Inner {
+    pools: HashMap<String, PoolState>,
+    /// Which pool each instance is in.
+    by_id: HashMap<AgentId, String>,
+}
+
+impl Inner {
+    fn find(&mut self, id: AgentId) -> Option<(&mut PoolState, usize)> {
+        let pool = self.pools.get_mut(self.by_id.get(&id)?)?;
+        let i = *pool.index.get(&id)?;
+        Some((pool, i))
+    }
+}
+
+/// Counts of one pool's instances, for the autoscaler and `GET /v1/pools`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PoolCounts {
+    /// Instances by status.
+    pub by_status: Vec<(AgentStatus, u32)>,
+    /// Instances that take work (starting, idle, busy).
+    pub accepting: u32,
+    /// Capacity of the accepting instances.
+    pub capacity: u32,
+    /// Tasks in flight on all instances of the pool.
+    pub load: u32,
 }
 
 /// The registry. Cheap to share behind an `Arc`.
 pub struct Registry {
-    entries: Mutex<HashMap<AgentId, Entry>>,
+    inner: Mutex<Inner>,
     wakers: Arc<Wakers>,
+    events: EventSink,
+    config: Arc<Config>,
 }
 
 impl Registry {
-    /// An empty registry that wakes dispatchers through `wakers`.
-    pub fn new(wakers: Arc<Wakers>) -> Self {
+    /// An empty registry that wakes dispatchers through `wakers` and reports through `events`.
+    pub fn new(wakers: Arc<Wakers>, events: EventSink, config: Arc<Config>) -> Self {
         Self {
-            entries: Mutex::new(HashMap::new()),
+            inner: Mutex::default(),
             wakers,
+            events,
+            config,
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, HashMap<AgentId, Entry>> {
-        // A poisoned lock means a panic while holding it; the map itself is still consistent
-        // (every mutation is a single insert/remove/field write), so keep serving.
-        self.entries
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A poisoned lock means a panic while holding it; every mutation is a few field writes
+        // that leave the maps consistent, so keep serving.
+        self.inner
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    /// The pool configuration of a type: its `[[pools]]` entry or the implicit defaults.
+    pub fn pool_config(&self, agent_type: &str) -> Arc<Pool> {
+        if let Some(pool) = self.lock().pools.get(agent_type) {
+            return pool.pool.clone();
+        }
+        Arc::new(
+            self.config
+                .pools
+                .iter()
+                .find(|p| p.name == agent_type)
+                .cloned()
+                .unwrap_or_else(|| Pool::implicit(agent_type)),
+        )
+    }
+
+    fn emit(&self, at: Timestamp, agent_type: &str, id: AgentId, message: String) {
+        self.events
+            .emit(at, EventKind::Instance, agent_type, Some(id), message);
+    }
+
     /// Adds (or replaces) an instance.
-    pub fn insert(&self, record: AgentInstance) {
+    pub fn insert(&self, record: AgentInstance, now: Timestamp) {
         let agent_type = record.agent_type.clone();
-        self.lock().insert(
-            record.id,
-            Entry {
-                record,
-                in_flight: 0,
-                remove_when_idle: false,
-            },
+        let pool = self.pool_config(&agent_type);
+        let (id, url, capacity) = (record.id, record.url.clone(), record.capacity);
+        let mut candidate = Candidate::new(record.id, AgentStatus::Idle, record.capacity, 0);
+        candidate.weight = record.weight;
+        candidate.compatibility = record
+            .metadata
+            .get("variant")
+            .and_then(|v| v.as_str())
+            .and_then(|v| pool.compatibility.get(v).copied())
+            .unwrap_or(1.0);
+        candidate.capability = record
+            .metadata
+            .get("capability")
+            .and_then(serde_json::Value::as_f64)
+            .map_or(0.5, |c| c.clamp(0.0, 1.0));
+        let draining = record.status == AgentStatus::Draining;
+        let instance = Instance {
+            stats: InstanceStats::new(pool.stats_window),
+            ejection: Ejection::default(),
+            checks: CheckState::default(),
+            failure: (record.status == AgentStatus::Failed).then_some((Failure::Heartbeats, now)),
+            draining,
+            remove_when_idle: false,
+            failed: CancellationToken::new(),
+            next_check: now + chrono::Duration::milliseconds(500),
+            record,
+        };
+        {
+            let mut inner = self.lock();
+            if let Some(old) = inner.by_id.insert(id, agent_type.clone())
+                && let Some(p) = inner.pools.get_mut(&old)
+            {
+                p.remove(id);
+            }
+            let state = inner
+                .pools
+                .entry(agent_type.clone())
+                .or_insert_with(|| PoolState {
+                    pool,
+                    candidates: Vec::new(),
+                    instances: Vec::new(),
+                    index: HashMap::new(),
+                    balancer: BalancerState::default(),
+                });
+            let i = state.instances.len();
+            state.index.insert(id, i);
+            state.candidates.push(candidate);
+            state.instances.push(instance);
+            state.sync(i);
+        }
+        self.emit(
+            now,
+            &agent_type,
+            id,
+            format!("instance {id} registered at {url} with capacity {capacity}"),
         );
         self.wakers.wake(&agent_type);
     }
@@ -93,158 +271,466 @@ impl Registry {
         for mut record in records {
             record.last_heartbeat = record.last_heartbeat.max(now);
             record.load = 0;
-            self.insert(record);
+            if record.status == AgentStatus::Failed {
+                record.status = AgentStatus::Idle;
+            }
+            self.insert(record, now);
         }
     }
 
-    /// Records a heartbeat. `None` when the instance is unknown. A failed instance that
-    /// heartbeats again is back in rotation; one that says `draining` gets no new work.
+    /// Records a heartbeat. `None` when the instance is unknown. An instance failed for missed
+    /// heartbeats is back in rotation; one that says `draining` gets no new work.
     pub fn heartbeat(
         &self,
         id: AgentId,
-        status: Option<AgentStatus>,
+        draining: bool,
         now: Timestamp,
     ) -> Option<(Desired, AgentStatus)> {
-        let mut entries = self.lock();
-        let entry = entries.get_mut(&id)?;
-        entry.record.last_heartbeat = now;
+        let mut inner = self.lock();
+        let (pool, i) = inner.find(id)?;
+        let inst = &mut pool.instances[i];
+        inst.record.last_heartbeat = now;
         let mut recovered = false;
-        match status {
-            Some(AgentStatus::Draining) => entry.record.status = AgentStatus::Draining,
-            _ if entry.record.status == AgentStatus::Failed => {
-                entry.record.status = AgentStatus::for_load(entry.in_flight);
-                recovered = true;
-            }
-            _ => {}
+        if draining {
+            inst.draining = true;
         }
-        let desired = if entry.remove_when_idle || entry.record.status == AgentStatus::Draining {
+        if matches!(inst.failure, Some((Failure::Heartbeats, _))) {
+            inst.failure = None;
+            inst.failed = CancellationToken::new();
+            recovered = true;
+        }
+        let desired = if inst.draining || inst.remove_when_idle {
             Desired::Drain
         } else {
             Desired::Run
         };
-        let shown = entry.view().status;
-        let agent_type = entry.record.agent_type.clone();
-        drop(entries);
+        let status = pool.sync(i);
+        let agent_type = pool.pool.name.clone();
+        drop(inner);
         if recovered {
+            self.emit(
+                now,
+                &agent_type,
+                id,
+                format!("instance {id} failed → {status}: heartbeats resumed"),
+            );
             self.wakers.wake(&agent_type);
         }
-        Some((desired, shown))
+        Some((desired, status))
     }
 
     /// Free task slots among instances of a type that accept work.
     pub fn free_capacity(&self, agent_type: &str) -> u32 {
-        self.lock()
-            .values()
-            .filter(|e| {
-                e.record.agent_type == agent_type
-                    && e.record.status.accepts_work()
-                    && !e.remove_when_idle
-            })
-            .map(|e| e.record.capacity.saturating_sub(e.in_flight))
-            .sum()
+        self.lock().pools.get(agent_type).map_or(0, |p| {
+            p.candidates
+                .iter()
+                .filter(|c| c.status.accepts_work())
+                .map(|c| c.capacity.saturating_sub(c.load))
+                .sum()
+        })
     }
 
-    /// Reserves a slot on the least-loaded instance of a type, avoiding `avoid` if possible.
-    pub fn acquire(&self, agent_type: &str, avoid: &[AgentId]) -> Option<Slot> {
-        let mut entries = self.lock();
-        let candidates: Vec<Candidate> = entries
-            .values()
-            .filter(|e| e.record.agent_type == agent_type && !e.remove_when_idle)
-            .map(|e| Candidate {
-                id: e.record.id,
-                status: e.record.status,
-                capacity: e.record.capacity,
-                load: e.in_flight,
-            })
-            .collect();
-        let chosen = least_loaded(&candidates, avoid)?;
-        let entry = entries.get_mut(&chosen)?;
-        entry.in_flight += 1;
+    /// Reserves a slot on the instance the pool's strategy picks, avoiding `avoid` if another
+    /// has room.
+    pub fn acquire(
+        &self,
+        agent_type: &str,
+        avoid: Option<AgentId>,
+        complexity: Option<f64>,
+    ) -> Option<Slot> {
+        let mut inner = self.lock();
+        let pool = inner.pools.get_mut(agent_type)?;
+        let request = PickRequest {
+            complexity,
+            avoid,
+            random: rand::random(),
+        };
+        let strategy = pool.pool.strategy;
+        let i = pick(
+            &strategy,
+            &mut pool.balancer,
+            &mut pool.candidates,
+            &request,
+        )?;
+        pool.candidates[i].load += 1;
+        pool.sync(i);
+        let inst = &pool.instances[i];
         Some(Slot {
-            agent_id: chosen,
-            url: entry.record.url.clone(),
+            agent_id: inst.record.id,
+            url: inst.record.url.clone(),
+            failed: inst.failed.clone(),
         })
+    }
+
+    /// Records how an attempt on an instance went (`succeeded` false only when the instance is
+    /// to blame), and ejects it when it has become an outlier.
+    pub fn record_outcome(&self, id: AgentId, now: Timestamp, latency: Duration, succeeded: bool) {
+        let mut inner = self.lock();
+        let Some((pool, i)) = inner.find(id) else {
+            return;
+        };
+        let inst = &mut pool.instances[i];
+        inst.stats.observe(now, latency, succeeded);
+        let candidate = &mut pool.candidates[i];
+        candidate.latency_ms = inst.stats.latency_ms().unwrap_or(0.0);
+        candidate.success_rate = inst.stats.success_rate().unwrap_or(1.0);
+        let Some(policy) = pool.pool.outlier else {
+            return;
+        };
+        if succeeded || inst.ejection.is_ejected() || inst.failure.is_some() {
+            return;
+        }
+        let Some(reason) = outlier_reason(&inst.stats, &policy) else {
+            return;
+        };
+        if !may_eject(pool.instances.len(), pool.ejected(), &policy) {
+            tracing::debug!(agent_id = %id, %reason, "Outlier not ejected: the pool's ejection cap is reached");
+            return;
+        }
+        let inst = &mut pool.instances[i];
+        let before = pool.candidates[i].status;
+        let until = inst.ejection.eject(&policy, now);
+        let offences = inst.ejection.offences;
+        pool.sync(i);
+        let agent_type = pool.pool.name.clone();
+        drop(inner);
+        self.emit(
+            now,
+            &agent_type,
+            id,
+            format!(
+                "instance {id} {before} → ejected: {reason} (offence {offences}, until {})",
+                until.format("%H:%M:%S")
+            ),
+        );
     }
 
     /// Returns a slot. True when the instance was waiting to be removed and now is.
     pub fn release(&self, id: AgentId) -> bool {
-        let mut entries = self.lock();
-        let Some(entry) = entries.get_mut(&id) else {
+        let mut inner = self.lock();
+        let Some((pool, i)) = inner.find(id) else {
             return false;
         };
-        entry.in_flight = entry.in_flight.saturating_sub(1);
-        let agent_type = entry.record.agent_type.clone();
-        let removed = entry.remove_when_idle && entry.in_flight == 0;
+        let c = &mut pool.candidates[i];
+        c.load = c.load.saturating_sub(1);
+        let removed = pool.instances[i].remove_when_idle && pool.candidates[i].load == 0;
+        pool.sync(i);
+        let agent_type = pool.pool.name.clone();
         if removed {
-            entries.remove(&id);
+            pool.remove(id);
+            inner.by_id.remove(&id);
         }
-        drop(entries);
+        drop(inner);
         self.wakers.wake(&agent_type);
         removed
     }
 
     /// Takes an instance out of rotation and removes it once its in-flight tasks end.
-    pub fn deregister(&self, id: AgentId) -> Deregistration {
-        let mut entries = self.lock();
-        let Some(entry) = entries.get_mut(&id) else {
+    pub fn deregister(&self, id: AgentId, now: Timestamp) -> Deregistration {
+        let mut inner = self.lock();
+        let Some((pool, i)) = inner.find(id) else {
             return Deregistration::Unknown;
         };
-        if entry.in_flight == 0 {
-            entries.remove(&id);
+        let agent_type = pool.pool.name.clone();
+        let outcome = if pool.candidates[i].load == 0 {
+            pool.remove(id);
+            inner.by_id.remove(&id);
             Deregistration::Removed
         } else {
-            entry.remove_when_idle = true;
-            entry.record.status = AgentStatus::Draining;
+            pool.instances[i].remove_when_idle = true;
+            pool.sync(i);
             Deregistration::Draining
+        };
+        drop(inner);
+        let message = match outcome {
+            Deregistration::Removed => format!("instance {id} removed: deregistered"),
+            _ => format!("instance {id} → draining: deregistered with tasks in flight"),
+        };
+        self.emit(now, &agent_type, id, message);
+        outcome
+    }
+
+    /// Stops giving an instance work (scale-down); it is told to drain at its next heartbeat.
+    /// Returns its load, or `None` when unknown.
+    pub fn drain(&self, id: AgentId, now: Timestamp, reason: &str) -> Option<u32> {
+        let mut inner = self.lock();
+        let (pool, i) = inner.find(id)?;
+        let load = pool.candidates[i].load;
+        if pool.instances[i].draining {
+            return Some(load);
+        }
+        let before = pool.candidates[i].status;
+        pool.instances[i].draining = true;
+        pool.sync(i);
+        let agent_type = pool.pool.name.clone();
+        drop(inner);
+        self.emit(
+            now,
+            &agent_type,
+            id,
+            format!("instance {id} {before} → draining: {reason}"),
+        );
+        Some(load)
+    }
+
+    /// Removes an instance whatever its state (its process is gone). True when it was known.
+    pub fn forget(&self, id: AgentId, now: Timestamp, reason: &str) -> bool {
+        let mut inner = self.lock();
+        let Some(agent_type) = inner.by_id.remove(&id) else {
+            return false;
+        };
+        let removed = inner.pools.get_mut(&agent_type).and_then(|p| p.remove(id));
+        drop(inner);
+        if let Some(instance) = removed {
+            instance.failed.cancel();
+            self.emit(
+                now,
+                &agent_type,
+                id,
+                format!("instance {id} removed: {reason}"),
+            );
+        }
+        true
+    }
+
+    /// Fails every instance whose heartbeat is older than `timeout`: it gets no new work and its
+    /// in-flight attempts are cut short and retried elsewhere. Returns them.
+    pub fn expire_heartbeats(&self, now: Timestamp, timeout: chrono::Duration) -> Vec<AgentId> {
+        let mut expired = Vec::new();
+        let mut inner = self.lock();
+        for pool in inner.pools.values_mut() {
+            for i in 0..pool.instances.len() {
+                let inst = &mut pool.instances[i];
+                if inst.failure.is_none()
+                    && heartbeat_expired(inst.record.last_heartbeat, now, timeout)
+                {
+                    let before = pool.candidates[i].status;
+                    inst.failure = Some((Failure::Heartbeats, now));
+                    inst.failed.cancel();
+                    let last = inst.record.last_heartbeat;
+                    expired.push((pool.pool.name.clone(), inst.record.id, before, last));
+                    pool.sync(i);
+                }
+            }
+        }
+        drop(inner);
+        expired
+            .into_iter()
+            .map(|(agent_type, id, before, last)| {
+                self.emit(
+                    now,
+                    &agent_type,
+                    id,
+                    format!(
+                        "instance {id} {before} → failed: no heartbeat since {}",
+                        last.format("%H:%M:%S%.3f")
+                    ),
+                );
+                id
+            })
+            .collect()
+    }
+
+    /// Removes instances failed for longer than `after`; returns them.
+    pub fn remove_failed(&self, now: Timestamp, after: chrono::Duration) -> Vec<AgentId> {
+        let mut inner = self.lock();
+        let mut gone = Vec::new();
+        for pool in inner.pools.values_mut() {
+            let stale: Vec<AgentId> = pool
+                .instances
+                .iter()
+                .filter(|i| i.failure.is_some_and(|(_, since)| now - since > after))
+                .map(|i| i.record.id)
+                .collect();
+            for id in stale {
+                pool.remove(id);
+                gone.push((pool.pool.name.clone(), id));
+            }
+        }
+        for (_, id) in &gone {
+            inner.by_id.remove(id);
+        }
+        drop(inner);
+        gone.into_iter()
+            .map(|(agent_type, id)| {
+                self.emit(
+                    now,
+                    &agent_type,
+                    id,
+                    format!(
+                        "instance {id} removed: failed for more than {}s",
+                        after.num_seconds()
+                    ),
+                );
+                id
+            })
+            .collect()
+    }
+
+    /// Returns instances whose ejection has run its time to rotation.
+    pub fn restore_ejected(&self, now: Timestamp) {
+        let mut restored = Vec::new();
+        let mut inner = self.lock();
+        for pool in inner.pools.values_mut() {
+            for i in 0..pool.instances.len() {
+                let inst = &mut pool.instances[i];
+                if inst.ejection.expire(now) {
+                    inst.stats.reset_outcomes();
+                    let c = &mut pool.candidates[i];
+                    c.success_rate = 1.0;
+                    let status = pool.sync(i);
+                    restored.push((pool.pool.name.clone(), pool.instances[i].record.id, status));
+                }
+            }
+        }
+        drop(inner);
+        for (agent_type, id, status) in restored {
+            self.emit(
+                now,
+                &agent_type,
+                id,
+                format!("instance {id} ejected → {status}: ejection time over"),
+            );
+            self.wakers.wake(&agent_type);
         }
     }
 
-    /// Marks failed every instance whose heartbeat is older than `timeout`; returns them.
-    pub fn expire_heartbeats(
-        &self,
-        now: Timestamp,
-        timeout: chrono::Duration,
-    ) -> Vec<AgentInstance> {
-        let mut expired = Vec::new();
-        for entry in self.lock().values_mut() {
-            if entry.record.status != AgentStatus::Failed
-                && heartbeat_expired(entry.record.last_heartbeat, now, timeout)
-            {
-                entry.record.status = AgentStatus::Failed;
-                expired.push(entry.view());
+    /// Instances due for an active health check at `now`: (id, url, timeout). Each is scheduled
+    /// for its next check.
+    pub fn due_checks(&self, now: Timestamp) -> Vec<(AgentId, String, Duration)> {
+        let mut due = Vec::new();
+        let mut inner = self.lock();
+        for pool in inner.pools.values_mut() {
+            let Some(interval) = pool.pool.health.interval else {
+                continue;
+            };
+            let timeout = pool.pool.health.timeout;
+            for inst in &mut pool.instances {
+                if inst.next_check <= now {
+                    inst.next_check =
+                        now + chrono::Duration::from_std(interval).unwrap_or(chrono::Duration::MAX);
+                    due.push((inst.record.id, inst.record.url.clone(), timeout));
+                }
             }
         }
-        expired
+        due
+    }
+
+    /// Records an active check's result; fails or restores the instance when the pool's
+    /// thresholds say so.
+    pub fn record_check(&self, id: AgentId, ok: bool, detail: &str, now: Timestamp) {
+        let mut inner = self.lock();
+        let Some((pool, i)) = inner.find(id) else {
+            return;
+        };
+        let thresholds = pool.pool.health.thresholds;
+        let inst = &mut pool.instances[i];
+        let Some(healthy) = inst.checks.observe(ok, thresholds) else {
+            return;
+        };
+        let before = pool.candidates[i].status;
+        let message = if healthy {
+            if !matches!(inst.failure, Some((Failure::HealthChecks, _))) {
+                return;
+            }
+            inst.failure = None;
+            inst.failed = CancellationToken::new();
+            let status = pool.sync(i);
+            format!(
+                "instance {id} {before} → {status}: {} health checks passed",
+                thresholds.healthy
+            )
+        } else {
+            if inst.failure.is_some() {
+                return;
+            }
+            inst.failure = Some((Failure::HealthChecks, now));
+            inst.failed.cancel();
+            pool.sync(i);
+            format!(
+                "instance {id} {before} → failed: {} health checks failed, last: {detail}",
+                thresholds.unhealthy
+            )
+        };
+        let agent_type = pool.pool.name.clone();
+        drop(inner);
+        self.emit(now, &agent_type, id, message);
+        if healthy {
+            self.wakers.wake(&agent_type);
+        }
+    }
+
+    /// Counts of one pool.
+    pub fn counts(&self, agent_type: &str) -> PoolCounts {
+        let inner = self.lock();
+        let Some(pool) = inner.pools.get(agent_type) else {
+            return PoolCounts::default();
+        };
+        let mut by_status: Vec<(AgentStatus, u32)> = Vec::new();
+        let mut counts = PoolCounts::default();
+        for c in &pool.candidates {
+            match by_status.iter_mut().find(|(s, _)| *s == c.status) {
+                Some((_, n)) => *n += 1,
+                None => by_status.push((c.status, 1)),
+            }
+            counts.load += c.load;
+            if c.status.accepts_work() {
+                counts.accepting += 1;
+                counts.capacity += c.capacity;
+            }
+        }
+        by_status.sort_by_key(|(s, _)| AgentStatus::ALL.iter().position(|x| x == s));
+        counts.by_status = by_status;
+        counts
     }
 
     /// Every instance as the API shows it, oldest first.
     pub fn list(&self) -> Vec<AgentInstance> {
-        let mut all: Vec<_> = self.lock().values().map(Entry::view).collect();
+        let inner = self.lock();
+        let mut all: Vec<_> = inner
+            .pools
+            .values()
+            .flat_map(|p| (0..p.instances.len()).map(|i| p.view(i)))
+            .collect();
+        all.sort_by_key(|a| (a.created_at, a.id));
+        all
+    }
+
+    /// The instances of one pool, oldest first.
+    pub fn list_pool(&self, agent_type: &str) -> Vec<AgentInstance> {
+        let inner = self.lock();
+        let mut all: Vec<_> = inner.pools.get(agent_type).map_or_else(Vec::new, |p| {
+            (0..p.instances.len()).map(|i| p.view(i)).collect()
+        });
         all.sort_by_key(|a| (a.created_at, a.id));
         all
     }
 
     /// One instance as the API shows it.
     pub fn get(&self, id: AgentId) -> Option<AgentInstance> {
-        self.lock().get(&id).map(Entry::view)
+        let mut inner = self.lock();
+        let (pool, i) = inner.find(id)?;
+        Some(pool.view(i))
     }
 
     /// True when some instance (in any state) serves this type.
     pub fn knows_type(&self, agent_type: &str) -> bool {
         self.lock()
-            .values()
-            .any(|e| e.record.agent_type == agent_type)
+            .pools
+            .get(agent_type)
+            .is_some_and(|p| !p.instances.is_empty())
     }
 
     /// The agent types of all instances.
     pub fn types(&self) -> Vec<String> {
         let mut types: Vec<String> = self
             .lock()
-            .values()
-            .map(|e| e.record.agent_type.clone())
+            .pools
+            .iter()
+            .filter(|(_, p)| !p.instances.is_empty())
+            .map(|(t, _)| t.clone())
             .collect();
         types.sort();
-        types.dedup();
         types
     }
 }

@@ -5,7 +5,7 @@
 use crate::app::AppState;
 use crate::fleet::registry::Slot;
 use crate::scheduler::dispatch;
-use flotilla_core::retry::{BackoffPolicy, after_failure};
+use flotilla_core::retry::{BackoffPolicy, Blame, DispatchFailure, after_failure};
 use flotilla_core::task::{AttemptEnd, AttemptResult, Task};
 use flotilla_core::wire::ExecuteRequest;
 use std::collections::HashSet;
@@ -121,12 +121,11 @@ async fn run(state: AppState, agent_type: String, shutdown: CancellationToken) {
 /// Reserves an instance for a claimed task and starts its attempt.
 fn start_attempt(state: &AppState, task: Task) {
     // A retried task avoids the instance it last failed on, when another has room.
-    let avoid: Vec<_> = task
-        .agent_id
-        .filter(|_| task.attempt > 1)
-        .into_iter()
-        .collect();
-    let Some(slot) = state.registry.acquire(&task.agent_type, &avoid) else {
+    let avoid = task.agent_id.filter(|_| task.attempt > 1);
+    let Some(slot) = state
+        .registry
+        .acquire(&task.agent_type, avoid, task.complexity)
+    else {
         // The slot counted before the claim vanished (an instance failed or left meanwhile).
         let now = state.clock.now();
         state.completions.send(AttemptEnd {
@@ -179,15 +178,32 @@ async fn attempt(state: AppState, task: Task, slot: Slot) {
         deadline,
         model_gateway: None,
     };
-    let outcome = dispatch::execute(
-        &state.http,
-        &slot.url,
-        &request,
-        traceparent.as_deref(),
-        timeout,
-    )
-    .await;
+    let outcome = tokio::select! {
+        outcome = dispatch::execute(
+            &state.http,
+            &slot.url,
+            &request,
+            traceparent.as_deref(),
+            timeout,
+        ) => outcome,
+        // The instance failed (heartbeats stopped, health checks failed): do not wait for the
+        // deadline, retry elsewhere now.
+        () = slot.failed.cancelled() => Err(DispatchFailure::Connect(
+            "the instance failed while the attempt ran".to_owned(),
+        )),
+    };
     let finished_at = state.clock.now();
+    // Only failures the instance is to blame for count against it.
+    let instance_ok = match &outcome {
+        Ok(_) => true,
+        Err(failure) => failure.blame() == Blame::Task,
+    };
+    state.registry.record_outcome(
+        slot.agent_id,
+        finished_at,
+        (finished_at - started_at).to_std().unwrap_or_default(),
+        instance_ok,
+    );
     release_slot(&state, &slot).await;
     let result = match outcome {
         Ok(answer) => AttemptResult::Succeeded {

@@ -1,0 +1,96 @@
+//! Fleet events: logged at once, written to the store in batches by one writer, pruned to the
+//! configured retention. Emitting never blocks and never fails the caller.
+
+use flotilla_core::Timestamp;
+use flotilla_core::event::{EventKind, NewEvent};
+use flotilla_core::id::AgentId;
+use flotilla_store::DynStore;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// How often pending events are written.
+const FLUSH_EVERY: Duration = Duration::from_millis(250);
+/// Prune after this many writes.
+const PRUNE_EVERY: u32 = 200;
+
+/// Where fleet events go. Cheap to clone.
+#[derive(Clone)]
+pub struct EventSink {
+    tx: mpsc::UnboundedSender<NewEvent>,
+}
+
+impl EventSink {
+    /// Records an event: logs it and queues it for the store.
+    pub fn emit(
+        &self,
+        at: Timestamp,
+        kind: EventKind,
+        agent_type: &str,
+        agent_id: Option<AgentId>,
+        message: String,
+    ) {
+        match agent_id {
+            Some(id) => {
+                tracing::info!(event = %kind, agent_type, agent_id = %id, "{message}");
+            }
+            None => tracing::info!(event = %kind, agent_type, "{message}"),
+        }
+        // Fails only when the writer stopped at shutdown; the log line above remains.
+        let _ = self.tx.send(NewEvent {
+            at,
+            kind,
+            agent_type: agent_type.to_owned(),
+            agent_id,
+            message,
+        });
+    }
+
+    /// A sink whose events are only logged and collected by the returned receiver (tests).
+    pub fn detached() -> (Self, mpsc::UnboundedReceiver<NewEvent>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        (Self { tx }, rx)
+    }
+}
+
+/// The sink and its writer loop, which runs until `stop` and then writes what is left.
+pub fn channel(
+    store: DynStore,
+    retention: u64,
+    stop: CancellationToken,
+) -> (EventSink, impl Future<Output = ()>) {
+    let (tx, mut rx) = mpsc::unbounded_channel::<NewEvent>();
+    let writer = async move {
+        let mut writes = 0u32;
+        let mut batch = Vec::new();
+        loop {
+            let stopping = tokio::select! {
+                () = stop.cancelled() => true,
+                () = tokio::time::sleep(FLUSH_EVERY) => false,
+            };
+            while let Ok(event) = rx.try_recv() {
+                batch.push(event);
+            }
+            if !batch.is_empty() {
+                match store.insert_events(&batch).await {
+                    Ok(()) => batch.clear(),
+                    Err(e) if batch.len() > 10_000 => {
+                        tracing::warn!(error = %e, dropped = batch.len(), "Could not write fleet events; dropping them (they were logged)");
+                        batch.clear();
+                    }
+                    Err(e) => tracing::warn!(error = %e, "Could not write fleet events; retrying"),
+                }
+                writes += 1;
+                if writes % PRUNE_EVERY == 0
+                    && let Err(e) = store.prune_events(retention).await
+                {
+                    tracing::warn!(error = %e, "Could not prune fleet events");
+                }
+            }
+            if stopping {
+                return;
+            }
+        }
+    };
+    (EventSink { tx }, writer)
+}
