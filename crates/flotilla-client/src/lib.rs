@@ -17,8 +17,8 @@ use flotilla_core::agent::AgentInstance;
 use flotilla_core::id::{AgentId, TaskId};
 use flotilla_core::task::{Task, TaskStatus};
 use flotilla_core::wire::{
-    AgentList, Deregistered, Heartbeat, HeartbeatAck, Probe, RegisterAgent, Registered, SubmitTask,
-    TaskPage,
+    AgentList, Deregistered, EventList, Heartbeat, HeartbeatAck, PoolList, Probe, RegisterAgent,
+    Registered, SubmitTask, TaskPage,
 };
 use reqwest::header::{AUTHORIZATION, HeaderMap, HeaderValue};
 use reqwest::{Method, RequestBuilder};
@@ -221,6 +221,17 @@ impl Client {
     /// `GET /v1/agents/{id}`.
     pub async fn get_agent(&self, id: AgentId) -> Result<AgentInstance, ClientError> {
         self.call(Method::GET, &format!("/v1/agents/{id}"), NoBody, None)
+            .await
+    }
+
+    /// `GET /v1/pools`.
+    pub async fn list_pools(&self) -> Result<PoolList, ClientError> {
+        self.call(Method::GET, "/v1/pools", NoBody, None).await
+    }
+
+    /// `GET /v1/events` with its filters (`after`, `limit`, `type`, `agent_id`, `kind`).
+    pub async fn list_events(&self, query: &[(&str, String)]) -> Result<EventList, ClientError> {
+        self.call_with(Method::GET, "/v1/events", query, NoBody, None)
             .await
     }
 

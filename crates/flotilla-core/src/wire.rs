@@ -260,3 +260,64 @@ mod tests {
         assert!(contains_nul(&serde_json::json!({"k\u{0}": 1})));
     }
 }
+
+/// One pool as `GET /v1/pools` shows it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct PoolView {
+    /// The agent type.
+    pub name: String,
+    /// `local`, `static` or `kubernetes`.
+    pub provisioner: String,
+    pub strategy: crate::balance::StrategyKind,
+    /// True when the pool has a `[[pools]]` entry (otherwise its instances registered a type no
+    /// entry names, and defaults apply).
+    pub configured: bool,
+    pub autoscale: bool,
+    pub min_instances: u32,
+    pub max_instances: u32,
+    /// The size the autoscaler wants (recommends, for static pools).
+    pub desired: u32,
+    /// Registered instances by status.
+    pub instances: std::collections::BTreeMap<String, u32>,
+    /// Capacity of the instances that take work.
+    pub capacity: u32,
+    /// Tasks in flight.
+    pub load: u32,
+    /// Load over capacity, as the autoscaler last sampled it.
+    pub utilisation: f64,
+    /// Tasks waiting, as the autoscaler last sampled it.
+    pub queued: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_decision: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_decision_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// Processes of a local pool.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub processes: Vec<ProcessView>,
+}
+
+/// A local pool's process.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ProcessView {
+    /// `<pool>-<n>`; the instance registers with it as `metadata.instance`.
+    pub name: String,
+    /// None while it waits to be restarted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+    pub restarts: u32,
+}
+
+/// `GET /v1/pools`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct PoolList {
+    pub pools: Vec<PoolView>,
+}
+
+/// `GET /v1/events`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct EventList {
+    pub events: Vec<crate::event::Event>,
+    /// Pass as `after` to get the events recorded since (absent when there are none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_after: Option<i64>,
+}

@@ -2,7 +2,9 @@
 
 use crate::auth::KeyCache;
 use crate::clock::Clock;
+use crate::fleet::autoscaler::Scaling;
 use crate::fleet::events::EventSink;
+use crate::fleet::provisioners::Provisioners;
 use crate::fleet::registry::Registry;
 use crate::fleet::wakers::Wakers;
 use crate::scheduler::completion::Completions;
@@ -22,6 +24,9 @@ pub struct AppState {
     pub clock: Arc<dyn Clock>,
     pub registry: Arc<Registry>,
     pub events: EventSink,
+    pub provisioners: Arc<Provisioners>,
+    /// The autoscaler's view of each pool.
+    pub scaling: Arc<Scaling>,
     pub wakers: Arc<Wakers>,
     pub waiters: Arc<Waiters>,
     pub keys: Arc<KeyCache>,

@@ -12,12 +12,15 @@ pub mod scheduler;
 pub mod waiters;
 
 use crate::app::AppState;
-use crate::auth::bootstrap::{BootstrapError, NewKey, ensure_admin_key};
+use crate::auth::bootstrap::{BootstrapError, NewKey, create_internal_key, ensure_admin_key};
 use crate::clock::{Clock, SystemClock};
+use crate::fleet::provisioners::{LocalContext, Provisioners};
 use crate::fleet::registry::Registry;
 use crate::fleet::wakers::Wakers;
 use crate::scheduler::dispatcher::Dispatchers;
+use flotilla_core::auth::Role;
 use flotilla_core::config::Config;
+use flotilla_core::config::Provisioner;
 use flotilla_store::{DynStore, StoreError};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -56,6 +59,9 @@ pub struct StartOptions {
     pub bootstrap_key: Option<String>,
     /// A clock to use instead of the system clock (tests).
     pub clock: Option<Arc<dyn Clock>>,
+    /// The `flotilla` binary, which local pools run as `flotilla agent` unless they name a
+    /// command.
+    pub agent_program: Option<std::path::PathBuf>,
 }
 
 /// A started control plane.
@@ -100,6 +106,49 @@ pub async fn start(
     ));
     registry.load(store.list_agents().await?, now);
 
+    // The listener is bound first: local agents need its address.
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| ServerError::Listen {
+            addr: config.listen,
+            source,
+        })?;
+    let addr = listener
+        .local_addr()
+        .map_err(|source| ServerError::Listen {
+            addr: config.listen,
+            source,
+        })?;
+    let local_context = if config
+        .pools
+        .iter()
+        .any(|p| matches!(p.provisioner, Provisioner::Local { .. }))
+    {
+        let agent_key =
+            create_internal_key(store.as_ref(), Role::Agent, "local provisioner", now).await?;
+        let host = if addr.ip().is_unspecified() {
+            std::net::IpAddr::from([127, 0, 0, 1])
+        } else {
+            addr.ip()
+        };
+        Some(LocalContext {
+            agent_program: options.agent_program.clone(),
+            control_plane_url: format!("http://{}", SocketAddr::new(host, addr.port())),
+            agent_key,
+        })
+    } else {
+        None
+    };
+    let provisioners = Provisioners::new(
+        events.clone(),
+        local_context,
+        &writers,
+        registry.clone(),
+        store.clone(),
+        clock.clone(),
+        stop_writers.clone(),
+    );
+
     let (intake, intake_writer) =
         scheduler::intake::channel(store.clone(), wakers.clone(), stop_writers.clone());
     let (completions, completion_writer) = scheduler::completion::channel(
@@ -117,6 +166,8 @@ pub async fn start(
         clock,
         registry: registry.clone(),
         events,
+        provisioners: provisioners.clone(),
+        scaling: Arc::default(),
         wakers,
         waiters,
         keys: Arc::default(),
@@ -138,19 +189,12 @@ pub async fn start(
     writers.spawn(scheduler::lease::run(state.clone(), shutdown.clone()));
     writers.spawn(fleet::heartbeat::run(state.clone(), shutdown.clone()));
     writers.spawn(fleet::health::run(state.clone(), shutdown.clone()));
+    writers.spawn(fleet::autoscaler::run(
+        state.clone(),
+        provisioners,
+        shutdown.clone(),
+    ));
 
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .map_err(|source| ServerError::Listen {
-            addr: config.listen,
-            source,
-        })?;
-    let addr = listener
-        .local_addr()
-        .map_err(|source| ServerError::Listen {
-            addr: config.listen,
-            source,
-        })?;
     let router = api::router(state.clone());
     // Answers go out at once (no Nagle delay on keep-alive connections, DESIGN.md §7).
     let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
@@ -208,6 +252,8 @@ impl RunningServer {
                 "Attempts still running after the grace period; their leases will expire and they will re-run"
             );
         }
+        // Local agents stop after the attempts they ran have ended.
+        self.state.provisioners.shutdown().await;
         self.stop_writers.cancel();
         self.writers.close();
         self.writers.wait().await;

@@ -2,8 +2,10 @@
 
 pub mod agents;
 pub mod error;
+pub mod events;
 pub mod extract;
 pub mod openapi;
+pub mod pools;
 pub mod probes;
 pub mod tasks;
 
@@ -30,6 +32,8 @@ pub fn router(state: AppState) -> Router {
     let v1 = Router::new()
         .merge(tasks::routes())
         .merge(agents::routes())
+        .merge(pools::routes())
+        .merge(events::routes())
         .route_layer(middleware::from_fn_with_state(state.clone(), require_key));
     Router::new()
         .merge(probes::routes())

@@ -21,9 +21,12 @@ use utoipa::{Modify, OpenApi};
         super::agents::deregister,
         super::agents::list,
         super::agents::get_agent,
+        super::pools::list,
+        super::pools::get_pool,
+        super::events::list,
     ),
     modifiers(&BearerAuth, &CommonErrors),
-    tags((name = "tasks"), (name = "agents"), (name = "probes"))
+    tags((name = "tasks"), (name = "agents"), (name = "fleet"), (name = "probes"))
 )]
 pub struct ApiDoc;
 

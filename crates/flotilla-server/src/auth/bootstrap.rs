@@ -79,6 +79,30 @@ pub async fn ensure_admin_key(
     Ok(generated.then_some(NewKey(text)))
 }
 
+/// Creates a key for the control plane's own use (e.g. the agents the local provisioner starts)
+/// and returns its text, which is never stored or shown.
+pub async fn create_internal_key(
+    store: &dyn Store,
+    role: Role,
+    name: &str,
+    now: Timestamp,
+) -> Result<String, BootstrapError> {
+    let text = generate_key();
+    let parts = parse_key(&text).ok_or(BootstrapError::MalformedKey)?;
+    let record = ApiKeyRecord {
+        id: parts.public_id.to_owned(),
+        tenant_id: TenantId::DEFAULT,
+        role,
+        name: name.to_owned(),
+        secret_hash: hash_secret(parts.secret),
+        created_at: now,
+        expires_at: None,
+        revoked_at: None,
+    };
+    store.insert_api_key(&record).await?;
+    Ok(text)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

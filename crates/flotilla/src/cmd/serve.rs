@@ -77,6 +77,7 @@ pub async fn start(config: Config, bootstrap_key: Option<String>) -> anyhow::Res
         StartOptions {
             bootstrap_key,
             clock: None,
+            agent_program: std::env::current_exe().ok(),
         },
     )
     .await?)

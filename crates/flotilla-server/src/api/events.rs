@@ -1,0 +1,76 @@
+//! `/v1/events`: fleet events — instance status changes, scaling decisions, provisioner actions —
+//! each with its reason.
+
+use crate::api::error::ApiError;
+use crate::api::extract::{QueryParams, parse_id};
+use crate::app::AppState;
+use crate::auth::Caller;
+use axum::extract::State;
+use axum::routing::get;
+use axum::{Json, Router};
+use flotilla_core::auth::Role;
+use flotilla_core::event::EventKind;
+use flotilla_core::id::AgentId;
+use flotilla_core::wire::EventList;
+use flotilla_store::EventFilter;
+use serde::Deserialize;
+
+const READ: &[Role] = &[Role::Admin, Role::Operator, Role::Viewer];
+
+pub(super) fn routes() -> Router<AppState> {
+    Router::new().route("/events", get(list))
+}
+
+/// Filters of `GET /v1/events`.
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields, default)]
+pub struct EventQuery {
+    /// Only this pool's events.
+    #[serde(rename = "type")]
+    #[param(rename = "type")]
+    pub agent_type: Option<String>,
+    /// Only this instance's events.
+    pub agent_id: Option<String>,
+    /// `instance`, `scale` or `provisioner`.
+    pub kind: Option<EventKind>,
+    /// Events recorded after this id, oldest first; without it, the latest `limit` events.
+    pub after: Option<i64>,
+    /// At most this many, 1-1000 (default 100).
+    pub limit: Option<u32>,
+}
+
+/// Fleet events, oldest first.
+#[utoipa::path(get, path = "/v1/events", tag = "fleet", params(EventQuery),
+    responses((status = 200, body = EventList)), security(("bearer" = [])))]
+pub async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+    QueryParams(query): QueryParams<EventQuery>,
+) -> Result<Json<EventList>, ApiError> {
+    caller.require(READ, "read fleet events")?;
+    let limit = query.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::invalid_field(
+            "limit",
+            "`limit` must be between 1 and 1000",
+        ));
+    }
+    let agent_id = query
+        .agent_id
+        .as_deref()
+        .map(|id| parse_id::<AgentId>(id, "agent"))
+        .transpose()
+        .map_err(|_| ApiError::invalid_field("agent_id", "`agent_id` must be a UUID"))?;
+    let events = state
+        .store
+        .list_events(&EventFilter {
+            agent_type: query.agent_type,
+            agent_id,
+            kind: query.kind,
+            after: query.after,
+            limit,
+        })
+        .await?;
+    let next_after = events.last().map(|e| e.id).or(query.after);
+    Ok(Json(EventList { events, next_after }))
+}

@@ -1,0 +1,302 @@
+//! Provisioners (DESIGN.md §5): how a pool's size becomes running instances.
+//!
+//! - `static`: instances register themselves; the autoscaler only recommends.
+//! - `local`: agent processes on this machine, supervised by [`local::LocalSupervisor`].
+//! - `kubernetes`: one Deployment per pool through `flotilla-kube`.
+//!
+//! Scale-down is the same for every provisioner that can do it: the chosen instances are drained
+//! in the registry (no new work), their in-flight tasks finish (up to `[fleet] drain_timeout_ms`),
+//! and only then is the instance stopped.
+
+pub mod local;
+
+use crate::app::AppState;
+use crate::fleet::registry::Registry;
+use flotilla_core::agent::AgentInstance;
+use flotilla_core::autoscale::{Victim, choose_victims};
+use flotilla_core::config::{Pool, Provisioner};
+use flotilla_core::event::EventKind;
+use flotilla_core::id::AgentId;
+use local::{InstanceName, LocalSupervisor, ProcessEvent, ProcessSpec};
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio_util::task::TaskTracker;
+
+/// How long a stopped local agent gets between SIGTERM and SIGKILL.
+const STOP_GRACE: Duration = Duration::from_secs(10);
+
+/// What local agent processes need to reach the control plane.
+#[derive(Clone)]
+pub struct LocalContext {
+    /// The program of the built-in agent (this binary), run as `<program> agent …`.
+    pub agent_program: Option<PathBuf>,
+    /// URL of this control plane's API.
+    pub control_plane_url: String,
+    /// API key with role `agent` for the processes (never logged).
+    pub agent_key: String,
+}
+
+/// The provisioners of this control plane.
+pub struct Provisioners {
+    local: LocalSupervisor,
+    context: Option<LocalContext>,
+    /// Local instances being drained and stopped: not counted in the pool's size.
+    stopping: Mutex<HashSet<InstanceName>>,
+    tasks: TaskTracker,
+}
+
+/// The agent id of a registered local instance: its registration carries the name.
+fn registered_as(registry: &Registry, pool: &str, name: &InstanceName) -> Option<AgentId> {
+    registry
+        .list_pool(pool)
+        .into_iter()
+        .find(|a| instance_name(a) == Some(name.as_str()))
+        .map(|a| a.id)
+}
+
+fn instance_name(agent: &AgentInstance) -> Option<&str> {
+    agent.metadata.get("instance").and_then(|v| v.as_str())
+}
+
+impl Provisioners {
+    /// Provisioners whose process events are turned into fleet events by a loop on `tracker`.
+    pub fn new(
+        state_events: crate::fleet::events::EventSink,
+        context: Option<LocalContext>,
+        tracker: &TaskTracker,
+        registry: Arc<Registry>,
+        store: flotilla_store::DynStore,
+        clock: Arc<dyn crate::clock::Clock>,
+        stop: tokio_util::sync::CancellationToken,
+    ) -> Arc<Self> {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let this = Arc::new(Self {
+            local: LocalSupervisor::new(tx),
+            context,
+            stopping: Mutex::default(),
+            tasks: TaskTracker::new(),
+        });
+        let me = this.clone();
+        tracker.spawn(async move {
+            loop {
+                let event = tokio::select! {
+                    () = stop.cancelled() => return,
+                    event = rx.recv() => match event {
+                        Some(event) => event,
+                        None => return,
+                    },
+                };
+                let now = clock.now();
+                let (pool, message, exited) = match &event {
+                    ProcessEvent::Started { pool, name, pid } => {
+                        (pool, format!("process {name} started (pid {pid})"), None)
+                    }
+                    ProcessEvent::Exited {
+                        pool,
+                        name,
+                        status,
+                        restart_in,
+                    } => {
+                        let what = match restart_in {
+                            Some(d) => format!("; restarting in {} ms", d.as_millis()),
+                            None => String::new(),
+                        };
+                        (
+                            pool,
+                            format!("process {name} exited: {status}{what}"),
+                            restart_in.map(|_| name.clone()),
+                        )
+                    }
+                    ProcessEvent::Stopped { pool, name } => {
+                        me.stopping_done(name);
+                        (pool, format!("process {name} stopped"), Some(name.clone()))
+                    }
+                };
+                state_events.emit(now, EventKind::Provisioner, pool, None, message);
+                // A process that is gone cannot finish its tasks: fail them over at once rather
+                // than at the next heartbeat timeout.
+                if let Some(name) = exited
+                    && let Some(id) = registered_as(&registry, pool, &name)
+                    && registry.forget(id, now, &format!("its process {name} is gone"))
+                    && let Err(e) = store.delete_agent(id).await
+                {
+                    tracing::warn!(agent_id = %id, error = %e, "Could not delete the instance");
+                }
+            }
+        });
+        this
+    }
+
+    fn stopping_done(&self, name: &InstanceName) {
+        if let Ok(mut s) = self.stopping.lock() {
+            s.remove(name);
+        }
+    }
+
+    fn is_stopping(&self, name: &InstanceName) -> bool {
+        self.stopping.lock().is_ok_and(|s| s.contains(name))
+    }
+
+    /// The pool's current size as its provisioner counts it; `None` for static pools (the
+    /// registry's count applies).
+    pub fn size(&self, pool: &Pool) -> Option<u32> {
+        match pool.provisioner {
+            Provisioner::Local { .. } => Some(
+                self.local
+                    .list(Some(&pool.name))
+                    .iter()
+                    .filter(|p| !self.is_stopping(&p.name))
+                    .count() as u32,
+            ),
+            Provisioner::Static | Provisioner::Kubernetes(_) => None,
+        }
+    }
+
+    /// Brings a local pool to `to` instances: starts processes, or drains and stops the idle
+    /// (then oldest) ones. Other provisioners: nothing to do here.
+    pub fn scale(&self, state: &AppState, pool: &Pool, to: u32) {
+        let Provisioner::Local { command } = &pool.provisioner else {
+            return;
+        };
+        let Some(context) = &self.context else {
+            tracing::warn!(pool = %pool.name, "The local provisioner has no agent key; not scaling");
+            return;
+        };
+        let current = self.size(pool).unwrap_or(0);
+        if to > current {
+            for _ in current..to {
+                match spec(pool, command, context) {
+                    Some(spec) => {
+                        self.local.spawn(&pool.name, spec);
+                    }
+                    None => {
+                        tracing::error!(pool = %pool.name, "No command to run: set `command` for this pool");
+                        return;
+                    }
+                }
+            }
+        } else if to < current {
+            self.scale_down(state, pool, (current - to) as usize);
+        }
+    }
+
+    fn scale_down(&self, state: &AppState, pool: &Pool, n: usize) {
+        let processes: Vec<_> = self
+            .local
+            .list(Some(&pool.name))
+            .into_iter()
+            .filter(|p| !self.is_stopping(&p.name))
+            .collect();
+        let registered = state.registry.list_pool(&pool.name);
+        let id_of = |name: &InstanceName| {
+            registered
+                .iter()
+                .find(|a| instance_name(a) == Some(name.as_str()))
+        };
+        // Processes that never registered have no work: they go first; then the registry's
+        // choice among registered ones (idle first, oldest first).
+        let mut victims: Vec<(InstanceName, Option<AgentId>)> = processes
+            .iter()
+            .filter(|p| id_of(&p.name).is_none())
+            .map(|p| (p.name.clone(), None))
+            .take(n)
+            .collect();
+        let candidates: Vec<Victim<usize>> = processes
+            .iter()
+            .enumerate()
+            .filter_map(|(i, p)| {
+                id_of(&p.name).map(|a| Victim {
+                    id: i,
+                    created_at: a.created_at,
+                    load: a.load,
+                })
+            })
+            .collect();
+        for i in choose_victims(&candidates, n - victims.len()) {
+            let name = processes[i].name.clone();
+            let id = id_of(&name).map(|a| a.id);
+            victims.push((name, id));
+        }
+        for (name, id) in victims {
+            if let Ok(mut s) = self.stopping.lock() {
+                s.insert(name.clone());
+            }
+            let state = state.clone();
+            let local = self.local.clone();
+            self.tasks.spawn(async move {
+                if let Some(id) = id {
+                    drain(&state, id).await;
+                }
+                local.stop(&name, STOP_GRACE).await;
+            });
+        }
+    }
+
+    /// Stops every local process (after in-flight drains) and waits for them.
+    pub async fn shutdown(&self) {
+        self.tasks.close();
+        self.local.shutdown(STOP_GRACE).await;
+        self.tasks.wait().await;
+    }
+
+    /// Local processes, for `GET /v1/pools`.
+    pub fn processes(&self, pool: &str) -> Vec<local::ProcessInfo> {
+        self.local.list(Some(pool))
+    }
+}
+
+/// Takes an instance out of rotation and waits until its in-flight tasks end (or the drain
+/// timeout passes).
+async fn drain(state: &AppState, id: AgentId) {
+    let started = tokio::time::Instant::now();
+    let now = state.clock.now();
+    if state
+        .registry
+        .drain(id, now, "chosen by scale-down")
+        .is_none()
+    {
+        return;
+    }
+    loop {
+        let load = state.registry.get(id).map_or(0, |a| a.load);
+        if load == 0 || started.elapsed() >= state.config.fleet.drain_timeout {
+            return;
+        }
+        tokio::select! {
+            () = state.shutdown.cancelled() => return,
+            () = tokio::time::sleep(Duration::from_millis(100)) => {}
+        }
+    }
+}
+
+/// The process to run for one instance of a local pool.
+fn spec(pool: &Pool, command: &[String], context: &LocalContext) -> Option<ProcessSpec> {
+    let (program, args) = match command.split_first() {
+        Some((program, args)) => (PathBuf::from(program), args.to_vec()),
+        None => (
+            context.agent_program.clone()?,
+            vec![
+                "agent".to_owned(),
+                "--type".to_owned(),
+                pool.name.clone(),
+                "--capacity".to_owned(),
+                pool.capacity.to_string(),
+            ],
+        ),
+    };
+    let mut env: Vec<(String, String)> = pool
+        .env
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    env.push(("FLOTILLA_KEY".to_owned(), context.agent_key.clone()));
+    env.push((
+        "FLOTILLA_CONTROL_PLANE".to_owned(),
+        context.control_plane_url.clone(),
+    ));
+    env.push(("AGENT_TYPE".to_owned(), pool.name.clone()));
+    Some(ProcessSpec { program, args, env })
+}
