@@ -575,10 +575,10 @@ impl Plane {
     async fn start(backend: &Backend, agents: usize, capacity: u32) -> Result<Plane> {
         let data_dir = tempfile::tempdir()?;
         let pool = |name: &str| {
-            toml::Value::Table(toml::Table::from_iter([(
-                "name".to_owned(),
-                toml::Value::from(name),
-            )]))
+            toml::Value::Table(toml::Table::from_iter([
+                ("name".to_owned(), toml::Value::from(name)),
+                ("provisioner".to_owned(), toml::Value::from("static")),
+            ]))
         };
         let mut overrides = vec![
             ("server.listen".to_owned(), toml::Value::from("127.0.0.1:0")),

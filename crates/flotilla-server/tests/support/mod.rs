@@ -155,8 +155,9 @@ default_max_attempts = 3
 impl Settings {
     /// Adds a pool (agent type) with default settings.
     pub fn pool(mut self, name: &str) -> Self {
-        self.text
-            .push_str(&format!("\n[[pools]]\nname = \"{name}\"\n"));
+        self.text.push_str(&format!(
+            "\n[[pools]]\nname = \"{name}\"\nprovisioner = \"static\"\n"
+        ));
         self
     }
 

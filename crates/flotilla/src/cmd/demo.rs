@@ -129,7 +129,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     });
     let pools: String = DEMO_TYPES
         .iter()
-        .map(|t| format!("[[pools]]\nname = \"{t}\"\n"))
+        .map(|t| format!("[[pools]]\nname = \"{t}\"\nprovisioner = \"static\"\n"))
         .collect();
     let flags = vec![
         ("server.listen".to_owned(), toml::Value::String(listen)),
