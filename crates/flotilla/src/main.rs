@@ -5,6 +5,7 @@
 mod cmd;
 mod logging;
 mod output;
+mod simulate;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -31,9 +32,17 @@ enum Command {
     /// Inspect the agent fleet.
     #[command(subcommand)]
     Agents(cmd::agents::AgentsCommand),
+    /// Inspect agent pools: size, load, queue, autoscaling.
+    #[command(subcommand)]
+    Pools(cmd::pools::PoolsCommand),
+    /// Read fleet events: status changes, scaling decisions, provisioner actions.
+    #[command(subcommand)]
+    Events(cmd::pools::EventsCommand),
     /// Check configuration files.
     #[command(subcommand)]
     Config(cmd::config::ConfigCommand),
+    /// Simulate a pool with the control plane's own balancing and autoscaling decisions.
+    Simulate(Box<cmd::simulate::SimulateArgs>),
 }
 
 fn main() -> ExitCode {
@@ -58,7 +67,10 @@ fn main() -> ExitCode {
             Command::Demo(args) => cmd::demo::run(args).await,
             Command::Task(command) => cmd::task::run(command).await,
             Command::Agents(command) => cmd::agents::run(command).await,
+            Command::Pools(command) => cmd::pools::run_pools(command).await,
+            Command::Events(command) => cmd::pools::run_events(command).await,
             Command::Config(command) => cmd::config::run(command),
+            Command::Simulate(args) => cmd::simulate::run(*args),
         }
     });
     match result {

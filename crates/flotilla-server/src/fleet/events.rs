@@ -81,7 +81,7 @@ pub fn channel(
                     Err(e) => tracing::warn!(error = %e, "Could not write fleet events; retrying"),
                 }
                 writes += 1;
-                if writes % PRUNE_EVERY == 0
+                if writes.is_multiple_of(PRUNE_EVERY)
                     && let Err(e) = store.prune_events(retention).await
                 {
                     tracing::warn!(error = %e, "Could not prune fleet events");

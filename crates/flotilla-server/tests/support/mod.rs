@@ -161,6 +161,13 @@ impl Settings {
         self
     }
 
+    /// Appends raw TOML, e.g. settings of the pool added last: `.pool("x").raw("strategy = …")`.
+    pub fn raw(mut self, text: &str) -> Self {
+        self.text.push_str(text);
+        self.text.push('\n');
+        self
+    }
+
     /// Overrides one setting, e.g. `set("server.max_body_bytes", 1024)`.
     pub fn set(mut self, key: &str, value: impl Into<toml::Value>) -> Self {
         self.overrides.push((key.to_owned(), value.into()));

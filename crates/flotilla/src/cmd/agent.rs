@@ -1,8 +1,14 @@
 //! `flotilla agent`: a reference agent worker running simulated work of one type under the
 //! agent SDK's runtime (registration, heartbeats, drain on SIGTERM/SIGINT).
+//!
+//! Its flags can also come from the environment, which is how the control plane's provisioners
+//! configure it: the `local` provisioner sets `FLOTILLA_INSTANCE_NAME` and `FLOTILLA_PARENT_PID`,
+//! a Kubernetes Deployment sets `AGENT_TYPE`, `FLOTILLA_CONTROL_PLANE`, `FLOTILLA_ADVERTISE_URL`
+//! and `FLOTILLA_KEY`.
 
 use anyhow::Context as _;
 use flotilla_agent::{Latency, RuntimeConfig, SimulatedAgent};
+use nix::unistd::{Pid, getppid};
 use std::io::Write as _;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -14,11 +20,16 @@ use tokio_util::sync::CancellationToken;
 pub struct AgentArgs {
     /// The agent type (pool) this worker serves, e.g. `code_generator`, `security_scanner`,
     /// `performance_tester`; other types echo their input.
-    #[arg(long = "type", value_name = "TYPE")]
+    #[arg(long = "type", env = "AGENT_TYPE", value_name = "TYPE")]
     pub agent_type: String,
 
     /// Base URL of the control plane.
-    #[arg(long, value_name = "URL", default_value = "http://127.0.0.1:8080")]
+    #[arg(
+        long,
+        env = "FLOTILLA_CONTROL_PLANE",
+        value_name = "URL",
+        default_value = "http://127.0.0.1:8080"
+    )]
     pub control_plane: String,
 
     /// API key with role `agent`.
@@ -30,7 +41,7 @@ pub struct AgentArgs {
     pub listen: SocketAddr,
 
     /// URL the control plane should call; default `http://<bound address>`.
-    #[arg(long, value_name = "URL")]
+    #[arg(long, env = "FLOTILLA_ADVERTISE_URL", value_name = "URL")]
     pub advertise_url: Option<String>,
 
     /// Tasks run at once; more get 429.
@@ -56,7 +67,26 @@ pub struct AgentArgs {
     /// On shutdown, how long to wait for in-flight tasks before deregistering anyway.
     #[arg(long, value_name = "SECONDS", default_value_t = 30)]
     pub drain_timeout_secs: u64,
+
+    /// Name the control plane gave this process when it spawned it, reported at registration
+    /// (metadata `instance`) so that the registered instance maps to the process.
+    #[arg(long, env = "FLOTILLA_INSTANCE_NAME", value_name = "NAME")]
+    pub instance_name: Option<String>,
+
+    /// Pid of the control plane that spawned this process: when it is no longer our parent (it
+    /// died and we were re-parented), exit at once without draining, since nobody is left to
+    /// collect the results.
+    #[arg(
+        long,
+        env = "FLOTILLA_PARENT_PID",
+        value_name = "PID",
+        value_parser = clap::value_parser!(i32).range(1..)
+    )]
+    pub parent_pid: Option<i32>,
 }
+
+/// How often the parent is checked.
+const PARENT_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Runs the worker until SIGTERM or SIGINT (then drains and deregisters) or until the control
 /// plane asks it to drain. A second signal exits at once.
@@ -74,7 +104,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         key: args.key,
         weight: args.weight,
         drain_timeout: Duration::from_secs(args.drain_timeout_secs),
-        metadata: Some(serde_json::json!({"simulated": true})),
+        metadata: Some(metadata(args.instance_name.as_deref())),
         version: Some(env!("CARGO_PKG_VERSION").to_owned()),
     };
 
@@ -99,7 +129,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         }
     });
 
-    let result = async {
+    let work = async {
         let running = match flotilla_agent::start(agent, config, shutdown.clone()).await {
             Ok(running) => running,
             Err(flotilla_agent::AgentRuntimeError::ShutdownBeforeRegistration) => return Ok(()),
@@ -119,8 +149,60 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
             .wait()
             .await
             .context("the agent stopped with an error")
-    }
-    .await;
+    };
+    let result = match args.parent_pid {
+        Some(parent) => tokio::select! {
+            result = work => result,
+            actual = parent_gone(Pid::from_raw(parent)) => {
+                tracing::warn!(
+                    parent_pid = parent,
+                    actual_parent_pid = actual.as_raw(),
+                    "The control plane that started this agent is gone; exiting without draining."
+                );
+                Ok(())
+            }
+        },
+        None => work.await,
+    };
     signals.abort();
     result
+}
+
+/// The registration metadata: the instance name, when the control plane spawned this process.
+fn metadata(instance_name: Option<&str>) -> serde_json::Value {
+    let mut metadata = serde_json::Map::new();
+    metadata.insert("simulated".to_owned(), serde_json::Value::Bool(true));
+    if let Some(name) = instance_name {
+        metadata.insert("instance".to_owned(), serde_json::Value::from(name));
+    }
+    serde_json::Value::Object(metadata)
+}
+
+/// Resolves with our current parent once it is no longer `parent`; checks at once, then every
+/// [`PARENT_CHECK_INTERVAL`]. Polling `getppid` needs no `unsafe` (unlike
+/// `prctl(PR_SET_PDEATHSIG)`) and survives the parent being SIGKILLed.
+async fn parent_gone(parent: Pid) -> Pid {
+    let mut tick = tokio::time::interval(PARENT_CHECK_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let actual = getppid();
+        if actual != parent {
+            return actual;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metadata_names_the_instance_when_spawned_by_the_control_plane() {
+        assert_eq!(metadata(None), serde_json::json!({"simulated": true}));
+        assert_eq!(
+            metadata(Some("code_generator-3")),
+            serde_json::json!({"simulated": true, "instance": "code_generator-3"})
+        );
+    }
 }

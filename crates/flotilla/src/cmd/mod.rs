@@ -4,7 +4,9 @@ pub mod agent;
 pub mod agents;
 pub mod config;
 pub mod demo;
+pub mod pools;
 pub mod serve;
+pub mod simulate;
 pub mod task;
 
 use flotilla_client::Client;

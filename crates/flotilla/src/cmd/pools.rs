@@ -56,7 +56,11 @@ pub async fn run_pools(command: PoolsCommand) -> anyhow::Result<()> {
         "LAST DECISION",
     ]);
     for p in &list.pools {
-        let instances: Vec<String> = p.instances.iter().map(|(s, n)| format!("{n} {s}")).collect();
+        let instances: Vec<String> = p
+            .instances
+            .iter()
+            .map(|(s, n)| format!("{n} {s}"))
+            .collect();
         t.add_row([
             p.name.clone(),
             p.provisioner.clone(),
