@@ -8,6 +8,7 @@
 //! in the registry (no new work), their in-flight tasks finish (up to `[fleet] drain_timeout_ms`),
 //! and only then is the instance stopped.
 
+mod kubernetes;
 pub mod local;
 
 use crate::app::AppState;
@@ -42,6 +43,7 @@ pub struct LocalContext {
 /// The provisioners of this control plane.
 pub struct Provisioners {
     local: LocalSupervisor,
+    kube: kubernetes::Kubernetes,
     context: Option<LocalContext>,
     /// Local instances being drained and stopped: not counted in the pool's size.
     stopping: Mutex<HashSet<InstanceName>>,
@@ -75,6 +77,7 @@ impl Provisioners {
         let (tx, mut rx) = mpsc::unbounded_channel();
         let this = Arc::new(Self {
             local: LocalSupervisor::new(tx),
+            kube: kubernetes::Kubernetes::default(),
             context,
             stopping: Mutex::default(),
             tasks: TaskTracker::new(),
@@ -151,15 +154,23 @@ impl Provisioners {
                     .filter(|p| !self.is_stopping(&p.name))
                     .count() as u32,
             ),
-            Provisioner::Static | Provisioner::Kubernetes(_) => None,
+            Provisioner::Kubernetes(_) => self.kube.size(&pool.name),
+            Provisioner::Static => None,
         }
     }
 
-    /// Brings a local pool to `to` instances: starts processes, or drains and stops the idle
-    /// (then oldest) ones. Other provisioners: nothing to do here.
+    /// Brings a pool to `to` instances. Local: starts processes, or drains and stops the idle
+    /// (then oldest) ones. Kubernetes: applies the pool's Deployment with `to` replicas (the
+    /// Deployment's own rollout stops pods; agents drain on SIGTERM). Static: nothing to do.
     pub fn scale(&self, state: &AppState, pool: &Pool, to: u32) {
-        let Provisioner::Local { command } = &pool.provisioner else {
-            return;
+        let command = match &pool.provisioner {
+            Provisioner::Local { command } => command,
+            Provisioner::Kubernetes(settings) => {
+                let work = self.kube.scale(state, pool, settings, to);
+                self.tasks.spawn(work);
+                return;
+            }
+            Provisioner::Static => return,
         };
         let Some(context) = &self.context else {
             tracing::warn!(pool = %pool.name, "The local provisioner has no agent key; not scaling");

@@ -1,0 +1,112 @@
+//! The `kubernetes` provisioner's shell: connects lazily (kubeconfig inference or in-cluster),
+//! applies each pool's Deployment on its first decision and patches replicas afterwards, and
+//! reports failures as fleet events rather than failing the control plane.
+
+use crate::app::AppState;
+use flotilla_core::config::{KubernetesSection, Pool};
+use flotilla_core::event::EventKind;
+use flotilla_kube::{KubeProvisioner, KubeSettings, PoolDeployment, Resources};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use tokio::sync::OnceCell;
+
+/// Connections by namespace, and the replicas last set per pool.
+#[derive(Default)]
+pub(super) struct Kubernetes {
+    clients: Mutex<HashMap<String, Arc<OnceCell<KubeProvisioner>>>>,
+    /// Pools whose Deployment was applied, with the replicas asked for.
+    desired: Arc<Mutex<HashMap<String, u32>>>,
+}
+
+impl Kubernetes {
+    /// The replicas last asked for, once the Deployment exists.
+    pub(super) fn size(&self, pool: &str) -> Option<u32> {
+        self.desired.lock().ok()?.get(pool).copied()
+    }
+
+    fn client_cell(&self, namespace: &str) -> Arc<OnceCell<KubeProvisioner>> {
+        self.clients
+            .lock()
+            .map(|mut c| c.entry(namespace.to_owned()).or_default().clone())
+            .unwrap_or_default()
+    }
+
+    /// The work of bringing `pool` to `to` replicas.
+    pub(super) fn scale(
+        &self,
+        state: &AppState,
+        pool: &Pool,
+        settings: &KubernetesSection,
+        to: u32,
+    ) -> impl Future<Output = ()> + use<> {
+        let cell = self.client_cell(&settings.namespace);
+        let desired = self.desired.clone();
+        let applied = self.size(&pool.name).is_some();
+        let spec = deployment_spec(pool, settings, to);
+        let state = state.clone();
+        async move {
+            let settings = KubeSettings {
+                namespace: spec.namespace.clone(),
+                kubeconfig: None,
+                context: None,
+            };
+            let result = async {
+                let client = cell
+                    .get_or_try_init(|| KubeProvisioner::connect(&settings))
+                    .await?;
+                if applied {
+                    client.scale(&spec.pool, spec.replicas).await
+                } else {
+                    client.apply(&spec).await
+                }
+            }
+            .await;
+            let now = state.clock.now();
+            match result {
+                Ok(()) => {
+                    if let Ok(mut d) = desired.lock() {
+                        d.insert(spec.pool.clone(), to);
+                    }
+                    let message = format!(
+                        "deployment {} in namespace {} set to {to} replicas",
+                        spec.deployment_name(),
+                        spec.namespace
+                    );
+                    state
+                        .events
+                        .emit(now, EventKind::Provisioner, &spec.pool, None, message);
+                }
+                Err(e) => state.events.emit(
+                    now,
+                    EventKind::Provisioner,
+                    &spec.pool,
+                    None,
+                    format!("kubernetes: could not set {to} replicas: {e}"),
+                ),
+            }
+        }
+    }
+}
+
+/// What the pool's Deployment should be.
+fn deployment_spec(pool: &Pool, k: &KubernetesSection, replicas: u32) -> PoolDeployment {
+    PoolDeployment {
+        pool: pool.name.clone(),
+        namespace: k.namespace.clone(),
+        image: k.image.clone(),
+        replicas: i32::try_from(replicas).unwrap_or(i32::MAX),
+        control_plane_url: k.control_plane_url.clone(),
+        key_secret: k.key_secret.clone(),
+        capacity: pool.capacity,
+        port: k.port,
+        env: pool.env.clone(),
+        secret_env: Default::default(),
+        resources: Resources {
+            cpu_request: k.cpu_request.clone(),
+            memory_request: k.memory_request.clone(),
+            cpu_limit: k.cpu_limit.clone(),
+            memory_limit: k.memory_limit.clone(),
+        },
+        release: "flotilla".to_owned(),
+    }
+}
