@@ -227,31 +227,71 @@ pub fn pick(
             }
             best.map(|(i, _)| i)
         }
-        StrategyKind::P2cEwma => {
-            let pool: Vec<usize> = (0..n).filter(|&i| eligible(&candidates[i])).collect();
-            match pool.len() {
-                0 => None,
-                1 => Some(pool[0]),
-                len => {
-                    let a = (request.random % len as u64) as usize;
-                    let mut b = ((request.random >> 32) % (len as u64 - 1)) as usize;
-                    if b >= a {
-                        b += 1;
-                    }
-                    let (a, b) = (pool[a], pool[b]);
-                    if p2c_cost(&candidates[b]) < p2c_cost(&candidates[a]) {
-                        Some(b)
-                    } else {
-                        Some(a)
-                    }
-                }
-            }
-        }
+        StrategyKind::P2cEwma => p2c(candidates, &eligible, request.random),
     };
     if let Some(i) = chosen {
         state.cursor = i + 1;
     }
     chosen
+}
+
+/// Power of two choices: two distinct eligible candidates drawn uniformly, the cheaper wins.
+/// Draws are rejection-sampled from the whole slice (uniform over the eligible ones, and O(1)
+/// when most are eligible); after a few misses it falls back to listing the eligible ones.
+fn p2c(
+    candidates: &[Candidate],
+    eligible: &dyn Fn(&Candidate) -> bool,
+    random: u64,
+) -> Option<usize> {
+    const TRIES: u32 = 16;
+    let n = candidates.len() as u64;
+    let mut state = random;
+    let mut draw = || {
+        // SplitMix64: decorrelates successive draws from one seed.
+        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        ((z ^ (z >> 31)) % n) as usize
+    };
+    let mut first = None;
+    for _ in 0..TRIES {
+        let i = draw();
+        if eligible(&candidates[i]) {
+            first = Some(i);
+            break;
+        }
+    }
+    let second = first.and_then(|a| {
+        (0..TRIES)
+            .map(|_| draw())
+            .find(|&i| i != a && eligible(&candidates[i]))
+    });
+    let (a, b) = match (first, second) {
+        (Some(a), Some(b)) => (a, b),
+        _ => {
+            let pool: Vec<usize> = (0..candidates.len())
+                .filter(|&i| eligible(&candidates[i]))
+                .collect();
+            match pool.len() {
+                0 => return None,
+                1 => return Some(pool[0]),
+                len => {
+                    let a = (random % len as u64) as usize;
+                    let mut b = ((random >> 32) % (len as u64 - 1)) as usize;
+                    if b >= a {
+                        b += 1;
+                    }
+                    (pool[a], pool[b])
+                }
+            }
+        }
+    };
+    if p2c_cost(&candidates[b]) < p2c_cost(&candidates[a]) {
+        Some(b)
+    } else {
+        Some(a)
+    }
 }
 
 /// Power of two choices' cost: peak-EWMA latency × (in-flight + 1), so an idle slow instance and
