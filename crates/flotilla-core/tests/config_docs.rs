@@ -36,12 +36,12 @@ fn every_setting_is_documented() {
     let mut all = Vec::new();
     keys(&value, "", &mut all);
     let pool = toml::Value::try_from(&config.pools[0]).unwrap();
-    keys(&pool, "", &mut all);
+    keys(&pool, "pools", &mut all);
     for key in all {
         let leaf = key.rsplit('.').next().unwrap();
         assert!(
             doc.contains(&format!("{leaf} ="))
-                || doc.contains(&format!("[{leaf}]"))
+                || doc.contains(&format!("[{key}]"))
                 || doc.contains(&format!("[[{leaf}]]")),
             "docs/configuration.md does not document `{key}`"
         );
