@@ -135,6 +135,7 @@ pub async fn start(
             agent_program: options.agent_program.clone(),
             control_plane_url: format!("http://{}", SocketAddr::new(host, addr.port())),
             agent_key,
+            log_dir: config.fleet.agent_log_dir.clone(),
         })
     } else {
         None

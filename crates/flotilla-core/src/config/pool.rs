@@ -21,6 +21,9 @@ pub struct FleetSection {
     pub drain_timeout_ms: u64,
     /// Fleet events kept in the store (older ones are pruned).
     pub events_retention: u64,
+    /// Where local agent processes write their output (`<instance>.log`); empty: to the
+    /// control plane's own stdout and stderr.
+    pub agent_log_dir: String,
 }
 
 impl Default for FleetSection {
@@ -30,6 +33,7 @@ impl Default for FleetSection {
             failed_removal_ms: 60_000,
             drain_timeout_ms: 60_000,
             events_retention: 100_000,
+            agent_log_dir: String::new(),
         }
     }
 }
@@ -41,6 +45,7 @@ pub struct Fleet {
     pub failed_removal: Duration,
     pub drain_timeout: Duration,
     pub events_retention: u64,
+    pub agent_log_dir: Option<std::path::PathBuf>,
 }
 
 /// `[[pools]]`: one kind of agent.
@@ -344,6 +349,8 @@ pub(super) fn validate_fleet(raw: &FleetSection) -> Result<Fleet, ConfigError> {
         failed_removal: positive_ms("fleet.failed_removal_ms", raw.failed_removal_ms)?,
         drain_timeout: positive_ms("fleet.drain_timeout_ms", raw.drain_timeout_ms)?,
         events_retention: raw.events_retention.max(1),
+        agent_log_dir: (!raw.agent_log_dir.is_empty())
+            .then(|| std::path::PathBuf::from(&raw.agent_log_dir)),
     })
 }
 

@@ -1,8 +1,9 @@
 //! `flotilla demo`: the whole system on embedded defaults, with a workload.
 //!
-//! It starts a control plane on a fresh SQLite data directory, starts agent processes of the
-//! three classic types (`flotilla agent`, whose work is simulated), submits a mixed workload,
-//! shows progress, and prints a summary. With `--keep` it leaves everything running.
+//! It starts a control plane on a fresh SQLite data directory with one pool per classic type; the
+//! control plane's local provisioner starts the agent processes (`flotilla agent`, whose work is
+//! simulated) and autoscales them. It submits a mixed workload, shows progress, and prints a
+//! summary with the fleet's scaling decisions. With `--keep` it leaves everything running.
 
 use crate::cmd::serve;
 use crate::logging;
@@ -14,12 +15,9 @@ use flotilla_core::id::{AgentId, TaskId};
 use flotilla_core::task::{Task, TaskStatus};
 use flotilla_core::wire::SubmitTask;
 use indicatif::{ProgressBar, ProgressStyle};
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
 use rand::Rng;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::signal::unix::{SignalKind, signal};
@@ -37,9 +35,12 @@ pub struct DemoArgs {
     /// Keep submitting for this many seconds instead of stopping at --tasks (e.g. `30s`, `2m`).
     #[arg(long, value_parser = humantime::parse_duration)]
     pub duration: Option<Duration>,
-    /// Agent processes per type.
+    /// Agent processes per type at start (the pool's minimum).
     #[arg(long, default_value_t = 2)]
     pub agents_per_type: u32,
+    /// Most agent processes per type the autoscaler may run.
+    #[arg(long, default_value_t = 4)]
+    pub max_agents_per_type: u32,
     /// Tasks each agent runs at once.
     #[arg(long, default_value_t = 8)]
     pub capacity: u32,
@@ -74,34 +75,6 @@ struct Outcome {
     attempts: i32,
 }
 
-/// Agent processes that are stopped (drained) when dropped.
-struct Agents(Vec<Child>);
-
-impl Agents {
-    fn stop(&mut self) {
-        for child in &self.0 {
-            if let Ok(pid) = i32::try_from(child.id()) {
-                let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
-            }
-        }
-        let deadline = Instant::now() + Duration::from_secs(15);
-        for child in &mut self.0 {
-            while Instant::now() < deadline && matches!(child.try_wait(), Ok(None)) {
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        self.0.clear();
-    }
-}
-
-impl Drop for Agents {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
 /// Runs the demo.
 pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     logging::init(LogFormat::Human, "warn");
@@ -127,10 +100,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         }
         .to_owned()
     });
-    let pools: String = DEMO_TYPES
-        .iter()
-        .map(|t| format!("[[pools]]\nname = \"{t}\"\nprovisioner = \"static\"\n"))
-        .collect();
+    let exe = std::env::current_exe().context("cannot find the flotilla executable")?;
+    let pools = demo_pools(&args, &exe, &data_dir);
     let flags = vec![
         ("server.listen".to_owned(), toml::Value::String(listen)),
         (
@@ -144,13 +115,13 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let url = format!("http://{}", server.addr);
     println!("Control plane on {url} (SQLite in {})", data_dir.display());
 
-    let mut agents = spawn_agents(&args, &url, &key, &data_dir)?;
     let client = Client::new(&url, Some(key.clone()))?;
     let expected = DEMO_TYPES.len() * args.agents_per_type as usize;
-    wait_for_agents(&client, expected, &mut agents).await?;
+    wait_for_agents(&client, expected, &data_dir).await?;
     println!(
-        "{expected} agent processes registered ({} per type; work is simulated)",
-        args.agents_per_type
+        "{expected} agent processes started by the control plane and registered ({} per type, up to {} with autoscaling; work is simulated)",
+        args.agents_per_type,
+        args.max_agents_per_type.max(args.agents_per_type)
     );
 
     let started = Instant::now();
@@ -172,8 +143,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             _ = terminate.recv() => {}
         }
     }
-    let stop_agents = tokio::task::spawn_blocking(move || agents.stop());
-    let _ = stop_agents.await;
+    // Stopping the control plane drains and stops its agent processes.
     server.stop().await;
     if unfinished > 0 {
         bail!("{unfinished} tasks did not reach a terminal state");
@@ -181,53 +151,49 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn spawn_agents(
-    args: &DemoArgs,
-    url: &str,
-    key: &str,
-    data_dir: &std::path::Path,
-) -> anyhow::Result<Agents> {
-    let exe = std::env::current_exe().context("cannot find the flotilla executable")?;
-    let logs = data_dir.join("agents");
-    std::fs::create_dir_all(&logs)?;
-    let mut agents = Agents(Vec::new());
+/// One local pool per demo type, sized by the flags, autoscaling on short delays so that the
+/// demo shows it.
+fn demo_pools(args: &DemoArgs, exe: &std::path::Path, data_dir: &std::path::Path) -> String {
+    let min = args.agents_per_type.max(1);
+    let max = args.max_agents_per_type.max(min);
+    let quote = |s: &str| format!("{s:?}");
+    let mut text = format!(
+        "[fleet]\nautoscale_interval_ms = 1000\nagent_log_dir = {}\n",
+        quote(&data_dir.join("agents").display().to_string())
+    );
     for agent_type in DEMO_TYPES {
-        for n in 0..args.agents_per_type {
-            let log = std::fs::File::create(logs.join(format!("{agent_type}-{n}.log")))?;
-            let child = Command::new(&exe)
-                .args([
-                    "agent",
-                    "--type",
-                    agent_type,
-                    "--control-plane",
-                    url,
-                    "--listen",
-                    "127.0.0.1:0",
-                ])
-                .args(["--capacity", &args.capacity.to_string()])
-                .args([
-                    "--median-ms",
-                    &args.median_ms.to_string(),
-                    "--p99-ms",
-                    &args.p99_ms.to_string(),
-                ])
-                .args(["--failure-rate", &args.failure_rate.to_string()])
-                .env("FLOTILLA_KEY", key)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(log)
-                .spawn()
-                .with_context(|| format!("cannot start agent {agent_type}"))?;
-            agents.0.push(child);
-        }
+        let command = [
+            exe.display().to_string(),
+            "agent".to_owned(),
+            "--type".to_owned(),
+            agent_type.to_owned(),
+            "--capacity".to_owned(),
+            args.capacity.to_string(),
+            "--median-ms".to_owned(),
+            args.median_ms.to_string(),
+            "--p99-ms".to_owned(),
+            args.p99_ms.to_string(),
+            "--failure-rate".to_owned(),
+            args.failure_rate.to_string(),
+        ]
+        .iter()
+        .map(|s| quote(s))
+        .collect::<Vec<_>>()
+        .join(", ");
+        text.push_str(&format!(
+            "[[pools]]\nname = \"{agent_type}\"\nprovisioner = \"local\"\ncapacity = {}\n\
+             min_instances = {min}\nmax_instances = {max}\ncommand = [{command}]\n\
+             [pools.autoscale]\nscale_up_delay_s = 2\nscale_down_delay_s = 10\ncooldown_s = 3\n",
+            args.capacity
+        ));
     }
-    Ok(agents)
+    text
 }
 
 async fn wait_for_agents(
     client: &Client,
     expected: usize,
-    agents: &mut Agents,
+    data_dir: &std::path::Path,
 ) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -235,15 +201,11 @@ async fn wait_for_agents(
         if registered >= expected {
             return Ok(());
         }
-        for child in &mut agents.0 {
-            if let Ok(Some(status)) = child.try_wait() {
-                bail!(
-                    "an agent process exited at start-up ({status}); see its log in the data directory's agents/"
-                );
-            }
-        }
         if Instant::now() > deadline {
-            bail!("only {registered} of {expected} agents registered within 30 s");
+            bail!(
+                "only {registered} of {expected} agents registered within 30 s; see their logs in {}",
+                data_dir.join("agents").display()
+            );
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -406,5 +368,16 @@ async fn print_summary(
         ]);
     }
     println!("{instances}");
+
+    let events = client
+        .list_events(&[("kind", "scale".to_owned()), ("limit", "50".to_owned())])
+        .await?
+        .events;
+    let mut decisions = table(["TIME", "SCALING DECISION"]);
+    for e in &events {
+        decisions.add_row([e.at.format("%H:%M:%S").to_string(), e.message.clone()]);
+    }
+    println!("{decisions}");
+    println!("(every fleet event: flotilla events list; pools: flotilla pools list)");
     Ok(())
 }

@@ -225,6 +225,8 @@ pub(super) struct Sim<'a> {
     bucket_us: u64,
     latencies: Vec<Vec<u64>>,
     held_series: Vec<u32>,
+    /// Instances held after the last change recorded in the series.
+    held_noted: u32,
 }
 
 fn micros(d: Duration) -> u64 {
@@ -299,6 +301,7 @@ impl<'a> Sim<'a> {
             bucket_us,
             latencies: Vec::new(),
             held_series: Vec::new(),
+            held_noted: 0,
         };
         let initial = config.initial_instances();
         for profile in sim.fleet.initial(initial) {
@@ -706,12 +709,13 @@ impl<'a> Sim<'a> {
     /// Records the instances held in the time series.
     fn note_held(&mut self) {
         let bucket = (self.now_us / self.bucket_us) as usize;
-        let last = self.held_series.last().copied().unwrap_or(self.held);
+        // Buckets since the last change held what that change left.
         while self.held_series.len() <= bucket {
-            self.held_series.push(last);
+            self.held_series.push(self.held_noted);
         }
         let cell = &mut self.held_series[bucket];
         *cell = (*cell).max(self.held);
+        self.held_noted = self.held;
         self.peak_held = self.peak_held.max(self.held);
     }
 

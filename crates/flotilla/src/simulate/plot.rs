@@ -21,10 +21,12 @@ const COLOURS: [RGBColor; 5] = [
 pub fn write_svg(path: &Path, reports: &[Report], subtitle: &str) -> anyhow::Result<()> {
     let root = SVGBackend::new(path, (1100, 760)).into_drawing_area();
     root.fill(&WHITE)?;
-    let root = root.titled(
-        &format!("flotilla simulate (simulated, not measured): {subtitle}"),
-        ("sans-serif", 18),
-    )?;
+    let root = root
+        .titled(
+            "flotilla simulate: simulated, not measured",
+            ("sans-serif", 20),
+        )?
+        .titled(subtitle, ("sans-serif", 13))?;
     let (upper, lower) = root.split_vertically(420);
     let x_max = reports.iter().map(|r| r.simulated_s).fold(1.0, f64::max);
     let colour = |i: usize| COLOURS[i % COLOURS.len()];
@@ -36,7 +38,8 @@ pub fn write_svg(path: &Path, reports: &[Report], subtitle: &str) -> anyhow::Res
         (lo.min(v), hi.max(v))
     });
     let (lo, hi) = if lo.is_finite() && hi > 0.0 {
-        ((lo * 0.8).max(1e-3), hi * 1.25)
+        // From a power of ten, where plotters starts a log axis's labels.
+        (10f64.powf(lo.max(1e-3).log10().floor()), hi * 1.25)
     } else {
         (1.0, 10.0)
     };
@@ -53,6 +56,9 @@ pub fn write_svg(path: &Path, reports: &[Report], subtitle: &str) -> anyhow::Res
         .configure_mesh()
         .x_desc("simulated time (s)")
         .y_desc("p95 (ms)")
+        .light_line_style(WHITE)
+        .x_label_formatter(&|x| format!("{x:.0}"))
+        .y_label_formatter(&|y| format!("{y:.0}"))
         .draw()?;
     for (i, report) in reports.iter().enumerate() {
         let width = report.series.bucket_s;
@@ -94,6 +100,8 @@ pub fn write_svg(path: &Path, reports: &[Report], subtitle: &str) -> anyhow::Res
         .configure_mesh()
         .x_desc("simulated time (s)")
         .y_desc("instances")
+        .x_label_formatter(&|x| format!("{x:.0}"))
+        .y_label_formatter(&|y| format!("{y:.0}"))
         .draw()?;
     for (i, report) in reports.iter().enumerate() {
         let width = report.series.bucket_s;

@@ -63,10 +63,7 @@ fn every_arrived_task_ends_completed_or_failed() {
         assert_eq!(r.arrived, config.tasks, "{kind}");
         assert_eq!(r.completed + r.failed, r.arrived, "{kind}");
         assert_eq!(r.stranded, 0, "{kind}");
-        assert!(
-            r.failed > 0 && r.retries > 0,
-            "{kind}: failures should happen"
-        );
+        assert!(r.retries > 0, "{kind}: failures should happen");
         assert!(r.attempts >= r.arrived, "{kind}");
     }
 }
@@ -156,7 +153,12 @@ fn autoscaling_drains_a_pool_that_is_mostly_idle() {
         "{:?}",
         r.scale_events
     );
-    assert!(r.series.instances.last() < r.series.instances.first());
+    assert!(
+        r.series.instances.last() < r.series.instances.first(),
+        "{:?} {:?}",
+        r.series.instances,
+        r.scale_events
+    );
     assert_eq!(r.completed + r.failed, r.arrived);
     // Fewer instances held for part of the run cost less than twenty for all of it.
     assert!(r.instance_hours < 20.0 * r.simulated_s / 3600.0);

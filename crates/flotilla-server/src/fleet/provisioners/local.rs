@@ -55,6 +55,9 @@ pub struct ProcessSpec {
     /// Variables added to the inherited environment. Values may hold secrets (an agent key, a
     /// provider key): they are never logged, and `Debug` shows only the names.
     pub env: Vec<(String, String)>,
+    /// Directory for the process's output (`<instance name>.log`, appended across restarts);
+    /// `None` inherits the control plane's stdout and stderr.
+    pub log_dir: Option<PathBuf>,
 }
 
 impl fmt::Debug for ProcessSpec {
@@ -64,6 +67,7 @@ impl fmt::Debug for ProcessSpec {
             .field("program", &self.program)
             .field("args", &self.args.len())
             .field("env", &env)
+            .field("log_dir", &self.log_dir)
             .finish()
     }
 }
@@ -436,6 +440,23 @@ impl Run {
             .stderr(Stdio::inherit())
             // If this task is dropped (the runtime ends), the process dies with it.
             .kill_on_drop(true);
+        if let Some(dir) = &self.spec.log_dir {
+            let path = dir.join(format!("{}.log", self.name));
+            let opened = std::fs::create_dir_all(dir).and_then(|()| {
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&path)
+            });
+            match opened.and_then(|file| Ok((file.try_clone()?, file))) {
+                Ok((out, err)) => {
+                    command.stdout(out).stderr(err);
+                }
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e, "Cannot open the agent's log file; its output goes to ours");
+                }
+            }
+        }
         command
     }
 

@@ -38,6 +38,8 @@ pub struct LocalContext {
     pub control_plane_url: String,
     /// API key with role `agent` for the processes (never logged).
     pub agent_key: String,
+    /// Where the processes' output goes (`None`: the control plane's stdout and stderr).
+    pub log_dir: Option<PathBuf>,
 }
 
 /// The provisioners of this control plane.
@@ -309,5 +311,10 @@ fn spec(pool: &Pool, command: &[String], context: &LocalContext) -> Option<Proce
         context.control_plane_url.clone(),
     ));
     env.push(("AGENT_TYPE".to_owned(), pool.name.clone()));
-    Some(ProcessSpec { program, args, env })
+    Some(ProcessSpec {
+        program,
+        args,
+        env,
+        log_dir: context.log_dir.clone(),
+    })
 }
