@@ -104,7 +104,19 @@ pub async fn start(
         events.clone(),
         config.clone(),
     ));
-    registry.load(store.list_agents().await?, now);
+    let mut known = store.list_agents().await?;
+    // Instances a previous start's local provisioner spawned died with it (they watch their
+    // parent): forget them rather than wait for their heartbeats to time out.
+    let (stale, kept): (Vec<_>, Vec<_>) = known.drain(..).partition(|a| {
+        a.metadata.get("instance").is_some()
+            && config.pools.iter().any(|p| {
+                p.name == a.agent_type && matches!(p.provisioner, Provisioner::Local { .. })
+            })
+    });
+    for agent in stale {
+        store.delete_agent(agent.id).await?;
+    }
+    registry.load(kept, now);
 
     // The listener is bound first: local agents need its address.
     let listener = tokio::net::TcpListener::bind(config.listen)

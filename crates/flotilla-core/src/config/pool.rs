@@ -217,6 +217,11 @@ pub struct KubernetesSection {
     pub memory_request: String,
     pub cpu_limit: String,
     pub memory_limit: String,
+    /// Path of a kubeconfig file; empty: in-cluster service account, then `KUBECONFIG` /
+    /// `~/.kube/config`.
+    pub kubeconfig: String,
+    /// Context of the kubeconfig to use; empty: its current context.
+    pub context: String,
 }
 
 impl Default for KubernetesSection {
@@ -231,6 +236,8 @@ impl Default for KubernetesSection {
             memory_request: "256Mi".to_owned(),
             cpu_limit: "1".to_owned(),
             memory_limit: "1Gi".to_owned(),
+            kubeconfig: String::new(),
+            context: String::new(),
         }
     }
 }

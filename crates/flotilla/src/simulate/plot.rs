@@ -77,7 +77,7 @@ pub fn write_svg(path: &Path, reports: &[Report], subtitle: &str) -> anyhow::Res
     }
     chart
         .configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
+        .position(SeriesLabelPosition::LowerLeft)
         .background_style(WHITE.mix(0.85))
         .border_style(BLACK)
         .draw()?;

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use tokio::sync::OnceCell;
 
-/// Connections by namespace, and the replicas last set per pool.
+/// Connections by (namespace, kubeconfig, context), and the replicas last set per pool.
 #[derive(Default)]
 pub(super) struct Kubernetes {
     clients: Mutex<HashMap<String, Arc<OnceCell<KubeProvisioner>>>>,
@@ -39,17 +39,22 @@ impl Kubernetes {
         settings: &KubernetesSection,
         to: u32,
     ) -> impl Future<Output = ()> + use<> {
-        let cell = self.client_cell(&settings.namespace);
+        let cell = self.client_cell(&format!(
+            "{}\u{0}{}\u{0}{}",
+            settings.namespace, settings.kubeconfig, settings.context
+        ));
+        let connect = KubeSettings {
+            namespace: settings.namespace.clone(),
+            kubeconfig: (!settings.kubeconfig.is_empty())
+                .then(|| std::path::PathBuf::from(&settings.kubeconfig)),
+            context: (!settings.context.is_empty()).then(|| settings.context.clone()),
+        };
         let desired = self.desired.clone();
         let applied = self.size(&pool.name).is_some();
         let spec = deployment_spec(pool, settings, to);
         let state = state.clone();
         async move {
-            let settings = KubeSettings {
-                namespace: spec.namespace.clone(),
-                kubeconfig: None,
-                context: None,
-            };
+            let settings = connect;
             let result = async {
                 let client = cell
                     .get_or_try_init(|| KubeProvisioner::connect(&settings))
