@@ -23,13 +23,26 @@ pub async fn run(command: AgentsCommand) -> anyhow::Result<()> {
             if output == Output::Json {
                 return print_json(&list);
             }
-            let mut t = table(["ID", "TYPE", "STATUS", "LOAD", "URL", "LAST HEARTBEAT"]);
+            let mut t = table([
+                "ID",
+                "TYPE",
+                "STATUS",
+                "LOAD",
+                "LATENCY",
+                "SUCCESS",
+                "URL",
+                "LAST HEARTBEAT",
+            ]);
             for a in &list.agents {
                 t.add_row([
                     a.id.to_string(),
                     a.agent_type.clone(),
                     a.status.to_string(),
                     format!("{}/{}", a.load, a.capacity),
+                    a.latency_ms
+                        .map_or_else(|| "-".to_owned(), |ms| format!("{ms:.0} ms")),
+                    a.success_rate
+                        .map_or_else(|| "-".to_owned(), |r| format!("{:.0}%", r * 100.0)),
                     a.url.clone(),
                     a.last_heartbeat.format("%H:%M:%S").to_string(),
                 ]);
