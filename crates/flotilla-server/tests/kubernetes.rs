@@ -17,7 +17,7 @@ use flotilla_core::wire::SubmitTask;
 use serde_json::{Value, json};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use support::{Backend, Settings, TestServer, eventually, task};
+use support::{Backend, Settings, TestServer, eventually};
 
 type Seen = Arc<Mutex<Vec<(Method, String, Value)>>>;
 

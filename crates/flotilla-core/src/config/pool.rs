@@ -253,7 +253,7 @@ pub enum Provisioner {
         command: Vec<String>,
     },
     /// One Deployment per pool.
-    Kubernetes(KubernetesSection),
+    Kubernetes(Box<KubernetesSection>),
 }
 
 impl Provisioner {
@@ -392,7 +392,7 @@ pub(super) fn validate_pool(p: &PoolSection, key: &str) -> Result<Pool, ConfigEr
                     "the kubernetes provisioner needs the agents' container image",
                 ));
             }
-            Provisioner::Kubernetes(p.kubernetes.clone())
+            Provisioner::Kubernetes(Box::new(p.kubernetes.clone()))
         }
         other => {
             return Err(invalid(

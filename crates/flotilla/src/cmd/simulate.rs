@@ -82,6 +82,7 @@ pub struct SimulateArgs {
     /// Seed of every random stream; the same seed gives the same run.
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
+    /// A table for people, or JSON (with the time series) for programs.
     #[arg(long, value_enum, default_value_t)]
     pub output: Output,
     /// Where to write the SVG plot.
@@ -117,7 +118,11 @@ pub fn run(args: SimulateArgs) -> anyhow::Result<()> {
     let strategies: Vec<StrategyKind> = if args.strategy == "all" {
         StrategyKind::ALL.to_vec()
     } else {
-        vec![args.strategy.parse().map_err(anyhow::Error::msg)?]
+        vec![
+            args.strategy
+                .parse()
+                .map_err(|e| anyhow::anyhow!("{e}, or `all`"))?,
+        ]
     };
     let config = config(&args)?;
     let mut runs = Vec::with_capacity(strategies.len());
