@@ -229,7 +229,7 @@ impl Client {
         self.call(Method::GET, "/v1/pools", NoBody, None).await
     }
 
-    /// `GET /v1/events` with its filters (`after`, `limit`, `type`, `agent_id`, `kind`).
+    /// `GET /v1/events` with its filters (`after`, `limit`, `agent_type`, `agent_id`, `kind`).
     pub async fn list_events(&self, query: &[(&str, String)]) -> Result<EventList, ClientError> {
         self.call_with(Method::GET, "/v1/events", query, NoBody, None)
             .await

@@ -282,7 +282,7 @@ async fn pools_and_events_are_listed() {
     assert_eq!(echo.capacity, 3);
     assert_eq!(echo.instances.get("idle"), Some(&1));
 
-    let query = [("type", ECHO.to_owned())];
+    let query = [("agent_type", ECHO.to_owned())];
     eventually(
         "the registration event is stored",
         Duration::from_secs(5),
@@ -300,7 +300,10 @@ async fn pools_and_events_are_listed() {
     let after = first.next_after.unwrap();
     let none = server
         .client
-        .list_events(&[("type", ECHO.to_owned()), ("after", after.to_string())])
+        .list_events(&[
+            ("agent_type", ECHO.to_owned()),
+            ("after", after.to_string()),
+        ])
         .await
         .unwrap();
     assert!(none.events.is_empty(), "{none:?}");

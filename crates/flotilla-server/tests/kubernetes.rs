@@ -135,7 +135,7 @@ async fn autoscaling_decisions_reach_the_kubernetes_api() {
         || async {
             let events = server
                 .client
-                .list_events(&[("type", "k8s_pool".to_owned())])
+                .list_events(&[("agent_type", "k8s_pool".to_owned())])
                 .await
                 .unwrap()
                 .events;

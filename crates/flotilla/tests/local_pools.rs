@@ -79,7 +79,7 @@ impl Fleet {
                 .client
                 .list_events(&[
                     ("kind", kind.to_owned()),
-                    ("type", POOL.to_owned()),
+                    ("agent_type", POOL.to_owned()),
                     ("after", after.to_string()),
                     ("limit", "1000".to_owned()),
                 ])

@@ -23,19 +23,20 @@ pub(super) fn routes() -> Router<AppState> {
 
 /// Filters of `GET /v1/events`.
 #[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields, default)]
 pub struct EventQuery {
-    /// Only this pool's events.
-    #[serde(rename = "type")]
-    #[param(rename = "type")]
+    /// Only this pool's (agent type's) events.
     pub agent_type: Option<String>,
     /// Only this instance's events.
+    #[param(format = Uuid)]
     pub agent_id: Option<String>,
     /// `instance`, `scale` or `provisioner`.
     pub kind: Option<EventKind>,
     /// Events recorded after this id, oldest first; without it, the latest `limit` events.
     pub after: Option<i64>,
     /// At most this many, 1-1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<u32>,
 }
 

@@ -87,7 +87,7 @@ pub async fn run_events(command: EventsCommand) -> anyhow::Result<()> {
         output,
     } = command;
     let mut query = vec![("limit", limit.to_string())];
-    query.extend(agent_type.map(|t| ("type", t)));
+    query.extend(agent_type.map(|t| ("agent_type", t)));
     query.extend(kind.map(|k| ("kind", k)));
     query.extend(after.map(|a| ("after", a.to_string())));
     let list = connection.client()?.list_events(&query).await?;
