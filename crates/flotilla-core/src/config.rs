@@ -25,6 +25,7 @@ pub struct ConfigFile {
     pub scheduler: SchedulerSection,
     pub log: LogSection,
     pub fleet: FleetSection,
+    pub telemetry: TelemetrySection,
     /// Agent pools. A task's `agent_type` must name a pool or the type of a registered instance.
     pub pools: Vec<PoolSection>,
 }
@@ -112,6 +113,21 @@ impl Default for SchedulerSection {
     }
 }
 
+/// `[telemetry]`: metrics (and, later, traces).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TelemetrySection {
+    /// Serve `/metrics` without an API key (for scrapers inside a trusted network); by default
+    /// it needs a key of any role.
+    pub metrics_public: bool,
+}
+
+/// Validated `[telemetry]`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Telemetry {
+    pub metrics_public: bool,
+}
+
 /// `[log]`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -144,6 +160,7 @@ pub struct Config {
     pub log_format: LogFormat,
     pub log_level: String,
     pub fleet: Fleet,
+    pub telemetry: Telemetry,
     pub pools: Vec<Pool>,
 }
 
@@ -416,6 +433,9 @@ pub fn validate(raw: ConfigFile) -> Result<Config, ConfigError> {
         log_format,
         log_level: raw.log.level,
         fleet,
+        telemetry: Telemetry {
+            metrics_public: raw.telemetry.metrics_public,
+        },
         pools,
     })
 }

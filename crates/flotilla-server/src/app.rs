@@ -25,6 +25,7 @@ pub struct AppState {
     pub registry: Arc<Registry>,
     pub events: EventSink,
     pub provisioners: Arc<Provisioners>,
+    pub metrics: Arc<crate::telemetry::metrics::Metrics>,
     /// The autoscaler's view of each pool.
     pub scaling: Arc<Scaling>,
     pub wakers: Arc<Wakers>,

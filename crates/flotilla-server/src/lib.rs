@@ -9,6 +9,7 @@ pub mod auth;
 pub mod clock;
 pub mod fleet;
 pub mod scheduler;
+pub mod telemetry;
 pub mod waiters;
 
 use crate::app::AppState;
@@ -93,8 +94,10 @@ pub async fn start(
     let wakers = Arc::new(Wakers::default());
     let waiters = Arc::new(waiters::Waiters::default());
     let config = Arc::new(config);
+    let metrics = Arc::new(telemetry::metrics::Metrics::new());
     let (events, event_writer) = fleet::events::channel(
         store.clone(),
+        metrics.clone(),
         config.fleet.events_retention,
         stop_writers.clone(),
     );
@@ -168,6 +171,7 @@ pub async fn start(
         store.clone(),
         waiters.clone(),
         wakers.clone(),
+        metrics.clone(),
         stop_writers.clone(),
     );
     writers.spawn(intake_writer);
@@ -181,6 +185,7 @@ pub async fn start(
         events,
         provisioners: provisioners.clone(),
         scaling: Arc::default(),
+        metrics: metrics.clone(),
         wakers,
         waiters,
         keys: Arc::default(),

@@ -312,7 +312,12 @@ async fn execute(
                 StatusCode::OK,
                 axum::Json(ExecuteResponse {
                     output,
-                    usage: None,
+                    // A task may ask for model usage to be reported:
+                    // `{"report_usage": [{"model": "m", "input_tokens": 1, "output_tokens": 2}]}`.
+                    usage: request
+                        .input
+                        .get("report_usage")
+                        .and_then(|u| serde_json::from_value(u.clone()).ok()),
                 }),
             )
                 .into_response()

@@ -17,6 +17,7 @@ use axum::http::header::AUTHORIZATION;
 use axum::http::{HeaderName, Method, Uri};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
+use axum::routing::get;
 use error::{ApiError, REQUEST_ID};
 use std::any::Any;
 use std::iter::once;
@@ -38,7 +39,12 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(probes::routes())
         .merge(openapi::routes())
+        .route("/metrics", get(crate::telemetry::serve_metrics))
         .nest("/v1", v1)
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            crate::telemetry::track_http,
+        ))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(state.config.max_body_bytes))

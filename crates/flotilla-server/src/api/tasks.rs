@@ -7,6 +7,7 @@ use crate::auth::Caller;
 use crate::fleet::registry::Slot;
 use crate::scheduler::dispatcher::{release_slot, spawn_attempt};
 use crate::scheduler::intake::IntakeError;
+use crate::telemetry::metrics::Metrics;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -65,7 +66,14 @@ pub async fn submit(
     let inserted = state.intake.submit(task).await;
     // The reserved slot is used only if this submission created the task.
     match (&inserted, slot) {
-        (Ok(Inserted::Created(task)), Some(slot)) => spawn_attempt(&state, task.clone(), slot),
+        (Ok(Inserted::Created(task)), Some(slot)) => {
+            state
+                .metrics
+                .claims
+                .get_or_create(&Metrics::agent_type(&task.agent_type))
+                .inc();
+            spawn_attempt(&state, task.clone(), slot)
+        }
         (_, Some(slot)) => release_slot(&state, &slot).await,
         (_, None) => {}
     }

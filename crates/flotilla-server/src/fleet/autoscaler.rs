@@ -5,6 +5,7 @@
 
 use crate::app::AppState;
 use crate::fleet::provisioners::Provisioners;
+use crate::telemetry::metrics::ScaleLabels;
 use flotilla_core::Timestamp;
 use flotilla_core::autoscale::{AutoscalePolicy, AutoscaleState, Sample, ScaleDecision, decide};
 use flotilla_core::config::{Pool, Provisioner};
@@ -130,6 +131,14 @@ fn carry_out(
     state
         .events
         .emit(now, EventKind::Scale, &pool.name, None, message.clone());
+    state
+        .metrics
+        .scale_decisions
+        .get_or_create(&ScaleLabels {
+            pool: pool.name.clone(),
+            direction: if to > from { "up" } else { "down" }.to_owned(),
+        })
+        .inc();
     state.scaling.update(&pool.name, |s| {
         s.desired = *to;
         s.last_decision = Some((now, message));

@@ -1,10 +1,12 @@
 //! Fleet events: logged at once, written to the store in batches by one writer, pruned to the
 //! configured retention. Emitting never blocks and never fails the caller.
 
+use crate::telemetry::metrics::{KindLabels, Metrics};
 use flotilla_core::Timestamp;
 use flotilla_core::event::{EventKind, NewEvent};
 use flotilla_core::id::AgentId;
 use flotilla_store::DynStore;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -18,6 +20,7 @@ const PRUNE_EVERY: u32 = 200;
 #[derive(Clone)]
 pub struct EventSink {
     tx: mpsc::UnboundedSender<NewEvent>,
+    metrics: Option<Arc<Metrics>>,
 }
 
 impl EventSink {
@@ -36,6 +39,13 @@ impl EventSink {
             }
             None => tracing::info!(event = %kind, agent_type, "{message}"),
         }
+        if let Some(m) = &self.metrics {
+            m.fleet_events
+                .get_or_create(&KindLabels {
+                    kind: kind.as_str().to_owned(),
+                })
+                .inc();
+        }
         // Fails only when the writer stopped at shutdown; the log line above remains.
         let _ = self.tx.send(NewEvent {
             at,
@@ -49,13 +59,14 @@ impl EventSink {
     /// A sink whose events are only logged and collected by the returned receiver (tests).
     pub fn detached() -> (Self, mpsc::UnboundedReceiver<NewEvent>) {
         let (tx, rx) = mpsc::unbounded_channel();
-        (Self { tx }, rx)
+        (Self { tx, metrics: None }, rx)
     }
 }
 
 /// The sink and its writer loop, which runs until `stop` and then writes what is left.
 pub fn channel(
     store: DynStore,
+    metrics: Arc<Metrics>,
     retention: u64,
     stop: CancellationToken,
 ) -> (EventSink, impl Future<Output = ()>) {
@@ -92,5 +103,11 @@ pub fn channel(
             }
         }
     };
-    (EventSink { tx }, writer)
+    (
+        EventSink {
+            tx,
+            metrics: Some(metrics),
+        },
+        writer,
+    )
 }

@@ -2,6 +2,7 @@
 //! interval, with a timeout; the registry applies the pool's thresholds (hysteresis).
 
 use crate::app::AppState;
+use crate::telemetry::metrics::AgentRequestLabels;
 use flotilla_core::id::AgentId;
 use std::time::Duration;
 use tokio::task::JoinSet;
@@ -26,6 +27,17 @@ pub async fn run(state: AppState, shutdown: CancellationToken) {
                     Ok(()) => (true, ""),
                     Err(e) => (false, e.as_str()),
                 };
+                if let Some(agent) = state.registry.get(id) {
+                    state
+                        .metrics
+                        .agent_requests
+                        .get_or_create(&AgentRequestLabels {
+                            agent_type: agent.agent_type,
+                            status: if ok { "success" } else { "error" }.to_owned(),
+                            endpoint: "health".to_owned(),
+                        })
+                        .inc();
+                }
                 state.registry.record_check(id, ok, detail, state.clock.now());
                 continue;
             }

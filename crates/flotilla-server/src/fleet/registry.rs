@@ -684,6 +684,20 @@ impl Registry {
         counts
     }
 
+    /// Share of successful attempts over the statistics windows of a pool's instances (each
+    /// instance's own window, pooled); `None` without attempts.
+    pub fn success_rate(&self, agent_type: &str) -> Option<f64> {
+        let inner = self.lock();
+        let pool = inner.pools.get(agent_type)?;
+        let (requests, failures) = pool.instances.iter().fold((0u64, 0u64), |(r, f), i| {
+            (
+                r + u64::from(i.stats.requests()),
+                f + u64::from(i.stats.failures()),
+            )
+        });
+        (requests > 0).then(|| (requests - failures) as f64 / requests as f64)
+    }
+
     /// Every instance as the API shows it, oldest first.
     pub fn list(&self) -> Vec<AgentInstance> {
         let inner = self.lock();

@@ -3,6 +3,7 @@
 //! is not durable when the process dies is recovered by lease expiry instead.
 
 use crate::fleet::wakers::Wakers;
+use crate::telemetry::metrics::{Metrics, TaskLabels};
 use crate::waiters::Waiters;
 use flotilla_core::task::{AttemptEnd, AttemptResult, Task, TaskStatus};
 use flotilla_store::{DynStore, Store};
@@ -38,16 +39,21 @@ pub fn channel(
     store: DynStore,
     waiters: Arc<Waiters>,
     wakers: Arc<Wakers>,
+    metrics: Arc<Metrics>,
     stop: CancellationToken,
 ) -> (Completions, impl Future<Output = ()>) {
     let (tx, rx) = mpsc::unbounded_channel();
-    (Completions { tx }, writer(store, waiters, wakers, rx, stop))
+    (
+        Completions { tx },
+        writer(store, waiters, wakers, metrics, rx, stop),
+    )
 }
 
 async fn writer(
     store: DynStore,
     waiters: Arc<Waiters>,
     wakers: Arc<Wakers>,
+    metrics: Arc<Metrics>,
     mut rx: mpsc::UnboundedReceiver<AttemptEnd>,
     stop: CancellationToken,
 ) {
@@ -71,7 +77,17 @@ async fn writer(
         };
         for (end, applied) in batch.drain(..).zip(results) {
             match applied {
-                Some(task) if task.status.is_terminal() => waiters.wake(task.id),
+                Some(task) if task.status.is_terminal() => {
+                    let took = task.finished_at.unwrap_or(task.updated_at) - task.created_at;
+                    metrics
+                        .task_duration
+                        .get_or_create(&TaskLabels {
+                            agent_type: task.agent_type.clone(),
+                            status: task.status.as_str().to_owned(),
+                        })
+                        .observe(took.to_std().unwrap_or_default().as_secs_f64());
+                    waiters.wake(task.id);
+                }
                 Some(task) if task.status == TaskStatus::Queued => {
                     wakers.task_queued(&task.agent_type)
                 }

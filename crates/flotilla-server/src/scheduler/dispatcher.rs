@@ -5,9 +5,10 @@
 use crate::app::AppState;
 use crate::fleet::registry::Slot;
 use crate::scheduler::dispatch;
+use crate::telemetry::metrics::{AgentRequestLabels, Metrics, TokenLabels};
 use flotilla_core::retry::{BackoffPolicy, Blame, DispatchFailure, after_failure};
 use flotilla_core::task::{AttemptEnd, AttemptResult, Task};
-use flotilla_core::wire::ExecuteRequest;
+use flotilla_core::wire::{ExecuteRequest, ExecuteResponse};
 use std::collections::HashSet;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -87,6 +88,11 @@ async fn run(state: AppState, agent_type: String, shutdown: CancellationToken) {
             {
                 Ok(tasks) => {
                     let full = tasks.len() as u32 == want;
+                    state
+                        .metrics
+                        .claims
+                        .get_or_create(&Metrics::agent_type(&agent_type))
+                        .inc_by(tasks.len() as u64);
                     for task in tasks {
                         start_attempt(&state, task);
                     }
@@ -193,6 +199,12 @@ async fn attempt(state: AppState, task: Task, slot: Slot) {
         )),
     };
     let finished_at = state.clock.now();
+    record_call(
+        &state.metrics,
+        &task.agent_type,
+        &outcome,
+        finished_at - started_at,
+    );
     // Only failures the instance is to blame for count against it.
     let instance_ok = match &outcome {
         Ok(_) => true,
@@ -226,6 +238,13 @@ async fn attempt(state: AppState, task: Task, slot: Slot) {
                 rand::random(),
             );
             tracing::info!(task_id = %task.id, attempt = task.attempt, agent_id = %slot.agent_id, error = %failure.describe(), "Attempt failed");
+            if matches!(result, AttemptResult::Retry { .. }) {
+                state
+                    .metrics
+                    .retries
+                    .get_or_create(&Metrics::agent_type(&task.agent_type))
+                    .inc();
+            }
             result
         }
     };
@@ -237,4 +256,48 @@ async fn attempt(state: AppState, task: Task, slot: Slot) {
         finished_at,
         result,
     });
+}
+
+/// Counts and times one `/execute` call, and the model tokens its answer reports.
+fn record_call(
+    metrics: &Metrics,
+    agent_type: &str,
+    outcome: &Result<ExecuteResponse, DispatchFailure>,
+    took: chrono::Duration,
+) {
+    let status = match outcome {
+        Ok(_) => "success",
+        Err(DispatchFailure::Timeout) => "timeout",
+        Err(failure) if failure.blame() == Blame::Task => "rejected",
+        Err(_) => "error",
+    };
+    metrics
+        .agent_requests
+        .get_or_create(&AgentRequestLabels {
+            agent_type: agent_type.to_owned(),
+            status: status.to_owned(),
+            endpoint: "execute".to_owned(),
+        })
+        .inc();
+    metrics
+        .agent_response_time
+        .get_or_create(&Metrics::agent_type(agent_type))
+        .observe(took.to_std().unwrap_or_default().as_secs_f64());
+    if let Ok(answer) = outcome {
+        for usage in answer.usage.iter().flatten() {
+            for (direction, tokens) in [
+                ("input", usage.input_tokens),
+                ("output", usage.output_tokens),
+            ] {
+                metrics
+                    .token_usage
+                    .get_or_create(&TokenLabels {
+                        agent_type: agent_type.to_owned(),
+                        model: usage.model.clone(),
+                        direction: direction.to_owned(),
+                    })
+                    .inc_by(tokens);
+            }
+        }
+    }
 }

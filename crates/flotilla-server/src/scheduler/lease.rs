@@ -23,13 +23,17 @@ pub async fn run(state: AppState, shutdown: CancellationToken) {
         }
         match state.store.requeue_expired(now).await {
             Ok(requeued) => {
+                state.metrics.leases_expired.inc_by(requeued.len() as u64);
                 for task in requeued {
                     tracing::warn!(task_id = %task.task_id, attempt = task.attempt, "Lease expired; task re-queued");
                     state.dispatchers.ensure(&state, &task.agent_type);
                     state.wakers.task_queued(&task.agent_type);
                 }
             }
-            Err(e) => tracing::warn!(error = %e, "Could not re-queue expired leases"),
+            Err(e) => {
+                state.metrics.store_errors.inc();
+                tracing::warn!(error = %e, "Could not re-queue expired leases");
+            }
         }
     }
 }

@@ -1,0 +1,322 @@
+//! Prometheus metrics (DESIGN.md §11) through `prometheus-client`.
+//!
+//! Counters and histograms are updated where things happen (HTTP middleware, dispatch,
+//! completion, leases, fleet events); gauges that describe state (instances by status, load per
+//! instance, queue length, success rate) are refreshed from the registry and the store at each
+//! scrape, so they are never stale. Label sets are bounded: agent type, model, status, route,
+//! method, event kind — and the instance id of `ai_agent_load`, which DESIGN.md names (bounded
+//! by the fleet's size, and removed with the instance).
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use std::sync::atomic::AtomicU64;
+
+/// Buckets of durations in seconds: 5 ms to about 5 minutes.
+const DURATION_BUCKETS: [f64; 14] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
+];
+
+fn duration_histogram() -> Histogram {
+    Histogram::new(DURATION_BUCKETS)
+}
+
+fn histograms<L: Clone + std::hash::Hash + Eq>() -> Histograms<L> {
+    Family::new_with_constructor(duration_histogram)
+}
+
+type Histograms<L> = Family<L, Histogram, fn() -> Histogram>;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AgentTypeLabels {
+    pub agent_type: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct InstancesLabels {
+    /// The agent type (DESIGN.md names this label `type`).
+    pub r#type: String,
+    pub status: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AgentIdLabels {
+    pub agent_id: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AgentRequestLabels {
+    pub agent_type: String,
+    /// `success`, `error`, `timeout`, `rejected`.
+    pub status: String,
+    /// `execute` or `health`.
+    pub endpoint: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TaskLabels {
+    pub agent_type: String,
+    /// The terminal status.
+    pub status: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TokenLabels {
+    pub agent_type: String,
+    pub model: String,
+    /// `input` or `output`.
+    pub direction: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HttpLabels {
+    /// The route template, e.g. `/v1/tasks/{id}`; `unmatched` for unknown paths.
+    pub route: String,
+    pub method: String,
+    pub status: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabels {
+    pub route: String,
+    pub method: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabels {
+    pub kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ScaleLabels {
+    pub pool: String,
+    /// `up` or `down`.
+    pub direction: String,
+}
+
+/// Every metric of the control plane.
+pub struct Metrics {
+    registry: Registry,
+    // DESIGN.md §11 names, which existing dashboards and autoscalers query.
+    pub agents: Family<InstancesLabels, Gauge>,
+    pub agent_load: Family<AgentIdLabels, Gauge>,
+    pub task_duration: Histograms<TaskLabels>,
+    pub agent_requests: Family<AgentRequestLabels, Counter>,
+    pub agent_response_time: Histograms<AgentTypeLabels>,
+    pub success_rate: Family<AgentTypeLabels, Gauge<f64, AtomicU64>>,
+    pub token_usage: Family<TokenLabels, Counter>,
+    pub queue_length: Family<AgentTypeLabels, Gauge>,
+    // flotilla_*.
+    pub http_requests: Family<HttpLabels, Counter>,
+    pub http_duration: Histograms<RouteLabels>,
+    pub claims: Family<AgentTypeLabels, Counter>,
+    pub retries: Family<AgentTypeLabels, Counter>,
+    pub leases_expired: Counter,
+    pub fleet_events: Family<KindLabels, Counter>,
+    pub scale_decisions: Family<ScaleLabels, Counter>,
+    pub pool_desired: Family<AgentTypeLabels, Gauge>,
+    pub store_errors: Counter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Every family, registered.
+    pub fn new() -> Self {
+        let mut registry = Registry::default();
+        let m = Self {
+            agents: Family::default(),
+            agent_load: Family::default(),
+            task_duration: histograms(),
+            agent_requests: Family::default(),
+            agent_response_time: histograms(),
+            success_rate: Family::default(),
+            token_usage: Family::default(),
+            queue_length: Family::default(),
+            http_requests: Family::default(),
+            http_duration: histograms(),
+            claims: Family::default(),
+            retries: Family::default(),
+            leases_expired: Counter::default(),
+            fleet_events: Family::default(),
+            scale_decisions: Family::default(),
+            pool_desired: Family::default(),
+            store_errors: Counter::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "ai_agents_total",
+            "Agent instances by type and status",
+            m.agents.clone(),
+        );
+        registry.register(
+            "ai_agent_load",
+            "Tasks in flight on each instance",
+            m.agent_load.clone(),
+        );
+        registry.register(
+            "ai_task_duration_seconds",
+            "Time from submission to the terminal state, by agent type and status",
+            m.task_duration.clone(),
+        );
+        registry.register(
+            "ai_agent_requests",
+            "Calls to agents by agent type, outcome and endpoint",
+            m.agent_requests.clone(),
+        );
+        registry.register(
+            "ai_agent_response_time_seconds",
+            "Duration of agent /execute calls",
+            m.agent_response_time.clone(),
+        );
+        registry.register(
+            "ai_agent_success_rate",
+            "Share of recent attempts that succeeded, over each instance's statistics window",
+            m.success_rate.clone(),
+        );
+        registry.register(
+            "ai_agent_token_usage",
+            "Model tokens agents reported, by agent type, model and direction",
+            m.token_usage.clone(),
+        );
+        registry.register(
+            "ai_agent_queue_length",
+            "Tasks waiting, by agent type",
+            m.queue_length.clone(),
+        );
+        registry.register(
+            "flotilla_http_requests",
+            "API requests by route, method and status",
+            m.http_requests.clone(),
+        );
+        registry.register(
+            "flotilla_http_request_duration_seconds",
+            "API request duration by route and method",
+            m.http_duration.clone(),
+        );
+        registry.register(
+            "flotilla_scheduler_claims",
+            "Tasks claimed for dispatch",
+            m.claims.clone(),
+        );
+        registry.register(
+            "flotilla_scheduler_retries",
+            "Failed attempts scheduled for a retry",
+            m.retries.clone(),
+        );
+        registry.register(
+            "flotilla_scheduler_leases_expired",
+            "Leases that expired and returned their task to the queue",
+            m.leases_expired.clone(),
+        );
+        registry.register(
+            "flotilla_fleet_events",
+            "Fleet events by kind",
+            m.fleet_events.clone(),
+        );
+        registry.register(
+            "flotilla_autoscaler_decisions",
+            "Autoscaling decisions by pool and direction",
+            m.scale_decisions.clone(),
+        );
+        registry.register(
+            "flotilla_pool_desired_instances",
+            "The size the autoscaler wants for each pool",
+            m.pool_desired.clone(),
+        );
+        registry.register(
+            "flotilla_store_errors",
+            "Store operations of background loops that failed",
+            m.store_errors.clone(),
+        );
+        Self { registry, ..m }
+    }
+
+    /// Labels of one agent type.
+    pub fn agent_type(agent_type: &str) -> AgentTypeLabels {
+        AgentTypeLabels {
+            agent_type: agent_type.to_owned(),
+        }
+    }
+
+    /// The OpenMetrics text of every family.
+    pub fn encode_openmetrics(&self) -> Result<String, std::fmt::Error> {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &self.registry)?;
+        Ok(text)
+    }
+}
+
+/// Converts OpenMetrics text (as `prometheus-client` writes it) to the classic Prometheus text
+/// format (0.0.4) that scrapers not asking for OpenMetrics — and `promtool check metrics` —
+/// read: a counter family is named after its `_total` samples, `# UNIT` and `# EOF` lines go,
+/// and a non-counter whose name ends in `_total` (DESIGN.md's gauge `ai_agents_total`) is typed
+/// `untyped`, which the classic format allows for any name.
+pub fn openmetrics_to_classic(text: &str) -> String {
+    let mut counters = std::collections::HashSet::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ")
+            && let Some(name) = rest.strip_suffix(" counter")
+        {
+            counters.insert(name.to_owned());
+        }
+    }
+    let mut out = String::with_capacity(text.len());
+    for line in text.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let rewritten = if let Some(rest) = line.strip_prefix("# HELP ") {
+            let (name, help) = rest.split_once(' ').unwrap_or((rest, ""));
+            if counters.contains(name) && !name.ends_with("_total") {
+                format!("# HELP {name}_total {help}")
+            } else {
+                line.to_owned()
+            }
+        } else if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').unwrap_or((rest, ""));
+            if kind == "counter" && !name.ends_with("_total") {
+                format!("# TYPE {name}_total counter")
+            } else if kind != "counter" && name.ends_with("_total") {
+                format!("# TYPE {name} untyped")
+            } else {
+                line.to_owned()
+            }
+        } else {
+            line.to_owned()
+        };
+        out.push_str(&rewritten);
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_are_named_after_their_samples_in_the_classic_format() {
+        let m = Metrics::new();
+        m.claims.get_or_create(&Metrics::agent_type("x")).inc_by(3);
+        m.agents
+            .get_or_create(&InstancesLabels {
+                r#type: "x".into(),
+                status: "idle".into(),
+            })
+            .set(2);
+        let classic = openmetrics_to_classic(&m.encode_openmetrics().unwrap_or_default());
+        assert!(classic.contains("# TYPE flotilla_scheduler_claims_total counter\n"));
+        assert!(classic.contains("flotilla_scheduler_claims_total{agent_type=\"x\"} 3\n"));
+        assert!(classic.contains("# TYPE ai_agents_total untyped\n"));
+        assert!(classic.contains("ai_agents_total{type=\"x\",status=\"idle\"} 2\n"));
+        assert!(!classic.contains("# EOF"));
+    }
+}

@@ -1,0 +1,197 @@
+//! `/metrics` (DESIGN.md §11): every name existing dashboards and autoscalers query is present
+//! with the values the control plane reports, the output passes `promtool check metrics`, and
+//! the endpoint needs a key unless configured open.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+#[macro_use]
+mod support;
+
+use flotilla_core::task::TaskStatus;
+use flotilla_core::wire::SubmitTask;
+use flotilla_testkit::{Behaviour, ScriptedAgent};
+use serde_json::json;
+use std::io::Write as _;
+use std::process::{Command, Stdio};
+use support::{ADMIN_KEY, Backend, Settings, TestServer, task};
+
+/// The names DESIGN.md §11 fixes.
+const REQUIRED: [&str; 8] = [
+    "ai_agents_total",
+    "ai_task_duration_seconds",
+    "ai_agent_load",
+    "ai_agent_requests_total",
+    "ai_agent_response_time_seconds",
+    "ai_agent_success_rate",
+    "ai_agent_token_usage_total",
+    "ai_agent_queue_length",
+];
+
+async fn scrape(
+    server: &TestServer,
+    key: Option<&str>,
+    accept: Option<&str>,
+) -> (u16, String, String) {
+    let mut request = server.http.get(server.url("/metrics"));
+    if let Some(key) = key {
+        request = request.bearer_auth(key);
+    }
+    if let Some(accept) = accept {
+        request = request.header("accept", accept);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    let content_type = response
+        .headers()
+        .get("content-type")
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default();
+    (status, content_type, response.text().await.unwrap())
+}
+
+/// The value of the sample whose line starts with `series` (name and labels, exactly).
+fn value(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+fn promtool(text: &str) -> (i32, String) {
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool must be installed (Debian package `prometheus`; .ci/run installs it)");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let mut said = String::from_utf8_lossy(&out.stdout).into_owned();
+    said.push_str(&String::from_utf8_lossy(&out.stderr));
+    (out.status.code().unwrap_or(-1), said)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_carry_the_required_names_and_values_and_pass_promtool() {
+    let settings = Settings::default().pool("echo").pool("parked");
+    let server = TestServer::start(Backend::Sqlite, settings).await;
+    let agent = ScriptedAgent::start(Behaviour::SUCCEED).unwrap();
+    let id = server.register(&agent, "echo", 4).await;
+    let usage =
+        json!({"report_usage": [{"model": "gpt-4o", "input_tokens": 120, "output_tokens": 30}]});
+    for _ in 0..3 {
+        let done = server
+            .finish(server.submit(&task("echo", usage.clone())).await.id)
+            .await;
+        assert_eq!(done.status, TaskStatus::Succeeded);
+    }
+    // A pool without instances: its tasks wait.
+    for _ in 0..5 {
+        server.submit(&SubmitTask::new("parked", json!({}))).await;
+    }
+
+    let (status, content_type, text) = scrape(&server, Some(ADMIN_KEY), None).await;
+    assert_eq!(status, 200);
+    assert_eq!(content_type, "text/plain; version=0.0.4; charset=utf-8");
+    for name in REQUIRED {
+        assert!(
+            text.lines().any(|l| l.starts_with(name)),
+            "{name} missing:\n{text}"
+        );
+    }
+    assert_eq!(
+        value(&text, r#"ai_agent_queue_length{agent_type="parked"}"#),
+        Some(5.0)
+    );
+    assert_eq!(
+        value(&text, r#"ai_agent_queue_length{agent_type="echo"}"#),
+        Some(0.0)
+    );
+    assert_eq!(
+        value(&text, r#"ai_agents_total{type="echo",status="idle"}"#),
+        Some(1.0)
+    );
+    assert_eq!(
+        value(&text, &format!(r#"ai_agent_load{{agent_id="{id}"}}"#)),
+        Some(0.0)
+    );
+    assert_eq!(
+        value(
+            &text,
+            r#"ai_agent_requests_total{agent_type="echo",status="success",endpoint="execute"}"#
+        ),
+        Some(3.0)
+    );
+    assert_eq!(
+        value(
+            &text,
+            r#"ai_agent_token_usage_total{agent_type="echo",model="gpt-4o",direction="input"}"#
+        ),
+        Some(360.0)
+    );
+    assert_eq!(
+        value(&text, r#"ai_agent_success_rate{agent_type="echo"}"#),
+        Some(1.0)
+    );
+    assert_eq!(
+        value(
+            &text,
+            r#"ai_task_duration_seconds_count{agent_type="echo",status="succeeded"}"#
+        ),
+        Some(3.0)
+    );
+    assert!(
+        value(
+            &text,
+            r#"flotilla_http_requests_total{route="/v1/tasks",method="POST",status="202"}"#
+        )
+        .is_some_and(|n| n >= 8.0),
+        "{text}"
+    );
+    assert!(
+        !text.contains("# EOF"),
+        "the classic format has no EOF marker"
+    );
+
+    let (code, said) = promtool(&text);
+    assert_eq!(code, 0, "promtool check metrics: {said}\n{text}");
+
+    // Scrapers that ask for OpenMetrics get it.
+    let (_, content_type, open) = scrape(
+        &server,
+        Some(ADMIN_KEY),
+        Some("application/openmetrics-text; version=1.0.0"),
+    )
+    .await;
+    assert!(
+        content_type.starts_with("application/openmetrics-text"),
+        "{content_type}"
+    );
+    assert!(open.trim_end().ends_with("# EOF"));
+    assert!(open.contains("# TYPE ai_agent_requests counter"));
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_need_a_key_unless_configured_open() {
+    let server = TestServer::start(Backend::Sqlite, Settings::default()).await;
+    let (status, _, body) = scrape(&server, None, None).await;
+    assert_eq!(status, 401, "{body}");
+    let (status, _, _) = scrape(&server, Some("flt_nosuchkey_abc"), None).await;
+    assert_eq!(status, 401);
+    server.stop().await;
+
+    let open = Settings::default().set("telemetry.metrics_public", true);
+    let server = TestServer::start(Backend::Sqlite, open).await;
+    let (status, _, body) = scrape(&server, None, None).await;
+    assert_eq!(status, 200);
+    assert!(
+        body.contains("flotilla_scheduler_leases_expired_total 0"),
+        "{body}"
+    );
+    server.stop().await;
+}
