@@ -5,7 +5,12 @@
 //! `FLOTILLA_<SECTION>__<KEY>` environment variables, then command-line flags. The caller reads
 //! the file and the environment and hands them in, so loading is a pure function.
 
+mod alerting;
 mod pool;
+
+pub use alerting::{
+    AlertSection, Alerting, AlertingSection, Webhook, WebhookFormat, WebhookSection,
+};
 
 pub use pool::{
     AutoscaleSection, Fleet, FleetSection, HealthChecks, HealthSection, KubernetesSection,
@@ -26,6 +31,9 @@ pub struct ConfigFile {
     pub log: LogSection,
     pub fleet: FleetSection,
     pub telemetry: TelemetrySection,
+    pub alerting: AlertingSection,
+    /// Alert rules (besides the classic defaults unless `alerting.default_rules = false`).
+    pub alerts: Vec<AlertSection>,
     /// Agent pools. A task's `agent_type` must name a pool or the type of a registered instance.
     pub pools: Vec<PoolSection>,
 }
@@ -161,6 +169,7 @@ pub struct Config {
     pub log_level: String,
     pub fleet: Fleet,
     pub telemetry: Telemetry,
+    pub alerting: Alerting,
     pub pools: Vec<Pool>,
 }
 
@@ -436,6 +445,7 @@ pub fn validate(raw: ConfigFile) -> Result<Config, ConfigError> {
         telemetry: Telemetry {
             metrics_public: raw.telemetry.metrics_public,
         },
+        alerting: alerting::validate(&raw.alerting, &raw.alerts)?,
         pools,
     })
 }

@@ -18,14 +18,17 @@ pub enum EventKind {
     Scale,
     /// A provisioner started, restarted or stopped an instance.
     Provisioner,
+    /// An alert became pending, fired, resolved or cleared; a notification failed.
+    Alert,
 }
 
 impl EventKind {
     /// All kinds.
-    pub const ALL: [EventKind; 3] = [
+    pub const ALL: [EventKind; 4] = [
         EventKind::Instance,
         EventKind::Scale,
         EventKind::Provisioner,
+        EventKind::Alert,
     ];
 
     /// The snake_case name used on the wire and in the store.
@@ -34,6 +37,7 @@ impl EventKind {
             EventKind::Instance => "instance",
             EventKind::Scale => "scale",
             EventKind::Provisioner => "provisioner",
+            EventKind::Alert => "alert",
         }
     }
 }

@@ -6,6 +6,7 @@
 //! passed in, so that every decision is a plain function that tests and simulations can drive.
 
 pub mod agent;
+pub mod alert;
 pub mod auth;
 pub mod autoscale;
 pub mod balance;

@@ -185,3 +185,48 @@ fn pool_settings_are_checked_with_their_path() {
         assert!(err.contains(key), "{extra}: {err}");
     }
 }
+
+#[test]
+fn alert_rules_extend_the_classic_defaults_and_are_checked() {
+    let text = "[[alerts]]\nname = \"backlog\"\nsignal = \"queue_length\"\nagent_type = \"code_generator\"\ncomparison = \">\"\nthreshold = 100\nfor = \"2m\"\nseverity = \"warning\"\nactions = [\"notify\", \"scale_up\"]\n\n[[alerting.webhooks]]\nurl = \"http://127.0.0.1:9/hook\"\nformat = \"slack\"\n";
+    let config = load(Some(("f", text)), &[], &[]).map_err(|e| e.to_string());
+    let alerting = config.map(|c| c.alerting);
+    let names: Vec<String> = alerting
+        .as_ref()
+        .map(|a| a.rules.iter().map(|r| r.name.clone()).collect())
+        .unwrap_or_default();
+    assert_eq!(
+        names,
+        [
+            "success_rate_low",
+            "success_rate_critical",
+            "response_time_high",
+            "hourly_tokens_high",
+            "backlog"
+        ]
+    );
+    assert_eq!(
+        alerting.as_ref().map(|a| a.rules[4].for_),
+        Ok(Duration::from_secs(120))
+    );
+    let cases = [
+        ("signal = \"vibes\"", "signal"),
+        ("for = \"soon\"", "alerts[0].for"),
+        ("comparison = \"~\"", "comparison"),
+    ];
+    for (bad, key) in cases {
+        let base = "name = \"x\"\nsignal = \"queue_length\"\ncomparison = \">\"\nthreshold = 1\nfor = \"1m\"\nseverity = \"info\"\n";
+        let field = bad.split(' ').next().unwrap_or_default();
+        let body: String = base
+            .lines()
+            .filter(|l| !l.starts_with(&format!("{field} ")))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let text = format!("[[alerts]]\n{body}{bad}\n");
+        let err = load(Some(("f", &text)), &[], &[])
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains(key), "{bad}: {err}");
+    }
+}

@@ -1,0 +1,180 @@
+//! `[alerting]` and `[[alerts]]`: the alert engine's rules and where notifications go.
+
+use super::{ConfigError, invalid, positive_ms};
+use crate::alert::{Action, AlertRule, Comparison, Severity, Signal, default_rules};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// `[alerting]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AlertingSection {
+    /// How often every rule is evaluated.
+    pub interval_ms: u64,
+    /// Include the classic four rules (DESIGN.md §11) besides `[[alerts]]`.
+    pub default_rules: bool,
+    /// Where `notify` actions send alerts.
+    pub webhooks: Vec<WebhookSection>,
+}
+
+impl Default for AlertingSection {
+    fn default() -> Self {
+        Self {
+            interval_ms: 15_000,
+            default_rules: true,
+            webhooks: Vec::new(),
+        }
+    }
+}
+
+/// `[[alerting.webhooks]]`: an HTTP receiver of alert notifications.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebhookSection {
+    pub url: String,
+    /// `json` (Flotilla's own body, signed when `secret` is set) or `slack` (an incoming
+    /// webhook's attachment, coloured by severity).
+    pub format: String,
+    /// HMAC-SHA256 key of the `x-flotilla-signature` header (json format).
+    pub secret: String,
+}
+
+/// `[[alerts]]`: one rule.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlertSection {
+    pub name: String,
+    /// `success_rate`, `error_rate`, `p95_response_time` (seconds), `queue_length`,
+    /// `hourly_tokens` or `healthy_instances`.
+    pub signal: Signal,
+    /// Only this agent type (signals that are per type); absent: every type.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_type: Option<String>,
+    /// `<`, `<=`, `>` or `>=`.
+    pub comparison: Comparison,
+    pub threshold: f64,
+    /// How long the breach must hold, e.g. `"5m"`; `"0s"` fires at once.
+    #[serde(rename = "for")]
+    pub for_: String,
+    /// `info`, `warning` or `critical`.
+    pub severity: Severity,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// `notify`, `scale_up`.
+    #[serde(default = "default_actions")]
+    pub actions: Vec<Action>,
+}
+
+fn default_actions() -> Vec<Action> {
+    vec![Action::Notify]
+}
+
+/// How a webhook's body is shaped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WebhookFormat {
+    Json,
+    Slack,
+}
+
+/// A validated webhook.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Webhook {
+    pub url: String,
+    pub format: WebhookFormat,
+    pub secret: Option<String>,
+}
+
+impl std::fmt::Debug for Webhook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Webhook")
+            .field("url", &self.url)
+            .field("format", &self.format)
+            .field("secret", &self.secret.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
+/// Validated alerting settings.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Alerting {
+    pub interval: Duration,
+    pub rules: Vec<AlertRule>,
+    pub webhooks: Vec<Webhook>,
+}
+
+pub(super) fn validate(
+    raw: &AlertingSection,
+    alerts: &[AlertSection],
+) -> Result<Alerting, ConfigError> {
+    let mut rules = if raw.default_rules {
+        default_rules()
+    } else {
+        Vec::new()
+    };
+    for (i, a) in alerts.iter().enumerate() {
+        let key = |field: &str| format!("alerts[{i}].{field}");
+        if a.name.is_empty() || a.name.len() > 64 {
+            return Err(invalid(&key("name"), "must be 1-64 characters"));
+        }
+        if rules.iter().any(|r| r.name == a.name) {
+            return Err(invalid(
+                &key("name"),
+                format!("rule `{}` is declared twice (or is a default rule)", a.name),
+            ));
+        }
+        if !a.threshold.is_finite() {
+            return Err(invalid(&key("threshold"), "must be a number"));
+        }
+        if a.agent_type.is_some() && !a.signal.per_agent_type() {
+            return Err(invalid(
+                &key("agent_type"),
+                format!("signal `{}` is not per agent type", a.signal.as_str()),
+            ));
+        }
+        let for_ = humantime::parse_duration(&a.for_).map_err(|e| {
+            invalid(
+                &key("for"),
+                format!("`{}` is not a duration such as \"5m\": {e}", a.for_),
+            )
+        })?;
+        rules.push(AlertRule {
+            name: a.name.clone(),
+            signal: a.signal,
+            agent_type: a.agent_type.clone(),
+            comparison: a.comparison,
+            threshold: a.threshold,
+            for_,
+            severity: a.severity,
+            labels: a.labels.clone(),
+            actions: a.actions.clone(),
+        });
+    }
+    let mut webhooks = Vec::new();
+    for (i, w) in raw.webhooks.iter().enumerate() {
+        let key = |field: &str| format!("alerting.webhooks[{i}].{field}");
+        if !(w.url.starts_with("http://") || w.url.starts_with("https://")) {
+            return Err(invalid(&key("url"), "must be an http(s) URL"));
+        }
+        let format = match w.format.as_str() {
+            "" | "json" => WebhookFormat::Json,
+            "slack" => WebhookFormat::Slack,
+            other => {
+                return Err(invalid(
+                    &key("format"),
+                    format!("`{other}` is not `json` or `slack`"),
+                ));
+            }
+        };
+        webhooks.push(Webhook {
+            url: w.url.clone(),
+            format,
+            secret: (!w.secret.is_empty()).then(|| w.secret.clone()),
+        });
+    }
+    Ok(Alerting {
+        interval: positive_ms("alerting.interval_ms", raw.interval_ms)?,
+        rules,
+        webhooks,
+    })
+}
