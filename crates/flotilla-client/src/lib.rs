@@ -235,6 +235,17 @@ impl Client {
             .await
     }
 
+    /// `GET /v1/alerts`, as JSON (pending and firing alerts).
+    pub async fn list_alerts(&self) -> Result<flotilla_core::wire::AlertList, ClientError> {
+        self.call(Method::GET, "/v1/alerts", NoBody, None).await
+    }
+
+    /// `GET /v1/alerts/history` (`after`, `limit`).
+    pub async fn alert_history(&self, query: &[(&str, String)]) -> Result<EventList, ClientError> {
+        self.call_with(Method::GET, "/v1/alerts/history", query, NoBody, None)
+            .await
+    }
+
     async fn call<B: RequestBody, T: DeserializeOwned>(
         &self,
         method: Method,

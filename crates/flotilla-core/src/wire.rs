@@ -321,3 +321,29 @@ pub struct EventList {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_after: Option<i64>,
 }
+
+/// A pending or firing alert as `GET /v1/alerts` shows it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ActiveAlert {
+    pub rule: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_type: Option<String>,
+    /// `pending` or `firing`.
+    pub state: String,
+    pub severity: crate::alert::Severity,
+    pub signal: crate::alert::Signal,
+    /// `<`, `<=`, `>` or `>=`.
+    pub comparison: String,
+    pub threshold: f64,
+    /// The signal's last value.
+    pub value: f64,
+    /// Pending since (the breach began) or firing since.
+    pub since: chrono::DateTime<chrono::Utc>,
+    pub labels: std::collections::BTreeMap<String, String>,
+}
+
+/// `GET /v1/alerts`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct AlertList {
+    pub alerts: Vec<ActiveAlert>,
+}

@@ -26,6 +26,9 @@ pub struct AppState {
     pub events: EventSink,
     pub provisioners: Arc<Provisioners>,
     pub metrics: Arc<crate::telemetry::metrics::Metrics>,
+    /// Rolling windows the alert engine reads.
+    pub recent: Arc<crate::telemetry::recent::Recent>,
+    pub alerts: Arc<crate::alerts::AlertEngine>,
     /// The autoscaler's view of each pool.
     pub scaling: Arc<Scaling>,
     pub wakers: Arc<Wakers>,

@@ -3,6 +3,7 @@
 //! flotilla-store. Every long-running loop is started and stopped by [`start`] and
 //! [`RunningServer::stop`], never detached.
 
+pub mod alerts;
 pub mod api;
 pub mod app;
 pub mod auth;
@@ -186,6 +187,8 @@ pub async fn start(
         provisioners: provisioners.clone(),
         scaling: Arc::default(),
         metrics: metrics.clone(),
+        recent: Arc::default(),
+        alerts: Arc::default(),
         wakers,
         waiters,
         keys: Arc::default(),
@@ -207,6 +210,7 @@ pub async fn start(
     writers.spawn(scheduler::lease::run(state.clone(), shutdown.clone()));
     writers.spawn(fleet::heartbeat::run(state.clone(), shutdown.clone()));
     writers.spawn(fleet::health::run(state.clone(), shutdown.clone()));
+    writers.spawn(alerts::run(state.clone(), shutdown.clone()));
     writers.spawn(fleet::autoscaler::run(
         state.clone(),
         provisioners,

@@ -38,6 +38,9 @@ enum Command {
     /// Read fleet events: status changes, scaling decisions, provisioner actions.
     #[command(subcommand)]
     Events(cmd::pools::EventsCommand),
+    /// Pending and firing alerts, and their history.
+    #[command(subcommand)]
+    Alerts(cmd::alerts::AlertsCommand),
     /// Check configuration files.
     #[command(subcommand)]
     Config(cmd::config::ConfigCommand),
@@ -67,6 +70,7 @@ fn main() -> ExitCode {
             Command::Demo(args) => cmd::demo::run(args).await,
             Command::Task(command) => cmd::task::run(command).await,
             Command::Agents(command) => cmd::agents::run(command).await,
+            Command::Alerts(command) => cmd::alerts::run(command).await,
             Command::Pools(command) => cmd::pools::run_pools(command).await,
             Command::Events(command) => cmd::pools::run_events(command).await,
             Command::Config(command) => cmd::config::run(command),

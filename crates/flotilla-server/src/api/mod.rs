@@ -1,6 +1,7 @@
 //! The HTTP API: one router per resource, one [`error::ApiError`], request ids on everything.
 
 pub mod agents;
+pub mod alerts;
 pub mod error;
 pub mod events;
 pub mod extract;
@@ -35,6 +36,7 @@ pub fn router(state: AppState) -> Router {
         .merge(agents::routes())
         .merge(pools::routes())
         .merge(events::routes())
+        .merge(alerts::routes())
         .route_layer(middleware::from_fn_with_state(state.clone(), require_key));
     Router::new()
         .merge(probes::routes())

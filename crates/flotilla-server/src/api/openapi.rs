@@ -24,9 +24,11 @@ use utoipa::{Modify, OpenApi};
         super::pools::list,
         super::pools::get_pool,
         super::events::list,
+        super::alerts::list,
+        super::alerts::history,
     ),
     modifiers(&BearerAuth, &CommonErrors),
-    tags((name = "tasks"), (name = "agents"), (name = "fleet"), (name = "probes"))
+    tags((name = "tasks"), (name = "agents"), (name = "fleet"), (name = "alerts"), (name = "probes"))
 )]
 pub struct ApiDoc;
 

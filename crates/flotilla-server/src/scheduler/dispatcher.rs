@@ -199,12 +199,7 @@ async fn attempt(state: AppState, task: Task, slot: Slot) {
         )),
     };
     let finished_at = state.clock.now();
-    record_call(
-        &state.metrics,
-        &task.agent_type,
-        &outcome,
-        finished_at - started_at,
-    );
+    record_call(&state, &task.agent_type, &outcome, finished_at - started_at);
     // Only failures the instance is to blame for count against it.
     let instance_ok = match &outcome {
         Ok(_) => true,
@@ -260,11 +255,14 @@ async fn attempt(state: AppState, task: Task, slot: Slot) {
 
 /// Counts and times one `/execute` call, and the model tokens its answer reports.
 fn record_call(
-    metrics: &Metrics,
+    state: &AppState,
     agent_type: &str,
     outcome: &Result<ExecuteResponse, DispatchFailure>,
     took: chrono::Duration,
 ) {
+    let metrics = &state.metrics;
+    let seconds = took.to_std().unwrap_or_default().as_secs_f64();
+    state.recent.record_response(agent_type, seconds);
     let status = match outcome {
         Ok(_) => "success",
         Err(DispatchFailure::Timeout) => "timeout",
@@ -282,7 +280,7 @@ fn record_call(
     metrics
         .agent_response_time
         .get_or_create(&Metrics::agent_type(agent_type))
-        .observe(took.to_std().unwrap_or_default().as_secs_f64());
+        .observe(seconds);
     if let Ok(answer) = outcome {
         for usage in answer.usage.iter().flatten() {
             for (direction, tokens) in [
@@ -297,6 +295,7 @@ fn record_call(
                         direction: direction.to_owned(),
                     })
                     .inc_by(tokens);
+                state.recent.record_tokens(tokens);
             }
         }
     }

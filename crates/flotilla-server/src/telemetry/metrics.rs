@@ -97,6 +97,19 @@ pub struct ScaleLabels {
     pub direction: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AlertLabels {
+    pub rule: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct NotificationLabels {
+    /// `json` or `slack`.
+    pub notifier: String,
+    /// `delivered` or `failed` (after retries).
+    pub outcome: String,
+}
+
 /// Every metric of the control plane.
 pub struct Metrics {
     registry: Registry,
@@ -119,6 +132,8 @@ pub struct Metrics {
     pub scale_decisions: Family<ScaleLabels, Counter>,
     pub pool_desired: Family<AgentTypeLabels, Gauge>,
     pub store_errors: Counter,
+    pub alerts: Family<AlertLabels, Gauge>,
+    pub notifications: Family<NotificationLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -149,6 +164,8 @@ impl Metrics {
             scale_decisions: Family::default(),
             pool_desired: Family::default(),
             store_errors: Counter::default(),
+            alerts: Family::default(),
+            notifications: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -235,6 +252,16 @@ impl Metrics {
             "flotilla_store_errors",
             "Store operations of background loops that failed",
             m.store_errors.clone(),
+        );
+        registry.register(
+            "flotilla_alert_firing",
+            "1 while any alert of the rule fires, else 0",
+            m.alerts.clone(),
+        );
+        registry.register(
+            "flotilla_alert_notifications",
+            "Alert notifications by notifier and outcome (failed: after every retry)",
+            m.notifications.clone(),
         );
         Self { registry, ..m }
     }

@@ -2,6 +2,7 @@
 //! counts and times every API request.
 
 pub mod metrics;
+pub mod recent;
 
 use crate::api::error::ApiError;
 use crate::app::AppState;

@@ -2,6 +2,7 @@
 
 pub mod agent;
 pub mod agents;
+pub mod alerts;
 pub mod config;
 pub mod demo;
 pub mod pools;

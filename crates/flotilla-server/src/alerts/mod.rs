@@ -1,0 +1,210 @@
+//! The alert engine (DESIGN.md §11): every `[alerting] interval_ms` it reads the built-in signals,
+//! advances each (rule, agent type) alert with `flotilla_core::alert::step`, records every
+//! transition as an `alert` fleet event (the history), and carries out the rule's actions when
+//! an alert fires: `notify` (the configured webhooks, retried) and `scale_up` (one more instance
+//! of the affected pool).
+
+pub mod notify;
+mod signals;
+
+use crate::app::AppState;
+use flotilla_core::Timestamp;
+use flotilla_core::alert::{Action, AlertRule, AlertState, Transition, step};
+use flotilla_core::event::EventKind;
+pub use flotilla_core::wire::{ActiveAlert, AlertList};
+use std::collections::HashMap;
+use std::sync::Mutex;
+use tokio_util::sync::CancellationToken;
+
+type Key = (String, Option<String>);
+
+struct Tracked {
+    state: AlertState,
+    value: f64,
+}
+
+/// Every alert's state. Cheap to share behind an `Arc`.
+#[derive(Default)]
+pub struct AlertEngine {
+    alerts: Mutex<HashMap<Key, Tracked>>,
+}
+
+impl AlertEngine {
+    /// Pending and firing alerts, firing first, then by rule and type.
+    pub fn active(&self, rules: &[AlertRule]) -> Vec<ActiveAlert> {
+        let Ok(alerts) = self.alerts.lock() else {
+            return Vec::new();
+        };
+        let mut out: Vec<ActiveAlert> = alerts
+            .iter()
+            .filter_map(|((name, agent_type), t)| {
+                let rule = rules.iter().find(|r| &r.name == name)?;
+                let (state, since) = match t.state {
+                    AlertState::Inactive => return None,
+                    AlertState::Pending { since } => ("pending", since),
+                    AlertState::Firing { since, .. } => ("firing", since),
+                };
+                Some(ActiveAlert {
+                    rule: name.clone(),
+                    agent_type: agent_type.clone(),
+                    state: state.to_owned(),
+                    severity: rule.severity,
+                    signal: rule.signal,
+                    comparison: rule.comparison.as_str().to_owned(),
+                    threshold: rule.threshold,
+                    value: t.value,
+                    since,
+                    labels: rule.labels.clone(),
+                })
+            })
+            .collect();
+        out.sort_by(|a, b| {
+            (b.state == "firing", &a.rule, &a.agent_type).cmp(&(
+                a.state == "firing",
+                &b.rule,
+                &b.agent_type,
+            ))
+        });
+        out
+    }
+}
+
+/// Runs until `shutdown`.
+pub async fn run(state: AppState, shutdown: CancellationToken) {
+    let config = &state.config.alerting;
+    if config.rules.is_empty() {
+        return;
+    }
+    let mut tick = tokio::time::interval(config.interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let values = signals::read(&state).await;
+        let now = state.clock.now();
+        for rule in &config.rules {
+            for (agent_type, value) in values.for_rule(rule) {
+                evaluate(&state, rule, agent_type, value, now);
+            }
+        }
+    }
+}
+
+fn evaluate(
+    state: &AppState,
+    rule: &AlertRule,
+    agent_type: Option<String>,
+    value: Option<f64>,
+    now: Timestamp,
+) {
+    let key = (rule.name.clone(), agent_type.clone());
+    let transition = {
+        let Ok(mut alerts) = state.alerts.alerts.lock() else {
+            return;
+        };
+        let tracked = alerts.entry(key).or_insert(Tracked {
+            state: AlertState::Inactive,
+            value: 0.0,
+        });
+        if let Some(v) = value {
+            tracked.value = v;
+        }
+        let transition = step(&mut tracked.state, rule, value, now);
+        let firing = matches!(tracked.state, AlertState::Firing { .. });
+        state
+            .metrics
+            .alerts
+            .get_or_create(&crate::telemetry::metrics::AlertLabels {
+                rule: rule.name.clone(),
+            })
+            .set(i64::from(firing));
+        transition.map(|t| (t, tracked.value))
+    };
+    let Some((transition, value)) = transition else {
+        return;
+    };
+    let scope = agent_type
+        .as_deref()
+        .map_or_else(String::new, |t| format!(" [{t}]"));
+    let word = match transition {
+        Transition::Pending => "pending",
+        Transition::Cleared => "cleared",
+        Transition::Firing => "firing",
+        Transition::Resolved => "resolved",
+    };
+    let message = format!(
+        "alert {}{scope} {word}: {} {value:.3} {} {} for {}s ({})",
+        rule.name,
+        rule.signal.as_str(),
+        rule.comparison.as_str(),
+        rule.threshold,
+        rule.for_.as_secs(),
+        rule.severity.as_str(),
+    );
+    state.events.emit(
+        now,
+        EventKind::Alert,
+        agent_type.as_deref().unwrap_or("*"),
+        None,
+        message.clone(),
+    );
+    if !matches!(transition, Transition::Firing | Transition::Resolved) {
+        return;
+    }
+    let notification = notify::Notification {
+        rule: rule.name.clone(),
+        agent_type: agent_type.clone(),
+        status: word.to_owned(),
+        severity: rule.severity,
+        signal: rule.signal.as_str().to_owned(),
+        value,
+        threshold: rule.threshold,
+        comparison: rule.comparison.as_str().to_owned(),
+        for_s: rule.for_.as_secs(),
+        labels: rule.labels.clone(),
+        message,
+        at: now,
+    };
+    for action in &rule.actions {
+        match action {
+            Action::Notify => notify::send_all(state, &notification),
+            Action::ScaleUp if transition == Transition::Firing => {
+                if let Some(agent_type) = &agent_type {
+                    scale_up(state, &rule.name, agent_type, now);
+                }
+            }
+            Action::ScaleUp => {}
+        }
+    }
+}
+
+/// One more instance of the pool, within its maximum; for static pools a recommendation.
+fn scale_up(state: &AppState, rule: &str, agent_type: &str, now: Timestamp) {
+    let Some(pool) = state.config.pools.iter().find(|p| p.name == agent_type) else {
+        return;
+    };
+    let current = state
+        .provisioners
+        .size(pool)
+        .unwrap_or_else(|| state.registry.counts(agent_type).accepting);
+    let to = (current + 1).min(pool.max_instances);
+    let message = if to == current {
+        format!(
+            "pool {agent_type} stays at {current}: alert {rule} asked for more, the maximum is reached"
+        )
+    } else if matches!(pool.provisioner, flotilla_core::config::Provisioner::Static) {
+        format!(
+            "pool {agent_type} {current} → {to} recommended (static pool): alert {rule} is firing"
+        )
+    } else {
+        format!("pool {agent_type} {current} → {to}: alert {rule} is firing")
+    };
+    state
+        .events
+        .emit(now, EventKind::Scale, agent_type, None, message);
+    if to > current {
+        state.provisioners.scale(state, pool, to);
+    }
+}

@@ -1,0 +1,171 @@
+//! Notifiers: webhooks in Flotilla's JSON (signed with HMAC-SHA256 like agent requests,
+//! DESIGN.md §6) or as a Slack-compatible incoming-webhook attachment. Each delivery is retried
+//! with backoff; a delivery that still fails is an `alert` event and a metric — never silently
+//! dropped.
+
+use crate::app::AppState;
+use crate::telemetry::metrics::NotificationLabels;
+use flotilla_core::Timestamp;
+use flotilla_core::alert::Severity;
+use flotilla_core::config::{Webhook, WebhookFormat};
+use flotilla_core::event::EventKind;
+use hmac::{Hmac, Mac};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use sha2::Sha256;
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// Attempts per delivery.
+const ATTEMPTS: u32 = 4;
+/// First retry delay; doubles.
+const FIRST_RETRY: Duration = Duration::from_millis(250);
+/// Each attempt's timeout.
+const TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What a webhook receives (the `json` format's body).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Notification {
+    pub rule: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_type: Option<String>,
+    /// `firing` or `resolved`.
+    pub status: String,
+    pub severity: Severity,
+    pub signal: String,
+    pub value: f64,
+    pub comparison: String,
+    pub threshold: f64,
+    /// How long the breach had to hold, in seconds.
+    pub for_s: u64,
+    pub labels: BTreeMap<String, String>,
+    /// One line saying it all.
+    pub message: String,
+    pub at: Timestamp,
+}
+
+/// `t=<unix seconds>,v1=<hex HMAC-SHA256(secret, "<t>.<body>")>`.
+pub fn signature(secret: &str, unix: i64, body: &[u8]) -> String {
+    let mut mac = match Hmac::<Sha256>::new_from_slice(secret.as_bytes()) {
+        Ok(mac) => mac,
+        // HMAC takes a key of any length; this cannot happen.
+        Err(_) => return String::new(),
+    };
+    mac.update(format!("{unix}.").as_bytes());
+    mac.update(body);
+    format!("t={unix},v1={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+/// The Slack attachment: coloured by severity (green once resolved), with the figures as fields.
+fn slack_body(n: &Notification) -> serde_json::Value {
+    let color = match (n.status.as_str(), n.severity) {
+        ("resolved", _) => "#2eb886",
+        (_, Severity::Critical) => "#d00000",
+        (_, Severity::Warning) => "#daa038",
+        (_, Severity::Info) => "#439fe0",
+    };
+    let scope = n.agent_type.as_deref().unwrap_or("all agent types");
+    json!({
+        "text": format!("[{}] {} ({scope})", n.status.to_uppercase(), n.rule),
+        "attachments": [{
+            "color": color,
+            "title": n.message,
+            "fields": [
+                {"title": "Severity", "value": n.severity.as_str(), "short": true},
+                {"title": "Value", "value": format!("{} = {:.3}", n.signal, n.value), "short": true},
+                {"title": "Threshold", "value": format!("{} {}", n.comparison, n.threshold), "short": true},
+                {"title": "Duration", "value": format!("{}s", n.for_s), "short": true},
+            ],
+            "ts": n.at.timestamp(),
+        }]
+    })
+}
+
+/// Sends a notification to every webhook, each in the background.
+pub fn send_all(state: &AppState, notification: &Notification) {
+    for webhook in &state.config.alerting.webhooks {
+        let state = state.clone();
+        let webhook = webhook.clone();
+        let notification = notification.clone();
+        state
+            .dispatchers
+            .attempts
+            .clone()
+            .spawn(async move { deliver(&state, &webhook, &notification).await });
+    }
+}
+
+async fn deliver(state: &AppState, webhook: &Webhook, n: &Notification) {
+    let (body, format) = match webhook.format {
+        WebhookFormat::Json => (serde_json::to_vec(n).unwrap_or_default(), "json"),
+        WebhookFormat::Slack => (
+            serde_json::to_vec(&slack_body(n)).unwrap_or_default(),
+            "slack",
+        ),
+    };
+    let mut delay = FIRST_RETRY;
+    let mut last_error = String::new();
+    for attempt in 1..=ATTEMPTS {
+        let mut request = state
+            .http
+            .post(&webhook.url)
+            .timeout(TIMEOUT)
+            .header("content-type", "application/json")
+            .body(body.clone());
+        if let Some(secret) = &webhook.secret {
+            let unix = state.clock.now().timestamp();
+            request = request.header("x-flotilla-signature", signature(secret, unix, &body));
+        }
+        match request.send().await {
+            Ok(r) if r.status().is_success() => {
+                count(state, format, "delivered");
+                return;
+            }
+            Ok(r) => last_error = format!("HTTP {}", r.status().as_u16()),
+            Err(e) => last_error = e.to_string(),
+        }
+        tracing::debug!(url = %webhook.url, attempt, error = %last_error, "Alert notification failed");
+        if attempt < ATTEMPTS {
+            tokio::time::sleep(delay).await;
+            delay *= 2;
+        }
+    }
+    count(state, format, "failed");
+    state.events.emit(
+        state.clock.now(),
+        EventKind::Alert,
+        n.agent_type.as_deref().unwrap_or("*"),
+        None,
+        format!(
+            "notification of alert {} ({}) to {} failed after {ATTEMPTS} attempts: {last_error}",
+            n.rule, n.status, webhook.url
+        ),
+    );
+}
+
+fn count(state: &AppState, format: &str, outcome: &str) {
+    state
+        .metrics
+        .notifications
+        .get_or_create(&NotificationLabels {
+            notifier: format.to_owned(),
+            outcome: outcome.to_owned(),
+        })
+        .inc();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signatures_are_hmac_sha256_of_time_and_body() {
+        // RFC 4231-style check against an independent computation is in the alert tests; here:
+        // stable, keyed, and bound to the time.
+        let a = signature("k", 1_700_000_000, b"{}");
+        assert!(a.starts_with("t=1700000000,v1="));
+        assert_eq!(a.len(), "t=1700000000,v1=".len() + 64);
+        assert_ne!(a, signature("other", 1_700_000_000, b"{}"));
+        assert_ne!(a, signature("k", 1_700_000_001, b"{}"));
+    }
+}

@@ -1,0 +1,259 @@
+//! The alert engine end to end (DESIGN.md §11): a rule over a real signal goes pending, fires
+//! after its duration, notifies real HTTP receivers (signed JSON and Slack format), asks for
+//! capacity, resolves when the signal recovers, and keeps every transition in its history. A
+//! receiver that keeps failing gets retries, then the failure is recorded — never dropped.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+#[macro_use]
+mod support;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use flotilla_core::wire::SubmitTask;
+use hmac::{Hmac, Mac};
+use serde_json::{Value, json};
+use sha2::Sha256;
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use support::{ADMIN_KEY, Backend, Settings, TestServer, eventually};
+
+const SECRET: &str = "webhook-secret-for-tests";
+
+#[derive(Clone, Default)]
+struct Receiver {
+    seen: Arc<Mutex<Vec<(HeaderMap, Value)>>>,
+    /// The status it answers (200 unless set).
+    status: Arc<AtomicU16>,
+}
+
+impl Receiver {
+    async fn start() -> (Receiver, String) {
+        let receiver = Receiver::default();
+        receiver.status.store(200, Ordering::SeqCst);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        let app = Router::new()
+            .fallback(
+                |State(r): State<Receiver>, headers: HeaderMap, body: Bytes| async move {
+                    let value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+                    // Keep the raw body for signature checks.
+                    let mut headers = headers;
+                    headers.insert(
+                        "x-test-raw-body",
+                        String::from_utf8_lossy(&body).parse().unwrap(),
+                    );
+                    r.seen.lock().unwrap().push((headers, value));
+                    StatusCode::from_u16(r.status.load(Ordering::SeqCst)).unwrap()
+                },
+            )
+            .with_state(receiver.clone());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        (receiver, url)
+    }
+
+    fn bodies(&self) -> Vec<Value> {
+        self.seen
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(_, v)| v.clone())
+            .collect()
+    }
+}
+
+fn rule_settings(json_url: &str, slack_url: &str) -> Settings {
+    Settings::default()
+        .set("alerting.interval_ms", 100)
+        .set("alerting.default_rules", false)
+        .raw(&format!(
+            "[[alerting.webhooks]]\nurl = \"{json_url}\"\nformat = \"json\"\nsecret = \"{SECRET}\"\n\
+             [[alerting.webhooks]]\nurl = \"{slack_url}\"\nformat = \"slack\"\n\
+             [[alerts]]\nname = \"backlog\"\nsignal = \"queue_length\"\nagent_type = \"parked\"\n\
+             comparison = \">\"\nthreshold = 2\nfor = \"1s\"\nseverity = \"warning\"\n\
+             labels = {{ team = \"ml\" }}\nactions = [\"notify\", \"scale_up\"]\n"
+        ))
+        .pool("parked")
+}
+
+async fn history(server: &TestServer) -> Vec<String> {
+    server
+        .client
+        .alert_history(&[])
+        .await
+        .unwrap()
+        .events
+        .into_iter()
+        .map(|e| e.message)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rule_goes_pending_fires_notifies_and_resolves() {
+    let (json_hook, json_url) = Receiver::start().await;
+    let (slack_hook, slack_url) = Receiver::start().await;
+    let server = TestServer::start(Backend::Sqlite, rule_settings(&json_url, &slack_url)).await;
+    let mut tasks = Vec::new();
+    for _ in 0..3 {
+        tasks.push(server.submit(&SubmitTask::new("parked", json!({}))).await);
+    }
+    eventually("the alert is pending", Duration::from_secs(5), || async {
+        let alerts = server.client.list_alerts().await.unwrap().alerts;
+        alerts
+            .iter()
+            .any(|a| a.rule == "backlog" && a.state == "pending")
+    })
+    .await;
+    eventually("the alert fires", Duration::from_secs(5), || async {
+        let alerts = server.client.list_alerts().await.unwrap().alerts;
+        alerts.iter().any(|a| {
+            a.rule == "backlog"
+                && a.state == "firing"
+                && a.value == 3.0
+                && a.agent_type.as_deref() == Some("parked")
+                && a.labels.get("team").map(String::as_str) == Some("ml")
+        })
+    })
+    .await;
+
+    // The JSON receiver got the firing notification, signed.
+    eventually(
+        "the JSON webhook is called",
+        Duration::from_secs(5),
+        || async { !json_hook.bodies().is_empty() },
+    )
+    .await;
+    let (headers, body) = json_hook.seen.lock().unwrap()[0].clone();
+    assert_eq!(body["status"], "firing", "{body}");
+    assert_eq!(body["rule"], "backlog");
+    assert_eq!(body["value"], 3.0);
+    assert_eq!(body["threshold"], 2.0);
+    assert_eq!(body["severity"], "warning");
+    let signature = headers["x-flotilla-signature"].to_str().unwrap();
+    let raw = headers["x-test-raw-body"].to_str().unwrap();
+    let (t, v1) = signature
+        .strip_prefix("t=")
+        .and_then(|s| s.split_once(",v1="))
+        .unwrap();
+    let mut mac = Hmac::<Sha256>::new_from_slice(SECRET.as_bytes()).unwrap();
+    mac.update(format!("{t}.{raw}").as_bytes());
+    assert_eq!(
+        v1,
+        hex::encode(mac.finalize().into_bytes()),
+        "the signature verifies"
+    );
+
+    // The Slack receiver got an attachment coloured for a warning, with the figures.
+    eventually(
+        "the Slack webhook is called",
+        Duration::from_secs(5),
+        || async { !slack_hook.bodies().is_empty() },
+    )
+    .await;
+    let slack = slack_hook.bodies()[0].clone();
+    assert_eq!(slack["attachments"][0]["color"], "#daa038", "{slack}");
+    let fields: Vec<&str> = slack["attachments"][0]["fields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["title"].as_str().unwrap())
+        .collect();
+    assert_eq!(fields, ["Severity", "Value", "Threshold", "Duration"]);
+    assert!(slack.get("text").is_some());
+
+    // The queue drains: the alert resolves and the receivers are told.
+    for task in &tasks {
+        server.client.cancel_task(task.id).await.unwrap();
+    }
+    eventually("the alert resolves", Duration::from_secs(5), || async {
+        server.client.list_alerts().await.unwrap().alerts.is_empty()
+    })
+    .await;
+    eventually(
+        "the resolution is notified",
+        Duration::from_secs(5),
+        || async {
+            json_hook.bodies().iter().any(|b| b["status"] == "resolved")
+                && slack_hook
+                    .bodies()
+                    .iter()
+                    .any(|b| b["attachments"][0]["color"] == "#2eb886")
+        },
+    )
+    .await;
+    eventually(
+        "the history has every transition",
+        Duration::from_secs(5),
+        || async {
+            let h = history(&server).await;
+            let has = |s: &str| h.iter().any(|m| m.starts_with(s));
+            has("alert backlog [parked] pending: queue_length 3.000 > 2 for 1s (warning)")
+                && has("alert backlog [parked] firing:")
+                && has("alert backlog [parked] resolved:")
+        },
+    )
+    .await;
+    // scale_up on a static pool is a recommendation, as an event.
+    let scale = server
+        .client
+        .list_events(&[("kind", "scale".to_owned())])
+        .await
+        .unwrap()
+        .events;
+    assert!(
+        scale
+            .iter()
+            .any(|e| e.message
+                == "pool parked 0 → 1 recommended (static pool): alert backlog is firing"),
+        "{scale:?}"
+    );
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_receiver_is_retried_and_the_failure_recorded() {
+    let (json_hook, json_url) = Receiver::start().await;
+    let (slack_hook, slack_url) = Receiver::start().await;
+    json_hook.status.store(500, Ordering::SeqCst);
+    let server = TestServer::start(Backend::Sqlite, rule_settings(&json_url, &slack_url)).await;
+    for _ in 0..3 {
+        server.submit(&SubmitTask::new("parked", json!({}))).await;
+    }
+    eventually(
+        "the failure is in the history",
+        Duration::from_secs(10),
+        || async {
+            history(&server).await.iter().any(|m| {
+                m.starts_with("notification of alert backlog (firing) to ")
+                    && m.ends_with("failed after 4 attempts: HTTP 500")
+            })
+        },
+    )
+    .await;
+    assert_eq!(json_hook.bodies().len(), 4, "four attempts");
+    assert_eq!(
+        slack_hook.bodies().len(),
+        1,
+        "the other receiver is unaffected"
+    );
+    let metrics = server
+        .http
+        .get(server.url("/metrics"))
+        .bearer_auth(ADMIN_KEY)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics
+            .contains(r#"flotilla_alert_notifications_total{notifier="json",outcome="failed"} 1"#),
+        "{metrics}"
+    );
+    assert!(metrics.contains(r#"flotilla_alert_firing{rule="backlog"} 1"#));
+    server.stop().await;
+}
