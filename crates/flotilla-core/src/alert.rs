@@ -122,6 +122,8 @@ pub enum Action {
     Notify,
     /// Ask for one more instance in the affected pool.
     ScaleUp,
+    /// Shed new low-priority work (priority below 5) with 503 until the alert resolves.
+    EmergencyMode,
 }
 
 /// A validated rule.
@@ -140,8 +142,8 @@ pub struct AlertRule {
     pub actions: Vec<Action>,
 }
 
-/// The classic defaults (DESIGN.md §11). Their other two actions — emergency mode and rate
-/// limiting — come with the security issue's rate limits; until then those rules notify.
+/// The classic defaults (DESIGN.md §11). The token rule's rate limiting comes with the security
+/// issue's per-tenant limits; until then it notifies.
 pub fn default_rules() -> Vec<AlertRule> {
     let rule =
         |name: &str, signal, comparison, threshold, secs, severity, actions: &[Action]| AlertRule {
@@ -172,7 +174,7 @@ pub fn default_rules() -> Vec<AlertRule> {
             0.8,
             180,
             Severity::Critical,
-            &[Action::Notify],
+            &[Action::Notify, Action::EmergencyMode],
         ),
         rule(
             "response_time_high",

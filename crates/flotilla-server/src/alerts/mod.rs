@@ -12,7 +12,7 @@ use flotilla_core::Timestamp;
 use flotilla_core::alert::{Action, AlertRule, AlertState, Transition, step};
 use flotilla_core::event::EventKind;
 pub use flotilla_core::wire::{ActiveAlert, AlertList};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 
@@ -27,9 +27,34 @@ struct Tracked {
 #[derive(Default)]
 pub struct AlertEngine {
     alerts: Mutex<HashMap<Key, Tracked>>,
+    /// Firing alerts whose action is emergency mode, with what they say.
+    emergencies: Mutex<BTreeMap<String, String>>,
 }
 
+/// Work below this priority is shed in emergency mode.
+pub const EMERGENCY_MIN_PRIORITY: i32 = 5;
+
 impl AlertEngine {
+    /// Why new low-priority work is refused now, if it is.
+    pub fn emergency(&self) -> Option<String> {
+        let emergencies = self.emergencies.lock().ok()?;
+        let (alert, _) = emergencies.iter().next()?;
+        Some(format!(
+            "emergency mode (alert {alert} is firing): tasks of priority below {EMERGENCY_MIN_PRIORITY} are refused until it resolves; retry later or raise the priority"
+        ))
+    }
+
+    fn set_emergency(&self, alert: String, on: bool) -> bool {
+        let Ok(mut emergencies) = self.emergencies.lock() else {
+            return false;
+        };
+        if on {
+            emergencies.insert(alert, String::new()).is_none()
+        } else {
+            emergencies.remove(&alert).is_some()
+        }
+    }
+
     /// Pending and firing alerts, firing first, then by rule and type.
     pub fn active(&self, rules: &[AlertRule]) -> Vec<ActiveAlert> {
         let Ok(alerts) = self.alerts.lock() else {
@@ -176,6 +201,26 @@ fn evaluate(
                 }
             }
             Action::ScaleUp => {}
+            Action::EmergencyMode => {
+                let on = transition == Transition::Firing;
+                let alert = format!("{}{scope}", rule.name);
+                if state.alerts.set_emergency(alert.clone(), on) {
+                    let message = if on {
+                        format!(
+                            "emergency mode on: alert {alert} fired; new tasks of priority below {EMERGENCY_MIN_PRIORITY} are refused"
+                        )
+                    } else {
+                        format!("emergency mode off: alert {alert} resolved")
+                    };
+                    state.events.emit(
+                        now,
+                        EventKind::Alert,
+                        agent_type.as_deref().unwrap_or("*"),
+                        None,
+                        message,
+                    );
+                }
+            }
         }
     }
 }

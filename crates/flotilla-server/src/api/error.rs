@@ -52,6 +52,9 @@ pub enum ApiError {
     /// The server cannot serve now (store unreachable, shutting down); retry later.
     #[error("{0}")]
     Unavailable(String),
+    /// Emergency mode (an alert's action) sheds this low-priority work; retry later.
+    #[error("{0}")]
+    Shed(String),
     /// Our own fault; details are logged, not sent.
     #[error("internal error: {0}")]
     Internal(String),
@@ -88,7 +91,7 @@ impl ApiError {
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Unprocessable { .. } => StatusCode::UNPROCESSABLE_ENTITY,
-            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unavailable(_) | ApiError::Shed(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -104,6 +107,7 @@ impl ApiError {
             ApiError::PayloadTooLarge { .. } => "payload_too_large",
             ApiError::UnsupportedMediaType(_) => "unsupported_media_type",
             ApiError::Unavailable(_) => "unavailable",
+            ApiError::Shed(_) => "emergency_mode",
             ApiError::Internal(_) => "internal",
         }
     }
@@ -164,6 +168,11 @@ impl IntoResponse for ApiError {
                 response
                     .headers_mut()
                     .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            ApiError::Shed(_) => {
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("60"));
             }
             _ => {}
         }

@@ -62,6 +62,11 @@ pub async fn submit(
         })?;
     let traceparent = headers.get("traceparent").and_then(|v| v.to_str().ok());
     let mut task = validate(&state, &caller, body, header_key, traceparent)?;
+    if task.priority < crate::alerts::EMERGENCY_MIN_PRIORITY
+        && let Some(reason) = state.alerts.emergency()
+    {
+        return Err(ApiError::Shed(reason));
+    }
     let slot = claim_at_submission(&state, &mut task);
     let inserted = state.intake.submit(task).await;
     // The reserved slot is used only if this submission created the task.
