@@ -56,22 +56,10 @@ pub async fn history(
     QueryParams(query): QueryParams<HistoryQuery>,
 ) -> Result<Json<EventList>, ApiError> {
     caller.require(READ, "read alerts")?;
-    let limit = query.limit.unwrap_or(100);
-    if !(1..=1000).contains(&limit) {
-        return Err(ApiError::invalid_field(
-            "limit",
-            "`limit` must be between 1 and 1000",
-        ));
-    }
-    let events = state
-        .store
-        .list_events(&EventFilter {
-            kind: Some(EventKind::Alert),
-            after: query.after,
-            limit,
-            ..EventFilter::default()
-        })
-        .await?;
-    let next_after = events.last().map(|e| e.id).or(query.after);
-    Ok(Json(EventList { events, next_after }))
+    let filter = EventFilter {
+        kind: Some(EventKind::Alert),
+        after: query.after,
+        ..EventFilter::default()
+    };
+    super::events::page(&state, filter, query.limit).await
 }

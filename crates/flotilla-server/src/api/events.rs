@@ -49,29 +49,36 @@ pub async fn list(
     QueryParams(query): QueryParams<EventQuery>,
 ) -> Result<Json<EventList>, ApiError> {
     caller.require(READ, "read fleet events")?;
-    let limit = query.limit.unwrap_or(100);
-    if !(1..=1000).contains(&limit) {
-        return Err(ApiError::invalid_field(
-            "limit",
-            "`limit` must be between 1 and 1000",
-        ));
-    }
     let agent_id = query
         .agent_id
         .as_deref()
         .map(|id| parse_id::<AgentId>(id, "agent"))
         .transpose()
         .map_err(|_| ApiError::invalid_field("agent_id", "`agent_id` must be a UUID"))?;
-    let events = state
-        .store
-        .list_events(&EventFilter {
-            agent_type: query.agent_type,
-            agent_id,
-            kind: query.kind,
-            after: query.after,
-            limit,
-        })
-        .await?;
-    let next_after = events.last().map(|e| e.id).or(query.after);
+    let filter = EventFilter {
+        agent_type: query.agent_type,
+        agent_id,
+        kind: query.kind,
+        after: query.after,
+        limit: 0,
+    };
+    page(&state, filter, query.limit).await
+}
+
+/// One page of events matching `filter`, with `limit` checked (1-1000, default 100).
+pub(super) async fn page(
+    state: &AppState,
+    mut filter: EventFilter,
+    limit: Option<u32>,
+) -> Result<Json<EventList>, ApiError> {
+    filter.limit = limit.unwrap_or(100);
+    if !(1..=1000).contains(&filter.limit) {
+        return Err(ApiError::invalid_field(
+            "limit",
+            "`limit` must be between 1 and 1000",
+        ));
+    }
+    let events = state.store.list_events(&filter).await?;
+    let next_after = events.last().map(|e| e.id).or(filter.after);
     Ok(Json(EventList { events, next_after }))
 }
