@@ -65,13 +65,14 @@ impl Receiver {
     }
 }
 
-fn rule_settings(json_url: &str, slack_url: &str) -> Settings {
+fn rule_settings(json_url: &str, slack_url: &str, pagerduty_url: &str) -> Settings {
     Settings::default()
         .set("alerting.interval_ms", 100)
         .set("alerting.default_rules", false)
         .raw(&format!(
             "[[alerting.webhooks]]\nurl = \"{json_url}\"\nformat = \"json\"\nsecret = \"{SECRET}\"\n\
              [[alerting.webhooks]]\nurl = \"{slack_url}\"\nformat = \"slack\"\n\
+             [[alerting.webhooks]]\nurl = \"{pagerduty_url}\"\nformat = \"pagerduty\"\nrouting_key = \"R0UT1NGKEY\"\n\
              [[alerts]]\nname = \"backlog\"\nsignal = \"queue_length\"\nagent_type = \"parked\"\n\
              comparison = \">\"\nthreshold = 2\nfor = \"1s\"\nseverity = \"warning\"\n\
              labels = {{ team = \"ml\" }}\nactions = [\"notify\", \"scale_up\"]\n"
@@ -95,7 +96,9 @@ async fn history(server: &TestServer) -> Vec<String> {
 async fn a_rule_goes_pending_fires_notifies_and_resolves() {
     let (json_hook, json_url) = Receiver::start().await;
     let (slack_hook, slack_url) = Receiver::start().await;
-    let server = TestServer::start(Backend::Sqlite, rule_settings(&json_url, &slack_url)).await;
+    let (pagerduty, pagerduty_url) = Receiver::start().await;
+    let settings = rule_settings(&json_url, &slack_url, &pagerduty_url);
+    let server = TestServer::start(Backend::Sqlite, settings).await;
     let mut tasks = Vec::new();
     for _ in 0..3 {
         tasks.push(server.submit(&SubmitTask::new("parked", json!({}))).await);
@@ -217,8 +220,10 @@ async fn a_rule_goes_pending_fires_notifies_and_resolves() {
 async fn a_failing_receiver_is_retried_and_the_failure_recorded() {
     let (json_hook, json_url) = Receiver::start().await;
     let (slack_hook, slack_url) = Receiver::start().await;
+    let (_pagerduty, pagerduty_url) = Receiver::start().await;
     json_hook.status.store(500, Ordering::SeqCst);
-    let server = TestServer::start(Backend::Sqlite, rule_settings(&json_url, &slack_url)).await;
+    let settings = rule_settings(&json_url, &slack_url, &pagerduty_url);
+    let server = TestServer::start(Backend::Sqlite, settings).await;
     for _ in 0..3 {
         server.submit(&SubmitTask::new("parked", json!({}))).await;
     }

@@ -33,11 +33,15 @@ impl Default for AlertingSection {
 #[serde(deny_unknown_fields, default)]
 pub struct WebhookSection {
     pub url: String,
-    /// `json` (Flotilla's own body, signed when `secret` is set) or `slack` (an incoming
-    /// webhook's attachment, coloured by severity).
+    /// `json` (Flotilla's own body, signed when `secret` is set), `slack` (an incoming
+    /// webhook's attachment, coloured by severity) or `pagerduty` (Events API v2: trigger on
+    /// firing, resolve on resolved, one dedup key per rule and agent type; `url` is
+    /// `https://events.pagerduty.com/v2/enqueue`).
     pub format: String,
     /// HMAC-SHA256 key of the `x-flotilla-signature` header (json format).
     pub secret: String,
+    /// PagerDuty integration (routing) key (pagerduty format).
+    pub routing_key: String,
 }
 
 /// `[[alerts]]`: one rule.
@@ -71,10 +75,11 @@ fn default_actions() -> Vec<Action> {
 }
 
 /// How a webhook's body is shaped.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub enum WebhookFormat {
     Json,
     Slack,
+    PagerDuty { routing_key: String },
 }
 
 /// A validated webhook.
@@ -83,6 +88,16 @@ pub struct Webhook {
     pub url: String,
     pub format: WebhookFormat,
     pub secret: Option<String>,
+}
+
+impl std::fmt::Debug for WebhookFormat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            WebhookFormat::Json => "Json",
+            WebhookFormat::Slack => "Slack",
+            WebhookFormat::PagerDuty { .. } => "PagerDuty",
+        })
+    }
 }
 
 impl std::fmt::Debug for Webhook {
@@ -159,10 +174,19 @@ pub(super) fn validate(
         let format = match w.format.as_str() {
             "" | "json" => WebhookFormat::Json,
             "slack" => WebhookFormat::Slack,
+            "pagerduty" if w.routing_key.is_empty() => {
+                return Err(invalid(
+                    &key("routing_key"),
+                    "the pagerduty format needs the integration's routing key",
+                ));
+            }
+            "pagerduty" => WebhookFormat::PagerDuty {
+                routing_key: w.routing_key.clone(),
+            },
             other => {
                 return Err(invalid(
                     &key("format"),
-                    format!("`{other}` is not `json` or `slack`"),
+                    format!("`{other}` is not `json`, `slack` or `pagerduty`"),
                 ));
             }
         };

@@ -81,6 +81,35 @@ fn slack_body(n: &Notification) -> serde_json::Value {
     })
 }
 
+/// PagerDuty Events API v2: trigger on firing, resolve on resolved, deduplicated per rule and
+/// agent type so the resolve closes the incident the trigger opened.
+fn pagerduty_body(n: &Notification, routing_key: &str) -> serde_json::Value {
+    let severity = match n.severity {
+        Severity::Critical => "critical",
+        Severity::Warning => "warning",
+        Severity::Info => "info",
+    };
+    json!({
+        "routing_key": routing_key,
+        "event_action": if n.status == "resolved" { "resolve" } else { "trigger" },
+        "dedup_key": format!("flotilla/{}/{}", n.rule, n.agent_type.as_deref().unwrap_or("*")),
+        "payload": {
+            "summary": n.message,
+            "source": "flotilla",
+            "severity": severity,
+            "timestamp": n.at.to_rfc3339(),
+            "custom_details": {
+                "signal": n.signal,
+                "value": n.value,
+                "comparison": n.comparison,
+                "threshold": n.threshold,
+                "for_s": n.for_s,
+                "labels": n.labels,
+            },
+        },
+    })
+}
+
 /// Sends a notification to every webhook, each in the background.
 pub fn send_all(state: &AppState, notification: &Notification) {
     for webhook in &state.config.alerting.webhooks {
@@ -96,11 +125,15 @@ pub fn send_all(state: &AppState, notification: &Notification) {
 }
 
 async fn deliver(state: &AppState, webhook: &Webhook, n: &Notification) {
-    let (body, format) = match webhook.format {
+    let (body, format) = match &webhook.format {
         WebhookFormat::Json => (serde_json::to_vec(n).unwrap_or_default(), "json"),
         WebhookFormat::Slack => (
             serde_json::to_vec(&slack_body(n)).unwrap_or_default(),
             "slack",
+        ),
+        WebhookFormat::PagerDuty { routing_key } => (
+            serde_json::to_vec(&pagerduty_body(n, routing_key)).unwrap_or_default(),
+            "pagerduty",
         ),
     };
     let mut delay = FIRST_RETRY;
