@@ -187,6 +187,25 @@ async fn a_rule_goes_pending_fires_notifies_and_resolves() {
         },
     )
     .await;
+    // PagerDuty: a trigger, then a resolve of the same incident.
+    eventually(
+        "PagerDuty is triggered then resolved",
+        Duration::from_secs(5),
+        || async { pagerduty.bodies().len() == 2 },
+    )
+    .await;
+    let events = pagerduty.bodies();
+    let actions: Vec<&str> = events
+        .iter()
+        .map(|e| e["event_action"].as_str().unwrap())
+        .collect();
+    assert_eq!(actions, ["trigger", "resolve"]);
+    assert_eq!(events[0]["dedup_key"], "flotilla/backlog/parked");
+    assert_eq!(events[0]["dedup_key"], events[1]["dedup_key"]);
+    assert_eq!(events[0]["routing_key"], "R0UT1NGKEY");
+    assert_eq!(events[0]["payload"]["severity"], "warning");
+    assert_eq!(events[0]["payload"]["source"], "flotilla");
+    assert_eq!(events[0]["payload"]["custom_details"]["value"], 3.0);
     eventually(
         "the history has every transition",
         Duration::from_secs(5),
