@@ -195,3 +195,41 @@ async fn metrics_need_a_key_unless_configured_open() {
     );
     server.stop().await;
 }
+
+/// The Grafana dashboard and the Prometheus rules query only metrics Flotilla exports.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_and_rules_query_exported_metrics() {
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
+    let dashboard: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(format!("{root}/deploy/grafana/flotilla.json")).unwrap(),
+    )
+    .unwrap();
+    let mut exprs: Vec<String> = dashboard["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|p| p["targets"].as_array().unwrap().clone())
+        .map(|t| t["expr"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(exprs.len() >= 10);
+    exprs.push(
+        std::fs::read_to_string(format!("{root}/deploy/prometheus/flotilla-alerts.yaml")).unwrap(),
+    );
+    // Every metric family the server registers.
+    let metrics = flotilla_server::telemetry::metrics::Metrics::new();
+    let families = metrics.names();
+    for expr in &exprs {
+        for word in expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+            if word.starts_with("ai_") || word.starts_with("flotilla_") {
+                let base = ["_bucket", "_total"]
+                    .iter()
+                    .find_map(|s| word.strip_suffix(s))
+                    .unwrap_or(word);
+                assert!(
+                    families.iter().any(|f| *f == word || *f == base),
+                    "`{word}` is not a metric Flotilla exports ({families:?})"
+                );
+            }
+        }
+    }
+}

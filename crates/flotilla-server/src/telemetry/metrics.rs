@@ -113,6 +113,8 @@ pub struct NotificationLabels {
 /// Every metric of the control plane.
 pub struct Metrics {
     registry: Registry,
+    /// The registered family names (a counter's without `_total`).
+    names: Vec<&'static str>,
     // DESIGN.md §11 names, which existing dashboards and autoscalers query.
     pub agents: Family<InstancesLabels, Gauge>,
     pub agent_load: Family<AgentIdLabels, Gauge>,
@@ -167,103 +169,152 @@ impl Metrics {
             alerts: Family::default(),
             notifications: Family::default(),
             registry: Registry::default(),
+            names: Vec::new(),
         };
-        registry.register(
+        let mut names = Vec::new();
+        register(
+            &mut registry,
+            &mut names,
             "ai_agents_total",
             "Agent instances by type and status",
             m.agents.clone(),
         );
-        registry.register(
+        register(
+            &mut registry,
+            &mut names,
             "ai_agent_load",
             "Tasks in flight on each instance",
             m.agent_load.clone(),
         );
-        registry.register(
+        register(
+            &mut registry,
+            &mut names,
             "ai_task_duration_seconds",
             "Time from submission to the terminal state, by agent type and status",
             m.task_duration.clone(),
         );
-        registry.register(
+        register(
+            &mut registry,
+            &mut names,
             "ai_agent_requests",
             "Calls to agents by agent type, outcome and endpoint",
             m.agent_requests.clone(),
         );
-        registry.register(
+        register(
+            &mut registry,
+            &mut names,
             "ai_agent_response_time_seconds",
             "Duration of agent /execute calls",
             m.agent_response_time.clone(),
         );
-        registry.register(
+        register(
+            &mut registry,
+            &mut names,
             "ai_agent_success_rate",
             "Share of recent attempts that succeeded, over each instance's statistics window",
             m.success_rate.clone(),
         );
-        registry.register(
+        register(
+            &mut registry,
+            &mut names,
             "ai_agent_token_usage",
             "Model tokens agents reported, by agent type, model and direction",
             m.token_usage.clone(),
         );
-        registry.register(
+        register(
+            &mut registry,
+            &mut names,
             "ai_agent_queue_length",
             "Tasks waiting, by agent type",
             m.queue_length.clone(),
         );
-        registry.register(
+        register(
+            &mut registry,
+            &mut names,
             "flotilla_http_requests",
             "API requests by route, method and status",
             m.http_requests.clone(),
         );
-        registry.register(
+        register(
+            &mut registry,
+            &mut names,
             "flotilla_http_request_duration_seconds",
             "API request duration by route and method",
             m.http_duration.clone(),
         );
-        registry.register(
+        register(
+            &mut registry,
+            &mut names,
             "flotilla_scheduler_claims",
             "Tasks claimed for dispatch",
             m.claims.clone(),
         );
-        registry.register(
+        register(
+            &mut registry,
+            &mut names,
             "flotilla_scheduler_retries",
             "Failed attempts scheduled for a retry",
             m.retries.clone(),
         );
-        registry.register(
+        register(
+            &mut registry,
+            &mut names,
             "flotilla_scheduler_leases_expired",
             "Leases that expired and returned their task to the queue",
             m.leases_expired.clone(),
         );
-        registry.register(
+        register(
+            &mut registry,
+            &mut names,
             "flotilla_fleet_events",
             "Fleet events by kind",
             m.fleet_events.clone(),
         );
-        registry.register(
+        register(
+            &mut registry,
+            &mut names,
             "flotilla_autoscaler_decisions",
             "Autoscaling decisions by pool and direction",
             m.scale_decisions.clone(),
         );
-        registry.register(
+        register(
+            &mut registry,
+            &mut names,
             "flotilla_pool_desired_instances",
             "The size the autoscaler wants for each pool",
             m.pool_desired.clone(),
         );
-        registry.register(
+        register(
+            &mut registry,
+            &mut names,
             "flotilla_store_errors",
             "Store operations of background loops that failed",
             m.store_errors.clone(),
         );
-        registry.register(
+        register(
+            &mut registry,
+            &mut names,
             "flotilla_alert_firing",
             "1 while any alert of the rule fires, else 0",
             m.alerts.clone(),
         );
-        registry.register(
+        register(
+            &mut registry,
+            &mut names,
             "flotilla_alert_notifications",
             "Alert notifications by notifier and outcome (failed: after every retry)",
             m.notifications.clone(),
         );
-        Self { registry, ..m }
+        Self {
+            registry,
+            names,
+            ..m
+        }
+    }
+
+    /// The registered family names (a counter's without `_total`).
+    pub fn names(&self) -> &[&'static str] {
+        &self.names
     }
 
     /// Labels of one agent type.
@@ -279,6 +330,17 @@ impl Metrics {
         prometheus_client::encoding::text::encode(&mut text, &self.registry)?;
         Ok(text)
     }
+}
+
+fn register(
+    registry: &mut Registry,
+    names: &mut Vec<&'static str>,
+    name: &'static str,
+    help: &str,
+    metric: impl prometheus_client::registry::Metric,
+) {
+    names.push(name);
+    registry.register(name, help, metric);
 }
 
 /// Converts OpenMetrics text (as `prometheus-client` writes it) to the classic Prometheus text
