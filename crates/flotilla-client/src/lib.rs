@@ -246,6 +246,35 @@ impl Client {
             .await
     }
 
+    /// `POST /v1/alerts/silences`.
+    pub async fn create_silence(
+        &self,
+        silence: &flotilla_core::wire::NewSilence,
+    ) -> Result<flotilla_core::wire::Silence, ClientError> {
+        self.call(Method::POST, "/v1/alerts/silences", Json(silence), None)
+            .await
+    }
+
+    /// `GET /v1/alerts/silences`.
+    pub async fn list_silences(&self) -> Result<flotilla_core::wire::SilenceList, ClientError> {
+        self.call(Method::GET, "/v1/alerts/silences", NoBody, None)
+            .await
+    }
+
+    /// `DELETE /v1/alerts/silences/{id}`.
+    pub async fn delete_silence(
+        &self,
+        id: uuid::Uuid,
+    ) -> Result<flotilla_core::wire::Silence, ClientError> {
+        self.call(
+            Method::DELETE,
+            &format!("/v1/alerts/silences/{id}"),
+            NoBody,
+            None,
+        )
+        .await
+    }
+
     async fn call<B: RequestBody, T: DeserializeOwned>(
         &self,
         method: Method,

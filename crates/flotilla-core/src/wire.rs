@@ -347,3 +347,38 @@ pub struct ActiveAlert {
 pub struct AlertList {
     pub alerts: Vec<ActiveAlert>,
 }
+
+/// `POST /v1/alerts/silences`: mute an alert's actions for a while.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewSilence {
+    /// The rule's name.
+    pub rule: String,
+    /// Only this agent type's alert; absent: every type's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_type: Option<String>,
+    /// How long, in seconds (1 to 30 days).
+    pub duration_s: u64,
+    /// Why, for whoever reads the list.
+    #[serde(default)]
+    pub comment: String,
+}
+
+/// An active silence.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Silence {
+    pub id: uuid::Uuid,
+    pub rule: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_type: Option<String>,
+    pub until: chrono::DateTime<chrono::Utc>,
+    pub comment: String,
+    /// The key id that created it.
+    pub created_by: String,
+}
+
+/// `GET /v1/alerts/silences`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct SilenceList {
+    pub silences: Vec<Silence>,
+}

@@ -365,3 +365,96 @@ async fn emergency_mode_sheds_low_priority_work_until_the_alert_resolves() {
     .await;
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silence_mutes_actions_but_not_the_history() {
+    let (json_hook, json_url) = Receiver::start().await;
+    let (slack_hook, slack_url) = Receiver::start().await;
+    let (pagerduty, pagerduty_url) = Receiver::start().await;
+    let settings = rule_settings(&json_url, &slack_url, &pagerduty_url);
+    let server = TestServer::start(Backend::Sqlite, settings).await;
+    // Unknown rules and out-of-range durations are refused, naming the field.
+    let bad = server
+        .http
+        .post(server.url("/v1/alerts/silences"))
+        .bearer_auth(ADMIN_KEY)
+        .json(&json!({"rule": "nope", "duration_s": 60}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 422);
+    let bad = server
+        .http
+        .post(server.url("/v1/alerts/silences"))
+        .bearer_auth(ADMIN_KEY)
+        .json(&json!({"rule": "backlog", "duration_s": 0}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 400);
+    let silence = server
+        .client
+        .create_silence(&flotilla_core::wire::NewSilence {
+            rule: "backlog".to_owned(),
+            agent_type: Some("parked".to_owned()),
+            duration_s: 3600,
+            comment: "maintenance".to_owned(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        server.client.list_silences().await.unwrap().silences,
+        std::slice::from_ref(&silence)
+    );
+
+    let mut tasks = Vec::new();
+    for _ in 0..3 {
+        tasks.push(server.submit(&SubmitTask::new("parked", json!({}))).await);
+    }
+    eventually(
+        "the silenced firing is in the history",
+        Duration::from_secs(5),
+        || async {
+            history(&server).await.iter().any(|m| {
+                m.starts_with("alert backlog [parked] firing:") && m.contains("; silenced until ")
+            })
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(json_hook.bodies().is_empty(), "{:?}", json_hook.bodies());
+    assert!(slack_hook.bodies().is_empty());
+    assert!(pagerduty.bodies().is_empty());
+    let scale = server
+        .client
+        .list_events(&[("kind", "scale".to_owned())])
+        .await
+        .unwrap()
+        .events;
+    assert!(
+        !scale.iter().any(|e| e.message.contains("alert backlog")),
+        "no scale-up while silenced: {scale:?}"
+    );
+
+    // Unsilenced: the resolution is notified again.
+    server.client.delete_silence(silence.id).await.unwrap();
+    assert!(
+        server
+            .client
+            .list_silences()
+            .await
+            .unwrap()
+            .silences
+            .is_empty()
+    );
+    for task in &tasks {
+        server.client.cancel_task(task.id).await.unwrap();
+    }
+    eventually(
+        "the resolution is notified",
+        Duration::from_secs(5),
+        || async { json_hook.bodies().iter().any(|b| b["status"] == "resolved") },
+    )
+    .await;
+    server.stop().await;
+}

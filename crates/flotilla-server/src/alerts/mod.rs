@@ -11,7 +11,7 @@ use crate::app::AppState;
 use flotilla_core::Timestamp;
 use flotilla_core::alert::{Action, AlertRule, AlertState, Transition, step};
 use flotilla_core::event::EventKind;
-pub use flotilla_core::wire::{ActiveAlert, AlertList};
+pub use flotilla_core::wire::{ActiveAlert, AlertList, Silence};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 use tokio_util::sync::CancellationToken;
@@ -29,12 +29,52 @@ pub struct AlertEngine {
     alerts: Mutex<HashMap<Key, Tracked>>,
     /// Firing alerts whose action is emergency mode, with what they say.
     emergencies: Mutex<BTreeMap<String, String>>,
+    silences: Mutex<Vec<Silence>>,
 }
 
 /// Work below this priority is shed in emergency mode.
 pub const EMERGENCY_MIN_PRIORITY: i32 = 5;
 
 impl AlertEngine {
+    /// Adds a silence.
+    pub fn silence(&self, silence: Silence) {
+        if let Ok(mut silences) = self.silences.lock() {
+            silences.push(silence);
+        }
+    }
+
+    /// Active silences at `now` (expired ones are dropped).
+    pub fn silences(&self, now: Timestamp) -> Vec<Silence> {
+        let Ok(mut silences) = self.silences.lock() else {
+            return Vec::new();
+        };
+        silences.retain(|s| s.until > now);
+        silences.clone()
+    }
+
+    /// Removes a silence and returns it; `None` when there is none with this id.
+    pub fn unsilence(&self, id: uuid::Uuid) -> Option<Silence> {
+        let mut silences = self.silences.lock().ok()?;
+        let i = silences.iter().position(|s| s.id == id)?;
+        Some(silences.remove(i))
+    }
+
+    /// Until when an alert's actions are muted, if they are.
+    fn silenced_until(
+        &self,
+        rule: &str,
+        agent_type: Option<&str>,
+        now: Timestamp,
+    ) -> Option<Timestamp> {
+        self.silences(now)
+            .into_iter()
+            .filter(|s| {
+                s.rule == rule && (s.agent_type.is_none() || s.agent_type.as_deref() == agent_type)
+            })
+            .map(|s| s.until)
+            .max()
+    }
+
     /// Why new low-priority work is refused now, if it is.
     pub fn emergency(&self) -> Option<String> {
         let emergencies = self.emergencies.lock().ok()?;
@@ -159,8 +199,14 @@ fn evaluate(
         Transition::Firing => "firing",
         Transition::Resolved => "resolved",
     };
+    let silenced = state
+        .alerts
+        .silenced_until(&rule.name, agent_type.as_deref(), now);
+    let muted = silenced.map_or_else(String::new, |until| {
+        format!("; silenced until {}", until.format("%Y-%m-%d %H:%M:%S"))
+    });
     let message = format!(
-        "alert {}{scope} {word}: {} {value:.3} {} {} for {}s ({})",
+        "alert {}{scope} {word}: {} {value:.3} {} {} for {}s ({}){muted}",
         rule.name,
         rule.signal.as_str(),
         rule.comparison.as_str(),
@@ -175,7 +221,12 @@ fn evaluate(
         None,
         message.clone(),
     );
-    if !matches!(transition, Transition::Firing | Transition::Resolved) {
+    // A silence mutes actions; the history still records the transition. Emergency mode is
+    // always switched off on resolve, so a silence can never leave it on.
+    let ends_emergency = transition == Transition::Resolved;
+    if !matches!(transition, Transition::Firing | Transition::Resolved)
+        || (silenced.is_some() && !ends_emergency)
+    {
         return;
     }
     let notification = notify::Notification {
@@ -193,6 +244,9 @@ fn evaluate(
         at: now,
     };
     for action in &rule.actions {
+        if silenced.is_some() && *action != Action::EmergencyMode {
+            continue;
+        }
         match action {
             Action::Notify => notify::send_all(state, &notification),
             Action::ScaleUp if transition == Transition::Firing => {

@@ -3,24 +3,119 @@
 
 use crate::alerts::AlertList;
 use crate::api::error::ApiError;
-use crate::api::extract::QueryParams;
+use crate::api::extract::{JsonBody, QueryParams, parse_id};
 use crate::app::AppState;
 use crate::auth::Caller;
-use axum::extract::State;
-use axum::routing::get;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use flotilla_core::auth::Role;
 use flotilla_core::event::EventKind;
-use flotilla_core::wire::EventList;
+use flotilla_core::wire::{ErrorBody, EventList, NewSilence, Silence, SilenceList};
 use flotilla_store::EventFilter;
 use serde::Deserialize;
 
 const READ: &[Role] = &[Role::Admin, Role::Operator, Role::Viewer];
 
+const SILENCE: &[Role] = &[Role::Admin, Role::Operator];
+
 pub(super) fn routes() -> Router<AppState> {
     Router::new()
         .route("/alerts", get(list))
         .route("/alerts/history", get(history))
+        .route("/alerts/silences", post(create_silence).get(list_silences))
+        .route("/alerts/silences/{id}", delete(delete_silence))
+}
+
+/// Mutes an alert's actions (notifications, scale-up, emergency mode) for a while; its
+/// transitions are still recorded. Silences live in this control plane's memory.
+#[utoipa::path(post, path = "/v1/alerts/silences", tag = "alerts", request_body = NewSilence,
+    responses((status = 201, body = Silence), (status = 400, body = ErrorBody), (status = 422, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn create_silence(
+    State(state): State<AppState>,
+    caller: Caller,
+    JsonBody(body): JsonBody<NewSilence>,
+) -> Result<(StatusCode, Json<Silence>), ApiError> {
+    caller.require(SILENCE, "silence alerts")?;
+    if !(1..=30 * 24 * 3600).contains(&body.duration_s) {
+        return Err(ApiError::invalid_field(
+            "duration_s",
+            "`duration_s` must be between 1 and 2592000 (30 days)",
+        ));
+    }
+    if body.comment.len() > 1000 || body.comment.contains('\0') {
+        return Err(ApiError::invalid_field(
+            "comment",
+            "`comment` must be at most 1000 characters, without U+0000",
+        ));
+    }
+    if !state
+        .config
+        .alerting
+        .rules
+        .iter()
+        .any(|r| r.name == body.rule)
+    {
+        let names: Vec<_> = state
+            .config
+            .alerting
+            .rules
+            .iter()
+            .map(|r| r.name.as_str())
+            .collect();
+        return Err(ApiError::Unprocessable {
+            code: "unknown_rule",
+            message: format!(
+                "no alert rule `{}`; the rules are: {}",
+                body.rule,
+                names.join(", ")
+            ),
+            field: Some("rule".to_owned()),
+        });
+    }
+    let now = state.clock.now();
+    let silence = Silence {
+        id: uuid::Uuid::now_v7(),
+        rule: body.rule,
+        agent_type: body.agent_type,
+        until: now + chrono::Duration::seconds(i64::try_from(body.duration_s).unwrap_or(0)),
+        comment: body.comment,
+        created_by: caller.key_id.clone(),
+    };
+    state.alerts.silence(silence.clone());
+    Ok((StatusCode::CREATED, Json(silence)))
+}
+
+/// Active silences.
+#[utoipa::path(get, path = "/v1/alerts/silences", tag = "alerts", responses((status = 200, body = SilenceList)), security(("bearer" = [])))]
+pub async fn list_silences(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<Json<SilenceList>, ApiError> {
+    caller.require(READ, "read alerts")?;
+    Ok(Json(SilenceList {
+        silences: state.alerts.silences(state.clock.now()),
+    }))
+}
+
+/// Ends a silence.
+#[utoipa::path(delete, path = "/v1/alerts/silences/{id}", tag = "alerts", params(("id" = uuid::Uuid, Path)),
+    responses((status = 200, description = "The silence that ended", body = Silence), (status = 404, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn delete_silence(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Silence>, ApiError> {
+    caller.require(SILENCE, "silence alerts")?;
+    let id: uuid::Uuid = parse_id(&id, "silence")?;
+    state
+        .alerts
+        .unsilence(id)
+        .map(Json)
+        .ok_or_else(|| ApiError::NotFound(format!("no silence {id}")))
 }
 
 /// Pending and firing alerts, firing first, with their values and since when.

@@ -26,6 +26,9 @@ use utoipa::{Modify, OpenApi};
         super::events::list,
         super::alerts::list,
         super::alerts::history,
+        super::alerts::create_silence,
+        super::alerts::list_silences,
+        super::alerts::delete_silence,
     ),
     modifiers(&BearerAuth, &CommonErrors),
     tags((name = "tasks"), (name = "agents"), (name = "fleet"), (name = "alerts"), (name = "probes"))

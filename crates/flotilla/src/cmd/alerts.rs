@@ -13,6 +13,35 @@ pub enum AlertsCommand {
         #[arg(long, value_enum, default_value_t)]
         output: Output,
     },
+    /// Mute an alert's actions (notifications, scale-up, emergency mode) for a while.
+    Silence {
+        #[command(flatten)]
+        connection: Connection,
+        /// The rule's name.
+        #[arg(long)]
+        rule: String,
+        /// Only this agent type's alert.
+        #[arg(long = "type", value_name = "TYPE")]
+        agent_type: Option<String>,
+        /// How long, e.g. `2h`.
+        #[arg(long = "for", value_parser = humantime::parse_duration)]
+        duration: std::time::Duration,
+        #[arg(long, default_value = "")]
+        comment: String,
+    },
+    /// Active silences.
+    Silences {
+        #[command(flatten)]
+        connection: Connection,
+        #[arg(long, value_enum, default_value_t)]
+        output: Output,
+    },
+    /// End a silence.
+    Unsilence {
+        #[command(flatten)]
+        connection: Connection,
+        id: uuid::Uuid,
+    },
     /// Alert transitions and failed notifications, oldest first.
     History {
         #[command(flatten)]
@@ -56,6 +85,49 @@ pub async fn run(command: AlertsCommand) -> anyhow::Result<()> {
                 ]);
             }
             println!("{t}");
+            Ok(())
+        }
+        AlertsCommand::Silence {
+            connection,
+            rule,
+            agent_type,
+            duration,
+            comment,
+        } => {
+            let silence = connection
+                .client()?
+                .create_silence(&flotilla_core::wire::NewSilence {
+                    rule,
+                    agent_type,
+                    duration_s: duration.as_secs().max(1),
+                    comment,
+                })
+                .await?;
+            println!("silence {} until {}", silence.id, silence.until);
+            Ok(())
+        }
+        AlertsCommand::Silences { connection, output } => {
+            let list = connection.client()?.list_silences().await?;
+            if output == Output::Json {
+                return print_json(&list);
+            }
+            let mut t = table(["ID", "RULE", "TYPE", "UNTIL", "BY", "COMMENT"]);
+            for s in &list.silences {
+                t.add_row([
+                    s.id.to_string(),
+                    s.rule.clone(),
+                    s.agent_type.clone().unwrap_or_else(|| "*".to_owned()),
+                    s.until.format("%Y-%m-%d %H:%M:%S").to_string(),
+                    s.created_by.clone(),
+                    s.comment.clone(),
+                ]);
+            }
+            println!("{t}");
+            Ok(())
+        }
+        AlertsCommand::Unsilence { connection, id } => {
+            let silence = connection.client()?.delete_silence(id).await?;
+            println!("silence {} of {} ended", silence.id, silence.rule);
             Ok(())
         }
         AlertsCommand::History {
