@@ -358,9 +358,11 @@ pub struct NewSilence {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent_type: Option<String>,
     /// How long, in seconds (1 to 30 days).
+    #[schema(minimum = 1, maximum = 2592000)]
     pub duration_s: u64,
     /// Why, for whoever reads the list.
     #[serde(default)]
+    #[schema(max_length = 1000)]
     pub comment: String,
 }
 
