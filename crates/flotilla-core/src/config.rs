@@ -9,7 +9,8 @@ mod alerting;
 mod pool;
 
 pub use alerting::{
-    AlertSection, Alerting, AlertingSection, Webhook, WebhookFormat, WebhookSection,
+    AlertSection, Alerting, AlertingSection, Email, EmailSection, SmtpTls, Webhook, WebhookFormat,
+    WebhookSection,
 };
 
 pub use pool::{

@@ -458,3 +458,201 @@ async fn a_silence_mutes_actions_but_not_the_history() {
     .await;
     server.stop().await;
 }
+
+/// A real SMTP server (Python's aiosmtpd) that offers STARTTLS with a certificate made for the
+/// test and stores what it receives in a maildir; killed when dropped.
+struct SmtpServer {
+    child: std::process::Child,
+    port: u16,
+    maildir: tempfile::TempDir,
+    /// The CA that signed the server's certificate.
+    cert: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for SmtpServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl SmtpServer {
+    fn start() -> SmtpServer {
+        let python = std::env::var("FLOTILLA_TEST_PYTHON").unwrap_or_else(|_| {
+            concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../../target/ci-venv/bin/python"
+            )
+            .to_owned()
+        });
+        let has_aiosmtpd = std::process::Command::new(&python)
+            .args(["-c", "import aiosmtpd"])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(
+            has_aiosmtpd,
+            "{python} cannot import aiosmtpd; .ci/run installs it (pip install aiosmtpd into target/ci-venv)"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        // A CA, and a server certificate for 127.0.0.1 signed by it (webpki refuses a CA
+        // certificate used as the server's own).
+        let path = |name: &str| dir.path().join(name);
+        let openssl = |args: &[&str]| {
+            let ok = std::process::Command::new("openssl")
+                .args(args)
+                .current_dir(dir.path())
+                .stderr(std::process::Stdio::null())
+                .status()
+                .unwrap()
+                .success();
+            assert!(ok, "openssl {args:?} failed");
+        };
+        std::fs::write(
+            path("leaf.ext"),
+            "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+        )
+        .unwrap();
+        openssl(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=flotilla-test-ca",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+        ]);
+        openssl(&[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-keyout",
+            "key.pem",
+            "-out",
+            "leaf.csr",
+        ]);
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            "leaf.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "1",
+            "-out",
+            "cert.pem",
+            "-extfile",
+            "leaf.ext",
+        ]);
+        let cert = path("ca.pem");
+        let key = path("key.pem");
+        let leaf = path("cert.pem");
+        let maildir = tempfile::tempdir().unwrap();
+        for sub in ["tmp", "new", "cur"] {
+            std::fs::create_dir(maildir.path().join(sub)).unwrap();
+        }
+        let port = flotilla_testkit::free_port().unwrap();
+        let child = std::process::Command::new(&python)
+            .args(["-m", "aiosmtpd", "-n", "-l", &format!("127.0.0.1:{port}")])
+            .args(["-c", "aiosmtpd.handlers.Mailbox"])
+            .arg("--tlscert")
+            .arg(&leaf)
+            .arg("--tlskey")
+            .arg(&key)
+            .arg(maildir.path())
+            .spawn()
+            .unwrap();
+        let server = SmtpServer {
+            child,
+            port,
+            maildir,
+            cert,
+            _dir: dir,
+        };
+        let started = std::time::Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "aiosmtpd did not start"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        server
+    }
+
+    fn messages(&self) -> Vec<String> {
+        let Ok(entries) = std::fs::read_dir(self.maildir.path().join("new")) else {
+            return Vec::new();
+        };
+        entries
+            .filter_map(|e| std::fs::read_to_string(e.ok()?.path()).ok())
+            .collect()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alerts_are_mailed_over_starttls() {
+    let smtp = SmtpServer::start();
+    let settings = Settings::default()
+        .set("alerting.interval_ms", 100)
+        .set("alerting.default_rules", false)
+        .raw(&format!(
+            "[[alerting.emails]]\nserver = \"127.0.0.1\"\nport = {}\ntls = \"starttls\"\n\
+             from = \"flotilla@example.com\"\nto = [\"oncall@example.com\", \"team@example.com\"]\n\
+             ca_file = {:?}\n\
+             [[alerts]]\nname = \"backlog\"\nsignal = \"queue_length\"\nagent_type = \"parked\"\n\
+             comparison = \">\"\nthreshold = 2\nfor = \"0s\"\nseverity = \"critical\"\n",
+            smtp.port,
+            smtp.cert.display().to_string()
+        ))
+        .pool("parked");
+    let server = TestServer::start(Backend::Sqlite, settings).await;
+    for _ in 0..3 {
+        server.submit(&SubmitTask::new("parked", json!({}))).await;
+    }
+    eventually("the alert is mailed", Duration::from_secs(10), || async {
+        !smtp.messages().is_empty()
+    })
+    .await;
+    let mail = smtp.messages().remove(0);
+    assert!(
+        mail.contains("Subject: [FIRING] critical backlog (parked)"),
+        "{mail}"
+    );
+    assert!(
+        mail.contains("oncall@example.com") && mail.contains("team@example.com"),
+        "{mail}"
+    );
+    assert!(mail.contains("Value: queue_length = 3.000"), "{mail}");
+    assert!(mail.contains("Threshold: > 2"), "{mail}");
+    let metrics = server
+        .http
+        .get(server.url("/metrics"))
+        .bearer_auth(ADMIN_KEY)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(
+            r#"flotilla_alert_notifications_total{notifier="email",outcome="delivered"} 1"#
+        ),
+        "{metrics}"
+    );
+    server.stop().await;
+}

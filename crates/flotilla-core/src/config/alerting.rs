@@ -16,6 +16,79 @@ pub struct AlertingSection {
     pub default_rules: bool,
     /// Where `notify` actions send alerts.
     pub webhooks: Vec<WebhookSection>,
+    /// E-mail recipients of `notify` actions, through an SMTP server.
+    pub emails: Vec<EmailSection>,
+}
+
+/// `[[alerting.emails]]`: alert mail through an SMTP server.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EmailSection {
+    /// SMTP server host name (or address).
+    pub server: String,
+    pub port: u16,
+    /// `starttls` (upgrade a plain connection; refused if the server cannot), `tls` (implicit
+    /// TLS, usually port 465) or `none` (only for a relay on the same host).
+    pub tls: String,
+    /// Empty: no authentication.
+    pub username: String,
+    pub password: String,
+    pub from: String,
+    pub to: Vec<String>,
+    /// PEM file of an extra CA to trust for the server's certificate (private CAs).
+    pub ca_file: String,
+}
+
+impl Default for EmailSection {
+    fn default() -> Self {
+        Self {
+            server: String::new(),
+            port: 587,
+            tls: "starttls".to_owned(),
+            username: String::new(),
+            password: String::new(),
+            from: String::new(),
+            to: Vec::new(),
+            ca_file: String::new(),
+        }
+    }
+}
+
+/// How an SMTP connection is secured.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SmtpTls {
+    StartTls,
+    Implicit,
+    None,
+}
+
+/// A validated e-mail notifier.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Email {
+    pub server: String,
+    pub port: u16,
+    pub tls: SmtpTls,
+    /// (user, password) when authentication is configured.
+    pub credentials: Option<(String, String)>,
+    pub from: String,
+    pub to: Vec<String>,
+    pub ca_file: Option<std::path::PathBuf>,
+}
+
+impl std::fmt::Debug for Email {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Email")
+            .field("server", &self.server)
+            .field("port", &self.port)
+            .field("tls", &self.tls)
+            .field(
+                "credentials",
+                &self.credentials.as_ref().map(|(u, _)| (u, "<redacted>")),
+            )
+            .field("from", &self.from)
+            .field("to", &self.to)
+            .finish()
+    }
 }
 
 impl Default for AlertingSection {
@@ -24,6 +97,7 @@ impl Default for AlertingSection {
             interval_ms: 15_000,
             default_rules: true,
             webhooks: Vec::new(),
+            emails: Vec::new(),
         }
     }
 }
@@ -116,6 +190,7 @@ pub struct Alerting {
     pub interval: Duration,
     pub rules: Vec<AlertRule>,
     pub webhooks: Vec<Webhook>,
+    pub emails: Vec<Email>,
 }
 
 pub(super) fn validate(
@@ -196,9 +271,43 @@ pub(super) fn validate(
             secret: (!w.secret.is_empty()).then(|| w.secret.clone()),
         });
     }
+    let mut emails = Vec::new();
+    for (i, e) in raw.emails.iter().enumerate() {
+        let key = |field: &str| format!("alerting.emails[{i}].{field}");
+        if e.server.is_empty() {
+            return Err(invalid(&key("server"), "must name the SMTP server"));
+        }
+        let tls = match e.tls.as_str() {
+            "starttls" => SmtpTls::StartTls,
+            "tls" => SmtpTls::Implicit,
+            "none" => SmtpTls::None,
+            other => {
+                return Err(invalid(
+                    &key("tls"),
+                    format!("`{other}` is not `starttls`, `tls` or `none`"),
+                ));
+            }
+        };
+        if !e.from.contains('@') {
+            return Err(invalid(&key("from"), "must be an e-mail address"));
+        }
+        if e.to.is_empty() || e.to.iter().any(|t| !t.contains('@')) {
+            return Err(invalid(&key("to"), "must list at least one e-mail address"));
+        }
+        emails.push(Email {
+            server: e.server.clone(),
+            port: e.port,
+            tls,
+            credentials: (!e.username.is_empty()).then(|| (e.username.clone(), e.password.clone())),
+            from: e.from.clone(),
+            to: e.to.clone(),
+            ca_file: (!e.ca_file.is_empty()).then(|| std::path::PathBuf::from(&e.ca_file)),
+        });
+    }
     Ok(Alerting {
         interval: positive_ms("alerting.interval_ms", raw.interval_ms)?,
         rules,
         webhooks,
+        emails,
     })
 }

@@ -7,7 +7,7 @@ use crate::app::AppState;
 use crate::telemetry::metrics::NotificationLabels;
 use flotilla_core::Timestamp;
 use flotilla_core::alert::Severity;
-use flotilla_core::config::{Webhook, WebhookFormat};
+use flotilla_core::config::{Email, SmtpTls, Webhook, WebhookFormat};
 use flotilla_core::event::EventKind;
 use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
@@ -110,7 +110,7 @@ fn pagerduty_body(n: &Notification, routing_key: &str) -> serde_json::Value {
     })
 }
 
-/// Sends a notification to every webhook, each in the background.
+/// Sends a notification to every webhook and e-mail recipient list, each in the background.
 pub fn send_all(state: &AppState, notification: &Notification) {
     for webhook in &state.config.alerting.webhooks {
         let state = state.clone();
@@ -122,6 +122,130 @@ pub fn send_all(state: &AppState, notification: &Notification) {
             .clone()
             .spawn(async move { deliver(&state, &webhook, &notification).await });
     }
+    for email in &state.config.alerting.emails {
+        let state = state.clone();
+        let email = email.clone();
+        let notification = notification.clone();
+        state.dispatchers.attempts.clone().spawn(async move {
+            let to = email.to.join(", ");
+            let outcome = retried(|| send_email(&email, &notification)).await;
+            finish(&state, "email", &notification, &to, outcome);
+        });
+    }
+}
+
+/// Runs `attempt` up to [`ATTEMPTS`] times with doubling delays; the last error if all fail.
+async fn retried<F, Fut>(mut attempt: F) -> Result<(), String>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<(), String>>,
+{
+    let mut delay = FIRST_RETRY;
+    let mut last_error = String::new();
+    for n in 1..=ATTEMPTS {
+        match attempt().await {
+            Ok(()) => return Ok(()),
+            Err(e) => last_error = e,
+        }
+        tracing::debug!(attempt = n, error = %last_error, "Alert notification failed");
+        if n < ATTEMPTS {
+            tokio::time::sleep(delay).await;
+            delay *= 2;
+        }
+    }
+    Err(last_error)
+}
+
+/// Counts a delivery; a failed one is also recorded in the alert history.
+fn finish(
+    state: &AppState,
+    notifier: &str,
+    n: &Notification,
+    target: &str,
+    outcome: Result<(), String>,
+) {
+    match outcome {
+        Ok(()) => count(state, notifier, "delivered"),
+        Err(e) => {
+            count(state, notifier, "failed");
+            state.events.emit(
+                state.clock.now(),
+                EventKind::Alert,
+                n.agent_type.as_deref().unwrap_or("*"),
+                None,
+                format!(
+                    "notification of alert {} ({}) to {target} failed after {ATTEMPTS} attempts: {e}",
+                    n.rule, n.status
+                ),
+            );
+        }
+    }
+}
+
+/// One alert mail: the subject says status, rule and scope; the body has the figures.
+async fn send_email(email: &Email, n: &Notification) -> Result<(), String> {
+    use lettre::message::header::ContentType;
+    use lettre::transport::smtp::authentication::Credentials;
+    use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
+    use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+
+    let tls = if email.tls == SmtpTls::None {
+        Tls::None
+    } else {
+        let mut params = TlsParameters::builder(email.server.clone());
+        if let Some(ca) = &email.ca_file {
+            let pem =
+                std::fs::read(ca).map_err(|e| format!("cannot read {}: {e}", ca.display()))?;
+            let cert = Certificate::from_pem(&pem).map_err(|e| format!("{}: {e}", ca.display()))?;
+            params = params.add_root_certificate(cert);
+        }
+        let params = params.build_rustls().map_err(|e| e.to_string())?;
+        match email.tls {
+            SmtpTls::Implicit => Tls::Wrapper(params),
+            _ => Tls::Required(params),
+        }
+    };
+    let mut builder = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&email.server)
+        .port(email.port)
+        .tls(tls)
+        .timeout(Some(TIMEOUT));
+    if let Some((user, password)) = &email.credentials {
+        builder = builder.credentials(Credentials::new(user.clone(), password.clone()));
+    }
+    let mailer = builder.build();
+    let scope = n.agent_type.as_deref().unwrap_or("all agent types");
+    let mut message = Message::builder()
+        .from(email.from.parse().map_err(|e| format!("from: {e}"))?)
+        .subject(format!(
+            "[{}] {} {} ({scope})",
+            n.status.to_uppercase(),
+            n.severity.as_str(),
+            n.rule
+        ))
+        .header(ContentType::TEXT_PLAIN);
+    for to in &email.to {
+        message = message.to(to.parse().map_err(|e| format!("to {to}: {e}"))?);
+    }
+    let labels: Vec<String> = n.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    let body = format!(
+        "{}\n\nStatus: {}\nSeverity: {}\nValue: {} = {:.3}\nThreshold: {} {}\nDuration: {}s\nLabels: {}\nAt: {}\n",
+        n.message,
+        n.status,
+        n.severity.as_str(),
+        n.signal,
+        n.value,
+        n.comparison,
+        n.threshold,
+        n.for_s,
+        labels.join(", "),
+        n.at.to_rfc3339(),
+    );
+    let message = message.body(body).map_err(|e| e.to_string())?;
+    mailer
+        .send(message)
+        .await
+        .map(|_| ())
+        .map_err(|e| e.to_string())
 }
 
 async fn deliver(state: &AppState, webhook: &Webhook, n: &Notification) {
@@ -136,9 +260,7 @@ async fn deliver(state: &AppState, webhook: &Webhook, n: &Notification) {
             "pagerduty",
         ),
     };
-    let mut delay = FIRST_RETRY;
-    let mut last_error = String::new();
-    for attempt in 1..=ATTEMPTS {
+    let outcome = retried(|| async {
         let mut request = state
             .http
             .post(&webhook.url)
@@ -150,30 +272,13 @@ async fn deliver(state: &AppState, webhook: &Webhook, n: &Notification) {
             request = request.header("x-flotilla-signature", signature(secret, unix, &body));
         }
         match request.send().await {
-            Ok(r) if r.status().is_success() => {
-                count(state, format, "delivered");
-                return;
-            }
-            Ok(r) => last_error = format!("HTTP {}", r.status().as_u16()),
-            Err(e) => last_error = e.to_string(),
+            Ok(r) if r.status().is_success() => Ok(()),
+            Ok(r) => Err(format!("HTTP {}", r.status().as_u16())),
+            Err(e) => Err(e.to_string()),
         }
-        tracing::debug!(url = %webhook.url, attempt, error = %last_error, "Alert notification failed");
-        if attempt < ATTEMPTS {
-            tokio::time::sleep(delay).await;
-            delay *= 2;
-        }
-    }
-    count(state, format, "failed");
-    state.events.emit(
-        state.clock.now(),
-        EventKind::Alert,
-        n.agent_type.as_deref().unwrap_or("*"),
-        None,
-        format!(
-            "notification of alert {} ({}) to {} failed after {ATTEMPTS} attempts: {last_error}",
-            n.rule, n.status, webhook.url
-        ),
-    );
+    })
+    .await;
+    finish(state, format, n, &webhook.url, outcome);
 }
 
 fn count(state: &AppState, format: &str, outcome: &str) {
