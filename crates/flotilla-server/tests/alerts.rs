@@ -263,16 +263,7 @@ async fn a_failing_receiver_is_retried_and_the_failure_recorded() {
         1,
         "the other receiver is unaffected"
     );
-    let metrics = server
-        .http
-        .get(server.url("/metrics"))
-        .bearer_auth(ADMIN_KEY)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = server.metrics().await;
     assert!(
         metrics
             .contains(r#"flotilla_alert_notifications_total{notifier="json",outcome="failed"} 1"#),
@@ -638,16 +629,7 @@ async fn alerts_are_mailed_over_starttls() {
     );
     assert!(mail.contains("Value: queue_length = 3.000"), "{mail}");
     assert!(mail.contains("Threshold: > 2"), "{mail}");
-    let metrics = server
-        .http
-        .get(server.url("/metrics"))
-        .bearer_auth(ADMIN_KEY)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = server.metrics().await;
     assert!(
         metrics.contains(
             r#"flotilla_alert_notifications_total{notifier="email",outcome="delivered"} 1"#

@@ -16,7 +16,7 @@ use serde_json::json;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
-use support::{ADMIN_KEY, Backend, Settings, TestServer, eventually, task};
+use support::{Backend, Settings, TestServer, eventually, task};
 
 on_both_backends!(
     an_agent_error_is_retried_and_the_task_succeeds_on_the_second_attempt,
@@ -488,17 +488,9 @@ async fn a_deregistered_instance_drains_then_disappears_and_gets_no_new_work() {
     let running = server.submit(&echo_task(None, None)).await;
     assert!(leaving.wait_for_calls(1, Duration::from_secs(5)).await);
 
-    let response = server
-        .http
-        .delete(server.url(&format!("/v1/agents/{id}")))
-        .bearer_auth(ADMIN_KEY)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status().as_u16(), 202);
     assert_eq!(
-        response.json::<serde_json::Value>().await.unwrap(),
-        json!({"status": "draining"})
+        server.deregister(id).await,
+        (202, json!({"status": "draining"}))
     );
     assert_eq!(
         server.client.get_agent(id).await.unwrap().status,
@@ -564,17 +556,9 @@ async fn an_idle_instance_is_removed_at_once_on_deregistration() {
     let server = server(Backend::Sqlite).await;
     let agent = ScriptedAgent::start(Behaviour::SUCCEED).unwrap();
     let id = server.register(&agent, ECHO, 1).await;
-    let response = server
-        .http
-        .delete(server.url(&format!("/v1/agents/{id}")))
-        .bearer_auth(ADMIN_KEY)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status().as_u16(), 200);
     assert_eq!(
-        response.json::<serde_json::Value>().await.unwrap(),
-        json!({"status": "deregistered"})
+        server.deregister(id).await,
+        (200, json!({"status": "deregistered"}))
     );
     assert_eq!(
         server.client.get_agent(id).await.unwrap_err().status(),

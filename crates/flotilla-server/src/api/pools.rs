@@ -95,9 +95,12 @@ pub async fn get_pool(
     Path(name): Path<String>,
 ) -> Result<Json<PoolView>, ApiError> {
     caller.require(READ, "read pools")?;
-    all(&state)
-        .into_iter()
-        .find(|p| p.name == name)
-        .map(Json)
-        .ok_or_else(|| ApiError::NotFound(format!("no pool `{name}`")))
+    if let Some(pool) = state.config.pools.iter().find(|p| p.name == name) {
+        return Ok(Json(view(&state, pool, true)));
+    }
+    if state.registry.knows_type(&name) {
+        let pool = state.registry.pool_config(&name);
+        return Ok(Json(view(&state, &pool, false)));
+    }
+    Err(ApiError::NotFound(format!("no pool `{name}`")))
 }

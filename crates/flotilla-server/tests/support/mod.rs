@@ -291,6 +291,32 @@ impl TestServer {
         }))
     }
 
+    /// `DELETE /v1/agents/{id}` as the admin: the status and the JSON body.
+    pub async fn deregister(&self, id: AgentId) -> (u16, serde_json::Value) {
+        let response = self
+            .http
+            .delete(self.url(&format!("/v1/agents/{id}")))
+            .bearer_auth(ADMIN_KEY)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap())
+    }
+
+    /// `/metrics` as the admin sees it (classic text format).
+    pub async fn metrics(&self) -> String {
+        self.http
+            .get(self.url("/metrics"))
+            .bearer_auth(ADMIN_KEY)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     /// Submits a task through the typed client.
     pub async fn submit(&self, task: &SubmitTask) -> Task {
         self.client.submit_task(task).await.unwrap()
