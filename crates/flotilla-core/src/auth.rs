@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::str::FromStr;
 
-/// What a key may do (the full permission table comes with the security issue).
+/// What a key may do: see [`Role::allows`] for the permission table.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Role {
@@ -47,16 +47,133 @@ pub struct UnknownRole(pub String);
 impl FromStr for Role {
     type Err = UnknownRole;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        [
-            Role::Admin,
-            Role::Operator,
-            Role::Submitter,
-            Role::Agent,
-            Role::Viewer,
-        ]
-        .into_iter()
-        .find(|r| r.as_str() == s)
-        .ok_or_else(|| UnknownRole(s.to_owned()))
+        Role::ALL
+            .into_iter()
+            .find(|r| r.as_str() == s)
+            .ok_or_else(|| UnknownRole(s.to_owned()))
+    }
+}
+
+/// Something a route does on behalf of a caller. Each route checks exactly one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Permission {
+    /// Submit tasks (`POST /v1/tasks`).
+    SubmitTasks,
+    /// Read tasks and wait for them.
+    ReadTasks,
+    /// Cancel tasks.
+    CancelTasks,
+    /// Register agent instances, send heartbeats, deregister.
+    RegisterAgents,
+    /// Read the fleet: agents, pools and fleet events.
+    ReadFleet,
+    /// Read alerts and their history.
+    ReadAlerts,
+    /// Create and remove silences.
+    SilenceAlerts,
+    /// Read the caller's tenant and its keys.
+    ReadKeys,
+    /// Create and revoke keys of the caller's tenant (never with a role above the caller's).
+    ManageKeys,
+    /// Create, rename and change tenants; list every tenant.
+    ManageTenants,
+    /// List secret paths and versions (never values).
+    ListSecrets,
+    /// Read secret values.
+    ReadSecrets,
+    /// Write, rotate and delete secrets.
+    WriteSecrets,
+    /// Read and export the audit log.
+    ReadAudit,
+    /// Call models through the model gateway.
+    CallModels,
+}
+
+impl Permission {
+    /// Every permission, in the order of the documented table.
+    pub const ALL: [Permission; 15] = [
+        Permission::SubmitTasks,
+        Permission::ReadTasks,
+        Permission::CancelTasks,
+        Permission::RegisterAgents,
+        Permission::ReadFleet,
+        Permission::ReadAlerts,
+        Permission::SilenceAlerts,
+        Permission::ReadKeys,
+        Permission::ManageKeys,
+        Permission::ManageTenants,
+        Permission::ListSecrets,
+        Permission::ReadSecrets,
+        Permission::WriteSecrets,
+        Permission::ReadAudit,
+        Permission::CallModels,
+    ];
+
+    /// The snake_case name used in docs and errors.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Permission::SubmitTasks => "submit_tasks",
+            Permission::ReadTasks => "read_tasks",
+            Permission::CancelTasks => "cancel_tasks",
+            Permission::RegisterAgents => "register_agents",
+            Permission::ReadFleet => "read_fleet",
+            Permission::ReadAlerts => "read_alerts",
+            Permission::SilenceAlerts => "silence_alerts",
+            Permission::ReadKeys => "read_keys",
+            Permission::ManageKeys => "manage_keys",
+            Permission::ManageTenants => "manage_tenants",
+            Permission::ListSecrets => "list_secrets",
+            Permission::ReadSecrets => "read_secrets",
+            Permission::WriteSecrets => "write_secrets",
+            Permission::ReadAudit => "read_audit",
+            Permission::CallModels => "call_models",
+        }
+    }
+}
+
+impl fmt::Display for Permission {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Role {
+    /// Every role, from the most to the least powerful.
+    pub const ALL: [Role; 5] = [
+        Role::Admin,
+        Role::Operator,
+        Role::Submitter,
+        Role::Agent,
+        Role::Viewer,
+    ];
+
+    /// The permission table (docs/security.md shows it; a test keeps the two equal).
+    ///
+    /// `admin` is the platform administrator: everything, and the only role that may act on
+    /// another tenant (explicitly, with `?tenant=`). `operator` runs a tenant's work and the
+    /// fleet; `submitter` submits and follows tasks; `agent` is what agent processes hold;
+    /// `viewer` reads.
+    pub const fn allows(self, permission: Permission) -> bool {
+        use Permission as P;
+        match self {
+            Role::Admin => true,
+            Role::Operator => !matches!(permission, P::ManageTenants | P::ReadAudit),
+            Role::Submitter => matches!(
+                permission,
+                P::SubmitTasks | P::ReadTasks | P::CancelTasks | P::ReadFleet | P::CallModels
+            ),
+            Role::Agent => matches!(permission, P::RegisterAgents | P::CallModels),
+            Role::Viewer => matches!(
+                permission,
+                P::ReadTasks | P::ReadFleet | P::ReadAlerts | P::ReadKeys | P::ListSecrets
+            ),
+        }
+    }
+
+    /// Whether a key with this role may create a key with `other`: never a more powerful one.
+    pub fn may_grant(self, other: Role) -> bool {
+        self.allows(Permission::ManageKeys) && (self == Role::Admin || other != Role::Admin)
     }
 }
 

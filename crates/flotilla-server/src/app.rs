@@ -34,6 +34,8 @@ pub struct AppState {
     pub wakers: Arc<Wakers>,
     pub waiters: Arc<Waiters>,
     pub keys: Arc<KeyCache>,
+    /// The tamper-evident audit log.
+    pub audit: Arc<crate::audit::Audit>,
     pub intake: Intake,
     pub completions: Completions,
     pub dispatchers: Arc<Dispatchers>,

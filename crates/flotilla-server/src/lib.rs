@@ -6,6 +6,7 @@
 pub mod alerts;
 pub mod api;
 pub mod app;
+pub mod audit;
 pub mod auth;
 pub mod clock;
 pub mod fleet;
@@ -192,6 +193,7 @@ pub async fn start(
         wakers,
         waiters,
         keys: Arc::default(),
+        audit: Arc::new(audit::Audit::new(store.clone())),
         intake,
         completions,
         dispatchers: Arc::new(Dispatchers::new(shutdown.clone())),

@@ -11,7 +11,7 @@ use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use flotilla_core::agent::{AgentInstance, AgentStatus};
-use flotilla_core::auth::Role;
+use flotilla_core::auth::Permission;
 use flotilla_core::config::{announced_interval_s, valid_agent_type};
 use flotilla_core::id::AgentId;
 use flotilla_core::wire::{
@@ -19,15 +19,6 @@ use flotilla_core::wire::{
     ReportedStatus, contains_nul,
 };
 use rand::RngCore;
-
-const AGENT: &[Role] = &[Role::Admin, Role::Operator, Role::Agent];
-const READ: &[Role] = &[
-    Role::Admin,
-    Role::Operator,
-    Role::Submitter,
-    Role::Viewer,
-    Role::Agent,
-];
 
 pub(super) fn routes() -> Router<AppState> {
     Router::new()
@@ -44,7 +35,7 @@ pub async fn register(
     caller: Caller,
     JsonBody(body): JsonBody<RegisterAgent>,
 ) -> Result<(StatusCode, Json<Registered>), ApiError> {
-    caller.require(AGENT, "register agents")?;
+    caller.require(Permission::RegisterAgents, "register agents")?;
     if !valid_agent_type(&body.agent_type) {
         return Err(ApiError::invalid_field(
             "type",
@@ -130,7 +121,7 @@ pub async fn heartbeat(
     Path(id): Path<String>,
     JsonBody(body): JsonBody<Heartbeat>,
 ) -> Result<Json<HeartbeatAck>, ApiError> {
-    caller.require(AGENT, "send heartbeats")?;
+    caller.require(Permission::RegisterAgents, "send heartbeats")?;
     let id: AgentId = parse_id(&id, "agent")?;
     if body.load > 10_000 {
         return Err(ApiError::invalid_field(
@@ -159,7 +150,7 @@ pub async fn deregister(
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<(StatusCode, Json<Deregistered>), ApiError> {
-    caller.require(AGENT, "deregister agents")?;
+    caller.require(Permission::RegisterAgents, "deregister agents")?;
     let id: AgentId = parse_id(&id, "agent")?;
     match state.registry.deregister(id, state.clock.now()) {
         Deregistration::Removed => {
@@ -193,7 +184,7 @@ pub async fn list(
     State(state): State<AppState>,
     caller: Caller,
 ) -> Result<Json<AgentList>, ApiError> {
-    caller.require(READ, "list agents")?;
+    caller.require(Permission::ReadFleet, "list agents")?;
     Ok(Json(AgentList {
         agents: state.registry.list(),
     }))
@@ -207,7 +198,7 @@ pub async fn get_agent(
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<AgentInstance>, ApiError> {
-    caller.require(READ, "read agents")?;
+    caller.require(Permission::ReadFleet, "read agents")?;
     let id: AgentId = parse_id(&id, "agent")?;
     state
         .registry

@@ -10,15 +10,11 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
-use flotilla_core::auth::Role;
+use flotilla_core::auth::Permission;
 use flotilla_core::event::EventKind;
 use flotilla_core::wire::{ErrorBody, EventList, NewSilence, Silence, SilenceList};
 use flotilla_store::EventFilter;
 use serde::Deserialize;
-
-const READ: &[Role] = &[Role::Admin, Role::Operator, Role::Viewer];
-
-const SILENCE: &[Role] = &[Role::Admin, Role::Operator];
 
 pub(super) fn routes() -> Router<AppState> {
     Router::new()
@@ -38,7 +34,7 @@ pub async fn create_silence(
     caller: Caller,
     JsonBody(body): JsonBody<NewSilence>,
 ) -> Result<(StatusCode, Json<Silence>), ApiError> {
-    caller.require(SILENCE, "silence alerts")?;
+    caller.require(Permission::SilenceAlerts, "silence alerts")?;
     if !(1..=30 * 24 * 3600).contains(&body.duration_s) {
         return Err(ApiError::invalid_field(
             "duration_s",
@@ -94,7 +90,7 @@ pub async fn list_silences(
     State(state): State<AppState>,
     caller: Caller,
 ) -> Result<Json<SilenceList>, ApiError> {
-    caller.require(READ, "read alerts")?;
+    caller.require(Permission::ReadAlerts, "read alerts")?;
     Ok(Json(SilenceList {
         silences: state.alerts.silences(state.clock.now()),
     }))
@@ -109,7 +105,7 @@ pub async fn delete_silence(
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<Silence>, ApiError> {
-    caller.require(SILENCE, "silence alerts")?;
+    caller.require(Permission::SilenceAlerts, "silence alerts")?;
     let id: uuid::Uuid = parse_id(&id, "silence")?;
     state
         .alerts
@@ -124,7 +120,7 @@ pub async fn list(
     State(state): State<AppState>,
     caller: Caller,
 ) -> Result<Json<AlertList>, ApiError> {
-    caller.require(READ, "read alerts")?;
+    caller.require(Permission::ReadAlerts, "read alerts")?;
     Ok(Json(AlertList {
         alerts: state.alerts.active(&state.config.alerting.rules),
     }))
@@ -150,7 +146,7 @@ pub async fn history(
     caller: Caller,
     QueryParams(query): QueryParams<HistoryQuery>,
 ) -> Result<Json<EventList>, ApiError> {
-    caller.require(READ, "read alerts")?;
+    caller.require(Permission::ReadAlerts, "read alerts")?;
     let filter = EventFilter {
         kind: Some(EventKind::Alert),
         after: query.after,

@@ -8,14 +8,12 @@ use crate::auth::Caller;
 use axum::extract::State;
 use axum::routing::get;
 use axum::{Json, Router};
-use flotilla_core::auth::Role;
+use flotilla_core::auth::Permission;
 use flotilla_core::event::EventKind;
 use flotilla_core::id::AgentId;
 use flotilla_core::wire::EventList;
 use flotilla_store::EventFilter;
 use serde::Deserialize;
-
-const READ: &[Role] = &[Role::Admin, Role::Operator, Role::Viewer];
 
 pub(super) fn routes() -> Router<AppState> {
     Router::new().route("/events", get(list))
@@ -48,7 +46,7 @@ pub async fn list(
     caller: Caller,
     QueryParams(query): QueryParams<EventQuery>,
 ) -> Result<Json<EventList>, ApiError> {
-    caller.require(READ, "read fleet events")?;
+    caller.require(Permission::ReadFleet, "read fleet events")?;
     let agent_id = query
         .agent_id
         .as_deref()

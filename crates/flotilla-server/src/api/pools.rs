@@ -6,11 +6,9 @@ use crate::auth::Caller;
 use axum::extract::{Path, State};
 use axum::routing::get;
 use axum::{Json, Router};
-use flotilla_core::auth::Role;
+use flotilla_core::auth::Permission;
 use flotilla_core::config::Pool;
 use flotilla_core::wire::{ErrorBody, PoolList, PoolView, ProcessView};
-
-const READ: &[Role] = &[Role::Admin, Role::Operator, Role::Submitter, Role::Viewer];
 
 pub(super) fn routes() -> Router<AppState> {
     Router::new()
@@ -82,7 +80,7 @@ pub async fn list(
     State(state): State<AppState>,
     caller: Caller,
 ) -> Result<Json<PoolList>, ApiError> {
-    caller.require(READ, "list pools")?;
+    caller.require(Permission::ReadFleet, "list pools")?;
     Ok(Json(PoolList { pools: all(&state) }))
 }
 
@@ -94,7 +92,7 @@ pub async fn get_pool(
     caller: Caller,
     Path(name): Path<String>,
 ) -> Result<Json<PoolView>, ApiError> {
-    caller.require(READ, "read pools")?;
+    caller.require(Permission::ReadFleet, "read pools")?;
     if let Some(pool) = state.config.pools.iter().find(|p| p.name == name) {
         return Ok(Json(view(&state, pool, true)));
     }

@@ -13,7 +13,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use flotilla_core::auth::Role;
+use flotilla_core::auth::Permission;
 use flotilla_core::config::valid_agent_type;
 use flotilla_core::id::TaskId;
 use flotilla_core::task::{
@@ -24,8 +24,6 @@ use flotilla_store::{Cancelled, Inserted, TaskFilter};
 use serde::Deserialize;
 use std::time::Duration;
 
-const SUBMIT: &[Role] = &[Role::Admin, Role::Operator, Role::Submitter];
-const READ: &[Role] = &[Role::Admin, Role::Operator, Role::Submitter, Role::Viewer];
 const MAX_IDEMPOTENCY_KEY: usize = 255;
 const MAX_TIMEOUT_MS: i64 = 24 * 3600 * 1000;
 
@@ -49,7 +47,7 @@ pub async fn submit(
     headers: HeaderMap,
     JsonBody(body): JsonBody<SubmitTask>,
 ) -> Result<Response, ApiError> {
-    caller.require(SUBMIT, "submit tasks")?;
+    caller.require(Permission::SubmitTasks, "submit tasks")?;
     let header_key = headers
         .get("idempotency-key")
         .map(|v| v.to_str().map(str::to_owned))
@@ -277,7 +275,7 @@ pub async fn get_task(
     Path(id): Path<String>,
     QueryParams(params): QueryParams<GetParams>,
 ) -> Result<Json<Task>, ApiError> {
-    caller.require(READ, "read tasks")?;
+    caller.require(Permission::ReadTasks, "read tasks")?;
     let id: TaskId = parse_id(&id, "task")?;
     let wait = match params.wait {
         None => Duration::ZERO,
@@ -353,7 +351,7 @@ pub async fn list(
     caller: Caller,
     QueryParams(params): QueryParams<ListParams>,
 ) -> Result<Json<TaskPage>, ApiError> {
-    caller.require(READ, "read tasks")?;
+    caller.require(Permission::ReadTasks, "read tasks")?;
     let limit = params.limit.unwrap_or(50);
     if !(1..=500).contains(&limit) {
         return Err(ApiError::invalid_field(
@@ -396,7 +394,7 @@ pub async fn cancel(
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<Task>, ApiError> {
-    caller.require(SUBMIT, "cancel tasks")?;
+    caller.require(Permission::CancelTasks, "cancel tasks")?;
     let id: TaskId = parse_id(&id, "task")?;
     match state
         .store

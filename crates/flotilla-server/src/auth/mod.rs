@@ -15,10 +15,11 @@ use axum::http::request::Parts;
 use axum::middleware::Next;
 use axum::response::Response;
 use flotilla_core::Timestamp;
-use flotilla_core::auth::{ApiKeyRecord, Role, parse_key};
-use flotilla_core::id::TenantId;
+use flotilla_core::auth::{ApiKeyRecord, Permission, Role, parse_key};
+use flotilla_core::id::{TaskId, TenantId};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use subtle::ConstantTimeEq;
@@ -26,19 +27,33 @@ use subtle::ConstantTimeEq;
 /// Who is calling: attached to every authenticated request.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Caller {
+    /// The public id of the key (or, for a per-task model-gateway token, of the task's key).
     pub key_id: String,
     pub tenant_id: TenantId,
     pub role: Role,
+    /// Set when the caller holds a per-task model-gateway token: such a caller may only call
+    /// models, whatever its role.
+    pub task: Option<TaskId>,
+    /// The peer address of the connection, when known.
+    pub source: Option<IpAddr>,
 }
 
 impl Caller {
-    /// Fails with 403 unless the caller's role is one of `roles`.
-    pub fn require(&self, roles: &[Role], action: &str) -> Result<(), ApiError> {
-        if roles.contains(&self.role) {
+    /// Fails with 403 unless the caller may do `permission` (`action` words the message).
+    pub fn require(&self, permission: Permission, action: &str) -> Result<(), ApiError> {
+        let allowed = match self.task {
+            Some(_) => permission == Permission::CallModels,
+            None => self.role.allows(permission),
+        };
+        if allowed {
             Ok(())
+        } else if self.task.is_some() {
+            Err(ApiError::Forbidden(format!(
+                "a per-task model-gateway token may only call models, not {action}"
+            )))
         } else {
             Err(ApiError::Forbidden(format!(
-                "a key with role `{}` may not {action}",
+                "a key with role `{}` may not {action} (needs `{permission}`)",
                 self.role
             )))
         }
@@ -118,6 +133,8 @@ pub async fn verify(state: &AppState, token: &str, now: Timestamp) -> Result<Cal
         key_id: record.id,
         tenant_id: record.tenant_id,
         role: record.role,
+        task: None,
+        source: None,
     })
 }
 
@@ -160,11 +177,20 @@ mod tests {
             key_id: "k".into(),
             tenant_id: TenantId::DEFAULT,
             role: Role::Viewer,
+            task: None,
+            source: None,
         };
-        assert!(caller.require(&[Role::Viewer], "read").is_ok());
+        assert!(caller.require(Permission::ReadTasks, "read").is_ok());
         assert!(matches!(
-            caller.require(&[Role::Admin], "submit tasks"),
+            caller.require(Permission::SubmitTasks, "submit tasks"),
             Err(ApiError::Forbidden(_))
         ));
+        let token = Caller {
+            role: Role::Admin,
+            task: Some(TaskId::from_uuid(uuid::Uuid::now_v7())),
+            ..caller
+        };
+        assert!(token.require(Permission::CallModels, "call models").is_ok());
+        assert!(token.require(Permission::ReadTasks, "read tasks").is_err());
     }
 }
