@@ -5,6 +5,7 @@
 
 use crate::Timestamp;
 use crate::id::TenantId;
+use crate::rate::Rate;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::str::FromStr;
@@ -190,6 +191,82 @@ pub struct ApiKeyRecord {
     pub created_at: Timestamp,
     pub expires_at: Option<Timestamp>,
     pub revoked_at: Option<Timestamp>,
+    /// Requests per second or minute with this key; `None`: the configured default.
+    pub rate_limit: Option<Rate>,
+}
+
+impl ApiKeyRecord {
+    /// What the API shows of a key: everything but the hash.
+    pub fn view(&self) -> KeyView {
+        KeyView {
+            id: self.id.clone(),
+            tenant_id: self.tenant_id,
+            role: self.role,
+            name: self.name.clone(),
+            created_at: self.created_at,
+            expires_at: self.expires_at,
+            revoked_at: self.revoked_at,
+            rate_limit: self.rate_limit,
+        }
+    }
+}
+
+/// A key as the API shows it: never its secret or hash.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct KeyView {
+    /// The public id (`flt_<id>_…`).
+    pub id: String,
+    #[schema(value_type = String, format = Uuid)]
+    pub tenant_id: TenantId,
+    pub role: Role,
+    pub name: String,
+    #[schema(value_type = String, format = DateTime)]
+    pub created_at: Timestamp,
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub expires_at: Option<Timestamp>,
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub revoked_at: Option<Timestamp>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<Rate>,
+}
+
+/// `POST /v1/keys`.
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewKeyRequest {
+    /// What the key is for, 1–100 characters.
+    pub name: String,
+    pub role: Role,
+    /// When the key stops working; absent: never.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub expires_at: Option<Timestamp>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<Rate>,
+}
+
+/// The answer to `POST /v1/keys`: the only time the full key is shown.
+#[derive(Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct CreatedKey {
+    /// The key to send as `Authorization: Bearer …`. Store it now: it is not shown again.
+    pub key: String,
+    #[serde(flatten)]
+    pub record: KeyView,
+}
+
+impl fmt::Debug for CreatedKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CreatedKey")
+            .field("key", &"<redacted>")
+            .field("record", &self.record)
+            .finish()
+    }
+}
+
+/// `GET /v1/keys`.
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct KeyList {
+    pub keys: Vec<KeyView>,
 }
 
 /// The two parts of a presented key.

@@ -7,6 +7,7 @@
 
 pub mod agent;
 pub mod alert;
+pub mod audit;
 pub mod auth;
 pub mod autoscale;
 pub mod balance;
@@ -14,9 +15,12 @@ pub mod config;
 pub mod event;
 pub mod health;
 pub mod id;
+pub mod rate;
 pub mod retry;
+pub mod signature;
 pub mod stats;
 pub mod task;
+pub mod tenant;
 pub mod wire;
 
 /// Instants are UTC timestamps; the shell reads the clock and passes them in.

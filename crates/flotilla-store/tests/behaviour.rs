@@ -911,6 +911,7 @@ async fn api_keys_and_tenants(store: DynStore) {
         created_at: t0(),
         expires_at: Some(t0() + secs(86_400)),
         revoked_at: None,
+        rate_limit: Some("10/s".parse().unwrap()),
     };
     store.insert_api_key(&key).await.unwrap();
     let mut admin = key.clone();

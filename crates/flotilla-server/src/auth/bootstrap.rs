@@ -31,18 +31,13 @@ impl std::fmt::Debug for NewKey {
 
 /// Generates a new random key: a 12-character public id and a 43-character secret (≥ 256 bits).
 pub fn generate_key() -> String {
-    let mut rng = rand::rng();
-    let public: String = (&mut rng)
-        .sample_iter(Alphanumeric)
-        .take(12)
-        .map(char::from)
-        .collect();
-    let secret: String = (&mut rng)
-        .sample_iter(Alphanumeric)
-        .take(43)
-        .map(char::from)
-        .collect();
-    format_key(&public.to_ascii_lowercase(), &secret)
+    new_key(
+        TenantId::DEFAULT,
+        Role::Admin,
+        "",
+        chrono::DateTime::UNIX_EPOCH,
+    )
+    .0
 }
 
 /// Ensures an admin key exists. With `preset` (from the environment) that key is stored if it is
@@ -74,6 +69,7 @@ pub async fn ensure_admin_key(
         created_at: now,
         expires_at: None,
         revoked_at: None,
+        rate_limit: None,
     };
     store.insert_api_key(&record).await?;
     Ok(generated.then_some(NewKey(text)))
@@ -87,20 +83,42 @@ pub async fn create_internal_key(
     name: &str,
     now: Timestamp,
 ) -> Result<String, BootstrapError> {
-    let text = generate_key();
-    let parts = parse_key(&text).ok_or(BootstrapError::MalformedKey)?;
+    let (text, record) = new_key(TenantId::DEFAULT, role, name, now);
+    store.insert_api_key(&record).await?;
+    Ok(text)
+}
+
+/// A new random key and the record to store for it (no expiry or rate limit of its own).
+pub fn new_key(
+    tenant_id: TenantId,
+    role: Role,
+    name: &str,
+    now: Timestamp,
+) -> (String, ApiKeyRecord) {
+    let mut rng = rand::rng();
+    let public: String = (&mut rng)
+        .sample_iter(Alphanumeric)
+        .take(12)
+        .map(char::from)
+        .collect::<String>()
+        .to_ascii_lowercase();
+    let secret: String = (&mut rng)
+        .sample_iter(Alphanumeric)
+        .take(43)
+        .map(char::from)
+        .collect();
     let record = ApiKeyRecord {
-        id: parts.public_id.to_owned(),
-        tenant_id: TenantId::DEFAULT,
+        id: public.clone(),
+        tenant_id,
         role,
         name: name.to_owned(),
-        secret_hash: hash_secret(parts.secret),
+        secret_hash: hash_secret(&secret),
         created_at: now,
         expires_at: None,
         revoked_at: None,
+        rate_limit: None,
     };
-    store.insert_api_key(&record).await?;
-    Ok(text)
+    (format_key(&public, &secret), record)
 }
 
 #[cfg(test)]

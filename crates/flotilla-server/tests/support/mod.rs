@@ -348,20 +348,14 @@ impl TestServer {
 
     /// Creates an API key with `role` in `tenant` and returns its text.
     pub async fn create_key(&self, role: Role, tenant: TenantId) -> String {
-        let id: String = uuid::Uuid::new_v4().simple().to_string()[..12].to_owned();
-        let secret = uuid::Uuid::new_v4().simple().to_string();
-        let record = ApiKeyRecord {
-            id: id.clone(),
-            tenant_id: tenant,
+        let (text, record) = flotilla_server::auth::bootstrap::new_key(
+            tenant,
             role,
-            name: format!("test {role}"),
-            secret_hash: flotilla_server::auth::hash_secret(&secret),
-            created_at: chrono::Utc::now(),
-            expires_at: None,
-            revoked_at: None,
-        };
+            &format!("test {role}"),
+            chrono::Utc::now(),
+        );
         self.store.insert_api_key(&record).await.unwrap();
-        format!("flt_{id}_{secret}")
+        text
     }
 
     /// A typed client with another key.
