@@ -11,7 +11,7 @@
 pub mod runtime;
 pub mod simulated;
 
-pub use runtime::{AgentRuntimeError, RunningAgent, RuntimeConfig, run, start};
+pub use runtime::{AgentRuntimeError, AgentSecurity, RunningAgent, RuntimeConfig, run, start};
 pub use simulated::{Latency, SimulatedAgent, SimulationError};
 
 use flotilla_core::wire::{ExecuteRequest, ExecuteResponse};

@@ -11,7 +11,7 @@ use flotilla_core::id::TaskId;
 use flotilla_core::wire::{AgentHealth, ErrorBody, ExecuteResponse, ReportedStatus};
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
-use support::{Event, FakeControlPlane, KEY};
+use support::{Event, FakeControlPlane, KEY, sign_now};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -30,6 +30,7 @@ fn config(cp: &FakeControlPlane, capacity: u32) -> RuntimeConfig {
         drain_timeout: Duration::from_secs(10),
         metadata: Some(json!({"zone": "test"})),
         version: Some("1.2.3".into()),
+        security: flotilla_agent::AgentSecurity::default(),
     }
 }
 
@@ -56,10 +57,17 @@ fn task_with_deadline(input: Value, deadline_in: chrono::Duration) -> Value {
     })
 }
 
+/// A signed `POST /execute`, as the control plane sends it.
 async fn execute(url: &str, body: &Value) -> reqwest::Response {
+    execute_raw(url, serde_json::to_vec(body).unwrap()).await
+}
+
+async fn execute_raw(url: &str, body: Vec<u8>) -> reqwest::Response {
     reqwest::Client::new()
         .post(format!("{url}/execute"))
-        .json(body)
+        .header("content-type", "application/json")
+        .header("x-flotilla-signature", sign_now(&body))
+        .body(body)
         .send()
         .await
         .unwrap()
@@ -156,12 +164,7 @@ async fn execute_contract_errors() {
     let url = format!("http://{}", running.addr);
 
     // Not JSON, and JSON of the wrong shape: 400 with a JSON error body.
-    let response = reqwest::Client::new()
-        .post(format!("{url}/execute"))
-        .body("{not json")
-        .send()
-        .await
-        .unwrap();
+    let response = execute_raw(&url, b"{not json".to_vec()).await;
     assert_eq!(response.status(), 400);
     assert_eq!(error_code(response).await, "invalid_request");
     let mut missing = task(json!({}));

@@ -14,6 +14,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use flotilla_core::agent::AgentStatus;
 use flotilla_core::id::TaskId;
+use flotilla_core::signature::{self, Signature, SignatureError};
 use flotilla_core::wire::{AgentHealth, ErrorBody, ErrorDetail, ExecuteRequest, ExecuteResponse};
 use serde_json::json;
 use std::collections::{HashMap, VecDeque};
@@ -51,8 +52,35 @@ pub struct ReceivedCall {
     pub request: ExecuteRequest,
     /// The request headers (lower-case names), e.g. `traceparent`, `x-flotilla-signature`.
     pub headers: Vec<(String, String)>,
+    /// The body exactly as received (what the signature covers).
+    pub body: Vec<u8>,
+    /// When it arrived, by this machine's clock.
+    pub received_at: chrono::DateTime<chrono::Utc>,
     /// What the agent did with it.
     pub behaviour: Behaviour,
+}
+
+impl ReceivedCall {
+    /// The value of a header (name in lower case).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Verifies `x-flotilla-signature` as the SDK does, with the instance's signing secret
+    /// (from its registration, or read from the store), at the time the call arrived and with
+    /// the default skew.
+    pub fn verify_signature(&self, signing_secret: &str) -> Result<Signature, SignatureError> {
+        signature::verify(
+            self.header(signature::HEADER),
+            signing_secret.as_bytes(),
+            &self.body,
+            self.received_at,
+            signature::DEFAULT_MAX_SKEW,
+        )
+    }
 }
 
 /// A scriptable agent on `127.0.0.1:<free port>`; stops when dropped.
@@ -276,6 +304,8 @@ async fn execute(
         *script.per_task.entry(request.task_id).or_default() += 1;
         script.received.push(ReceivedCall {
             request: request.clone(),
+            body: body.to_vec(),
+            received_at: chrono::Utc::now(),
             headers: headers
                 .iter()
                 .map(|(k, v)| {

@@ -377,6 +377,15 @@ async fn latency(settings: &Settings) -> Result<Vec<Row>> {
         .map(|a| a.url.clone())
         .ok_or_else(|| anyhow!("no agent started"))?;
     let direct_http = dispatch::http_client()?;
+    // Direct calls are signed like the control plane's, with the instance's secret.
+    let agent_secret: Arc<str> = plane
+        .store
+        .list_agents()
+        .await?
+        .into_iter()
+        .find(|a| a.url == agent_url)
+        .map(|a| a.signing_secret.into())
+        .ok_or_else(|| anyhow!("the agent is not in the store"))?;
 
     let period = Duration::from_secs_f64(1.0 / f64::from(settings.rate.max(1)));
     let warm = settings.rate as usize;
@@ -398,8 +407,9 @@ async fn latency(settings: &Settings) -> Result<Vec<Row>> {
             }
         });
         let (http, url, sender) = (direct_http.clone(), agent_url.clone(), tx.clone());
+        let secret = agent_secret.clone();
         tracker.spawn(async move {
-            let sample = timed(direct_execute(&http, &url)).await;
+            let sample = timed(direct_execute(&http, &url, &secret)).await;
             if record {
                 let _ = sender.send((Path::Direct, sample));
             }
@@ -636,6 +646,7 @@ impl Plane {
                 drain_timeout: Duration::from_secs(5),
                 metadata: None,
                 version: None,
+                security: flotilla_agent::AgentSecurity::default(),
             };
             running.push(flotilla_agent::start(ZeroWork, config, stop_agents.clone()).await?);
         }
@@ -760,7 +771,11 @@ async fn through_control_plane(client: &Client) -> Result<(), String> {
 }
 
 /// The control plane's own dispatch call, made directly.
-async fn direct_execute(http: &reqwest::Client, url: &str) -> Result<(), String> {
+async fn direct_execute(
+    http: &reqwest::Client,
+    url: &str,
+    signing_secret: &str,
+) -> Result<(), String> {
     let request = ExecuteRequest {
         task_id: TaskId(uuid::Uuid::now_v7()),
         attempt: 1,
@@ -769,7 +784,12 @@ async fn direct_execute(http: &reqwest::Client, url: &str) -> Result<(), String>
         deadline: chrono::Utc::now() + chrono::Duration::seconds(10),
         model_gateway: None,
     };
-    dispatch::execute(http, url, &request, None, Duration::from_secs(10))
+    let target = dispatch::Target {
+        base_url: url,
+        signing_secret,
+    };
+    let now = chrono::Utc::now();
+    dispatch::execute(http, target, &request, None, now, Duration::from_secs(10))
         .await
         .map(|_| ())
         .map_err(|e| e.describe())

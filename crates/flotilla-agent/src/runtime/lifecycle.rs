@@ -9,11 +9,11 @@
 use super::AgentRuntimeError;
 use super::backoff::Backoff;
 use super::gate::Gate;
+use super::signature::Verifier;
 use flotilla_client::{Client, ClientError};
 use flotilla_core::id::AgentId;
 use flotilla_core::wire::ReportedStatus;
 use flotilla_core::wire::{Desired, Heartbeat, RegisterAgent, Registered};
-use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -33,36 +33,19 @@ const DEREGISTER_TRIES: u32 = 3;
 const SERVER_STOP_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// The current registration.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub(crate) struct Session {
     pub(crate) id: AgentId,
     pub(crate) heartbeat_interval: Duration,
-    /// The HMAC secret of requests from the control plane. The `/execute` handler will check
-    /// `x-flotilla-signature` against it once request signing is enabled (DESIGN.md §6).
-    #[expect(
-        dead_code,
-        reason = "read by request-signature verification, which comes with the security work"
-    )]
-    signing_secret: String,
 }
 
-impl fmt::Debug for Session {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Session")
-            .field("id", &self.id)
-            .field("heartbeat_interval", &self.heartbeat_interval)
-            .field("signing_secret", &"<redacted>")
-            .finish()
-    }
-}
-
-impl From<Registered> for Session {
-    fn from(registered: Registered) -> Self {
+impl From<&Registered> for Session {
+    /// The signing secret is not kept here: it goes to the `/execute` handler's [`Verifier`].
+    fn from(registered: &Registered) -> Self {
         Session {
             id: registered.id,
             // A zero interval would spin; one second is the floor.
             heartbeat_interval: Duration::from_secs(registered.heartbeat_interval_s.max(1)),
-            signing_secret: registered.signing_secret,
         }
     }
 }
@@ -83,6 +66,8 @@ pub(crate) struct Lifecycle {
     pub(crate) client: Client,
     pub(crate) registration: RegisterAgent,
     pub(crate) gate: Arc<Gate>,
+    /// Checks `/execute` signatures; told the secret of every new registration.
+    pub(crate) verifier: Arc<Verifier>,
     pub(crate) session: watch::Sender<Session>,
     pub(crate) shutdown: CancellationToken,
     pub(crate) drain_timeout: Duration,
@@ -151,7 +136,8 @@ impl Lifecycle {
                     match register(&self.client, &self.registration, &self.shutdown).await {
                         Ok(registered) => {
                             tracing::info!(agent_id = %registered.id, "Agent registered again.");
-                            self.session.send_replace(Session::from(registered));
+                            self.verifier.set_secret(registered.signing_secret.clone());
+                            self.session.send_replace(Session::from(&registered));
                             backoff = Backoff::new(RETRY_INITIAL, self.interval());
                             delay = self.interval();
                         }

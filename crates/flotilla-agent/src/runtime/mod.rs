@@ -11,6 +11,7 @@ mod backoff;
 mod gate;
 mod lifecycle;
 mod server;
+mod signature;
 
 use crate::Agent;
 use flotilla_client::{Client, ClientError};
@@ -18,6 +19,7 @@ use flotilla_core::id::AgentId;
 use flotilla_core::wire::RegisterAgent;
 use gate::Gate;
 use lifecycle::{Lifecycle, Session};
+use signature::Verifier;
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
@@ -54,6 +56,25 @@ pub struct RuntimeConfig {
     pub metadata: Option<serde_json::Value>,
     /// Version of the agent's code, shown in the registry.
     pub version: Option<String>,
+    /// How the instance checks the control plane's requests.
+    pub security: AgentSecurity,
+}
+
+/// How an instance checks who calls it.
+#[derive(Clone, Debug)]
+pub struct AgentSecurity {
+    /// Largest difference accepted between a request signature's timestamp and this instance's
+    /// clock (default five minutes); accepted signatures are remembered this long so that a
+    /// replay is refused.
+    pub max_signature_skew: Duration,
+}
+
+impl Default for AgentSecurity {
+    fn default() -> Self {
+        AgentSecurity {
+            max_signature_skew: flotilla_core::signature::DEFAULT_MAX_SKEW,
+        }
+    }
 }
 
 impl fmt::Debug for RuntimeConfig {
@@ -69,6 +90,7 @@ impl fmt::Debug for RuntimeConfig {
             .field("drain_timeout", &self.drain_timeout)
             .field("metadata", &self.metadata)
             .field("version", &self.version)
+            .field("security", &self.security)
             .finish()
     }
 }
@@ -175,10 +197,11 @@ pub async fn start<A: Agent>(
         .unwrap_or_else(|| advertised_url(addr));
 
     let gate = Arc::new(Gate::new(config.capacity));
+    let verifier = Arc::new(Verifier::new(config.security.max_signature_skew));
     let server_stop = CancellationToken::new();
     let server = tokio::spawn(server::serve(
         listener,
-        server::router(Arc::new(agent), Arc::clone(&gate)),
+        server::router(Arc::new(agent), Arc::clone(&gate), Arc::clone(&verifier)),
         server_stop.clone(),
     ));
     tracing::info!(%addr, agent_type = %config.agent_type, "Agent listening.");
@@ -202,13 +225,15 @@ pub async fn start<A: Agent>(
         }
     };
     let id = registered.id;
+    verifier.set_secret(registered.signing_secret.clone());
     tracing::info!(agent_id = %id, %url, "Agent registered.");
 
-    let (session_tx, session) = watch::channel(Session::from(registered));
+    let (session_tx, session) = watch::channel(Session::from(&registered));
     let lifecycle = Lifecycle {
         client,
         registration,
         gate,
+        verifier,
         session: session_tx,
         shutdown,
         drain_timeout: config.drain_timeout,

@@ -2,11 +2,12 @@
 
 use super::AgentRuntimeError;
 use super::gate::{Gate, Refusal};
+use super::signature::{Refused, Verifier};
 use crate::{Agent, AgentError};
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use flotilla_core::agent::AgentStatus;
@@ -19,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 struct AppState<A> {
     agent: Arc<A>,
     gate: Arc<Gate>,
+    verifier: Arc<Verifier>,
 }
 
 impl<A> Clone for AppState<A> {
@@ -26,15 +28,20 @@ impl<A> Clone for AppState<A> {
         AppState {
             agent: Arc::clone(&self.agent),
             gate: Arc::clone(&self.gate),
+            verifier: Arc::clone(&self.verifier),
         }
     }
 }
 
-pub(crate) fn router<A: Agent>(agent: Arc<A>, gate: Arc<Gate>) -> Router {
+pub(crate) fn router<A: Agent>(agent: Arc<A>, gate: Arc<Gate>, verifier: Arc<Verifier>) -> Router {
     Router::new()
         .route("/execute", post(execute::<A>))
         .route("/health", get(health::<A>))
-        .with_state(AppState { agent, gate })
+        .with_state(AppState {
+            agent,
+            gate,
+            verifier,
+        })
 }
 
 /// Serves until `stop` is cancelled, then lets in-flight requests finish.
@@ -55,10 +62,25 @@ pub(crate) async fn serve(
 
 /// `POST /execute`: one attempt of a task.
 ///
-/// Request signatures (`x-flotilla-signature`, DESIGN.md §6) are to be verified at the top of
-/// this handler, on the raw body and before it is parsed, with the signing secret the
-/// registration returned (kept in the lifecycle's session).
-async fn execute<A: Agent>(State(state): State<AppState<A>>, body: Bytes) -> Response {
+/// The request signature (`x-flotilla-signature`, DESIGN.md §6) is verified first, on the raw
+/// body before it is parsed, with the signing secret of the current registration; an unsigned,
+/// wrongly signed, stale or replayed request gets 401 and is never run.
+async fn execute<A: Agent>(
+    State(state): State<AppState<A>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let signature = headers
+        .get(flotilla_core::signature::HEADER)
+        .map(|v| v.to_str().unwrap_or("\u{fffd}"));
+    if let Err(refused) = state.verifier.check(signature, &body, chrono::Utc::now()) {
+        tracing::warn!(reason = refused.code(), error = %refused, "Refused an /execute request.");
+        let status = match refused {
+            Refused::WindowFull => StatusCode::SERVICE_UNAVAILABLE,
+            _ => StatusCode::UNAUTHORIZED,
+        };
+        return error(status, refused.code(), refused.to_string(), None);
+    }
     let deserializer = &mut serde_json::Deserializer::from_slice(&body);
     let request: ExecuteRequest = match serde_path_to_error::deserialize(deserializer) {
         Ok(request) => request,

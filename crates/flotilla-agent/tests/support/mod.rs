@@ -18,6 +18,13 @@ use std::time::{Duration, Instant};
 use uuid::Uuid;
 
 pub const KEY: &str = "flt_test_agentkey";
+/// The signing secret the fake hands every registration.
+pub const SIGNING_SECRET: &str = "secret";
+
+/// The `x-flotilla-signature` of `body` signed now with [`SIGNING_SECRET`].
+pub fn sign_now(body: &[u8]) -> String {
+    flotilla_core::signature::sign(SIGNING_SECRET.as_bytes(), body, chrono::Utc::now())
+}
 
 /// One call the fake received.
 #[derive(Clone, Debug)]
@@ -201,7 +208,7 @@ async fn register(
     axum::Json(Registered {
         id,
         heartbeat_interval_s: 1,
-        signing_secret: "secret".into(),
+        signing_secret: SIGNING_SECRET.into(),
     })
     .into_response()
 }

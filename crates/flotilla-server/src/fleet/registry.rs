@@ -24,12 +24,24 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 /// A reserved place on an instance for one task.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Slot {
     pub agent_id: AgentId,
     pub url: String,
+    /// The instance's secret for signing requests (DESIGN.md §6).
+    pub signing_secret: String,
     /// Cancelled when the instance fails: its in-flight attempts end and are retried elsewhere.
     pub failed: CancellationToken,
+}
+
+impl std::fmt::Debug for Slot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Slot")
+            .field("agent_id", &self.agent_id)
+            .field("url", &self.url)
+            .field("signing_secret", &"<redacted>")
+            .finish_non_exhaustive()
+    }
 }
 
 /// What `DELETE /v1/agents/{id}` did.
@@ -358,6 +370,7 @@ impl Registry {
         Some(Slot {
             agent_id: inst.record.id,
             url: inst.record.url.clone(),
+            signing_secret: inst.record.signing_secret.clone(),
             failed: inst.failed.clone(),
         })
     }

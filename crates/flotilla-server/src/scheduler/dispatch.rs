@@ -1,9 +1,12 @@
-//! One attempt: `POST {instance}/execute` with the §6 envelope and a deadline.
+//! One attempt: `POST {instance}/execute` with the §6 envelope and a deadline, signed with the
+//! instance's secret over the exact bytes sent (`x-flotilla-signature`).
 //!
 //! Every way the call can go wrong becomes a [`DispatchFailure`], whose blame decides retries in
 //! flotilla-core; nothing here panics or hangs past the deadline.
 
+use flotilla_core::Timestamp;
 use flotilla_core::retry::DispatchFailure;
+use flotilla_core::signature;
 use flotilla_core::wire::{ExecuteRequest, ExecuteResponse, contains_nul};
 use reqwest::header::{CONTENT_TYPE, HeaderValue};
 use std::time::Duration;
@@ -22,19 +25,31 @@ pub fn http_client() -> reqwest::Result<reqwest::Client> {
         .build()
 }
 
-/// Calls the instance at `base_url` and waits at most `timeout`.
+/// The instance to call and how to sign for it.
+pub struct Target<'a> {
+    pub base_url: &'a str,
+    /// The instance's signing secret (from its registration).
+    pub signing_secret: &'a str,
+}
+
+/// Calls the instance, signing the request at `now`, and waits at most `timeout`.
 pub async fn execute(
     http: &reqwest::Client,
-    base_url: &str,
+    target: Target<'_>,
     request: &ExecuteRequest,
     traceparent: Option<&str>,
+    now: Timestamp,
     timeout: Duration,
 ) -> Result<ExecuteResponse, DispatchFailure> {
     let body =
         serde_json::to_vec(request).map_err(|e| DispatchFailure::InvalidResponse(e.to_string()))?;
+    let signed = signature::sign(target.signing_secret.as_bytes(), &body, now);
+    let signed = HeaderValue::from_str(&signed)
+        .map_err(|e| DispatchFailure::InvalidResponse(e.to_string()))?;
     let mut call = http
-        .post(format!("{}/execute", base_url.trim_end_matches('/')))
+        .post(format!("{}/execute", target.base_url.trim_end_matches('/')))
         .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
+        .header(signature::HEADER, signed)
         .body(body)
         .timeout(timeout);
     if let Some(traceparent) = traceparent {

@@ -187,9 +187,10 @@ async fn attempt(state: AppState, task: Task, slot: Slot) {
     let outcome = tokio::select! {
         outcome = dispatch::execute(
             &state.http,
-            &slot.url,
+            dispatch::Target { base_url: &slot.url, signing_secret: &slot.signing_secret },
             &request,
             traceparent.as_deref(),
+            started_at,
             timeout,
         ) => outcome,
         // The instance failed (heartbeats stopped, health checks failed): do not wait for the

@@ -7,7 +7,7 @@
 //! and `FLOTILLA_KEY`.
 
 use anyhow::Context as _;
-use flotilla_agent::{Latency, RuntimeConfig, SimulatedAgent};
+use flotilla_agent::{AgentSecurity, Latency, RuntimeConfig, SimulatedAgent};
 use nix::unistd::{Pid, getppid};
 use std::io::Write as _;
 use std::net::SocketAddr;
@@ -68,6 +68,16 @@ pub struct AgentArgs {
     #[arg(long, value_name = "SECONDS", default_value_t = 30)]
     pub drain_timeout_secs: u64,
 
+    /// Largest difference, in seconds, accepted between the timestamp of a request signature
+    /// from the control plane and this machine's clock; older or newer requests get 401.
+    #[arg(
+        long,
+        env = "FLOTILLA_SIGNATURE_MAX_SKEW_SECS",
+        value_name = "SECONDS",
+        default_value_t = 300
+    )]
+    pub signature_max_skew_secs: u64,
+
     /// Name the control plane gave this process when it spawned it, reported at registration
     /// (metadata `instance`) so that the registered instance maps to the process.
     #[arg(long, env = "FLOTILLA_INSTANCE_NAME", value_name = "NAME")]
@@ -106,6 +116,9 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         drain_timeout: Duration::from_secs(args.drain_timeout_secs),
         metadata: Some(metadata(args.instance_name.as_deref())),
         version: Some(env!("CARGO_PKG_VERSION").to_owned()),
+        security: AgentSecurity {
+            max_signature_skew: Duration::from_secs(args.signature_max_skew_secs),
+        },
     };
 
     let shutdown = CancellationToken::new();
