@@ -36,6 +36,15 @@ pub struct AuditEntry {
     pub hash: String,
 }
 
+/// `GET /v1/audit`: a page of entries, oldest first.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct AuditPage {
+    pub entries: Vec<AuditEntry>,
+    /// Pass as `after` for the next page; absent on the last page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_after: Option<i64>,
+}
+
 /// The fields of an entry before it is chained.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NewAuditEntry {

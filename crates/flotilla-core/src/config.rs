@@ -6,13 +6,16 @@
 //! the file and the environment and hands them in, so loading is a pure function.
 
 mod alerting;
+mod limits;
 mod pool;
+mod vault;
 
 pub use alerting::{
     AlertSection, Alerting, AlertingSection, Email, EmailSection, SmtpTls, Webhook, WebhookFormat,
     WebhookSection,
 };
 
+pub use limits::{RateLimits, RateLimitsSection};
 pub use pool::{
     AutoscaleSection, Fleet, FleetSection, HealthChecks, HealthSection, KubernetesSection,
     OutlierSection, Pool, PoolSection, Provisioner, ScoreSection,
@@ -21,6 +24,9 @@ use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
+pub use vault::{
+    Hashicorp, HashicorpAuth, HashicorpSection, ValueSource, Vault, VaultBackend, VaultSection,
+};
 
 /// The file's schema. Every field has a working default.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -33,6 +39,8 @@ pub struct ConfigFile {
     pub fleet: FleetSection,
     pub telemetry: TelemetrySection,
     pub alerting: AlertingSection,
+    pub vault: VaultSection,
+    pub rate_limits: RateLimitsSection,
     /// Alert rules (besides the classic defaults unless `alerting.default_rules = false`).
     pub alerts: Vec<AlertSection>,
     /// Agent pools. A task's `agent_type` must name a pool or the type of a registered instance.
@@ -171,6 +179,8 @@ pub struct Config {
     pub fleet: Fleet,
     pub telemetry: Telemetry,
     pub alerting: Alerting,
+    pub vault: Vault,
+    pub rate_limits: RateLimits,
     pub pools: Vec<Pool>,
 }
 
@@ -447,6 +457,8 @@ pub fn validate(raw: ConfigFile) -> Result<Config, ConfigError> {
             metrics_public: raw.telemetry.metrics_public,
         },
         alerting: alerting::validate(&raw.alerting, &raw.alerts)?,
+        vault: vault::validate(&raw.vault)?,
+        rate_limits: limits::validate(&raw.rate_limits)?,
         pools,
     })
 }

@@ -20,6 +20,7 @@ pub mod retry;
 pub mod signature;
 pub mod stats;
 pub mod task;
+pub mod task_token;
 pub mod tenant;
 pub mod wire;
 

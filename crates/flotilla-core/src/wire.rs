@@ -157,11 +157,21 @@ pub struct AgentList {
     pub agents: Vec<AgentInstance>,
 }
 
-/// Where an agent calls models during a task (filled by the model-gateway issue).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+/// Where an agent calls models during a task: the gateway's base URL and the per-task token to
+/// use as its bearer key (scoped to the task and tenant, expires with the attempt's deadline).
+#[derive(Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ModelGateway {
     pub base_url: String,
     pub token: String,
+}
+
+impl std::fmt::Debug for ModelGateway {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ModelGateway")
+            .field("base_url", &self.base_url)
+            .field("token", &"<redacted>")
+            .finish()
+    }
 }
 
 /// Body of `POST {agent}/execute`.

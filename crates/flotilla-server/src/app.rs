@@ -36,11 +36,20 @@ pub struct AppState {
     pub keys: Arc<KeyCache>,
     /// The tamper-evident audit log.
     pub audit: Arc<crate::audit::Audit>,
+    /// Rate limits per key, per tenant and of failed authentications per source.
+    pub limits: Arc<crate::auth::limits::RateLimiters>,
+    /// The secrets vault; `vault.master().derive(purpose)` gives keys for other uses.
+    pub vault: Arc<crate::vault::Vault>,
     pub intake: Intake,
     pub completions: Completions,
     pub dispatchers: Arc<Dispatchers>,
     /// HTTP client for agents.
     pub http: reqwest::Client,
+    /// Signs and verifies per-task model-gateway tokens (derived from the vault's master key
+    /// for the purpose `task-token`, so every replica agrees).
+    pub task_token_key: Arc<flotilla_core::task_token::TokenKey>,
+    /// The model gateway's base URL as agents are told it, e.g. `http://127.0.0.1:8080/v1`.
+    pub gateway_url: Arc<str>,
     /// This process's lease owner name (unique per start).
     pub owner: Arc<str>,
     /// Cancelled when the server begins to shut down.

@@ -12,6 +12,7 @@ pub mod clock;
 pub mod fleet;
 pub mod scheduler;
 pub mod telemetry;
+pub mod vault;
 pub mod waiters;
 
 use crate::app::AppState;
@@ -50,6 +51,9 @@ pub enum ServerError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    /// The vault's master key or backend could not be set up.
+    #[error("vault: {0}")]
+    Vault(#[from] vault::VaultError),
     /// The HTTP client for agents could not be built.
     #[error("cannot build the HTTP client: {0}")]
     Http(#[from] reqwest::Error),
@@ -179,10 +183,16 @@ pub async fn start(
     writers.spawn(intake_writer);
     writers.spawn(completion_writer);
 
+    let vault = Arc::new(vault::Vault::open(
+        &config,
+        store.clone(),
+        &vault::ProcessEnvironment,
+    )?);
     let state = AppState {
+        vault: vault.clone(),
         config: config.clone(),
         store: store.clone(),
-        clock,
+        clock: clock.clone(),
         registry: registry.clone(),
         events,
         provisioners: provisioners.clone(),
@@ -193,11 +203,18 @@ pub async fn start(
         wakers,
         waiters,
         keys: Arc::default(),
-        audit: Arc::new(audit::Audit::new(store.clone())),
+        audit: Arc::new(audit::Audit::new(store.clone(), clock.clone())),
+        limits: Arc::new(auth::limits::RateLimiters::new(
+            config.rate_limits.auth_failures,
+        )),
         intake,
         completions,
         dispatchers: Arc::new(Dispatchers::new(shutdown.clone())),
         http: scheduler::dispatch::http_client()?,
+        task_token_key: Arc::new(flotilla_core::task_token::TokenKey::new(
+            vault.master().derive("task-token"),
+        )),
+        gateway_url: format!("http://{}/v1", reachable(addr)).into(),
         owner: format!("flotilla-{}", uuid::Uuid::now_v7()).into(),
         shutdown: shutdown.clone(),
     };
@@ -228,9 +245,12 @@ pub async fn start(
     });
     let graceful = shutdown.clone();
     let http = tokio::spawn(async move {
-        axum::serve(listener, router)
-            .with_graceful_shutdown(async move { graceful.cancelled().await })
-            .await
+        axum::serve(
+            listener,
+            router.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move { graceful.cancelled().await })
+        .await
     });
     tracing::info!(%addr, store = store.backend(), owner = %state.owner, "Control plane listening");
     Ok(RunningServer {
@@ -288,5 +308,15 @@ impl RunningServer {
     pub async fn stop(self) {
         self.state.shutdown.cancel();
         self.wait().await;
+    }
+}
+
+/// `addr`, with the loopback address in place of an unspecified one (which cannot be connected
+/// to).
+fn reachable(addr: SocketAddr) -> SocketAddr {
+    if addr.ip().is_unspecified() {
+        SocketAddr::new(std::net::IpAddr::from([127, 0, 0, 1]), addr.port())
+    } else {
+        addr
     }
 }

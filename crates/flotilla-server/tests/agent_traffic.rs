@@ -1,5 +1,7 @@
 //! Control plane → agent traffic (DESIGN.md §6): every `/execute` is signed with the instance's
-//! secret over the exact bytes sent.
+//! secret over the exact bytes sent, and carries a per-task model-gateway token that
+//! authenticates as that task only (403 everywhere but the model gateway), and not once altered
+//! or past the attempt's deadline (401).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -67,4 +69,83 @@ async fn execute_requests_are_signed(backend: Backend) {
     server.stop().await;
 }
 
-on_both_backends!(execute_requests_are_signed);
+/// `GET`/`POST` on an API path with a bearer token: the status and the error code.
+async fn call(server: &TestServer, method: &str, path: &str, token: &str) -> (u16, String) {
+    let request = match method {
+        "POST" => server.http.post(server.url(path)).json(&json!({
+            "type": TYPE, "url": "http://127.0.0.1:9", "capacity": 1
+        })),
+        _ => server.http.get(server.url(path)),
+    };
+    let response = request.bearer_auth(token).send().await.unwrap();
+    let status = response.status().as_u16();
+    let body: serde_json::Value = response.json().await.unwrap_or_default();
+    (
+        status,
+        body["error"]["code"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned(),
+    )
+}
+
+async fn task_tokens_call_models_only(backend: Backend) {
+    let server = TestServer::start(backend, Settings::default().pool(TYPE)).await;
+    let agent = ScriptedAgent::start(Behaviour::SUCCEED).unwrap();
+    register(&server, &agent).await;
+    let mut submission = task(TYPE, json!({"n": 1}));
+    submission.timeout_ms = Some(1500);
+    let submitted = server.submit(&submission).await;
+    assert_eq!(
+        server.finish(submitted.id).await.status,
+        TaskStatus::Succeeded
+    );
+    let request = agent.requests().pop().unwrap();
+    let gateway = request
+        .model_gateway
+        .clone()
+        .expect("the envelope has a model gateway");
+    assert_eq!(gateway.base_url, server.url("/v1"));
+    assert!(gateway.token.starts_with("ftk_"));
+    assert!(
+        !format!("{request:?}").contains(&gateway.token),
+        "Debug redacts the token"
+    );
+    let token = gateway.token;
+
+    // It authenticates (403, not 401) but may do nothing the API offers today.
+    for (method, path) in [
+        ("GET", "/v1/tasks"),
+        ("GET", format!("/v1/tasks/{}", submitted.id).as_str()),
+        ("GET", "/v1/agents"),
+        ("POST", "/v1/agents"),
+    ] {
+        assert_eq!(
+            call(&server, method, path, &token).await,
+            (403, "forbidden".to_owned()),
+            "{method} {path}"
+        );
+    }
+
+    // Altered anywhere, it is refused as unauthenticated.
+    let mut tampered = token.clone().into_bytes();
+    let i = tampered.len() / 2;
+    tampered[i] = if tampered[i] == b'A' { b'B' } else { b'A' };
+    let tampered = String::from_utf8(tampered).unwrap();
+    assert_eq!(call(&server, "GET", "/v1/tasks", &tampered).await.0, 401);
+    assert_eq!(
+        call(&server, "GET", "/v1/tasks", "ftk_garbage").await.0,
+        401
+    );
+
+    // Past the attempt's deadline (1.5 s after dispatch), it is refused.
+    let wait = (request.deadline - chrono::Utc::now())
+        .to_std()
+        .unwrap_or_default();
+    tokio::time::sleep(wait + std::time::Duration::from_millis(50)).await;
+    let (status, code) = call(&server, "GET", "/v1/tasks", &token).await;
+    assert_eq!(status, 401, "{code}");
+    server.stop().await;
+}
+
+on_both_backends!(execute_requests_are_signed, task_tokens_call_models_only);

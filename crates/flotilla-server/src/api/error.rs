@@ -55,6 +55,9 @@ pub enum ApiError {
     /// Emergency mode (an alert's action) sheds this low-priority work; retry later.
     #[error("{0}")]
     Shed(String),
+    /// A rate limit is exhausted; retry after the given number of seconds.
+    #[error("{message}")]
+    RateLimited { message: String, retry_after_s: u64 },
     /// Our own fault; details are logged, not sent.
     #[error("internal error: {0}")]
     Internal(String),
@@ -92,6 +95,7 @@ impl ApiError {
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Unprocessable { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::Unavailable(_) | ApiError::Shed(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -108,6 +112,7 @@ impl ApiError {
             ApiError::UnsupportedMediaType(_) => "unsupported_media_type",
             ApiError::Unavailable(_) => "unavailable",
             ApiError::Shed(_) => "emergency_mode",
+            ApiError::RateLimited { .. } => "rate_limited",
             ApiError::Internal(_) => "internal",
         }
     }
@@ -128,6 +133,7 @@ impl From<StoreError> for ApiError {
             StoreError::Database(
                 sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed,
             ) => ApiError::Unavailable(format!("the store is unavailable: {e}")),
+            StoreError::Conflict(message) => ApiError::Conflict(message),
             other => ApiError::Internal(other.to_string()),
         }
     }
@@ -173,6 +179,11 @@ impl IntoResponse for ApiError {
                 response
                     .headers_mut()
                     .insert(header::RETRY_AFTER, HeaderValue::from_static("60"));
+            }
+            ApiError::RateLimited { retry_after_s, .. } => {
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_s));
             }
             _ => {}
         }

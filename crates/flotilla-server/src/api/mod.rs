@@ -2,13 +2,17 @@
 
 pub mod agents;
 pub mod alerts;
+pub mod audit;
 pub mod error;
 pub mod events;
 pub mod extract;
+pub mod keys;
 pub mod openapi;
 pub mod pools;
 pub mod probes;
+pub mod secrets;
 pub mod tasks;
+pub mod tenants;
 
 use crate::app::AppState;
 use crate::auth::require_key;
@@ -37,6 +41,10 @@ pub fn router(state: AppState) -> Router {
         .merge(pools::routes())
         .merge(events::routes())
         .merge(alerts::routes())
+        .merge(tenants::routes())
+        .merge(keys::routes())
+        .merge(audit::routes())
+        .merge(secrets::routes())
         .route_layer(middleware::from_fn_with_state(state.clone(), require_key));
     Router::new()
         .merge(probes::routes())

@@ -29,9 +29,24 @@ use utoipa::{Modify, OpenApi};
         super::alerts::create_silence,
         super::alerts::list_silences,
         super::alerts::delete_silence,
+        super::tenants::create,
+        super::tenants::list,
+        super::tenants::get_tenant,
+        super::tenants::update,
+        super::keys::create,
+        super::keys::list,
+        super::keys::get_key,
+        super::keys::revoke,
+        super::audit::list,
+        super::secrets::list,
+        super::secrets::read,
+        super::secrets::write,
+        super::secrets::rotate,
+        super::secrets::remove,
+        super::secrets::rewrap,
     ),
     modifiers(&BearerAuth, &CommonErrors),
-    tags((name = "tasks"), (name = "agents"), (name = "fleet"), (name = "alerts"), (name = "probes"))
+    tags((name = "tasks"), (name = "agents"), (name = "fleet"), (name = "alerts"), (name = "access"), (name = "secrets"), (name = "probes"))
 )]
 pub struct ApiDoc;
 
@@ -71,7 +86,9 @@ impl Modify for CommonErrors {
             let operations = [
                 (HttpMethod::Get, item.get.as_mut()),
                 (HttpMethod::Post, item.post.as_mut()),
+                (HttpMethod::Put, item.put.as_mut()),
                 (HttpMethod::Delete, item.delete.as_mut()),
+                (HttpMethod::Patch, item.patch.as_mut()),
             ];
             for (method, operation) in operations {
                 let Some(operation) = operation else { continue };
@@ -88,8 +105,15 @@ impl Modify for CommonErrors {
                     );
                     add("401", "Missing, invalid, expired or revoked API key");
                     add("403", "The key's role may not do this");
+                    add(
+                        "429",
+                        "Rate limit of the key, its tenant or the source exceeded; see Retry-After",
+                    );
                 }
-                if method == HttpMethod::Post {
+                if matches!(
+                    method,
+                    HttpMethod::Post | HttpMethod::Put | HttpMethod::Patch
+                ) {
                     add("413", "Request body over the configured limit");
                     add("415", "Request body is not JSON");
                 }

@@ -3,7 +3,7 @@
 use crate::api::error::ApiError;
 use crate::api::extract::{JsonBody, QueryParams, parse_id};
 use crate::app::AppState;
-use crate::auth::Caller;
+use crate::auth::{Caller, TenantParam};
 use crate::fleet::registry::Slot;
 use crate::scheduler::dispatcher::{release_slot, spawn_attempt};
 use crate::scheduler::intake::IntakeError;
@@ -15,7 +15,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use flotilla_core::auth::Permission;
 use flotilla_core::config::valid_agent_type;
-use flotilla_core::id::TaskId;
+use flotilla_core::id::{TaskId, TenantId};
 use flotilla_core::task::{
     Lease, NewTask, PRIORITY_DEFAULT, PRIORITY_MAX, PRIORITY_MIN, Task, TaskStatus,
 };
@@ -37,7 +37,7 @@ pub(super) fn routes() -> Router<AppState> {
 /// Submits a task. `202` with the new task; `200` with the existing one when the idempotency
 /// key was seen before.
 #[utoipa::path(post, path = "/v1/tasks", tag = "tasks", request_body = SubmitTask,
-    params(("Idempotency-Key" = Option<String>, Header, description = "Alternative to the body's idempotency_key")),
+    params(("Idempotency-Key" = Option<String>, Header, description = "Alternative to the body's idempotency_key"), TenantParam),
     responses((status = 202, body = Task), (status = 200, description = "Existing task for this idempotency key", body = Task),
         (status = 400, body = ErrorBody), (status = 413, body = ErrorBody), (status = 422, body = ErrorBody)),
     security(("bearer" = [])))]
@@ -45,9 +45,11 @@ pub async fn submit(
     State(state): State<AppState>,
     caller: Caller,
     headers: HeaderMap,
+    QueryParams(param): QueryParams<TenantParam>,
     JsonBody(body): JsonBody<SubmitTask>,
 ) -> Result<Response, ApiError> {
     caller.require(Permission::SubmitTasks, "submit tasks")?;
+    let tenant = caller.scope(param.tenant.as_deref())?;
     let header_key = headers
         .get("idempotency-key")
         .map(|v| v.to_str().map(str::to_owned))
@@ -59,7 +61,7 @@ pub async fn submit(
             )
         })?;
     let traceparent = headers.get("traceparent").and_then(|v| v.to_str().ok());
-    let mut task = validate(&state, &caller, body, header_key, traceparent)?;
+    let mut task = validate(&state, tenant, body, header_key, traceparent)?;
     if task.priority < crate::alerts::EMERGENCY_MIN_PRIORITY
         && let Some(reason) = state.alerts.emergency()
     {
@@ -118,7 +120,7 @@ fn claim_at_submission(state: &AppState, task: &mut NewTask) -> Option<Slot> {
 /// Checks a submission and turns it into a task to insert.
 fn validate(
     state: &AppState,
-    caller: &Caller,
+    tenant: TenantId,
     body: SubmitTask,
     header_key: Option<String>,
     traceparent: Option<&str>,
@@ -209,7 +211,7 @@ fn validate(
     };
     Ok(NewTask {
         id: TaskId(uuid::Uuid::now_v7()),
-        tenant_id: caller.tenant_id,
+        tenant_id: tenant,
         agent_type: body.agent_type,
         input: body.input,
         priority,
@@ -262,6 +264,9 @@ pub struct GetParams {
     /// Wait up to this many seconds (fractions allowed) for the task to finish.
     #[param(minimum = 0)]
     pub wait: Option<f64>,
+    /// Another tenant's task (admin keys only).
+    #[param(format = Uuid)]
+    pub tenant: Option<String>,
 }
 
 /// Gets a task with its attempts. With `?wait=N` the answer waits until the task finishes or N
@@ -292,7 +297,7 @@ pub async fn get_task(
             ));
         }
     };
-    let tenant = Some(caller.tenant_id);
+    let tenant = Some(caller.scope(params.tenant.as_deref())?);
     let not_found = || ApiError::NotFound(format!("no task {id}"));
     if wait.is_zero() {
         return state
@@ -341,6 +346,9 @@ pub struct ListParams {
     /// Page size, 1-500 (default 50).
     #[param(minimum = 1, maximum = 500)]
     pub limit: Option<u32>,
+    /// Another tenant's tasks (admin keys only).
+    #[param(format = Uuid)]
+    pub tenant: Option<String>,
 }
 
 /// Lists tasks, newest first, a page at a time.
@@ -369,7 +377,7 @@ pub async fn list(
         })
         .transpose()?;
     let filter = TaskFilter {
-        tenant_id: Some(caller.tenant_id),
+        tenant_id: Some(caller.scope(params.tenant.as_deref())?),
         status: params.status,
         agent_type: params.agent_type,
         before,
@@ -386,19 +394,21 @@ pub async fn list(
 }
 
 /// Cancels a queued or running task. A running attempt's eventual result is discarded.
-#[utoipa::path(post, path = "/v1/tasks/{id}/cancel", tag = "tasks", params(("id" = uuid::Uuid, Path)),
+#[utoipa::path(post, path = "/v1/tasks/{id}/cancel", tag = "tasks", params(("id" = uuid::Uuid, Path), TenantParam),
     responses((status = 200, body = Task), (status = 404, body = ErrorBody), (status = 409, description = "Already finished", body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn cancel(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
+    QueryParams(param): QueryParams<TenantParam>,
 ) -> Result<Json<Task>, ApiError> {
     caller.require(Permission::CancelTasks, "cancel tasks")?;
+    let tenant = caller.scope(param.tenant.as_deref())?;
     let id: TaskId = parse_id(&id, "task")?;
     match state
         .store
-        .cancel_task(Some(caller.tenant_id), id, state.clock.now())
+        .cancel_task(Some(tenant), id, state.clock.now())
         .await?
     {
         Cancelled::Done(task) => {

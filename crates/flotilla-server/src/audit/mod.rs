@@ -3,7 +3,9 @@
 //! outcome and from where. Entries are hash-chained in the store, so `flotilla audit verify`
 //! finds the first altered or removed row.
 
+use crate::api::error::ApiError;
 use crate::auth::Caller;
+use flotilla_core::audit::{AuditEntry, NewAuditEntry};
 use flotilla_core::id::TenantId;
 use std::net::IpAddr;
 
@@ -63,18 +65,42 @@ impl AuditEvent {
 /// The audit log's writer, shared through `AppState::audit`.
 pub struct Audit {
     store: flotilla_store::DynStore,
+    clock: std::sync::Arc<dyn crate::clock::Clock>,
 }
 
 impl Audit {
-    pub fn new(store: flotilla_store::DynStore) -> Self {
-        Audit { store }
+    pub fn new(
+        store: flotilla_store::DynStore,
+        clock: std::sync::Arc<dyn crate::clock::Clock>,
+    ) -> Self {
+        Audit { store, clock }
     }
 
     /// Appends one entry and returns once it is durable. An action whose audit entry cannot be
-    /// written should fail rather than go unrecorded.
-    pub async fn record(&self, event: AuditEvent) -> Result<(), crate::api::error::ApiError> {
-        let _ = &self.store;
-        tracing::info!(action = event.action, target = %event.target, outcome = event.outcome.as_str(), "Audit");
-        Ok(())
+    /// written fails rather than goes unrecorded (the caller propagates the error).
+    pub async fn record(&self, event: AuditEvent) -> Result<AuditEntry, ApiError> {
+        let entry = NewAuditEntry {
+            at: self.clock.now(),
+            actor: event.actor,
+            tenant_id: event.tenant_id,
+            action: event.action.to_owned(),
+            target: event.target,
+            outcome: event.outcome.as_str().to_owned(),
+            source: event.source.map(|s| s.to_string()),
+        };
+        tracing::info!(
+            action = %entry.action,
+            target = %entry.target,
+            outcome = %entry.outcome,
+            actor = entry.actor.as_deref().unwrap_or("-"),
+            "Audit"
+        );
+        let mut chained = self
+            .store
+            .append_audit(std::slice::from_ref(&entry))
+            .await?;
+        chained
+            .pop()
+            .ok_or_else(|| ApiError::Internal("the audit log returned no entry".to_owned()))
     }
 }

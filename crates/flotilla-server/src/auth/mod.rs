@@ -1,15 +1,20 @@
-//! Authentication of API callers by bearer key, and the role check of each route.
+//! Authentication of API callers by bearer key, the role check of each route, tenant scope, and
+//! rate limits.
 //!
-//! Keys are `flt_<public id>_<secret>`; the store keeps SHA-256 of the secret, compared in
-//! constant time. Verified keys are cached briefly so the hot path does not hit the store on
-//! every request. Tenants, key management and the full permission table come with the security
-//! issue; until then every key belongs to the default tenant.
+//! Keys are `flt_<public id>_<secret>` with a 256-bit secret; the store keeps SHA-256 of the
+//! secret, compared in constant time (a slow password hash buys nothing for secrets of that
+//! entropy and would cost every request). Verified key records are cached briefly so the hot
+//! path does not hit the store on every request; a revocation therefore takes effect within
+//! [`CACHE_TTL`] on other replicas, and at once on the replica that revoked.
 
 pub mod bootstrap;
+pub mod limits;
+pub mod task_token;
 
 use crate::api::error::ApiError;
 use crate::app::AppState;
-use axum::extract::{FromRequestParts, Request, State};
+use crate::audit::{AuditEvent, AuditOutcome};
+use axum::extract::{ConnectInfo, FromRequestParts, Request, State};
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 use axum::middleware::Next;
@@ -17,9 +22,10 @@ use axum::response::Response;
 use flotilla_core::Timestamp;
 use flotilla_core::auth::{ApiKeyRecord, Permission, Role, parse_key};
 use flotilla_core::id::{TaskId, TenantId};
+use flotilla_core::rate::Rate;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use subtle::ConstantTimeEq;
@@ -60,6 +66,35 @@ impl Caller {
     }
 }
 
+impl Caller {
+    /// The tenant a request acts on: the caller's own, or with `?tenant=` another one, which only
+    /// admin keys may name.
+    pub fn scope(&self, requested: Option<&str>) -> Result<TenantId, ApiError> {
+        let Some(text) = requested else {
+            return Ok(self.tenant_id);
+        };
+        let tenant: TenantId = text.parse().map_err(|_| {
+            ApiError::invalid_field("tenant", format!("`{text}` is not a tenant id (a UUID)"))
+        })?;
+        if tenant == self.tenant_id || (self.role == Role::Admin && self.task.is_none()) {
+            Ok(tenant)
+        } else {
+            Err(ApiError::Forbidden(
+                "only admin keys may act on another tenant (`tenant`)".to_owned(),
+            ))
+        }
+    }
+}
+
+/// The `?tenant=` query parameter of routes that act on a tenant's objects.
+#[derive(Debug, Default, serde::Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct TenantParam {
+    /// Act on this tenant instead of the key's own (admin keys only).
+    pub tenant: Option<String>,
+}
+
 impl<S: Send + Sync> FromRequestParts<S> for Caller {
     type Rejection = ApiError;
 
@@ -78,7 +113,7 @@ pub fn hash_secret(secret: &str) -> String {
 }
 
 /// How long a verified key record is trusted without reading the store again.
-const CACHE_TTL: Duration = Duration::from_secs(10);
+pub const CACHE_TTL: Duration = Duration::from_secs(10);
 
 /// Recently read key records by public id.
 #[derive(Default)]
@@ -93,6 +128,13 @@ impl KeyCache {
         (at.elapsed() < CACHE_TTL).then(|| record.clone())
     }
 
+    /// Drops a key's record (after it was revoked here).
+    pub fn forget(&self, id: &str) {
+        if let Ok(mut records) = self.records.lock() {
+            records.remove(id);
+        }
+    }
+
     fn put(&self, record: ApiKeyRecord) {
         if let Ok(mut records) = self.records.lock() {
             if records.len() > 10_000 {
@@ -104,8 +146,12 @@ impl KeyCache {
 }
 
 /// Checks a presented bearer token against the store; the error says what was wrong without
-/// revealing whether a key id exists.
-pub async fn verify(state: &AppState, token: &str, now: Timestamp) -> Result<Caller, ApiError> {
+/// revealing whether a key id exists. Returns the caller and the key's own rate limit.
+pub async fn verify(
+    state: &AppState,
+    token: &str,
+    now: Timestamp,
+) -> Result<(Caller, Option<Rate>), ApiError> {
     let invalid =
         || ApiError::Unauthenticated("the API key is invalid, expired or revoked".to_owned());
     let presented = parse_key(token).ok_or_else(invalid)?;
@@ -129,34 +175,101 @@ pub async fn verify(state: &AppState, token: &str, now: Timestamp) -> Result<Cal
     if !(matches && live) {
         return Err(invalid());
     }
-    Ok(Caller {
+    let caller = Caller {
         key_id: record.id,
         tenant_id: record.tenant_id,
         role: record.role,
         task: None,
         source: None,
-    })
+    };
+    Ok((caller, record.rate_limit))
 }
 
-/// Middleware on `/v1`: every request needs `Authorization: Bearer <key>`.
+/// Middleware on `/v1`: every request needs `Authorization: Bearer <key>`, within the key's and
+/// its tenant's rate limits. Failed authentications are audited and counted per source address;
+/// a source past its rate is refused before its key is even looked at.
 pub async fn require_key(
     State(state): State<AppState>,
     mut request: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
+    let source = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip());
+    if let Some(ip) = source
+        && let Some(wait) = state.limits.blocked(ip)
+    {
+        return Err(ApiError::RateLimited {
+            message: format!("too many failed authentications from {ip}; retry later"),
+            retry_after_s: limits::retry_after_secs(wait),
+        });
+    }
     let header = request
         .headers()
         .get(AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default();
-    let Some(token) = header.strip_prefix("Bearer ").map(str::trim) else {
-        return Err(ApiError::Unauthenticated(
+    let verified = match header.strip_prefix("Bearer ").map(str::trim) {
+        Some(token) if task_token::is_task_token(token) => {
+            task_token::authenticate(&state, token, state.clock.now()).map(|c| (c, None))
+        }
+        Some(token) => verify(&state, token, state.clock.now()).await,
+        None => Err(ApiError::Unauthenticated(
             "this route needs an API key: send `Authorization: Bearer flt_…`".to_owned(),
-        ));
+        )),
     };
-    let caller = verify(&state, token, state.clock.now()).await?;
+    let (mut caller, key_rate) = match verified {
+        Ok(verified) => verified,
+        Err(e @ ApiError::Unauthenticated(_)) => {
+            auth_failed(&state, source, header, request.uri().path()).await;
+            return Err(e);
+        }
+        Err(e) => return Err(e),
+    };
+    caller.source = source;
+    let defaults = state.config.rate_limits;
+    let tenant_rate = state
+        .limits
+        .tenant_rate(&state.store, caller.tenant_id)
+        .await?;
+    state
+        .limits
+        .check_key(&caller.key_id, key_rate.or(defaults.per_key))
+        .and_then(|()| {
+            state
+                .limits
+                .check_tenant(caller.tenant_id, tenant_rate.or(defaults.per_tenant))
+        })
+        .map_err(|limited| ApiError::RateLimited {
+            message: format!("rate limit exceeded: {}; retry later", limited.what),
+            retry_after_s: limits::retry_after_secs(limited.retry_after),
+        })?;
     request.extensions_mut().insert(caller);
     Ok(next.run(request).await)
+}
+
+/// Records a failed authentication: counted against the source, and audited with the key's
+/// public id when one was presented (never the secret).
+async fn auth_failed(state: &AppState, source: Option<IpAddr>, header: &str, path: &str) {
+    if let Some(ip) = source {
+        state.limits.auth_failed(ip);
+    }
+    let presented = header
+        .strip_prefix("Bearer ")
+        .and_then(|t| parse_key(t.trim()))
+        .map(|k| k.public_id.to_owned());
+    let event = AuditEvent {
+        action: "auth.failure",
+        target: path.to_owned(),
+        outcome: AuditOutcome::Denied,
+        actor: presented,
+        tenant_id: None,
+        source,
+    };
+    if let Err(e) = state.audit.record(event).await {
+        tracing::warn!(error = %e, "Could not audit a failed authentication");
+    }
 }
 
 #[cfg(test)]

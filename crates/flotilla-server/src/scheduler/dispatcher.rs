@@ -8,7 +8,8 @@ use crate::scheduler::dispatch;
 use crate::telemetry::metrics::{AgentRequestLabels, Metrics, TokenLabels};
 use flotilla_core::retry::{BackoffPolicy, Blame, DispatchFailure, after_failure};
 use flotilla_core::task::{AttemptEnd, AttemptResult, Task};
-use flotilla_core::wire::{ExecuteRequest, ExecuteResponse};
+use flotilla_core::task_token::{self, TaskClaims};
+use flotilla_core::wire::{ExecuteRequest, ExecuteResponse, ModelGateway};
 use std::collections::HashSet;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -182,7 +183,18 @@ async fn attempt(state: AppState, task: Task, slot: Slot) {
         agent_type: task.agent_type.clone(),
         input: task.input.clone(),
         deadline,
-        model_gateway: None,
+        model_gateway: Some(ModelGateway {
+            base_url: state.gateway_url.to_string(),
+            token: task_token::issue(
+                &state.task_token_key,
+                &TaskClaims {
+                    task_id: task.id,
+                    attempt: task.attempt,
+                    tenant_id: task.tenant_id,
+                    expires_at: deadline,
+                },
+            ),
+        }),
     };
     let outcome = tokio::select! {
         outcome = dispatch::execute(

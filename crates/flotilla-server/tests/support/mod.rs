@@ -6,7 +6,7 @@
 #![allow(dead_code, unused_macros)]
 
 use flotilla_client::Client;
-use flotilla_core::auth::{ApiKeyRecord, Role};
+use flotilla_core::auth::Role;
 use flotilla_core::config::{self, Config};
 use flotilla_core::id::{AgentId, TaskId, TenantId};
 use flotilla_core::task::{Task, TaskStatus};

@@ -1,0 +1,242 @@
+//! Rate limits on the API (GCRA through `governor`): per key, per tenant, and authentication
+//! failures per source address. State is in memory, per replica; with several replicas each
+//! enforces the limit on the requests it receives.
+
+use flotilla_core::id::TenantId;
+use flotilla_core::rate::Rate;
+use flotilla_store::DynStore;
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter};
+use std::collections::HashMap;
+use std::hash::Hash;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+/// How long a tenant's configured rate is used without reading the store again.
+const TENANT_TTL: Duration = Duration::from_secs(10);
+/// Limiter tables are swept of idle entries when they grow past this.
+const SWEEP_AT: usize = 50_000;
+
+/// Every limiter of the API.
+pub struct RateLimiters {
+    keys: Table<String>,
+    tenants: Table<TenantId>,
+    failures: Option<DefaultKeyedRateLimiter<IpAddr>>,
+    blocked: Mutex<HashMap<IpAddr, Instant>>,
+    tenant_rates: RwLock<HashMap<TenantId, (Instant, Option<Rate>)>>,
+    clock: DefaultClock,
+}
+
+/// A limiter per key (or tenant) with the rate it was made for, so a changed rate replaces it.
+struct Table<K> {
+    entries: RwLock<HashMap<K, (Rate, Arc<DefaultDirectRateLimiter>)>>,
+}
+
+impl<K: Eq + Hash + Clone> Table<K> {
+    fn new() -> Self {
+        Table {
+            entries: RwLock::default(),
+        }
+    }
+
+    fn limiter(&self, key: &K, rate: Rate) -> Option<Arc<DefaultDirectRateLimiter>> {
+        if let Ok(entries) = self.entries.read()
+            && let Some((r, limiter)) = entries.get(key)
+            && *r == rate
+        {
+            return Some(limiter.clone());
+        }
+        let limiter = Arc::new(RateLimiter::direct(quota(rate)?));
+        if let Ok(mut entries) = self.entries.write() {
+            if entries.len() >= SWEEP_AT {
+                // So many keys or tenants at once is rare; starting them afresh costs at most one
+                // burst each.
+                entries.clear();
+            }
+            entries.insert(key.clone(), (rate, limiter.clone()));
+        }
+        Some(limiter)
+    }
+}
+
+/// `count` per period, with bursts of `count`.
+fn quota(rate: Rate) -> Option<Quota> {
+    Some(Quota::with_period(rate.interval())?.allow_burst(rate.count))
+}
+
+/// A refusal: which limit, and how long until a request would pass.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Limited {
+    pub what: String,
+    pub retry_after: Duration,
+}
+
+impl RateLimiters {
+    pub fn new(auth_failures: Option<Rate>) -> Self {
+        RateLimiters {
+            keys: Table::new(),
+            tenants: Table::new(),
+            failures: auth_failures.and_then(quota).map(RateLimiter::keyed),
+            blocked: Mutex::default(),
+            tenant_rates: RwLock::default(),
+            clock: DefaultClock::default(),
+        }
+    }
+
+    /// Counts one request with a key; `rate` is the key's own or the default.
+    pub fn check_key(&self, key_id: &str, rate: Option<Rate>) -> Result<(), Limited> {
+        let Some(rate) = rate else { return Ok(()) };
+        self.check(self.keys.limiter(&key_id.to_owned(), rate), || {
+            format!("key `{key_id}` is limited to {rate}")
+        })
+    }
+
+    /// Counts one request of a tenant; `rate` is the tenant's own or the default.
+    pub fn check_tenant(&self, tenant: TenantId, rate: Option<Rate>) -> Result<(), Limited> {
+        let Some(rate) = rate else { return Ok(()) };
+        self.check(self.tenants.limiter(&tenant, rate), || {
+            format!("tenant {tenant} is limited to {rate}")
+        })
+    }
+
+    fn check(
+        &self,
+        limiter: Option<Arc<DefaultDirectRateLimiter>>,
+        what: impl FnOnce() -> String,
+    ) -> Result<(), Limited> {
+        match limiter.map(|l| l.check()) {
+            None | Some(Ok(())) => Ok(()),
+            Some(Err(not_until)) => Err(Limited {
+                what: what(),
+                retry_after: not_until.wait_time_from(self.clock.now()),
+            }),
+        }
+    }
+
+    /// When `source` failed to authenticate too often, how long it remains refused.
+    pub fn blocked(&self, source: IpAddr) -> Option<Duration> {
+        let mut blocked = self.blocked.lock().ok()?;
+        let until = *blocked.get(&source)?;
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            blocked.remove(&source);
+            return None;
+        }
+        Some(left)
+    }
+
+    /// Counts a failed authentication from `source`; past the rate, the source is refused until
+    /// the rate admits it again.
+    pub fn auth_failed(&self, source: IpAddr) {
+        let Some(failures) = &self.failures else {
+            return;
+        };
+        if let Err(not_until) = failures.check_key(&source) {
+            let wait = not_until.wait_time_from(self.clock.now());
+            if let Ok(mut blocked) = self.blocked.lock() {
+                if blocked.len() >= SWEEP_AT {
+                    let now = Instant::now();
+                    blocked.retain(|_, until| *until > now);
+                    failures.retain_recent();
+                }
+                blocked.insert(source, Instant::now() + wait);
+            }
+        }
+    }
+
+    /// A tenant's own rate, from a short-lived cache of the store.
+    pub async fn tenant_rate(
+        &self,
+        store: &DynStore,
+        tenant: TenantId,
+    ) -> Result<Option<Rate>, flotilla_store::StoreError> {
+        if let Ok(rates) = self.tenant_rates.read()
+            && let Some((at, rate)) = rates.get(&tenant)
+            && at.elapsed() < TENANT_TTL
+        {
+            return Ok(*rate);
+        }
+        let rate = store.get_tenant(tenant).await?.and_then(|t| t.rate_limit);
+        if let Ok(mut rates) = self.tenant_rates.write() {
+            if rates.len() >= SWEEP_AT {
+                rates.retain(|_, (at, _)| at.elapsed() < TENANT_TTL);
+            }
+            rates.insert(tenant, (Instant::now(), rate));
+        }
+        Ok(rate)
+    }
+
+    /// Forgets a tenant's cached rate after it changed here.
+    pub fn tenant_changed(&self, tenant: TenantId) {
+        if let Ok(mut rates) = self.tenant_rates.write() {
+            rates.remove(&tenant);
+        }
+    }
+}
+
+/// Seconds for `Retry-After`: rounded up, at least 1.
+pub fn retry_after_secs(wait: Duration) -> u64 {
+    wait.as_secs() + u64::from(wait.subsec_nanos() > 0).max(u64::from(wait.is_zero()))
+}
+
+#[cfg(test)]
+#[allow(clippy::panic)]
+mod tests {
+    use super::*;
+
+    fn rate(text: &str) -> Option<Rate> {
+        text.parse().ok()
+    }
+
+    #[test]
+    fn a_key_gets_its_burst_then_waits() {
+        let limits = RateLimiters::new(None);
+        for _ in 0..3 {
+            assert_eq!(limits.check_key("k", rate("3/m")), Ok(()));
+        }
+        let refused = limits.check_key("k", rate("3/m"));
+        let Err(limited) = refused else {
+            panic!("the fourth request passed")
+        };
+        assert!(limited.retry_after > Duration::from_secs(15));
+        assert!(limited.what.contains("3/m"), "{}", limited.what);
+        assert_eq!(limits.check_key("other", rate("3/m")), Ok(()), "per key");
+        assert_eq!(limits.check_key("k", None), Ok(()), "no rate, no limit");
+    }
+
+    #[test]
+    fn a_changed_rate_takes_effect() {
+        let limits = RateLimiters::new(None);
+        assert_eq!(limits.check_tenant(TenantId::DEFAULT, rate("1/m")), Ok(()));
+        assert!(limits.check_tenant(TenantId::DEFAULT, rate("1/m")).is_err());
+        assert_eq!(
+            limits.check_tenant(TenantId::DEFAULT, rate("100/s")),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn repeated_failures_block_the_source_only() {
+        let limits = RateLimiters::new(rate("2/m"));
+        let attacker = IpAddr::from([10, 0, 0, 1]);
+        limits.auth_failed(attacker);
+        limits.auth_failed(attacker);
+        assert_eq!(limits.blocked(attacker), None, "within the rate");
+        limits.auth_failed(attacker);
+        assert!(
+            limits
+                .blocked(attacker)
+                .is_some_and(|w| w > Duration::from_secs(20))
+        );
+        assert_eq!(limits.blocked(IpAddr::from([10, 0, 0, 2])), None);
+    }
+
+    #[test]
+    fn retry_after_rounds_up() {
+        assert_eq!(retry_after_secs(Duration::from_millis(1)), 1);
+        assert_eq!(retry_after_secs(Duration::ZERO), 1);
+        assert_eq!(retry_after_secs(Duration::from_millis(2500)), 3);
+        assert_eq!(retry_after_secs(Duration::from_secs(2)), 2);
+    }
+}
