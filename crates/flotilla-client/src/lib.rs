@@ -8,6 +8,7 @@
 //! This crate only speaks HTTP; it makes no decisions and retries nothing. Callers that need
 //! retries (the agent runtime's registration and heartbeats) own their backoff.
 
+mod access;
 mod error;
 
 pub use error::ClientError;

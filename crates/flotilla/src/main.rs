@@ -41,6 +41,15 @@ enum Command {
     /// Pending and firing alerts, and their history.
     #[command(subcommand)]
     Alerts(cmd::alerts::AlertsCommand),
+    /// Create, list and revoke API keys.
+    #[command(subcommand)]
+    Keys(cmd::access::KeysCommand),
+    /// Create, list and change tenants.
+    #[command(subcommand)]
+    Tenants(cmd::access::TenantsCommand),
+    /// Read, verify and export the tamper-evident audit log.
+    #[command(subcommand)]
+    Audit(cmd::access::AuditCommand),
     /// Check configuration files.
     #[command(subcommand)]
     Config(cmd::config::ConfigCommand),
@@ -73,6 +82,9 @@ fn main() -> ExitCode {
             Command::Alerts(command) => cmd::alerts::run(command).await,
             Command::Pools(command) => cmd::pools::run_pools(command).await,
             Command::Events(command) => cmd::pools::run_events(command).await,
+            Command::Keys(command) => cmd::access::run_keys(command).await,
+            Command::Tenants(command) => cmd::access::run_tenants(command).await,
+            Command::Audit(command) => cmd::access::run_audit(command).await,
             Command::Config(command) => cmd::config::run(command),
             Command::Simulate(args) => cmd::simulate::run(*args),
         }

@@ -1,5 +1,6 @@
 //! One module per subcommand.
 
+pub mod access;
 pub mod agent;
 pub mod agents;
 pub mod alerts;
