@@ -7,6 +7,12 @@ use crate::id::{AgentId, TaskId};
 use crate::task::Task;
 use serde::{Deserialize, Serialize};
 
+mod secrets;
+pub use secrets::{
+    PutSecret, RewrapReport, RotateSecret, SecretDeleted, SecretInfo, SecretList, SecretValue,
+    SecretVersionInfo, SecretWritten,
+};
+
 /// `POST /v1/tasks`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]

@@ -18,9 +18,11 @@ use std::sync::Arc;
 
 mod postgres;
 mod rows;
+mod secrets;
 mod sqlite;
 
 pub use postgres::PostgresStore;
+pub use secrets::{SealedSecret, SecretCursor, SecretSummary, WrappedSecretKey};
 pub use sqlite::SqliteStore;
 
 /// What went wrong in the store.
@@ -208,6 +210,55 @@ pub trait Store: Send + Sync + 'static {
     async fn list_events(&self, filter: &EventFilter) -> StoreResult<Vec<Event>>;
     /// Deletes all but the newest `keep` events; returns how many it deleted.
     async fn prune_events(&self, keep: u64) -> StoreResult<u64>;
+
+    // --- secrets ---
+    /// Appends a sealed version, which applies only when its number is exactly one more than the
+    /// last version ever written at its tenant and path (1 for a new path; deleted versions
+    /// count), and deletes versions older than the newest `keep`. False when another writer got
+    /// there first: seal again with the next number.
+    async fn insert_secret_version(&self, secret: &SealedSecret, keep: u32) -> StoreResult<bool>;
+    /// The last version number ever written at a path, deleted or not.
+    async fn last_secret_version(&self, tenant: TenantId, path: &str) -> StoreResult<Option<u32>>;
+    /// One kept version of a secret (the newest when `version` is `None`).
+    async fn get_secret_version(
+        &self,
+        tenant: TenantId,
+        path: &str,
+        version: Option<u32>,
+    ) -> StoreResult<Option<SealedSecret>>;
+    /// Live secrets of a tenant whose path starts with `prefix`, at most `limit`, in path order.
+    async fn list_secrets(
+        &self,
+        tenant: TenantId,
+        prefix: &str,
+        limit: u32,
+    ) -> StoreResult<Vec<SecretSummary>>;
+    /// Deletes every version of a live secret; `None` when there was none, else how many
+    /// versions went. Its version numbers stay used.
+    async fn delete_secret(
+        &self,
+        tenant: TenantId,
+        path: &str,
+        now: Timestamp,
+    ) -> StoreResult<Option<u32>>;
+    /// Data keys (of all tenants) not wrapped by the master key `current`, in (tenant, path,
+    /// version) order after `after`, at most `limit`.
+    async fn secret_keys_to_rewrap(
+        &self,
+        current: &str,
+        after: Option<&SecretCursor>,
+        limit: u32,
+    ) -> StoreResult<Vec<WrappedSecretKey>>;
+    /// Replaces one data key's wrapping if it is still as `old` says; false when it changed or
+    /// the version is gone.
+    async fn rewrap_secret_key(
+        &self,
+        old: &WrappedSecretKey,
+        wrapped_key: &[u8],
+        master_key_id: &str,
+    ) -> StoreResult<bool>;
+    /// Number of kept secret versions per master key id.
+    async fn secret_versions_by_master_key(&self) -> StoreResult<Vec<(String, u64)>>;
 }
 
 /// A shared store.

@@ -9,6 +9,7 @@ use crate::rows::{
     finish_update, lease_expired_error, micros, micros_opt, migrations_applied, place_round,
     rounds,
 };
+use crate::secrets::{SealedSecret, SecretCursor, SecretSummary, WrappedSecretKey};
 use crate::{
     Cancelled, EventFilter, Inserted, Requeued, Store, StoreError, StoreResult, TaskFilter,
 };
@@ -28,6 +29,7 @@ use std::str::FromStr;
 use uuid::Uuid;
 
 mod events;
+mod secrets;
 
 static MIGRATOR: Migrator = sqlx::migrate!("./migrations/postgres");
 
@@ -690,5 +692,62 @@ impl Store for PostgresStore {
 
     async fn prune_events(&self, keep: u64) -> StoreResult<u64> {
         events::prune(self, keep).await
+    }
+
+    async fn insert_secret_version(&self, secret: &SealedSecret, keep: u32) -> StoreResult<bool> {
+        secrets::insert(self, secret, keep).await
+    }
+
+    async fn last_secret_version(&self, tenant: TenantId, path: &str) -> StoreResult<Option<u32>> {
+        secrets::last_version(self, tenant, path).await
+    }
+
+    async fn get_secret_version(
+        &self,
+        tenant: TenantId,
+        path: &str,
+        version: Option<u32>,
+    ) -> StoreResult<Option<SealedSecret>> {
+        secrets::get(self, tenant, path, version).await
+    }
+
+    async fn list_secrets(
+        &self,
+        tenant: TenantId,
+        prefix: &str,
+        limit: u32,
+    ) -> StoreResult<Vec<SecretSummary>> {
+        secrets::list(self, tenant, prefix, limit).await
+    }
+
+    async fn delete_secret(
+        &self,
+        tenant: TenantId,
+        path: &str,
+        now: Timestamp,
+    ) -> StoreResult<Option<u32>> {
+        secrets::delete(self, tenant, path, now).await
+    }
+
+    async fn secret_keys_to_rewrap(
+        &self,
+        current: &str,
+        after: Option<&SecretCursor>,
+        limit: u32,
+    ) -> StoreResult<Vec<WrappedSecretKey>> {
+        secrets::keys_to_rewrap(self, current, after, limit).await
+    }
+
+    async fn rewrap_secret_key(
+        &self,
+        old: &WrappedSecretKey,
+        wrapped_key: &[u8],
+        master_key_id: &str,
+    ) -> StoreResult<bool> {
+        secrets::rewrap(self, old, wrapped_key, master_key_id).await
+    }
+
+    async fn secret_versions_by_master_key(&self) -> StoreResult<Vec<(String, u64)>> {
+        secrets::count_by_master_key(self).await
     }
 }

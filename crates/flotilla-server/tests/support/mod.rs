@@ -203,6 +203,14 @@ impl TestServer {
     pub async fn start(backend: Backend, settings: Settings) -> TestServer {
         let database = Database::create(backend);
         let store = database.location.open().await;
+        // The configuration names the test's database, so what lives beside it (the vault's
+        // generated master key) goes to the temporary directory too.
+        let settings = match &database.location {
+            Location::Sqlite(path) => {
+                settings.set("database.url", format!("sqlite://{}", path.display()))
+            }
+            Location::Postgres { .. } => settings,
+        };
         let mut server = TestServer::start_on(store, settings).await;
         server.database = Some(database);
         server
