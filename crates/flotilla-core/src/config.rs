@@ -8,6 +8,7 @@
 mod alerting;
 mod limits;
 mod pool;
+mod tls;
 mod vault;
 
 pub use alerting::{
@@ -24,6 +25,7 @@ use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
+pub use tls::{Tls, TlsSection};
 pub use vault::{
     Hashicorp, HashicorpAuth, HashicorpSection, ValueSource, Vault, VaultBackend, VaultSection,
 };
@@ -41,6 +43,7 @@ pub struct ConfigFile {
     pub alerting: AlertingSection,
     pub vault: VaultSection,
     pub rate_limits: RateLimitsSection,
+    pub tls: TlsSection,
     /// Alert rules (besides the classic defaults unless `alerting.default_rules = false`).
     pub alerts: Vec<AlertSection>,
     /// Agent pools. A task's `agent_type` must name a pool or the type of a registered instance.
@@ -181,6 +184,8 @@ pub struct Config {
     pub alerting: Alerting,
     pub vault: Vault,
     pub rate_limits: RateLimits,
+    /// TLS on the API listener; plain HTTP when `None`.
+    pub tls: Option<Tls>,
     pub pools: Vec<Pool>,
 }
 
@@ -459,6 +464,7 @@ pub fn validate(raw: ConfigFile) -> Result<Config, ConfigError> {
         alerting: alerting::validate(&raw.alerting, &raw.alerts)?,
         vault: vault::validate(&raw.vault)?,
         rate_limits: limits::validate(&raw.rate_limits)?,
+        tls: tls::validate(&raw.tls)?,
         pools,
     })
 }

@@ -12,6 +12,7 @@ pub mod clock;
 pub mod fleet;
 pub mod scheduler;
 pub mod telemetry;
+pub mod tls;
 pub mod vault;
 pub mod waiters;
 
@@ -57,6 +58,9 @@ pub enum ServerError {
     /// The HTTP client for agents could not be built.
     #[error("cannot build the HTTP client: {0}")]
     Http(#[from] reqwest::Error),
+    /// The `[tls]` certificate, key or client CA could not be used.
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
 }
 
 /// Start-up options that are not configuration.
@@ -127,6 +131,13 @@ pub async fn start(
     }
     registry.load(kept, now);
 
+    // TLS files are read before anything listens, so that a bad file stops the start.
+    let tls_config = config.tls.as_ref().map(tls::server_config).transpose()?;
+    let scheme = if tls_config.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     // The listener is bound first: local agents need its address.
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -214,7 +225,7 @@ pub async fn start(
         task_token_key: Arc::new(flotilla_core::task_token::TokenKey::new(
             vault.master().derive("task-token"),
         )),
-        gateway_url: format!("http://{}/v1", reachable(addr)).into(),
+        gateway_url: format!("{scheme}://{}/v1", reachable(addr)).into(),
         owner: format!("flotilla-{}", uuid::Uuid::now_v7()).into(),
         shutdown: shutdown.clone(),
     };
@@ -237,22 +248,24 @@ pub async fn start(
     ));
 
     let router = api::router(state.clone());
-    // Answers go out at once (no Nagle delay on keep-alive connections, DESIGN.md §7).
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "Could not set TCP_NODELAY");
-        }
-    });
     let graceful = shutdown.clone();
-    let http = tokio::spawn(async move {
-        axum::serve(
-            listener,
-            router.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(async move { graceful.cancelled().await })
-        .await
-    });
-    tracing::info!(%addr, store = store.backend(), owner = %state.owner, "Control plane listening");
+    let http = if let Some(tls_config) = tls_config {
+        let listener = tls::listen(listener, tls_config, &writers, shutdown.clone())
+            .map_err(|source| ServerError::Listen { addr, source })?;
+        // `TapIo` is what axum gives `ConnectInfo<SocketAddr>` for on any listener.
+        let listener = axum::serve::ListenerExt::tap_io(listener, |_| {});
+        tokio::spawn(async move {
+            axum::serve(
+                listener,
+                router.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .with_graceful_shutdown(async move { graceful.cancelled().await })
+            .await
+        })
+    } else {
+        plain_http(listener, router, graceful)
+    };
+    tracing::info!(%addr, tls = config.tls.is_some(), store = store.backend(), owner = %state.owner, "Control plane listening");
     Ok(RunningServer {
         addr,
         new_admin_key,
@@ -260,6 +273,28 @@ pub async fn start(
         http,
         writers,
         stop_writers,
+    })
+}
+
+/// Serves `router` on `listener` in plain HTTP until `graceful` is cancelled.
+fn plain_http(
+    listener: tokio::net::TcpListener,
+    router: axum::Router,
+    graceful: CancellationToken,
+) -> JoinHandle<std::io::Result<()>> {
+    // Answers go out at once (no Nagle delay on keep-alive connections, DESIGN.md §7).
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "Could not set TCP_NODELAY");
+        }
+    });
+    tokio::spawn(async move {
+        axum::serve(
+            listener,
+            router.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move { graceful.cancelled().await })
+        .await
     })
 }
 
