@@ -10,6 +10,7 @@
 
 mod access;
 mod error;
+mod secrets;
 
 pub use error::ClientError;
 pub use flotilla_core::wire::ErrorDetail;

@@ -50,6 +50,9 @@ enum Command {
     /// Read, verify and export the tamper-evident audit log.
     #[command(subcommand)]
     Audit(cmd::access::AuditCommand),
+    /// Secrets of the vault: put, get, list, rotate, delete; master-key re-wrapping.
+    #[command(subcommand)]
+    Secrets(cmd::secrets::SecretsCommand),
     /// Check configuration files.
     #[command(subcommand)]
     Config(cmd::config::ConfigCommand),
@@ -85,6 +88,7 @@ fn main() -> ExitCode {
             Command::Keys(command) => cmd::access::run_keys(command).await,
             Command::Tenants(command) => cmd::access::run_tenants(command).await,
             Command::Audit(command) => cmd::access::run_audit(command).await,
+            Command::Secrets(command) => cmd::secrets::run(command).await,
             Command::Config(command) => cmd::config::run(command),
             Command::Simulate(args) => cmd::simulate::run(*args),
         }

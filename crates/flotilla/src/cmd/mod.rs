@@ -7,6 +7,7 @@ pub mod alerts;
 pub mod config;
 pub mod demo;
 pub mod pools;
+pub mod secrets;
 pub mod serve;
 pub mod simulate;
 pub mod task;
