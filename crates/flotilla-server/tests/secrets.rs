@@ -13,6 +13,8 @@ use reqwest::StatusCode;
 use secrecy::ExposeSecret;
 use serde_json::{Value, json};
 use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 use support::{Backend, Settings, TestServer};
 
 on_both_backends!(
@@ -625,5 +627,170 @@ async fn master_key_rotation_rewraps_and_old_data_still_reads(backend: Backend) 
             .unwrap()
     );
     assert!(!debug.contains("value-1"), "Debug shows a value: {debug}");
+    database.remove().await;
+}
+
+/// A vault over `store` with the test key, to write secrets before a server starts.
+fn test_vault(store: &flotilla_store::DynStore) -> Vault {
+    Vault::builtin(
+        MasterKeys::new(
+            MasterKey::new([0x5a; 32]),
+            Vec::new(),
+            KeySource::Environment,
+        ),
+        store.clone(),
+        10,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pool_env_secrets_reach_local_processes_when_they_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("seen");
+    let database = support::Database::create(Backend::Sqlite);
+    let store = database.location.open().await;
+    let pool = format!(
+        "[[pools]]\nname = \"with_secret\"\nprovisioner = \"local\"\nmin_instances = 1\nmax_instances = 1\n\
+         command = [\"/bin/sh\", \"-c\", \"printf '%s|%s' \\\"$AGENT_TOKEN\\\" \\\"$PLAIN\\\" > {out}.tmp && mv {out}.tmp {out}; exec sleep 30\"]\n\
+         env = {{ AGENT_TOKEN = \"secret://agents/token\", PLAIN = \"plain-value\" }}\n",
+        out = out.display()
+    );
+    let settings = settings(dir.path())
+        .set("fleet.autoscale_interval_ms", 100)
+        .raw(&pool);
+    // The secret does not exist yet: the process is not started, and is retried.
+    let server = TestServer::start_on(store.clone(), settings).await;
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert!(!out.exists(), "a process started without its secret");
+    let token = SecretPath::parse("agents/token").unwrap();
+    test_vault(&store)
+        .put(
+            TenantId::DEFAULT,
+            &token,
+            &secrecy::SecretString::from("injected-token-value".to_owned()),
+            None,
+            chrono::Utc::now(),
+        )
+        .await
+        .unwrap();
+    support::eventually(
+        "the process starts with its secret",
+        Duration::from_secs(20),
+        || {
+            let out = out.clone();
+            async move { out.exists() }
+        },
+    )
+    .await;
+    assert_eq!(
+        std::fs::read_to_string(&out).unwrap(),
+        "injected-token-value|plain-value"
+    );
+    server.stop().await;
+    database.remove().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pool_env_secrets_go_into_the_kubernetes_secret_not_the_deployment() {
+    use axum::http::Method;
+    type Seen = Arc<Mutex<Vec<(Method, String, Value)>>>;
+    async fn api(
+        axum::extract::State(seen): axum::extract::State<Seen>,
+        method: Method,
+        uri: axum::http::Uri,
+        body: axum::body::Bytes,
+    ) -> axum::response::Response {
+        use axum::response::IntoResponse;
+        let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+        seen.lock()
+            .unwrap()
+            .push((method.clone(), uri.path().to_owned(), body.clone()));
+        if method == Method::PATCH {
+            return (axum::http::StatusCode::OK, axum::Json(body)).into_response();
+        }
+        let status = json!({"apiVersion": "v1", "kind": "Status", "status": "Failure",
+            "reason": "NotFound", "code": 404, "message": "not found"});
+        (axum::http::StatusCode::NOT_FOUND, axum::Json(status)).into_response()
+    }
+    let seen: Seen = Arc::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app = axum::Router::new().fallback(api).with_state(seen.clone());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: http://{addr}\n\
+             contexts:\n- name: fake\n  context:\n    cluster: fake\n    user: fake\n    namespace: flotilla-test\n\
+             current-context: fake\nusers:\n- name: fake\n  user:\n    token: not-a-secret\n"
+        ),
+    )
+    .unwrap();
+    let database = support::Database::create(Backend::Sqlite);
+    let store = database.location.open().await;
+    test_vault(&store)
+        .put(
+            TenantId::DEFAULT,
+            &SecretPath::parse("providers/openai").unwrap(),
+            &secrecy::SecretString::from("sk-kube-secret-value".to_owned()),
+            None,
+            chrono::Utc::now(),
+        )
+        .await
+        .unwrap();
+    let pool = format!(
+        "[[pools]]\nname = \"k8s_pool\"\nprovisioner = \"kubernetes\"\nmin_instances = 1\nmax_instances = 1\n\
+         env = {{ OPENAI_API_KEY = \"secret://providers/openai\", REGION = \"eu\" }}\n\
+         [pools.kubernetes]\nimage = \"ghcr.io/example/flotilla:1\"\nnamespace = \"flotilla-test\"\nkubeconfig = {:?}\n",
+        kubeconfig.display().to_string()
+    );
+    let settings = settings(dir.path())
+        .set("fleet.autoscale_interval_ms", 100)
+        .raw(&pool);
+    let server = TestServer::start_on(store.clone(), settings).await;
+    support::eventually("the Deployment is applied", Duration::from_secs(10), || {
+        let seen = seen.clone();
+        async move {
+            seen.lock()
+                .unwrap()
+                .iter()
+                .any(|(_, p, _)| p.contains("/deployments/"))
+        }
+    })
+    .await;
+    let seen = seen.lock().unwrap().clone();
+    let (_, _, secret) = seen
+        .iter()
+        .find(|(m, p, _)| *m == Method::PATCH && p.contains("/secrets/"))
+        .expect("the pool's Secret is applied");
+    use base64::Engine;
+    let encoded = secret["data"]["OPENAI_API_KEY"].as_str().unwrap();
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(encoded)
+        .unwrap();
+    assert_eq!(decoded, b"sk-kube-secret-value");
+    let (_, _, deployment) = seen
+        .iter()
+        .find(|(_, p, _)| p.contains("/deployments/"))
+        .unwrap();
+    let text = deployment.to_string();
+    assert!(
+        !text.contains("sk-kube-secret-value") && !text.contains("secret://"),
+        "{text}"
+    );
+    let env = deployment["spec"]["template"]["spec"]["containers"][0]["env"]
+        .as_array()
+        .unwrap();
+    let key = env.iter().find(|e| e["name"] == "OPENAI_API_KEY").unwrap();
+    assert!(
+        key["valueFrom"]["secretKeyRef"]["name"].is_string(),
+        "{key}"
+    );
+    let region = env.iter().find(|e| e["name"] == "REGION").unwrap();
+    assert_eq!(region["value"], "eu");
+    server.stop().await;
     database.remove().await;
 }

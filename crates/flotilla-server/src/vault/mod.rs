@@ -181,6 +181,7 @@ impl Vault {
         store: DynStore,
         env: &dyn Environment,
     ) -> Result<Vault, VaultError> {
+        check_references(config)?;
         // Only an embedded store gets a generated key file, beside its database. The store in
         // hand decides (a test may pass a store other than the configured one).
         let embedded_dir = match &config.database {
@@ -344,6 +345,79 @@ impl Vault {
             None => Ok(SecretString::from(text.to_owned())),
         }
     }
+}
+
+/// The `secret://` references of a process environment, resolved each time the process starts
+/// (so a restarted agent gets the current value). Pools belong to no tenant: their references
+/// name secrets of the default tenant.
+#[derive(Clone)]
+pub struct EnvSecrets {
+    vault: std::sync::Arc<Vault>,
+    tenant: TenantId,
+    references: Vec<(String, SecretRef)>,
+}
+
+impl std::fmt::Debug for EnvSecrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EnvSecrets")
+            .field("tenant", &self.tenant)
+            .field(
+                "variables",
+                &self.references.iter().map(|(k, _)| k).collect::<Vec<_>>(),
+            )
+            .finish()
+    }
+}
+
+impl EnvSecrets {
+    /// Splits `env` into plain variables and references; `None` when there is no reference.
+    /// Malformed references were refused at start-up ([`check_references`]) and stay plain.
+    pub fn split(
+        vault: &std::sync::Arc<Vault>,
+        env: &BTreeMap<String, String>,
+    ) -> (Vec<(String, String)>, Option<EnvSecrets>) {
+        let mut plain = Vec::new();
+        let mut references = Vec::new();
+        for (name, text) in env {
+            match SecretRef::parse(text) {
+                Ok(Some(reference)) => references.push((name.clone(), reference)),
+                Ok(None) | Err(_) => plain.push((name.clone(), text.clone())),
+            }
+        }
+        let secrets = (!references.is_empty()).then(|| EnvSecrets {
+            vault: vault.clone(),
+            tenant: TenantId::DEFAULT,
+            references,
+        });
+        (plain, secrets)
+    }
+
+    /// The variables with their current values. The error names the variable and the path,
+    /// never a value.
+    pub async fn resolve(&self) -> Result<Vec<(String, SecretString)>, String> {
+        let mut out = Vec::with_capacity(self.references.len());
+        for (name, reference) in &self.references {
+            let secret = self
+                .vault
+                .get(self.tenant, &reference.path, reference.version)
+                .await
+                .map_err(|e| format!("environment variable {name}: {e}"))?;
+            out.push((name.clone(), secret.value));
+        }
+        Ok(out)
+    }
+}
+
+/// Refuses malformed `secret://` references in pool environments at start-up.
+fn check_references(config: &Config) -> Result<(), VaultError> {
+    for pool in &config.pools {
+        for (name, text) in &pool.env {
+            SecretRef::parse(text).map_err(|e| {
+                VaultError::InvalidValue(format!("pool `{}`, env {name}: {e}", pool.name))
+            })?;
+        }
+    }
+    Ok(())
 }
 
 /// A strong random value: URL-safe base64 (no padding) of `bytes` random bytes.

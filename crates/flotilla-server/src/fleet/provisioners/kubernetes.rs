@@ -6,6 +6,7 @@ use crate::app::AppState;
 use flotilla_core::config::{KubernetesSection, Pool};
 use flotilla_core::event::EventKind;
 use flotilla_kube::{KubeProvisioner, KubeSettings, PoolDeployment, Resources};
+use secrecy::ExposeSecret;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use tokio::sync::OnceCell;
@@ -51,11 +52,26 @@ impl Kubernetes {
         };
         let desired = self.desired.clone();
         let applied = self.size(&pool.name).is_some();
-        let spec = deployment_spec(pool, settings, to);
+        let (mut spec, secrets) = deployment_spec(pool, settings, to, &state.vault);
         let state = state.clone();
         async move {
             let settings = connect;
             let result = async {
+                // `secret://` values go into the pool's Secret (referenced by the Deployment),
+                // read from the vault when the Deployment is applied.
+                if !applied && let Some(secrets) = &secrets {
+                    let resolved = secrets.resolve().await.map_err(|reason| {
+                        flotilla_kube::KubeError::InvalidSpec {
+                            pool: spec.pool.clone(),
+                            reason,
+                        }
+                    })?;
+                    spec.secret_env.extend(
+                        resolved
+                            .into_iter()
+                            .map(|(name, value)| (name, value.expose_secret().to_owned())),
+                    );
+                }
                 let client = cell
                     .get_or_try_init(|| KubeProvisioner::connect(&settings))
                     .await?;
@@ -93,9 +109,15 @@ impl Kubernetes {
     }
 }
 
-/// What the pool's Deployment should be.
-fn deployment_spec(pool: &Pool, k: &KubernetesSection, replicas: u32) -> PoolDeployment {
-    PoolDeployment {
+/// What the pool's Deployment should be, and the `secret://` variables still to resolve.
+fn deployment_spec(
+    pool: &Pool,
+    k: &KubernetesSection,
+    replicas: u32,
+    vault: &Arc<crate::vault::Vault>,
+) -> (PoolDeployment, Option<crate::vault::EnvSecrets>) {
+    let (env, secrets) = crate::vault::EnvSecrets::split(vault, &pool.env);
+    let spec = PoolDeployment {
         pool: pool.name.clone(),
         namespace: k.namespace.clone(),
         image: k.image.clone(),
@@ -104,7 +126,7 @@ fn deployment_spec(pool: &Pool, k: &KubernetesSection, replicas: u32) -> PoolDep
         key_secret: k.key_secret.clone(),
         capacity: pool.capacity,
         port: k.port,
-        env: pool.env.clone(),
+        env: env.into_iter().collect(),
         secret_env: Default::default(),
         resources: Resources {
             cpu_request: k.cpu_request.clone(),
@@ -113,5 +135,6 @@ fn deployment_spec(pool: &Pool, k: &KubernetesSection, replicas: u32) -> PoolDep
             memory_limit: k.memory_limit.clone(),
         },
         release: "flotilla".to_owned(),
-    }
+    };
+    (spec, secrets)
 }

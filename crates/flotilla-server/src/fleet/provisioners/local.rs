@@ -55,6 +55,8 @@ pub struct ProcessSpec {
     /// Variables added to the inherited environment. Values may hold secrets (an agent key, a
     /// provider key): they are never logged, and `Debug` shows only the names.
     pub env: Vec<(String, String)>,
+    /// Variables whose values are vault secrets (`secret://…`), resolved at every start.
+    pub secrets: Option<crate::vault::EnvSecrets>,
     /// Directory for the process's output (`<instance name>.log`, appended across restarts);
     /// `None` inherits the control plane's stdout and stderr.
     pub log_dir: Option<PathBuf>,
@@ -67,6 +69,7 @@ impl fmt::Debug for ProcessSpec {
             .field("program", &self.program)
             .field("args", &self.args.len())
             .field("env", &env)
+            .field("secrets", &self.secrets)
             .field("log_dir", &self.log_dir)
             .finish()
     }
@@ -386,13 +389,26 @@ impl Run {
             if self.stop.borrow().is_some() {
                 break;
             }
-            let outcome = match self.command().spawn() {
-                Ok(child) => self.run(child, restarts).await,
-                Err(e) => {
+            // Secrets are read at every start, so a restart picks up a rotated value; one that
+            // cannot be read counts as a failed start (and is retried with backoff).
+            let secrets = match &self.spec.secrets {
+                Some(secrets) => secrets.resolve().await,
+                None => Ok(Vec::new()),
+            };
+            let outcome = match secrets.map(|secrets| self.command(&secrets).spawn()) {
+                Ok(Ok(child)) => self.run(child, restarts).await,
+                Ok(Err(e)) => {
                     // Arguments and environment are not logged: they may carry keys.
                     tracing::warn!(program = %self.spec.program.display(), error = %e, "Process failed to start");
                     Outcome::Exited {
                         status: format!("failed to start: {e}"),
+                        ran_for: Duration::ZERO,
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "Process not started: a secret of its environment is unavailable");
+                    Outcome::Exited {
+                        status: format!("not started: {e}"),
                         ran_for: Duration::ZERO,
                     }
                 }
@@ -428,11 +444,13 @@ impl Run {
         });
     }
 
-    fn command(&self) -> Command {
+    fn command(&self, secrets: &[(String, secrecy::SecretString)]) -> Command {
+        use secrecy::ExposeSecret;
         let mut command = Command::new(&self.spec.program);
         command
             .args(&self.spec.args)
             .envs(self.spec.env.iter().map(|(k, v)| (k, v)))
+            .envs(secrets.iter().map(|(k, v)| (k, v.expose_secret())))
             .env(INSTANCE_NAME_ENV, self.name.as_str())
             .env(PARENT_PID_ENV, std::process::id().to_string())
             .stdin(Stdio::null())

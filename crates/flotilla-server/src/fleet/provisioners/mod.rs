@@ -181,7 +181,7 @@ impl Provisioners {
         let current = self.size(pool).unwrap_or(0);
         if to > current {
             for _ in current..to {
-                match spec(pool, command, context) {
+                match spec(pool, command, context, &state.vault) {
                     Some(spec) => {
                         self.local.spawn(&pool.name, spec);
                     }
@@ -286,7 +286,12 @@ async fn drain(state: &AppState, id: AgentId) {
 }
 
 /// The process to run for one instance of a local pool.
-fn spec(pool: &Pool, command: &[String], context: &LocalContext) -> Option<ProcessSpec> {
+fn spec(
+    pool: &Pool,
+    command: &[String],
+    context: &LocalContext,
+    vault: &Arc<crate::vault::Vault>,
+) -> Option<ProcessSpec> {
     let (program, args) = match command.split_first() {
         Some((program, args)) => (PathBuf::from(program), args.to_vec()),
         None => (
@@ -300,11 +305,8 @@ fn spec(pool: &Pool, command: &[String], context: &LocalContext) -> Option<Proce
             ],
         ),
     };
-    let mut env: Vec<(String, String)> = pool
-        .env
-        .iter()
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
+    // `secret://` values are resolved when each process starts, never stored in the spec.
+    let (mut env, secrets) = crate::vault::EnvSecrets::split(vault, &pool.env);
     env.push(("FLOTILLA_KEY".to_owned(), context.agent_key.clone()));
     env.push((
         "FLOTILLA_CONTROL_PLANE".to_owned(),
@@ -315,6 +317,7 @@ fn spec(pool: &Pool, command: &[String], context: &LocalContext) -> Option<Proce
         program,
         args,
         env,
+        secrets,
         log_dir: context.log_dir.clone(),
     })
 }

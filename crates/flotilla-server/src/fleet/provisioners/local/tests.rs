@@ -19,6 +19,7 @@ fn sh(script: &str) -> ProcessSpec {
         program: PathBuf::from("/bin/sh"),
         args: vec!["-c".to_owned(), script.to_owned()],
         env: Vec::new(),
+        secrets: None,
         log_dir: None,
     }
 }
@@ -171,6 +172,7 @@ async fn a_program_that_cannot_start_is_retried_with_backoff() {
             program: PathBuf::from("/nonexistent/flotilla-agent"),
             args: Vec::new(),
             env: Vec::new(),
+            secrets: None,
             log_dir: None,
         },
     );
