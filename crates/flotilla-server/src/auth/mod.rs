@@ -197,6 +197,31 @@ pub async fn require_key(
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0.ip());
+    let header = request
+        .headers()
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    let caller = match authenticate(&state, source, header).await {
+        Ok(caller) => caller,
+        Err(e @ ApiError::Unauthenticated(_)) => {
+            auth_failed(&state, source, header, request.uri().path()).await;
+            return Err(e);
+        }
+        Err(e) => return Err(e),
+    };
+    request.extensions_mut().insert(caller);
+    Ok(next.run(request).await)
+}
+
+/// Everything the API does before a handler runs: refuses a throttled source, verifies the
+/// bearer key (or per-task token), and counts the request against the key's and the tenant's
+/// rate limits. (The handler then checks its one permission with [`Caller::require`].)
+pub async fn authenticate(
+    state: &AppState,
+    source: Option<IpAddr>,
+    header: &str,
+) -> Result<Caller, ApiError> {
     if let Some(ip) = source
         && let Some(wait) = state.limits.blocked(ip)
     {
@@ -205,27 +230,16 @@ pub async fn require_key(
             retry_after_s: limits::retry_after_secs(wait),
         });
     }
-    let header = request
-        .headers()
-        .get(AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default();
-    let verified = match header.strip_prefix("Bearer ").map(str::trim) {
+    let (mut caller, key_rate) = match header.strip_prefix("Bearer ").map(str::trim) {
         Some(token) if task_token::is_task_token(token) => {
-            task_token::authenticate(&state, token, state.clock.now()).map(|c| (c, None))
+            task_token::authenticate(state, token, state.clock.now()).map(|c| (c, None))?
         }
-        Some(token) => verify(&state, token, state.clock.now()).await,
-        None => Err(ApiError::Unauthenticated(
-            "this route needs an API key: send `Authorization: Bearer flt_…`".to_owned(),
-        )),
-    };
-    let (mut caller, key_rate) = match verified {
-        Ok(verified) => verified,
-        Err(e @ ApiError::Unauthenticated(_)) => {
-            auth_failed(&state, source, header, request.uri().path()).await;
-            return Err(e);
+        Some(token) => verify(state, token, state.clock.now()).await?,
+        None => {
+            return Err(ApiError::Unauthenticated(
+                "this route needs an API key: send `Authorization: Bearer flt_…`".to_owned(),
+            ));
         }
-        Err(e) => return Err(e),
     };
     caller.source = source;
     let defaults = state.config.rate_limits;
@@ -245,8 +259,7 @@ pub async fn require_key(
             message: format!("rate limit exceeded: {}; retry later", limited.what),
             retry_after_s: limits::retry_after_secs(limited.retry_after),
         })?;
-    request.extensions_mut().insert(caller);
-    Ok(next.run(request).await)
+    Ok(caller)
 }
 
 /// Records a failed authentication: counted against the source, and audited with the key's
