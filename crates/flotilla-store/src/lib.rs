@@ -9,13 +9,17 @@
 use async_trait::async_trait;
 use flotilla_core::Timestamp;
 use flotilla_core::agent::{AgentInstance, AgentStatus};
+use flotilla_core::audit::{AuditEntry, NewAuditEntry};
 use flotilla_core::auth::ApiKeyRecord;
 use flotilla_core::event::{Event, EventKind, NewEvent};
 use flotilla_core::id::{AgentId, TaskId, TenantId};
+use flotilla_core::rate::Rate;
 use flotilla_core::task::{AttemptEnd, NewTask, Task, TaskStatus};
+use flotilla_core::tenant::Tenant;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+mod access;
 mod postgres;
 mod rows;
 mod secrets;
@@ -37,6 +41,9 @@ pub enum StoreError {
     /// A stored row could not be read back into its type (a bug or a hand-edited database).
     #[error("corrupt row: {0}")]
     Corrupt(String),
+    /// The change conflicts with stored data (e.g. a name that must be unique is taken).
+    #[error("{0}")]
+    Conflict(String),
 }
 
 impl StoreError {
@@ -48,7 +55,7 @@ impl StoreError {
                 sqlx::Error::Database(_) | sqlx::Error::Encode(_) | sqlx::Error::Decode(_),
             ) => false,
             StoreError::Database(_) => true,
-            StoreError::Migrate(_) | StoreError::Corrupt(_) => false,
+            StoreError::Migrate(_) | StoreError::Corrupt(_) | StoreError::Conflict(_) => false,
         }
     }
 }
@@ -122,6 +129,16 @@ pub struct EventFilter {
     pub limit: u32,
 }
 
+/// Filter and page of `list_audit`: entries in sequence order (oldest first).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct AuditFilter {
+    /// Only entries after this sequence number.
+    pub after: Option<i64>,
+    pub tenant_id: Option<TenantId>,
+    pub action: Option<String>,
+    pub limit: u32,
+}
+
 /// Everything Flotilla persists. Implementations must be safe to share between tasks.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
@@ -139,6 +156,34 @@ pub trait Store: Send + Sync + 'static {
     async fn insert_api_key(&self, key: &ApiKeyRecord) -> StoreResult<()>;
     async fn get_api_key(&self, id: &str) -> StoreResult<Option<ApiKeyRecord>>;
     async fn count_api_keys(&self) -> StoreResult<u64>;
+    /// Creates a tenant; false when its name is taken.
+    async fn create_tenant(&self, tenant: &Tenant) -> StoreResult<bool>;
+    async fn get_tenant(&self, id: TenantId) -> StoreResult<Option<Tenant>>;
+    /// Every tenant, by name.
+    async fn list_tenants(&self) -> StoreResult<Vec<Tenant>>;
+    /// Renames and/or sets the rate limit (`Some(None)` clears it); `None` when there is no such
+    /// tenant, [`StoreError::Conflict`] when the name is taken.
+    async fn update_tenant(
+        &self,
+        id: TenantId,
+        name: Option<&str>,
+        rate_limit: Option<Option<Rate>>,
+    ) -> StoreResult<Option<Tenant>>;
+    /// Keys of one tenant (or of all), oldest first.
+    async fn list_api_keys(&self, tenant: Option<TenantId>) -> StoreResult<Vec<ApiKeyRecord>>;
+    /// Revokes a key (of `tenant`, when given) at `now`, unless it already was; returns the key,
+    /// or `None` when there is no such key.
+    async fn revoke_api_key(
+        &self,
+        tenant: Option<TenantId>,
+        id: &str,
+        now: Timestamp,
+    ) -> StoreResult<Option<ApiKeyRecord>>;
+
+    // --- audit log ---
+    /// Appends entries to the hash chain, in order, and returns them chained.
+    async fn append_audit(&self, entries: &[NewAuditEntry]) -> StoreResult<Vec<AuditEntry>>;
+    async fn list_audit(&self, filter: &AuditFilter) -> StoreResult<Vec<AuditEntry>>;
 
     // --- tasks ---
     /// Inserts tasks in one transaction, in order. A task whose (tenant, idempotency key) exists

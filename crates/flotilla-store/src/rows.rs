@@ -30,7 +30,7 @@ pub(crate) fn from_micros(v: i64) -> StoreResult<Timestamp> {
         .ok_or_else(|| StoreError::Corrupt(format!("timestamp {v} µs is out of range")))
 }
 
-fn from_micros_opt(v: Option<i64>) -> StoreResult<Option<Timestamp>> {
+pub(crate) fn from_micros_opt(v: Option<i64>) -> StoreResult<Option<Timestamp>> {
     v.map(from_micros).transpose()
 }
 
@@ -159,6 +159,7 @@ pub(crate) struct ApiKeyRow {
     created_at: i64,
     expires_at: Option<i64>,
     revoked_at: Option<i64>,
+    rate_limit: Option<String>,
 }
 
 impl ApiKeyRow {
@@ -175,6 +176,7 @@ impl ApiKeyRow {
             created_at: from_micros(self.created_at)?,
             expires_at: from_micros_opt(self.expires_at)?,
             revoked_at: from_micros_opt(self.revoked_at)?,
+            rate_limit: crate::access::rate(self.rate_limit.as_deref(), &self.id)?,
             id: self.id,
         })
     }

@@ -12,15 +12,19 @@ use crate::rows::{
 };
 use crate::secrets::{SealedSecret, SecretCursor, SecretSummary, WrappedSecretKey};
 use crate::{
-    Cancelled, EventFilter, Inserted, Requeued, Store, StoreError, StoreResult, TaskFilter,
+    AuditFilter, Cancelled, EventFilter, Inserted, Requeued, Store, StoreError, StoreResult,
+    TaskFilter,
 };
 use async_trait::async_trait;
 use flotilla_core::Timestamp;
 use flotilla_core::agent::{AgentInstance, AgentStatus};
+use flotilla_core::audit::{AuditEntry, NewAuditEntry};
 use flotilla_core::auth::ApiKeyRecord;
 use flotilla_core::event::{Event, NewEvent};
 use flotilla_core::id::{AgentId, TaskId, TenantId};
+use flotilla_core::rate::Rate;
 use flotilla_core::task::{AttemptEnd, Lease, NewTask, Task, TaskStatus};
+use flotilla_core::tenant::Tenant;
 use sqlx::migrate::Migrator;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
@@ -32,6 +36,7 @@ use std::path::Path;
 use std::time::Duration;
 use uuid::Uuid;
 
+mod access;
 mod events;
 mod secrets;
 
@@ -201,8 +206,8 @@ impl Store for SqliteStore {
     async fn insert_api_key(&self, key: &ApiKeyRecord) -> StoreResult<()> {
         let mut tx = self.write_tx().await?;
         sqlx::query(
-            "INSERT INTO api_keys (id, tenant_id, role, name, secret_hash, created_at, expires_at, revoked_at) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            "INSERT INTO api_keys (id, tenant_id, role, name, secret_hash, created_at, expires_at, revoked_at, rate_limit) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
         )
         .bind(&key.id)
         .bind(key.tenant_id.0)
@@ -212,6 +217,7 @@ impl Store for SqliteStore {
         .bind(micros(key.created_at))
         .bind(micros_opt(key.expires_at))
         .bind(micros_opt(key.revoked_at))
+        .bind(key.rate_limit.map(|r| r.to_string()))
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
@@ -220,7 +226,7 @@ impl Store for SqliteStore {
 
     async fn get_api_key(&self, id: &str) -> StoreResult<Option<ApiKeyRecord>> {
         sqlx::query_as::<_, ApiKeyRow>(
-            "SELECT id, tenant_id, role, name, secret_hash, created_at, expires_at, revoked_at \
+            "SELECT id, tenant_id, role, name, secret_hash, created_at, expires_at, revoked_at, rate_limit \
              FROM api_keys WHERE id = ?1",
         )
         .bind(id)
@@ -235,6 +241,48 @@ impl Store for SqliteStore {
             .fetch_one(&self.reader)
             .await?;
         count("api key count", n)
+    }
+
+    async fn create_tenant(&self, tenant: &Tenant) -> StoreResult<bool> {
+        access::create_tenant(self, tenant).await
+    }
+
+    async fn get_tenant(&self, id: TenantId) -> StoreResult<Option<Tenant>> {
+        access::get_tenant(self, id).await
+    }
+
+    async fn list_tenants(&self) -> StoreResult<Vec<Tenant>> {
+        access::list_tenants(self).await
+    }
+
+    async fn update_tenant(
+        &self,
+        id: TenantId,
+        name: Option<&str>,
+        rate_limit: Option<Option<Rate>>,
+    ) -> StoreResult<Option<Tenant>> {
+        access::update_tenant(self, id, name, rate_limit).await
+    }
+
+    async fn list_api_keys(&self, tenant: Option<TenantId>) -> StoreResult<Vec<ApiKeyRecord>> {
+        access::list_keys(self, tenant).await
+    }
+
+    async fn revoke_api_key(
+        &self,
+        tenant: Option<TenantId>,
+        id: &str,
+        now: Timestamp,
+    ) -> StoreResult<Option<ApiKeyRecord>> {
+        access::revoke_key(self, tenant, id, now).await
+    }
+
+    async fn append_audit(&self, entries: &[NewAuditEntry]) -> StoreResult<Vec<AuditEntry>> {
+        access::append_audit(self, entries).await
+    }
+
+    async fn list_audit(&self, filter: &AuditFilter) -> StoreResult<Vec<AuditEntry>> {
+        access::list_audit(self, filter).await
     }
 
     async fn insert_tasks(&self, tasks: &[NewTask]) -> StoreResult<Vec<Inserted>> {
