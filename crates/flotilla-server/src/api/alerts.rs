@@ -5,6 +5,7 @@ use crate::alerts::AlertList;
 use crate::api::error::ApiError;
 use crate::api::extract::{JsonBody, QueryParams, parse_id};
 use crate::app::AppState;
+use crate::audit::AuditEvent;
 use crate::auth::Caller;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -80,6 +81,14 @@ pub async fn create_silence(
         comment: body.comment,
         created_by: caller.key_id.clone(),
     };
+    state
+        .audit
+        .record(AuditEvent::by(
+            &caller,
+            "alert.silence",
+            format!("silence {} of {}", silence.id, silence.rule),
+        ))
+        .await?;
     state.alerts.silence(silence.clone());
     Ok((StatusCode::CREATED, Json(silence)))
 }
@@ -107,11 +116,19 @@ pub async fn delete_silence(
 ) -> Result<Json<Silence>, ApiError> {
     caller.require(Permission::SilenceAlerts, "silence alerts")?;
     let id: uuid::Uuid = parse_id(&id, "silence")?;
-    state
+    let ended = state
         .alerts
         .unsilence(id)
-        .map(Json)
-        .ok_or_else(|| ApiError::NotFound(format!("no silence {id}")))
+        .ok_or_else(|| ApiError::NotFound(format!("no silence {id}")))?;
+    state
+        .audit
+        .record(AuditEvent::by(
+            &caller,
+            "alert.unsilence",
+            format!("silence {id} of {}", ended.rule),
+        ))
+        .await?;
+    Ok(Json(ended))
 }
 
 /// Pending and firing alerts, firing first, with their values and since when.
