@@ -576,11 +576,25 @@ async fn agent_registrations_and_heartbeats_are_validated() {
             "metadata",
         ),
         (json!({"type": "echo", "capacity": 1}), "url"),
+        // Header and log-line injection through metadata.
+        (
+            json!({"type": "echo", "url": "http://127.0.0.1:9", "capacity": 1,
+                   "metadata": {"variant": "a\r\nX-Injected: 1"}}),
+            "metadata",
+        ),
+        (
+            json!({"type": "echo", "url": "http://127.0.0.1:9", "capacity": 1,
+                   "metadata": {"bad\nkey": "v"}}),
+            "metadata",
+        ),
     ];
     for (body, field) in cases {
         let answer = send(admin(&server, Method::POST, "/v1/agents").json(&body)).await;
         answer.assert_error(400, "invalid_field", Some(field));
     }
+    // None of them registered anything.
+    let agents = server.client.list_agents().await.unwrap();
+    assert!(agents.agents.is_empty(), "{:?}", agents.agents);
     let id = server.register_url("http://127.0.0.1:9", POOL, 1).await;
     let path = format!("/v1/agents/{id}/heartbeat");
     for (body, field) in [

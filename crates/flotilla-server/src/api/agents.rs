@@ -20,6 +20,22 @@ use flotilla_core::wire::{
 };
 use rand::RngCore;
 
+/// Largest agent metadata accepted, as JSON text.
+const MAX_METADATA_BYTES: usize = 16 * 1024;
+
+/// True when a key or string value holds a control character (CR, LF, tab, …).
+fn contains_control(value: &serde_json::Value) -> bool {
+    let control = |s: &str| s.chars().any(char::is_control);
+    match value {
+        serde_json::Value::String(s) => control(s),
+        serde_json::Value::Array(items) => items.iter().any(contains_control),
+        serde_json::Value::Object(map) => {
+            map.iter().any(|(k, v)| control(k) || contains_control(v))
+        }
+        _ => false,
+    }
+}
+
 pub(super) fn routes() -> Router<AppState> {
     Router::new()
         .route("/agents", post(register).get(list))
@@ -65,10 +81,16 @@ pub async fn register(
         ));
     }
     let metadata = body.metadata.unwrap_or_else(|| serde_json::json!({}));
-    if !metadata.is_object() || contains_nul(&metadata) {
+    // Metadata reaches logs, events, labels and the dashboards; control characters (CR/LF
+    // header or log-line injection) and oversized blobs are refused.
+    if !metadata.is_object()
+        || contains_nul(&metadata)
+        || contains_control(&metadata)
+        || metadata.to_string().len() > MAX_METADATA_BYTES
+    {
         return Err(ApiError::invalid_field(
             "metadata",
-            "`metadata` must be a JSON object without the character U+0000",
+            "`metadata` must be a JSON object of at most 16 KiB without control characters",
         ));
     }
     if body
