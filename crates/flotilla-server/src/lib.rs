@@ -26,6 +26,7 @@ use crate::scheduler::dispatcher::Dispatchers;
 use flotilla_core::auth::Role;
 use flotilla_core::config::Config;
 use flotilla_core::config::Provisioner;
+use flotilla_core::id::TenantId;
 use flotilla_store::{DynStore, StoreError};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -58,6 +59,9 @@ pub enum ServerError {
     /// The HTTP client for agents could not be built.
     #[error("cannot build the HTTP client: {0}")]
     Http(#[from] reqwest::Error),
+    /// `[agents_tls]` could not be used, or the HTTP client for agents could not be built.
+    #[error(transparent)]
+    AgentsHttp(#[from] scheduler::dispatch::AgentClientError),
     /// The `[tls]` certificate, key or client CA could not be used.
     #[error(transparent)]
     Tls(#[from] tls::TlsError),
@@ -86,6 +90,9 @@ pub struct RunningServer {
     writers: TaskTracker,
     stop_writers: CancellationToken,
 }
+
+/// Name of the key the local provisioner's agents register with (one per start).
+const LOCAL_AGENT_KEY: &str = "local provisioner";
 
 /// Opens nothing itself: takes a migrated store, binds the listener and starts every loop.
 pub async fn start(
@@ -133,6 +140,8 @@ pub async fn start(
 
     // TLS files are read before anything listens, so that a bad file stops the start.
     let tls_config = config.tls.as_ref().map(tls::server_config).transpose()?;
+    // So are `[agents_tls]`'s, which the client for agents (dispatch, health checks) uses.
+    let agents_http = scheduler::dispatch::http_client(config.agents_tls.as_ref())?;
     let scheme = if tls_config.is_some() {
         "https"
     } else {
@@ -156,8 +165,15 @@ pub async fn start(
         .iter()
         .any(|p| matches!(p.provisioner, Provisioner::Local { .. }))
     {
+        // The agents a previous start spawned died with it; so does their key. (One control
+        // plane runs local pools: several replicas would each spawn their own agents.)
+        for old in store.list_api_keys(Some(TenantId::DEFAULT)).await? {
+            if old.name == LOCAL_AGENT_KEY && old.revoked_at.is_none() {
+                store.revoke_api_key(None, &old.id, now).await?;
+            }
+        }
         let agent_key =
-            create_internal_key(store.as_ref(), Role::Agent, "local provisioner", now).await?;
+            create_internal_key(store.as_ref(), Role::Agent, LOCAL_AGENT_KEY, now).await?;
         let host = if addr.ip().is_unspecified() {
             std::net::IpAddr::from([127, 0, 0, 1])
         } else {
@@ -221,7 +237,7 @@ pub async fn start(
         intake,
         completions,
         dispatchers: Arc::new(Dispatchers::new(shutdown.clone())),
-        http: scheduler::dispatch::http_client()?,
+        http: agents_http,
         task_token_key: Arc::new(flotilla_core::task_token::TokenKey::new(
             vault.master().derive("task-token"),
         )),

@@ -571,4 +571,20 @@ async fn a_killed_server_leaves_no_agent_behind() {
         "agents gone {:?} after the server was killed",
         killed.elapsed()
     );
+
+    // The next start spawns new agents with a new key and revokes the dead agents' key.
+    fleet.server.restart().await.expect("restart");
+    fleet.wait_for_size(2, Duration::from_secs(15)).await;
+    let keys = fleet.client.list_keys(None).await.unwrap().keys;
+    let local: Vec<_> = keys
+        .iter()
+        .filter(|k| k.name == "local provisioner")
+        .collect();
+    assert_eq!(local.len(), 2, "{local:?}");
+    assert_eq!(
+        local.iter().filter(|k| k.revoked_at.is_none()).count(),
+        1,
+        "{local:?}"
+    );
+    fleet.server.terminate().await.expect("server stops");
 }
