@@ -228,6 +228,8 @@ impl Route {
 /// each with a key of every role.
 struct World {
     server: TestServer,
+    /// Holds the vault's master key file (PostgreSQL has no embedded one).
+    _dir: tempfile::TempDir,
     b: TenantId,
     keys_a: Vec<(Role, String)>,
     keys_b: Vec<(Role, String)>,
@@ -242,7 +244,14 @@ struct Call {
 
 impl World {
     async fn new(backend: Backend, settings: Settings) -> World {
-        let server = TestServer::start(backend, settings.pool(QUEUED)).await;
+        let dir = tempfile::tempdir().unwrap();
+        let key_file = dir.path().join("master.key");
+        std::fs::write(&key_file, format!("{}\n", "ab".repeat(32))).unwrap();
+        let settings = settings.pool(QUEUED).raw(&format!(
+            "[vault]\nmaster_key_file = \"{}\"",
+            key_file.display()
+        ));
+        let server = TestServer::start(backend, settings).await;
         let b = Tenant {
             id: TenantId(uuid::Uuid::now_v7()),
             name: "tenant b".into(),
@@ -258,6 +267,7 @@ impl World {
         }
         World {
             server,
+            _dir: dir,
             b: b.id,
             keys_a,
             keys_b,

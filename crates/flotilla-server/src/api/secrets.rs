@@ -20,7 +20,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use flotilla_core::auth::{Permission, Role};
+use flotilla_core::auth::Permission;
 use flotilla_core::id::TenantId;
 use flotilla_core::wire::{
     ErrorBody, PutSecret, RewrapReport, RotateSecret, SecretDeleted, SecretList, SecretValue,
@@ -115,19 +115,6 @@ impl fmt::Debug for ValueAnswer<'_> {
     }
 }
 
-/// The tenant a request acts on: the caller's, or (admins only) the one named by `?tenant=`.
-fn target_tenant(caller: &Caller, requested: Option<TenantId>) -> Result<TenantId, ApiError> {
-    match requested {
-        Some(tenant) if tenant != caller.tenant_id && caller.role != Role::Admin => {
-            Err(ApiError::Forbidden(
-                "only an admin key may act on another tenant (`tenant`)".to_owned(),
-            ))
-        }
-        Some(tenant) => Ok(tenant),
-        None => Ok(caller.tenant_id),
-    }
-}
-
 fn secret_path(text: &str) -> Result<SecretPath, ApiError> {
     SecretPath::parse(text).map_err(|e| ApiError::invalid_field("path", e.0))
 }
@@ -204,7 +191,7 @@ pub async fn read(
     QueryParams(query): QueryParams<ReadQuery>,
 ) -> Result<Response, ApiError> {
     caller.require(Permission::ReadSecrets, "read secrets")?;
-    let tenant = target_tenant(&caller, query.tenant)?;
+    let tenant = caller.scope_id(query.tenant)?;
     let path = secret_path(&path)?;
     let secret = state.vault.get(tenant, &path, query.version).await?;
     state
@@ -238,7 +225,7 @@ pub async fn write(
     SecretBody(body): SecretBody<PutBody>,
 ) -> Result<(StatusCode, Json<SecretWritten>), ApiError> {
     caller.require(Permission::WriteSecrets, "write secrets")?;
-    let tenant = target_tenant(&caller, query.tenant)?;
+    let tenant = caller.scope_id(query.tenant)?;
     let path = secret_path(&path)?;
     let written = state
         .vault
@@ -289,7 +276,7 @@ pub async fn rotate(
         )));
     };
     caller.require(Permission::WriteSecrets, "rotate secrets")?;
-    let tenant = target_tenant(&caller, query.tenant)?;
+    let tenant = caller.scope_id(query.tenant)?;
     let path = secret_path(path)?;
     // Rotation replaces an existing secret; creating one is a PUT.
     state.vault.get(tenant, &path, None).await?;
@@ -348,7 +335,7 @@ pub async fn remove(
     QueryParams(query): QueryParams<TenantQuery>,
 ) -> Result<Json<SecretDeleted>, ApiError> {
     caller.require(Permission::WriteSecrets, "delete secrets")?;
-    let tenant = target_tenant(&caller, query.tenant)?;
+    let tenant = caller.scope_id(query.tenant)?;
     let path = secret_path(&path)?;
     let versions = state.vault.delete(tenant, &path, state.clock.now()).await?;
     state
@@ -374,7 +361,7 @@ pub async fn list(
     QueryParams(query): QueryParams<ListQuery>,
 ) -> Result<Json<SecretList>, ApiError> {
     caller.require(Permission::ListSecrets, "list secrets")?;
-    let tenant = target_tenant(&caller, query.tenant)?;
+    let tenant = caller.scope_id(query.tenant)?;
     let prefix = query.prefix.unwrap_or_default();
     if prefix.len() > crate::vault::path::MAX_PATH_LEN
         || !prefix

@@ -70,18 +70,32 @@ impl Caller {
     /// The tenant a request acts on: the caller's own, or with `?tenant=` another one, which only
     /// admin keys may name.
     pub fn scope(&self, requested: Option<&str>) -> Result<TenantId, ApiError> {
-        let Some(text) = requested else {
-            return Ok(self.tenant_id);
-        };
-        let tenant: TenantId = text.parse().map_err(|_| {
-            ApiError::invalid_field("tenant", format!("`{text}` is not a tenant id (a UUID)"))
-        })?;
-        if tenant == self.tenant_id || (self.role == Role::Admin && self.task.is_none()) {
-            Ok(tenant)
-        } else {
-            Err(ApiError::Forbidden(
+        let requested = requested
+            .map(|text| {
+                text.parse::<TenantId>().map_err(|_| {
+                    ApiError::invalid_field(
+                        "tenant",
+                        format!("`{text}` is not a tenant id (a UUID)"),
+                    )
+                })
+            })
+            .transpose()?;
+        self.scope_id(requested)
+    }
+
+    /// [`Caller::scope`] with the tenant already parsed.
+    pub fn scope_id(&self, requested: Option<TenantId>) -> Result<TenantId, ApiError> {
+        match requested {
+            None => Ok(self.tenant_id),
+            Some(tenant)
+                if tenant == self.tenant_id
+                    || (self.role == Role::Admin && self.task.is_none()) =>
+            {
+                Ok(tenant)
+            }
+            Some(_) => Err(ApiError::Forbidden(
                 "only admin keys may act on another tenant (`tenant`)".to_owned(),
-            ))
+            )),
         }
     }
 }
