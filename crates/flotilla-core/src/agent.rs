@@ -90,8 +90,9 @@ impl FromStr for AgentStatus {
     }
 }
 
-/// A registered agent instance as the store keeps it and the API shows it.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+/// A registered agent instance as the store keeps it and the API shows it. `Debug` leaves out
+/// the signing secret.
+#[derive(Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AgentInstance {
     pub id: AgentId,
     pub agent_type: String,
@@ -118,6 +119,27 @@ pub struct AgentInstance {
     /// Share of its attempts in the statistics window that succeeded (none without attempts).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub success_rate: Option<f64>,
+}
+
+impl std::fmt::Debug for AgentInstance {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AgentInstance")
+            .field("id", &self.id)
+            .field("agent_type", &self.agent_type)
+            .field("url", &self.url)
+            .field("capacity", &self.capacity)
+            .field("load", &self.load)
+            .field("weight", &self.weight)
+            .field("status", &self.status)
+            .field("version", &self.version)
+            .field("metadata", &self.metadata)
+            .field("signing_secret", &"<redacted>")
+            .field("last_heartbeat", &self.last_heartbeat)
+            .field("created_at", &self.created_at)
+            .field("latency_ms", &self.latency_ms)
+            .field("success_rate", &self.success_rate)
+            .finish()
+    }
 }
 
 /// True when an instance's heartbeats are overdue and it must be marked failed.
