@@ -11,7 +11,9 @@
 pub mod runtime;
 pub mod simulated;
 
-pub use runtime::{AgentRuntimeError, AgentSecurity, RunningAgent, RuntimeConfig, run, start};
+pub use runtime::{
+    AgentRuntimeError, AgentSecurity, RunningAgent, RuntimeConfig, ServerTls, run, start,
+};
 pub use simulated::{Latency, SimulatedAgent, SimulationError};
 
 use flotilla_core::wire::{ExecuteRequest, ExecuteResponse};

@@ -35,6 +35,7 @@ async fn start_agent(
         version: None,
         security: AgentSecurity {
             max_signature_skew: max_skew,
+            ..AgentSecurity::default()
         },
     };
     let shutdown = CancellationToken::new();

@@ -27,6 +27,10 @@ pub enum ClientError {
     /// The API key cannot be sent in an HTTP header (the message never contains the key).
     #[error("invalid API key: {0}")]
     InvalidKey(&'static str),
+    /// The TLS settings are unusable: a CA, certificate or key file is missing or malformed (the
+    /// message names the file, never a key's contents).
+    #[error("TLS settings: {0}")]
+    Tls(String),
 }
 
 impl ClientError {
@@ -100,9 +104,44 @@ fn with_causes(error: &reqwest::Error) -> String {
             text.push_str(": ");
             text.push_str(&cause_text);
         }
+        if let Some(hint) = tls_hint(cause) {
+            text.push_str(hint);
+        }
         source = cause.source();
     }
     text
+}
+
+/// What to do about a failed TLS handshake, when a cause is one. rustls errors arrive wrapped
+/// in `io::Error`s, whose `source()` skips what they wrap, so those are unwrapped here.
+fn tls_hint(cause: &(dyn std::error::Error + 'static)) -> Option<&'static str> {
+    use rustls::{AlertDescription, Error};
+    // The connector wraps the handshake's error in two `io::Error`s.
+    let mut cause = cause;
+    let tls = loop {
+        if let Some(tls) = cause.downcast_ref::<Error>() {
+            break tls;
+        }
+        cause = cause
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())?;
+    };
+    match tls {
+        Error::InvalidCertificate(_) => Some(
+            " (the server's TLS certificate is not signed by a CA this client trusts: give the \
+             CA's certificate with --ca-file or FLOTILLA_CA_FILE)",
+        ),
+        Error::AlertReceived(
+            AlertDescription::CertificateRequired
+            | AlertDescription::BadCertificate
+            | AlertDescription::UnknownCA
+            | AlertDescription::HandshakeFailure,
+        ) => Some(
+            " (the server requires a client certificate signed by a CA it trusts: give one with \
+             --client-cert and --client-key, or FLOTILLA_CLIENT_CERT and FLOTILLA_CLIENT_KEY)",
+        ),
+        _ => None,
+    }
 }
 
 /// The start of `text`, cut at a character boundary.

@@ -11,9 +11,11 @@
 mod access;
 mod error;
 mod secrets;
+mod tls;
 
 pub use error::ClientError;
 pub use flotilla_core::wire::ErrorDetail;
+pub use tls::TlsOptions;
 
 use flotilla_core::agent::AgentInstance;
 use flotilla_core::id::{AgentId, TaskId};
@@ -74,6 +76,20 @@ impl Client {
     /// A client of the control plane at `base_url` (`http://host:port`, optionally with a path
     /// prefix), sending `key` as a bearer token when given.
     pub fn new(base_url: &str, key: Option<String>) -> Result<Client, ClientError> {
+        Client::with_tls(base_url, key, &TlsOptions::default())
+    }
+
+    /// Like [`Client::new`], trusting the CAs of `tls.ca_file` for `https` URLs and presenting
+    /// `tls`'s client certificate to a server that requires one (mutual TLS).
+    ///
+    /// The client trusts no CA by default (there are no built-in roots), so an `https` control
+    /// plane needs `ca_file`. The files are read here; an unreadable or malformed one is a
+    /// [`ClientError::Tls`] naming it.
+    pub fn with_tls(
+        base_url: &str,
+        key: Option<String>,
+        tls: &TlsOptions,
+    ) -> Result<Client, ClientError> {
         let parsed = reqwest::Url::parse(base_url)
             .map_err(|e| ClientError::InvalidUrl(format!("`{base_url}`: {e}")))?;
         if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
@@ -97,7 +113,8 @@ impl Client {
             headers.insert(AUTHORIZATION, value);
         }
 
-        let http = reqwest::Client::builder()
+        let builder = tls.apply(reqwest::Client::builder())?;
+        let http = builder
             .default_headers(headers)
             .tcp_nodelay(true)
             .connect_timeout(CONNECT_TIMEOUT)

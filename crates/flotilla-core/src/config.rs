@@ -5,12 +5,14 @@
 //! `FLOTILLA_<SECTION>__<KEY>` environment variables, then command-line flags. The caller reads
 //! the file and the environment and hands them in, so loading is a pure function.
 
+mod agents_tls;
 mod alerting;
 mod limits;
 mod pool;
 mod tls;
 mod vault;
 
+pub use agents_tls::{AgentsTls, AgentsTlsSection, ClientCertificate};
 pub use alerting::{
     AlertSection, Alerting, AlertingSection, Email, EmailSection, SmtpTls, Webhook, WebhookFormat,
     WebhookSection,
@@ -44,6 +46,7 @@ pub struct ConfigFile {
     pub vault: VaultSection,
     pub rate_limits: RateLimitsSection,
     pub tls: TlsSection,
+    pub agents_tls: AgentsTlsSection,
     /// Alert rules (besides the classic defaults unless `alerting.default_rules = false`).
     pub alerts: Vec<AlertSection>,
     /// Agent pools. A task's `agent_type` must name a pool or the type of a registered instance.
@@ -186,6 +189,8 @@ pub struct Config {
     pub rate_limits: RateLimits,
     /// TLS on the API listener; plain HTTP when `None`.
     pub tls: Option<Tls>,
+    /// TLS towards agents (`https` agent URLs, client certificate); `None`: plain HTTP only.
+    pub agents_tls: Option<AgentsTls>,
     pub pools: Vec<Pool>,
 }
 
@@ -465,6 +470,7 @@ pub fn validate(raw: ConfigFile) -> Result<Config, ConfigError> {
         vault: vault::validate(&raw.vault)?,
         rate_limits: limits::validate(&raw.rate_limits)?,
         tls: tls::validate(&raw.tls)?,
+        agents_tls: agents_tls::validate(&raw.agents_tls)?,
         pools,
     })
 }

@@ -376,7 +376,7 @@ async fn latency(settings: &Settings) -> Result<Vec<Row>> {
         .first()
         .map(|a| a.url.clone())
         .ok_or_else(|| anyhow!("no agent started"))?;
-    let direct_http = dispatch::http_client()?;
+    let direct_http = dispatch::http_client(None)?;
     // Direct calls are signed like the control plane's, with the instance's secret.
     let agent_secret: Arc<str> = plane
         .store

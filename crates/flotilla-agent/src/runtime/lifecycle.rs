@@ -287,7 +287,7 @@ fn is_permanent(error: &ClientError) -> bool {
         ClientError::Api { status, .. } => {
             (400..500).contains(status) && !matches!(status, 408 | 429)
         }
-        ClientError::InvalidUrl(_) | ClientError::InvalidKey(_) => true,
+        ClientError::InvalidUrl(_) | ClientError::InvalidKey(_) | ClientError::Tls(_) => true,
         ClientError::Transport(_) | ClientError::Decode(_) => false,
     }
 }

@@ -12,9 +12,10 @@ mod gate;
 mod lifecycle;
 mod server;
 mod signature;
+mod tls;
 
 use crate::Agent;
-use flotilla_client::{Client, ClientError};
+use flotilla_client::{Client, ClientError, TlsOptions};
 use flotilla_core::id::AgentId;
 use flotilla_core::wire::RegisterAgent;
 use gate::Gate;
@@ -27,6 +28,8 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+
+pub use tls::ServerTls;
 
 /// Limit on one call to the control plane, so that a hung control plane cannot stall a
 /// heartbeat past the next one or a shutdown for long.
@@ -41,8 +44,9 @@ pub struct RuntimeConfig {
     pub capacity: u32,
     /// Address of the HTTP listener; port 0 picks a free port.
     pub listen: SocketAddr,
-    /// URL the control plane reaches the instance at; default `http://{bound address}` (with
-    /// `127.0.0.1` in place of an unspecified address such as `0.0.0.0`).
+    /// URL the control plane reaches the instance at; default `http://{bound address}`, or
+    /// `https://…` with [`AgentSecurity::server_tls`] (with `127.0.0.1` in place of an
+    /// unspecified address such as `0.0.0.0`).
     pub advertise_url: Option<String>,
     /// Base URL of the control plane, e.g. `http://127.0.0.1:8080`.
     pub control_plane: String,
@@ -67,12 +71,20 @@ pub struct AgentSecurity {
     /// clock (default five minutes); accepted signatures are remembered this long so that a
     /// replay is refused.
     pub max_signature_skew: Duration,
+    /// TLS on the instance's listener, optionally requiring the control plane's client
+    /// certificate (mutual TLS); plain HTTP when `None`.
+    pub server_tls: Option<ServerTls>,
+    /// TLS towards the control plane (registration, heartbeats): the CA that signs its
+    /// certificate, and this instance's client certificate when the control plane requires one.
+    pub control_plane_tls: TlsOptions,
 }
 
 impl Default for AgentSecurity {
     fn default() -> Self {
         AgentSecurity {
             max_signature_skew: flotilla_core::signature::DEFAULT_MAX_SKEW,
+            server_tls: None,
+            control_plane_tls: TlsOptions::default(),
         }
     }
 }
@@ -115,6 +127,9 @@ pub enum AgentRuntimeError {
     /// Shutdown was requested before the instance was registered.
     #[error("shut down before the instance was registered")]
     ShutdownBeforeRegistration,
+    /// A TLS certificate, key or CA file is missing or unusable (the message names it).
+    #[error("TLS: {0}")]
+    Tls(String),
     /// The HTTP server failed.
     #[error("the HTTP server failed: {0}")]
     Server(#[source] std::io::Error),
@@ -175,10 +190,21 @@ pub async fn start<A: Agent>(
     shutdown: CancellationToken,
 ) -> Result<RunningAgent, AgentRuntimeError> {
     validate(&config)?;
-    let client = Client::new(&config.control_plane, Some(config.key.clone()))
-        .map_err(|e| AgentRuntimeError::Config(e.to_string()))?
-        .with_request_timeout(CONTROL_PLANE_TIMEOUT);
+    let client = Client::with_tls(
+        &config.control_plane,
+        Some(config.key.clone()),
+        &config.security.control_plane_tls,
+    )
+    .map_err(|e| AgentRuntimeError::Config(e.to_string()))?
+    .with_request_timeout(CONTROL_PLANE_TIMEOUT);
 
+    // Certificates are read before anything listens, so that a bad file stops the start.
+    let tls = config
+        .security
+        .server_tls
+        .as_ref()
+        .map(tls::server_config)
+        .transpose()?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|source| AgentRuntimeError::Bind {
@@ -194,13 +220,14 @@ pub async fn start<A: Agent>(
     let url = config
         .advertise_url
         .clone()
-        .unwrap_or_else(|| advertised_url(addr));
+        .unwrap_or_else(|| advertised_url(addr, tls.is_some()));
 
     let gate = Arc::new(Gate::new(config.capacity));
     let verifier = Arc::new(Verifier::new(config.security.max_signature_skew));
     let server_stop = CancellationToken::new();
     let server = tokio::spawn(server::serve(
         listener,
+        tls,
         server::router(Arc::new(agent), Arc::clone(&gate), Arc::clone(&verifier)),
         server_stop.clone(),
     ));
@@ -264,14 +291,15 @@ fn validate(config: &RuntimeConfig) -> Result<(), AgentRuntimeError> {
     Ok(())
 }
 
-/// `http://{addr}`, naming the loopback address when the listener is bound to all interfaces
-/// (an unspecified address cannot be connected to).
-fn advertised_url(addr: SocketAddr) -> String {
+/// `http://{addr}` (`https` over TLS), naming the loopback address when the listener is bound
+/// to all interfaces (an unspecified address cannot be connected to).
+fn advertised_url(addr: SocketAddr, tls: bool) -> String {
     let ip = match addr.ip() {
         ip if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
         ip => ip,
     };
-    format!("http://{}", SocketAddr::new(ip, addr.port()))
+    let scheme = if tls { "https" } else { "http" };
+    format!("{scheme}://{}", SocketAddr::new(ip, addr.port()))
 }
 
 #[cfg(test)]
@@ -281,8 +309,9 @@ mod tests {
     #[test]
     fn advertised_url_replaces_unspecified_addresses() {
         let any: SocketAddr = SocketAddr::from(([0, 0, 0, 0], 4000));
-        assert_eq!(advertised_url(any), "http://127.0.0.1:4000");
+        assert_eq!(advertised_url(any, false), "http://127.0.0.1:4000");
         let v6: SocketAddr = SocketAddr::from(([0, 0, 0, 0, 0, 0, 0, 1], 4000));
-        assert_eq!(advertised_url(v6), "http://[::1]:4000");
+        assert_eq!(advertised_url(v6, false), "http://[::1]:4000");
+        assert_eq!(advertised_url(any, true), "https://127.0.0.1:4000");
     }
 }

@@ -15,6 +15,7 @@ use flotilla_core::wire::{AgentHealth, ErrorBody, ErrorDetail, ExecuteRequest};
 use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 /// What the handlers share.
 struct AppState<A> {
@@ -44,20 +45,34 @@ pub(crate) fn router<A: Agent>(agent: Arc<A>, gate: Arc<Gate>, verifier: Arc<Ver
         })
 }
 
-/// Serves until `stop` is cancelled, then lets in-flight requests finish.
+/// Serves until `stop` is cancelled, then lets in-flight requests finish; over TLS when `tls`
+/// is given (its handshakes run on their own tasks, which stop with the server).
 pub(crate) async fn serve(
     listener: TcpListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
     router: Router,
     stop: CancellationToken,
 ) -> Result<(), AgentRuntimeError> {
-    // Answers go out at once (no Nagle delay on keep-alive connections, DESIGN.md §7).
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    axum::serve(listener, router)
+    let Some(tls) = tls else {
+        // Answers go out at once (no Nagle delay on keep-alive connections, DESIGN.md §7).
+        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
+        return axum::serve(listener, router)
+            .with_graceful_shutdown(stop.cancelled_owned())
+            .await
+            .map_err(AgentRuntimeError::Server);
+    };
+    let handshakes = TaskTracker::new();
+    let listener = super::tls::listen(listener, tls, &handshakes, stop.clone())
+        .map_err(AgentRuntimeError::Server)?;
+    let served = axum::serve(listener, router)
         .with_graceful_shutdown(stop.cancelled_owned())
         .await
-        .map_err(AgentRuntimeError::Server)
+        .map_err(AgentRuntimeError::Server);
+    handshakes.close();
+    handshakes.wait().await;
+    served
 }
 
 /// `POST /execute`: one attempt of a task.

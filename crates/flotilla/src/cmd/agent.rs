@@ -7,10 +7,12 @@
 //! and `FLOTILLA_KEY`.
 
 use anyhow::Context as _;
-use flotilla_agent::{AgentSecurity, Latency, RuntimeConfig, SimulatedAgent};
+use flotilla_agent::{AgentSecurity, Latency, RuntimeConfig, ServerTls, SimulatedAgent};
+use flotilla_client::TlsOptions;
 use nix::unistd::{Pid, getppid};
 use std::io::Write as _;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
@@ -78,6 +80,56 @@ pub struct AgentArgs {
     )]
     pub signature_max_skew_secs: u64,
 
+    /// PEM certificate chain to serve `/execute` and `/health` over HTTPS (with --tls-key).
+    #[arg(
+        long,
+        env = "FLOTILLA_AGENT_TLS_CERT",
+        value_name = "FILE",
+        requires = "tls_key"
+    )]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key of --tls-cert.
+    #[arg(
+        long,
+        env = "FLOTILLA_AGENT_TLS_KEY",
+        value_name = "FILE",
+        requires = "tls_cert"
+    )]
+    pub tls_key: Option<PathBuf>,
+
+    /// PEM CA certificates: only callers presenting a client certificate they signed (the
+    /// control plane's `agents_tls.cert_file`) may connect (mutual TLS; needs --tls-cert).
+    #[arg(
+        long,
+        env = "FLOTILLA_AGENT_CLIENT_CA",
+        value_name = "FILE",
+        requires = "tls_cert"
+    )]
+    pub client_ca: Option<PathBuf>,
+
+    /// PEM CA certificates to trust for an `https` control plane.
+    #[arg(long, env = "FLOTILLA_CA_FILE", value_name = "FILE")]
+    pub ca_file: Option<PathBuf>,
+
+    /// PEM client certificate presented to the control plane (its `tls.client_ca_file`).
+    #[arg(
+        long,
+        env = "FLOTILLA_CLIENT_CERT",
+        value_name = "FILE",
+        requires = "client_key"
+    )]
+    pub client_cert: Option<PathBuf>,
+
+    /// PEM private key of --client-cert.
+    #[arg(
+        long,
+        env = "FLOTILLA_CLIENT_KEY",
+        value_name = "FILE",
+        requires = "client_cert"
+    )]
+    pub client_key: Option<PathBuf>,
+
     /// Name the control plane gave this process when it spawned it, reported at registration
     /// (metadata `instance`) so that the registered instance maps to the process.
     #[arg(long, env = "FLOTILLA_INSTANCE_NAME", value_name = "NAME")]
@@ -118,6 +170,20 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         version: Some(env!("CARGO_PKG_VERSION").to_owned()),
         security: AgentSecurity {
             max_signature_skew: Duration::from_secs(args.signature_max_skew_secs),
+            server_tls: match (args.tls_cert, args.tls_key) {
+                (Some(cert_file), Some(key_file)) => Some(ServerTls {
+                    cert_file,
+                    key_file,
+                    client_ca_file: args.client_ca,
+                }),
+                // clap requires both or neither.
+                _ => None,
+            },
+            control_plane_tls: TlsOptions {
+                ca_file: args.ca_file,
+                client_cert: args.client_cert,
+                client_key: args.client_key,
+            },
         },
     };
 
@@ -142,19 +208,25 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         }
     });
 
+    let scheme = if config.security.server_tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     let work = async {
         let running = match flotilla_agent::start(agent, config, shutdown.clone()).await {
             Ok(running) => running,
             Err(flotilla_agent::AgentRuntimeError::ShutdownBeforeRegistration) => return Ok(()),
             Err(e) => return Err(e).context("the agent could not start"),
         };
+        let listening_url = format!("{scheme}://{}", running.addr);
         {
             // Tests and scripts wait for this exact line (see flotilla-testkit's AgentProcess).
             let mut stdout = std::io::stdout().lock();
             writeln!(
                 stdout,
-                "agent {} ({}) listening on http://{}",
-                running.id, args.agent_type, running.addr
+                "agent {} ({}) listening on {}",
+                running.id, args.agent_type, listening_url
             )?;
             stdout.flush()?;
         }

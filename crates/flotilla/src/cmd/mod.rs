@@ -12,7 +12,8 @@ pub mod serve;
 pub mod simulate;
 pub mod task;
 
-use flotilla_client::Client;
+use flotilla_client::{Client, TlsOptions};
+use std::path::PathBuf;
 
 /// Where client commands find the control plane.
 #[derive(clap::Args, Debug, Clone)]
@@ -28,6 +29,27 @@ pub struct Connection {
     /// API key (`flt_…`).
     #[arg(long, env = "FLOTILLA_KEY", hide_env_values = true, global = true)]
     pub key: Option<String>,
+    /// PEM CA certificates to trust for an `https` control plane (none are built in).
+    #[arg(long, env = "FLOTILLA_CA_FILE", value_name = "FILE", global = true)]
+    pub ca_file: Option<PathBuf>,
+    /// PEM client certificate, for a control plane that requires one (`tls.client_ca_file`).
+    #[arg(
+        long,
+        env = "FLOTILLA_CLIENT_CERT",
+        value_name = "FILE",
+        global = true,
+        requires = "client_key"
+    )]
+    pub client_cert: Option<PathBuf>,
+    /// PEM private key of --client-cert.
+    #[arg(
+        long,
+        env = "FLOTILLA_CLIENT_KEY",
+        value_name = "FILE",
+        global = true,
+        requires = "client_cert"
+    )]
+    pub client_key: Option<PathBuf>,
 }
 
 impl Connection {
@@ -38,6 +60,11 @@ impl Connection {
                 "no API key: pass --key or set FLOTILLA_KEY (the admin key is printed at the first `flotilla serve`)"
             );
         }
-        Ok(Client::new(&self.url, self.key.clone())?)
+        let tls = TlsOptions {
+            ca_file: self.ca_file.clone(),
+            client_cert: self.client_cert.clone(),
+            client_key: self.client_key.clone(),
+        };
+        Ok(Client::with_tls(&self.url, self.key.clone(), &tls)?)
     }
 }
