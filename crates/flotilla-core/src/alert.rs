@@ -124,6 +124,9 @@ pub enum Action {
     ScaleUp,
     /// Shed new low-priority work (priority below 5) with 503 until the alert resolves.
     EmergencyMode,
+    /// Tighten the rate limit of the tenant that used the most model tokens in the last hour
+    /// (to `alerting.rate_limit`) until the alert resolves. Rules on `hourly_tokens` only.
+    RateLimit,
 }
 
 /// A validated rule.
@@ -142,8 +145,7 @@ pub struct AlertRule {
     pub actions: Vec<Action>,
 }
 
-/// The classic defaults (DESIGN.md §11). The token rule's rate limiting comes with the security
-/// issue's per-tenant limits; until then it notifies.
+/// The classic defaults (DESIGN.md §11).
 pub fn default_rules() -> Vec<AlertRule> {
     let rule =
         |name: &str, signal, comparison, threshold, secs, severity, actions: &[Action]| AlertRule {
@@ -192,7 +194,7 @@ pub fn default_rules() -> Vec<AlertRule> {
             1_000_000.0,
             60,
             Severity::Critical,
-            &[Action::Notify],
+            &[Action::Notify, Action::RateLimit],
         ),
     ]
 }

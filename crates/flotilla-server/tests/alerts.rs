@@ -638,3 +638,96 @@ async fn alerts_are_mailed_over_starttls() {
     );
     server.stop().await;
 }
+
+/// The classic token rule's action: the tenant that used the most tokens is held to
+/// `alerting.rate_limit` while the alert fires; other tenants keep their rates.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limit_holds_the_heaviest_tenant_while_its_token_alert_fires() {
+    use flotilla_core::auth::Role;
+    use flotilla_core::id::TenantId;
+    use flotilla_testkit::{Behaviour, ScriptedAgent};
+    let settings = Settings::default()
+        .set("alerting.interval_ms", 100)
+        .set("alerting.default_rules", false)
+        .set("alerting.rate_limit", "2/m")
+        .raw(
+            "[[alerts]]\nname = \"tokens\"\nsignal = \"hourly_tokens\"\ncomparison = \">\"\n\
+             threshold = 100\nfor = \"0s\"\nseverity = \"critical\"\nactions = [\"rate_limit\"]\n",
+        )
+        .pool("metered");
+    let server = TestServer::start(Backend::Sqlite, settings).await;
+    let agent = ScriptedAgent::start(Behaviour::SUCCEED).unwrap();
+    server.register(&agent, "metered", 4).await;
+    let heavy = flotilla_core::tenant::Tenant {
+        id: TenantId(uuid::Uuid::now_v7()),
+        name: "heavy".into(),
+        created_at: chrono::Utc::now(),
+        rate_limit: None,
+    };
+    server.store.create_tenant(&heavy).await.unwrap();
+    let heavy_key = server.create_key(Role::Submitter, heavy.id).await;
+    let usage = |input, output| json!({"report_usage": [{"model": "m", "input_tokens": input, "output_tokens": output}]});
+    // The default tenant uses a few tokens, the heavy one many.
+    let light = server
+        .submit(&SubmitTask {
+            agent_type: "metered".into(),
+            input: usage(5, 5),
+            ..serde_json::from_value(json!({"agent_type": "metered", "input": {}})).unwrap()
+        })
+        .await;
+    let response = server
+        .http
+        .post(server.url("/v1/tasks"))
+        .bearer_auth(&heavy_key)
+        .json(&json!({"agent_type": "metered", "input": usage(400, 200)}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 202);
+    let heavy_task: Value = response.json().await.unwrap();
+    server.finish(light.id).await;
+    // Waited for with its own key: the admin's default tenant does not see it.
+    let done: Value = server
+        .http
+        .get(server.url(&format!(
+            "/v1/tasks/{}?wait=10",
+            heavy_task["id"].as_str().unwrap()
+        )))
+        .bearer_auth(&heavy_key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(done["status"], "succeeded", "{done}");
+
+    let limited = format!("tenant {} limited to 2/m", heavy.id);
+    eventually(
+        "the heavy tenant is limited",
+        Duration::from_secs(10),
+        || async { history(&server).await.iter().any(|m| m.contains(&limited)) },
+    )
+    .await;
+    let mut statuses = Vec::new();
+    for _ in 0..4 {
+        let response = server
+            .http
+            .get(server.url("/v1/tasks"))
+            .bearer_auth(&heavy_key)
+            .send()
+            .await
+            .unwrap();
+        statuses.push(response.status().as_u16());
+    }
+    assert!(statuses.contains(&429), "{statuses:?}");
+    assert!(
+        statuses.iter().filter(|&&s| s == 200).count() <= 2,
+        "{statuses:?}"
+    );
+    // The light tenant is not affected.
+    for _ in 0..10 {
+        assert!(server.client.list_pools().await.is_ok());
+    }
+    server.stop().await;
+}

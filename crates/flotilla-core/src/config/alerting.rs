@@ -18,6 +18,8 @@ pub struct AlertingSection {
     pub webhooks: Vec<WebhookSection>,
     /// E-mail recipients of `notify` actions, through an SMTP server.
     pub emails: Vec<EmailSection>,
+    /// The rate a `rate_limit` action holds the heaviest tenant to while its alert fires.
+    pub rate_limit: String,
 }
 
 /// `[[alerting.emails]]`: alert mail through an SMTP server.
@@ -98,6 +100,7 @@ impl Default for AlertingSection {
             default_rules: true,
             webhooks: Vec::new(),
             emails: Vec::new(),
+            rate_limit: "10/s".to_owned(),
         }
     }
 }
@@ -189,6 +192,8 @@ impl std::fmt::Debug for Webhook {
 pub struct Alerting {
     pub interval: Duration,
     pub rules: Vec<AlertRule>,
+    /// What `rate_limit` actions hold a tenant to.
+    pub rate_limit: crate::rate::Rate,
     pub webhooks: Vec<Webhook>,
     pub emails: Vec<Email>,
 }
@@ -215,6 +220,12 @@ pub(super) fn validate(
         }
         if !a.threshold.is_finite() {
             return Err(invalid(&key("threshold"), "must be a number"));
+        }
+        if a.actions.contains(&Action::RateLimit) && a.signal != Signal::HourlyTokens {
+            return Err(invalid(
+                &key("actions"),
+                "`rate_limit` limits the tenant that used the most tokens, so it applies to rules on `hourly_tokens` only",
+            ));
         }
         if a.agent_type.is_some() && !a.signal.per_agent_type() {
             return Err(invalid(
@@ -306,6 +317,10 @@ pub(super) fn validate(
     }
     Ok(Alerting {
         interval: positive_ms("alerting.interval_ms", raw.interval_ms)?,
+        rate_limit: raw
+            .rate_limit
+            .parse()
+            .map_err(|e| invalid("alerting.rate_limit", format!("{e}")))?,
         rules,
         webhooks,
         emails,

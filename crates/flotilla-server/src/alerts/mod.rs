@@ -1,8 +1,9 @@
 //! The alert engine (DESIGN.md §11): every `[alerting] interval_ms` it reads the built-in signals,
 //! advances each (rule, agent type) alert with `flotilla_core::alert::step`, records every
 //! transition as an `alert` fleet event (the history), and carries out the rule's actions when
-//! an alert fires: `notify` (the configured webhooks, retried) and `scale_up` (one more instance
-//! of the affected pool).
+//! an alert fires: `notify` (the configured webhooks, retried), `scale_up` (one more instance
+//! of the affected pool), `emergency_mode` (shed low-priority work) and `rate_limit` (hold the
+//! heaviest tenant to a tighter rate); the last two are undone when the alert resolves.
 
 pub mod notify;
 mod signals;
@@ -11,6 +12,7 @@ use crate::app::AppState;
 use flotilla_core::Timestamp;
 use flotilla_core::alert::{Action, AlertRule, AlertState, Transition, step};
 use flotilla_core::event::EventKind;
+use flotilla_core::id::TenantId;
 pub use flotilla_core::wire::{ActiveAlert, AlertList, Silence};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
@@ -30,6 +32,8 @@ pub struct AlertEngine {
     /// Firing alerts whose action is emergency mode, with what they say.
     emergencies: Mutex<BTreeMap<String, String>>,
     silences: Mutex<Vec<Silence>>,
+    /// Tenants held to a tighter rate by firing alerts (`rate_limit`), by alert.
+    limited: Mutex<HashMap<String, TenantId>>,
 }
 
 /// Work below this priority is shed in emergency mode.
@@ -221,8 +225,8 @@ fn evaluate(
         None,
         message.clone(),
     );
-    // A silence mutes actions; the history still records the transition. Emergency mode is
-    // always switched off on resolve, so a silence can never leave it on.
+    // A silence mutes actions; the history still records the transition. Emergency mode and
+    // imposed rate limits are always undone on resolve, so a silence can never leave them on.
     let ends_emergency = transition == Transition::Resolved;
     if !matches!(transition, Transition::Firing | Transition::Resolved)
         || (silenced.is_some() && !ends_emergency)
@@ -244,7 +248,8 @@ fn evaluate(
         at: now,
     };
     for action in &rule.actions {
-        if silenced.is_some() && *action != Action::EmergencyMode {
+        // Under a silence only a resolve gets here: it still undoes what firing did.
+        if silenced.is_some() && !matches!(action, Action::EmergencyMode | Action::RateLimit) {
             continue;
         }
         match action {
@@ -255,6 +260,10 @@ fn evaluate(
                 }
             }
             Action::ScaleUp => {}
+            Action::RateLimit => {
+                let alert = format!("{}{scope}", rule.name);
+                rate_limit(state, &alert, transition == Transition::Firing, now);
+            }
             Action::EmergencyMode => {
                 let on = transition == Transition::Firing;
                 let alert = format!("{}{scope}", rule.name);
@@ -277,6 +286,38 @@ fn evaluate(
             }
         }
     }
+}
+
+/// On firing, holds the tenant that used the most tokens in the last hour to
+/// `alerting.rate_limit`; on resolve, releases whichever tenant this alert limited. Both are
+/// events.
+fn rate_limit(state: &AppState, alert: &str, firing: bool, now: Timestamp) {
+    let Ok(mut limited) = state.alerts.limited.lock() else {
+        return;
+    };
+    let message = if firing {
+        let usage = state.recent.tokens_last_hour_by_tenant();
+        let Some((&tenant, &tokens)) = usage.iter().max_by_key(|(_, n)| **n) else {
+            return;
+        };
+        let rate = state.config.alerting.rate_limit;
+        state.limits.impose(tenant, Some(rate));
+        limited.insert(alert.to_owned(), tenant);
+        format!(
+            "tenant {tenant} limited to {rate}: alert {alert} fired ({tokens} tokens in the last hour, the most of any tenant)"
+        )
+    } else {
+        let Some(tenant) = limited.remove(alert) else {
+            return;
+        };
+        // Another firing alert may still hold the same tenant.
+        if limited.values().any(|t| *t == tenant) {
+            return;
+        }
+        state.limits.impose(tenant, None);
+        format!("tenant {tenant} rate limit restored: alert {alert} resolved")
+    };
+    state.events.emit(now, EventKind::Alert, "*", None, message);
 }
 
 /// One more instance of the pool, within its maximum; for static pools a recommendation.

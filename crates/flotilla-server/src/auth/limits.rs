@@ -25,6 +25,8 @@ pub struct RateLimiters {
     failures: Option<DefaultKeyedRateLimiter<IpAddr>>,
     blocked: Mutex<HashMap<IpAddr, Instant>>,
     tenant_rates: RwLock<HashMap<TenantId, (Instant, Option<Rate>)>>,
+    /// Tighter rates imposed by firing alerts (`rate_limit` actions), until they resolve.
+    imposed: RwLock<HashMap<TenantId, Rate>>,
     clock: DefaultClock,
 }
 
@@ -80,6 +82,7 @@ impl RateLimiters {
             failures: auth_failures.and_then(quota).map(RateLimiter::keyed),
             blocked: Mutex::default(),
             tenant_rates: RwLock::default(),
+            imposed: RwLock::default(),
             clock: DefaultClock::default(),
         }
     }
@@ -167,6 +170,35 @@ impl RateLimiters {
         Ok(rate)
     }
 
+    /// Holds a tenant to `rate` (or releases it with `None`) whatever its configured rate,
+    /// unless that is already tighter. Returns whether anything changed.
+    pub fn impose(&self, tenant: TenantId, rate: Option<Rate>) -> bool {
+        let Ok(mut imposed) = self.imposed.write() else {
+            return false;
+        };
+        match rate {
+            Some(rate) => imposed.insert(tenant, rate) != Some(rate),
+            None => imposed.remove(&tenant).is_some(),
+        }
+    }
+
+    /// The rate that applies to a tenant: its own (or the default), tightened by an imposed one.
+    pub fn effective_tenant_rate(
+        &self,
+        tenant: TenantId,
+        configured: Option<Rate>,
+    ) -> Option<Rate> {
+        let imposed = self
+            .imposed
+            .read()
+            .ok()
+            .and_then(|imposed| imposed.get(&tenant).copied());
+        match (configured, imposed) {
+            (Some(c), Some(i)) => Some(if i.interval() > c.interval() { i } else { c }),
+            (c, i) => i.or(c),
+        }
+    }
+
     /// Forgets a tenant's cached rate after it changed here.
     pub fn tenant_changed(&self, tenant: TenantId) {
         if let Ok(mut rates) = self.tenant_rates.write() {
@@ -230,6 +262,30 @@ mod tests {
                 .is_some_and(|w| w > Duration::from_secs(20))
         );
         assert_eq!(limits.blocked(IpAddr::from([10, 0, 0, 2])), None);
+    }
+
+    #[test]
+    fn an_imposed_rate_tightens_and_is_released() {
+        let limits = RateLimiters::new(None);
+        let t = TenantId::DEFAULT;
+        assert_eq!(
+            limits.effective_tenant_rate(t, rate("100/s")),
+            rate("100/s")
+        );
+        assert!(limits.impose(t, rate("1/s")));
+        assert_eq!(limits.effective_tenant_rate(t, rate("100/s")), rate("1/s"));
+        assert_eq!(limits.effective_tenant_rate(t, None), rate("1/s"));
+        assert_eq!(
+            limits.effective_tenant_rate(t, rate("1/m")),
+            rate("1/m"),
+            "a tighter own rate stays"
+        );
+        assert!(limits.impose(t, None));
+        assert!(!limits.impose(t, None));
+        assert_eq!(
+            limits.effective_tenant_rate(t, rate("100/s")),
+            rate("100/s")
+        );
     }
 
     #[test]

@@ -265,9 +265,12 @@ pub async fn authenticate(
         .limits
         .check_key(&caller.key_id, key_rate.or(defaults.per_key))
         .and_then(|()| {
-            state
-                .limits
-                .check_tenant(caller.tenant_id, tenant_rate.or(defaults.per_tenant))
+            state.limits.check_tenant(
+                caller.tenant_id,
+                state
+                    .limits
+                    .effective_tenant_rate(caller.tenant_id, tenant_rate.or(defaults.per_tenant)),
+            )
         })
         .map_err(|limited| ApiError::RateLimited {
             message: format!("rate limit exceeded: {}; retry later", limited.what),

@@ -212,7 +212,13 @@ async fn attempt(state: AppState, task: Task, slot: Slot) {
         )),
     };
     let finished_at = state.clock.now();
-    record_call(&state, &task.agent_type, &outcome, finished_at - started_at);
+    record_call(
+        &state,
+        &task.agent_type,
+        task.tenant_id,
+        &outcome,
+        finished_at - started_at,
+    );
     // Only failures the instance is to blame for count against it.
     let instance_ok = match &outcome {
         Ok(_) => true,
@@ -270,6 +276,7 @@ async fn attempt(state: AppState, task: Task, slot: Slot) {
 fn record_call(
     state: &AppState,
     agent_type: &str,
+    tenant: flotilla_core::id::TenantId,
     outcome: &Result<ExecuteResponse, DispatchFailure>,
     took: chrono::Duration,
 ) {
@@ -308,7 +315,7 @@ fn record_call(
                         direction: direction.to_owned(),
                     })
                     .inc_by(tokens);
-                state.recent.record_tokens(tokens);
+                state.recent.record_tokens(tenant, tokens);
             }
         }
     }

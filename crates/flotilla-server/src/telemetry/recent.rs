@@ -2,6 +2,7 @@
 //! over the last five minutes) and model tokens per minute (for the last hour). Bounded: at most
 //! `MAX_SAMPLES` durations per type, one bucket per minute for tokens.
 
+use flotilla_core::id::TenantId;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -15,8 +16,8 @@ const MAX_SAMPLES: usize = 10_000;
 #[derive(Default)]
 pub struct Recent {
     responses: Mutex<HashMap<String, VecDeque<(Instant, f64)>>>,
-    /// (start of the minute, tokens in it).
-    tokens: Mutex<VecDeque<(Instant, u64)>>,
+    /// (start of the minute, tokens in it per tenant).
+    tokens: Mutex<VecDeque<(Instant, HashMap<TenantId, u64>)>>,
 }
 
 impl Recent {
@@ -49,21 +50,23 @@ impl Recent {
         samples.iter().map(|(_, s)| *s).collect()
     }
 
-    /// Records model tokens reported by an agent.
-    pub fn record_tokens(&self, tokens: u64) {
+    /// Records model tokens reported by an agent for a task of `tenant`.
+    pub fn record_tokens(&self, tenant: TenantId, tokens: u64) {
         let Ok(mut buckets) = self.tokens.lock() else {
             return;
         };
         match buckets.back_mut() {
-            Some((start, n)) if start.elapsed() < Duration::from_secs(60) => *n += tokens,
-            _ => buckets.push_back((Instant::now(), tokens)),
+            Some((start, per_tenant)) if start.elapsed() < Duration::from_secs(60) => {
+                *per_tenant.entry(tenant).or_default() += tokens;
+            }
+            _ => buckets.push_back((Instant::now(), HashMap::from([(tenant, tokens)]))),
         }
     }
 
-    /// Tokens reported over the last hour.
-    pub fn tokens_last_hour(&self) -> u64 {
+    /// Tokens reported over the last hour, per tenant.
+    pub fn tokens_last_hour_by_tenant(&self) -> HashMap<TenantId, u64> {
         let Ok(mut buckets) = self.tokens.lock() else {
-            return 0;
+            return HashMap::new();
         };
         while buckets
             .front()
@@ -71,6 +74,15 @@ impl Recent {
         {
             buckets.pop_front();
         }
-        buckets.iter().map(|(_, n)| n).sum()
+        let mut totals = HashMap::new();
+        for (tenant, n) in buckets.iter().flat_map(|(_, per_tenant)| per_tenant) {
+            *totals.entry(*tenant).or_default() += n;
+        }
+        totals
+    }
+
+    /// Tokens reported over the last hour.
+    pub fn tokens_last_hour(&self) -> u64 {
+        self.tokens_last_hour_by_tenant().values().sum()
     }
 }
