@@ -11,6 +11,7 @@
 mod access;
 mod error;
 mod secrets;
+mod system;
 mod tls;
 
 pub use error::ClientError;

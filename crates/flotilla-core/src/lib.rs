@@ -12,6 +12,7 @@ pub mod auth;
 pub mod autoscale;
 pub mod balance;
 pub mod config;
+pub mod diagnosis;
 pub mod event;
 pub mod health;
 pub mod id;

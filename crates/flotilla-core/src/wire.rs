@@ -8,6 +8,8 @@ use crate::task::Task;
 use serde::{Deserialize, Serialize};
 
 mod secrets;
+mod system;
+pub use system::{DiskInfo, ProcessInfo, SystemCaller, SystemInfo};
 pub use secrets::{
     PutSecret, RewrapReport, RotateSecret, SecretDeleted, SecretInfo, SecretList, SecretValue,
     SecretVersionInfo, SecretWritten,

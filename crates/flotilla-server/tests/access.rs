@@ -60,6 +60,7 @@ const ROUTES: &[Route] = &[
     Route::RotateSecret,
     Route::DeleteSecret,
     Route::Rewrap,
+    Route::System,
 ];
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -96,6 +97,7 @@ enum Route {
     RotateSecret,
     DeleteSecret,
     Rewrap,
+    System,
 }
 
 /// Whose object a request names.
@@ -141,6 +143,7 @@ impl Route {
             Route::RotateSecret => ("post", "/v1/secrets/{path}/rotate"),
             Route::DeleteSecret => ("delete", "/v1/secrets/{path}"),
             Route::Rewrap => ("post", "/v1/vault/rewrap"),
+            Route::System => ("get", "/v1/system"),
         }
     }
 
@@ -155,7 +158,8 @@ impl Route {
             | Route::GetAgent
             | Route::ListPools
             | Route::GetPool
-            | Route::ListEvents => P::ReadFleet,
+            | Route::ListEvents
+            | Route::System => P::ReadFleet,
             Route::ListAlerts | Route::AlertHistory | Route::ListSilences => P::ReadAlerts,
             Route::CreateSilence | Route::DeleteSilence => P::SilenceAlerts,
             Route::CreateTenant | Route::UpdateTenant | Route::Rewrap => P::ManageTenants,

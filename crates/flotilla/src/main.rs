@@ -53,6 +53,8 @@ enum Command {
     /// Secrets of the vault: put, get, list, rotate, delete; master-key re-wrapping.
     #[command(subcommand)]
     Secrets(cmd::secrets::SecretsCommand),
+    /// Diagnose a running deployment: connectivity, performance, resources, security, costs.
+    Doctor(cmd::doctor::DoctorArgs),
     /// Check configuration files.
     #[command(subcommand)]
     Config(cmd::config::ConfigCommand),
@@ -89,6 +91,7 @@ fn main() -> ExitCode {
             Command::Tenants(command) => cmd::access::run_tenants(command).await,
             Command::Audit(command) => cmd::access::run_audit(command).await,
             Command::Secrets(command) => cmd::secrets::run(command).await,
+            Command::Doctor(args) => cmd::doctor::run(args).await,
             Command::Config(command) => cmd::config::run(command),
             Command::Simulate(args) => cmd::simulate::run(*args),
         }

@@ -11,6 +11,7 @@ pub mod openapi;
 pub mod pools;
 pub mod probes;
 pub mod secrets;
+pub mod system;
 pub mod tasks;
 pub mod tenants;
 
@@ -45,6 +46,7 @@ pub fn router(state: AppState) -> Router {
         .merge(keys::routes())
         .merge(audit::routes())
         .merge(secrets::routes())
+        .merge(system::routes())
         .route_layer(middleware::from_fn_with_state(state.clone(), require_key));
     Router::new()
         .merge(probes::routes())

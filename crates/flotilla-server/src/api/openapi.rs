@@ -44,6 +44,7 @@ use utoipa::{Modify, OpenApi};
         super::secrets::rotate,
         super::secrets::remove,
         super::secrets::rewrap,
+        super::system::system,
     ),
     modifiers(&BearerAuth, &CommonErrors),
     tags((name = "tasks"), (name = "agents"), (name = "fleet"), (name = "alerts"), (name = "access"), (name = "secrets"), (name = "probes"))

@@ -305,6 +305,10 @@ impl Metrics {
             "Alert notifications by notifier and outcome (failed: after every retry)",
             m.notifications.clone(),
         );
+        // The process's own CPU, memory and descriptors, read at each scrape.
+        super::process::mark_start();
+        registry.register_collector(Box::new(super::process::ProcessCollector));
+        names.extend(super::process::NAMES);
         Self {
             registry,
             names,

@@ -2,6 +2,7 @@
 //! counts and times every API request.
 
 pub mod metrics;
+pub mod process;
 pub mod recent;
 
 use crate::api::error::ApiError;

@@ -6,6 +6,7 @@ pub mod agents;
 pub mod alerts;
 pub mod config;
 pub mod demo;
+pub mod doctor;
 pub mod pools;
 pub mod secrets;
 pub mod serve;

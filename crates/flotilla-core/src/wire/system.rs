@@ -1,0 +1,78 @@
+//! Wire type of `GET /v1/system`: facts about the control-plane process that the rest of the API
+//! does not show (version, uptime, store backend, CPU, memory, disk of the data directory, which
+//! security settings are on, who the caller is). `flotilla doctor` reads it.
+//!
+//! Every measurement the server could not take is `None`, never a made-up value.
+
+use crate::auth::Role;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// `GET /v1/system`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct SystemInfo {
+    /// The server's version (its crate version).
+    pub version: String,
+    /// When this process started serving.
+    pub started_at: chrono::DateTime<chrono::Utc>,
+    /// Seconds since `started_at`.
+    pub uptime_s: u64,
+    /// `sqlite` or `postgres`.
+    pub store: String,
+    /// True when the API listener serves TLS.
+    pub tls: bool,
+    /// True when `/metrics` answers without a key (`telemetry.metrics_public`).
+    pub metrics_public: bool,
+    /// The key that made this request.
+    pub caller: SystemCaller,
+    /// CPU, memory and file descriptors of the control-plane process.
+    pub process: ProcessInfo,
+    /// Space of the file system holding the data directory; `None` when it cannot be read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_dir_disk: Option<DiskInfo>,
+    /// Tasks waiting per agent type, read from the store for this request.
+    pub queued: BTreeMap<String, u64>,
+}
+
+/// The key of a `GET /v1/system` request (its public id only, never the secret).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct SystemCaller {
+    /// The key's public id (`flt_<id>`).
+    pub key_id: String,
+    pub role: Role,
+    #[schema(value_type = String, format = Uuid)]
+    pub tenant_id: crate::id::TenantId,
+}
+
+/// Resource use of the control-plane process (Linux: read from `/proc/self` and `getrusage`).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ProcessInfo {
+    /// User plus system CPU time since the process started, in seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_seconds: Option<f64>,
+    /// CPUs available to the process.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpus: Option<u32>,
+    /// Resident memory in bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resident_memory_bytes: Option<u64>,
+    /// The memory the process may use: its cgroup's limit when one is set, else the machine's
+    /// total memory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_limit_bytes: Option<u64>,
+    /// Open file descriptors.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub open_fds: Option<u64>,
+    /// The soft limit on open file descriptors.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_fds: Option<u64>,
+}
+
+/// Space of one file system.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct DiskInfo {
+    /// Bytes available to the server's user.
+    pub available_bytes: u64,
+    /// Size of the file system in bytes.
+    pub total_bytes: u64,
+}
