@@ -613,10 +613,17 @@ pub(super) fn security(facts: &Facts) -> Vec<Check> {
     let system = facts.system.measured();
     let https = facts.url.starts_with("https://");
     let tls_on = system.map_or(https, |s| s.tls);
-    out.push(if tls_on {
-        check("TLS", Severity::Ok, "the API listener serves TLS")
-    } else {
-        advise(
+    let loopback = system
+        .and_then(|s| s.listen.parse::<std::net::SocketAddr>().ok())
+        .filter(|a| a.ip().is_loopback());
+    out.push(match (tls_on, loopback) {
+        (true, _) => check("TLS", Severity::Ok, "the API listener serves TLS"),
+        (false, Some(addr)) => check(
+            "TLS",
+            Severity::Ok,
+            format!("TLS is off, but the API listens on loopback only ({addr}): traffic stays on this host"),
+        ),
+        (false, None) => advise(
             check(
                 "TLS",
                 Severity::Warning,
@@ -624,7 +631,7 @@ pub(super) fn security(facts: &Facts) -> Vec<Check> {
             ),
             "Configure [tls] cert_file and key_file (docs/security.md), or terminate TLS in \
              front of the control plane and point clients at https://.",
-        )
+        ),
     });
     match &facts.keys {
         Gathered::Unavailable(why) => out.push(unknown("API keys", why)),

@@ -66,6 +66,7 @@ fn system() -> SystemInfo {
         started_at: now() - Duration::hours(1),
         uptime_s: 3600,
         store: "sqlite".to_owned(),
+        listen: "0.0.0.0:8080".to_owned(),
         tls: true,
         metrics_public: false,
         caller: SystemCaller {
@@ -442,6 +443,13 @@ fn security_findings() {
     if let Gathered::Measured(s) = &mut facts.system {
         s.tls = false;
     }
+    assert_eq!(severity(&facts, "TLS"), Severity::Warning);
+    // Plain HTTP on a loopback-only listener does not cross a network.
+    if let Gathered::Measured(s) = &mut facts.system {
+        s.listen = "127.0.0.1:8080".to_owned();
+    }
+    assert_eq!(severity(&facts, "TLS"), Severity::Ok);
+    facts.system = Gathered::Unavailable("down".to_owned());
     assert_eq!(severity(&facts, "TLS"), Severity::Warning);
 
     // Keys without expiry and the bootstrap key; revoked and expired keys do not count.

@@ -19,6 +19,8 @@ pub struct SystemInfo {
     pub uptime_s: u64,
     /// `sqlite` or `postgres`.
     pub store: String,
+    /// The API listener's address, e.g. `0.0.0.0:8080`.
+    pub listen: String,
     /// True when the API listener serves TLS.
     pub tls: bool,
     /// True when `/metrics` answers without a key (`telemetry.metrics_public`).

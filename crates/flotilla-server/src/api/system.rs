@@ -46,6 +46,7 @@ pub async fn system(
             Database::Postgres(_) => "postgres",
         }
         .to_owned(),
+        listen: state.config.listen.to_string(),
         tls: state.config.tls.is_some(),
         metrics_public: state.config.telemetry.metrics_public,
         caller: SystemCaller {
