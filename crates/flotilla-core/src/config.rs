@@ -8,6 +8,7 @@
 mod agents_tls;
 mod alerting;
 mod limits;
+mod otlp;
 mod pool;
 mod tls;
 mod vault;
@@ -19,6 +20,7 @@ pub use alerting::{
 };
 
 pub use limits::{RateLimits, RateLimitsSection};
+pub use otlp::{Otlp, OtlpProtocol, OtlpSection};
 pub use pool::{
     AutoscaleSection, Fleet, FleetSection, HealthChecks, HealthSection, KubernetesSection,
     OutlierSection, Pool, PoolSection, Provisioner, ScoreSection,
@@ -136,19 +138,24 @@ impl Default for SchedulerSection {
     }
 }
 
-/// `[telemetry]`: metrics (and, later, traces).
+/// `[telemetry]`: metrics and traces.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TelemetrySection {
     /// Serve `/metrics` without an API key (for scrapers inside a trusted network); by default
     /// it needs a key of any role.
     pub metrics_public: bool,
+    /// `[telemetry.otlp]`: export task traces over OTLP/HTTP; no exporter when absent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub otlp: Option<OtlpSection>,
 }
 
 /// Validated `[telemetry]`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Telemetry {
     pub metrics_public: bool,
+    /// Where task traces go; `None`: traces are not exported.
+    pub otlp: Option<Otlp>,
 }
 
 /// `[log]`.
@@ -465,6 +472,7 @@ pub fn validate(raw: ConfigFile) -> Result<Config, ConfigError> {
         fleet,
         telemetry: Telemetry {
             metrics_public: raw.telemetry.metrics_public,
+            otlp: otlp::validate(raw.telemetry.otlp.as_ref())?,
         },
         alerting: alerting::validate(&raw.alerting, &raw.alerts)?,
         vault: vault::validate(&raw.vault)?,

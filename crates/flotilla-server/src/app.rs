@@ -45,6 +45,8 @@ pub struct AppState {
     pub dispatchers: Arc<Dispatchers>,
     /// HTTP client for agents.
     pub http: reqwest::Client,
+    /// The task trace exporter; `None` without `[telemetry.otlp]` (spans are then not built).
+    pub traces: Option<Arc<crate::telemetry::traces::Traces>>,
     /// Signs and verifies per-task model-gateway tokens (derived from the vault's master key
     /// for the purpose `task-token`, so every replica agrees).
     pub task_token_key: Arc<flotilla_core::task_token::TokenKey>,

@@ -65,6 +65,9 @@ pub enum ServerError {
     /// The `[tls]` certificate, key or client CA could not be used.
     #[error(transparent)]
     Tls(#[from] tls::TlsError),
+    /// The `[telemetry.otlp]` exporter could not be set up.
+    #[error(transparent)]
+    Traces(#[from] telemetry::traces::TracesError),
 }
 
 /// Start-up options that are not configuration.
@@ -200,11 +203,16 @@ pub async fn start(
 
     let (intake, intake_writer) =
         scheduler::intake::channel(store.clone(), wakers.clone(), stop_writers.clone());
+    let traces = telemetry::traces::Traces::install(config.telemetry.otlp.as_ref())?.map(Arc::new);
     let (completions, completion_writer) = scheduler::completion::channel(
         store.clone(),
-        waiters.clone(),
-        wakers.clone(),
-        metrics.clone(),
+        scheduler::completion::Observers {
+            waiters: waiters.clone(),
+            wakers: wakers.clone(),
+            metrics: metrics.clone(),
+            traces: traces.clone(),
+            clock: clock.clone(),
+        },
         stop_writers.clone(),
     );
     writers.spawn(intake_writer);
@@ -238,6 +246,7 @@ pub async fn start(
         completions,
         dispatchers: Arc::new(Dispatchers::new(shutdown.clone())),
         http: agents_http,
+        traces,
         task_token_key: Arc::new(flotilla_core::task_token::TokenKey::new(
             vault.master().derive("task-token"),
         )),
@@ -352,6 +361,10 @@ impl RunningServer {
         self.stop_writers.cancel();
         self.writers.close();
         self.writers.wait().await;
+        // Last: the completion writer above recorded the final `task.complete` spans.
+        if let Some(traces) = &self.state.traces {
+            traces.shutdown().await;
+        }
         tracing::info!("Control plane stopped");
     }
 

@@ -48,6 +48,7 @@ pub async fn submit(
     QueryParams(param): QueryParams<TenantParam>,
     JsonBody(body): JsonBody<SubmitTask>,
 ) -> Result<Response, ApiError> {
+    let received = state.clock.now();
     caller.require(Permission::SubmitTasks, "submit tasks")?;
     let tenant = caller.scope(param.tenant.as_deref())?;
     let header_key = headers
@@ -86,6 +87,9 @@ pub async fn submit(
         IntakeError::Stopped => ApiError::Unavailable(e.to_string()),
         IntakeError::Store(detail) => ApiError::Internal(detail),
     })?;
+    if let (Some(traces), Inserted::Created(task)) = (&state.traces, &inserted) {
+        traces.submitted(task, traceparent, received, state.clock.now());
+    }
     Ok(match inserted {
         Inserted::Created(task) => (StatusCode::ACCEPTED, Json(task)).into_response(),
         Inserted::Existing(task) => (

@@ -2,8 +2,10 @@
 //! transaction per batch. A failed write is retried (with backoff) and never dropped: an end that
 //! is not durable when the process dies is recovered by lease expiry instead.
 
+use crate::clock::Clock;
 use crate::fleet::wakers::Wakers;
 use crate::telemetry::metrics::{Metrics, TaskLabels};
+use crate::telemetry::traces::Traces;
 use crate::waiters::Waiters;
 use flotilla_core::task::{AttemptEnd, AttemptResult, Task, TaskStatus};
 use flotilla_store::{DynStore, Store};
@@ -33,30 +35,40 @@ impl Completions {
     }
 }
 
+/// What the completion writer reports a task's end to besides the store.
+pub struct Observers {
+    pub waiters: Arc<Waiters>,
+    pub wakers: Arc<Wakers>,
+    pub metrics: Arc<Metrics>,
+    /// Records `task.complete` when traces are exported.
+    pub traces: Option<Arc<Traces>>,
+    pub clock: Arc<dyn Clock>,
+}
+
 /// Creates the completion channel and its writer loop, which runs until `stop` and then writes
 /// what was already sent.
 pub fn channel(
     store: DynStore,
-    waiters: Arc<Waiters>,
-    wakers: Arc<Wakers>,
-    metrics: Arc<Metrics>,
+    observers: Observers,
     stop: CancellationToken,
 ) -> (Completions, impl Future<Output = ()>) {
     let (tx, rx) = mpsc::unbounded_channel();
-    (
-        Completions { tx },
-        writer(store, waiters, wakers, metrics, rx, stop),
-    )
+    (Completions { tx }, writer(store, observers, rx, stop))
 }
 
 async fn writer(
     store: DynStore,
-    waiters: Arc<Waiters>,
-    wakers: Arc<Wakers>,
-    metrics: Arc<Metrics>,
+    observers: Observers,
     mut rx: mpsc::UnboundedReceiver<AttemptEnd>,
     stop: CancellationToken,
 ) {
+    let Observers {
+        waiters,
+        wakers,
+        metrics,
+        traces,
+        clock,
+    } = observers;
     let mut batch = Vec::with_capacity(MAX_BATCH);
     let mut stopping = false;
     loop {
@@ -86,6 +98,9 @@ async fn writer(
                             status: task.status.as_str().to_owned(),
                         })
                         .observe(took.to_std().unwrap_or_default().as_secs_f64());
+                    if let Some(traces) = &traces {
+                        traces.completed(&task, clock.now());
+                    }
                     waiters.wake(task.id);
                 }
                 Some(task) if task.status == TaskStatus::Queued => {

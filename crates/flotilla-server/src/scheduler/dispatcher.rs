@@ -95,6 +95,9 @@ async fn run(state: AppState, agent_type: String, shutdown: CancellationToken) {
                         .get_or_create(&Metrics::agent_type(&agent_type))
                         .inc_by(tasks.len() as u64);
                     for task in tasks {
+                        if let Some(traces) = &state.traces {
+                            traces.queued(&task, now);
+                        }
                         start_attempt(&state, task);
                     }
                     if full {
@@ -173,10 +176,19 @@ async fn attempt(state: AppState, task: Task, slot: Slot) {
     let timeout = Duration::from_millis(u64::try_from(task.timeout_ms).unwrap_or(1).max(1));
     let deadline =
         started_at + chrono::Duration::from_std(timeout).unwrap_or(chrono::Duration::MAX);
-    let traceparent = task
-        .trace_id
-        .as_deref()
-        .map(|trace| format!("00-{trace}-{:016x}-01", rand::random::<u64>()));
+    // With traces exported, the agent's parent span is `agent.execute`; without, a random span
+    // id still lets the agent join the task's trace.
+    let trace = state
+        .traces
+        .as_ref()
+        .and_then(|traces| traces.attempt(&task, slot.agent_id, started_at));
+    let traceparent = match &trace {
+        Some(trace) => Some(trace.traceparent().to_owned()),
+        None => task
+            .trace_id
+            .as_deref()
+            .map(|trace| format!("00-{trace}-{:016x}-01", rand::random::<u64>())),
+    };
     let request = ExecuteRequest {
         task_id: task.id,
         attempt: task.attempt,
@@ -231,7 +243,30 @@ async fn attempt(state: AppState, task: Task, slot: Slot) {
         instance_ok,
     );
     release_slot(&state, &slot).await;
-    let result = match outcome {
+    let call = trace.map(|trace| trace.call_ended(&outcome, finished_at));
+    let result = attempt_result(&state, &task, &slot, outcome, finished_at);
+    if let Some(call) = call {
+        call.finish(&result, finished_at);
+    }
+    state.completions.send(AttemptEnd {
+        task_id: task.id,
+        attempt: task.attempt,
+        agent_id: Some(slot.agent_id),
+        started_at,
+        finished_at,
+        result,
+    });
+}
+
+/// What becomes of the task after an attempt's outcome.
+fn attempt_result(
+    state: &AppState,
+    task: &Task,
+    slot: &Slot,
+    outcome: Result<ExecuteResponse, DispatchFailure>,
+    finished_at: flotilla_core::Timestamp,
+) -> AttemptResult {
+    match outcome {
         Ok(answer) => AttemptResult::Succeeded {
             output: answer.output,
             usage: answer
@@ -261,15 +296,7 @@ async fn attempt(state: AppState, task: Task, slot: Slot) {
             }
             result
         }
-    };
-    state.completions.send(AttemptEnd {
-        task_id: task.id,
-        attempt: task.attempt,
-        agent_id: Some(slot.agent_id),
-        started_at,
-        finished_at,
-        result,
-    });
+    }
 }
 
 /// Counts and times one `/execute` call, and the model tokens its answer reports.

@@ -1,9 +1,10 @@
-//! Telemetry (DESIGN.md §11): Prometheus metrics at `/metrics` and the HTTP middleware that
-//! counts and times every API request.
+//! Telemetry (DESIGN.md §11): Prometheus metrics at `/metrics`, the HTTP middleware that
+//! counts and times every API request, and task traces ([`traces`]).
 
 pub mod metrics;
 pub mod process;
 pub mod recent;
+pub mod traces;
 
 use crate::api::error::ApiError;
 use crate::app::AppState;
