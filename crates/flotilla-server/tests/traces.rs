@@ -360,3 +360,31 @@ async fn each_server_exports_its_own_tasks_over_json_with_retries_in_one_trace()
     agent_a.stop();
     agent_b.stop();
 }
+
+/// A receiver that is down loses spans, never tasks: the task runs, and shutdown's flush gives
+/// up after its timeout instead of hanging.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_receiver_loses_spans_not_tasks() {
+    // A port that was free a moment ago: nothing listens there.
+    let closed = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap()
+    };
+    let server = TestServer::start(
+        Backend::Sqlite,
+        settings(closed, "http/protobuf").set("telemetry.otlp.timeout_ms", 300),
+    )
+    .await;
+    let agent = ScriptedAgent::start(Behaviour::SUCCEED).unwrap();
+    server.register(&agent, ECHO, 1).await;
+    let id = submit(&server, None).await;
+    assert_eq!(server.finish(id).await.status, TaskStatus::Succeeded);
+    let started = std::time::Instant::now();
+    server.stop().await;
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(8),
+        "shutdown took {:?}",
+        started.elapsed()
+    );
+    agent.stop();
+}
