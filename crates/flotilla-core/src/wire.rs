@@ -9,11 +9,11 @@ use serde::{Deserialize, Serialize};
 
 mod secrets;
 mod system;
-pub use system::{DiskInfo, ProcessInfo, SystemCaller, SystemInfo};
 pub use secrets::{
     PutSecret, RewrapReport, RotateSecret, SecretDeleted, SecretInfo, SecretList, SecretValue,
     SecretVersionInfo, SecretWritten,
 };
+pub use system::{DiskInfo, ProcessInfo, SystemCaller, SystemInfo};
 
 /// `POST /v1/tasks`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]

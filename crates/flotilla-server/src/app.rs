@@ -43,10 +43,12 @@ pub struct AppState {
     pub intake: Intake,
     pub completions: Completions,
     pub dispatchers: Arc<Dispatchers>,
-    /// HTTP client for agents.
+    /// HTTP client for agents (trusting `[agents_tls]`'s CA when one is configured).
     pub http: reqwest::Client,
     /// The task trace exporter; `None` without `[telemetry.otlp]` (spans are then not built).
     pub traces: Option<Arc<crate::telemetry::traces::Traces>>,
+    /// HTTP client for alert receivers (Slack, PagerDuty, webhooks): public web PKI roots.
+    pub webhooks_http: reqwest::Client,
     /// Signs and verifies per-task model-gateway tokens (derived from the vault's master key
     /// for the purpose `task-token`, so every replica agrees).
     pub task_token_key: Arc<flotilla_core::task_token::TokenKey>,

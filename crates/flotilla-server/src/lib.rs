@@ -184,7 +184,17 @@ pub async fn start(
         };
         Some(LocalContext {
             agent_program: options.agent_program.clone(),
-            control_plane_url: format!("http://{}", SocketAddr::new(host, addr.port())),
+            // With `[tls]` the listener speaks only HTTPS; the pool's `env` then gives its agents
+            // FLOTILLA_CA_FILE (and a client certificate when `client_ca_file` is set).
+            control_plane_url: format!(
+                "{}://{}",
+                if config.tls.is_some() {
+                    "https"
+                } else {
+                    "http"
+                },
+                SocketAddr::new(host, addr.port())
+            ),
             agent_key,
             log_dir: config.fleet.agent_log_dir.clone(),
         })
@@ -247,6 +257,11 @@ pub async fn start(
         dispatchers: Arc::new(Dispatchers::new(shutdown.clone())),
         http: agents_http,
         traces,
+        webhooks_http: reqwest::Client::builder()
+            .tcp_nodelay(true)
+            .connect_timeout(std::time::Duration::from_secs(5))
+            .build()
+            .map_err(scheduler::dispatch::AgentClientError::Build)?,
         task_token_key: Arc::new(flotilla_core::task_token::TokenKey::new(
             vault.master().derive("task-token"),
         )),

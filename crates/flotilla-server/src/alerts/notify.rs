@@ -262,7 +262,7 @@ async fn deliver(state: &AppState, webhook: &Webhook, n: &Notification) {
     };
     let outcome = retried(|| async {
         let mut request = state
-            .http
+            .webhooks_http
             .post(&webhook.url)
             .timeout(TIMEOUT)
             .header("content-type", "application/json")
