@@ -211,8 +211,12 @@ pub async fn start(
         stop_writers.clone(),
     );
 
-    let (intake, intake_writer) =
-        scheduler::intake::channel(store.clone(), wakers.clone(), stop_writers.clone());
+    let (intake, intake_writer) = scheduler::intake::channel(
+        store.clone(),
+        wakers.clone(),
+        metrics.clone(),
+        stop_writers.clone(),
+    );
     let traces = telemetry::traces::Traces::install(config.telemetry.otlp.as_ref())?.map(Arc::new);
     let (completions, completion_writer) = scheduler::completion::channel(
         store.clone(),

@@ -152,6 +152,27 @@ async fn metrics_carry_the_required_names_and_values_and_pass_promtool() {
         .is_some_and(|n| n >= 8.0),
         "{text}"
     );
+    // The store: every submission went through one timed insert, every claim through a timed
+    // claim; the pools report their connections.
+    assert!(
+        value(
+            &text,
+            r#"flotilla_store_query_duration_seconds_count{operation="insert_tasks"}"#
+        )
+        .is_some_and(|n| n >= 1.0),
+        "{text}"
+    );
+    assert!(
+        value(
+            &text,
+            r#"flotilla_store_query_duration_seconds_count{operation="finish_attempts"}"#
+        )
+        .is_some_and(|n| n >= 1.0),
+        "{text}"
+    );
+    let max = value(&text, r#"flotilla_store_connections{state="max"}"#).unwrap_or(0.0);
+    let open = value(&text, r#"flotilla_store_connections{state="open"}"#).unwrap_or(-1.0);
+    assert!(max >= 2.0 && (1.0..=max).contains(&open), "{max} {open}");
     assert!(
         !text.contains("# EOF"),
         "the classic format has no EOF marker"

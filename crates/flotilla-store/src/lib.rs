@@ -139,11 +139,25 @@ pub struct AuditFilter {
     pub limit: u32,
 }
 
+/// Connections of the store's pools (SQLite: the writer and the readers together).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PoolStats {
+    /// Connections open now.
+    pub open: u32,
+    /// Of those, idle.
+    pub idle: u32,
+    /// The most the pools may open.
+    pub max: u32,
+}
+
 /// Everything Flotilla persists. Implementations must be safe to share between tasks.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// `"sqlite"` or `"postgres"`.
     fn backend(&self) -> &'static str;
+
+    /// The connection pools' state now.
+    fn pool_stats(&self) -> PoolStats;
 
     /// Applies pending migrations.
     async fn migrate(&self) -> StoreResult<()>;

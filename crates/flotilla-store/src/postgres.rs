@@ -157,6 +157,14 @@ async fn fetch_task(
 
 #[async_trait]
 impl Store for PostgresStore {
+    fn pool_stats(&self) -> crate::PoolStats {
+        crate::PoolStats {
+            open: self.pool.size(),
+            idle: u32::try_from(self.pool.num_idle()).unwrap_or(u32::MAX),
+            max: self.pool.options().get_max_connections(),
+        }
+    }
+
     fn backend(&self) -> &'static str {
         "postgres"
     }

@@ -166,6 +166,20 @@ async fn fetch_task(
 
 #[async_trait]
 impl Store for SqliteStore {
+    fn pool_stats(&self) -> crate::PoolStats {
+        let stats = |pool: &sqlx::SqlitePool| crate::PoolStats {
+            open: pool.size(),
+            idle: u32::try_from(pool.num_idle()).unwrap_or(u32::MAX),
+            max: pool.options().get_max_connections(),
+        };
+        let (w, r) = (stats(&self.writer), stats(&self.reader));
+        crate::PoolStats {
+            open: w.open + r.open,
+            idle: w.idle + r.idle,
+            max: w.max + r.max,
+        }
+    }
+
     fn backend(&self) -> &'static str {
         "sqlite"
     }

@@ -83,7 +83,10 @@ async fn writer(
                 }
             }
         }
-        let Some(results) = write(store.as_ref(), &batch, &stop).await else {
+        let started = std::time::Instant::now();
+        let written = write(store.as_ref(), &batch, &stop).await;
+        metrics.observe_store("finish_attempts", started.elapsed());
+        let Some(results) = written else {
             batch.clear();
             continue;
         };

@@ -82,11 +82,15 @@ async fn run(state: AppState, agent_type: String, shutdown: CancellationToken) {
             let lease = now
                 + chrono::Duration::from_std(state.config.scheduler.lease_ttl)
                     .unwrap_or(chrono::Duration::MAX);
-            match state
+            let started = Instant::now();
+            let claimed = state
                 .store
                 .claim_tasks(&agent_type, want, &state.owner, lease, now)
-                .await
-            {
+                .await;
+            state
+                .metrics
+                .observe_store("claim_tasks", started.elapsed());
+            match claimed {
                 Ok(tasks) => {
                     let full = tasks.len() as u32 == want;
                     state

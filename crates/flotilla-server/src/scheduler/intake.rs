@@ -3,6 +3,7 @@
 //! covers many tasks, which is what lets SQLite with `synchronous=FULL` keep up.
 
 use crate::fleet::wakers::Wakers;
+use crate::telemetry::metrics::Metrics;
 use flotilla_core::task::{NewTask, TaskStatus};
 use flotilla_store::{DynStore, Inserted, StoreError};
 use std::sync::Arc;
@@ -51,15 +52,17 @@ impl Intake {
 pub fn channel(
     store: DynStore,
     wakers: Arc<Wakers>,
+    metrics: Arc<Metrics>,
     stop: CancellationToken,
 ) -> (Intake, impl Future<Output = ()>) {
     let (tx, rx) = mpsc::channel(4 * MAX_BATCH);
-    (Intake { tx }, writer(store, wakers, rx, stop))
+    (Intake { tx }, writer(store, wakers, metrics, rx, stop))
 }
 
 async fn writer(
     store: DynStore,
     wakers: Arc<Wakers>,
+    metrics: Arc<Metrics>,
     mut rx: mpsc::Receiver<(NewTask, Reply)>,
     stop: CancellationToken,
 ) {
@@ -74,7 +77,10 @@ async fn writer(
             }
         }
         let (tasks, replies): (Vec<NewTask>, Vec<Reply>) = batch.drain(..).unzip();
-        let results = match store.insert_tasks(&tasks).await {
+        let started = std::time::Instant::now();
+        let inserted = store.insert_tasks(&tasks).await;
+        metrics.observe_store("insert_tasks", started.elapsed());
+        let results = match inserted {
             Ok(results) => results.into_iter().map(Ok).collect(),
             // One submission the database refuses must not fail the others written with it:
             // write them one by one so only the culprit gets the error.

@@ -18,10 +18,19 @@ pub async fn run(state: AppState, shutdown: CancellationToken) {
         }
         let now = state.clock.now();
         let until = now + chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::MAX);
+        let started = std::time::Instant::now();
         if let Err(e) = state.store.renew_leases(&state.owner, until).await {
             tracing::warn!(error = %e, "Could not renew leases");
         }
-        match state.store.requeue_expired(now).await {
+        state
+            .metrics
+            .observe_store("renew_leases", started.elapsed());
+        let started = std::time::Instant::now();
+        let requeued = state.store.requeue_expired(now).await;
+        state
+            .metrics
+            .observe_store("requeue_expired", started.elapsed());
+        match requeued {
             Ok(requeued) => {
                 state.metrics.leases_expired.inc_by(requeued.len() as u64);
                 for task in requeued {

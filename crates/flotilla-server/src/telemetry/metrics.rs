@@ -24,6 +24,27 @@ fn duration_histogram() -> Histogram {
     Histogram::new(DURATION_BUCKETS)
 }
 
+/// Buckets of store operations in seconds: 100 µs to 2.5 s.
+const STORE_BUCKETS: [f64; 12] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 2.5,
+];
+
+fn store_histogram() -> Histogram {
+    Histogram::new(STORE_BUCKETS)
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StoreOpLabels {
+    /// The store operation, e.g. `claim_tasks`.
+    pub operation: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ConnectionLabels {
+    /// `open`, `idle` or `max`.
+    pub state: String,
+}
+
 fn histograms<L: Clone + std::hash::Hash + Eq>() -> Histograms<L> {
     Family::new_with_constructor(duration_histogram)
 }
@@ -134,6 +155,10 @@ pub struct Metrics {
     pub scale_decisions: Family<ScaleLabels, Counter>,
     pub pool_desired: Family<AgentTypeLabels, Gauge>,
     pub store_errors: Counter,
+    /// Durations of the store operations on the task path.
+    pub store_query_duration: Family<StoreOpLabels, Histogram, fn() -> Histogram>,
+    /// The store's connection pools, refreshed at each scrape.
+    pub store_connections: Family<ConnectionLabels, Gauge>,
     pub alerts: Family<AlertLabels, Gauge>,
     pub notifications: Family<NotificationLabels, Counter>,
 }
@@ -166,6 +191,8 @@ impl Metrics {
             scale_decisions: Family::default(),
             pool_desired: Family::default(),
             store_errors: Counter::default(),
+            store_query_duration: Family::new_with_constructor(store_histogram),
+            store_connections: Family::default(),
             alerts: Family::default(),
             notifications: Family::default(),
             registry: Registry::default(),
@@ -294,6 +321,20 @@ impl Metrics {
         register(
             &mut registry,
             &mut names,
+            "flotilla_store_query_duration_seconds",
+            "Duration of store operations on the task path, by operation",
+            m.store_query_duration.clone(),
+        );
+        register(
+            &mut registry,
+            &mut names,
+            "flotilla_store_connections",
+            "Connections of the store's pools: open, idle, and the maximum",
+            m.store_connections.clone(),
+        );
+        register(
+            &mut registry,
+            &mut names,
             "flotilla_alert_firing",
             "1 while any alert of the rule fires, else 0",
             m.alerts.clone(),
@@ -314,6 +355,15 @@ impl Metrics {
             names,
             ..m
         }
+    }
+
+    /// Records how long a store operation took.
+    pub fn observe_store(&self, operation: &str, took: std::time::Duration) {
+        self.store_query_duration
+            .get_or_create(&StoreOpLabels {
+                operation: operation.to_owned(),
+            })
+            .observe(took.as_secs_f64());
     }
 
     /// The registered family names (a counter's without `_total`).

@@ -98,6 +98,14 @@ async fn refresh(state: &AppState) {
         }
     };
     types.extend(queued.keys().cloned());
+    let pool = state.store.pool_stats();
+    for (label, n) in [("open", pool.open), ("idle", pool.idle), ("max", pool.max)] {
+        m.store_connections
+            .get_or_create(&crate::telemetry::metrics::ConnectionLabels {
+                state: label.to_owned(),
+            })
+            .set(i64::from(n));
+    }
     m.agents.clear();
     m.agent_load.clear();
     m.success_rate.clear();
