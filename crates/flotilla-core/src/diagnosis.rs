@@ -32,10 +32,9 @@ pub const CPU_TARGET: f64 = 0.80;
 pub const MEMORY_TARGET: f64 = 0.85;
 /// Resident memory at or above this share of the limit is unhealthy.
 pub const MEMORY_UNHEALTHY: f64 = 0.95;
-/// Free space of the data directory's file system below this share warns.
+/// Free space of the data directory's file system below this share warns (the default of
+/// `--min-disk-free`); below half of it is unhealthy.
 pub const DISK_FREE_WARNING: f64 = 0.10;
-/// Free space below this share is unhealthy.
-pub const DISK_FREE_UNHEALTHY: f64 = 0.05;
 /// Open file descriptors at or above this share of the limit warn.
 pub const FDS_WARNING: f64 = 0.80;
 /// A pool whose load reaches this share of its capacity warns.
@@ -172,6 +171,9 @@ pub struct Facts {
     pub auth_failures: Gathered<AuthFailures>,
     /// `--kube`: report the kubernetes pools' pods.
     pub kube: bool,
+    /// Free share of the data directory's volume below which the disk is a warning (half of it:
+    /// failing); [`DISK_FREE_WARNING`] unless `--min-disk-free` says otherwise.
+    pub min_disk_free: f64,
     pub providers: Gathered<Vec<ProviderFact>>,
     pub budgets: Gathered<Vec<BudgetFact>>,
 }

@@ -504,12 +504,12 @@ pub(super) fn resources(facts: &Facts) -> Vec<Check> {
                 );
                 let advice = "Free space or grow the volume of the data directory (SQLite \
                           database, vault master key, local agents' logs).";
-                if free < DISK_FREE_UNHEALTHY {
+                if free < facts.min_disk_free / 2.0 {
                     advise(
                         check("Data directory disk", Severity::Error, summary),
                         advice,
                     )
-                } else if free < DISK_FREE_WARNING {
+                } else if free < facts.min_disk_free {
                     advise(
                         check("Data directory disk", Severity::Warning, summary),
                         advice,

@@ -122,6 +122,7 @@ fn healthy() -> Facts {
             capped: false,
         }),
         kube: false,
+        min_disk_free: DISK_FREE_WARNING,
         providers: Gathered::Unavailable("the model gateway is not built yet".to_owned()),
         budgets: Gathered::Unavailable("budgets are not built yet".to_owned()),
     }

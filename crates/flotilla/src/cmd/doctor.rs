@@ -36,6 +36,10 @@ pub struct DoctorArgs {
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
+    /// Warn when the data directory's volume has less than this share free, in percent (fail
+    /// below half of it).
+    #[arg(long, value_name = "PERCENT", default_value_t = 10.0)]
+    min_disk_free: f64,
     /// Limit on each request.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     timeout: Duration,
@@ -110,6 +114,7 @@ async fn gather(args: &DoctorArgs) -> anyhow::Result<Facts> {
         secrets: unavailable("no API key"),
         auth_failures: unavailable("no API key"),
         kube: args.kube,
+        min_disk_free: (args.min_disk_free / 100.0).clamp(0.0, 1.0),
         providers: unavailable("not configured: the model gateway is not built yet"),
         budgets: unavailable("not available: budgets and the model gateway are not built yet"),
     };
