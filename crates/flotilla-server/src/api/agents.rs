@@ -60,7 +60,16 @@ pub async fn register(
     }
     let url = reqwest::Url::parse(&body.url)
         .ok()
-        .filter(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
+        .filter(|u| {
+            // A host name of letters, digits, dots and dashes, or an IP address.
+            let host_ok = u.host_str().is_some_and(|h| {
+                (h.starts_with('[') && h.ends_with(']'))
+                    || (!h.is_empty()
+                        && h.bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-'))
+            });
+            matches!(u.scheme(), "http" | "https") && host_ok
+        })
         .ok_or_else(|| {
             ApiError::invalid_field(
                 "url",

@@ -33,6 +33,12 @@ pub enum ApiError {
     /// The route exists but not with this method.
     #[error("{0}")]
     MethodNotAllowed(String),
+    /// The route exists but not with this method; `allow` lists the methods it takes.
+    #[error("{message}")]
+    WrongMethod {
+        message: String,
+        allow: &'static str,
+    },
     /// The request conflicts with the resource's state (e.g. cancelling a finished task).
     #[error("{0}")]
     Conflict(String),
@@ -89,7 +95,9 @@ impl ApiError {
             ApiError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
-            ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::MethodNotAllowed(_) | ApiError::WrongMethod { .. } => {
+                StatusCode::METHOD_NOT_ALLOWED
+            }
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -106,7 +114,7 @@ impl ApiError {
             ApiError::Unauthenticated(_) => "unauthenticated",
             ApiError::Forbidden(_) => "forbidden",
             ApiError::NotFound(_) => "not_found",
-            ApiError::MethodNotAllowed(_) => "method_not_allowed",
+            ApiError::MethodNotAllowed(_) | ApiError::WrongMethod { .. } => "method_not_allowed",
             ApiError::Conflict(_) => "conflict",
             ApiError::PayloadTooLarge { .. } => "payload_too_large",
             ApiError::UnsupportedMediaType(_) => "unsupported_media_type",
@@ -179,6 +187,11 @@ impl IntoResponse for ApiError {
                 response
                     .headers_mut()
                     .insert(header::RETRY_AFTER, HeaderValue::from_static("60"));
+            }
+            ApiError::WrongMethod { allow, .. } => {
+                response
+                    .headers_mut()
+                    .insert(header::ALLOW, HeaderValue::from_static(allow));
             }
             ApiError::RateLimited { retry_after_s, .. } => {
                 response

@@ -40,9 +40,57 @@ pub(super) fn routes() -> Router<AppState> {
         .route("/secrets", get(list))
         .route(
             "/secrets/{*path}",
-            get(read).put(write).delete(remove).post(rotate),
+            get(read)
+                .put(write)
+                .delete(remove)
+                .post(rotate)
+                .fallback(other_method)
+                .layer(axum::middleware::from_fn(rotation_route)),
         )
         .route("/vault/rewrap", post(rewrap))
+}
+
+/// `/v1/secrets/{path}/rotate` (POST) and `/v1/secrets/{path}` (GET, PUT, DELETE) share one
+/// catch-all route; a method that belongs to the other gets 405 with `Allow`, before the body
+/// is read.
+async fn rotation_route(
+    request: Request,
+    next: axum::middleware::Next,
+) -> Result<Response, ApiError> {
+    use axum::http::Method;
+    let rotation = request.uri().path().ends_with("/rotate");
+    let method = request.method().clone();
+    if rotation && method != Method::POST {
+        return Err(ApiError::WrongMethod {
+            message: "/v1/secrets/{path}/rotate accepts POST only".to_owned(),
+            allow: "POST",
+        });
+    }
+    let secret_methods = [Method::GET, Method::HEAD, Method::PUT, Method::DELETE];
+    if !rotation && !secret_methods.contains(&method) {
+        return Err(ApiError::WrongMethod {
+            message: "/v1/secrets/{path} accepts GET, PUT and DELETE; rotate with POST /v1/secrets/{path}/rotate"
+                .to_owned(),
+            allow: "GET, PUT, DELETE",
+        });
+    }
+    Ok(next.run(request).await)
+}
+
+/// A method neither route takes (OPTIONS, PATCH, …): 405 with the `Allow` of the route the
+/// path names.
+async fn other_method(uri: axum::http::Uri) -> ApiError {
+    if uri.path().ends_with("/rotate") {
+        ApiError::WrongMethod {
+            message: "/v1/secrets/{path}/rotate accepts POST only".to_owned(),
+            allow: "POST",
+        }
+    } else {
+        ApiError::WrongMethod {
+            message: "/v1/secrets/{path} accepts GET, PUT and DELETE".to_owned(),
+            allow: "GET, PUT, DELETE",
+        }
+    }
 }
 
 /// `?tenant=` of every secrets route.
@@ -116,6 +164,13 @@ impl fmt::Debug for ValueAnswer<'_> {
 }
 
 fn secret_path(text: &str) -> Result<SecretPath, ApiError> {
+    // `…/rotate` is the rotation route, so no secret's last segment may be `rotate`.
+    if text.ends_with("/rotate") {
+        return Err(ApiError::MethodNotAllowed(
+            "/v1/secrets/{path}/rotate accepts POST only (a secret's path may not end in `/rotate`)"
+                .to_owned(),
+        ));
+    }
     SecretPath::parse(text).map_err(|e| ApiError::invalid_field("path", e.0))
 }
 
