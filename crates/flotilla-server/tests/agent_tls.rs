@@ -16,7 +16,8 @@ use flotilla_client::{Client, TlsOptions};
 use flotilla_core::id::TaskId;
 use flotilla_core::task::{Task, TaskStatus};
 use flotilla_core::wire::SubmitTask;
-use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair};
+use flotilla_testkit::pki::TestCa;
+use rcgen::ExtendedKeyUsagePurpose;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use serde_json::json;
@@ -28,44 +29,23 @@ use tokio_util::sync::CancellationToken;
 
 const TYPE: &str = "tls_echo";
 
-/// A CA and what it signs.
-struct Ca {
-    cert: rcgen::Certificate,
-    key: KeyPair,
-}
+/// A CA and what it signs, as files (the testkit's, with this file's panics on failure).
+struct Ca(TestCa);
 
 impl Ca {
     fn new(name: &str) -> Ca {
-        let key = KeyPair::generate().unwrap();
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.distinguished_name.push(DnType::CommonName, name);
-        let cert = params.self_signed(&key).unwrap();
-        Ca { cert, key }
+        Ca(TestCa::new(name).unwrap())
     }
 
     /// A leaf certificate for `names` with `usage`, written to `<dir>/<file>.pem` and
     /// `<dir>/<file>.key`.
     fn issue(&self, dir: &Path, file: &str, names: &[&str], usage: ExtendedKeyUsagePurpose) -> Pem {
-        let key = KeyPair::generate().unwrap();
-        let mut params =
-            CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
-                .unwrap();
-        params.extended_key_usages = vec![usage];
-        let cert = params.signed_by(&key, &self.cert, &self.key).unwrap();
-        let pem = Pem {
-            cert: dir.join(format!("{file}.pem")),
-            key: dir.join(format!("{file}.key")),
-        };
-        std::fs::write(&pem.cert, cert.pem()).unwrap();
-        std::fs::write(&pem.key, key.serialize_pem()).unwrap();
-        pem
+        let (cert, key) = self.0.issue_files(dir, file, names, usage).unwrap();
+        Pem { cert, key }
     }
 
     fn write(&self, dir: &Path, file: &str) -> PathBuf {
-        let path = dir.join(file);
-        std::fs::write(&path, self.cert.pem()).unwrap();
-        path
+        self.0.write_cert(dir, file).unwrap()
     }
 }
 

@@ -8,38 +8,24 @@
 #[macro_use]
 mod support;
 
-use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair};
+use flotilla_testkit::pki::TestCa;
+use rcgen::ExtendedKeyUsagePurpose;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use support::{ADMIN_KEY, Backend, Settings, TestServer};
 
-/// A CA and what it signs.
-struct Ca {
-    cert: rcgen::Certificate,
-    key: KeyPair,
-}
+/// A CA and what it signs (the testkit's, with this file's panics on failure).
+struct Ca(TestCa);
 
 impl Ca {
     fn new(name: &str) -> Ca {
-        let key = KeyPair::generate().unwrap();
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.distinguished_name.push(DnType::CommonName, name);
-        let cert = params.self_signed(&key).unwrap();
-        Ca { cert, key }
+        Ca(TestCa::new(name).unwrap())
     }
 
-    /// A leaf certificate for `names` with `usage`: (certificate PEM, key PEM).
     fn issue(&self, names: &[&str], usage: ExtendedKeyUsagePurpose) -> (String, String) {
-        let key = KeyPair::generate().unwrap();
-        let mut params =
-            CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
-                .unwrap();
-        params.extended_key_usages = vec![usage];
-        let cert = params.signed_by(&key, &self.cert, &self.key).unwrap();
-        (cert.pem(), key.serialize_pem())
+        self.0.issue(names, usage).unwrap()
     }
 }
 
@@ -54,7 +40,7 @@ fn client(ca: Option<&Ca>, identity: Option<&(String, String)>) -> reqwest::Clie
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut roots = rustls::RootCertStore::empty();
     if let Some(ca) = ca {
-        roots.add(ca.cert.der().clone()).unwrap();
+        roots.add(CertificateDer::from(ca.0.cert_der())).unwrap();
     }
     let builder = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
@@ -129,7 +115,7 @@ async fn client_certificates_are_required_with_a_client_ca(backend: Backend) {
         "[tls]\ncert_file = {:?}\nkey_file = {:?}\nclient_ca_file = {:?}\n",
         write(dir.path(), "server.pem", &cert),
         write(dir.path(), "server.key", &key),
-        write(dir.path(), "clients.pem", &clients.cert.pem()),
+        write(dir.path(), "clients.pem", &clients.0.cert_pem()),
     ));
     let server = TestServer::start(backend, settings).await;
     let url = server.url.replace("http://", "https://");

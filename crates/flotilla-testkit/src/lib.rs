@@ -7,6 +7,7 @@
 
 mod agent_process;
 mod error;
+pub mod pki;
 mod process;
 mod scripted;
 mod server_process;

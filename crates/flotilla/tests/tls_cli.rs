@@ -7,50 +7,11 @@
 mod common;
 
 use common::{ADMIN_KEY, BIN};
-use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair};
-use std::path::{Path, PathBuf};
+use flotilla_testkit::pki::TestCa;
+use rcgen::ExtendedKeyUsagePurpose;
+use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
-
-/// A CA and what it signs.
-struct Ca {
-    cert: rcgen::Certificate,
-    key: KeyPair,
-}
-
-impl Ca {
-    fn new(name: &str) -> Ca {
-        let key = KeyPair::generate().unwrap();
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.distinguished_name.push(DnType::CommonName, name);
-        let cert = params.self_signed(&key).unwrap();
-        Ca { cert, key }
-    }
-
-    /// A leaf certificate written to `<dir>/<name>.pem` and `<dir>/<name>.key`.
-    fn issue(
-        &self,
-        dir: &Path,
-        name: &str,
-        hosts: &[&str],
-        usage: ExtendedKeyUsagePurpose,
-    ) -> (PathBuf, PathBuf) {
-        let key = KeyPair::generate().unwrap();
-        let mut params =
-            CertificateParams::new(hosts.iter().map(|h| h.to_string()).collect::<Vec<_>>())
-                .unwrap();
-        params.extended_key_usages = vec![usage];
-        let cert = params.signed_by(&key, &self.cert, &self.key).unwrap();
-        let paths = (
-            dir.join(format!("{name}.pem")),
-            dir.join(format!("{name}.key")),
-        );
-        std::fs::write(&paths.0, cert.pem()).unwrap();
-        std::fs::write(&paths.1, key.serialize_pem()).unwrap();
-        paths
-    }
-}
 
 /// `flotilla serve`, killed when dropped.
 struct Serve(Child);
@@ -89,21 +50,24 @@ fn text(out: &Output) -> String {
 #[test]
 fn the_cli_reaches_a_tls_control_plane_with_its_ca_and_client_certificate() {
     let dir = tempfile::tempdir().unwrap();
-    let ca = Ca::new("flotilla test ca");
-    let ca_file = dir.path().join("ca.pem");
-    std::fs::write(&ca_file, ca.cert.pem()).unwrap();
-    let (server_cert, server_key) = ca.issue(
-        dir.path(),
-        "server",
-        &["127.0.0.1", "localhost"],
-        ExtendedKeyUsagePurpose::ServerAuth,
-    );
-    let (client_cert, client_key) = ca.issue(
-        dir.path(),
-        "client",
-        &["operator"],
-        ExtendedKeyUsagePurpose::ClientAuth,
-    );
+    let ca = TestCa::new("flotilla test ca").unwrap();
+    let ca_file = ca.write_cert(dir.path(), "ca.pem").unwrap();
+    let (server_cert, server_key) = ca
+        .issue_files(
+            dir.path(),
+            "server",
+            &["127.0.0.1", "localhost"],
+            ExtendedKeyUsagePurpose::ServerAuth,
+        )
+        .unwrap();
+    let (client_cert, client_key) = ca
+        .issue_files(
+            dir.path(),
+            "client",
+            &["operator"],
+            ExtendedKeyUsagePurpose::ClientAuth,
+        )
+        .unwrap();
     let config = dir.path().join("flotilla.toml");
     std::fs::write(
         &config,

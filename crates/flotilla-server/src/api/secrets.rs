@@ -13,7 +13,7 @@ use crate::api::error::ApiError;
 use crate::api::extract::QueryParams;
 use crate::app::AppState;
 use crate::audit::AuditEvent;
-use crate::auth::Caller;
+use crate::auth::{Caller, TenantParam};
 use crate::vault::{SecretPath, generate_value};
 use axum::extract::{FromRequest, Path, Request, State};
 use axum::http::StatusCode;
@@ -59,20 +59,13 @@ async fn rotation_route(
 ) -> Result<Response, ApiError> {
     use axum::http::Method;
     let rotation = request.uri().path().ends_with("/rotate");
-    let method = request.method().clone();
-    if rotation && method != Method::POST {
-        return Err(ApiError::WrongMethod {
-            message: "/v1/secrets/{path}/rotate accepts POST only".to_owned(),
-            allow: "POST",
-        });
-    }
-    let secret_methods = [Method::GET, Method::HEAD, Method::PUT, Method::DELETE];
-    if !rotation && !secret_methods.contains(&method) {
-        return Err(ApiError::WrongMethod {
-            message: "/v1/secrets/{path} accepts GET, PUT and DELETE; rotate with POST /v1/secrets/{path}/rotate"
-                .to_owned(),
-            allow: "GET, PUT, DELETE",
-        });
+    let allowed = if rotation {
+        *request.method() == Method::POST
+    } else {
+        [Method::GET, Method::HEAD, Method::PUT, Method::DELETE].contains(request.method())
+    };
+    if !allowed {
+        return Err(wrong_method(rotation));
     }
     Ok(next.run(request).await)
 }
@@ -80,26 +73,23 @@ async fn rotation_route(
 /// A method neither route takes (OPTIONS, PATCH, …): 405 with the `Allow` of the route the
 /// path names.
 async fn other_method(uri: axum::http::Uri) -> ApiError {
-    if uri.path().ends_with("/rotate") {
+    wrong_method(uri.path().ends_with("/rotate"))
+}
+
+/// The 405 of the rotation route or of the secret route.
+fn wrong_method(rotation: bool) -> ApiError {
+    if rotation {
         ApiError::WrongMethod {
             message: "/v1/secrets/{path}/rotate accepts POST only".to_owned(),
             allow: "POST",
         }
     } else {
         ApiError::WrongMethod {
-            message: "/v1/secrets/{path} accepts GET, PUT and DELETE".to_owned(),
+            message: "/v1/secrets/{path} accepts GET, PUT and DELETE; rotate with POST /v1/secrets/{path}/rotate"
+                .to_owned(),
             allow: "GET, PUT, DELETE",
         }
     }
-}
-
-/// `?tenant=` of every secrets route.
-#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
-#[into_params(parameter_in = Query)]
-#[serde(deny_unknown_fields, default)]
-pub struct TenantQuery {
-    /// Act on this tenant instead of the caller's (admin only).
-    pub tenant: Option<TenantId>,
 }
 
 /// Query of `GET /v1/secrets/{path}`.
@@ -164,13 +154,6 @@ impl fmt::Debug for ValueAnswer<'_> {
 }
 
 fn secret_path(text: &str) -> Result<SecretPath, ApiError> {
-    // `…/rotate` is the rotation route, so no secret's last segment may be `rotate`.
-    if text.ends_with("/rotate") {
-        return Err(ApiError::MethodNotAllowed(
-            "/v1/secrets/{path}/rotate accepts POST only (a secret's path may not end in `/rotate`)"
-                .to_owned(),
-        ));
-    }
     SecretPath::parse(text).map_err(|e| ApiError::invalid_field("path", e.0))
 }
 
@@ -268,7 +251,7 @@ pub async fn read(
 
 /// Writes a new version of a secret (created at version 1).
 #[utoipa::path(put, path = "/v1/secrets/{path}", tag = "secrets",
-    params(("path" = String, Path, description = "Secret path, e.g. `db/password`"), TenantQuery),
+    params(("path" = String, Path, description = "Secret path, e.g. `db/password`"), TenantParam),
     request_body = PutSecret,
     responses((status = 201, body = SecretWritten), (status = 400, body = ErrorBody)),
     security(("bearer" = [])))]
@@ -276,11 +259,11 @@ pub async fn write(
     State(state): State<AppState>,
     caller: Caller,
     Path(path): Path<String>,
-    QueryParams(query): QueryParams<TenantQuery>,
+    QueryParams(query): QueryParams<TenantParam>,
     SecretBody(body): SecretBody<PutBody>,
 ) -> Result<(StatusCode, Json<SecretWritten>), ApiError> {
     caller.require(Permission::WriteSecrets, "write secrets")?;
-    let tenant = caller.scope_id(query.tenant)?;
+    let tenant = caller.scope(query.tenant.as_deref())?;
     let path = secret_path(&path)?;
     let written = state
         .vault
@@ -314,7 +297,7 @@ pub async fn write(
 /// Rotates a secret: a new version with a supplied value or a strong random one. Path:
 /// `/v1/secrets/{path}/rotate`.
 #[utoipa::path(post, path = "/v1/secrets/{path}/rotate", tag = "secrets",
-    params(("path" = String, Path, description = "Secret path, e.g. `db/password`"), TenantQuery),
+    params(("path" = String, Path, description = "Secret path, e.g. `db/password`"), TenantParam),
     request_body(content = RotateSecret, description = "Optional; `{}` or no body generates a value"),
     responses((status = 201, body = SecretWritten), (status = 404, body = ErrorBody)),
     security(("bearer" = [])))]
@@ -322,16 +305,15 @@ pub async fn rotate(
     State(state): State<AppState>,
     caller: Caller,
     Path(path): Path<String>,
-    QueryParams(query): QueryParams<TenantQuery>,
+    QueryParams(query): QueryParams<TenantParam>,
     SecretBody(body): SecretBody<RotateBody>,
 ) -> Result<Response, ApiError> {
-    let Some(path) = path.strip_suffix("/rotate") else {
-        return Err(ApiError::MethodNotAllowed(format!(
-            "/v1/secrets/{path} accepts GET, PUT and DELETE; rotate with POST /v1/secrets/{{path}}/rotate"
-        )));
-    };
+    // `rotation_route` lets only `…/rotate` paths through to this handler.
+    let path = path
+        .strip_suffix("/rotate")
+        .ok_or_else(|| wrong_method(false))?;
     caller.require(Permission::WriteSecrets, "rotate secrets")?;
-    let tenant = caller.scope_id(query.tenant)?;
+    let tenant = caller.scope(query.tenant.as_deref())?;
     let path = secret_path(path)?;
     // Rotation replaces an existing secret; creating one is a PUT.
     state.vault.get(tenant, &path, None).await?;
@@ -380,17 +362,17 @@ pub async fn rotate(
 
 /// Deletes every version of a secret. Version numbers are not reused if it is written again.
 #[utoipa::path(delete, path = "/v1/secrets/{path}", tag = "secrets",
-    params(("path" = String, Path, description = "Secret path, e.g. `db/password`"), TenantQuery),
+    params(("path" = String, Path, description = "Secret path, e.g. `db/password`"), TenantParam),
     responses((status = 200, body = SecretDeleted), (status = 404, body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn remove(
     State(state): State<AppState>,
     caller: Caller,
     Path(path): Path<String>,
-    QueryParams(query): QueryParams<TenantQuery>,
+    QueryParams(query): QueryParams<TenantParam>,
 ) -> Result<Json<SecretDeleted>, ApiError> {
     caller.require(Permission::WriteSecrets, "delete secrets")?;
-    let tenant = caller.scope_id(query.tenant)?;
+    let tenant = caller.scope(query.tenant.as_deref())?;
     let path = secret_path(&path)?;
     let versions = state.vault.delete(tenant, &path, state.clock.now()).await?;
     state
