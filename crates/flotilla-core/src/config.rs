@@ -7,6 +7,7 @@
 
 mod agents_tls;
 mod alerting;
+mod gateway;
 mod limits;
 mod otlp;
 mod pool;
@@ -18,7 +19,10 @@ pub use alerting::{
     AlertSection, Alerting, AlertingSection, Email, EmailSection, SmtpTls, Webhook, WebhookFormat,
     WebhookSection,
 };
-
+pub use gateway::{
+    ApiKeySource, Gateway, GatewayLimits, GatewaySection, ModelSection, Provider, ProviderKind,
+    ProviderSection,
+};
 pub use limits::{RateLimits, RateLimitsSection};
 pub use otlp::{Otlp, OtlpProtocol, OtlpSection};
 pub use pool::{
@@ -49,6 +53,11 @@ pub struct ConfigFile {
     pub rate_limits: RateLimitsSection,
     pub tls: TlsSection,
     pub agents_tls: AgentsTlsSection,
+    pub gateway: GatewaySection,
+    /// Model providers by name (`[providers.openai]`); `simulated` is built in.
+    pub providers: std::collections::BTreeMap<String, ProviderSection>,
+    /// Models the gateway serves, besides (or replacing, by name) the shipped table.
+    pub models: Vec<ModelSection>,
     /// Alert rules (besides the classic defaults unless `alerting.default_rules = false`).
     pub alerts: Vec<AlertSection>,
     /// Agent pools. A task's `agent_type` must name a pool or the type of a registered instance.
@@ -199,6 +208,8 @@ pub struct Config {
     /// TLS towards agents (`https` agent URLs, client certificate); `None`: plain HTTP only.
     pub agents_tls: Option<AgentsTls>,
     pub pools: Vec<Pool>,
+    /// The model gateway: providers, models, ledger and limits.
+    pub gateway: Gateway,
 }
 
 /// Which store to use.
@@ -479,6 +490,7 @@ pub fn validate(raw: ConfigFile) -> Result<Config, ConfigError> {
         rate_limits: limits::validate(&raw.rate_limits)?,
         tls: tls::validate(&raw.tls)?,
         agents_tls: agents_tls::validate(&raw.agents_tls)?,
+        gateway: gateway::validate(&raw.gateway, &raw.providers, &raw.models)?,
         pools,
     })
 }

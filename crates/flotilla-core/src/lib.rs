@@ -11,11 +11,14 @@ pub mod audit;
 pub mod auth;
 pub mod autoscale;
 pub mod balance;
+pub mod budget;
 pub mod config;
 pub mod diagnosis;
 pub mod event;
 pub mod health;
 pub mod id;
+pub mod model;
+pub mod money;
 pub mod rate;
 pub mod retry;
 pub mod signature;
@@ -23,6 +26,7 @@ pub mod stats;
 pub mod task;
 pub mod task_token;
 pub mod tenant;
+pub mod usage;
 pub mod wire;
 
 /// Instants are UTC timestamps; the shell reads the clock and passes them in.
