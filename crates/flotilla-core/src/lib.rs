@@ -7,6 +7,7 @@
 
 pub mod agent;
 pub mod alert;
+pub mod analysis;
 pub mod audit;
 pub mod auth;
 pub mod autoscale;
@@ -20,6 +21,7 @@ pub mod id;
 pub mod model;
 pub mod money;
 pub mod rate;
+pub mod recommend;
 pub mod retry;
 pub mod signature;
 pub mod stats;
