@@ -11,11 +11,14 @@ use flotilla_core::Timestamp;
 use flotilla_core::agent::{AgentInstance, AgentStatus};
 use flotilla_core::audit::{AuditEntry, NewAuditEntry};
 use flotilla_core::auth::ApiKeyRecord;
+use flotilla_core::budget::{Budget, Period, Spend};
 use flotilla_core::event::{Event, EventKind, NewEvent};
 use flotilla_core::id::{AgentId, TaskId, TenantId};
+use flotilla_core::money::Money;
 use flotilla_core::rate::Rate;
 use flotilla_core::task::{AttemptEnd, NewTask, Task, TaskStatus};
 use flotilla_core::tenant::Tenant;
+use flotilla_core::usage::{DailyUsage, UsageRecord};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -24,6 +27,7 @@ mod postgres;
 mod rows;
 mod secrets;
 mod sqlite;
+mod usage;
 
 pub use postgres::PostgresStore;
 pub use secrets::{SealedSecret, SecretCursor, SecretSummary, WrappedSecretKey};
@@ -137,6 +141,47 @@ pub struct AuditFilter {
     pub tenant_id: Option<TenantId>,
     pub action: Option<String>,
     pub limit: u32,
+}
+
+/// Filter and page of `list_usage`: records newest first (by id, which is UUIDv7); filters
+/// combine with AND.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct UsageFilter {
+    /// Only this tenant's records (`None`: all tenants).
+    pub tenant_id: Option<TenantId>,
+    pub task_id: Option<TaskId>,
+    /// Only calls served by this model.
+    pub model: Option<String>,
+    pub agent_type: Option<String>,
+    /// Only records created at or after this instant.
+    pub since: Option<Timestamp>,
+    /// Only records created before this instant.
+    pub until: Option<Timestamp>,
+    /// Only records with an id strictly less than this (the cursor of the previous page).
+    pub before: Option<uuid::Uuid>,
+    /// At most this many records.
+    pub limit: u32,
+}
+
+/// One budget window of a tenant, as `reserve_budget` and `settle_budget` see it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BudgetWindow {
+    pub period: Period,
+    /// The window's first instant ([`Period::window`]); with the tenant and period, it names the
+    /// window's counters.
+    pub start: Timestamp,
+    /// `None`: count but never refuse (`alert_only`, or `downgrade`, which the caller checks).
+    pub limit: Option<Money>,
+}
+
+/// Outcome of `reserve_budget`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Reservation {
+    /// Every window took the amount: their spend *before* it, in the order of the windows.
+    Granted(Vec<Spend>),
+    /// Nothing was reserved: the window at `index` (the first, in the caller's order, that could
+    /// not take the amount) had this spend.
+    Refused { index: usize, spend: Spend },
 }
 
 /// Connections of the store's pools (SQLite: the writer and the readers together).
@@ -318,6 +363,94 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<bool>;
     /// Number of kept secret versions per master key id.
     async fn secret_versions_by_master_key(&self) -> StoreResult<Vec<(String, u64)>>;
+
+    // --- model usage and budgets ---
+    /// Records usage in one transaction; a record whose id exists already is skipped (the ledger
+    /// may retry a batch whose commit it did not see).
+    async fn insert_usage(&self, records: &[UsageRecord]) -> StoreResult<()>;
+    /// Records matching the filter, newest first (by id, UUIDv7).
+    async fn list_usage(&self, filter: &UsageFilter) -> StoreResult<Vec<UsageRecord>>;
+    /// Sum of the known costs of a tenant's usage created in `[since, until)`.
+    async fn usage_spend(
+        &self,
+        tenant: TenantId,
+        since: Timestamp,
+        until: Timestamp,
+    ) -> StoreResult<Money>;
+    /// Usage created in `[since, until)`, of one tenant or of all, summed per UTC day, model and
+    /// agent type; ordered by day, model, then agent type (calls outside a task first).
+    async fn usage_daily(
+        &self,
+        tenant: Option<TenantId>,
+        since: Timestamp,
+        until: Timestamp,
+    ) -> StoreResult<Vec<DailyUsage>>;
+    /// Creates or replaces the tenant's budget for its period.
+    async fn put_budget(&self, budget: &Budget) -> StoreResult<()>;
+    /// Budgets of one tenant or of all, by tenant then period (daily first).
+    async fn list_budgets(&self, tenant: Option<TenantId>) -> StoreResult<Vec<Budget>>;
+    /// Deletes a budget (its window counters stay until pruned); false when there was none.
+    async fn delete_budget(&self, tenant: TenantId, period: Period) -> StoreResult<bool>;
+    /// Records that `threshold` (a percentage) fired in the window starting at `window_start`;
+    /// true only the first time, across every process sharing the database.
+    async fn mark_budget_threshold(
+        &self,
+        tenant: TenantId,
+        period: Period,
+        window_start: Timestamp,
+        threshold: u32,
+        now: Timestamp,
+    ) -> StoreResult<bool>;
+    /// Atomically reserves `amount` in each of the tenant's budget `windows` (distinct windows)
+    /// if every window can take it. A window's spend is its spent counter and the sum of the
+    /// reservations of all owners updated at or after `stale_before`; it fits when its `limit`
+    /// is `None` or `spent + reserved + amount <= limit`. If all fit, adds `amount` to `owner`'s
+    /// reservation in each window (a stale reservation of `owner` is replaced, since it no
+    /// longer counted), sets its `updated_at` to `now`, and returns each window's spend before
+    /// the reservation. Otherwise changes nothing and returns the first window, in the caller's
+    /// order, that did not fit.
+    ///
+    /// Atomic across concurrent callers and processes: PostgreSQL locks each window's counter
+    /// row in a fixed order; SQLite's single writer serialises the calls.
+    async fn reserve_budget(
+        &self,
+        tenant: TenantId,
+        windows: &[BudgetWindow],
+        amount: Money,
+        owner: &str,
+        now: Timestamp,
+        stale_before: Timestamp,
+    ) -> StoreResult<Reservation>;
+    /// Settles a call: subtracts `reserved` from `owner`'s reservation in each window (not below
+    /// zero, `updated_at` set to `now`) and adds `actual` to each window's spent counter. Returns
+    /// per window, in order, the spent counter before and after, so the caller can tell which
+    /// thresholds the call crossed.
+    async fn settle_budget(
+        &self,
+        tenant: TenantId,
+        windows: &[BudgetWindow],
+        reserved: Money,
+        actual: Money,
+        owner: &str,
+        now: Timestamp,
+    ) -> StoreResult<Vec<(Money, Money)>>;
+    /// The spend of one window now: its spent counter and the reservations of all owners updated
+    /// at or after `stale_before`.
+    async fn budget_spend(
+        &self,
+        tenant: TenantId,
+        window: &BudgetWindow,
+        stale_before: Timestamp,
+    ) -> StoreResult<Spend>;
+    /// Deletes reservations last updated before `stale_before` (those of processes that stopped)
+    /// and the counters, reservations and fired thresholds of windows that started before
+    /// `windows_before` (which must precede the start of every current window, e.g. the start of
+    /// the previous month); returns how many rows it deleted.
+    async fn prune_budget_state(
+        &self,
+        stale_before: Timestamp,
+        windows_before: Timestamp,
+    ) -> StoreResult<u64>;
 }
 
 /// A shared store.

@@ -11,19 +11,22 @@ use crate::rows::{
 };
 use crate::secrets::{SealedSecret, SecretCursor, SecretSummary, WrappedSecretKey};
 use crate::{
-    AuditFilter, Cancelled, EventFilter, Inserted, Requeued, Store, StoreError, StoreResult,
-    TaskFilter,
+    AuditFilter, BudgetWindow, Cancelled, EventFilter, Inserted, Requeued, Reservation, Store,
+    StoreError, StoreResult, TaskFilter, UsageFilter,
 };
 use async_trait::async_trait;
 use flotilla_core::Timestamp;
 use flotilla_core::agent::{AgentInstance, AgentStatus};
 use flotilla_core::audit::{AuditEntry, NewAuditEntry};
 use flotilla_core::auth::ApiKeyRecord;
+use flotilla_core::budget::{Budget, Period, Spend};
 use flotilla_core::event::{Event, NewEvent};
 use flotilla_core::id::{AgentId, TaskId, TenantId};
+use flotilla_core::money::Money;
 use flotilla_core::rate::Rate;
 use flotilla_core::task::{AttemptEnd, Lease, NewTask, Task, TaskStatus};
 use flotilla_core::tenant::Tenant;
+use flotilla_core::usage::{DailyUsage, UsageRecord};
 use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
 use sqlx::types::Json;
@@ -35,6 +38,7 @@ use uuid::Uuid;
 mod access;
 mod events;
 mod secrets;
+mod usage;
 
 static MIGRATOR: Migrator = sqlx::migrate!("./migrations/postgres");
 
@@ -805,5 +809,95 @@ impl Store for PostgresStore {
 
     async fn secret_versions_by_master_key(&self) -> StoreResult<Vec<(String, u64)>> {
         secrets::count_by_master_key(self).await
+    }
+
+    async fn insert_usage(&self, records: &[UsageRecord]) -> StoreResult<()> {
+        usage::insert(self, records).await
+    }
+
+    async fn list_usage(&self, filter: &UsageFilter) -> StoreResult<Vec<UsageRecord>> {
+        usage::list(self, filter).await
+    }
+
+    async fn usage_spend(
+        &self,
+        tenant: TenantId,
+        since: Timestamp,
+        until: Timestamp,
+    ) -> StoreResult<Money> {
+        usage::spend(self, tenant, since, until).await
+    }
+
+    async fn usage_daily(
+        &self,
+        tenant: Option<TenantId>,
+        since: Timestamp,
+        until: Timestamp,
+    ) -> StoreResult<Vec<DailyUsage>> {
+        usage::daily_usage(self, tenant, since, until).await
+    }
+
+    async fn put_budget(&self, budget: &Budget) -> StoreResult<()> {
+        usage::put_budget(self, budget).await
+    }
+
+    async fn list_budgets(&self, tenant: Option<TenantId>) -> StoreResult<Vec<Budget>> {
+        usage::list_budgets(self, tenant).await
+    }
+
+    async fn delete_budget(&self, tenant: TenantId, period: Period) -> StoreResult<bool> {
+        usage::delete_budget(self, tenant, period).await
+    }
+
+    async fn mark_budget_threshold(
+        &self,
+        tenant: TenantId,
+        period: Period,
+        window_start: Timestamp,
+        threshold: u32,
+        now: Timestamp,
+    ) -> StoreResult<bool> {
+        usage::mark_threshold(self, tenant, period, window_start, threshold, now).await
+    }
+
+    async fn reserve_budget(
+        &self,
+        tenant: TenantId,
+        windows: &[BudgetWindow],
+        amount: Money,
+        owner: &str,
+        now: Timestamp,
+        stale_before: Timestamp,
+    ) -> StoreResult<Reservation> {
+        usage::reserve(self, tenant, windows, amount, owner, now, stale_before).await
+    }
+
+    async fn settle_budget(
+        &self,
+        tenant: TenantId,
+        windows: &[BudgetWindow],
+        reserved: Money,
+        actual: Money,
+        owner: &str,
+        now: Timestamp,
+    ) -> StoreResult<Vec<(Money, Money)>> {
+        usage::settle(self, tenant, windows, reserved, actual, owner, now).await
+    }
+
+    async fn budget_spend(
+        &self,
+        tenant: TenantId,
+        window: &BudgetWindow,
+        stale_before: Timestamp,
+    ) -> StoreResult<Spend> {
+        usage::budget_spend(self, tenant, window, stale_before).await
+    }
+
+    async fn prune_budget_state(
+        &self,
+        stale_before: Timestamp,
+        windows_before: Timestamp,
+    ) -> StoreResult<u64> {
+        usage::prune(self, stale_before, windows_before).await
     }
 }
