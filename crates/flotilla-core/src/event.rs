@@ -20,15 +20,18 @@ pub enum EventKind {
     Provisioner,
     /// An alert became pending, fired, resolved or cleared; a notification failed.
     Alert,
+    /// A tenant's spending reached one of its budget's thresholds.
+    Budget,
 }
 
 impl EventKind {
     /// All kinds.
-    pub const ALL: [EventKind; 4] = [
+    pub const ALL: [EventKind; 5] = [
         EventKind::Instance,
         EventKind::Scale,
         EventKind::Provisioner,
         EventKind::Alert,
+        EventKind::Budget,
     ];
 
     /// The snake_case name used on the wire and in the store.
@@ -38,6 +41,7 @@ impl EventKind {
             EventKind::Scale => "scale",
             EventKind::Provisioner => "provisioner",
             EventKind::Alert => "alert",
+            EventKind::Budget => "budget",
         }
     }
 }

@@ -20,6 +20,7 @@ pub mod health;
 pub mod id;
 pub mod model;
 pub mod money;
+pub mod quota;
 pub mod rate;
 pub mod recommend;
 pub mod retry;

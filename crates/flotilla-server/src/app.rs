@@ -54,6 +54,8 @@ pub struct AppState {
     pub task_token_key: Arc<flotilla_core::task_token::TokenKey>,
     /// The model gateway's base URL as agents are told it, e.g. `http://127.0.0.1:8080/v1`.
     pub gateway_url: Arc<str>,
+    /// The model gateway: providers, ledger, budgets, limits.
+    pub gateway: Arc<crate::gateway::Gateway>,
     /// This process's lease owner name (unique per start).
     pub owner: Arc<str>,
     /// Cancelled when the server begins to shut down.

@@ -10,6 +10,7 @@ pub mod audit;
 pub mod auth;
 pub mod clock;
 pub mod fleet;
+pub mod gateway;
 pub mod scheduler;
 pub mod telemetry;
 pub mod tls;
@@ -65,6 +66,9 @@ pub enum ServerError {
     /// The `[tls]` certificate, key or client CA could not be used.
     #[error(transparent)]
     Tls(#[from] tls::TlsError),
+    /// A model provider's HTTP client could not be built.
+    #[error(transparent)]
+    Gateway(#[from] gateway::GatewayBuildError),
     /// The `[telemetry.otlp]` exporter could not be set up.
     #[error(transparent)]
     Traces(#[from] telemetry::traces::TracesError),
@@ -237,7 +241,21 @@ pub async fn start(
         store.clone(),
         &vault::ProcessEnvironment,
     )?);
+    let owner: Arc<str> = format!("flotilla-{}", uuid::Uuid::now_v7()).into();
+    let (ledger, ledger_writer) = gateway::ledger::channel(
+        store.clone(),
+        metrics.clone(),
+        config.gateway.usage_flush,
+        stop_writers.clone(),
+    );
+    writers.spawn(ledger_writer);
+    let gateway = Arc::new(gateway::Gateway::new(
+        config.gateway.clone(),
+        ledger,
+        gateway::budgets::Budgets::new(store.clone(), owner.clone()),
+    )?);
     let state = AppState {
+        gateway,
         vault: vault.clone(),
         config: config.clone(),
         store: store.clone(),
@@ -270,7 +288,7 @@ pub async fn start(
             vault.master().derive("task-token"),
         )),
         gateway_url: format!("{scheme}://{}/v1", reachable(addr)).into(),
-        owner: format!("flotilla-{}", uuid::Uuid::now_v7()).into(),
+        owner,
         shutdown: shutdown.clone(),
     };
 
@@ -373,6 +391,19 @@ impl RunningServer {
             tracing::warn!(
                 in_flight = attempts.len(),
                 "Attempts still running after the grace period; their leases will expire and they will re-run"
+            );
+        }
+        // Streamed model answers being relayed end (their usage is recorded before the ledger
+        // stops below).
+        let streams = &self.state.gateway.streams;
+        streams.close();
+        if tokio::time::timeout(SHUTDOWN_GRACE, streams.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                streams = streams.len(),
+                "Model streams still open after the grace period; their usage is recorded as far as it went"
             );
         }
         // Local agents stop after the attempts they ran have ended.

@@ -7,6 +7,7 @@
 
 mod agent_process;
 mod error;
+pub mod mock_provider;
 pub mod pki;
 mod process;
 mod scripted;
@@ -14,6 +15,7 @@ mod server_process;
 
 pub use agent_process::{AgentProcess, AgentProcessBuilder};
 pub use error::HarnessError;
+pub use mock_provider::MockProvider;
 pub use scripted::{Behaviour, ReceivedCall, ScriptedAgent};
 pub use server_process::{ServerProcess, ServerProcessBuilder};
 

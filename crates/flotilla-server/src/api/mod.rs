@@ -47,6 +47,7 @@ pub fn router(state: AppState) -> Router {
         .merge(audit::routes())
         .merge(secrets::routes())
         .merge(system::routes())
+        .merge(crate::gateway::routes())
         .route_layer(middleware::from_fn_with_state(state.clone(), require_key));
     Router::new()
         .merge(probes::routes())

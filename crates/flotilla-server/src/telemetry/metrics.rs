@@ -131,6 +131,40 @@ pub struct NotificationLabels {
     pub outcome: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct GatewayLabels {
+    /// The model that served the call (after downgrade and fallback).
+    pub model: String,
+    pub provider: String,
+    /// `ok`, `error`, `cancelled` or `rejected`.
+    pub status: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProviderLabels {
+    pub provider: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ModelTokenLabels {
+    pub model: String,
+    /// `input`, `cached_input`, `output` or `reasoning` (cached and reasoning tokens are also
+    /// counted in input and output).
+    pub kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ModelLabels {
+    pub model: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BudgetLabels {
+    pub tenant: String,
+    /// `daily` or `monthly`.
+    pub period: String,
+}
+
 /// Every metric of the control plane.
 pub struct Metrics {
     registry: Registry,
@@ -161,6 +195,17 @@ pub struct Metrics {
     pub store_connections: Family<ConnectionLabels, Gauge>,
     pub alerts: Family<AlertLabels, Gauge>,
     pub notifications: Family<NotificationLabels, Counter>,
+    // The model gateway.
+    pub gateway_requests: Family<GatewayLabels, Counter>,
+    pub gateway_upstream_duration: Histograms<ProviderLabels>,
+    pub gateway_first_token: Histograms<ProviderLabels>,
+    pub gateway_tokens: Family<ModelTokenLabels, Counter>,
+    pub gateway_cost: Family<ModelLabels, Counter<f64, AtomicU64>>,
+    pub gateway_fallbacks: Family<ModelLabels, Counter>,
+    pub gateway_downgrades: Family<ModelLabels, Counter>,
+    pub usage_write_failures: Counter,
+    /// Spend over limit of each budget's current window, refreshed at each scrape.
+    pub budget_utilisation: Family<BudgetLabels, Gauge<f64, AtomicU64>>,
 }
 
 impl Default for Metrics {
@@ -195,6 +240,15 @@ impl Metrics {
             store_connections: Family::default(),
             alerts: Family::default(),
             notifications: Family::default(),
+            gateway_requests: Family::default(),
+            gateway_upstream_duration: histograms(),
+            gateway_first_token: histograms(),
+            gateway_tokens: Family::default(),
+            gateway_cost: Family::default(),
+            gateway_fallbacks: Family::default(),
+            gateway_downgrades: Family::default(),
+            usage_write_failures: Counter::default(),
+            budget_utilisation: Family::default(),
             registry: Registry::default(),
             names: Vec::new(),
         };
@@ -345,6 +399,69 @@ impl Metrics {
             "flotilla_alert_notifications",
             "Alert notifications by notifier and outcome (failed: after every retry)",
             m.notifications.clone(),
+        );
+        register(
+            &mut registry,
+            &mut names,
+            "flotilla_gateway_requests",
+            "Model calls through the gateway by served model, provider and outcome",
+            m.gateway_requests.clone(),
+        );
+        register(
+            &mut registry,
+            &mut names,
+            "flotilla_gateway_upstream_duration_seconds",
+            "Duration of provider calls (whole answer), by provider",
+            m.gateway_upstream_duration.clone(),
+        );
+        register(
+            &mut registry,
+            &mut names,
+            "flotilla_gateway_time_to_first_token_seconds",
+            "Time from the call to the provider's first streamed event, by provider",
+            m.gateway_first_token.clone(),
+        );
+        register(
+            &mut registry,
+            &mut names,
+            "flotilla_gateway_tokens",
+            "Tokens of model calls by model and kind",
+            m.gateway_tokens.clone(),
+        );
+        register(
+            &mut registry,
+            &mut names,
+            "flotilla_gateway_cost_usd",
+            "Cost of model calls in US dollars by model (the ledger keeps the exact amounts)",
+            m.gateway_cost.clone(),
+        );
+        register(
+            &mut registry,
+            &mut names,
+            "flotilla_gateway_fallbacks",
+            "Calls that fell back from this model to another",
+            m.gateway_fallbacks.clone(),
+        );
+        register(
+            &mut registry,
+            &mut names,
+            "flotilla_gateway_downgrades",
+            "Calls a downgrade budget moved off this model",
+            m.gateway_downgrades.clone(),
+        );
+        register(
+            &mut registry,
+            &mut names,
+            "flotilla_usage_write_failures",
+            "Batches of usage records the store refused (they are retried)",
+            m.usage_write_failures.clone(),
+        );
+        register(
+            &mut registry,
+            &mut names,
+            "flotilla_budget_utilisation_ratio",
+            "Spend over limit of each tenant budget's current window",
+            m.budget_utilisation.clone(),
         );
         // The process's own CPU, memory and descriptors, read at each scrape.
         super::process::mark_start();

@@ -1,0 +1,168 @@
+//! Errors of the model gateway, answered in OpenAI's shape
+//! (`{"error": {"message", "type", "param", "code"}}`) so that OpenAI SDKs raise their usual
+//! exceptions (`NotFoundError`, `RateLimitError`, …) with our message.
+
+use crate::api::error::{ApiError, REQUEST_ID};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+/// An error of a gateway route.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct GatewayError {
+    pub status: StatusCode,
+    /// OpenAI's `type`: `invalid_request_error`, `authentication_error`, `permission_error`,
+    /// `not_found_error`, `rate_limit_error`, `insufficient_quota`, `api_error`, `timeout_error`.
+    pub kind: &'static str,
+    /// A snake_case code, as in Flotilla's own errors.
+    pub code: &'static str,
+    pub message: String,
+    pub param: Option<String>,
+    /// Seconds for `Retry-After`.
+    pub retry_after_s: Option<u64>,
+}
+
+impl GatewayError {
+    pub fn invalid(param: &str, message: impl Into<String>) -> GatewayError {
+        GatewayError {
+            status: StatusCode::BAD_REQUEST,
+            kind: "invalid_request_error",
+            code: "invalid_field",
+            message: message.into(),
+            param: Some(param.to_owned()),
+            retry_after_s: None,
+        }
+    }
+
+    pub fn model_not_found(model: &str, known: &[String]) -> GatewayError {
+        GatewayError {
+            status: StatusCode::NOT_FOUND,
+            kind: "invalid_request_error",
+            code: "model_not_found",
+            message: format!(
+                "the model `{model}` does not exist; known models: {} (or `auto`)",
+                known.join(", ")
+            ),
+            param: Some("model".to_owned()),
+            retry_after_s: None,
+        }
+    }
+
+    /// 402: a `block` budget is spent.
+    pub fn budget_exceeded(message: String) -> GatewayError {
+        GatewayError {
+            status: StatusCode::PAYMENT_REQUIRED,
+            kind: "insufficient_quota",
+            code: "budget_exceeded",
+            message,
+            param: None,
+            retry_after_s: None,
+        }
+    }
+
+    pub fn rate_limited(message: String, retry_after_s: u64) -> GatewayError {
+        GatewayError {
+            status: StatusCode::TOO_MANY_REQUESTS,
+            kind: "rate_limit_error",
+            code: "rate_limited",
+            message,
+            param: None,
+            retry_after_s: Some(retry_after_s.max(1)),
+        }
+    }
+
+    /// 502: every attempt at the upstream failed.
+    pub fn upstream(message: String) -> GatewayError {
+        GatewayError {
+            status: StatusCode::BAD_GATEWAY,
+            kind: "api_error",
+            code: "upstream_error",
+            message,
+            param: None,
+            retry_after_s: None,
+        }
+    }
+
+    /// 504: the upstream did not answer in time.
+    pub fn upstream_timeout(message: String) -> GatewayError {
+        GatewayError {
+            status: StatusCode::GATEWAY_TIMEOUT,
+            kind: "timeout_error",
+            code: "upstream_timeout",
+            message,
+            param: None,
+            retry_after_s: None,
+        }
+    }
+
+    /// The error as an OpenAI-shaped JSON value (also sent as the last event of a broken stream).
+    pub fn body(&self) -> serde_json::Value {
+        json!({
+            "error": {
+                "message": self.message,
+                "type": self.kind,
+                "param": self.param,
+                "code": self.code,
+                "request_id": REQUEST_ID.try_with(Clone::clone).ok(),
+            }
+        })
+    }
+}
+
+impl From<ApiError> for GatewayError {
+    fn from(e: ApiError) -> GatewayError {
+        let status = e.status();
+        let (kind, code) = match &e {
+            ApiError::Unauthenticated(_) => ("authentication_error", "unauthenticated"),
+            ApiError::Forbidden(_) => ("permission_error", "forbidden"),
+            ApiError::NotFound(_) => ("not_found_error", "not_found"),
+            ApiError::RateLimited { .. } => ("rate_limit_error", "rate_limited"),
+            ApiError::PayloadTooLarge { .. } => ("invalid_request_error", "payload_too_large"),
+            ApiError::UnsupportedMediaType(_) => {
+                ("invalid_request_error", "unsupported_media_type")
+            }
+            ApiError::Unavailable(_) | ApiError::Shed(_) => ("api_error", "unavailable"),
+            ApiError::Internal(_) => ("api_error", "internal"),
+            _ => ("invalid_request_error", "invalid_request"),
+        };
+        let retry_after_s = match &e {
+            ApiError::RateLimited { retry_after_s, .. } => Some(*retry_after_s),
+            ApiError::Unavailable(_) => Some(1),
+            _ => None,
+        };
+        let message = match &e {
+            ApiError::Internal(detail) => {
+                tracing::error!(error = %detail, "Gateway request failed");
+                "the server failed to handle the request; it has been logged".to_owned()
+            }
+            other => other.to_string(),
+        };
+        GatewayError {
+            status,
+            kind,
+            code,
+            message,
+            param: None,
+            retry_after_s,
+        }
+    }
+}
+
+impl From<flotilla_store::StoreError> for GatewayError {
+    fn from(e: flotilla_store::StoreError) -> GatewayError {
+        ApiError::from(e).into()
+    }
+}
+
+impl IntoResponse for GatewayError {
+    fn into_response(self) -> Response {
+        let mut response = (self.status, axum::Json(self.body())).into_response();
+        if let Some(s) = self.retry_after_s {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(s));
+        }
+        response
+    }
+}
