@@ -2,7 +2,7 @@
 //! so the two cannot drift apart.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use flotilla_core::config::{ConfigFile, PoolSection};
+use flotilla_core::config::{ConfigFile, ModelSection, PoolSection, ProviderSection};
 
 fn keys(value: &toml::Value, prefix: &str, out: &mut Vec<String>) {
     if let toml::Value::Table(table) = value {
@@ -31,6 +31,17 @@ fn every_setting_is_documented() {
         timeout_ms: Some(1),
         max_attempts: Some(1),
         ..PoolSection::default()
+    });
+    config
+        .providers
+        .insert("openai".into(), ProviderSection::default());
+    config.models.push(ModelSection {
+        name: "m".into(),
+        upstream: Some("u".into()),
+        fallback_on: Some(vec![500]),
+        downgrade_to: Some("d".into()),
+        default_max_output_tokens: Some(1),
+        ..ModelSection::default()
     });
     let value = toml::Value::try_from(&config).unwrap();
     let mut all = Vec::new();
