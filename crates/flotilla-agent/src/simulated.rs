@@ -10,6 +10,12 @@
 //! `{"simulate": {"duration_ms": 2000, "fail": true, "reject": true}}` (each key optional;
 //! `duration_ms` replaces the sampled latency, `fail` forces a transient failure, `reject` a
 //! rejection of the task).
+//!
+//! A task whose input names a `"model"` also makes one chat completion through the control
+//! plane's model gateway with the attempt's per-task token, as a real agent would, so the call is
+//! attributed, budgeted and costed centrally (the gateway's own answer may be simulated too: the
+//! shipped models run on its simulated provider). A budget refusal (402) rejects the task; other
+//! gateway failures fail the attempt.
 
 mod output;
 
@@ -29,6 +35,8 @@ pub struct SimulatedAgent {
     agent_type: String,
     latency: Latency,
     failure_rate: f64,
+    /// Client of the model gateway (a pool of keep-alive connections).
+    http: reqwest::Client,
 }
 
 /// Latency of simulated work: log-normal, given by its median and 99th percentile.
@@ -120,6 +128,7 @@ impl SimulatedAgent {
             agent_type,
             latency,
             failure_rate,
+            http: reqwest::Client::new(),
         })
     }
 
@@ -153,11 +162,67 @@ impl Agent for SimulatedAgent {
         if fails {
             return Err(AgentError::Failed("simulated failure".into()));
         }
-        let output = output::for_task(&self.agent_type, request.task_id, &request.input);
+        let mut output = output::for_task(&self.agent_type, request.task_id, &request.input);
+        if let (Some(model), Some(gateway)) = (
+            request.input.get("model").and_then(serde_json::Value::as_str),
+            request.model_gateway.as_ref(),
+        ) {
+            let call = self.call_model(gateway, model, &request.input).await?;
+            if let serde_json::Value::Object(map) = &mut output {
+                map.insert("model_call".to_owned(), call);
+            }
+        }
         Ok(ExecuteResponse {
             output,
             usage: None,
         })
+    }
+}
+
+impl SimulatedAgent {
+    /// One chat completion through the gateway; returns the model, its answer and usage.
+    async fn call_model(
+        &self,
+        gateway: &flotilla_core::wire::ModelGateway,
+        model: &str,
+        input: &serde_json::Value,
+    ) -> Result<serde_json::Value, AgentError> {
+        let prompt = input
+            .get("description")
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or("Do the task.");
+        let response = self
+            .http
+            .post(format!("{}/chat/completions", gateway.base_url))
+            .bearer_auth(&gateway.token)
+            .json(&serde_json::json!({
+                "model": model,
+                "messages": [{"role": "user", "content": prompt}],
+                "max_tokens": 64,
+            }))
+            .send()
+            .await
+            .map_err(|e| AgentError::Failed(format!("the model gateway could not be reached: {e}")))?;
+        let status = response.status();
+        let body: serde_json::Value = response.json().await.unwrap_or_default();
+        let message = body
+            .pointer("/error/message")
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or("no message")
+            .to_owned();
+        match status.as_u16() {
+            200..=299 => Ok(serde_json::json!({
+                "model": body.get("model"),
+                "answer": body.pointer("/choices/0/message/content"),
+                "usage": body.get("usage"),
+            })),
+            402 | 400 | 404 => Err(AgentError::Rejected(format!(
+                "the model gateway refused the call ({status}): {message}"
+            ))),
+            _ => Err(AgentError::Failed(format!(
+                "the model gateway failed ({status}): {message}"
+            ))),
+        }
     }
 }
 

@@ -274,7 +274,13 @@ async fn one_task(
     priority: i32,
     n: u32,
 ) -> anyhow::Result<Outcome> {
-    let input = serde_json::json!({ "demo_task": n, "description": format!("demo {agent_type} task #{n}") });
+    // Every task's agent makes one model call through the gateway (simulated provider).
+    let model = ["gpt-4o", "claude-sonnet-3.5", "gemini-2.0-flash"][n as usize % 3];
+    let input = serde_json::json!({
+        "demo_task": n,
+        "description": format!("demo {agent_type} task #{n}"),
+        "model": model,
+    });
     let submission = SubmitTask {
         priority: Some(priority),
         ..SubmitTask::new(agent_type, input)
@@ -379,5 +385,24 @@ async fn print_summary(
     }
     println!("{decisions}");
     println!("(every fleet event: flotilla events list; pools: flotilla pools list)");
+
+    // The usage ledger writes in batches (every second by default).
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let analysis = client.cost_analysis(Some(1), None).await?;
+    let mut models = table(["MODEL (simulated provider)", "CALLS", "COST (USD)", "SHARE"]);
+    for m in &analysis.by_model {
+        models.add_row([
+            m.name.clone(),
+            m.calls.to_string(),
+            m.cost.to_string(),
+            format!("{:.0} %", m.share * 100.0),
+        ]);
+    }
+    println!("\nModel calls the agents made through the gateway, priced at list prices (answers simulated)");
+    println!("{models}");
+    println!(
+        "total ${} (flotilla cost report, flotilla usage list, flotilla budgets set monthly 10)",
+        analysis.total
+    );
     Ok(())
 }
