@@ -2,6 +2,7 @@
 //! batches every `[gateway] usage_flush_ms`, and whatever is queued is written at shutdown. A
 //! crash (SIGKILL, power loss) loses at most the records of the last interval; the budget
 //! counters, which enforcement reads, are not affected by the batching (docs/operations.md).
+//! The writer also prunes budget state of past windows once an hour.
 
 use crate::telemetry::metrics::Metrics;
 use flotilla_core::usage::UsageRecord;
@@ -42,6 +43,7 @@ pub fn channel(
     let (tx, mut rx) = mpsc::unbounded_channel::<UsageRecord>();
     let writer = async move {
         let mut pending: Vec<UsageRecord> = Vec::new();
+        let mut last_prune: Option<std::time::Instant> = None;
         let mut tick = tokio::time::interval(flush);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -53,6 +55,10 @@ pub fn channel(
                 pending.push(r);
             }
             write(&store, &metrics, &mut pending).await;
+            if last_prune.is_none_or(|at| at.elapsed() >= PRUNE_EVERY) {
+                last_prune = Some(std::time::Instant::now());
+                prune_budget_state(&store).await;
+            }
             if stopping {
                 // Records queued by calls that ended during shutdown.
                 rx.close();
@@ -71,6 +77,27 @@ pub fn channel(
         }
     };
     (Ledger { tx }, writer)
+}
+
+/// How often the budget counters of past windows and reservations of dead processes go.
+const PRUNE_EVERY: Duration = Duration::from_secs(3600);
+
+/// Deletes budget state nobody reads any more: reservations of processes that died (stale), and
+/// counters of windows older than last month's.
+async fn prune_budget_state(store: &DynStore) {
+    let now = chrono::Utc::now();
+    let this_month = flotilla_core::budget::Period::Monthly.window(now).0;
+    let last_month = flotilla_core::budget::Period::Monthly
+        .window(this_month - chrono::Duration::days(1))
+        .0;
+    match store
+        .prune_budget_state(now - super::budgets::STALE_RESERVATION, last_month)
+        .await
+    {
+        Ok(0) => {}
+        Ok(n) => tracing::debug!(rows = n, "Pruned old budget state"),
+        Err(e) => tracing::warn!(error = %e, "Could not prune old budget state"),
+    }
 }
 
 async fn write(store: &DynStore, metrics: &Metrics, pending: &mut Vec<UsageRecord>) {

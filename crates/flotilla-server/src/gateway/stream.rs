@@ -206,8 +206,12 @@ mod tests {
         chunks: Vec<Result<&'static str, UpstreamError>>,
         hide: bool,
     ) -> (String, StreamOutcome) {
-        let upstream: ChunkStream =
-            futures::stream::iter(chunks.into_iter().map(|c| c.map(|s| Bytes::from_static(s.as_bytes())))).boxed();
+        let upstream: ChunkStream = futures::stream::iter(
+            chunks
+                .into_iter()
+                .map(|c| c.map(|s| Bytes::from_static(s.as_bytes()))),
+        )
+        .boxed();
         let tracker = TaskTracker::new();
         let (done_tx, done_rx) = tokio::sync::oneshot::channel();
         let body = relay(upstream, hide, &tracker, move |o| async move {

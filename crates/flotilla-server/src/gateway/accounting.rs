@@ -1,0 +1,186 @@
+//! What a finished (or refused) call leaves behind: budgets and limits settled with the actual
+//! usage, the usage record in the ledger, the gateway's metrics, and budget thresholds announced.
+
+use super::budgets::Crossed;
+use super::call::Call;
+use crate::app::AppState;
+use crate::telemetry::metrics::{GatewayLabels, ModelLabels, ModelTokenLabels};
+use flotilla_core::Timestamp;
+use flotilla_core::model::ModelSpec;
+use flotilla_core::money::Money;
+use flotilla_core::usage::{TokenUsage, UsageRecord, UsageStatus};
+
+/// Records a call refused before it reached a provider.
+pub(super) fn reject(state: &AppState, call: &Call, spec: &ModelSpec) {
+    let record = usage_record(
+        call,
+        spec,
+        TokenUsage::default(),
+        Some(Money::ZERO),
+        false,
+        UsageStatus::Rejected,
+        state.clock.now(),
+    );
+    count(state, &record);
+    state.gateway.ledger.record(record);
+}
+
+fn usage_record(
+    call: &Call,
+    spec: &ModelSpec,
+    tokens: TokenUsage,
+    cost: Option<Money>,
+    estimated: bool,
+    status: UsageStatus,
+    now: Timestamp,
+) -> UsageRecord {
+    UsageRecord {
+        id: uuid::Uuid::now_v7(),
+        tenant_id: call.tenant,
+        task_id: call.task,
+        key_id: call.key_id.clone(),
+        agent_type: call.agent_type.clone(),
+        model: spec.name.clone(),
+        requested_model: (call.requested != spec.name).then(|| call.requested.clone()),
+        provider: spec.provider.clone(),
+        tokens,
+        cost,
+        estimated,
+        latency_ms: u64::try_from(call.started.elapsed().as_millis()).unwrap_or(u64::MAX),
+        status,
+        created_at: now,
+    }
+}
+
+/// Updates the gateway's metrics with a finished call.
+fn count(state: &AppState, record: &UsageRecord) {
+    let m = &state.metrics;
+    m.gateway_requests
+        .get_or_create(&GatewayLabels {
+            model: record.model.clone(),
+            provider: record.provider.clone(),
+            status: record.status.as_str().to_owned(),
+        })
+        .inc();
+    let t = &record.tokens;
+    for (kind, n) in [
+        ("input", t.input_tokens),
+        ("cached_input", t.cached_input_tokens),
+        ("output", t.output_tokens),
+        ("reasoning", t.reasoning_tokens),
+    ] {
+        if n > 0 {
+            m.gateway_tokens
+                .get_or_create(&ModelTokenLabels {
+                    model: record.model.clone(),
+                    kind: kind.to_owned(),
+                })
+                .inc_by(n);
+        }
+    }
+    if let Some(cost) = record.cost
+        && !cost.is_zero()
+    {
+        m.gateway_cost
+            .get_or_create(&ModelLabels {
+                model: record.model.clone(),
+            })
+            .inc_by(cost.as_f64_usd());
+    }
+    if let Some(agent_type) = &record.agent_type {
+        for (direction, n) in [("input", t.input_tokens), ("output", t.output_tokens)] {
+            if n > 0 {
+                m.token_usage
+                    .get_or_create(&crate::telemetry::metrics::TokenLabels {
+                        agent_type: agent_type.clone(),
+                        model: record.model.clone(),
+                        direction: direction.to_owned(),
+                    })
+                    .inc_by(n);
+            }
+        }
+    }
+    if t.total() > 0 {
+        state.recent.record_tokens(record.tenant_id, t.total());
+    }
+}
+
+/// Settles budgets and limits with the actual usage, writes the usage record, counts it, and
+/// announces thresholds crossed. Returns the cost (when known).
+pub(super) async fn finish(
+    state: &AppState,
+    call: &mut Call,
+    served: &ModelSpec,
+    tokens: TokenUsage,
+    estimated: bool,
+    status: UsageStatus,
+) -> Option<Money> {
+    let now = state.clock.now();
+    let cost = served.prices.cost(&tokens);
+    let actual = cost.unwrap_or(Money::ZERO);
+    let gw = &state.gateway;
+    if let Some(t) = call.taken.take() {
+        gw.limits.settle(&t, tokens.total(), actual, now);
+    }
+    if let Some(hold) = call.hold.take() {
+        match gw.budgets.settle(hold, actual, now).await {
+            Ok(crossed) => {
+                for c in crossed {
+                    announce(state, &c, now);
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, tenant = %call.tenant, "Could not settle a budget reservation");
+            }
+        }
+    }
+    let record = usage_record(call, served, tokens, cost, estimated, status, now);
+    count(state, &record);
+    gw.ledger.record(record);
+    cost
+}
+
+/// A budget threshold reached: an event and a notification, once per window.
+fn announce(state: &AppState, crossed: &Crossed, now: Timestamp) {
+    let b = &crossed.budget;
+    let message = format!(
+        "tenant {} reached {}% of its {} budget: ${} of ${} spent",
+        b.tenant_id,
+        crossed.threshold,
+        b.period.as_str(),
+        crossed.spent,
+        b.limit
+    );
+    state.events.emit(
+        now,
+        flotilla_core::event::EventKind::Budget,
+        "",
+        None,
+        message.clone(),
+    );
+    let severity = if crossed.threshold >= 100 {
+        flotilla_core::alert::Severity::Critical
+    } else {
+        flotilla_core::alert::Severity::Warning
+    };
+    let notification = crate::alerts::notify::Notification {
+        rule: "budget_threshold".to_owned(),
+        agent_type: None,
+        status: "firing".to_owned(),
+        severity,
+        signal: "budget_utilisation".to_owned(),
+        value: crossed.spent.ratio(b.limit),
+        comparison: ">=".to_owned(),
+        threshold: f64::from(crossed.threshold) / 100.0,
+        for_s: 0,
+        labels: [
+            ("tenant".to_owned(), b.tenant_id.to_string()),
+            ("period".to_owned(), b.period.as_str().to_owned()),
+        ]
+        .into_iter()
+        .collect(),
+        message,
+        at: now,
+    };
+    crate::alerts::notify::send_all(state, &notification);
+}
