@@ -544,6 +544,13 @@ async fn a_block_budget_refuses_with_402_and_fires_thresholds_once(backend: Back
         .filter(|e| e.message.contains("reached 50%"))
         .count();
     assert_eq!(fifty, 1, "{events:?}");
+    let metrics = server.metrics().await;
+    let line = metrics
+        .lines()
+        .find(|l| l.starts_with("flotilla_budget_utilisation_ratio{") && l.contains("monthly"))
+        .unwrap_or_else(|| panic!("no budget utilisation gauge: {metrics}"));
+    let ratio: f64 = line.rsplit(' ').next().unwrap().parse().unwrap();
+    assert!(ratio > 0.5 && ratio <= 1.0, "{line}");
     server.stop().await;
 }
 

@@ -140,4 +140,36 @@ async fn refresh(state: &AppState) {
             })
             .set(i64::from(agent.load));
     }
+    refresh_budgets(state).await;
+}
+
+/// Sets each tenant budget's utilisation (spent over limit in its current window).
+async fn refresh_budgets(state: &AppState) {
+    let m: &Metrics = &state.metrics;
+    let budgets = match state.store.list_budgets(None).await {
+        Ok(b) => b,
+        Err(e) => {
+            tracing::warn!(error = %e, "Metrics: cannot read budgets");
+            m.store_errors.inc();
+            return;
+        }
+    };
+    m.budget_utilisation.clear();
+    let now = state.clock.now();
+    for budget in budgets {
+        match state.gateway.budgets.spend(&budget, now).await {
+            Ok(spend) => {
+                m.budget_utilisation
+                    .get_or_create(&crate::telemetry::metrics::BudgetLabels {
+                        tenant: budget.tenant_id.to_string(),
+                        period: budget.period.as_str().to_owned(),
+                    })
+                    .set(spend.spent.ratio(budget.limit));
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "Metrics: cannot read a budget's spend");
+                m.store_errors.inc();
+            }
+        }
+    }
 }
