@@ -9,11 +9,13 @@
 //! retries (the agent runtime's registration and heartbeats) own their backoff.
 
 mod access;
+mod cost;
 mod error;
 mod secrets;
 mod system;
 mod tls;
 
+pub use cost::{ListUsage, UsageCsv, UsagePage};
 pub use error::ClientError;
 pub use flotilla_core::wire::ErrorDetail;
 pub use tls::TlsOptions;

@@ -61,6 +61,12 @@ const ROUTES: &[Route] = &[
     Route::DeleteSecret,
     Route::Rewrap,
     Route::System,
+    Route::ListBudgets,
+    Route::SetBudget,
+    Route::DeleteBudget,
+    Route::ListUsage,
+    Route::Recommend,
+    Route::CostAnalysis,
 ];
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -98,6 +104,12 @@ enum Route {
     DeleteSecret,
     Rewrap,
     System,
+    ListBudgets,
+    SetBudget,
+    DeleteBudget,
+    ListUsage,
+    Recommend,
+    CostAnalysis,
 }
 
 /// Whose object a request names.
@@ -144,6 +156,12 @@ impl Route {
             Route::DeleteSecret => ("delete", "/v1/secrets/{path}"),
             Route::Rewrap => ("post", "/v1/vault/rewrap"),
             Route::System => ("get", "/v1/system"),
+            Route::ListBudgets => ("get", "/v1/budgets"),
+            Route::SetBudget => ("put", "/v1/budgets/{period}"),
+            Route::DeleteBudget => ("delete", "/v1/budgets/{period}"),
+            Route::ListUsage => ("get", "/v1/usage"),
+            Route::Recommend => ("post", "/v1/cost/recommend"),
+            Route::CostAnalysis => ("get", "/v1/cost/analysis"),
         }
     }
 
@@ -164,6 +182,9 @@ impl Route {
             Route::CreateSilence | Route::DeleteSilence => P::SilenceAlerts,
             Route::CreateTenant | Route::UpdateTenant | Route::Rewrap => P::ManageTenants,
             Route::ListTenants | Route::GetTenant | Route::ListKeys | Route::GetKey => P::ReadKeys,
+            Route::ListBudgets | Route::ListUsage | Route::CostAnalysis => P::ReadKeys,
+            Route::SetBudget | Route::DeleteBudget => P::ManageTenants,
+            Route::Recommend => P::CallModels,
             Route::CreateKey | Route::RevokeKey => P::ManageKeys,
             Route::ListAudit => P::ReadAudit,
             Route::WriteSecret | Route::RotateSecret | Route::DeleteSecret => P::WriteSecrets,
@@ -185,6 +206,7 @@ impl Route {
                 | Route::ReadSecret
                 | Route::RotateSecret
                 | Route::DeleteSecret
+                | Route::DeleteBudget
         )
     }
 
@@ -211,6 +233,11 @@ impl Route {
                 | Route::ListSecrets
                 | Route::RotateSecret
                 | Route::DeleteSecret
+                | Route::ListBudgets
+                | Route::SetBudget
+                | Route::DeleteBudget
+                | Route::ListUsage
+                | Route::CostAnalysis
         )
     }
 
@@ -223,6 +250,7 @@ impl Route {
             | Route::CreateKey
             | Route::WriteSecret
             | Route::RotateSecret => 201,
+            Route::DeleteBudget => 204,
             _ => 200,
         }
     }
@@ -415,6 +443,27 @@ impl World {
                 )
                 .await;
                 template.replace("{path}", &path)
+            }
+            Route::SetBudget => {
+                body = Some(json!({"limit": "100"}));
+                template.replace("{period}", "daily")
+            }
+            Route::DeleteBudget => {
+                // Each tenant's budget of its own period, so that deleting "the other tenant's"
+                // finds none in the caller's tenant.
+                let period = if tenant == TenantId::DEFAULT {
+                    "daily"
+                } else {
+                    "monthly"
+                };
+                let path = template.replace("{period}", period);
+                self.setup(tenant, Method::PUT, &path, json!({"limit": "100"}))
+                    .await;
+                path
+            }
+            Route::Recommend => {
+                body = Some(json!({"type": "code_generator"}));
+                template.to_owned()
             }
             _ => template.to_owned(),
         };

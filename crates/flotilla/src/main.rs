@@ -53,6 +53,15 @@ enum Command {
     /// Secrets of the vault: put, get, list, rotate, delete; master-key re-wrapping.
     #[command(subcommand)]
     Secrets(cmd::secrets::SecretsCommand),
+    /// Budgets of the model gateway: list, set, delete.
+    #[command(subcommand)]
+    Budgets(cmd::cost::BudgetsCommand),
+    /// The model gateway's usage ledger: list (or export as CSV).
+    #[command(subcommand)]
+    Usage(cmd::cost::UsageCommand),
+    /// Spending report and model recommendation.
+    #[command(subcommand)]
+    Cost(cmd::cost::CostCommand),
     /// Diagnose a running deployment: connectivity, performance, resources, security, costs.
     Doctor(cmd::doctor::DoctorArgs),
     /// Check configuration files.
@@ -91,6 +100,9 @@ fn main() -> ExitCode {
             Command::Tenants(command) => cmd::access::run_tenants(command).await,
             Command::Audit(command) => cmd::access::run_audit(command).await,
             Command::Secrets(command) => cmd::secrets::run(command).await,
+            Command::Budgets(command) => cmd::cost::run_budgets(command).await,
+            Command::Usage(command) => cmd::cost::run_usage(command).await,
+            Command::Cost(command) => cmd::cost::run_cost(command).await,
             Command::Doctor(args) => cmd::doctor::run(args).await,
             Command::Config(command) => cmd::config::run(command),
             Command::Simulate(args) => cmd::simulate::run(*args),

@@ -3,6 +3,8 @@
 pub mod agents;
 pub mod alerts;
 pub mod audit;
+pub mod budgets;
+pub mod cost;
 pub mod error;
 pub mod events;
 pub mod extract;
@@ -14,6 +16,7 @@ pub mod secrets;
 pub mod system;
 pub mod tasks;
 pub mod tenants;
+pub mod usage;
 
 use crate::app::AppState;
 use crate::auth::require_key;
@@ -47,6 +50,9 @@ pub fn router(state: AppState) -> Router {
         .merge(audit::routes())
         .merge(secrets::routes())
         .merge(system::routes())
+        .merge(budgets::routes())
+        .merge(usage::routes())
+        .merge(cost::routes())
         .merge(crate::gateway::routes())
         .route_layer(middleware::from_fn_with_state(state.clone(), require_key));
     Router::new()

@@ -45,9 +45,15 @@ use utoipa::{Modify, OpenApi};
         super::secrets::remove,
         super::secrets::rewrap,
         super::system::system,
+        super::budgets::list,
+        super::budgets::set,
+        super::budgets::remove,
+        super::usage::list,
+        super::cost::recommend_model,
+        super::cost::analysis,
     ),
     modifiers(&BearerAuth, &CommonErrors),
-    tags((name = "tasks"), (name = "agents"), (name = "fleet"), (name = "alerts"), (name = "access"), (name = "secrets"), (name = "probes"))
+    tags((name = "tasks"), (name = "agents"), (name = "fleet"), (name = "alerts"), (name = "access"), (name = "secrets"), (name = "cost"), (name = "probes"))
 )]
 pub struct ApiDoc;
 

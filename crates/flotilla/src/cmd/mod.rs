@@ -5,6 +5,7 @@ pub mod agent;
 pub mod agents;
 pub mod alerts;
 pub mod config;
+pub mod cost;
 pub mod demo;
 pub mod doctor;
 pub mod pools;
