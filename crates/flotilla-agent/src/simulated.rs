@@ -164,7 +164,10 @@ impl Agent for SimulatedAgent {
         }
         let mut output = output::for_task(&self.agent_type, request.task_id, &request.input);
         if let (Some(model), Some(gateway)) = (
-            request.input.get("model").and_then(serde_json::Value::as_str),
+            request
+                .input
+                .get("model")
+                .and_then(serde_json::Value::as_str),
             request.model_gateway.as_ref(),
         ) {
             let call = self.call_model(gateway, model, &request.input).await?;
@@ -202,7 +205,9 @@ impl SimulatedAgent {
             }))
             .send()
             .await
-            .map_err(|e| AgentError::Failed(format!("the model gateway could not be reached: {e}")))?;
+            .map_err(|e| {
+                AgentError::Failed(format!("the model gateway could not be reached: {e}"))
+            })?;
         let status = response.status();
         let body: serde_json::Value = response.json().await.unwrap_or_default();
         let message = body

@@ -1,6 +1,6 @@
 //! `flotilla doctor` against deployments broken on purpose: a healthy one, a pool with queued
-//! work and no instance, a refused key, nothing listening, and open metrics with the bootstrap
-//! key still active. Drives the real binary against real servers.
+//! work and no instance, a refused key, nothing listening, open metrics with the bootstrap key
+//! still active, and an unreachable model provider with a spent budget. Drives the real binary against real servers.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
@@ -231,4 +231,61 @@ async fn open_metrics_and_the_bootstrap_key_are_security_warnings() {
             .unwrap()
             .contains("bootstrap admin")
     );
+}
+
+#[tokio::test]
+async fn an_unreachable_provider_and_a_spent_budget_are_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("flotilla.toml");
+    std::fs::write(
+        &config,
+        "[gateway]\nusage_flush_ms = 50\n\n[providers.dead]\nbase_url = \"http://127.0.0.1:9/v1\"\nconnect_timeout_ms = 500\n\n[[models]]\nname = \"dead-model\"\nprovider = \"dead\"\nprices = { input = 1, output = 1 }\n",
+    )
+    .unwrap();
+    let server = ServerProcess::builder(BIN)
+        .env("FLOTILLA_BOOTSTRAP_ADMIN_KEY", ADMIN_KEY)
+        .arg("--config")
+        .arg(&config)
+        .start()
+        .await
+        .unwrap();
+    let admin = server.client().unwrap();
+    // A budget that lets calls through but is spent after the first one.
+    admin
+        .set_budget(
+            flotilla_core::budget::Period::Monthly,
+            &flotilla_core::budget::BudgetRequest {
+                limit: "0.000001".parse().unwrap(),
+                thresholds: None,
+                enforcement: Some(flotilla_core::budget::Enforcement::AlertOnly),
+            },
+            None,
+        )
+        .await
+        .unwrap();
+    let status = reqwest::Client::new()
+        .post(format!("{}/v1/chat/completions", server.base_url()))
+        .bearer_auth(ADMIN_KEY)
+        .json(&serde_json::json!({"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, 200);
+
+    let out = doctor(&server.base_url(), ADMIN_KEY, &["--json"]);
+    let report = json(&out);
+    let providers = finding(&report, "Model providers");
+    // One of two providers (the built-in simulated one answers) is down: a warning naming it.
+    assert_eq!(providers["severity"], "warning", "{providers}");
+    assert!(providers.to_string().contains("dead"), "{providers}");
+    let budget = report["sections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|s| s["checks"].as_array().unwrap())
+        .find(|c| c["name"].as_str().unwrap().starts_with("Budget "))
+        .unwrap_or_else(|| panic!("no budget finding: {report:#}"));
+    assert_eq!(budget["severity"], "error", "{budget}");
+    assert!(out.status.code().unwrap() >= 1, "{}", text(&out));
 }

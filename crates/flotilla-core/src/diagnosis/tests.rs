@@ -87,6 +87,7 @@ fn system() -> SystemInfo {
             total_bytes: 100 << 30,
         }),
         queued: BTreeMap::new(),
+        providers: Vec::new(),
     }
 }
 

@@ -34,6 +34,22 @@ pub struct SystemInfo {
     pub data_dir_disk: Option<DiskInfo>,
     /// Tasks waiting per agent type, read from the store for this request.
     pub queued: BTreeMap<String, u64>,
+    /// The model gateway's providers, each probed for this request (`GET {base_url}/models`
+    /// with its key; the built-in simulated provider is always reachable).
+    #[serde(default)]
+    pub providers: Vec<ProviderStatus>,
+}
+
+/// A model provider as the gateway sees it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ProviderStatus {
+    pub name: String,
+    /// `openai` or `simulated`.
+    pub kind: String,
+    /// True when it answered and accepted the credentials.
+    pub reachable: bool,
+    /// What the probe saw: the latency, or why it failed.
+    pub detail: String,
 }
 
 /// The key of a `GET /v1/system` request (its public id only, never the secret).

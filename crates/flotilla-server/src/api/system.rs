@@ -37,6 +37,7 @@ pub async fn system(
         tokio::task::spawn_blocking(move || (process::sample(), process::disk(&data_dir)))
             .await
             .map_err(|e| ApiError::Internal(format!("cannot read process facts: {e}")))?;
+    let providers = state.gateway.probe(&state).await;
     Ok(Json(SystemInfo {
         version: env!("CARGO_PKG_VERSION").to_owned(),
         started_at: chrono::DateTime::<chrono::Utc>::from(started),
@@ -57,5 +58,6 @@ pub async fn system(
         process: info,
         data_dir_disk: disk,
         queued,
+        providers,
     }))
 }

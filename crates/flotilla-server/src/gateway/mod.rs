@@ -39,6 +39,8 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use tokio_util::task::TaskTracker;
 
+/// Longest wait for a provider's answer to a probe.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long a provider key read from the vault is reused (a rotation applies within this).
 const KEY_CACHE_TTL: Duration = Duration::from_secs(60);
 
@@ -134,6 +136,36 @@ impl Gateway {
                 Ok(Some(key))
             }
         }
+    }
+
+    /// Probes every provider at once (for `GET /v1/system` and `flotilla doctor`).
+    pub async fn probe(&self, state: &AppState) -> Vec<flotilla_core::wire::ProviderStatus> {
+        let probes = self
+            .config
+            .providers
+            .iter()
+            .map(|(name, provider)| async move {
+                let kind = match provider.kind {
+                    ProviderKind::OpenAi { .. } => "openai",
+                    ProviderKind::Simulated { .. } => "simulated",
+                };
+                let result = match (self.api_key(state, name).await, self.clients.get(name)) {
+                    (Err(e), _) => Err(e.message),
+                    (Ok(_), None) => Err("no client".to_owned()),
+                    (Ok(key), Some(client)) => client.probe(key.as_ref(), PROBE_TIMEOUT).await,
+                };
+                let (reachable, detail) = match result {
+                    Ok(d) => (true, d),
+                    Err(d) => (false, d),
+                };
+                flotilla_core::wire::ProviderStatus {
+                    name: name.clone(),
+                    kind: kind.to_owned(),
+                    reachable,
+                    detail,
+                }
+            });
+        futures::future::join_all(probes).await
     }
 
     /// The agent type of a task (cached), for usage records of per-task tokens.

@@ -398,7 +398,9 @@ async fn print_summary(
             format!("{:.0} %", m.share * 100.0),
         ]);
     }
-    println!("\nModel calls the agents made through the gateway, priced at list prices (answers simulated)");
+    println!(
+        "\nModel calls the agents made through the gateway, priced at list prices (answers simulated)"
+    );
     println!("{models}");
     println!(
         "total ${} (flotilla cost report, flotilla usage list, flotilla budgets set monthly 10)",

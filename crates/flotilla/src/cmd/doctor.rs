@@ -9,8 +9,8 @@
 use crate::cmd::Connection;
 use flotilla_client::{Client, ClientError, TlsOptions};
 use flotilla_core::diagnosis::{
-    AUTH_FAILURE_WINDOW_HOURS, AuthFailures, CpuWindow, Facts, Gathered, KeyCheck, ProbeResult,
-    PrometheusFacts, Report, Severity, diagnose, summarise_metrics,
+    AUTH_FAILURE_WINDOW_HOURS, AuthFailures, BudgetFact, CpuWindow, Facts, Gathered, KeyCheck,
+    ProbeResult, PrometheusFacts, ProviderFact, Report, Severity, diagnose, summarise_metrics,
 };
 use std::io::Write;
 use std::time::{Duration, Instant};
@@ -115,8 +115,8 @@ async fn gather(args: &DoctorArgs) -> anyhow::Result<Facts> {
         auth_failures: unavailable("no API key"),
         kube: args.kube,
         min_disk_free: (args.min_disk_free / 100.0).clamp(0.0, 1.0),
-        providers: unavailable("not configured: the model gateway is not built yet"),
-        budgets: unavailable("not available: budgets and the model gateway are not built yet"),
+        providers: unavailable("no API key"),
+        budgets: unavailable("no API key"),
     };
     if let Some(url) = &args.prometheus {
         facts.prometheus = Some(prometheus(url, args.timeout).await);
@@ -207,6 +207,21 @@ async fn gather(args: &DoctorArgs) -> anyhow::Result<Facts> {
         "the key's role may not list secrets",
     );
     facts.auth_failures = auth_failures;
+    facts.providers = match &facts.system {
+        Gathered::Measured(system) => Gathered::Measured(
+            system
+                .providers
+                .iter()
+                .map(|p| ProviderFact {
+                    name: format!("{} ({})", p.name, p.kind),
+                    reachable: p.reachable,
+                    detail: p.detail.clone(),
+                })
+                .collect(),
+        ),
+        Gathered::Unavailable(why) => Gathered::Unavailable(why.clone()),
+    };
+    facts.budgets = budgets(&client).await;
     facts.cpu = match (&facts.system, first_cpu) {
         (Gathered::Unavailable(why), _) => Gathered::Unavailable(why.clone()),
         (Gathered::Measured(_), None) => unavailable("the server cannot read its CPU time"),
@@ -226,6 +241,45 @@ async fn gather(args: &DoctorArgs) -> anyhow::Result<Facts> {
         }
     };
     Ok(facts)
+}
+
+/// Every budget the key may read (its tenant's; an admin's: every tenant's), with this month's
+/// projection for monthly budgets.
+async fn budgets(client: &Client) -> Gathered<Vec<BudgetFact>> {
+    let tenants: Vec<(Option<String>, String)> = match client.list_tenants().await {
+        Ok(list) => list
+            .tenants
+            .into_iter()
+            .map(|t| (Some(t.id.to_string()), t.name))
+            .collect(),
+        // Not an admin: its own tenant only.
+        Err(_) => vec![(None, "own tenant".to_owned())],
+    };
+    let mut facts = Vec::new();
+    for (tenant, name) in tenants {
+        let list = match client.list_budgets(tenant.as_deref()).await {
+            Ok(l) => l,
+            Err(e) => return Gathered::Unavailable(format!("cannot read budgets: {e}")),
+        };
+        for b in list.budgets {
+            let projected = if b.budget.period == flotilla_core::budget::Period::Monthly {
+                client
+                    .cost_analysis(Some(1), tenant.as_deref())
+                    .await
+                    .ok()
+                    .and_then(|a| a.budget)
+                    .map(|u| u.projected_utilisation)
+            } else {
+                None
+            };
+            facts.push(BudgetFact {
+                name: format!("{name} {}", b.budget.period.as_str()),
+                utilisation: b.utilisation,
+                projected,
+            });
+        }
+    }
+    Gathered::Measured(facts)
 }
 
 /// Lets the early exits mark every remaining fact unmeasured in one loop.

@@ -86,6 +86,18 @@ impl ProviderClient {
         })
     }
 
+    /// Checks the provider answers and takes its key (see [`openai::OpenAi::probe`]).
+    pub async fn probe(
+        &self,
+        api_key: Option<&SecretString>,
+        timeout: Duration,
+    ) -> Result<String, String> {
+        match self {
+            ProviderClient::OpenAi(p) => p.probe(api_key, timeout).await,
+            ProviderClient::Simulated(_) => Ok("built-in simulated provider".to_owned()),
+        }
+    }
+
     /// Makes one attempt.
     pub async fn call(
         &self,

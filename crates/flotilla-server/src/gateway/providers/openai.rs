@@ -158,6 +158,36 @@ impl OpenAi {
         .boxed()
     }
 
+    /// Checks that the provider answers and takes the key: `GET {base_url}/models`, which
+    /// OpenAI-compatible APIs serve. Returns what was seen.
+    pub async fn probe(
+        &self,
+        api_key: Option<&SecretString>,
+        timeout: Duration,
+    ) -> Result<String, String> {
+        let url = self.url.trim_end_matches("/chat/completions").to_owned() + "/models";
+        let mut request = self.client.get(&url).timeout(timeout);
+        if let Some(key) = api_key {
+            request = request.bearer_auth(key.expose_secret());
+        }
+        let started = Instant::now();
+        match request.send().await {
+            Ok(r) if r.status().is_success() => {
+                Ok(format!("answered in {} ms", started.elapsed().as_millis()))
+            }
+            Ok(r) if matches!(r.status().as_u16(), 401 | 403) => {
+                Err(format!("refused the API key ({})", r.status().as_u16()))
+            }
+            // Some compatible servers have no model list; any other answer shows they are up.
+            Ok(r) if r.status().as_u16() == 404 => Ok(format!(
+                "answered in {} ms (no model list)",
+                started.elapsed().as_millis()
+            )),
+            Ok(r) => Err(format!("answered {}", r.status().as_u16())),
+            Err(e) => Err(self.transport(&e).message),
+        }
+    }
+
     fn transport(&self, e: &reqwest::Error) -> UpstreamError {
         if e.is_timeout() {
             UpstreamError::timeout(format!("provider `{}` timed out: {e}", self.name))
