@@ -29,6 +29,7 @@ on_both_backends!(
     a_downgrade_budget_switches_to_the_cheaper_model_and_says_so,
     two_hundred_concurrent_calls_cannot_overshoot_a_small_budget,
     tokens_per_minute_are_limited_with_retry_after,
+    only_keys_that_may_call_models_do,
 );
 
 /// Settings with a fast ledger and, when given, a mock provider with models mapped to its
@@ -677,5 +678,23 @@ async fn tokens_per_minute_are_limited_with_retry_after(backend: Backend) {
         statuses.iter().filter(|s| **s == 200).count() >= 4,
         "{statuses:?}"
     );
+    server.stop().await;
+}
+
+async fn only_keys_that_may_call_models_do(backend: Backend) {
+    use flotilla_core::auth::Role;
+    let server = TestServer::start(backend, settings(None)).await;
+    let viewer = server.create_key(Role::Viewer, TenantId::DEFAULT).await;
+    let a = chat(&server, &viewer, hello("gpt-4o")).await;
+    assert_eq!(a.status, 403, "{}", a.text);
+    assert_eq!(a.json()["error"]["type"], "permission_error");
+    for role in [Role::Agent, Role::Submitter, Role::Operator] {
+        let key = server.create_key(role, TenantId::DEFAULT).await;
+        assert_eq!(
+            chat(&server, &key, hello("gpt-4o")).await.status,
+            200,
+            "{role:?}"
+        );
+    }
     server.stop().await;
 }
