@@ -4,18 +4,8 @@ use crate::{Client, ClientError, Json, NoBody, RequestBody};
 use flotilla_core::analysis::Analysis;
 use flotilla_core::budget::{BudgetList, BudgetRequest, BudgetStatus, Period};
 use flotilla_core::recommend::{RecommendRequest, Recommendation};
-use flotilla_core::usage::UsageRecord;
+use flotilla_core::usage::UsagePage;
 use reqwest::Method;
-use serde::{Deserialize, Serialize};
-
-/// A page of `GET /v1/usage`, newest first.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct UsagePage {
-    pub records: Vec<UsageRecord>,
-    /// Pass as [`ListUsage::before`] for the next (older) page; absent on the last page.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub next: Option<String>,
-}
 
 /// Filters and paging of `GET /v1/usage`; every field is optional.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

@@ -15,8 +15,9 @@ mod secrets;
 mod system;
 mod tls;
 
-pub use cost::{ListUsage, UsageCsv, UsagePage};
+pub use cost::{ListUsage, UsageCsv};
 pub use error::ClientError;
+pub use flotilla_core::usage::UsagePage;
 pub use flotilla_core::wire::ErrorDetail;
 pub use tls::TlsOptions;
 

@@ -196,9 +196,9 @@ pub fn analyse(
             kind: "rising_trend".to_owned(),
             message: format!(
                 "Daily spend rose by about ${} a day over the last {} days (mean ${} a day).",
-                usd(trend.slope_per_day),
+                trend.slope_per_day.for_people(),
                 trend.days,
-                usd(trend.mean_per_day)
+                trend.mean_per_day.for_people()
             ),
             estimated_monthly_savings: None,
         });
@@ -322,9 +322,9 @@ fn budget_suggestions(b: &BudgetUse, burn: Money, projected: Money, out: &mut Ve
             kind: "budget_high".to_owned(),
             message: format!(
                 "This month's spend of ${} is {} of the ${} monthly budget.",
-                usd(b.used),
+                b.used.for_people(),
                 percent(b.utilisation, b.limit),
-                usd(b.limit)
+                b.limit.for_people()
             ),
             estimated_monthly_savings: None,
         });
@@ -335,10 +335,10 @@ fn budget_suggestions(b: &BudgetUse, burn: Money, projected: Money, out: &mut Ve
             message: format!(
                 "At ${} a day, this month's spend will reach about ${} by its end, ${} over the \
                  ${} monthly budget.",
-                usd(burn),
-                usd(projected),
-                usd(projected - b.limit),
-                usd(b.limit)
+                burn.for_people(),
+                projected.for_people(),
+                (projected - b.limit).for_people(),
+                b.limit.for_people()
             ),
             estimated_monthly_savings: None,
         });
@@ -387,29 +387,12 @@ fn dominant_model(
              work to {cheaper_name} could save about ${} a month.",
             share.name,
             share.share * 100.0,
-            usd(share.cost),
-            usd(total),
-            usd(savings)
+            share.cost.for_people(),
+            total.for_people(),
+            savings.for_people()
         ),
         estimated_monthly_savings: Some(savings),
     })
-}
-
-/// Dollars for a message: rounded to the cent from one cent up, every digit below it (an
-/// amount of a fraction of a cent is not shown as zero).
-fn usd(m: Money) -> String {
-    const PICO_PER_CENT: i64 = 10_000_000_000;
-    let p = m.pico();
-    if p == 0 {
-        return "0.00".to_owned();
-    }
-    if p.unsigned_abs() < PICO_PER_CENT.unsigned_abs() {
-        return m.to_string();
-    }
-    let sign = if p < 0 { "-" } else { "" };
-    let cents =
-        (p.unsigned_abs() + PICO_PER_CENT.unsigned_abs() / 2) / PICO_PER_CENT.unsigned_abs();
-    format!("{sign}{}.{:02}", cents / 100, cents % 100)
 }
 
 /// A terminal bar chart for `flotilla cost report`: one line per day with the date, a bar of
@@ -418,7 +401,10 @@ fn usd(m: Money) -> String {
 pub fn render_chart(daily: &[DaySpend], width: usize) -> String {
     let width = width.min(MAX_CHART_WIDTH);
     let max = daily.iter().map(|d| d.cost).max().unwrap_or(Money::ZERO);
-    let amounts: Vec<String> = daily.iter().map(|d| format!("${}", usd(d.cost))).collect();
+    let amounts: Vec<String> = daily
+        .iter()
+        .map(|d| format!("${}", d.cost.for_people()))
+        .collect();
     let amount_width = amounts.iter().map(String::len).max().unwrap_or(0);
     let mut out = String::new();
     for (d, amount) in daily.iter().zip(&amounts) {

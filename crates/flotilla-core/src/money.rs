@@ -74,6 +74,22 @@ impl Money {
         r
     }
 
+    /// Dollars for people: to the cent from one cent up, every digit below it (a fraction of a
+    /// cent is not shown as zero). For messages and reports; the exact amount is `Display`.
+    pub fn for_people(self) -> String {
+        const PICO_PER_CENT: u64 = 10_000_000_000;
+        let p = self.0;
+        if p == 0 {
+            return "0.00".to_owned();
+        }
+        if p.unsigned_abs() < PICO_PER_CENT {
+            return self.to_string();
+        }
+        let sign = if p < 0 { "-" } else { "" };
+        let cents = (p.unsigned_abs() + PICO_PER_CENT / 2) / PICO_PER_CENT;
+        format!("{sign}{}.{:02}", cents / 100, cents % 100)
+    }
+
     pub const fn is_zero(self) -> bool {
         self.0 == 0
     }
@@ -205,11 +221,24 @@ impl<'de> Deserialize<'de> for Money {
 }
 
 impl utoipa::PartialSchema for Money {
+    /// A decimal string, or a whole number of dollars (what deserialisation accepts).
     fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
-        utoipa::openapi::ObjectBuilder::new()
-            .schema_type(utoipa::openapi::schema::Type::String)
-            .description(Some("An exact amount in US dollars, as a decimal string"))
-            .examples([serde_json::json!("0.00125")])
+        utoipa::openapi::schema::OneOfBuilder::new()
+            .item(
+                utoipa::openapi::ObjectBuilder::new()
+                    .schema_type(utoipa::openapi::schema::Type::String)
+                    .pattern(Some(r"^\$?[0-9]{1,7}(\.[0-9]{1,12})?$"))
+                    .examples([serde_json::json!("0.00125")]),
+            )
+            .item(
+                utoipa::openapi::ObjectBuilder::new()
+                    .schema_type(utoipa::openapi::schema::Type::Integer)
+                    .minimum(Some(0))
+                    .maximum(Some(u32::MAX)),
+            )
+            .description(Some(
+                "An exact amount in US dollars: a decimal string (answers always use one) or a whole number",
+            ))
             .into()
     }
 }

@@ -204,6 +204,15 @@ pub struct UsageRecord {
     pub created_at: Timestamp,
 }
 
+/// A page of `GET /v1/usage`, newest first.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct UsagePage {
+    pub records: Vec<UsageRecord>,
+    /// Pass as `before` to get the next (older) page; absent on the last page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<String>,
+}
+
 /// Usage summed per UTC day, model and agent type: what spending analysis reads.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct DailyUsage {

@@ -14,9 +14,9 @@ use axum::{Json, Router};
 use flotilla_core::Timestamp;
 use flotilla_core::auth::Permission;
 use flotilla_core::id::TaskId;
-use flotilla_core::usage::UsageRecord;
+use flotilla_core::usage::{UsagePage, UsageRecord};
 use flotilla_store::UsageFilter;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use std::fmt::Write as _;
 
 /// Default page size.
@@ -75,15 +75,6 @@ pub enum UsageFormat {
     /// `text/csv` with a header row; amounts as exact decimal strings, the next page's cursor in
     /// the `x-next-cursor` header.
     Csv,
-}
-
-/// A page of `GET /v1/usage`, newest first.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct UsagePage {
-    pub records: Vec<UsageRecord>,
-    /// Pass as `before` to get the next (older) page; absent on the last page.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub next: Option<String>,
 }
 
 /// Usage records of the caller's tenant (or `?tenant=` for admin keys), newest first.

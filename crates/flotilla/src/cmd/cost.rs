@@ -376,7 +376,7 @@ pub async fn run_cost(command: CostCommand) -> anyhow::Result<()> {
 
 fn print_report(a: &Analysis, width: usize) {
     println!("Spending from {} to {} ({} days)", a.from, a.to, a.days);
-    println!("Total:           ${}", usd(a.total));
+    println!("Total:           ${}", a.total.for_people());
     if a.unknown_cost_calls > 0 {
         println!(
             "                 (not counting {} calls of models with unknown prices)",
@@ -385,14 +385,17 @@ fn print_report(a: &Analysis, width: usize) {
     }
     println!(
         "Burn rate:       ${} a day this month",
-        usd(a.burn_rate_per_day)
+        a.burn_rate_per_day.for_people()
     );
-    println!("Month-end:       ${} projected", usd(a.projected_month_end));
+    println!(
+        "Month-end:       ${} projected",
+        a.projected_month_end.for_people()
+    );
     match &a.budget {
         Some(b) => println!(
             "Monthly budget:  ${} of ${} used ({:.1} %), {:.1} % projected",
-            usd(b.used),
-            usd(b.limit),
+            b.used.for_people(),
+            b.limit.for_people(),
             b.utilisation * 100.0,
             b.projected_utilisation * 100.0
         ),
@@ -411,8 +414,8 @@ fn print_report(a: &Analysis, width: usize) {
             flotilla_core::analysis::TrendDirection::Flat => "flat",
         },
         a.trend.days,
-        usd(abs(a.trend.slope_per_day)),
-        usd(a.trend.mean_per_day)
+        (abs(a.trend.slope_per_day)).for_people(),
+        a.trend.mean_per_day.for_people()
     );
     print_shares("By model", "MODEL", &a.by_model);
     print_shares("By agent type", "AGENT TYPE", &a.by_agent_type);
@@ -420,7 +423,11 @@ fn print_report(a: &Analysis, width: usize) {
         println!("\nSuggestions:");
         for s in &a.suggestions {
             match s.estimated_monthly_savings {
-                Some(saving) => println!("- {} (saves about ${} a month)", s.message, usd(saving)),
+                Some(saving) => println!(
+                    "- {} (saves about ${} a month)",
+                    s.message,
+                    saving.for_people()
+                ),
                 None => println!("- {}", s.message),
             }
         }
@@ -443,23 +450,6 @@ fn print_shares(title: &str, name: &str, shares: &[Share]) {
         ]);
     }
     println!("\n{title}:\n{t}");
-}
-
-/// Dollars for people: to the cent from one cent up, every digit below it (a fraction of a cent
-/// is not shown as zero). The same rule as the analysis's messages.
-fn usd(m: Money) -> String {
-    const PICO_PER_CENT: i64 = 10_000_000_000;
-    let p = m.pico();
-    if p == 0 {
-        return "0.00".to_owned();
-    }
-    if p.unsigned_abs() < PICO_PER_CENT.unsigned_abs() {
-        return m.to_string();
-    }
-    let sign = if p < 0 { "-" } else { "" };
-    let cents =
-        (p.unsigned_abs() + PICO_PER_CENT.unsigned_abs() / 2) / PICO_PER_CENT.unsigned_abs();
-    format!("{sign}{}.{:02}", cents / 100, cents % 100)
 }
 
 fn abs(m: Money) -> Money {
