@@ -199,6 +199,17 @@ async fn a_tasks_spans_reach_the_receiver_in_the_submitted_trace() {
     let task = server.finish(id).await;
     assert_eq!(task.status, TaskStatus::Succeeded);
     assert_eq!(task.trace_id.as_deref(), Some(trace));
+    // A model call made in the same trace (as an agent does with the traceparent it received).
+    let answer = server
+        .http
+        .post(server.url("/v1/chat/completions"))
+        .bearer_auth(ADMIN_KEY)
+        .header("traceparent", format!("00-{trace}-{parent}-01"))
+        .json(&serde_json::json!({"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 200);
     // Shutdown flushes the batch exporter.
     server.stop().await;
 
@@ -245,6 +256,15 @@ async fn a_tasks_spans_reach_the_receiver_in_the_submitted_trace() {
         Some(format!("00-{trace}-{}-01", execute.span_id).as_str()),
         "the agent's parent span is agent.execute"
     );
+
+    let chat = named(&spans, "gateway.chat");
+    assert_eq!(chat.len(), 1, "{spans:#?}");
+    assert_eq!(
+        chat[0].parent_span_id, parent,
+        "the caller's span is the parent"
+    );
+    assert_eq!(chat[0].attribute("gen_ai.response.model"), Some("gpt-4o"));
+    assert_eq!(chat[0].attribute("usage.status"), Some("ok"));
 
     let complete = named(&spans, "task.complete");
     assert_eq!(complete.len(), 1, "{spans:#?}");

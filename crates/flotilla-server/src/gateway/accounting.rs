@@ -135,6 +135,9 @@ pub(super) async fn finish(
         }
     }
     let record = usage_record(call, served, tokens, cost, estimated, status, now);
+    if let Some(span) = call.span.take() {
+        span.finish(&record, now);
+    }
     count(state, &record);
     gw.ledger.record(record);
     cost

@@ -43,6 +43,8 @@ pub(super) struct Call {
     pub taken: Option<Taken>,
     /// Its budget reservation, settled once.
     pub hold: Option<Hold>,
+    /// Its `gateway.chat` span, when traces are exported.
+    pub span: Option<crate::telemetry::traces::GatewaySpan>,
 }
 
 /// The model a call ended up with, and why it differs from the one asked for.
@@ -85,6 +87,7 @@ pub(super) async fn chat_completions(
         at: now,
         taken: None,
         hold: None,
+        span: None,
     };
     let mut call = call;
     let spec = resolve_model(gw.models(), &request)?;
@@ -127,10 +130,17 @@ pub(super) async fn chat_completions(
             return Err(e);
         }
     };
-    let traceparent = headers
-        .get("traceparent")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
+    let incoming = headers.get("traceparent").and_then(|v| v.to_str().ok());
+    call.span = state
+        .traces
+        .as_ref()
+        .map(|t| t.gateway_call(incoming, call.at));
+    // The provider's parent is our span when traces are exported, else the caller's.
+    let traceparent = call
+        .span
+        .as_ref()
+        .map(|s| s.traceparent().to_owned())
+        .or_else(|| incoming.map(str::to_owned));
     // The upstream call runs in its own task: a client that hangs up does not cancel a call the
     // provider is already billing, and the call is settled and recorded either way.
     let streams = gw.streams.clone();

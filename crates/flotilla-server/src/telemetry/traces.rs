@@ -25,6 +25,11 @@
 //! by the SDK's batch processor from its own thread with reqwest's blocking client, so exporting
 //! never blocks a Tokio worker; [`Traces::shutdown`] flushes what is left at shutdown.
 //!
+//! Model gateway calls get a `gateway.chat` span of their own ([`Traces::gateway_call`]), under
+//! the caller's `traceparent` — an agent's call during a task thus joins the task's trace, since
+//! the agent received `agent.execute`'s span — and the provider receives `gateway.chat` as its
+//! parent.
+//!
 //! Attributes hold ids, types, counts and outcomes — never task input or output, keys, tokens or
 //! signing secrets.
 
@@ -299,6 +304,81 @@ impl AttemptTrace {
         AttemptSpan {
             attempt: self.attempt,
         }
+    }
+}
+
+/// A model gateway call's `gateway.chat` span (server kind: the caller's span, when its
+/// `traceparent` came in, is the parent; the provider receives this span as its parent).
+pub struct GatewaySpan {
+    span: Span,
+    traceparent: String,
+}
+
+impl Traces {
+    /// Starts `gateway.chat` at `started`, under the caller's `traceparent` when it sent one.
+    pub fn gateway_call(&self, traceparent: Option<&str>, started: Timestamp) -> GatewaySpan {
+        let parent = traceparent
+            .and_then(parse_traceparent)
+            .map_or_else(Context::new, |(trace, span)| remote_parent(trace, span));
+        let span = self.tracer.build_with_context(
+            SpanBuilder::from_name("gateway.chat")
+                .with_kind(SpanKind::Server)
+                .with_start_time(SystemTime::from(started)),
+            &parent,
+        );
+        let context = span.span_context();
+        let traceparent = format!("00-{}-{}-01", context.trace_id(), context.span_id());
+        GatewaySpan { span, traceparent }
+    }
+}
+
+impl GatewaySpan {
+    /// The `traceparent` for the provider: this span as the parent.
+    pub fn traceparent(&self) -> &str {
+        &self.traceparent
+    }
+
+    /// Ends the span at `now` with the call's usage record (ids, model, tokens, cost, outcome —
+    /// never the prompt or the answer).
+    pub fn finish(mut self, record: &flotilla_core::usage::UsageRecord, now: Timestamp) {
+        let t = &record.tokens;
+        let mut attributes = vec![
+            KeyValue::new(
+                "gen_ai.request.model",
+                record
+                    .requested_model
+                    .clone()
+                    .unwrap_or_else(|| record.model.clone()),
+            ),
+            KeyValue::new("gen_ai.response.model", record.model.clone()),
+            KeyValue::new("gen_ai.provider.name", record.provider.clone()),
+            KeyValue::new(
+                "gen_ai.usage.input_tokens",
+                i64::try_from(t.input_tokens).unwrap_or(i64::MAX),
+            ),
+            KeyValue::new(
+                "gen_ai.usage.output_tokens",
+                i64::try_from(t.output_tokens).unwrap_or(i64::MAX),
+            ),
+            KeyValue::new("tenant.id", record.tenant_id.to_string()),
+            KeyValue::new("usage.status", record.status.as_str()),
+            KeyValue::new("usage.estimated", record.estimated),
+        ];
+        if let Some(cost) = record.cost {
+            attributes.push(KeyValue::new("usage.cost_usd", cost.to_string()));
+        }
+        if let Some(task) = record.task_id {
+            attributes.push(KeyValue::new("task.id", task.to_string()));
+        }
+        for a in attributes {
+            self.span.set_attribute(a);
+        }
+        let status = match record.status {
+            flotilla_core::usage::UsageStatus::Ok => Status::Ok,
+            other => Status::error(other.as_str()),
+        };
+        self.span.set_status(status);
+        self.span.end_with_timestamp(SystemTime::from(now));
     }
 }
 
