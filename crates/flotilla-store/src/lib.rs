@@ -21,6 +21,7 @@ use flotilla_core::tenant::Tenant;
 use flotilla_core::usage::{DailyUsage, UsageRecord};
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 mod access;
 mod postgres;
@@ -182,6 +183,50 @@ pub enum Reservation {
     /// Nothing was reserved: the window at `index` (the first, in the caller's order, that could
     /// not take the amount) had this spend.
     Refused { index: usize, spend: Spend },
+}
+
+/// One bucket that [`Store::take_buckets`] takes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BucketTake {
+    /// Names the bucket, e.g. `tenant-req:<tenant id>`.
+    pub subject: String,
+    /// The bucket's capacity and refill period now; a stored bucket made for others is rescaled
+    /// ([`flotilla_core::quota::Bucket::reconfigured`]).
+    pub capacity: u64,
+    pub period: Duration,
+    /// Units to take.
+    pub n: u64,
+}
+
+/// One reservation that [`Store::settle_buckets`] reconciles.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BucketSettle {
+    /// Names the bucket, as in [`BucketTake`].
+    pub subject: String,
+    /// The bucket's capacity and refill period now, as in [`BucketTake`].
+    pub capacity: u64,
+    pub period: Duration,
+    /// Units the call took.
+    pub reserved: u64,
+    /// Units it used.
+    pub actual: u64,
+}
+
+/// A stored bucket read back: the `rate_buckets` columns of both backends.
+pub(crate) fn bucket_from_row(
+    capacity: i64,
+    period_ms: i64,
+    level: &str,
+    updated_at: i64,
+) -> StoreResult<flotilla_core::quota::Bucket> {
+    let corrupt = || StoreError::Corrupt(format!("rate bucket level `{level}`"));
+    let state = flotilla_core::quota::BucketState {
+        capacity,
+        period_ms,
+        level: level.parse().map_err(|_| corrupt())?,
+        updated: rows::from_micros(updated_at)?,
+    };
+    flotilla_core::quota::Bucket::restore(state).ok_or_else(corrupt)
 }
 
 /// Connections of the store's pools (SQLite: the writer and the readers together).
@@ -450,6 +495,32 @@ pub trait Store: Send + Sync + 'static {
         &self,
         stale_before: Timestamp,
         windows_before: Timestamp,
+    ) -> StoreResult<u64>;
+
+    // --- rate-limit buckets ---
+    /// Takes `n` units from each bucket (distinct subjects), all or none, at `now` (kept to the
+    /// microsecond). A bucket without a row is full. The decision is
+    /// [`flotilla_core::quota::take_all`] on the stored buckets: on success every bucket is
+    /// written back; otherwise nothing changes and the answer is the index, in the caller's
+    /// order, of the first bucket that refused and its retry-after.
+    ///
+    /// Atomic across concurrent callers and processes: PostgreSQL locks the rows one by one in
+    /// subject order; SQLite's single writer serialises the calls.
+    async fn take_buckets(
+        &self,
+        takes: &[BucketTake],
+        now: Timestamp,
+    ) -> StoreResult<Result<(), (usize, Duration)>>;
+    /// Reconciles reservations ([`flotilla_core::quota::Bucket::settle`]), each bucket under the
+    /// same lock as a take; a bucket without a row starts full.
+    async fn settle_buckets(&self, settles: &[BucketSettle], now: Timestamp) -> StoreResult<()>;
+    /// Deletes up to `limit` buckets last written before `idle_before` that are full at `now`
+    /// (a missing bucket is full, so no decision changes); returns how many it deleted.
+    async fn prune_buckets(
+        &self,
+        idle_before: Timestamp,
+        now: Timestamp,
+        limit: u32,
     ) -> StoreResult<u64>;
 }
 

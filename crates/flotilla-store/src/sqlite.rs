@@ -40,6 +40,7 @@ use std::time::Duration;
 use uuid::Uuid;
 
 mod access;
+mod buckets;
 mod events;
 mod secrets;
 mod usage;
@@ -874,5 +875,30 @@ impl Store for SqliteStore {
         windows_before: Timestamp,
     ) -> StoreResult<u64> {
         usage::prune(self, stale_before, windows_before).await
+    }
+
+    async fn take_buckets(
+        &self,
+        takes: &[crate::BucketTake],
+        now: Timestamp,
+    ) -> StoreResult<Result<(), (usize, std::time::Duration)>> {
+        buckets::take(self, takes, now).await
+    }
+
+    async fn settle_buckets(
+        &self,
+        settles: &[crate::BucketSettle],
+        now: Timestamp,
+    ) -> StoreResult<()> {
+        buckets::settle(self, settles, now).await
+    }
+
+    async fn prune_buckets(
+        &self,
+        idle_before: Timestamp,
+        now: Timestamp,
+        limit: u32,
+    ) -> StoreResult<u64> {
+        buckets::prune(self, idle_before, now, limit).await
     }
 }
