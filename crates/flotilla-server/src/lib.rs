@@ -253,6 +253,7 @@ pub async fn start(
         config.gateway.clone(),
         ledger,
         gateway::budgets::Budgets::new(store.clone(), owner.clone()),
+        &store,
     )?);
     let state = AppState {
         gateway,

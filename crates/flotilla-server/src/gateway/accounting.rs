@@ -120,7 +120,7 @@ pub(super) async fn finish(
     let actual = cost.unwrap_or(Money::ZERO);
     let gw = &state.gateway;
     if let Some(t) = call.taken.take() {
-        gw.limits.settle(&t, tokens.total(), actual, now);
+        gw.limits.reconcile(&t, tokens.total(), actual, now).await;
     }
     if let Some(hold) = call.hold.take() {
         match gw.budgets.settle(hold, actual, now).await {

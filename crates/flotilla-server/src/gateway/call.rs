@@ -104,13 +104,17 @@ pub(super) async fn chat_completions(
     call.taken = if gw.limits.is_off() {
         None
     } else {
-        match gw.limits.take(
-            call.tenant,
-            &call.key_id,
-            reserved_tokens,
-            ceiling(&spec),
-            now,
-        ) {
+        match gw
+            .limits
+            .reserve(
+                call.tenant,
+                &call.key_id,
+                reserved_tokens,
+                ceiling(&spec),
+                now,
+            )
+            .await
+        {
             Ok(t) => Some(t),
             Err(limited) => {
                 reject(&state, &call, &spec);
@@ -125,7 +129,9 @@ pub(super) async fn chat_completions(
         Ok(c) => c,
         Err(e) => {
             if let Some(t) = call.taken.take() {
-                gw.limits.settle(&t, 0, Money::ZERO, state.clock.now());
+                gw.limits
+                    .reconcile(&t, 0, Money::ZERO, state.clock.now())
+                    .await;
             }
             return Err(e);
         }

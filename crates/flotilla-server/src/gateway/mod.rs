@@ -71,6 +71,7 @@ impl Gateway {
         config: GatewayConfig,
         ledger: Ledger,
         budgets: Budgets,
+        store: &flotilla_store::DynStore,
     ) -> Result<Gateway, GatewayBuildError> {
         let mut clients = HashMap::new();
         for (name, provider) in &config.providers {
@@ -81,7 +82,7 @@ impl Gateway {
             clients.insert(name.clone(), client);
         }
         Ok(Gateway {
-            limits: Limits::new(config.limits),
+            limits: Limits::for_store(config.limits, store),
             config,
             clients,
             keys: Mutex::default(),
