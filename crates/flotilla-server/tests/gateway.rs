@@ -482,7 +482,6 @@ async fn a_block_budget_refuses_with_402_and_fires_thresholds_once(backend: Back
     .await;
     let mut body = hello("mock-ok");
     body["max_tokens"] = json!(5);
-    // The mock reports 10 prompt tokens whatever the estimate; make the estimate match.
     let mut ok = 0;
     let mut refused = None;
     for _ in 0..8 {
@@ -503,6 +502,8 @@ async fn a_block_budget_refuses_with_402_and_fires_thresholds_once(backend: Back
     let message = e["message"].as_str().unwrap();
     assert!(message.contains("monthly budget of $0.0001"), "{message}");
     assert!(message.contains("resets at"), "{message}");
+    // Every call (the refused one too) is in the ledger before its spend is read.
+    let _ = records(&server, ok + 1).await;
     let spent = server
         .store
         .usage_spend(
@@ -512,8 +513,13 @@ async fn a_block_budget_refuses_with_402_and_fires_thresholds_once(backend: Back
         )
         .await
         .unwrap();
-    let _ = records(&server, ok + 1).await;
     assert!(spent <= "0.0001".parse().unwrap(), "{spent}");
+    // Each answered call cost 10 × $1 + 5 × $2 per million tokens; the refused one nothing.
+    assert_eq!(
+        spent,
+        Money::from_pico(20_000_000 * i64::try_from(ok).unwrap()),
+        "{ok} calls"
+    );
     // Thresholds fired once each, as events.
     let store = server.store.clone();
     eventually("budget events", Duration::from_secs(5), || {

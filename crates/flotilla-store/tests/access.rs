@@ -2,6 +2,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+#[macro_use]
 mod support;
 
 use chrono::{TimeZone, Utc};
@@ -12,27 +13,6 @@ use flotilla_core::id::TenantId;
 use flotilla_core::tenant::Tenant;
 use flotilla_store::{AuditFilter, DynStore, StoreError};
 use support::{Backend, next_id, truncate};
-
-macro_rules! behaviours {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-                async fn $name() {
-                    super::support::run(super::Backend::Sqlite, super::$name).await;
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-                async fn $name() {
-                    super::support::run(super::Backend::Postgres, super::$name).await;
-                }
-            )*
-        }
-    };
-}
 
 behaviours!(
     tenants_have_unique_names_and_can_be_changed,

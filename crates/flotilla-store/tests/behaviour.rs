@@ -4,6 +4,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+#[macro_use]
 mod support;
 
 use chrono::{Duration, TimeZone, Utc};
@@ -17,28 +18,6 @@ use flotilla_store::{Cancelled, DynStore, EventFilter, Inserted, TaskFilter};
 use serde_json::json;
 use std::collections::HashSet;
 use support::{Backend, next_id, truncate};
-
-/// Instantiates each behaviour once per backend: `sqlite::<name>` and `postgres::<name>`.
-macro_rules! behaviours {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-                async fn $name() {
-                    super::support::run(super::Backend::Sqlite, super::$name).await;
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-                async fn $name() {
-                    super::support::run(super::Backend::Postgres, super::$name).await;
-                }
-            )*
-        }
-    };
-}
 
 behaviours!(
     migrations_are_idempotent_and_ready,

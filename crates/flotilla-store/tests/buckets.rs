@@ -7,6 +7,7 @@
 
 // This suite needs only `support::run`.
 #[allow(dead_code)]
+#[macro_use]
 mod support;
 
 use chrono::TimeZone;
@@ -14,27 +15,6 @@ use flotilla_core::Timestamp;
 use flotilla_store::{BucketSettle, BucketTake, DynStore};
 use std::time::Duration;
 use support::Backend;
-
-macro_rules! behaviours {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-                async fn $name() {
-                    super::support::run(super::Backend::Sqlite, super::$name).await;
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-                async fn $name() {
-                    super::support::run(super::Backend::Postgres, super::$name).await;
-                }
-            )*
-        }
-    };
-}
 
 behaviours!(
     a_take_is_all_or_nothing,

@@ -4,6 +4,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+#[macro_use]
 mod support;
 
 use chrono::{Duration, TimeZone, Utc};
@@ -11,27 +12,6 @@ use flotilla_core::Timestamp;
 use flotilla_core::id::TenantId;
 use flotilla_store::{DynStore, SealedSecret};
 use support::{Backend, next_id, truncate};
-
-macro_rules! behaviours {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::support::run(super::Backend::Sqlite, super::$name).await;
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::support::run(super::Backend::Postgres, super::$name).await;
-                }
-            )*
-        }
-    };
-}
 
 behaviours!(
     versions_round_trip_and_number_in_order,

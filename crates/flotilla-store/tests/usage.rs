@@ -3,6 +3,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+#[macro_use]
 mod support;
 
 use chrono::{Duration, NaiveDate, TimeZone, Utc};
@@ -13,27 +14,6 @@ use flotilla_core::money::Money;
 use flotilla_core::usage::{DailyUsage, TokenUsage, UsageRecord, UsageStatus};
 use flotilla_store::{BudgetWindow, DynStore, Reservation, UsageFilter};
 use support::{Backend, next_id, truncate};
-
-macro_rules! behaviours {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-                async fn $name() {
-                    super::support::run(super::Backend::Sqlite, super::$name).await;
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-                async fn $name() {
-                    super::support::run(super::Backend::Postgres, super::$name).await;
-                }
-            )*
-        }
-    };
-}
 
 behaviours!(
     inserting_usage_is_idempotent_on_the_id,

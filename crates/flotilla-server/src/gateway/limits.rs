@@ -218,9 +218,7 @@ impl Limits {
             Ok(Err(refused)) => Err(self.limited(&limits, refused)),
             Err(e) => {
                 tracing::error!(error = %e, %tenant, "Could not take from the shared rate limits; this replica's own apply");
-                self.take_local(&takes, now)
-                    .map(|()| taken(tenant, key_id, tokens, cost, false))
-                    .map_err(|refused| self.limited(&limits, refused))
+                self.take(tenant, key_id, tokens, cost, now)
             }
         }
     }
@@ -228,13 +226,15 @@ impl Limits {
     /// Settles what a call took with what it used, where it was taken; now and then also prunes
     /// the shared buckets.
     pub async fn reconcile(&self, taken: &Taken, tokens: u64, cost: Money, now: Timestamp) {
-        let Some(shared) = &self.shared else {
-            return self.settle(taken, tokens, cost, now);
-        };
         let settles = self.settles(taken, tokens, cost);
-        if !taken.shared {
-            self.settle_local(&settles, now);
-        } else if !settles.is_empty()
+        let shared = match &self.shared {
+            Some(shared) if taken.shared => shared,
+            _ => {
+                self.settle_local(&settles, now);
+                return;
+            }
+        };
+        if !settles.is_empty()
             && let Err(e) = shared.store.settle_buckets(&settles, now).await
         {
             tracing::error!(error = %e, tenant = %taken.tenant, "Could not settle the shared rate limits");
@@ -243,7 +243,7 @@ impl Limits {
     }
 
     /// [`Limits::reserve`] from this process's buckets only, without waiting.
-    pub fn take(
+    fn take(
         &self,
         tenant: TenantId,
         key_id: &str,
@@ -255,16 +255,6 @@ impl Limits {
         self.take_local(&takes, now)
             .map(|()| taken(tenant, key_id, tokens, cost, false))
             .map_err(|refused| self.limited(&limits, refused))
-    }
-
-    /// [`Limits::reconcile`] of what [`Limits::take`] took, without waiting. What was taken
-    /// from the shared buckets can only be settled by `reconcile`.
-    pub fn settle(&self, taken: &Taken, tokens: u64, cost: Money, now: Timestamp) {
-        if taken.shared {
-            tracing::error!(tenant = %taken.tenant, "A shared rate-limit reservation was settled without the store; it stays taken");
-            return;
-        }
-        self.settle_local(&self.settles(taken, tokens, cost), now);
     }
 
     /// The configured buckets a call takes from, and what it takes.
@@ -446,7 +436,7 @@ mod tests {
         let tenant = TenantId(uuid::Uuid::nil());
         let taken = l.take(tenant, "k1", 900, Money::ZERO, t(0)).unwrap();
         assert!(!l.is_shared());
-        l.settle(&taken, 100, Money::ZERO, t(0));
+        l.settle_local(&l.settles(&taken, 100, Money::ZERO), t(0));
         l.take(tenant, "k1", 900, Money::ZERO, t(0)).unwrap();
     }
 }

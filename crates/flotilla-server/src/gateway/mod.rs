@@ -60,10 +60,10 @@ pub struct Gateway {
 
 /// Why the gateway could not be built.
 #[derive(Debug, thiserror::Error)]
-#[error("cannot build the HTTP client of provider `{provider}`: {source}")]
+#[error("cannot set up provider `{provider}`: {reason}")]
 pub struct GatewayBuildError {
     provider: String,
-    source: reqwest::Error,
+    reason: String,
 }
 
 impl Gateway {
@@ -75,9 +75,9 @@ impl Gateway {
     ) -> Result<Gateway, GatewayBuildError> {
         let mut clients = HashMap::new();
         for (name, provider) in &config.providers {
-            let client = ProviderClient::new(provider).map_err(|source| GatewayBuildError {
+            let client = ProviderClient::new(provider).map_err(|reason| GatewayBuildError {
                 provider: name.clone(),
-                source,
+                reason,
             })?;
             clients.insert(name.clone(), client);
         }

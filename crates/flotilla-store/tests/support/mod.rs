@@ -1,5 +1,29 @@
 //! The per-test stores of the behaviour suite.
 
+/// Generates, for each named `async fn(DynStore)`, a test on SQLite (`sqlite::<name>`) and one
+/// on PostgreSQL (`postgres::<name>`), each on a fresh store.
+#[allow(unused_macros)]
+macro_rules! behaviours {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $name() {
+                    super::support::run(super::Backend::Sqlite, super::$name).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $name() {
+                    super::support::run(super::Backend::Postgres, super::$name).await;
+                }
+            )*
+        }
+    };
+}
+
 use flotilla_core::Timestamp;
 use flotilla_store::{DynStore, PostgresStore, SqliteStore};
 use sqlx::Connection;

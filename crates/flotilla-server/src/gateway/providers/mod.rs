@@ -64,16 +64,16 @@ impl UpstreamError {
 
 /// A configured provider, ready to call.
 pub enum ProviderClient {
-    OpenAi(openai::OpenAi),
+    OpenAi(Box<openai::OpenAi>),
     Simulated(simulated::Simulated),
 }
 
 impl ProviderClient {
     /// Builds the client of a provider (one connection pool per provider, reused by every call).
-    pub fn new(provider: &Provider) -> Result<ProviderClient, reqwest::Error> {
+    pub fn new(provider: &Provider) -> Result<ProviderClient, String> {
         Ok(match &provider.kind {
             ProviderKind::OpenAi { base_url, .. } => {
-                ProviderClient::OpenAi(openai::OpenAi::new(provider, base_url)?)
+                ProviderClient::OpenAi(Box::new(openai::OpenAi::new(provider, base_url)?))
             }
             ProviderKind::Simulated {
                 latency,

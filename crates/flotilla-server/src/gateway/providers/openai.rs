@@ -21,23 +21,27 @@ const ERROR_BODY_LIMIT: usize = 16 * 1024;
 
 pub struct OpenAi {
     client: reqwest::Client,
-    url: String,
+    /// `{base_url}/chat/completions` and `{base_url}/models`, parsed once (not at every call).
+    completions: reqwest::Url,
+    models: reqwest::Url,
     name: String,
     first_token_timeout: Duration,
     timeout: Duration,
 }
 
 impl OpenAi {
-    pub fn new(provider: &Provider, base_url: &str) -> Result<OpenAi, reqwest::Error> {
+    pub fn new(provider: &Provider, base_url: &str) -> Result<OpenAi, String> {
         let client = reqwest::Client::builder()
             .tcp_nodelay(true)
             .connect_timeout(provider.connect_timeout)
             .pool_idle_timeout(Duration::from_secs(90))
             .pool_max_idle_per_host(256)
-            .build()?;
+            .build()
+            .map_err(|e| format!("cannot build its HTTP client: {e}"))?;
         Ok(OpenAi {
             client,
-            url: format!("{base_url}/chat/completions"),
+            completions: parse_url(&format!("{base_url}/chat/completions"))?,
+            models: parse_url(&format!("{base_url}/models"))?,
             name: provider.name.clone(),
             first_token_timeout: provider.first_token_timeout,
             timeout: provider.timeout,
@@ -53,7 +57,7 @@ impl OpenAi {
         let deadline = started + self.timeout;
         let mut builder = self
             .client
-            .post(&self.url)
+            .post(self.completions.clone())
             .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
             .body(request.body.clone());
         if let Some(key) = api_key {
@@ -165,8 +169,7 @@ impl OpenAi {
         api_key: Option<&SecretString>,
         timeout: Duration,
     ) -> Result<String, String> {
-        let url = self.url.trim_end_matches("/chat/completions").to_owned() + "/models";
-        let mut request = self.client.get(&url).timeout(timeout);
+        let mut request = self.client.get(self.models.clone()).timeout(timeout);
         if let Some(key) = api_key {
             request = request.bearer_auth(key.expose_secret());
         }
@@ -199,6 +202,11 @@ impl OpenAi {
             ))
         }
     }
+}
+
+/// A URL of the provider (the configuration checked the scheme; this refuses a malformed host).
+fn parse_url(text: &str) -> Result<reqwest::Url, String> {
+    reqwest::Url::parse(text).map_err(|e| format!("`{text}` is not a URL: {e}"))
 }
 
 /// The error and its causes, `: `-separated (reqwest's top-level message says little).
