@@ -24,6 +24,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 mod access;
+mod leases;
 mod postgres;
 mod rows;
 mod secrets;
@@ -227,6 +228,17 @@ pub(crate) fn bucket_from_row(
         updated: rows::from_micros(updated_at)?,
     };
     flotilla_core::quota::Bucket::restore(state).ok_or_else(corrupt)
+}
+
+/// A leader lease as it stands (DESIGN.md §9).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LeaderLease {
+    /// Who holds it (a control plane's owner name).
+    pub holder: String,
+    /// Grows by one each time the lease changes hands (a fencing token).
+    pub generation: i64,
+    /// When it ends unless renewed.
+    pub expires_at: Timestamp,
 }
 
 /// Connections of the store's pools (SQLite: the writer and the readers together).
@@ -522,6 +534,48 @@ pub trait Store: Send + Sync + 'static {
         now: Timestamp,
         limit: u32,
     ) -> StoreResult<u64>;
+
+    // --- leadership and notifications across replicas (DESIGN.md §9) ---
+    /// Grants or renews the lease `name` to `holder` until `until` when it is free, already
+    /// `holder`'s, or ended before `now`; otherwise changes nothing. Returns the lease as it
+    /// stands afterwards: `holder` holds it exactly when its `holder` is theirs. The generation
+    /// grows by one whenever the lease changes hands. Atomic across processes.
+    async fn claim_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        now: Timestamp,
+        until: Timestamp,
+    ) -> StoreResult<LeaderLease>;
+    /// Ends `holder`'s lease `name` at `now` (a clean shutdown hands over without waiting for it
+    /// to expire); false when `holder` did not hold it.
+    async fn release_lease(&self, name: &str, holder: &str, now: Timestamp) -> StoreResult<bool>;
+    /// Tells every control plane listening on this database (PostgreSQL `NOTIFY` on the
+    /// channel [`CHANNEL`], or a channel of the schema's when the store lives in one); nothing
+    /// on SQLite, where one control plane runs.
+    async fn notify(&self, payload: &str) -> StoreResult<()>;
+    /// Listens to [`notify`](Store::notify) from every control plane on this database,
+    /// this one's included; `None` on SQLite.
+    async fn listen(&self) -> StoreResult<Option<Listener>>;
+}
+
+/// The PostgreSQL channel of [`Store::notify`].
+pub const CHANNEL: &str = "flotilla";
+
+/// Notifications from every control plane on a PostgreSQL database.
+pub struct Listener(sqlx::postgres::PgListener);
+
+impl Listener {
+    /// The next notification's payload; `Ok(None)` when the connection was lost, in which case
+    /// notifications sent meanwhile are gone (the caller should catch up another way) and the
+    /// next call reconnects. An error means the database cannot be reached now.
+    pub async fn recv(&mut self) -> StoreResult<Option<String>> {
+        Ok(self
+            .0
+            .try_recv()
+            .await?
+            .map(|n| n.payload().to_owned()))
+    }
 }
 
 /// A shared store.

@@ -67,6 +67,8 @@ const ATTEMPTS_OF_TASKS: &str = "SELECT task_id, number, agent_id, started_at, f
 #[derive(Clone, Debug)]
 pub struct PostgresStore {
     pool: PgPool,
+    /// The `NOTIFY` channel: [`crate::CHANNEL`], or one per schema (tests share a database).
+    channel: String,
 }
 
 impl PostgresStore {
@@ -97,7 +99,14 @@ impl PostgresStore {
             .fetch_one(&mut conn)
             .await?;
         conn.close().await?;
-        Self::with_options(options.options([("search_path", quoted)]), max_connections).await
+        let mut store =
+            Self::with_options(options.options([("search_path", quoted)]), max_connections)
+                .await?;
+        store.channel = format!("{}_{schema}", crate::CHANNEL)
+            .chars()
+            .take(63)
+            .collect();
+        Ok(store)
     }
 
     /// Drops `schema` and everything in it (tests and benchmarks clean up their own schema).
@@ -124,7 +133,10 @@ impl PostgresStore {
             .max_connections(max_connections.max(1))
             .connect_with(options)
             .await?;
-        Ok(Self { pool })
+        Ok(Self {
+            pool,
+            channel: crate::CHANNEL.to_owned(),
+        })
     }
 }
 
@@ -925,5 +937,56 @@ impl Store for PostgresStore {
         limit: u32,
     ) -> StoreResult<u64> {
         buckets::prune(self, idle_before, now, limit).await
+    }
+    async fn claim_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        now: Timestamp,
+        until: Timestamp,
+    ) -> StoreResult<crate::LeaderLease> {
+        let claimed: Option<crate::leases::Row> = sqlx::query_as(crate::leases::CLAIM)
+            .bind(name)
+            .bind(holder)
+            .bind(micros(until))
+            .bind(micros(now))
+            .fetch_optional(&self.pool)
+            .await?;
+        let row = match claimed {
+            Some(row) => row,
+            None => {
+                sqlx::query_as(crate::leases::CURRENT)
+                    .bind(name)
+                    .fetch_one(&self.pool)
+                    .await?
+            }
+        };
+        crate::leases::lease(row)
+    }
+
+    async fn release_lease(&self, name: &str, holder: &str, now: Timestamp) -> StoreResult<bool> {
+        let n = sqlx::query(crate::leases::RELEASE)
+            .bind(micros(now) - 1)
+            .bind(name)
+            .bind(holder)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        Ok(n > 0)
+    }
+
+    async fn notify(&self, payload: &str) -> StoreResult<()> {
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(&self.channel)
+            .bind(payload)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn listen(&self) -> StoreResult<Option<crate::Listener>> {
+        let mut listener = sqlx::postgres::PgListener::connect_with(&self.pool).await?;
+        listener.listen(&self.channel).await?;
+        Ok(Some(crate::Listener(listener)))
     }
 }

@@ -901,4 +901,52 @@ impl Store for SqliteStore {
     ) -> StoreResult<u64> {
         buckets::prune(self, idle_before, now, limit).await
     }
+    async fn claim_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        now: Timestamp,
+        until: Timestamp,
+    ) -> StoreResult<crate::LeaderLease> {
+        let mut tx = self.write_tx().await?;
+        let claimed: Option<crate::leases::Row> = sqlx::query_as(crate::leases::CLAIM)
+            .bind(name)
+            .bind(holder)
+            .bind(micros(until))
+            .bind(micros(now))
+            .fetch_optional(&mut *tx)
+            .await?;
+        let row = match claimed {
+            Some(row) => row,
+            None => {
+                sqlx::query_as(crate::leases::CURRENT)
+                    .bind(name)
+                    .fetch_one(&mut *tx)
+                    .await?
+            }
+        };
+        tx.commit().await?;
+        crate::leases::lease(row)
+    }
+
+    async fn release_lease(&self, name: &str, holder: &str, now: Timestamp) -> StoreResult<bool> {
+        let mut tx = self.write_tx().await?;
+        let n = sqlx::query(crate::leases::RELEASE)
+            .bind(micros(now) - 1)
+            .bind(name)
+            .bind(holder)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        tx.commit().await?;
+        Ok(n > 0)
+    }
+
+    async fn notify(&self, _payload: &str) -> StoreResult<()> {
+        Ok(())
+    }
+
+    async fn listen(&self) -> StoreResult<Option<crate::Listener>> {
+        Ok(None)
+    }
 }

@@ -1,0 +1,117 @@
+//! Leader leases and notifications on every `Store` (SQLite and PostgreSQL, like behaviour.rs):
+//! one holder at a time, renewal by the holder, take-over only after expiry or release, a
+//! generation that grows with each change of hands, and exactly one winner among concurrent
+//! claimants.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+#[allow(dead_code)]
+#[macro_use]
+mod support;
+
+use chrono::TimeZone;
+use flotilla_core::Timestamp;
+use flotilla_store::DynStore;
+use support::Backend;
+
+behaviours!(
+    the_first_claimant_leads_and_renews,
+    another_takes_over_only_after_expiry,
+    a_release_hands_over_at_once,
+    concurrent_claimants_get_one_leader,
+    leases_are_independent_by_name,
+    notifications_reach_every_listener,
+);
+
+const LEASE: &str = "control-plane";
+
+fn at(s: i64) -> Timestamp {
+    chrono::Utc
+        .with_ymd_and_hms(2025, 3, 10, 12, 0, 0)
+        .single()
+        .unwrap()
+        + chrono::Duration::seconds(s)
+}
+
+async fn the_first_claimant_leads_and_renews(store: DynStore) {
+    let lease = store.claim_lease(LEASE, "a", at(0), at(10)).await.unwrap();
+    assert_eq!((lease.holder.as_str(), lease.generation), ("a", 1));
+    assert_eq!(lease.expires_at, at(10));
+    let renewed = store.claim_lease(LEASE, "a", at(5), at(15)).await.unwrap();
+    assert_eq!((renewed.holder.as_str(), renewed.generation), ("a", 1));
+    assert_eq!(renewed.expires_at, at(15), "a renewal extends the lease");
+}
+
+async fn another_takes_over_only_after_expiry(store: DynStore) {
+    store.claim_lease(LEASE, "a", at(0), at(10)).await.unwrap();
+    let refused = store.claim_lease(LEASE, "b", at(9), at(19)).await.unwrap();
+    assert_eq!(refused.holder, "a", "the lease has not ended");
+    assert_eq!(refused.expires_at, at(10), "a refused claim changes nothing");
+    let at_end = store.claim_lease(LEASE, "b", at(10), at(20)).await.unwrap();
+    assert_eq!(at_end.holder, "a", "a lease ending at 10 still holds at 10");
+    let taken = store.claim_lease(LEASE, "b", at(11), at(21)).await.unwrap();
+    assert_eq!((taken.holder.as_str(), taken.generation), ("b", 2));
+    // The old holder comes back: it is refused and sees who leads.
+    let old = store.claim_lease(LEASE, "a", at(12), at(22)).await.unwrap();
+    assert_eq!((old.holder.as_str(), old.generation), ("b", 2));
+    // Back and forth, the generation keeps growing.
+    let back = store.claim_lease(LEASE, "a", at(30), at(40)).await.unwrap();
+    assert_eq!((back.holder.as_str(), back.generation), ("a", 3));
+}
+
+async fn a_release_hands_over_at_once(store: DynStore) {
+    store.claim_lease(LEASE, "a", at(0), at(10)).await.unwrap();
+    assert!(!store.release_lease(LEASE, "b", at(1)).await.unwrap(), "b holds nothing");
+    assert!(store.release_lease(LEASE, "a", at(1)).await.unwrap());
+    let taken = store.claim_lease(LEASE, "b", at(1), at(11)).await.unwrap();
+    assert_eq!((taken.holder.as_str(), taken.generation), ("b", 2));
+}
+
+async fn concurrent_claimants_get_one_leader(store: DynStore) {
+    let claims = (0..16).map(|i| {
+        let store = store.clone();
+        tokio::spawn(async move {
+            let me = format!("replica-{i}");
+            let lease = store.claim_lease(LEASE, &me, at(0), at(10)).await.unwrap();
+            (me, lease)
+        })
+    });
+    let mut leaders = std::collections::BTreeSet::new();
+    let mut winners = 0;
+    for claim in claims {
+        let (me, lease) = claim.await.unwrap();
+        leaders.insert(lease.holder.clone());
+        winners += usize::from(lease.holder == me);
+        assert_eq!(lease.generation, 1);
+    }
+    assert_eq!(winners, 1, "exactly one claimant won");
+    assert_eq!(leaders.len(), 1, "every claimant sees the same leader");
+}
+
+async fn leases_are_independent_by_name(store: DynStore) {
+    store.claim_lease("one", "a", at(0), at(10)).await.unwrap();
+    let other = store.claim_lease("two", "b", at(0), at(10)).await.unwrap();
+    assert_eq!(other.holder, "b");
+}
+
+async fn notifications_reach_every_listener(store: DynStore) {
+    let Some(mut first) = store.listen().await.unwrap() else {
+        assert_eq!(store.backend(), "sqlite", "only SQLite has no notifications");
+        store.notify("ignored").await.unwrap();
+        return;
+    };
+    let mut second = store.listen().await.unwrap().unwrap();
+    store.notify("queued:reviewer").await.unwrap();
+    store.notify("done:1,2").await.unwrap();
+    for listener in [&mut first, &mut second] {
+        let mut got = Vec::new();
+        while got.len() < 2 {
+            let next = tokio::time::timeout(std::time::Duration::from_secs(5), listener.recv())
+                .await
+                .expect("a notification within 5 s")
+                .unwrap();
+            got.extend(next);
+        }
+        assert_eq!(got, ["queued:reviewer", "done:1,2"], "in order, to each listener");
+    }
+}
