@@ -1,10 +1,12 @@
 //! Alert rules and their state machine (DESIGN.md §11): inactive → pending → firing → resolved.
 //!
 //! A rule compares one built-in signal with a threshold; a breach must hold for the rule's `for`
-//! duration before the alert fires. Each (rule, agent type) pair has its own state. `step` is a
-//! pure function of the previous state, the signal's value and the time.
+//! duration before the alert fires. A rule is evaluated by one [`Dimension`] (agent type, model,
+//! tenant, or the whole system): each value of it (each agent type, say) has its own alert and
+//! state. `step` is a pure function of the previous state, the signal's value and the time.
 
 use crate::Timestamp;
+use crate::budget::Period;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -13,24 +15,95 @@ use std::time::Duration;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Signal {
-    /// Share of successful attempts, per agent type (0 to 1).
+    /// Share of successful attempts (0 to 1): per agent type, or per model (calls through the
+    /// gateway over the last 5 minutes that reached a provider).
     SuccessRate,
-    /// Share of failed attempts, per agent type (0 to 1).
+    /// Share of failed attempts (0 to 1), per agent type or per model.
     ErrorRate,
-    /// 95th percentile of `/execute` durations over the last 5 minutes, in seconds, per type.
+    /// 95th percentile of durations over the last 5 minutes, in seconds: of `/execute` calls per
+    /// agent type, or of gateway calls per model.
     P95ResponseTime,
     /// Tasks waiting, per agent type.
     QueueLength,
-    /// Model tokens agents reported over the last hour, all types together.
+    /// Model tokens used over the last hour: all together, per tenant or per model.
     HourlyTokens,
     /// Instances taking work, per agent type.
     HealthyInstances,
+    /// A tenant's spend over its budget's limit in the current window (0 and up; 1 is the
+    /// limit), the highest of its daily and monthly budgets. Per tenant.
+    BudgetUtilisation,
+}
+
+/// What a rule's alerts are split by: each value of the dimension has its own alert.
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum Dimension {
+    /// One alert per agent type (pool or registered type).
+    AgentType,
+    /// One alert per model (as the gateway served it).
+    Model,
+    /// One alert per tenant, named by its id.
+    Tenant,
+    /// One alert for the whole system.
+    Total,
+}
+
+impl Dimension {
+    /// The snake_case name.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Dimension::AgentType => "agent_type",
+            Dimension::Model => "model",
+            Dimension::Tenant => "tenant",
+            Dimension::Total => "total",
+        }
+    }
 }
 
 impl Signal {
-    /// True when the signal has one value per agent type (else one for the whole system).
-    pub const fn per_agent_type(self) -> bool {
-        !matches!(self, Signal::HourlyTokens)
+    /// Every signal.
+    pub const ALL: [Signal; 7] = [
+        Signal::SuccessRate,
+        Signal::ErrorRate,
+        Signal::P95ResponseTime,
+        Signal::QueueLength,
+        Signal::HourlyTokens,
+        Signal::HealthyInstances,
+        Signal::BudgetUtilisation,
+    ];
+
+    /// The dimensions the signal has values for; the first is the default.
+    pub const fn dimensions(self) -> &'static [Dimension] {
+        match self {
+            Signal::SuccessRate | Signal::ErrorRate | Signal::P95ResponseTime => {
+                &[Dimension::AgentType, Dimension::Model]
+            }
+            Signal::QueueLength | Signal::HealthyInstances => &[Dimension::AgentType],
+            Signal::HourlyTokens => &[Dimension::Total, Dimension::Tenant, Dimension::Model],
+            Signal::BudgetUtilisation => &[Dimension::Tenant],
+        }
+    }
+
+    /// The dimension a rule that does not say is evaluated by.
+    pub const fn default_dimension(self) -> Dimension {
+        self.dimensions()[0]
+    }
+
+    /// True when the signal has values per `dimension`.
+    pub fn supports(self, dimension: Dimension) -> bool {
+        self.dimensions().contains(&dimension)
     }
 
     /// The snake_case name.
@@ -42,6 +115,7 @@ impl Signal {
             Signal::QueueLength => "queue_length",
             Signal::HourlyTokens => "hourly_tokens",
             Signal::HealthyInstances => "healthy_instances",
+            Signal::BudgetUtilisation => "budget_utilisation",
         }
     }
 }
@@ -124,9 +198,36 @@ pub enum Action {
     ScaleUp,
     /// Shed new low-priority work (priority below 5) with 503 until the alert resolves.
     EmergencyMode,
-    /// Tighten the rate limit of the tenant that used the most model tokens in the last hour
-    /// (to `alerting.rate_limit`) until the alert resolves. Rules on `hourly_tokens` only.
+    /// Tighten a tenant's rate limit (to `alerting.rate_limit`) until the alert resolves: the
+    /// alert's tenant on rules by tenant, the tenant that used the most model tokens in the last
+    /// hour on `hourly_tokens` rules by total. See [`Action::applies_to`].
     RateLimit,
+}
+
+impl Action {
+    /// The snake_case name.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Action::Notify => "notify",
+            Action::ScaleUp => "scale_up",
+            Action::EmergencyMode => "emergency_mode",
+            Action::RateLimit => "rate_limit",
+        }
+    }
+
+    /// Whether the action means something on a rule over `signal` by `by`: `scale_up` needs an
+    /// agent type (its pool), `rate_limit` a tenant (the alert's, or the heaviest one on
+    /// `hourly_tokens` by total).
+    pub fn applies_to(self, signal: Signal, by: Dimension) -> bool {
+        match self {
+            Action::Notify | Action::EmergencyMode => true,
+            Action::ScaleUp => by == Dimension::AgentType,
+            Action::RateLimit => {
+                by == Dimension::Tenant
+                    || (signal == Signal::HourlyTokens && by == Dimension::Total)
+            }
+        }
+    }
 }
 
 /// A validated rule.
@@ -134,8 +235,11 @@ pub enum Action {
 pub struct AlertRule {
     pub name: String,
     pub signal: Signal,
-    /// Only this agent type; `None`: every type (each with its own state).
-    pub agent_type: Option<String>,
+    /// What the rule's alerts are split by (one of `signal.dimensions()`).
+    pub by: Dimension,
+    /// Only this value of `by` (an agent type, a model, a tenant id); `None`: every value, each
+    /// with its own state. Always `None` by [`Dimension::Total`].
+    pub only: Option<String>,
     pub comparison: Comparison,
     pub threshold: f64,
     /// How long a breach must hold before the alert fires.
@@ -145,19 +249,28 @@ pub struct AlertRule {
     pub actions: Vec<Action>,
 }
 
-/// The classic defaults (DESIGN.md §11).
+/// The classic defaults (DESIGN.md §11), each by its signal's default dimension except
+/// `hourly_tokens_high`, which is by tenant so that its `rate_limit` holds the tenant that
+/// breached.
 pub fn default_rules() -> Vec<AlertRule> {
     let rule =
-        |name: &str, signal, comparison, threshold, secs, severity, actions: &[Action]| AlertRule {
-            name: name.to_owned(),
-            signal,
-            agent_type: None,
-            comparison,
-            threshold,
-            for_: Duration::from_secs(secs),
-            severity,
-            labels: BTreeMap::new(),
-            actions: actions.to_vec(),
+        |name: &str, signal: Signal, comparison, threshold, secs, severity, actions: &[Action]| {
+            AlertRule {
+                name: name.to_owned(),
+                signal,
+                by: if signal == Signal::HourlyTokens {
+                    Dimension::Tenant
+                } else {
+                    signal.default_dimension()
+                },
+                only: None,
+                comparison,
+                threshold,
+                for_: Duration::from_secs(secs),
+                severity,
+                labels: BTreeMap::new(),
+                actions: actions.to_vec(),
+            }
         };
     vec![
         rule(
@@ -199,7 +312,115 @@ pub fn default_rules() -> Vec<AlertRule> {
     ]
 }
 
-/// Where one (rule, agent type) alert stands.
+/// What a rule's `by` and filters say, before validation: `by` if given, and at most one of
+/// the filters `agent_type`, `model`, `tenant` (a filter implies its dimension).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ScopeRequest<'a> {
+    pub by: Option<Dimension>,
+    pub agent_type: Option<&'a str>,
+    pub model: Option<&'a str>,
+    pub tenant: Option<&'a str>,
+}
+
+/// Why a rule's scope is refused; `key` is the offending setting.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ScopeError {
+    pub key: &'static str,
+    pub message: String,
+}
+
+/// Resolves a rule's dimension and filter: the filter's dimension, else `by`, else the signal's
+/// default; the dimension must be one the signal supports, and `by` may not contradict the
+/// filter. Pure: the config layer adds the rule's position to the error.
+pub fn scope(
+    signal: Signal,
+    request: &ScopeRequest<'_>,
+) -> Result<(Dimension, Option<String>), ScopeError> {
+    let filters: Vec<(Dimension, &str)> = [
+        (Dimension::AgentType, request.agent_type),
+        (Dimension::Model, request.model),
+        (Dimension::Tenant, request.tenant),
+    ]
+    .into_iter()
+    .filter_map(|(d, v)| v.map(|v| (d, v)))
+    .collect();
+    let allowed = || {
+        signal
+            .dimensions()
+            .iter()
+            .map(|d| format!("`{}`", d.as_str()))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    if let [(first, _), (second, _), ..] = filters.as_slice() {
+        return Err(ScopeError {
+            key: second.as_str(),
+            message: format!(
+                "a rule filters on one value only; `{}` and `{}` are both set",
+                first.as_str(),
+                second.as_str()
+            ),
+        });
+    }
+    let filter = filters.first().copied();
+    let by = match (request.by, filter) {
+        (Some(by), Some((implied, _))) if by != implied => {
+            return Err(ScopeError {
+                key: "by",
+                message: format!(
+                    "`by = \"{}\"` contradicts the filter `{}` (which implies `by = \"{}\"`)",
+                    by.as_str(),
+                    implied.as_str(),
+                    implied.as_str()
+                ),
+            });
+        }
+        (_, Some((implied, _))) => implied,
+        (Some(by), None) => by,
+        (None, None) => signal.default_dimension(),
+    };
+    if !signal.supports(by) {
+        return Err(ScopeError {
+            key: filter.map_or("by", |(d, _)| d.as_str()),
+            message: format!(
+                "signal `{}` has no values by `{}`; allowed: {}",
+                signal.as_str(),
+                by.as_str(),
+                allowed()
+            ),
+        });
+    }
+    if let Some((d, value)) = filter {
+        if value.is_empty() {
+            return Err(ScopeError {
+                key: d.as_str(),
+                message: "must not be empty (leave it out for every value)".to_owned(),
+            });
+        }
+        // Tenants are named by id, as in metrics and events: a name can change, an id cannot.
+        if d == Dimension::Tenant && value.parse::<crate::id::TenantId>().is_err() {
+            return Err(ScopeError {
+                key: d.as_str(),
+                message: format!(
+                    "`{value}` is not a tenant id (a UUID, as `flotilla tenants list` shows)"
+                ),
+            });
+        }
+    }
+    Ok((by, filter.map(|(_, v)| v.to_owned())))
+}
+
+/// A tenant's budget utilisation: the highest of its budgets' spent-over-limit ratios, with the
+/// period of that budget; `None` when it has no budget.
+pub fn budget_utilisation(budgets: &[(Period, f64)]) -> Option<(Period, f64)> {
+    budgets
+        .iter()
+        .copied()
+        .filter(|(_, ratio)| ratio.is_finite())
+        .max_by(|a, b| a.1.total_cmp(&b.1))
+}
+
+/// Where one (rule, dimension value) alert stands.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub enum AlertState {
     #[default]
@@ -276,143 +497,4 @@ pub fn quantile(values: &mut [f64], q: f64) -> Option<f64> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use chrono::{TimeZone, Utc};
-
-    fn at(s: i64) -> Timestamp {
-        Utc.timestamp_opt(1_700_000_000 + s, 0)
-            .single()
-            .unwrap_or_default()
-    }
-
-    fn success_rate_low() -> AlertRule {
-        default_rules().remove(0)
-    }
-
-    #[test]
-    fn a_breach_fires_only_after_holding_for_the_duration() {
-        let rule = success_rate_low();
-        let mut s = AlertState::default();
-        assert_eq!(step(&mut s, &rule, Some(0.95), at(0)), None);
-        assert_eq!(
-            step(&mut s, &rule, Some(0.85), at(10)),
-            Some(Transition::Pending)
-        );
-        assert_eq!(step(&mut s, &rule, Some(0.80), at(200)), None);
-        assert_eq!(step(&mut s, &rule, Some(0.85), at(309)), None);
-        assert_eq!(
-            step(&mut s, &rule, Some(0.85), at(310)),
-            Some(Transition::Firing)
-        );
-        assert_eq!(
-            s,
-            AlertState::Firing {
-                since: at(310),
-                breached_since: at(10)
-            }
-        );
-        assert_eq!(
-            step(&mut s, &rule, Some(0.5), at(400)),
-            None,
-            "firing stays firing"
-        );
-        assert_eq!(
-            step(&mut s, &rule, Some(0.95), at(500)),
-            Some(Transition::Resolved)
-        );
-        assert_eq!(s, AlertState::Inactive);
-    }
-
-    #[test]
-    fn a_short_breach_clears_without_firing() {
-        let rule = success_rate_low();
-        let mut s = AlertState::default();
-        step(&mut s, &rule, Some(0.5), at(0));
-        assert_eq!(
-            step(&mut s, &rule, Some(0.99), at(299)),
-            Some(Transition::Cleared)
-        );
-        // A new breach starts the clock again.
-        assert_eq!(
-            step(&mut s, &rule, Some(0.5), at(300)),
-            Some(Transition::Pending)
-        );
-        assert_eq!(step(&mut s, &rule, Some(0.5), at(599)), None);
-    }
-
-    #[test]
-    fn no_data_is_no_breach_and_zero_duration_fires_at_once() {
-        let mut rule = success_rate_low();
-        let mut s = AlertState::default();
-        assert_eq!(step(&mut s, &rule, None, at(0)), None);
-        rule.for_ = Duration::ZERO;
-        assert_eq!(
-            step(&mut s, &rule, Some(0.1), at(1)),
-            Some(Transition::Firing)
-        );
-        assert_eq!(step(&mut s, &rule, None, at(2)), Some(Transition::Resolved));
-    }
-
-    #[test]
-    fn comparisons_and_quantiles() {
-        assert!(Comparison::Below.breached(0.1, 0.2));
-        assert!(!Comparison::Below.breached(0.2, 0.2));
-        assert!(Comparison::AtMost.breached(0.2, 0.2));
-        assert!(Comparison::Above.breached(31.0, 30.0));
-        assert!(Comparison::AtLeast.breached(30.0, 30.0));
-        let mut v: Vec<f64> = (1..=100).map(f64::from).collect();
-        assert_eq!(quantile(&mut v, 0.95), Some(95.0));
-        assert_eq!(quantile(&mut [], 0.95), None);
-    }
-
-    #[test]
-    fn the_classic_four_are_the_defaults() {
-        let rules = default_rules();
-        let summary: Vec<_> = rules
-            .iter()
-            .map(|r| {
-                (
-                    r.signal,
-                    r.comparison,
-                    r.threshold,
-                    r.for_.as_secs(),
-                    r.severity,
-                )
-            })
-            .collect();
-        assert_eq!(
-            summary,
-            [
-                (
-                    Signal::SuccessRate,
-                    Comparison::Below,
-                    0.9,
-                    300,
-                    Severity::Warning
-                ),
-                (
-                    Signal::SuccessRate,
-                    Comparison::Below,
-                    0.8,
-                    180,
-                    Severity::Critical
-                ),
-                (
-                    Signal::P95ResponseTime,
-                    Comparison::Above,
-                    30.0,
-                    600,
-                    Severity::Warning
-                ),
-                (
-                    Signal::HourlyTokens,
-                    Comparison::Above,
-                    1_000_000.0,
-                    60,
-                    Severity::Critical
-                ),
-            ]
-        );
-    }
-}
+mod tests;

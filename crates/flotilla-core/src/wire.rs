@@ -344,8 +344,19 @@ pub struct EventList {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ActiveAlert {
     pub rule: String,
+    /// What the rule is evaluated by; the field of that name holds this alert's value (none of
+    /// them for `total`).
+    pub by: crate::alert::Dimension,
+    /// The agent type, on rules by agent type.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent_type: Option<String>,
+    /// The model, on rules by model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    /// The tenant's id, on rules by tenant.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, format = Uuid)]
+    pub tenant: Option<crate::id::TenantId>,
     /// `pending` or `firing`.
     pub state: String,
     pub severity: crate::alert::Severity,
@@ -372,9 +383,16 @@ pub struct AlertList {
 pub struct NewSilence {
     /// The rule's name.
     pub rule: String,
-    /// Only this agent type's alert; absent: every type's.
+    /// Only this agent type's alert (rules by agent type); absent: every type's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent_type: Option<String>,
+    /// Only this model's alert (rules by model); absent: every model's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    /// Only this tenant's alert (rules by tenant); absent: every tenant's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, format = Uuid)]
+    pub tenant: Option<crate::id::TenantId>,
     /// How long, in seconds (1 to 30 days).
     #[schema(minimum = 1, maximum = 2592000)]
     pub duration_s: u64,
@@ -391,6 +409,11 @@ pub struct Silence {
     pub rule: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent_type: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, format = Uuid)]
+    pub tenant: Option<crate::id::TenantId>,
     pub until: chrono::DateTime<chrono::Utc>,
     pub comment: String,
     /// The key id that created it.

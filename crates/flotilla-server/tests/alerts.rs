@@ -383,11 +383,25 @@ async fn a_silence_mutes_actions_but_not_the_history() {
         .await
         .unwrap();
     assert_eq!(bad.status(), 400);
+    // A silence names a value of the rule's own dimension only.
+    let bad = server
+        .http
+        .post(server.url("/v1/alerts/silences"))
+        .bearer_auth(ADMIN_KEY)
+        .json(&json!({"rule": "backlog", "model": "gpt-4o", "duration_s": 60}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 422);
+    let body: Value = bad.json().await.unwrap();
+    assert_eq!(body["error"]["field"], "model", "{body}");
     let silence = server
         .client
         .create_silence(&flotilla_core::wire::NewSilence {
             rule: "backlog".to_owned(),
             agent_type: Some("parked".to_owned()),
+            model: None,
+            tenant: None,
             duration_s: 3600,
             comment: "maintenance".to_owned(),
         })
@@ -729,5 +743,252 @@ async fn rate_limit_holds_the_heaviest_tenant_while_its_token_alert_fires() {
     for _ in 0..10 {
         assert!(server.client.list_pools().await.is_ok());
     }
+    server.stop().await;
+}
+
+/// A tenant of its own with a submitter key (which may call models).
+async fn tenant(server: &TestServer, name: &str) -> (flotilla_core::id::TenantId, String) {
+    use flotilla_core::auth::Role;
+    let tenant = flotilla_core::tenant::Tenant {
+        id: flotilla_core::id::TenantId(uuid::Uuid::now_v7()),
+        name: name.into(),
+        created_at: chrono::Utc::now(),
+        rate_limit: None,
+    };
+    server.store.create_tenant(&tenant).await.unwrap();
+    let key = server.create_key(Role::Submitter, tenant.id).await;
+    (tenant.id, key)
+}
+
+/// One call of the simulated `gpt-4o` through the gateway; its status.
+async fn call_model(server: &TestServer, key: &str) -> u16 {
+    server
+        .http
+        .post(server.url("/v1/chat/completions"))
+        .bearer_auth(key)
+        .json(&json!({"model": "gpt-4o", "messages": [{"role": "user", "content": "Say hello"}]}))
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+/// Statuses of four quick API requests with `key`.
+async fn statuses(server: &TestServer, key: &str) -> Vec<u16> {
+    let mut statuses = Vec::new();
+    for _ in 0..4 {
+        let response = server
+            .http
+            .get(server.url("/v1/tasks"))
+            .bearer_auth(key)
+            .send()
+            .await
+            .unwrap();
+        statuses.push(response.status().as_u16());
+    }
+    statuses
+}
+
+/// A rule by tenant over tokens metered by the gateway fires for the tenant that exceeded it,
+/// and its `rate_limit` holds that tenant, not the other; a rule by model fires for the model.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_token_rule_fires_for_the_tenant_that_exceeds_it_and_limits_only_that_one() {
+    use flotilla_core::alert::Dimension;
+    use flotilla_core::id::TenantId;
+    let settings = Settings::default()
+        .set("alerting.interval_ms", 100)
+        .set("alerting.default_rules", false)
+        .set("alerting.rate_limit", "2/m")
+        .raw(
+            "[[alerts]]\nname = \"tenant_tokens\"\nsignal = \"hourly_tokens\"\nby = \"tenant\"\n\
+             comparison = \">\"\nthreshold = 150\nfor = \"0s\"\nseverity = \"critical\"\n\
+             actions = [\"rate_limit\"]\n\
+             [[alerts]]\nname = \"model_tokens\"\nsignal = \"hourly_tokens\"\nby = \"model\"\n\
+             comparison = \">\"\nthreshold = 150\nfor = \"0s\"\nseverity = \"info\"\n",
+        );
+    let server = TestServer::start(Backend::Sqlite, settings).await;
+    let (heavy, heavy_key) = tenant(&server, "heavy").await;
+    // The default tenant (the admin's) makes one call: 16-47 output tokens and a few input
+    // tokens, under the threshold. The heavy tenant makes ten: more than 160.
+    assert_eq!(call_model(&server, ADMIN_KEY).await, 200);
+    for _ in 0..10 {
+        let status = call_model(&server, &heavy_key).await;
+        // Once the alert fires, the heavy tenant's calls are limited too.
+        assert!(status == 200 || status == 429, "{status}");
+    }
+
+    let limited = format!(
+        "tenant {heavy} limited to 2/m: alert tenant_tokens [tenant {heavy}] fired (hourly_tokens "
+    );
+    eventually(
+        "the heavy tenant is limited",
+        Duration::from_secs(10),
+        || async {
+            history(&server)
+                .await
+                .iter()
+                .any(|m| m.starts_with(&limited))
+        },
+    )
+    .await;
+    let alerts = server.client.list_alerts().await.unwrap().alerts;
+    let tenant_alerts: Vec<_> = alerts
+        .iter()
+        .filter(|a| a.rule == "tenant_tokens")
+        .collect();
+    assert_eq!(tenant_alerts.len(), 1, "{alerts:?}");
+    let alert = tenant_alerts[0];
+    assert_eq!(
+        (alert.by, alert.tenant, alert.state.as_str()),
+        (Dimension::Tenant, Some(heavy), "firing")
+    );
+    assert!(alert.value > 150.0 && alert.agent_type.is_none() && alert.model.is_none());
+    assert!(
+        alerts.iter().any(|a| a.rule == "model_tokens"
+            && a.model.as_deref() == Some("gpt-4o")
+            && a.tenant.is_none()),
+        "{alerts:?}"
+    );
+    // The alert's history entry is about the tenant.
+    let events = server.client.alert_history(&[]).await.unwrap().events;
+    let fired = events
+        .iter()
+        .find(|e| {
+            e.message
+                .starts_with(&format!("alert tenant_tokens [tenant {heavy}] firing"))
+        })
+        .unwrap_or_else(|| panic!("{events:?}"));
+    assert_eq!(fired.agent_type, heavy.to_string());
+    assert!(
+        !events
+            .iter()
+            .any(|e| e.message.contains(&TenantId::DEFAULT.to_string())),
+        "nothing fires for the light tenant: {events:?}"
+    );
+
+    let statuses = statuses(&server, &heavy_key).await;
+    assert!(statuses.contains(&429), "{statuses:?}");
+    // The light tenant is not affected.
+    for _ in 0..10 {
+        assert!(server.client.list_pools().await.is_ok());
+    }
+    server.stop().await;
+}
+
+/// A rule on `budget_utilisation` fires for the tenant whose spend crosses the threshold (naming
+/// the budget), limits it while firing, and resolves (restoring the rate) once the budget is
+/// raised.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_budget_rule_fires_when_a_tenants_spend_crosses_it_and_resolves_when_raised() {
+    use flotilla_core::budget::{Budget, Enforcement, Period};
+    let (hook, url) = Receiver::start().await;
+    let settings = Settings::default()
+        .set("alerting.interval_ms", 100)
+        .set("alerting.default_rules", false)
+        .set("alerting.rate_limit", "2/m")
+        .raw(&format!(
+            "[[alerting.webhooks]]\nurl = \"{url}\"\nformat = \"json\"\n\
+             [[alerts]]\nname = \"budget_high\"\nsignal = \"budget_utilisation\"\n\
+             comparison = \">=\"\nthreshold = 0.5\nfor = \"0s\"\nseverity = \"warning\"\n\
+             actions = [\"notify\", \"rate_limit\"]\n"
+        ));
+    let server = TestServer::start(Backend::Sqlite, settings).await;
+    let (spender, key) = tenant(&server, "spender").await;
+    let budget = |limit: &str| Budget {
+        tenant_id: spender,
+        period: Period::Monthly,
+        limit: limit.parse().unwrap(),
+        thresholds: vec![100],
+        enforcement: Enforcement::AlertOnly,
+        updated_at: chrono::Utc::now(),
+    };
+    // A simulated gpt-4o call costs a few hundred-thousandths of a dollar: a budget of $0.001
+    // is half spent within a few dozen calls.
+    server.store.put_budget(&budget("0.001")).await.unwrap();
+    let firing = |server: &TestServer| {
+        let client = server.client.clone();
+        async move {
+            client
+                .list_alerts()
+                .await
+                .unwrap()
+                .alerts
+                .into_iter()
+                .find(|a| a.rule == "budget_high" && a.state == "firing")
+        }
+    };
+    let mut alert = None;
+    for _ in 0..200 {
+        if call_model(&server, &key).await == 429 {
+            break;
+        }
+        alert = firing(&server).await;
+        if alert.is_some() {
+            break;
+        }
+    }
+    let alert = match alert {
+        Some(a) => a,
+        None => {
+            eventually("the budget alert fires", Duration::from_secs(5), || async {
+                firing(&server).await.is_some()
+            })
+            .await;
+            firing(&server).await.unwrap()
+        }
+    };
+    assert_eq!(alert.tenant, Some(spender), "{alert:?}");
+    assert!(alert.value >= 0.5, "{alert:?}");
+    let fired = format!("alert budget_high [tenant {spender}] firing: budget_utilisation ");
+    eventually(
+        "the firing names the budget",
+        Duration::from_secs(5),
+        || async {
+            history(&server)
+                .await
+                .iter()
+                .any(|m| m.starts_with(&fired) && m.contains(" (monthly budget) >= 0.5"))
+        },
+    )
+    .await;
+    eventually(
+        "the notification names the tenant",
+        Duration::from_secs(5),
+        || async {
+            hook.bodies().iter().any(|b| {
+                b["rule"] == "budget_high"
+                    && b["status"] == "firing"
+                    && b["tenant"] == spender.to_string()
+            })
+        },
+    )
+    .await;
+    let limited =
+        format!("tenant {spender} limited to 2/m: alert budget_high [tenant {spender}] fired");
+    eventually("the tenant is limited", Duration::from_secs(5), || async {
+        history(&server)
+            .await
+            .iter()
+            .any(|m| m.starts_with(&limited))
+    })
+    .await;
+    assert!(statuses(&server, &key).await.contains(&429));
+
+    // Raised: the utilisation falls under the threshold, the alert resolves, the rate returns.
+    server.store.put_budget(&budget("100")).await.unwrap();
+    eventually(
+        "the budget alert resolves",
+        Duration::from_secs(5),
+        || async { server.client.list_alerts().await.unwrap().alerts.is_empty() },
+    )
+    .await;
+    let restored = format!(
+        "tenant {spender} rate limit restored: alert budget_high [tenant {spender}] resolved"
+    );
+    eventually("the rate is restored", Duration::from_secs(5), || async {
+        history(&server).await.iter().any(|m| m == &restored)
+    })
+    .await;
     server.stop().await;
 }

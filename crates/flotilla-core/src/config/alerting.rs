@@ -1,7 +1,9 @@
 //! `[alerting]` and `[[alerts]]`: the alert engine's rules and where notifications go.
 
 use super::{ConfigError, invalid, positive_ms};
-use crate::alert::{Action, AlertRule, Comparison, Severity, Signal, default_rules};
+use crate::alert::{
+    Action, AlertRule, Comparison, Dimension, ScopeRequest, Severity, Signal, default_rules, scope,
+};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -18,7 +20,7 @@ pub struct AlertingSection {
     pub webhooks: Vec<WebhookSection>,
     /// E-mail recipients of `notify` actions, through an SMTP server.
     pub emails: Vec<EmailSection>,
-    /// The rate a `rate_limit` action holds the heaviest tenant to while its alert fires.
+    /// The rate a `rate_limit` action holds a tenant to while its alert fires.
     pub rate_limit: String,
 }
 
@@ -127,11 +129,22 @@ pub struct WebhookSection {
 pub struct AlertSection {
     pub name: String,
     /// `success_rate`, `error_rate`, `p95_response_time` (seconds), `queue_length`,
-    /// `hourly_tokens` or `healthy_instances`.
+    /// `hourly_tokens`, `healthy_instances` or `budget_utilisation`.
     pub signal: Signal,
-    /// Only this agent type (signals that are per type); absent: every type.
+    /// What the alerts are split by: `agent_type`, `model`, `tenant` or `total`, as the signal
+    /// allows; absent: the signal's default (`total` for `hourly_tokens`, `tenant` for
+    /// `budget_utilisation`, else `agent_type`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub by: Option<Dimension>,
+    /// Only this agent type (implies `by = "agent_type"`); absent: every type.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent_type: Option<String>,
+    /// Only this model (implies `by = "model"`); absent: every model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    /// Only this tenant, by id (implies `by = "tenant"`); absent: every tenant.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
     /// `<`, `<=`, `>` or `>=`.
     pub comparison: Comparison,
     pub threshold: f64,
@@ -142,7 +155,8 @@ pub struct AlertSection {
     pub severity: Severity,
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
-    /// `notify`, `scale_up`.
+    /// `notify`, `scale_up` (rules by agent type), `emergency_mode`, `rate_limit` (rules by
+    /// tenant, or `hourly_tokens` by total).
     #[serde(default = "default_actions")]
     pub actions: Vec<Action>,
 }
@@ -221,16 +235,33 @@ pub(super) fn validate(
         if !a.threshold.is_finite() {
             return Err(invalid(&key("threshold"), "must be a number"));
         }
-        if a.actions.contains(&Action::RateLimit) && a.signal != Signal::HourlyTokens {
+        let (by, only) = scope(
+            a.signal,
+            &ScopeRequest {
+                by: a.by,
+                agent_type: a.agent_type.as_deref(),
+                model: a.model.as_deref(),
+                tenant: a.tenant.as_deref(),
+            },
+        )
+        .map_err(|e| invalid(&key(e.key), format!("rule `{}`: {}", a.name, e.message)))?;
+        if let Some(action) = a.actions.iter().find(|x| !x.applies_to(a.signal, by)) {
+            let why = match action {
+                Action::ScaleUp => {
+                    "`scale_up` adds capacity to the alert's agent pool, so it needs `by = \"agent_type\"`"
+                }
+                _ => {
+                    "`rate_limit` limits the alert's tenant (`by = \"tenant\"`) or, on `hourly_tokens` by total, the tenant that used the most tokens"
+                }
+            };
             return Err(invalid(
                 &key("actions"),
-                "`rate_limit` limits the tenant that used the most tokens, so it applies to rules on `hourly_tokens` only",
-            ));
-        }
-        if a.agent_type.is_some() && !a.signal.per_agent_type() {
-            return Err(invalid(
-                &key("agent_type"),
-                format!("signal `{}` is not per agent type", a.signal.as_str()),
+                format!(
+                    "rule `{}` ({} by {}): {why}",
+                    a.name,
+                    a.signal.as_str(),
+                    by.as_str()
+                ),
             ));
         }
         let for_ = humantime::parse_duration(&a.for_).map_err(|e| {
@@ -242,7 +273,8 @@ pub(super) fn validate(
         rules.push(AlertRule {
             name: a.name.clone(),
             signal: a.signal,
-            agent_type: a.agent_type.clone(),
+            by,
+            only,
             comparison: a.comparison,
             threshold: a.threshold,
             for_,

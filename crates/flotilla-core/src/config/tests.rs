@@ -230,3 +230,103 @@ fn alert_rules_extend_the_classic_defaults_and_are_checked() {
         assert!(err.contains(key), "{bad}: {err}");
     }
 }
+
+#[test]
+fn alert_rules_are_split_by_a_dimension_and_may_filter_one_value() {
+    use crate::alert::{Dimension, Signal};
+    let tenant = "0190f1a2-0000-7000-8000-000000000001";
+    let rule = |name: &str, extra: &str| {
+        format!(
+            "[[alerts]]\nname = \"{name}\"\ncomparison = \">\"\nthreshold = 1\nfor = \"0s\"\nseverity = \"warning\"\n{extra}\n"
+        )
+    };
+    let text = [
+        rule("model_errors", "signal = \"error_rate\"\nby = \"model\""),
+        rule("gpt_slow", "signal = \"p95_response_time\"\nmodel = \"gpt-4o\""),
+        rule(
+            "acme_tokens",
+            &format!("signal = \"hourly_tokens\"\ntenant = \"{tenant}\"\nactions = [\"notify\", \"rate_limit\"]"),
+        ),
+        rule(
+            "budget",
+            "signal = \"budget_utilisation\"\nactions = [\"rate_limit\"]",
+        ),
+    ]
+    .concat();
+    let rules = load(Some(("f", &text)), &[], &[])
+        .map(|c| c.alerting.rules)
+        .map_err(|e| e.to_string());
+    let scopes: Vec<_> = rules
+        .iter()
+        .flatten()
+        .skip(4)
+        .map(|r| (r.name.as_str(), r.signal, r.by, r.only.as_deref()))
+        .collect();
+    assert_eq!(
+        scopes,
+        [
+            ("model_errors", Signal::ErrorRate, Dimension::Model, None),
+            (
+                "gpt_slow",
+                Signal::P95ResponseTime,
+                Dimension::Model,
+                Some("gpt-4o")
+            ),
+            (
+                "acme_tokens",
+                Signal::HourlyTokens,
+                Dimension::Tenant,
+                Some(tenant)
+            ),
+            ("budget", Signal::BudgetUtilisation, Dimension::Tenant, None),
+        ],
+        "{rules:?}"
+    );
+    let cases = [
+        (
+            "signal = \"queue_length\"\nby = \"model\"",
+            "alerts[0].by",
+            "allowed: `agent_type`",
+        ),
+        (
+            "signal = \"success_rate\"\nby = \"agent_type\"\nmodel = \"m\"",
+            "alerts[0].by",
+            "contradicts",
+        ),
+        (
+            "signal = \"hourly_tokens\"\nmodel = \"m\"\nagent_type = \"t\"",
+            "alerts[0].model",
+            "one value only",
+        ),
+        (
+            "signal = \"hourly_tokens\"\ntenant = \"acme\"",
+            "alerts[0].tenant",
+            "not a tenant id",
+        ),
+        (
+            "signal = \"hourly_tokens\"\nby = \"model\"\nactions = [\"rate_limit\"]",
+            "alerts[0].actions",
+            "`rate_limit` limits the alert's tenant",
+        ),
+        (
+            "signal = \"success_rate\"\nby = \"model\"\nactions = [\"scale_up\"]",
+            "alerts[0].actions",
+            "needs `by = \"agent_type\"`",
+        ),
+        (
+            "signal = \"queue_length\"\nby = \"everything\"",
+            "by",
+            "unknown variant",
+        ),
+    ];
+    for (extra, key, why) in cases {
+        let err = load(Some(("f", &rule("x", extra))), &[], &[])
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains(key) && err.contains(why), "{extra}: {err}");
+        if key.starts_with("alerts[0]") {
+            assert!(err.contains("rule `x`"), "{extra}: {err}");
+        }
+    }
+}

@@ -317,7 +317,10 @@ fn failed_instances_and_backlogs_warn() {
 fn firing_alerts_count_by_severity() {
     let alert = |severity, state: &str| ActiveAlert {
         rule: "low_success_rate".to_owned(),
+        by: crate::alert::Dimension::AgentType,
         agent_type: Some("code".to_owned()),
+        model: None,
+        tenant: None,
         state: state.to_owned(),
         severity,
         signal: Signal::SuccessRate,

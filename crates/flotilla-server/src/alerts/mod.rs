@@ -1,28 +1,83 @@
 //! The alert engine (DESIGN.md §11): every `[alerting] interval_ms` it reads the built-in signals,
-//! advances each (rule, agent type) alert with `flotilla_core::alert::step`, records every
-//! transition as an `alert` fleet event (the history), and carries out the rule's actions when
-//! an alert fires: `notify` (the configured webhooks, retried), `scale_up` (one more instance
-//! of the affected pool), `emergency_mode` (shed low-priority work) and `rate_limit` (hold the
-//! heaviest tenant to a tighter rate); the last two are undone when the alert resolves.
+//! advances each (rule, dimension value) alert — one per agent type, model or tenant, or one in
+//! total, as the rule's `by` says — with `flotilla_core::alert::step`, records every transition
+//! as an `alert` fleet event whose subject is the dimension value (the history), and carries out
+//! the rule's actions when an alert fires: `notify` (the configured webhooks, retried),
+//! `scale_up` (one more instance of the affected pool), `emergency_mode` (shed low-priority
+//! work) and `rate_limit` (hold the alert's tenant, or on a total the heaviest tenant, to a
+//! tighter rate); the last two are undone when the alert resolves. A value that no longer has
+//! data (a tenant whose tokens aged out, say) is evaluated as no data, so its alert resolves.
 
 pub mod notify;
 mod signals;
 
 use crate::app::AppState;
 use flotilla_core::Timestamp;
-use flotilla_core::alert::{Action, AlertRule, AlertState, Transition, step};
+use flotilla_core::alert::{Action, AlertRule, AlertState, Dimension, Transition, step};
 use flotilla_core::event::EventKind;
 use flotilla_core::id::TenantId;
 pub use flotilla_core::wire::{ActiveAlert, AlertList, Silence};
-use std::collections::{BTreeMap, HashMap};
+use signals::Reading;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 
+/// (rule, dimension value: agent type, model or tenant id; `None` by total).
 type Key = (String, Option<String>);
 
 struct Tracked {
     state: AlertState,
     value: f64,
+}
+
+/// An alert's dimension value in the field of its dimension, as `ActiveAlert`, `Silence` and
+/// notifications carry it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Subject {
+    pub agent_type: Option<String>,
+    pub model: Option<String>,
+    pub tenant: Option<TenantId>,
+}
+
+impl Subject {
+    /// The value of a rule's dimension in its field.
+    pub fn of(by: Dimension, value: Option<&str>) -> Subject {
+        let value = value.map(str::to_owned);
+        match by {
+            Dimension::AgentType => Subject {
+                agent_type: value,
+                ..Subject::default()
+            },
+            Dimension::Model => Subject {
+                model: value,
+                ..Subject::default()
+            },
+            Dimension::Tenant => Subject {
+                tenant: value.and_then(|v| v.parse().ok()),
+                ..Subject::default()
+            },
+            Dimension::Total => Subject::default(),
+        }
+    }
+
+    /// The value of `by`'s field, as text.
+    fn value(&self, by: Dimension) -> Option<String> {
+        match by {
+            Dimension::AgentType => self.agent_type.clone(),
+            Dimension::Model => self.model.clone(),
+            Dimension::Tenant => self.tenant.map(|t| t.to_string()),
+            Dimension::Total => None,
+        }
+    }
+}
+
+/// How messages name an alert's value: ` [code_generator]`, ` [model gpt-4o]`, ` [tenant …]`.
+fn scope_text(by: Dimension, value: Option<&str>) -> String {
+    match (by, value) {
+        (_, None) | (Dimension::Total, _) => String::new(),
+        (Dimension::AgentType, Some(v)) => format!(" [{v}]"),
+        (by, Some(v)) => format!(" [{} {v}]", by.as_str()),
+    }
 }
 
 /// Every alert's state. Cheap to share behind an `Arc`.
@@ -63,17 +118,24 @@ impl AlertEngine {
         Some(silences.remove(i))
     }
 
-    /// Until when an alert's actions are muted, if they are.
+    /// Until when an alert's actions are muted, if they are: a silence of its rule that names
+    /// no value of the rule's dimension, or this alert's.
     fn silenced_until(
         &self,
-        rule: &str,
-        agent_type: Option<&str>,
+        rule: &AlertRule,
+        value: Option<&str>,
         now: Timestamp,
     ) -> Option<Timestamp> {
         self.silences(now)
             .into_iter()
             .filter(|s| {
-                s.rule == rule && (s.agent_type.is_none() || s.agent_type.as_deref() == agent_type)
+                let only = Subject {
+                    agent_type: s.agent_type.clone(),
+                    model: s.model.clone(),
+                    tenant: s.tenant,
+                }
+                .value(rule.by);
+                s.rule == rule.name && (only.is_none() || only.as_deref() == value)
             })
             .map(|s| s.until)
             .max()
@@ -99,23 +161,27 @@ impl AlertEngine {
         }
     }
 
-    /// Pending and firing alerts, firing first, then by rule and type.
+    /// Pending and firing alerts, firing first, then by rule and dimension value.
     pub fn active(&self, rules: &[AlertRule]) -> Vec<ActiveAlert> {
         let Ok(alerts) = self.alerts.lock() else {
             return Vec::new();
         };
         let mut out: Vec<ActiveAlert> = alerts
             .iter()
-            .filter_map(|((name, agent_type), t)| {
+            .filter_map(|((name, value), t)| {
                 let rule = rules.iter().find(|r| &r.name == name)?;
                 let (state, since) = match t.state {
                     AlertState::Inactive => return None,
                     AlertState::Pending { since } => ("pending", since),
                     AlertState::Firing { since, .. } => ("firing", since),
                 };
+                let subject = Subject::of(rule.by, value.as_deref());
                 Some(ActiveAlert {
                     rule: name.clone(),
-                    agent_type: agent_type.clone(),
+                    by: rule.by,
+                    agent_type: subject.agent_type,
+                    model: subject.model,
+                    tenant: subject.tenant,
                     state: state.to_owned(),
                     severity: rule.severity,
                     signal: rule.signal,
@@ -128,11 +194,20 @@ impl AlertEngine {
             })
             .collect();
         out.sort_by(|a, b| {
-            (b.state == "firing", &a.rule, &a.agent_type).cmp(&(
-                a.state == "firing",
-                &b.rule,
-                &b.agent_type,
-            ))
+            (
+                b.state == "firing",
+                &a.rule,
+                &a.agent_type,
+                &a.model,
+                a.tenant,
+            )
+                .cmp(&(
+                    a.state == "firing",
+                    &b.rule,
+                    &b.agent_type,
+                    &b.model,
+                    b.tenant,
+                ))
         });
         out
     }
@@ -154,21 +229,61 @@ pub async fn run(state: AppState, shutdown: CancellationToken) {
         let values = signals::read(&state).await;
         let now = state.clock.now();
         for rule in &config.rules {
-            for (agent_type, value) in values.for_rule(rule) {
-                evaluate(&state, rule, agent_type, value, now);
+            let readings = values.for_rule(rule);
+            let seen: BTreeSet<Option<String>> =
+                readings.iter().map(|r| r.subject.clone()).collect();
+            for reading in readings {
+                evaluate(&state, rule, reading, now);
             }
+            // Values that had an alert but no reading this round (a tenant whose tokens aged
+            // out, a model gone from the windows) have no data: a pending or firing alert
+            // clears or resolves, and the idle ones are forgotten.
+            for subject in state.alerts.stale(&rule.name, &seen) {
+                let reading = Reading {
+                    subject,
+                    value: None,
+                    note: None,
+                };
+                evaluate(&state, rule, reading, now);
+            }
+            state.alerts.forget_idle(&rule.name, &seen);
         }
     }
 }
 
-fn evaluate(
-    state: &AppState,
-    rule: &AlertRule,
-    agent_type: Option<String>,
-    value: Option<f64>,
-    now: Timestamp,
-) {
-    let key = (rule.name.clone(), agent_type.clone());
+impl AlertEngine {
+    /// The values of a rule's tracked alerts that are not in `seen`.
+    fn stale(&self, rule: &str, seen: &BTreeSet<Option<String>>) -> Vec<Option<String>> {
+        let Ok(alerts) = self.alerts.lock() else {
+            return Vec::new();
+        };
+        alerts
+            .iter()
+            .filter(|((r, v), t)| {
+                r == rule && !seen.contains(v) && !matches!(t.state, AlertState::Inactive)
+            })
+            .map(|((_, v), _)| v.clone())
+            .collect()
+    }
+
+    /// Drops a rule's inactive alerts whose value had no reading, so the map stays bounded by
+    /// the values that have data.
+    fn forget_idle(&self, rule: &str, seen: &BTreeSet<Option<String>>) {
+        if let Ok(mut alerts) = self.alerts.lock() {
+            alerts.retain(|(r, v), t| {
+                r != rule || seen.contains(v) || !matches!(t.state, AlertState::Inactive)
+            });
+        }
+    }
+}
+
+fn evaluate(state: &AppState, rule: &AlertRule, reading: Reading, now: Timestamp) {
+    let Reading {
+        subject: value_of,
+        value,
+        note,
+    } = reading;
+    let key = (rule.name.clone(), value_of.clone());
     let transition = {
         let Ok(mut alerts) = state.alerts.alerts.lock() else {
             return;
@@ -194,23 +309,22 @@ fn evaluate(
     let Some((transition, value)) = transition else {
         return;
     };
-    let scope = agent_type
-        .as_deref()
-        .map_or_else(String::new, |t| format!(" [{t}]"));
+    let scope = scope_text(rule.by, value_of.as_deref());
+    let subject = Subject::of(rule.by, value_of.as_deref());
+    let event_subject = value_of.as_deref().unwrap_or("*");
     let word = match transition {
         Transition::Pending => "pending",
         Transition::Cleared => "cleared",
         Transition::Firing => "firing",
         Transition::Resolved => "resolved",
     };
-    let silenced = state
-        .alerts
-        .silenced_until(&rule.name, agent_type.as_deref(), now);
+    let silenced = state.alerts.silenced_until(rule, value_of.as_deref(), now);
     let muted = silenced.map_or_else(String::new, |until| {
         format!("; silenced until {}", until.format("%Y-%m-%d %H:%M:%S"))
     });
+    let note = note.map_or_else(String::new, |n| format!(" ({n})"));
     let message = format!(
-        "alert {}{scope} {word}: {} {value:.3} {} {} for {}s ({}){muted}",
+        "alert {}{scope} {word}: {} {value:.3}{note} {} {} for {}s ({}){muted}",
         rule.name,
         rule.signal.as_str(),
         rule.comparison.as_str(),
@@ -218,13 +332,9 @@ fn evaluate(
         rule.for_.as_secs(),
         rule.severity.as_str(),
     );
-    state.events.emit(
-        now,
-        EventKind::Alert,
-        agent_type.as_deref().unwrap_or("*"),
-        None,
-        message.clone(),
-    );
+    state
+        .events
+        .emit(now, EventKind::Alert, event_subject, None, message.clone());
     // A silence mutes actions; the history still records the transition. Emergency mode and
     // imposed rate limits are always undone on resolve, so a silence can never leave them on.
     let ends_emergency = transition == Transition::Resolved;
@@ -235,7 +345,9 @@ fn evaluate(
     }
     let notification = notify::Notification {
         rule: rule.name.clone(),
-        agent_type: agent_type.clone(),
+        agent_type: subject.agent_type.clone(),
+        model: subject.model.clone(),
+        tenant: subject.tenant,
         status: word.to_owned(),
         severity: rule.severity,
         signal: rule.signal.as_str().to_owned(),
@@ -255,14 +367,22 @@ fn evaluate(
         match action {
             Action::Notify => notify::send_all(state, &notification),
             Action::ScaleUp if transition == Transition::Firing => {
-                if let Some(agent_type) = &agent_type {
+                if let Some(agent_type) = &subject.agent_type {
                     scale_up(state, &rule.name, agent_type, now);
                 }
             }
             Action::ScaleUp => {}
             Action::RateLimit => {
                 let alert = format!("{}{scope}", rule.name);
-                rate_limit(state, &alert, transition == Transition::Firing, now);
+                let firing = transition == Transition::Firing;
+                match (rule.by, subject.tenant) {
+                    (Dimension::Tenant, Some(tenant)) => {
+                        let why = format!("{} {value:.3}", rule.signal.as_str());
+                        rate_limit(state, &alert, Some((tenant, why)), firing, now);
+                    }
+                    (Dimension::Tenant, None) => {}
+                    _ => rate_limit(state, &alert, None, firing, now),
+                }
             }
             Action::EmergencyMode => {
                 let on = transition == Transition::Firing;
@@ -275,36 +395,48 @@ fn evaluate(
                     } else {
                         format!("emergency mode off: alert {alert} resolved")
                     };
-                    state.events.emit(
-                        now,
-                        EventKind::Alert,
-                        agent_type.as_deref().unwrap_or("*"),
-                        None,
-                        message,
-                    );
+                    state
+                        .events
+                        .emit(now, EventKind::Alert, event_subject, None, message);
                 }
             }
         }
     }
 }
 
-/// On firing, holds the tenant that used the most tokens in the last hour to
-/// `alerting.rate_limit`; on resolve, releases whichever tenant this alert limited. Both are
-/// events.
-fn rate_limit(state: &AppState, alert: &str, firing: bool, now: Timestamp) {
+/// On firing, holds a tenant to `alerting.rate_limit`: the alert's own (with what it measured)
+/// on rules by tenant, else the tenant that used the most tokens in the last hour. On resolve,
+/// releases whichever tenant this alert limited. Both are events about that tenant.
+fn rate_limit(
+    state: &AppState,
+    alert: &str,
+    alerts_tenant: Option<(TenantId, String)>,
+    firing: bool,
+    now: Timestamp,
+) {
     let Ok(mut limited) = state.alerts.limited.lock() else {
         return;
     };
-    let message = if firing {
-        let usage = state.recent.tokens_last_hour_by_tenant();
-        let Some((&tenant, &tokens)) = usage.iter().max_by_key(|(_, n)| **n) else {
-            return;
+    let (tenant, message) = if firing {
+        let (tenant, why) = match alerts_tenant {
+            Some(found) => found,
+            None => {
+                let usage = state.recent.tokens_last_hour_by_tenant();
+                let Some((&tenant, &tokens)) = usage.iter().max_by_key(|(_, n)| **n) else {
+                    return;
+                };
+                (
+                    tenant,
+                    format!("{tokens} tokens in the last hour, the most of any tenant"),
+                )
+            }
         };
         let rate = state.config.alerting.rate_limit;
         state.limits.impose(tenant, Some(rate));
         limited.insert(alert.to_owned(), tenant);
-        format!(
-            "tenant {tenant} limited to {rate}: alert {alert} fired ({tokens} tokens in the last hour, the most of any tenant)"
+        (
+            tenant,
+            format!("tenant {tenant} limited to {rate}: alert {alert} fired ({why})"),
         )
     } else {
         let Some(tenant) = limited.remove(alert) else {
@@ -315,9 +447,14 @@ fn rate_limit(state: &AppState, alert: &str, firing: bool, now: Timestamp) {
             return;
         }
         state.limits.impose(tenant, None);
-        format!("tenant {tenant} rate limit restored: alert {alert} resolved")
+        (
+            tenant,
+            format!("tenant {tenant} rate limit restored: alert {alert} resolved"),
+        )
     };
-    state.events.emit(now, EventKind::Alert, "*", None, message);
+    state
+        .events
+        .emit(now, EventKind::Alert, &tenant.to_string(), None, message);
 }
 
 /// One more instance of the pool, within its maximum; for static pools a recommendation.

@@ -9,6 +9,7 @@ use flotilla_core::Timestamp;
 use flotilla_core::alert::Severity;
 use flotilla_core::config::{Email, SmtpTls, Webhook, WebhookFormat};
 use flotilla_core::event::EventKind;
+use flotilla_core::id::TenantId;
 use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -27,8 +28,15 @@ const TIMEOUT: Duration = Duration::from_secs(5);
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Notification {
     pub rule: String,
+    /// The alert's agent type (rules by agent type).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent_type: Option<String>,
+    /// The alert's model (rules by model).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    /// The alert's tenant (rules by tenant, budget thresholds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<TenantId>,
     /// `firing` or `resolved`.
     pub status: String,
     pub severity: Severity,
@@ -42,6 +50,27 @@ pub struct Notification {
     /// One line saying it all.
     pub message: String,
     pub at: Timestamp,
+}
+
+impl Notification {
+    /// The alert's dimension value (agent type, model or tenant id); `None` on rules by total.
+    pub fn subject(&self) -> Option<String> {
+        self.agent_type
+            .clone()
+            .or_else(|| self.model.clone())
+            .or_else(|| self.tenant.map(|t| t.to_string()))
+    }
+
+    /// What the alert is about, for people: `code_generator`, `model gpt-4o`, `tenant …`, or
+    /// `all` on rules by total.
+    fn scope(&self) -> String {
+        match (&self.agent_type, &self.model, &self.tenant) {
+            (Some(t), _, _) => t.clone(),
+            (_, Some(m), _) => format!("model {m}"),
+            (_, _, Some(t)) => format!("tenant {t}"),
+            _ => "all".to_owned(),
+        }
+    }
 }
 
 /// `t=<unix seconds>,v1=<hex HMAC-SHA256(secret, "<t>.<body>")>`.
@@ -64,7 +93,7 @@ fn slack_body(n: &Notification) -> serde_json::Value {
         (_, Severity::Warning) => "#daa038",
         (_, Severity::Info) => "#439fe0",
     };
-    let scope = n.agent_type.as_deref().unwrap_or("all agent types");
+    let scope = n.scope();
     json!({
         "text": format!("[{}] {} ({scope})", n.status.to_uppercase(), n.rule),
         "attachments": [{
@@ -82,7 +111,8 @@ fn slack_body(n: &Notification) -> serde_json::Value {
 }
 
 /// PagerDuty Events API v2: trigger on firing, resolve on resolved, deduplicated per rule and
-/// agent type so the resolve closes the incident the trigger opened.
+/// dimension value (agent type, model or tenant) so the resolve closes the incident the trigger
+/// opened.
 fn pagerduty_body(n: &Notification, routing_key: &str) -> serde_json::Value {
     let severity = match n.severity {
         Severity::Critical => "critical",
@@ -92,7 +122,7 @@ fn pagerduty_body(n: &Notification, routing_key: &str) -> serde_json::Value {
     json!({
         "routing_key": routing_key,
         "event_action": if n.status == "resolved" { "resolve" } else { "trigger" },
-        "dedup_key": format!("flotilla/{}/{}", n.rule, n.agent_type.as_deref().unwrap_or("*")),
+        "dedup_key": format!("flotilla/{}/{}", n.rule, n.subject().as_deref().unwrap_or("*")),
         "payload": {
             "summary": n.message,
             "source": "flotilla",
@@ -171,7 +201,7 @@ fn finish(
             state.events.emit(
                 state.clock.now(),
                 EventKind::Alert,
-                n.agent_type.as_deref().unwrap_or("*"),
+                n.subject().as_deref().unwrap_or("*"),
                 None,
                 format!(
                     "notification of alert {} ({}) to {target} failed after {ATTEMPTS} attempts: {e}",
@@ -213,7 +243,7 @@ async fn send_email(email: &Email, n: &Notification) -> Result<(), String> {
         builder = builder.credentials(Credentials::new(user.clone(), password.clone()));
     }
     let mailer = builder.build();
-    let scope = n.agent_type.as_deref().unwrap_or("all agent types");
+    let scope = n.scope();
     let mut message = Message::builder()
         .from(email.from.parse().map_err(|e| format!("from: {e}"))?)
         .subject(format!(

@@ -11,6 +11,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
+use flotilla_core::alert::Dimension;
 use flotilla_core::auth::Permission;
 use flotilla_core::event::EventKind;
 use flotilla_core::wire::{ErrorBody, EventList, NewSilence, Silence, SilenceList};
@@ -25,8 +26,10 @@ pub(super) fn routes() -> Router<AppState> {
         .route("/alerts/silences/{id}", delete(delete_silence))
 }
 
-/// Mutes an alert's actions (notifications, scale-up, emergency mode) for a while; its
-/// transitions are still recorded. Silences live in this control plane's memory.
+/// Mutes an alert's actions (notifications, scale-up, emergency mode, rate limits) for a while;
+/// its transitions are still recorded. A silence names the rule and, optionally, one value of
+/// the rule's dimension (an agent type, a model or a tenant). Silences live in this control
+/// plane's memory.
 #[utoipa::path(post, path = "/v1/alerts/silences", tag = "alerts", request_body = NewSilence,
     responses((status = 201, body = Silence), (status = 400, body = ErrorBody), (status = 422, body = ErrorBody)),
     security(("bearer" = [])))]
@@ -48,20 +51,9 @@ pub async fn create_silence(
             "`comment` must be at most 1000 characters, without U+0000",
         ));
     }
-    if !state
-        .config
-        .alerting
-        .rules
-        .iter()
-        .any(|r| r.name == body.rule)
-    {
-        let names: Vec<_> = state
-            .config
-            .alerting
-            .rules
-            .iter()
-            .map(|r| r.name.as_str())
-            .collect();
+    let rules = &state.config.alerting.rules;
+    let Some(rule) = rules.iter().find(|r| r.name == body.rule) else {
+        let names: Vec<_> = rules.iter().map(|r| r.name.as_str()).collect();
         return Err(ApiError::Unprocessable {
             code: "unknown_rule",
             message: format!(
@@ -71,12 +63,40 @@ pub async fn create_silence(
             ),
             field: Some("rule".to_owned()),
         });
+    };
+    // A silence names at most one value, of the dimension the rule is evaluated by.
+    let named: Vec<Dimension> = [
+        (Dimension::AgentType, body.agent_type.is_some()),
+        (Dimension::Model, body.model.is_some()),
+        (Dimension::Tenant, body.tenant.is_some()),
+    ]
+    .into_iter()
+    .filter_map(|(d, set)| set.then_some(d))
+    .collect();
+    if let Some(&first) = named.first()
+        && (first != rule.by || named.len() > 1)
+    {
+        let what = match rule.by {
+            Dimension::Total => "no value (leave out agent_type, model and tenant)".to_owned(),
+            by => format!("only `{}`, or nothing for all its alerts", by.as_str()),
+        };
+        return Err(ApiError::Unprocessable {
+            code: "silence_scope",
+            message: format!(
+                "rule `{}` is evaluated by {}: a silence of it may name {what}",
+                rule.name,
+                rule.by.as_str()
+            ),
+            field: Some(first.as_str().to_owned()),
+        });
     }
     let now = state.clock.now();
     let silence = Silence {
         id: uuid::Uuid::now_v7(),
         rule: body.rule,
         agent_type: body.agent_type,
+        model: body.model,
+        tenant: body.tenant,
         until: now + chrono::Duration::seconds(i64::try_from(body.duration_s).unwrap_or(0)),
         comment: body.comment,
         created_by: caller.key_id.clone(),

@@ -100,9 +100,21 @@ fn count(state: &AppState, record: &UsageRecord) {
             }
         }
     }
-    if t.total() > 0 {
-        state.recent.record_tokens(record.tenant_id, t.total());
-    }
+    // The alert engine's windows: per model (outcome, duration, tokens) and per tenant.
+    state
+        .recent
+        .record_gateway_call(&crate::telemetry::recent::GatewayCall {
+            tenant: record.tenant_id,
+            model: &record.model,
+            for_task: record.task_id.is_some(),
+            ok: match record.status {
+                UsageStatus::Ok => Some(true),
+                UsageStatus::Error => Some(false),
+                UsageStatus::Cancelled | UsageStatus::Rejected => None,
+            },
+            seconds: record.latency_ms as f64 / 1000.0,
+            tokens: t.total(),
+        });
 }
 
 /// Settles budgets and limits with the actual usage, writes the usage record, counts it, and
@@ -169,6 +181,8 @@ fn announce(state: &AppState, crossed: &Crossed, now: Timestamp) {
     let notification = crate::alerts::notify::Notification {
         rule: "budget_threshold".to_owned(),
         agent_type: None,
+        model: None,
+        tenant: Some(b.tenant_id),
         status: "firing".to_owned(),
         severity,
         signal: "budget_utilisation".to_owned(),

@@ -145,31 +145,50 @@ async fn refresh(state: &AppState) {
 
 /// Sets each tenant budget's utilisation (spent over limit in its current window).
 async fn refresh_budgets(state: &AppState) {
+    let Some(utilisation) = budget_utilisation(state).await else {
+        return;
+    };
+    let m: &Metrics = &state.metrics;
+    m.budget_utilisation.clear();
+    for (budget, ratio) in utilisation {
+        m.budget_utilisation
+            .get_or_create(&crate::telemetry::metrics::BudgetLabels {
+                tenant: budget.tenant_id.to_string(),
+                period: budget.period.as_str().to_owned(),
+            })
+            .set(ratio);
+    }
+}
+
+/// Every budget with its utilisation: spent over limit in its current window. Read for the
+/// `flotilla_budget_utilisation_ratio` gauge and the alert engine's `budget_utilisation`
+/// signal. `None` when the budgets cannot be listed; a budget whose spend cannot be read is left
+/// out. Both are logged and counted as store errors.
+pub(crate) async fn budget_utilisation(
+    state: &AppState,
+) -> Option<Vec<(flotilla_core::budget::Budget, f64)>> {
     let m: &Metrics = &state.metrics;
     let budgets = match state.store.list_budgets(None).await {
         Ok(b) => b,
         Err(e) => {
-            tracing::warn!(error = %e, "Metrics: cannot read budgets");
+            tracing::warn!(error = %e, "Cannot read budgets");
             m.store_errors.inc();
-            return;
+            return None;
         }
     };
-    m.budget_utilisation.clear();
     let now = state.clock.now();
+    let mut out = Vec::with_capacity(budgets.len());
     for budget in budgets {
         match state.gateway.budgets.spend(&budget, now).await {
             Ok(spend) => {
-                m.budget_utilisation
-                    .get_or_create(&crate::telemetry::metrics::BudgetLabels {
-                        tenant: budget.tenant_id.to_string(),
-                        period: budget.period.as_str().to_owned(),
-                    })
-                    .set(spend.spent.ratio(budget.limit));
+                let ratio = spend.spent.ratio(budget.limit);
+                out.push((budget, ratio));
             }
             Err(e) => {
-                tracing::warn!(error = %e, "Metrics: cannot read a budget's spend");
+                tracing::warn!(error = %e, "Cannot read a budget's spend");
                 m.store_errors.inc();
             }
         }
     }
+    Some(out)
 }

@@ -20,9 +20,15 @@ pub enum AlertsCommand {
         /// The rule's name.
         #[arg(long)]
         rule: String,
-        /// Only this agent type's alert.
-        #[arg(long = "type", value_name = "TYPE")]
+        /// Only this agent type's alert (rules by agent type).
+        #[arg(long = "type", value_name = "TYPE", conflicts_with_all = ["model", "tenant"])]
         agent_type: Option<String>,
+        /// Only this model's alert (rules by model).
+        #[arg(long, conflicts_with = "tenant")]
+        model: Option<String>,
+        /// Only this tenant's alert (rules by tenant), by id.
+        #[arg(long)]
+        tenant: Option<flotilla_core::id::TenantId>,
         /// How long, e.g. `2h`.
         #[arg(long = "for", value_parser = humantime::parse_duration)]
         duration: std::time::Duration,
@@ -66,7 +72,7 @@ pub async fn run(command: AlertsCommand) -> anyhow::Result<()> {
             }
             let mut t = table([
                 "RULE",
-                "TYPE",
+                "FOR",
                 "STATE",
                 "SEVERITY",
                 "VALUE",
@@ -76,7 +82,7 @@ pub async fn run(command: AlertsCommand) -> anyhow::Result<()> {
             for a in &list.alerts {
                 t.add_row([
                     a.rule.clone(),
-                    a.agent_type.clone().unwrap_or_else(|| "*".to_owned()),
+                    subject(&a.agent_type, &a.model, a.tenant),
                     a.state.clone(),
                     a.severity.as_str().to_owned(),
                     format!("{} = {:.3}", a.signal.as_str(), a.value),
@@ -91,6 +97,8 @@ pub async fn run(command: AlertsCommand) -> anyhow::Result<()> {
             connection,
             rule,
             agent_type,
+            model,
+            tenant,
             duration,
             comment,
         } => {
@@ -99,6 +107,8 @@ pub async fn run(command: AlertsCommand) -> anyhow::Result<()> {
                 .create_silence(&flotilla_core::wire::NewSilence {
                     rule,
                     agent_type,
+                    model,
+                    tenant,
                     duration_s: duration.as_secs().max(1),
                     comment,
                 })
@@ -111,12 +121,12 @@ pub async fn run(command: AlertsCommand) -> anyhow::Result<()> {
             if output == Output::Json {
                 return print_json(&list);
             }
-            let mut t = table(["ID", "RULE", "TYPE", "UNTIL", "BY", "COMMENT"]);
+            let mut t = table(["ID", "RULE", "FOR", "UNTIL", "BY", "COMMENT"]);
             for s in &list.silences {
                 t.add_row([
                     s.id.to_string(),
                     s.rule.clone(),
-                    s.agent_type.clone().unwrap_or_else(|| "*".to_owned()),
+                    subject(&s.agent_type, &s.model, s.tenant),
                     s.until.format("%Y-%m-%d %H:%M:%S").to_string(),
                     s.created_by.clone(),
                     s.comment.clone(),
@@ -153,5 +163,19 @@ pub async fn run(command: AlertsCommand) -> anyhow::Result<()> {
             println!("{t}");
             Ok(())
         }
+    }
+}
+
+/// An alert's or silence's value: `code_generator`, `model gpt-4o`, `tenant …`, or `*` (all).
+fn subject(
+    agent_type: &Option<String>,
+    model: &Option<String>,
+    tenant: Option<flotilla_core::id::TenantId>,
+) -> String {
+    match (agent_type, model, tenant) {
+        (Some(t), _, _) => t.clone(),
+        (_, Some(m), _) => format!("model {m}"),
+        (_, _, Some(t)) => format!("tenant {t}"),
+        _ => "*".to_owned(),
     }
 }
