@@ -98,6 +98,9 @@ pub struct DatabaseSection {
     pub url: String,
     /// Connections in the pool (PostgreSQL; SQLite uses one writer and this many readers).
     pub max_connections: u32,
+    /// The leader lease (DESIGN.md §9): the leader renews it every third of this; when the
+    /// leader dies, another control plane takes over within this plus a third of it.
+    pub leader_lease_ms: u64,
 }
 
 impl Default for DatabaseSection {
@@ -105,6 +108,7 @@ impl Default for DatabaseSection {
         Self {
             url: String::new(),
             max_connections: 8,
+            leader_lease_ms: 10_000,
         }
     }
 }
@@ -195,6 +199,8 @@ pub struct Config {
     pub max_wait: Duration,
     pub database: Database,
     pub database_max_connections: u32,
+    /// `[database] leader_lease_ms`.
+    pub leader_lease: Duration,
     pub scheduler: Scheduler,
     pub log_format: LogFormat,
     pub log_level: String,
@@ -404,6 +410,10 @@ pub fn validate(raw: ConfigFile) -> Result<Config, ConfigError> {
     if raw.database.max_connections == 0 {
         return Err(invalid("database.max_connections", "must be at least 1"));
     }
+    let leader_lease = positive_ms("database.leader_lease_ms", raw.database.leader_lease_ms)?;
+    if leader_lease < Duration::from_millis(300) {
+        return Err(invalid("database.leader_lease_ms", "must be at least 300"));
+    }
     let s = &raw.scheduler;
     let lease_ttl = positive_ms("scheduler.lease_ttl_ms", s.lease_ttl_ms)?;
     if lease_ttl < Duration::from_millis(500) {
@@ -477,6 +487,7 @@ pub fn validate(raw: ConfigFile) -> Result<Config, ConfigError> {
         max_wait: Duration::from_secs(raw.server.max_wait_s),
         database,
         database_max_connections: raw.database.max_connections,
+        leader_lease,
         scheduler,
         log_format,
         log_level: raw.log.level,

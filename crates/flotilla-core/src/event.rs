@@ -22,16 +22,19 @@ pub enum EventKind {
     Alert,
     /// A tenant's spending reached one of its budget's thresholds.
     Budget,
+    /// A control plane became the leader of the deployment, or stopped being it.
+    Leader,
 }
 
 impl EventKind {
     /// All kinds.
-    pub const ALL: [EventKind; 5] = [
+    pub const ALL: [EventKind; 6] = [
         EventKind::Instance,
         EventKind::Scale,
         EventKind::Provisioner,
         EventKind::Alert,
         EventKind::Budget,
+        EventKind::Leader,
     ];
 
     /// The snake_case name used on the wire and in the store.
@@ -42,6 +45,7 @@ impl EventKind {
             EventKind::Provisioner => "provisioner",
             EventKind::Alert => "alert",
             EventKind::Budget => "budget",
+            EventKind::Leader => "leader",
         }
     }
 }

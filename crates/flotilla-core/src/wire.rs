@@ -13,7 +13,7 @@ pub use secrets::{
     PutSecret, RewrapReport, RotateSecret, SecretDeleted, SecretInfo, SecretList, SecretValue,
     SecretVersionInfo, SecretWritten,
 };
-pub use system::{DiskInfo, ProcessInfo, ProviderStatus, SystemCaller, SystemInfo};
+pub use system::{DiskInfo, ProcessInfo, ProviderStatus, ReplicaInfo, SystemCaller, SystemInfo};
 
 /// `POST /v1/tasks`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]

@@ -58,6 +58,10 @@ pub struct AppState {
     pub gateway: Arc<crate::gateway::Gateway>,
     /// This process's lease owner name (unique per start).
     pub owner: Arc<str>,
+    /// Tells the other control planes on the same database what happened here.
+    pub cluster: crate::cluster::Notifier,
+    /// Whether this control plane leads the deployment (runs the singleton loops).
+    pub leadership: Arc<crate::leader::Leadership>,
     /// Cancelled when the server begins to shut down.
     pub shutdown: CancellationToken,
 }

@@ -9,8 +9,10 @@ pub mod app;
 pub mod audit;
 pub mod auth;
 pub mod clock;
+pub mod cluster;
 pub mod fleet;
 pub mod gateway;
+pub mod leader;
 pub mod scheduler;
 pub mod telemetry;
 pub mod tls;
@@ -119,10 +121,12 @@ pub async fn start(
     let waiters = Arc::new(waiters::Waiters::default());
     let config = Arc::new(config);
     let metrics = Arc::new(telemetry::metrics::Metrics::new());
+    let leadership = Arc::new(leader::Leadership::default());
     let (events, event_writer) = fleet::events::channel(
         store.clone(),
         metrics.clone(),
         config.fleet.events_retention,
+        leadership.clone(),
         stop_writers.clone(),
     );
     writers.spawn(event_writer);
@@ -242,10 +246,16 @@ pub async fn start(
         &vault::ProcessEnvironment,
     )?);
     let owner: Arc<str> = format!("flotilla-{}", uuid::Uuid::now_v7()).into();
+    let (cluster, cluster_sender) =
+        cluster::channel(store.clone(), owner.clone(), stop_writers.clone());
+    writers.spawn(cluster_sender);
+    wakers.connect(cluster.clone());
+    waiters.connect(cluster.clone());
     let (ledger, ledger_writer) = gateway::ledger::channel(
         store.clone(),
         metrics.clone(),
         config.gateway.usage_flush,
+        leadership.clone(),
         stop_writers.clone(),
     );
     writers.spawn(ledger_writer);
@@ -290,6 +300,8 @@ pub async fn start(
         )),
         gateway_url: format!("{scheme}://{}/v1", reachable(addr)).into(),
         owner,
+        cluster,
+        leadership,
         shutdown: shutdown.clone(),
     };
 
@@ -303,11 +315,18 @@ pub async fn start(
     writers.spawn(scheduler::lease::run(state.clone(), shutdown.clone()));
     writers.spawn(fleet::heartbeat::run(state.clone(), shutdown.clone()));
     writers.spawn(fleet::health::run(state.clone(), shutdown.clone()));
-    writers.spawn(alerts::run(state.clone(), shutdown.clone()));
-    writers.spawn(fleet::autoscaler::run(
+    // The leader lease; the loops that must run once per deployment run under it.
+    writers.spawn(leader::run(state.clone(), shutdown.clone()));
+    writers.spawn(cluster::run(state.clone(), shutdown.clone()));
+    writers.spawn(leader::singleton(
         state.clone(),
-        provisioners,
         shutdown.clone(),
+        alerts::run,
+    ));
+    writers.spawn(leader::singleton(
+        state.clone(),
+        shutdown.clone(),
+        move |state, term| fleet::autoscaler::run(state, provisioners.clone(), term),
     ));
 
     let router = api::router(state.clone());

@@ -10,6 +10,8 @@ use tokio::sync::oneshot;
 #[derive(Default)]
 pub struct Waiters {
     parked: Mutex<HashMap<TaskId, Vec<oneshot::Sender<()>>>>,
+    /// Tells the other control planes on the database about ended tasks (set at start).
+    cluster: std::sync::OnceLock<crate::cluster::Notifier>,
 }
 
 impl Waiters {
@@ -23,14 +25,39 @@ impl Waiters {
         rx
     }
 
-    /// Wakes every waiter of a task.
+    /// Tells the other control planes too, from now on.
+    pub fn connect(&self, cluster: crate::cluster::Notifier) {
+        let _ = self.cluster.set(cluster);
+    }
+
+    /// Wakes every waiter of a task, here and on the other control planes.
     pub fn wake(&self, task: TaskId) {
+        if let Some(cluster) = self.cluster.get() {
+            cluster.send(crate::cluster::Notice::Done(task));
+        }
+        self.wake_here(task);
+    }
+
+    /// [`Waiters::wake`] on this control plane only (another one told us).
+    pub fn wake_here(&self, task: TaskId) {
         let senders = self
             .parked
             .lock()
             .ok()
             .and_then(|mut parked| parked.remove(&task));
         for tx in senders.into_iter().flatten() {
+            let _ = tx.send(());
+        }
+    }
+
+    /// Wakes every waiter (their tasks' ends may have been missed); each re-reads its task.
+    pub fn wake_all(&self) {
+        let parked = self
+            .parked
+            .lock()
+            .map(|mut parked| std::mem::take(&mut *parked))
+            .unwrap_or_default();
+        for tx in parked.into_values().flatten() {
             let _ = tx.send(());
         }
     }

@@ -26,6 +26,14 @@ pub(crate) const CURRENT: &str =
 pub(crate) const RELEASE: &str =
     "UPDATE leader_leases SET expires_at = $1 WHERE name = $2 AND holder = $3";
 
+/// Forgets leases of a prefix (without `%` or `_`) that ended long ago.
+pub(crate) const FORGET: &str =
+    "DELETE FROM leader_leases WHERE name LIKE $1 || '%' AND expires_at < $2";
+
+/// Counts the live leases of a prefix.
+pub(crate) const LIVE: &str =
+    "SELECT count(*) FROM leader_leases WHERE name LIKE $1 || '%' AND expires_at >= $2";
+
 /// A lease's columns.
 pub(crate) type Row = (String, i64, i64);
 

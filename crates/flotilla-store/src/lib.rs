@@ -550,6 +550,15 @@ pub trait Store: Send + Sync + 'static {
     /// Ends `holder`'s lease `name` at `now` (a clean shutdown hands over without waiting for it
     /// to expire); false when `holder` did not hold it.
     async fn release_lease(&self, name: &str, holder: &str, now: Timestamp) -> StoreResult<bool>;
+    /// Counts the leases whose name starts with `prefix` (which holds no `%` or `_`) that have
+    /// not ended at `now`, after
+    /// deleting those that ended before `forget_before`.
+    async fn live_leases(
+        &self,
+        prefix: &str,
+        now: Timestamp,
+        forget_before: Timestamp,
+    ) -> StoreResult<u64>;
     /// Tells every control plane listening on this database (PostgreSQL `NOTIFY` on the
     /// channel [`CHANNEL`], or a channel of the schema's when the store lives in one); nothing
     /// on SQLite, where one control plane runs.
@@ -570,11 +579,7 @@ impl Listener {
     /// notifications sent meanwhile are gone (the caller should catch up another way) and the
     /// next call reconnects. An error means the database cannot be reached now.
     pub async fn recv(&mut self) -> StoreResult<Option<String>> {
-        Ok(self
-            .0
-            .try_recv()
-            .await?
-            .map(|n| n.payload().to_owned()))
+        Ok(self.0.try_recv().await?.map(|n| n.payload().to_owned()))
     }
 }
 

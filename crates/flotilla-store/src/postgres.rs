@@ -100,8 +100,7 @@ impl PostgresStore {
             .await?;
         conn.close().await?;
         let mut store =
-            Self::with_options(options.options([("search_path", quoted)]), max_connections)
-                .await?;
+            Self::with_options(options.options([("search_path", quoted)]), max_connections).await?;
         store.channel = format!("{}_{schema}", crate::CHANNEL)
             .chars()
             .take(63)
@@ -973,6 +972,25 @@ impl Store for PostgresStore {
             .await?
             .rows_affected();
         Ok(n > 0)
+    }
+
+    async fn live_leases(
+        &self,
+        prefix: &str,
+        now: Timestamp,
+        forget_before: Timestamp,
+    ) -> StoreResult<u64> {
+        sqlx::query(crate::leases::FORGET)
+            .bind(prefix)
+            .bind(micros(forget_before))
+            .execute(&self.pool)
+            .await?;
+        let n: i64 = sqlx::query_scalar(crate::leases::LIVE)
+            .bind(prefix)
+            .bind(micros(now))
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(u64::try_from(n).unwrap_or(0))
     }
 
     async fn notify(&self, payload: &str) -> StoreResult<()> {

@@ -942,6 +942,27 @@ impl Store for SqliteStore {
         Ok(n > 0)
     }
 
+    async fn live_leases(
+        &self,
+        prefix: &str,
+        now: Timestamp,
+        forget_before: Timestamp,
+    ) -> StoreResult<u64> {
+        let mut tx = self.write_tx().await?;
+        sqlx::query(crate::leases::FORGET)
+            .bind(prefix)
+            .bind(micros(forget_before))
+            .execute(&mut *tx)
+            .await?;
+        let n: i64 = sqlx::query_scalar(crate::leases::LIVE)
+            .bind(prefix)
+            .bind(micros(now))
+            .fetch_one(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+
     async fn notify(&self, _payload: &str) -> StoreResult<()> {
         Ok(())
     }

@@ -21,6 +21,7 @@ behaviours!(
     concurrent_claimants_get_one_leader,
     leases_are_independent_by_name,
     notifications_reach_every_listener,
+    live_leases_are_counted_and_old_ones_forgotten,
 );
 
 const LEASE: &str = "control-plane";
@@ -46,7 +47,11 @@ async fn another_takes_over_only_after_expiry(store: DynStore) {
     store.claim_lease(LEASE, "a", at(0), at(10)).await.unwrap();
     let refused = store.claim_lease(LEASE, "b", at(9), at(19)).await.unwrap();
     assert_eq!(refused.holder, "a", "the lease has not ended");
-    assert_eq!(refused.expires_at, at(10), "a refused claim changes nothing");
+    assert_eq!(
+        refused.expires_at,
+        at(10),
+        "a refused claim changes nothing"
+    );
     let at_end = store.claim_lease(LEASE, "b", at(10), at(20)).await.unwrap();
     assert_eq!(at_end.holder, "a", "a lease ending at 10 still holds at 10");
     let taken = store.claim_lease(LEASE, "b", at(11), at(21)).await.unwrap();
@@ -61,7 +66,10 @@ async fn another_takes_over_only_after_expiry(store: DynStore) {
 
 async fn a_release_hands_over_at_once(store: DynStore) {
     store.claim_lease(LEASE, "a", at(0), at(10)).await.unwrap();
-    assert!(!store.release_lease(LEASE, "b", at(1)).await.unwrap(), "b holds nothing");
+    assert!(
+        !store.release_lease(LEASE, "b", at(1)).await.unwrap(),
+        "b holds nothing"
+    );
     assert!(store.release_lease(LEASE, "a", at(1)).await.unwrap());
     let taken = store.claim_lease(LEASE, "b", at(1), at(11)).await.unwrap();
     assert_eq!((taken.holder.as_str(), taken.generation), ("b", 2));
@@ -96,7 +104,11 @@ async fn leases_are_independent_by_name(store: DynStore) {
 
 async fn notifications_reach_every_listener(store: DynStore) {
     let Some(mut first) = store.listen().await.unwrap() else {
-        assert_eq!(store.backend(), "sqlite", "only SQLite has no notifications");
+        assert_eq!(
+            store.backend(),
+            "sqlite",
+            "only SQLite has no notifications"
+        );
         store.notify("ignored").await.unwrap();
         return;
     };
@@ -112,6 +124,53 @@ async fn notifications_reach_every_listener(store: DynStore) {
                 .unwrap();
             got.extend(next);
         }
-        assert_eq!(got, ["queued:reviewer", "done:1,2"], "in order, to each listener");
+        assert_eq!(
+            got,
+            ["queued:reviewer", "done:1,2"],
+            "in order, to each listener"
+        );
     }
+}
+
+async fn live_leases_are_counted_and_old_ones_forgotten(store: DynStore) {
+    store
+        .claim_lease("replica:a", "a", at(0), at(10))
+        .await
+        .unwrap();
+    store
+        .claim_lease("replica:b", "b", at(0), at(20))
+        .await
+        .unwrap();
+    store
+        .claim_lease("replica:c", "c", at(0), at(1))
+        .await
+        .unwrap();
+    store.claim_lease(LEASE, "a", at(0), at(30)).await.unwrap();
+    assert_eq!(
+        store.live_leases("replica:", at(5), at(0)).await.unwrap(),
+        2
+    );
+    assert_eq!(
+        store.live_leases("replica:", at(15), at(0)).await.unwrap(),
+        1
+    );
+    // c ended at 1: forgotten, so a claim by another holder starts a new row at generation 1.
+    assert_eq!(
+        store.live_leases("replica:", at(15), at(2)).await.unwrap(),
+        1
+    );
+    let again = store
+        .claim_lease("replica:c", "z", at(16), at(26))
+        .await
+        .unwrap();
+    assert_eq!((again.holder.as_str(), again.generation), ("z", 1));
+    assert_eq!(
+        store
+            .claim_lease(LEASE, "a", at(16), at(30))
+            .await
+            .unwrap()
+            .holder,
+        "a",
+        "other names are untouched"
+    );
 }

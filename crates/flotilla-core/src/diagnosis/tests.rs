@@ -88,6 +88,7 @@ fn system() -> SystemInfo {
         }),
         queued: BTreeMap::new(),
         providers: Vec::new(),
+        replica: None,
     }
 }
 

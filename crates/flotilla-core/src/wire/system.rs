@@ -38,6 +38,24 @@ pub struct SystemInfo {
     /// with its key; the built-in simulated provider is always reachable).
     #[serde(default)]
     pub providers: Vec<ProviderStatus>,
+    /// This control plane among the replicas on the same database (DESIGN.md §9).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replica: Option<ReplicaInfo>,
+}
+
+/// Which control plane answered and who leads.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ReplicaInfo {
+    /// This control plane's name (unique per start; it holds its task leases under it).
+    pub owner: String,
+    /// True when this control plane leads (runs the autoscaler, the alert engine, the sweeps).
+    pub leader: bool,
+    /// The leader as this control plane last saw it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leader_owner: Option<String>,
+    /// The leader's term (the lease's generation) while this control plane leads.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generation: Option<i64>,
 }
 
 /// A model provider as the gateway sees it.

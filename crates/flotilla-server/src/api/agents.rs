@@ -140,6 +140,7 @@ pub async fn register(
     let agent_type = agent.agent_type.clone();
     state.registry.insert(agent, now);
     state.dispatchers.ensure(&state, &agent_type);
+    state.cluster.send(crate::cluster::Notice::Agents);
     Ok((StatusCode::CREATED, Json(registered)))
 }
 
@@ -161,6 +162,15 @@ pub async fn heartbeat(
         ));
     }
     let now = state.clock.now();
+    // An instance that registered with another control plane on the same database.
+    if state.registry.get(id).is_none() {
+        let stored = state.store.get_agent(id).await?;
+        if state.registry.adopt(stored, now)
+            && let Some(agent) = state.registry.get(id)
+        {
+            state.dispatchers.ensure(&state, &agent.agent_type);
+        }
+    }
     let (desired, status) = state
         .registry
         .heartbeat(id, body.status == Some(ReportedStatus::Draining), now)
@@ -186,6 +196,7 @@ pub async fn deregister(
     match state.registry.deregister(id, state.clock.now()) {
         Deregistration::Removed => {
             state.store.delete_agent(id).await?;
+            state.cluster.send(crate::cluster::Notice::Agents);
             Ok((
                 StatusCode::OK,
                 Json(Deregistered {

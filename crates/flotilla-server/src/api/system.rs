@@ -59,5 +59,11 @@ pub async fn system(
         data_dir_disk: disk,
         queued,
         providers,
+        replica: Some(flotilla_core::wire::ReplicaInfo {
+            owner: state.owner.to_string(),
+            leader: state.leadership.is_leader(),
+            leader_owner: state.leadership.leader(),
+            generation: state.leadership.generation(),
+        }),
     }))
 }

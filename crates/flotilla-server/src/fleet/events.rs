@@ -56,6 +56,11 @@ impl EventSink {
         });
     }
 
+    /// Queues an event already logged for the next batch.
+    pub fn queue(&self, event: NewEvent) {
+        let _ = self.tx.send(event);
+    }
+
     /// A sink whose events are only logged and collected by the returned receiver (tests).
     pub fn detached() -> (Self, mpsc::UnboundedReceiver<NewEvent>) {
         let (tx, rx) = mpsc::unbounded_channel();
@@ -68,6 +73,7 @@ pub fn channel(
     store: DynStore,
     metrics: Arc<Metrics>,
     retention: u64,
+    leadership: Arc<crate::leader::Leadership>,
     stop: CancellationToken,
 ) -> (EventSink, impl Future<Output = ()>) {
     let (tx, mut rx) = mpsc::unbounded_channel::<NewEvent>();
@@ -92,7 +98,9 @@ pub fn channel(
                     Err(e) => tracing::warn!(error = %e, "Could not write fleet events; retrying"),
                 }
                 writes += 1;
+                // Pruning is the leader's job (one control plane on SQLite always leads).
                 if writes.is_multiple_of(PRUNE_EVERY)
+                    && leadership.is_leader()
                     && let Err(e) = store.prune_events(retention).await
                 {
                     tracing::warn!(error = %e, "Could not prune fleet events");

@@ -23,6 +23,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
+/// How long an instance this control plane registered may be missing from the store's list in
+/// [`Registry::sync`] (the list may predate it).
+pub const SYNC_GRACE: chrono::Duration = chrono::Duration::seconds(5);
+
 /// A reserved place on an instance for one task.
 #[derive(Clone)]
 pub struct Slot {
@@ -174,6 +178,16 @@ pub struct Registry {
     wakers: Arc<Wakers>,
     events: EventSink,
     config: Arc<Config>,
+    /// Control planes dispatching to the same instances (DESIGN.md §9): each hands out its
+    /// share of an instance's capacity, so that together they stay within it.
+    replicas: std::sync::atomic::AtomicU32,
+}
+
+/// This control plane's share of an instance's slots when `replicas` control planes dispatch to
+/// it: the capacity divided among them, rounded up (an instance of capacity 1 is shared by
+/// taking turns at its own refusal, `429 at_capacity`, which is retried).
+pub fn capacity_share(capacity: u32, replicas: u32) -> u32 {
+    capacity.div_ceil(replicas.max(1)).max(1)
 }
 
 impl Registry {
@@ -184,7 +198,42 @@ impl Registry {
             wakers,
             events,
             config,
+            replicas: std::sync::atomic::AtomicU32::new(1),
         }
+    }
+
+    /// Sets how many control planes dispatch to the instances; each instance's slots here
+    /// become [`capacity_share`] of its capacity.
+    pub fn set_replicas(&self, replicas: u32) {
+        let replicas = replicas.max(1);
+        let before = self
+            .replicas
+            .swap(replicas, std::sync::atomic::Ordering::AcqRel);
+        if before == replicas {
+            return;
+        }
+        let mut types = Vec::new();
+        {
+            let mut inner = self.lock();
+            for pool in inner.pools.values_mut() {
+                for i in 0..pool.instances.len() {
+                    pool.candidates[i].capacity =
+                        capacity_share(pool.instances[i].record.capacity, replicas);
+                    pool.sync(i);
+                }
+                types.push(pool.pool.name.clone());
+            }
+        }
+        for agent_type in types {
+            self.wakers.wake(&agent_type);
+        }
+    }
+
+    fn share(&self, capacity: u32) -> u32 {
+        capacity_share(
+            capacity,
+            self.replicas.load(std::sync::atomic::Ordering::Acquire),
+        )
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -217,10 +266,16 @@ impl Registry {
 
     /// Adds (or replaces) an instance.
     pub fn insert(&self, record: AgentInstance, now: Timestamp) {
+        self.add(record, now, true);
+    }
+
+    /// Adds (or replaces) an instance, announcing it as an event when `announce`.
+    fn add(&self, record: AgentInstance, now: Timestamp, announce: bool) {
         let agent_type = record.agent_type.clone();
         let pool = self.pool_config(&agent_type);
         let (id, url, capacity) = (record.id, record.url.clone(), record.capacity);
-        let mut candidate = Candidate::new(record.id, AgentStatus::Idle, record.capacity, 0);
+        let mut candidate =
+            Candidate::new(record.id, AgentStatus::Idle, self.share(record.capacity), 0);
         candidate.weight = record.weight;
         candidate.compatibility = record
             .metadata
@@ -268,13 +323,82 @@ impl Registry {
             state.instances.push(instance);
             state.sync(i);
         }
-        self.emit(
-            now,
-            &agent_type,
-            id,
-            format!("instance {id} registered at {url} with capacity {capacity}"),
-        );
+        if announce {
+            self.emit(
+                now,
+                &agent_type,
+                id,
+                format!("instance {id} registered at {url} with capacity {capacity}"),
+            );
+        }
         self.wakers.wake(&agent_type);
+    }
+
+    /// Brings this control plane's view in line with the store, which other control planes on
+    /// the same database also write (DESIGN.md §9): instances registered elsewhere join,
+    /// instances removed elsewhere leave, heartbeats and drains received elsewhere count.
+    /// Quietly: the control plane that made a change announced it. Instances younger than
+    /// [`SYNC_GRACE`] are kept even when missing from `stored`, which may have been read before
+    /// they were written. Returns the types of the instances that joined.
+    pub fn sync(&self, stored: Vec<AgentInstance>, now: Timestamp) -> Vec<String> {
+        let stored: HashMap<AgentId, AgentInstance> =
+            stored.into_iter().map(|a| (a.id, a)).collect();
+        let mut joined = Vec::new();
+        let mut beats = Vec::new();
+        {
+            let mut inner = self.lock();
+            let mut gone = Vec::new();
+            for pool in inner.pools.values() {
+                for inst in &pool.instances {
+                    let record = &inst.record;
+                    match stored.get(&record.id) {
+                        None if now - record.created_at > SYNC_GRACE => gone.push(record.id),
+                        None => {}
+                        Some(s) if s.last_heartbeat > record.last_heartbeat => beats.push((
+                            record.id,
+                            s.status == AgentStatus::Draining,
+                            s.last_heartbeat,
+                        )),
+                        Some(_) => {}
+                    }
+                }
+            }
+            for id in gone {
+                if let Some(agent_type) = inner.by_id.remove(&id)
+                    && let Some(instance) =
+                        inner.pools.get_mut(&agent_type).and_then(|p| p.remove(id))
+                {
+                    instance.failed.cancel();
+                }
+            }
+            for (id, record) in &stored {
+                if !inner.by_id.contains_key(id) && record.status != AgentStatus::Failed {
+                    joined.push(record.clone());
+                }
+            }
+        }
+        for (id, draining, at) in beats {
+            self.heartbeat(id, draining, at);
+        }
+        let mut types = Vec::new();
+        for record in joined {
+            types.push(record.agent_type.clone());
+            self.add(record, now, false);
+        }
+        types
+    }
+
+    /// Looks an instance up in the store's copy when this control plane does not know it (it
+    /// registered with another one); true when it is known now.
+    pub fn adopt(&self, record: Option<AgentInstance>, now: Timestamp) -> bool {
+        match record {
+            Some(record) if self.get(record.id).is_none() => {
+                self.add(record, now, false);
+                true
+            }
+            Some(_) => true,
+            None => false,
+        }
     }
 
     /// Loads the durable fleet at start-up. Each instance gets a full heartbeat timeout from

@@ -41,6 +41,8 @@ impl Signal {
 #[derive(Default)]
 pub struct Wakers {
     by_type: Mutex<HashMap<String, Arc<Signal>>>,
+    /// Tells the other control planes on the database about queued tasks (set at start).
+    cluster: std::sync::OnceLock<crate::cluster::Notifier>,
 }
 
 impl Wakers {
@@ -65,8 +67,22 @@ impl Wakers {
         self.get(agent_type).notify.notify_one();
     }
 
-    /// A task of this type became claimable: flag it and wake the dispatcher.
+    /// Tells the other control planes too, from now on.
+    pub fn connect(&self, cluster: crate::cluster::Notifier) {
+        let _ = self.cluster.set(cluster);
+    }
+
+    /// A task of this type became claimable: flag it and wake the dispatcher, here and on the
+    /// other control planes.
     pub fn task_queued(&self, agent_type: &str) {
+        if let Some(cluster) = self.cluster.get() {
+            cluster.send(crate::cluster::Notice::Queued(agent_type.to_owned()));
+        }
+        self.task_queued_here(agent_type);
+    }
+
+    /// [`Wakers::task_queued`] on this control plane only (another one told us).
+    pub fn task_queued_here(&self, agent_type: &str) {
         let signal = self.get(agent_type);
         signal.set_maybe_queued();
         signal.notify.notify_one();

@@ -38,6 +38,7 @@ pub fn channel(
     store: DynStore,
     metrics: Arc<Metrics>,
     flush: Duration,
+    leadership: Arc<crate::leader::Leadership>,
     stop: CancellationToken,
 ) -> (Ledger, impl Future<Output = ()>) {
     let (tx, mut rx) = mpsc::unbounded_channel::<UsageRecord>();
@@ -55,7 +56,8 @@ pub fn channel(
                 pending.push(r);
             }
             write(&store, &metrics, &mut pending).await;
-            if last_prune.is_none_or(|at| at.elapsed() >= PRUNE_EVERY) {
+            // Pruning is the leader's job (one control plane on SQLite always leads).
+            if leadership.is_leader() && last_prune.is_none_or(|at| at.elapsed() >= PRUNE_EVERY) {
                 last_prune = Some(std::time::Instant::now());
                 prune_budget_state(&store).await;
             }

@@ -25,6 +25,10 @@ pub async fn run(state: AppState, shutdown: CancellationToken) {
         state
             .metrics
             .observe_store("renew_leases", started.elapsed());
+        // Re-queueing is the leader's job (one control plane on SQLite always leads).
+        if !state.leadership.is_leader() {
+            continue;
+        }
         let started = std::time::Instant::now();
         let requeued = state.store.requeue_expired(now).await;
         state

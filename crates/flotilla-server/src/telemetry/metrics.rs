@@ -185,6 +185,10 @@ pub struct Metrics {
     pub claims: Family<AgentTypeLabels, Counter>,
     pub retries: Family<AgentTypeLabels, Counter>,
     pub leases_expired: Counter,
+    /// Control planes live on this database (1 on SQLite).
+    pub replicas: Gauge,
+    /// 1 while this control plane leads.
+    pub leader: Gauge,
     pub fleet_events: Family<KindLabels, Counter>,
     pub scale_decisions: Family<ScaleLabels, Counter>,
     pub pool_desired: Family<AgentTypeLabels, Gauge>,
@@ -232,6 +236,8 @@ impl Metrics {
             claims: Family::default(),
             retries: Family::default(),
             leases_expired: Counter::default(),
+            replicas: Gauge::default(),
+            leader: Gauge::default(),
             fleet_events: Family::default(),
             scale_decisions: Family::default(),
             pool_desired: Family::default(),
@@ -343,6 +349,20 @@ impl Metrics {
             "flotilla_scheduler_leases_expired",
             "Leases that expired and returned their task to the queue",
             m.leases_expired.clone(),
+        );
+        register(
+            &mut registry,
+            &mut names,
+            "flotilla_replicas",
+            "Control planes live on this database, which share each agent instance's capacity",
+            m.replicas.clone(),
+        );
+        register(
+            &mut registry,
+            &mut names,
+            "flotilla_leader",
+            "1 while this control plane leads (runs the autoscaler, the alert engine, the sweeps)",
+            m.leader.clone(),
         );
         register(
             &mut registry,

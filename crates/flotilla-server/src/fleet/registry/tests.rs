@@ -239,3 +239,15 @@ fn the_pool_strategy_is_used() {
     let expected: Vec<_> = ids.iter().chain(ids.iter()).copied().collect();
     assert_eq!(picks, expected);
 }
+
+#[test]
+fn replicas_share_an_instances_capacity() {
+    assert_eq!(capacity_share(16, 1), 16);
+    assert_eq!(capacity_share(16, 3), 6, "rounded up: 3 × 6 ≥ 16");
+    assert_eq!(
+        capacity_share(2, 3),
+        1,
+        "never 0: an instance still gets work"
+    );
+    assert_eq!(capacity_share(4, 0), 4, "no count yet: the whole capacity");
+}

@@ -1,0 +1,272 @@
+//! Several control planes on one PostgreSQL database (DESIGN.md §9), as real processes: three
+//! replicas share the queue and the fleet, one of them leads; SIGKILL the leader, then the next
+//! one, under a steady load. Every accepted task must end, no attempt may run twice, another
+//! replica must take over within the lease, and every change of leader must be an event.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use common::{ADMIN_KEY, BIN, PgDatabase, wait_terminal};
+use flotilla_client::Client;
+use flotilla_core::task::{Task, TaskStatus};
+use flotilla_core::wire::SubmitTask;
+use flotilla_testkit::{AgentProcess, ServerProcess};
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+/// Leader lease of the test: a dead leader is replaced within 1.5 s + 0.5 s.
+const LEASE_MS: u64 = 1500;
+
+async fn start_replica(url: &str) -> ServerProcess {
+    ServerProcess::builder(BIN)
+        .env("FLOTILLA_BOOTSTRAP_ADMIN_KEY", ADMIN_KEY)
+        // Every replica derives the same task-token and vault keys from one master key.
+        .env(
+            "FLOTILLA_MASTER_KEY",
+            "0000000000000000000000000000000000000000000000000000000000000001",
+        )
+        .env("FLOTILLA_DATABASE__LEADER_LEASE_MS", LEASE_MS.to_string())
+        .env("FLOTILLA_SCHEDULER__LEASE_TTL_MS", "1500")
+        .env("FLOTILLA_SCHEDULER__RETRY_BASE_MS", "50")
+        .args(["--database-url", url])
+        .arg("--config")
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/code_generator_pool.toml"
+        ))
+        .start()
+        .await
+        .expect("replica starts")
+}
+
+/// Which replica leads, by index, as the replicas themselves say; waits up to `within`.
+async fn leader(replicas: &[Option<ServerProcess>], within: Duration) -> (usize, i64) {
+    let deadline = Instant::now() + within;
+    loop {
+        let mut leading = Vec::new();
+        for (i, replica) in replicas.iter().enumerate() {
+            let Some(replica) = replica else { continue };
+            if let Ok(info) = replica.client().unwrap().system().await
+                && let Some(r) = info.replica
+                && r.leader
+            {
+                leading.push((i, r.generation.unwrap_or_default()));
+            }
+        }
+        assert!(leading.len() <= 1, "two leaders at once: {leading:?}");
+        if let [one] = leading[..] {
+            return one;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no replica led within {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Submits `n` tasks round-robin to the live replicas; returns the accepted ones.
+async fn submit(replicas: &[Option<ServerProcess>], from: usize, n: usize) -> Vec<Task> {
+    let clients: Vec<Client> = replicas
+        .iter()
+        .flatten()
+        .map(|r| r.client().unwrap())
+        .collect();
+    let submissions = (from..from + n).map(|i| {
+        let client = clients[i % clients.len()].clone();
+        async move {
+            client
+                .submit_task(&SubmitTask::new(
+                    "code_generator",
+                    serde_json::json!({ "n": i }),
+                ))
+                .await
+        }
+    });
+    futures::future::join_all(submissions)
+        .await
+        .into_iter()
+        .map(|r| r.expect("a live replica accepts the task"))
+        .collect()
+}
+
+/// `(task id, attempt)` of every execution the agents logged.
+fn executions(agents: &[AgentProcess]) -> HashMap<(String, i32), usize> {
+    let mut seen = HashMap::new();
+    for agent in agents {
+        let log = agent.stdout_path().with_file_name(
+            agent
+                .stdout_path()
+                .file_name()
+                .unwrap()
+                .to_string_lossy()
+                .replace(".stdout.", ".stderr."),
+        );
+        let text = strip_ansi(&std::fs::read_to_string(&log).unwrap_or_default());
+        for line in text.lines().filter(|l| l.contains("Executing task.")) {
+            let field = |name: &str| {
+                line.split_whitespace()
+                    .find_map(|w| w.strip_prefix(name))
+                    .map(|v| v.trim_matches(|c: char| !c.is_alphanumeric() && c != '-'))
+                    .map(str::to_owned)
+            };
+            if let (Some(task), Some(attempt)) = (field("task_id="), field("attempt=")) {
+                *seen
+                    .entry((task, attempt.parse().unwrap_or(0)))
+                    .or_insert(0) += 1;
+            }
+        }
+    }
+    seen
+}
+
+/// The text without terminal colour codes (`ESC [ … m`).
+fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_survive_losing_their_leader_twice() {
+    let db = PgDatabase::create();
+    let mut replicas = Vec::new();
+    for _ in 0..3 {
+        replicas.push(Some(start_replica(&db.url).await));
+    }
+    // One agent per replica: each registers with and heartbeats to its own replica, and every
+    // replica dispatches to all three (the fleet is shared through the store).
+    let mut agents = Vec::new();
+    for replica in replicas.iter().flatten() {
+        let agent = AgentProcess::builder(BIN, "code_generator", replica.base_url(), ADMIN_KEY)
+            .env("RUST_LOG", "info,flotilla_agent=debug")
+            .args([
+                "--capacity",
+                "16",
+                "--median-ms",
+                "60",
+                "--p99-ms",
+                "150",
+                "--failure-rate",
+                "0",
+            ])
+            .start()
+            .await
+            .expect("agent starts");
+        agents.push(agent);
+    }
+    let observer = replicas[2].as_ref().unwrap().client().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while observer
+        .list_agents()
+        .await
+        .map(|l| l.agents.len())
+        .unwrap_or(0)
+        < 3
+    {
+        assert!(
+            Instant::now() < deadline,
+            "replica 2 never saw the 3 agents"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let (first, first_generation) = leader(&replicas, Duration::from_secs(10)).await;
+    let mut accepted = submit(&replicas, 0, 150).await;
+
+    // Kill the leader while its tasks are in flight.
+    replicas[first].as_mut().unwrap().kill_hard().await.unwrap();
+    let killed_at = Instant::now();
+    replicas[first] = None;
+    accepted.extend(submit(&replicas, 150, 100).await);
+    let (second, second_generation) = leader(&replicas, Duration::from_secs(10)).await;
+    let takeover = killed_at.elapsed();
+    assert_ne!(second, first);
+    assert!(second_generation > first_generation, "a new term");
+    assert!(
+        takeover <= Duration::from_millis(LEASE_MS * 2),
+        "took over after {takeover:?}"
+    );
+
+    // And the next leader.
+    replicas[second]
+        .as_mut()
+        .unwrap()
+        .kill_hard()
+        .await
+        .unwrap();
+    replicas[second] = None;
+    accepted.extend(submit(&replicas, 250, 100).await);
+    let (last, third_generation) = leader(&replicas, Duration::from_secs(10)).await;
+    assert!(third_generation > second_generation);
+    let survivor = replicas[last].as_ref().unwrap();
+    let client = survivor.client().unwrap();
+
+    // Every accepted task ends, and succeeds: the survivor re-queues what the dead ones held.
+    let mut lost_attempts = 0;
+    for task in &accepted {
+        let done = wait_terminal(&client, task.id, Duration::from_secs(60)).await;
+        assert_eq!(
+            done.status,
+            TaskStatus::Succeeded,
+            "task {} ended {:?}: {:?}\n{}",
+            task.id,
+            done.status,
+            done.error,
+            survivor.logs()
+        );
+        let numbers: Vec<i32> = done.attempts.iter().map(|a| a.number).collect();
+        let mut unique = numbers.clone();
+        unique.dedup();
+        assert_eq!(numbers, unique, "attempt numbers of {} repeat", task.id);
+        lost_attempts += done.attempts.iter().filter(|a| a.outcome == "lost").count();
+    }
+    assert!(
+        lost_attempts > 0,
+        "the leaders died with attempts in flight, which a survivor must have re-queued"
+    );
+    // No attempt ran twice on the agents.
+    let executed = executions(&agents);
+    assert!(
+        executed.len() >= accepted.len(),
+        "the agents logged {} executions for {} tasks",
+        executed.len(),
+        accepted.len()
+    );
+    let twice: Vec<_> = executed.into_iter().filter(|(_, n)| *n > 1).collect();
+    assert!(twice.is_empty(), "attempts executed twice: {twice:?}");
+
+    // The changes of leader are events.
+    let events = client
+        .list_events(&[("kind", "leader".to_owned())])
+        .await
+        .unwrap();
+    let leads = events
+        .events
+        .iter()
+        .filter(|e| e.message.contains(" leads (generation "))
+        .count();
+    assert!(
+        leads >= 3,
+        "three terms, three `leads` events: {:?}",
+        events.events
+    );
+
+    for agent in &mut agents {
+        agent.terminate().await.ok();
+    }
+    for replica in replicas.iter_mut().flatten() {
+        replica.terminate().await.ok();
+    }
+}
