@@ -869,6 +869,27 @@ async fn a_tenant_token_rule_fires_for_the_tenant_that_exceeds_it_and_limits_onl
 
     let statuses = statuses(&server, &heavy_key).await;
     assert!(statuses.contains(&429), "{statuses:?}");
+    // The OpenAPI document describes the new fields, and every reference resolves.
+    let openapi: Value = server
+        .http
+        .get(server.url("/openapi.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let schemas = &openapi["components"]["schemas"];
+    let properties = &schemas["ActiveAlert"]["properties"];
+    for field in ["by", "agent_type", "model", "tenant"] {
+        assert!(properties[field].is_object(), "{field}: {properties}");
+    }
+    assert!(schemas["Silence"]["properties"]["tenant"].is_object());
+    let text = openapi.to_string();
+    for reference in text.split("\"#/components/schemas/").skip(1) {
+        let name = reference.split('"').next().unwrap();
+        assert!(schemas[name].is_object(), "unresolved reference {name}");
+    }
     // The light tenant is not affected.
     for _ in 0..10 {
         assert!(server.client.list_pools().await.is_ok());
@@ -989,6 +1010,77 @@ async fn a_budget_rule_fires_when_a_tenants_spend_crosses_it_and_resolves_when_r
     eventually("the rate is restored", Duration::from_secs(5), || async {
         history(&server).await.iter().any(|m| m == &restored)
     })
+    .await;
+    server.stop().await;
+}
+
+/// A rule by model over the gateway's calls fires for the model that fails (an upstream that
+/// answers 503), not for the one that answers, and names it in the alert and the notification.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_error_rate_rule_fires_for_the_failing_model_only() {
+    let mock = flotilla_testkit::MockProvider::start().await.unwrap();
+    let (hook, url) = Receiver::start().await;
+    let settings = Settings::default()
+        .set("alerting.interval_ms", 100)
+        .set("alerting.default_rules", false)
+        .raw(&format!(
+            "[providers.mock]\nbase_url = \"{}\"\napi_key = \"env:FLOTILLA_TEST_MOCK_PROVIDER_KEY\"\n\
+             max_retries = 0\nretry_base_ms = 5\n\
+             [[models]]\nname = \"mock-ok\"\nprovider = \"mock\"\nupstream = \"ok\"\nprices = {{ input = 1, output = 2 }}\n\
+             [[models]]\nname = \"mock-down\"\nprovider = \"mock\"\nupstream = \"fail-503\"\nprices = {{ input = 1, output = 2 }}\n\
+             [[alerting.webhooks]]\nurl = \"{url}\"\nformat = \"json\"\n\
+             [[alerts]]\nname = \"model_errors\"\nsignal = \"error_rate\"\nby = \"model\"\n\
+             comparison = \">\"\nthreshold = 0.5\nfor = \"0s\"\nseverity = \"warning\"\n",
+            mock.base_url
+        ));
+    let server = TestServer::start(Backend::Sqlite, settings).await;
+    for model in ["mock-ok", "mock-down", "mock-ok", "mock-down"] {
+        let status = server
+            .http
+            .post(server.url("/v1/chat/completions"))
+            .bearer_auth(ADMIN_KEY)
+            .json(&json!({"model": model, "messages": [{"role": "user", "content": "hi"}]}))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16();
+        assert_eq!(status == 200, model == "mock-ok", "{model}: {status}");
+    }
+    eventually(
+        "the failing model's alert fires",
+        Duration::from_secs(5),
+        || async {
+            let alerts = server.client.list_alerts().await.unwrap().alerts;
+            alerts.iter().any(|a| {
+                a.model.as_deref() == Some("mock-down") && a.state == "firing" && a.value == 1.0
+            })
+        },
+    )
+    .await;
+    let alerts = server.client.list_alerts().await.unwrap().alerts;
+    assert_eq!(alerts.len(), 1, "only the failing model: {alerts:?}");
+    eventually(
+        "the notification names the model",
+        Duration::from_secs(5),
+        || async {
+            hook.bodies().iter().any(|b| {
+                b["rule"] == "model_errors"
+                    && b["model"] == "mock-down"
+                    && b.get("agent_type").is_none()
+            })
+        },
+    )
+    .await;
+    eventually(
+        "the firing is in the history",
+        Duration::from_secs(5),
+        || async {
+            history(&server).await.iter().any(|m| {
+                m.starts_with("alert model_errors [model mock-down] firing: error_rate 1.000 > 0.5")
+            })
+        },
+    )
     .await;
     server.stop().await;
 }
