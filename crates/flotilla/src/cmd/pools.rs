@@ -25,7 +25,8 @@ pub enum EventsCommand {
         /// Only this pool.
         #[arg(long = "type", value_name = "TYPE")]
         agent_type: Option<String>,
-        /// Only `instance`, `scale` or `provisioner` events.
+        /// Only events of this kind: `instance`, `scale`, `provisioner`, `alert`, `budget` or
+        /// `leader`.
         #[arg(long)]
         kind: Option<String>,
         /// Only events after this id (oldest first); default: the latest.
