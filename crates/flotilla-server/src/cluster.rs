@@ -9,7 +9,7 @@
 //! id>…` or `agents <sender>`. A control plane ignores its own.
 
 use crate::app::AppState;
-use flotilla_core::id::TaskId;
+use flotilla_core::id::{TaskId, TenantId};
 use flotilla_store::DynStore;
 use std::collections::BTreeSet;
 use std::future::Future;
@@ -30,6 +30,12 @@ pub enum Notice {
     Queued(String),
     Done(TaskId),
     Agents,
+    /// A key was revoked: drop it from the key caches.
+    KeyRevoked(String),
+    /// A tenant's settings changed: read its rate again.
+    TenantChanged(TenantId),
+    /// The leader's alerts' effects ([`crate::alerts::Effects`] as JSON).
+    Effects(String),
 }
 
 /// Sends notices to the other control planes, in batches, off the hot path.
@@ -91,6 +97,9 @@ fn payloads(owner: &str, notices: impl Iterator<Item = Notice>) -> Vec<String> {
     let mut queued = BTreeSet::new();
     let mut done = Vec::new();
     let mut agents = false;
+    let mut keys = Vec::new();
+    let mut tenants = BTreeSet::new();
+    let mut effects = None;
     for notice in notices {
         match notice {
             Notice::Queued(agent_type) => {
@@ -98,6 +107,12 @@ fn payloads(owner: &str, notices: impl Iterator<Item = Notice>) -> Vec<String> {
             }
             Notice::Done(id) => done.push(id.to_string()),
             Notice::Agents => agents = true,
+            Notice::KeyRevoked(id) => keys.push(id),
+            Notice::TenantChanged(id) => {
+                tenants.insert(id.to_string());
+            }
+            // Only the latest counts.
+            Notice::Effects(json) => effects = Some(json),
         }
     }
     let mut out = Vec::new();
@@ -120,6 +135,15 @@ fn payloads(owner: &str, notices: impl Iterator<Item = Notice>) -> Vec<String> {
     }
     if agents {
         words("agents", Vec::new());
+    }
+    if !keys.is_empty() {
+        words("keys", keys);
+    }
+    if !tenants.is_empty() {
+        words("tenants", tenants.into_iter().collect());
+    }
+    if let Some(json) = effects.filter(|j| j.len() < MAX_PAYLOAD - 100) {
+        out.push(format!("effects {owner} {json}"));
     }
     out
 }
@@ -179,6 +203,27 @@ fn handle(state: &AppState, payload: &str, resync: &tokio::sync::watch::Sender<(
         return;
     }
     match kind {
+        "keys" => {
+            for id in words {
+                state.keys.forget(id);
+            }
+        }
+        "tenants" => {
+            for id in words.filter_map(|w| w.parse::<uuid::Uuid>().ok()) {
+                state.limits.tenant_changed(TenantId(id));
+            }
+        }
+        "effects" => {
+            let json = payload.splitn(3, ' ').nth(2).unwrap_or_default();
+            match serde_json::from_str(json) {
+                Ok(effects) => {
+                    state
+                        .alerts
+                        .adopt(effects, &state.limits, state.config.alerting.rate_limit)
+                }
+                Err(e) => tracing::warn!(error = %e, "Unreadable alert effects ignored"),
+            }
+        }
         "queued" => {
             for agent_type in words {
                 state.dispatchers.ensure(state, agent_type);

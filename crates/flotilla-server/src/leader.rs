@@ -193,6 +193,7 @@ async fn count_replicas(
         Ok(Ok(n)) => {
             let n = u32::try_from(n).unwrap_or(u32::MAX).max(1);
             state.registry.set_replicas(n);
+            state.limits.set_replicas(n);
             state.metrics.replicas.set(i64::from(n));
         }
         Ok(Err(e)) => tracing::debug!(error = %e, "Could not count the control planes"),

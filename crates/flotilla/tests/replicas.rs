@@ -270,3 +270,75 @@ async fn replicas_survive_losing_their_leader_twice() {
         replica.terminate().await.ok();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_share_revocations_and_answer_each_others_long_polls() {
+    let db = PgDatabase::create();
+    let a = start_replica(&db.url).await;
+    let b = start_replica(&db.url).await;
+    let (admin_a, admin_b) = (a.client().unwrap(), b.client().unwrap());
+
+    // A key used on B (so B caches it), revoked on A: B refuses it long before its cache
+    // would have expired (10 s).
+    let key = admin_a
+        .create_key(
+            &flotilla_core::auth::NewKeyRequest {
+                name: "short-lived".to_owned(),
+                role: flotilla_core::auth::Role::Submitter,
+                expires_at: None,
+                rate_limit: None,
+            },
+            None,
+        )
+        .await
+        .unwrap();
+    let on_b = Client::new(&b.base_url(), Some(key.key.clone())).unwrap();
+    on_b.list_tasks(&flotilla_client::ListTasks::default())
+        .await
+        .expect("the new key works on B");
+    admin_a.revoke_key(&key.record.id, None).await.unwrap();
+    let revoked = Instant::now();
+    while on_b
+        .list_tasks(&flotilla_client::ListTasks::default())
+        .await
+        .is_ok()
+    {
+        assert!(
+            revoked.elapsed() < Duration::from_secs(5),
+            "B still accepts a key A revoked"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Tasks submitted through A end while a long-poll waits on B: B answers at once, not when
+    // its wait runs out, whichever replica claimed the task (both compete for it; over six
+    // tasks A claims some, and only a notification from A can wake B for those).
+    let mut agent = AgentProcess::builder(BIN, "code_generator", a.base_url(), ADMIN_KEY)
+        .args(["--capacity", "4", "--median-ms", "300", "--p99-ms", "400"])
+        .args(["--failure-rate", "0"])
+        .start()
+        .await
+        .expect("agent starts");
+    for _ in 0..6 {
+        let task = admin_a
+            .submit_task(&SubmitTask::new("code_generator", serde_json::json!({})))
+            .await
+            .unwrap();
+        let asked = Instant::now();
+        let done = admin_b
+            .get_task(task.id, Some(Duration::from_secs(20)))
+            .await
+            .unwrap();
+        assert_eq!(done.status, TaskStatus::Succeeded, "{:?}", done.error);
+        assert!(
+            asked.elapsed() < Duration::from_secs(5),
+            "B answered its long-poll after {:?}",
+            asked.elapsed()
+        );
+    }
+
+    agent.terminate().await.ok();
+    for mut replica in [a, b] {
+        replica.terminate().await.ok();
+    }
+}

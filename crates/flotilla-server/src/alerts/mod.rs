@@ -89,7 +89,24 @@ pub struct AlertEngine {
     silences: Mutex<Vec<Silence>>,
     /// Tenants held to a tighter rate by firing alerts (`rate_limit`), by alert.
     limited: Mutex<HashMap<String, TenantId>>,
+    /// What the leader's firing alerts do, as this control plane last heard it (when it is not
+    /// the leader; DESIGN.md §9).
+    adopted: Mutex<Effects>,
 }
+
+/// What firing alerts do to every control plane: shed low-priority work (the alerts in
+/// emergency mode) and hold tenants to `[alerting] rate_limit`. The leader, which alone runs
+/// the engine, tells the other control planes after every round that changed them and every
+/// few seconds; a new leader starts from none.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Effects {
+    pub emergency: Vec<String>,
+    pub limited: Vec<TenantId>,
+}
+
+/// How often the leader repeats its effects when they do not change (for replicas that
+/// started or lost a notification meanwhile).
+const REPEAT_EFFECTS: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Work below this priority is shed in emergency mode.
 pub const EMERGENCY_MIN_PRIORITY: i32 = 5;
@@ -141,10 +158,57 @@ impl AlertEngine {
             .max()
     }
 
+    /// What this control plane's engine does now (on the leader: what to tell the others).
+    fn effects(&self) -> Effects {
+        let emergency = self
+            .emergencies
+            .lock()
+            .map(|e| e.keys().cloned().collect())
+            .unwrap_or_default();
+        let mut limited: Vec<TenantId> = self
+            .limited
+            .lock()
+            .map(|l| l.values().copied().collect())
+            .unwrap_or_default();
+        limited.sort();
+        limited.dedup();
+        Effects { emergency, limited }
+    }
+
+    /// Takes on the leader's effects in place of the last ones heard (releasing tenants no
+    /// longer limited); `Effects::default()` drops them all.
+    pub fn adopt(
+        &self,
+        effects: Effects,
+        limits: &crate::auth::limits::RateLimiters,
+        rate: flotilla_core::rate::Rate,
+    ) {
+        let Ok(mut adopted) = self.adopted.lock() else {
+            return;
+        };
+        if *adopted == effects {
+            return;
+        }
+        for tenant in &adopted.limited {
+            if !effects.limited.contains(tenant) {
+                limits.impose(*tenant, None);
+            }
+        }
+        for tenant in &effects.limited {
+            limits.impose(*tenant, Some(rate));
+        }
+        *adopted = effects;
+    }
+
     /// Why new low-priority work is refused now, if it is.
     pub fn emergency(&self) -> Option<String> {
+        let adopted = self
+            .adopted
+            .lock()
+            .ok()
+            .and_then(|a| a.emergency.first().cloned());
         let emergencies = self.emergencies.lock().ok()?;
-        let (alert, _) = emergencies.iter().next()?;
+        let alert = emergencies.keys().next().cloned().or(adopted)?;
         Some(format!(
             "emergency mode (alert {alert} is firing): tasks of priority below {EMERGENCY_MIN_PRIORITY} are refused until it resolves; retry later or raise the priority"
         ))
@@ -219,6 +283,13 @@ pub async fn run(state: AppState, shutdown: CancellationToken) {
     if config.rules.is_empty() {
         return;
     }
+    // This control plane leads now: what it heard from the previous leader no longer holds.
+    state.alerts.adopt(
+        Effects::default(),
+        &state.limits,
+        state.config.alerting.rate_limit,
+    );
+    let mut told: Option<(Effects, std::time::Instant)> = None;
     let mut tick = tokio::time::interval(config.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -247,6 +318,18 @@ pub async fn run(state: AppState, shutdown: CancellationToken) {
                 evaluate(&state, rule, reading, now);
             }
             state.alerts.forget_idle(&rule.name, &seen);
+        }
+        // Tell the other control planes what the firing alerts do.
+        let effects = state.alerts.effects();
+        if told
+            .as_ref()
+            .is_none_or(|(last, at)| *last != effects || at.elapsed() >= REPEAT_EFFECTS)
+        {
+            match serde_json::to_string(&effects) {
+                Ok(json) => state.cluster.send(crate::cluster::Notice::Effects(json)),
+                Err(e) => tracing::warn!(error = %e, "Could not encode the alerts' effects"),
+            }
+            told = Some((effects, std::time::Instant::now()));
         }
     }
 }

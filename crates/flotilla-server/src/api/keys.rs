@@ -129,6 +129,9 @@ pub async fn revoke(
         .ok_or_else(|| not_found(&id))?;
     state.keys.forget(&id);
     state
+        .cluster
+        .send(crate::cluster::Notice::KeyRevoked(id.clone()));
+    state
         .audit
         .record(AuditEvent::by(&caller, "key.revoke", key_target(&revoked)))
         .await?;

@@ -124,6 +124,9 @@ pub async fn update(
         .ok_or_else(|| ApiError::NotFound(format!("no tenant {id}")))?;
     state.limits.tenant_changed(id);
     state
+        .cluster
+        .send(crate::cluster::Notice::TenantChanged(id));
+    state
         .audit
         .record(AuditEvent::by(&caller, "tenant.update", id.to_string()))
         .await?;

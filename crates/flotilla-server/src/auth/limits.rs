@@ -1,6 +1,9 @@
 //! Rate limits on the API (GCRA through `governor`): per key, per tenant, and authentication
-//! failures per source address. State is in memory, per replica; with several replicas each
-//! enforces the limit on the requests it receives.
+//! failures per source address. State is in memory. With several control planes on one
+//! database each enforces its share of a key's or tenant's rate — the rate divided by the live
+//! replicas, rounded up — so that the deployment as a whole stays within it without a database
+//! round trip per request (the model gateway's limits, which guard money, are exact shared rows
+//! instead). A client that talks to one replica only gets that replica's share.
 
 use flotilla_core::id::TenantId;
 use flotilla_core::rate::Rate;
@@ -27,7 +30,18 @@ pub struct RateLimiters {
     tenant_rates: RwLock<HashMap<TenantId, (Instant, Option<Rate>)>>,
     /// Tighter rates imposed by firing alerts (`rate_limit` actions), until they resolve.
     imposed: RwLock<HashMap<TenantId, Rate>>,
+    /// Control planes sharing the limits (1 on SQLite).
+    replicas: std::sync::atomic::AtomicU32,
     clock: DefaultClock,
+}
+
+/// One replica's share of `rate` among `replicas`: the count divided, rounded up.
+pub fn rate_share(rate: Rate, replicas: u32) -> Rate {
+    let count = rate.count.get().div_ceil(replicas.max(1));
+    Rate {
+        count: std::num::NonZeroU32::new(count).unwrap_or(rate.count),
+        per: rate.per,
+    }
 }
 
 /// A limiter per key (or tenant) with the rate it was made for, so a changed rate replaces it.
@@ -83,23 +97,44 @@ impl RateLimiters {
             blocked: Mutex::default(),
             tenant_rates: RwLock::default(),
             imposed: RwLock::default(),
+            replicas: std::sync::atomic::AtomicU32::new(1),
             clock: DefaultClock::default(),
         }
+    }
+
+    /// Sets how many control planes share the limits.
+    pub fn set_replicas(&self, replicas: u32) {
+        self.replicas
+            .store(replicas.max(1), std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// This replica's share of `rate`, and how to say so.
+    fn share(&self, rate: Rate) -> (Rate, String) {
+        let replicas = self.replicas.load(std::sync::atomic::Ordering::Relaxed);
+        let share = rate_share(rate, replicas);
+        let said = if replicas > 1 {
+            format!("{rate} ({share} on each of {replicas} control planes)")
+        } else {
+            rate.to_string()
+        };
+        (share, said)
     }
 
     /// Counts one request with a key; `rate` is the key's own or the default.
     pub fn check_key(&self, key_id: &str, rate: Option<Rate>) -> Result<(), Limited> {
         let Some(rate) = rate else { return Ok(()) };
+        let (rate, said) = self.share(rate);
         self.check(self.keys.limiter(&key_id.to_owned(), rate), || {
-            format!("key `{key_id}` is limited to {rate}")
+            format!("key `{key_id}` is limited to {said}")
         })
     }
 
     /// Counts one request of a tenant; `rate` is the tenant's own or the default.
     pub fn check_tenant(&self, tenant: TenantId, rate: Option<Rate>) -> Result<(), Limited> {
         let Some(rate) = rate else { return Ok(()) };
+        let (rate, said) = self.share(rate);
         self.check(self.tenants.limiter(&tenant, rate), || {
-            format!("tenant {tenant} is limited to {rate}")
+            format!("tenant {tenant} is limited to {said}")
         })
     }
 
@@ -219,6 +254,28 @@ mod tests {
 
     fn rate(text: &str) -> Option<Rate> {
         text.parse().ok()
+    }
+
+    #[test]
+    fn replicas_enforce_their_share_of_a_rate() {
+        let ten = rate("10/s").unwrap_or_else(|| panic!("a rate"));
+        assert_eq!(Some(rate_share(ten, 1)), rate("10/s"));
+        assert_eq!(Some(rate_share(ten, 3)), rate("4/s"), "rounded up");
+        assert_eq!(Some(rate_share(ten, 20)), rate("1/s"), "never nothing");
+        let limits = RateLimiters::new(None);
+        limits.set_replicas(2);
+        let passed = (0..20)
+            .filter(|_| limits.check_key("k", Some(ten)).is_ok())
+            .count();
+        assert_eq!(passed, 5, "a burst of this replica's share");
+        let Err(refused) = limits.check_key("k", Some(ten)) else {
+            panic!("the sixth request passed")
+        };
+        assert!(
+            refused.what.contains("5/s on each of 2 control planes"),
+            "{}",
+            refused.what
+        );
     }
 
     #[test]
