@@ -106,7 +106,7 @@ fn count(state: &AppState, record: &UsageRecord) {
         .record_gateway_call(&crate::telemetry::recent::GatewayCall {
             tenant: record.tenant_id,
             model: &record.model,
-            for_task: record.task_id.is_some(),
+            task: record.task_id,
             ok: match record.status {
                 UsageStatus::Ok => Some(true),
                 UsageStatus::Error => Some(false),
@@ -114,6 +114,8 @@ fn count(state: &AppState, record: &UsageRecord) {
             },
             seconds: record.latency_ms as f64 / 1000.0,
             tokens: t.total(),
+            input: t.input_tokens,
+            output: t.output_tokens,
         });
 }
 

@@ -231,7 +231,7 @@ async fn attempt(state: AppState, task: Task, slot: Slot) {
     record_call(
         &state,
         &task.agent_type,
-        task.tenant_id,
+        (task.tenant_id, task.id),
         &outcome,
         finished_at - started_at,
     );
@@ -303,11 +303,12 @@ fn attempt_result(
     }
 }
 
-/// Counts and times one `/execute` call, and the model tokens its answer reports.
+/// Counts and times one `/execute` call, and the model tokens its answer reports that the
+/// gateway did not meter already (see `telemetry::recent`).
 fn record_call(
     state: &AppState,
     agent_type: &str,
-    tenant: flotilla_core::id::TenantId,
+    (tenant, task): (flotilla_core::id::TenantId, flotilla_core::id::TaskId),
     outcome: &Result<ExecuteResponse, DispatchFailure>,
     took: chrono::Duration,
 ) {
@@ -334,20 +335,23 @@ fn record_call(
         .observe(seconds);
     if let Ok(answer) = outcome {
         for usage in answer.usage.iter().flatten() {
-            for (direction, tokens) in [
-                ("input", usage.input_tokens),
-                ("output", usage.output_tokens),
-            ] {
-                metrics
-                    .token_usage
-                    .get_or_create(&TokenLabels {
-                        agent_type: agent_type.to_owned(),
-                        model: usage.model.clone(),
-                        direction: direction.to_owned(),
-                    })
-                    .inc_by(tokens);
-                state.recent.record_tokens(tenant, tokens);
+            let (input, output) =
+                state
+                    .recent
+                    .unmetered(task, usage.input_tokens, usage.output_tokens);
+            for (direction, tokens) in [("input", input), ("output", output)] {
+                if tokens > 0 {
+                    metrics
+                        .token_usage
+                        .get_or_create(&TokenLabels {
+                            agent_type: agent_type.to_owned(),
+                            model: usage.model.clone(),
+                            direction: direction.to_owned(),
+                        })
+                        .inc_by(tokens);
+                }
             }
+            state.recent.record_tokens(tenant, input + output);
         }
     }
 }

@@ -4,15 +4,17 @@
 //! Bounded: at most `MAX_SAMPLES` samples per agent type or model, one bucket per minute for
 //! tokens.
 //!
-//! Tokens reach the windows by two paths: the gateway meters every call it serves, and an
-//! agent's `/execute` reply may report the tokens its task used. An agent that calls models
-//! through the gateway under its task token would report the same tokens a second time, so the
-//! gateway's count wins: tokens the gateway metered for a task call are held as a credit of the
-//! tenant, and tokens agents report for that tenant within the hour are first taken from that
-//! credit; only the rest (models called elsewhere) count. Per model, only the gateway's count is
-//! known (agents' reports reach the windows without their model).
+//! Tokens reach the windows (and `ai_agent_token_usage_total`) by two paths: the gateway meters
+//! every call it serves, and an agent's `/execute` reply may report the tokens its task used. An
+//! agent that calls models through the gateway under its task token would report the same
+//! tokens a second time, so the gateway's count wins: tokens the gateway metered for a task's
+//! calls are held as that task's credit (input and output apart, for an hour), and the tokens
+//! its agent reports are first taken from that credit; only the rest (models called elsewhere)
+//! count. Per model, only the gateway's count reaches the windows. The credit is this
+//! process's: an agent calls the gateway of the control plane that dispatched its task (the
+//! URL in its `/execute` request), so with several replicas both usually meet in one process.
 
-use flotilla_core::id::TenantId;
+use flotilla_core::id::{TaskId, TenantId};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -29,7 +31,19 @@ pub struct Recent {
     /// Gateway calls that reached a provider, per served model.
     calls: Mutex<HashMap<String, VecDeque<CallSample>>>,
     tokens: Mutex<VecDeque<Minute>>,
+    /// Input and output tokens the gateway metered per task, not yet matched by a report.
+    credit: Mutex<HashMap<TaskId, Credit>>,
 }
+
+/// A task's metered tokens.
+struct Credit {
+    since: Instant,
+    input: u64,
+    output: u64,
+}
+
+/// Credits beyond this many are swept of those older than the hour.
+const MAX_CREDITS: usize = 10_000;
 
 /// (when, answered, seconds).
 type CallSample = (Instant, bool, f64);
@@ -39,8 +53,6 @@ struct Minute {
     start: Instant,
     by_tenant: HashMap<TenantId, u64>,
     by_model: HashMap<String, u64>,
-    /// Tokens the gateway metered for task calls, not yet matched by an agent's report.
-    credit: HashMap<TenantId, u64>,
 }
 
 /// One finished gateway call, as the windows need it.
@@ -49,15 +61,18 @@ pub struct GatewayCall<'a> {
     pub tenant: TenantId,
     /// The model that served it.
     pub model: &'a str,
-    /// Made under a task's token (an agent working on a task), whose `/execute` reply may
+    /// The task whose token made it (an agent working on a task), whose `/execute` reply may
     /// report the same tokens.
-    pub for_task: bool,
+    pub task: Option<TaskId>,
     /// `Some(true)` answered, `Some(false)` failed; `None` when no provider's outcome counts
     /// (refused before a provider, or the client went away).
     pub ok: Option<bool>,
     /// How long the call took, in seconds.
     pub seconds: f64,
+    /// Every token (input, output and what else the provider counts).
     pub tokens: u64,
+    pub input: u64,
+    pub output: u64,
 }
 
 /// The gateway calls of one model over the last [`RESPONSE_WINDOW`].
@@ -125,35 +140,50 @@ impl Recent {
         self.with_minute(|minute| {
             *minute.by_tenant.entry(call.tenant).or_default() += call.tokens;
             *minute.by_model.entry(call.model.to_owned()).or_default() += call.tokens;
-            if call.for_task {
-                *minute.credit.entry(call.tenant).or_default() += call.tokens;
-            }
         });
+        if let Some(task) = call.task
+            && let Ok(mut credits) = self.credit.lock()
+        {
+            if credits.len() >= MAX_CREDITS {
+                credits.retain(|_, c| c.since.elapsed() < TOKEN_WINDOW);
+            }
+            let credit = credits.entry(task).or_insert(Credit {
+                since: Instant::now(),
+                input: 0,
+                output: 0,
+            });
+            credit.input += call.input;
+            credit.output += call.output;
+        }
     }
 
-    /// Records model tokens an agent reported for a task of `tenant`, less what the gateway
-    /// already metered for that tenant's task calls within the hour (see the module header).
-    pub fn record_tokens(&self, tenant: TenantId, tokens: u64) {
-        let Ok(mut buckets) = self.tokens.lock() else {
-            return;
+    /// Of the `(input, output)` tokens an agent reported for `task`, the part the gateway did
+    /// not meter already (taken from the task's credit); see the module header.
+    pub fn unmetered(&self, task: TaskId, input: u64, output: u64) -> (u64, u64) {
+        let Ok(mut credits) = self.credit.lock() else {
+            return (input, output);
         };
-        prune(&mut buckets);
-        let mut rest = tokens;
-        for minute in buckets.iter_mut() {
-            if rest == 0 {
-                break;
-            }
-            if let Some(credit) = minute.credit.get_mut(&tenant) {
-                let taken = rest.min(*credit);
-                *credit -= taken;
-                rest -= taken;
-                if *credit == 0 {
-                    minute.credit.remove(&tenant);
-                }
-            }
+        let Some(credit) = credits.get_mut(&task) else {
+            return (input, output);
+        };
+        if credit.since.elapsed() >= TOKEN_WINDOW {
+            credits.remove(&task);
+            return (input, output);
         }
-        if rest > 0 {
-            *current(&mut buckets).by_tenant.entry(tenant).or_default() += rest;
+        let (in_taken, out_taken) = (input.min(credit.input), output.min(credit.output));
+        credit.input -= in_taken;
+        credit.output -= out_taken;
+        if credit.input == 0 && credit.output == 0 {
+            credits.remove(&task);
+        }
+        (input - in_taken, output - out_taken)
+    }
+
+    /// Records model tokens an agent reported for a task of `tenant` (already less what the
+    /// gateway metered: [`Recent::unmetered`]).
+    pub fn record_tokens(&self, tenant: TenantId, tokens: u64) {
+        if tokens > 0 {
+            self.with_minute(|minute| *minute.by_tenant.entry(tenant).or_default() += tokens);
         }
     }
 
@@ -245,7 +275,6 @@ fn current(buckets: &mut VecDeque<Minute>) -> &mut Minute {
             start: Instant::now(),
             by_tenant: HashMap::new(),
             by_model: HashMap::new(),
-            credit: HashMap::new(),
         });
     }
     // Just pushed when it was empty.
@@ -257,14 +286,22 @@ fn current(buckets: &mut VecDeque<Minute>) -> &mut Minute {
 mod tests {
     use super::*;
 
-    fn call(tenant: TenantId, model: &str, for_task: bool, tokens: u64) -> GatewayCall<'_> {
+    /// A call of `input` + `output` tokens.
+    fn call(
+        tenant: TenantId,
+        model: &str,
+        task: Option<TaskId>,
+        (input, output): (u64, u64),
+    ) -> GatewayCall<'_> {
         GatewayCall {
             tenant,
             model,
-            for_task,
+            task,
             ok: Some(true),
             seconds: 0.5,
-            tokens,
+            tokens: input + output,
+            input,
+            output,
         }
     }
 
@@ -272,19 +309,25 @@ mod tests {
     fn an_agent_reporting_its_gateway_tokens_is_not_counted_twice() {
         let a = TenantId(uuid::Uuid::from_u128(1));
         let b = TenantId(uuid::Uuid::from_u128(2));
+        let (t1, t2) = (
+            TaskId(uuid::Uuid::from_u128(11)),
+            TaskId(uuid::Uuid::from_u128(12)),
+        );
         let recent = Recent::default();
-        // Tenant a's agent calls the gateway for 100 tokens, then reports 130 (30 from a model
-        // called directly); tenant a also calls the gateway with its own key for 50.
-        recent.record_gateway_call(&call(a, "gpt-4o", true, 100));
-        recent.record_gateway_call(&call(a, "gpt-4o", false, 50));
-        recent.record_tokens(a, 80);
-        recent.record_tokens(a, 50);
-        // Tenant b's agent reports tokens without any gateway call: all count.
+        // Task 1's agent calls the gateway for 60 + 40 tokens, then reports 70 + 60 (10 + 20
+        // from a model called directly); tenant a also calls with its own key for 50.
+        recent.record_gateway_call(&call(a, "gpt-4o", Some(t1), (60, 40)));
+        recent.record_gateway_call(&call(a, "gpt-4o", None, (50, 0)));
+        assert_eq!(recent.unmetered(t1, 70, 60), (10, 20));
+        assert_eq!(recent.unmetered(t1, 5, 5), (5, 5), "the credit is used up");
+        // Task 2 made no gateway call: everything it reports counts.
+        assert_eq!(recent.unmetered(t2, 30, 10), (30, 10));
+        recent.record_tokens(a, 30 + 10);
         recent.record_tokens(b, 40);
         let by_tenant = recent.tokens_last_hour_by_tenant();
-        assert_eq!(by_tenant.get(&a), Some(&180));
+        assert_eq!(by_tenant.get(&a), Some(&190));
         assert_eq!(by_tenant.get(&b), Some(&40));
-        assert_eq!(recent.tokens_last_hour(), 220);
+        assert_eq!(recent.tokens_last_hour(), 230);
         assert_eq!(
             recent.tokens_last_hour_by_model(),
             HashMap::from([("gpt-4o".to_owned(), 150)])
@@ -299,7 +342,7 @@ mod tests {
             recent.record_gateway_call(&GatewayCall {
                 ok,
                 seconds,
-                ..call(t, "m", false, 0)
+                ..call(t, "m", None, (0, 0))
             });
         }
         let calls = recent.model_calls();
