@@ -33,7 +33,7 @@ async fn a_control_plane_that_dies_mid_attempt_has_its_task_completed_by_the_nex
     backend: Backend,
 ) {
     let database = Database::create(backend);
-    let settings = Settings::default().pool(ECHO);
+    let settings = database.location.configure(Settings::default().pool(ECHO));
     let agent = ScriptedAgent::start(Behaviour::SUCCEED).unwrap();
     agent.push_behaviours([Behaviour::Hang]);
 
@@ -117,7 +117,11 @@ async fn a_task_claimed_by_a_dead_owner_is_requeued_once_its_lease_expires(backe
         .unwrap();
     assert_eq!(claimed.iter().map(|t| t.id).collect::<Vec<_>>(), [id]);
 
-    let server = TestServer::start_on(store, Settings::default().pool(ECHO)).await;
+    let server = TestServer::start_on(
+        store,
+        database.location.configure(Settings::default().pool(ECHO)),
+    )
+    .await;
     let agent = ScriptedAgent::start(Behaviour::SUCCEED).unwrap();
     server.register(&agent, ECHO, 1).await;
     let done = server.finish(id).await;
@@ -164,7 +168,7 @@ async fn leases_are_renewed_so_a_long_attempt_runs_once(backend: Backend) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_orderly_stop_lets_in_flight_attempts_finish_and_keeps_queued_work() {
     let database = Database::create(Backend::Sqlite);
-    let settings = Settings::default().pool(ECHO);
+    let settings = database.location.configure(Settings::default().pool(ECHO));
     let agent = ScriptedAgent::start(Behaviour::Succeed {
         delay: Duration::from_millis(500),
     })

@@ -89,6 +89,19 @@ pub struct Database {
     _dir: Option<TempDir>,
 }
 
+impl Location {
+    /// Names this database in the configuration, so that what lives beside it (the vault's
+    /// generated master key) goes to the test's temporary directory, not the working directory.
+    pub fn configure(&self, settings: Settings) -> Settings {
+        match self {
+            Location::Sqlite(path) => {
+                settings.set("database.url", format!("sqlite://{}", path.display()))
+            }
+            Location::Postgres { .. } => settings,
+        }
+    }
+}
+
 impl Database {
     pub fn create(backend: Backend) -> Database {
         match backend {
@@ -203,14 +216,7 @@ impl TestServer {
     pub async fn start(backend: Backend, settings: Settings) -> TestServer {
         let database = Database::create(backend);
         let store = database.location.open().await;
-        // The configuration names the test's database, so what lives beside it (the vault's
-        // generated master key) goes to the temporary directory too.
-        let settings = match &database.location {
-            Location::Sqlite(path) => {
-                settings.set("database.url", format!("sqlite://{}", path.display()))
-            }
-            Location::Postgres { .. } => settings,
-        };
+        let settings = database.location.configure(settings);
         let mut server = TestServer::start_on(store, settings).await;
         server.database = Some(database);
         server
