@@ -36,6 +36,9 @@ pub enum Notice {
     TenantChanged(TenantId),
     /// The leader's alerts' effects ([`crate::alerts::Effects`] as JSON).
     Effects(String),
+    /// Tokens counted on a follower, for the leader's alert windows
+    /// ([`crate::telemetry::recent::TokenDelta`] as JSON).
+    Tokens(String),
 }
 
 /// Sends notices to the other control planes, in batches, off the hot path.
@@ -100,6 +103,7 @@ fn payloads(owner: &str, notices: impl Iterator<Item = Notice>) -> Vec<String> {
     let mut keys = Vec::new();
     let mut tenants = BTreeSet::new();
     let mut effects = None;
+    let mut tokens = Vec::new();
     for notice in notices {
         match notice {
             Notice::Queued(agent_type) => {
@@ -113,6 +117,7 @@ fn payloads(owner: &str, notices: impl Iterator<Item = Notice>) -> Vec<String> {
             }
             // Only the latest counts.
             Notice::Effects(json) => effects = Some(json),
+            Notice::Tokens(json) => tokens.push(json),
         }
     }
     let mut out = Vec::new();
@@ -145,6 +150,9 @@ fn payloads(owner: &str, notices: impl Iterator<Item = Notice>) -> Vec<String> {
     if let Some(json) = effects.filter(|j| j.len() < MAX_PAYLOAD - 100) {
         out.push(format!("effects {owner} {json}"));
     }
+    for json in tokens.into_iter().filter(|j| j.len() < MAX_PAYLOAD - 100) {
+        out.push(format!("tokens {owner} {json}"));
+    }
     out
 }
 
@@ -153,6 +161,7 @@ pub async fn run(state: AppState, shutdown: CancellationToken) {
     if state.store.backend() != "postgres" {
         return;
     }
+    state.recent.keep_outbox();
     let (resync_tx, resync) = tokio::sync::watch::channel(());
     let syncing = tokio::spawn(sync_fleet(state.clone(), resync, shutdown.clone()));
     let mut listener = None;
@@ -213,6 +222,14 @@ fn handle(state: &AppState, payload: &str, resync: &tokio::sync::watch::Sender<(
                 state.limits.tenant_changed(TenantId(id));
             }
         }
+        "tokens" if state.leadership.is_leader() => {
+            let json = payload.splitn(3, ' ').nth(2).unwrap_or_default();
+            match serde_json::from_str(json) {
+                Ok(delta) => state.recent.absorb(&delta),
+                Err(e) => tracing::warn!(error = %e, "Unreadable token counts ignored"),
+            }
+        }
+        "tokens" => {}
         "effects" => {
             let json = payload.splitn(3, ' ').nth(2).unwrap_or_default();
             match serde_json::from_str(json) {
@@ -262,6 +279,7 @@ async fn sync_fleet(
             () = tokio::time::sleep(SYNC_EVERY) => {}
             changed = resync.changed() => if changed.is_err() { return },
         }
+        forward_tokens(&state);
         match state.store.list_agents().await {
             Ok(agents) => {
                 let now = state.clock.now();
@@ -270,6 +288,21 @@ async fn sync_fleet(
                 }
             }
             Err(e) => tracing::debug!(error = %e, "Could not reload the fleet"),
+        }
+    }
+}
+
+/// Tells the leader what was counted here (a leader keeps its own).
+fn forward_tokens(state: &AppState) {
+    let delta = state.recent.take_outbox();
+    if delta.is_empty() || state.leadership.is_leader() {
+        return;
+    }
+    // About 100 entries keep a payload under the limit (a tenant entry is about 50 bytes).
+    for chunk in delta.chunks(100) {
+        match serde_json::to_string(&chunk) {
+            Ok(json) => state.cluster.send(Notice::Tokens(json)),
+            Err(e) => tracing::warn!(error = %e, "Could not encode token counts"),
         }
     }
 }

@@ -4,6 +4,11 @@
 //! Bounded: at most `MAX_SAMPLES` samples per agent type or model, one bucket per minute for
 //! tokens.
 //!
+//! With several control planes on one database only the leader runs the alert engine: the
+//! others forward the tokens they count to it every second ([`TokenDelta`], over `NOTIFY`), so
+//! its hourly token signals cover the deployment. Rates and percentiles are not forwarded: each
+//! replica claims a share of the same queues, so the leader's own calls are a sample of them.
+//!
 //! Tokens reach the windows (and `ai_agent_token_usage_total`) by two paths: the gateway meters
 //! every call it serves, and an agent's `/execute` reply may report the tokens its task used. An
 //! agent that calls models through the gateway under its task token would report the same
@@ -33,6 +38,52 @@ pub struct Recent {
     tokens: Mutex<VecDeque<Minute>>,
     /// Input and output tokens the gateway metered per task, not yet matched by a report.
     credit: Mutex<HashMap<TaskId, Credit>>,
+    /// With several control planes: tokens counted here since the leader was last told.
+    outbox: Mutex<Option<TokenDelta>>,
+}
+
+/// Tokens counted by one control plane that the leader, which alone runs the alert engine,
+/// adds to its windows (DESIGN.md §9): so the hourly token signals cover every replica.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct TokenDelta {
+    pub by_tenant: HashMap<TenantId, u64>,
+    pub by_model: HashMap<String, u64>,
+}
+
+impl TokenDelta {
+    pub fn is_empty(&self) -> bool {
+        self.by_tenant.is_empty() && self.by_model.is_empty()
+    }
+
+    /// Splits into deltas of at most `n` entries each (a notification's payload is bounded).
+    pub fn chunks(self, n: usize) -> Vec<TokenDelta> {
+        let n = n.max(1);
+        let mut out = vec![TokenDelta::default()];
+        for (tenant, tokens) in self.by_tenant {
+            if out
+                .last()
+                .is_some_and(|d| d.by_tenant.len() + d.by_model.len() >= n)
+            {
+                out.push(TokenDelta::default());
+            }
+            if let Some(d) = out.last_mut() {
+                d.by_tenant.insert(tenant, tokens);
+            }
+        }
+        for (model, tokens) in self.by_model {
+            if out
+                .last()
+                .is_some_and(|d| d.by_tenant.len() + d.by_model.len() >= n)
+            {
+                out.push(TokenDelta::default());
+            }
+            if let Some(d) = out.last_mut() {
+                d.by_model.insert(model, tokens);
+            }
+        }
+        out.retain(|d| !d.is_empty());
+        out
+    }
 }
 
 /// A task's metered tokens.
@@ -141,6 +192,10 @@ impl Recent {
             *minute.by_tenant.entry(call.tenant).or_default() += call.tokens;
             *minute.by_model.entry(call.model.to_owned()).or_default() += call.tokens;
         });
+        self.post(|delta| {
+            *delta.by_tenant.entry(call.tenant).or_default() += call.tokens;
+            *delta.by_model.entry(call.model.to_owned()).or_default() += call.tokens;
+        });
         if let Some(task) = call.task
             && let Ok(mut credits) = self.credit.lock()
         {
@@ -184,6 +239,44 @@ impl Recent {
     pub fn record_tokens(&self, tenant: TenantId, tokens: u64) {
         if tokens > 0 {
             self.with_minute(|minute| *minute.by_tenant.entry(tenant).or_default() += tokens);
+            self.post(|delta| *delta.by_tenant.entry(tenant).or_default() += tokens);
+        }
+    }
+
+    /// From now on, keeps what is counted here for [`Recent::take_outbox`] (several control
+    /// planes; without them nothing is kept).
+    pub fn keep_outbox(&self) {
+        if let Ok(mut outbox) = self.outbox.lock() {
+            outbox.get_or_insert_with(TokenDelta::default);
+        }
+    }
+
+    /// What was counted here since the last call.
+    pub fn take_outbox(&self) -> TokenDelta {
+        self.outbox
+            .lock()
+            .ok()
+            .and_then(|mut outbox| outbox.as_mut().map(std::mem::take))
+            .unwrap_or_default()
+    }
+
+    /// Adds what another control plane counted (on the leader).
+    pub fn absorb(&self, delta: &TokenDelta) {
+        self.with_minute(|minute| {
+            for (tenant, n) in &delta.by_tenant {
+                *minute.by_tenant.entry(*tenant).or_default() += n;
+            }
+            for (model, n) in &delta.by_model {
+                *minute.by_model.entry(model.clone()).or_default() += n;
+            }
+        });
+    }
+
+    fn post(&self, f: impl FnOnce(&mut TokenDelta)) {
+        if let Ok(mut outbox) = self.outbox.lock()
+            && let Some(delta) = outbox.as_mut()
+        {
+            f(delta);
         }
     }
 
@@ -351,5 +444,36 @@ mod tests {
         assert_eq!(m.durations, [1.0, 3.0]);
         assert_eq!(m.success_rate(), Some(0.5));
         assert_eq!(ModelCalls::default().success_rate(), None);
+    }
+
+    #[test]
+    fn followers_forward_their_tokens_to_the_leader() {
+        let (a, b) = (
+            TenantId(uuid::Uuid::from_u128(1)),
+            TenantId(uuid::Uuid::from_u128(2)),
+        );
+        let (follower, leader) = (Recent::default(), Recent::default());
+        follower.record_tokens(a, 5);
+        assert!(follower.take_outbox().is_empty(), "nothing is kept alone");
+        follower.keep_outbox();
+        follower.record_tokens(a, 10);
+        follower.record_gateway_call(&call(b, "m", None, (3, 4)));
+        let delta = follower.take_outbox();
+        assert_eq!(delta.by_tenant, HashMap::from([(a, 10), (b, 7)]));
+        assert!(follower.take_outbox().is_empty(), "taken once");
+        let chunks = delta.clone().chunks(1);
+        assert_eq!(chunks.len(), 3, "one entry each");
+        leader.record_tokens(a, 1);
+        for chunk in &chunks {
+            leader.absorb(chunk);
+        }
+        assert_eq!(
+            leader.tokens_last_hour_by_tenant(),
+            HashMap::from([(a, 11), (b, 7)])
+        );
+        assert_eq!(
+            leader.tokens_last_hour_by_model(),
+            HashMap::from([("m".to_owned(), 7)])
+        );
     }
 }
