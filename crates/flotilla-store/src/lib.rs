@@ -535,6 +535,18 @@ pub trait Store: Send + Sync + 'static {
         limit: u32,
     ) -> StoreResult<u64>;
 
+    // --- the alert engine's shared state (DESIGN.md §9, §11) ---
+    /// Stores a silence (its JSON), in force until `until`; replaces one with the same id.
+    async fn put_silence(&self, id: uuid::Uuid, until: Timestamp, body: &str) -> StoreResult<()>;
+    /// Deletes a silence and returns its JSON; `None` when there is none with this id.
+    async fn delete_silence(&self, id: uuid::Uuid) -> StoreResult<Option<String>>;
+    /// The silences still in force at `now`, oldest first; those that ended are deleted.
+    async fn list_silences(&self, now: Timestamp) -> StoreResult<Vec<String>>;
+    /// Publishes a document of the alert board under `name`.
+    async fn put_board(&self, name: &str, body: &str, now: Timestamp) -> StoreResult<()>;
+    /// A document of the alert board and when it was published.
+    async fn get_board(&self, name: &str) -> StoreResult<Option<(String, Timestamp)>>;
+
     // --- leadership and notifications across replicas (DESIGN.md §9) ---
     /// Grants or renews the lease `name` to `holder` until `until` when it is free, already
     /// `holder`'s, or ended before `now`; otherwise changes nothing. Returns the lease as it

@@ -1,7 +1,8 @@
-//! Leader leases and notifications on every `Store` (SQLite and PostgreSQL, like behaviour.rs):
-//! one holder at a time, renewal by the holder, take-over only after expiry or release, a
-//! generation that grows with each change of hands, and exactly one winner among concurrent
-//! claimants.
+//! What several control planes share besides the queue, on every `Store` (SQLite and
+//! PostgreSQL, like behaviour.rs): leader leases (one holder at a time, renewal by the holder,
+//! take-over only after expiry or release, a generation that grows with each change of hands,
+//! exactly one winner among concurrent claimants), notifications, and the alert engine's
+//! silences and board.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -22,6 +23,7 @@ behaviours!(
     leases_are_independent_by_name,
     notifications_reach_every_listener,
     live_leases_are_counted_and_old_ones_forgotten,
+    silences_last_until_they_end_and_the_board_keeps_the_latest,
 );
 
 const LEASE: &str = "control-plane";
@@ -172,5 +174,38 @@ async fn live_leases_are_counted_and_old_ones_forgotten(store: DynStore) {
             .holder,
         "a",
         "other names are untouched"
+    );
+}
+
+async fn silences_last_until_they_end_and_the_board_keeps_the_latest(store: DynStore) {
+    let (a, b) = (uuid::Uuid::now_v7(), uuid::Uuid::now_v7());
+    store.put_silence(a, at(10), r#"{"id":"a"}"#).await.unwrap();
+    store.put_silence(b, at(20), r#"{"id":"b"}"#).await.unwrap();
+    assert_eq!(
+        store.list_silences(at(5)).await.unwrap(),
+        [r#"{"id":"a"}"#, r#"{"id":"b"}"#]
+    );
+    assert_eq!(
+        store.list_silences(at(10)).await.unwrap(),
+        [r#"{"id":"b"}"#],
+        "a ended"
+    );
+    assert_eq!(
+        store.delete_silence(a).await.unwrap(),
+        None,
+        "ended ones are gone"
+    );
+    assert_eq!(
+        store.delete_silence(b).await.unwrap().as_deref(),
+        Some(r#"{"id":"b"}"#)
+    );
+    assert!(store.list_silences(at(0)).await.unwrap().is_empty());
+
+    assert_eq!(store.get_board("active").await.unwrap(), None);
+    store.put_board("active", "[1]", at(1)).await.unwrap();
+    store.put_board("active", "[2]", at(2)).await.unwrap();
+    assert_eq!(
+        store.get_board("active").await.unwrap(),
+        Some(("[2]".to_owned(), at(2)))
     );
 }

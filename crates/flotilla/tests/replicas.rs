@@ -337,6 +337,26 @@ async fn replicas_share_revocations_and_answer_each_others_long_polls() {
         );
     }
 
+    // A silence made on one replica is every replica's, and an end on the other ends it.
+    let silence = admin_a
+        .create_silence(&flotilla_core::wire::NewSilence {
+            rule: "response_time_high".to_owned(),
+            agent_type: None,
+            model: None,
+            tenant: None,
+            duration_s: 600,
+            comment: "maintenance".to_owned(),
+        })
+        .await
+        .unwrap();
+    let on_b = admin_b.list_silences().await.unwrap().silences;
+    assert_eq!(on_b, std::slice::from_ref(&silence));
+    admin_b.delete_silence(silence.id).await.unwrap();
+    assert!(admin_a.list_silences().await.unwrap().silences.is_empty());
+    // Both answer for the alerts, the follower with what the leader published.
+    admin_a.list_alerts().await.unwrap();
+    admin_b.list_alerts().await.unwrap();
+
     agent.terminate().await.ok();
     for mut replica in [a, b] {
         replica.terminate().await.ok();

@@ -104,6 +104,10 @@ pub struct Effects {
     pub limited: Vec<TenantId>,
 }
 
+/// The alert board's document of pending and firing alerts, which the leader publishes after
+/// each round for the other control planes' `GET /v1/alerts`.
+pub const BOARD_ACTIVE: &str = "active";
+
 /// How often the leader repeats its effects when they do not change (for replicas that
 /// started or lost a notification meanwhile).
 const REPEAT_EFFECTS: std::time::Duration = std::time::Duration::from_secs(5);
@@ -126,6 +130,13 @@ impl AlertEngine {
         };
         silences.retain(|s| s.until > now);
         silences.clone()
+    }
+
+    /// Replaces the silences with the stored ones (every control plane's).
+    fn replace_silences(&self, stored: Vec<Silence>) {
+        if let Ok(mut silences) = self.silences.lock() {
+            *silences = stored;
+        }
     }
 
     /// Removes a silence and returns it; `None` when there is none with this id.
@@ -297,6 +308,13 @@ pub async fn run(state: AppState, shutdown: CancellationToken) {
             () = shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
+        // Silences made on any control plane.
+        match crate::api::alerts::stored_silences(&state).await {
+            Ok(stored) => state.alerts.replace_silences(stored),
+            Err(e) => {
+                tracing::warn!(error = ?e, "Could not read the silences; keeping the last ones")
+            }
+        }
         let values = signals::read(&state).await;
         let now = state.clock.now();
         for rule in &config.rules {
@@ -318,6 +336,15 @@ pub async fn run(state: AppState, shutdown: CancellationToken) {
                 evaluate(&state, rule, reading, now);
             }
             state.alerts.forget_idle(&rule.name, &seen);
+        }
+        // Publish the alerts for the other control planes' API.
+        match serde_json::to_string(&state.alerts.active(&config.rules)) {
+            Ok(json) => {
+                if let Err(e) = state.store.put_board(BOARD_ACTIVE, &json, now).await {
+                    tracing::warn!(error = %e, "Could not publish the active alerts");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "Could not encode the active alerts"),
         }
         // Tell the other control planes what the firing alerts do.
         let effects = state.alerts.effects();

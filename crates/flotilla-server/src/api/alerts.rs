@@ -28,8 +28,8 @@ pub(super) fn routes() -> Router<AppState> {
 
 /// Mutes an alert's actions (notifications, scale-up, emergency mode, rate limits) for a while;
 /// its transitions are still recorded. A silence names the rule and, optionally, one value of
-/// the rule's dimension (an agent type, a model or a tenant). Silences live in this control
-/// plane's memory.
+/// the rule's dimension (an agent type, a model or a tenant). Silences are stored: they hold
+/// across restarts and on every control plane.
 #[utoipa::path(post, path = "/v1/alerts/silences", tag = "alerts", request_body = NewSilence,
     responses((status = 201, body = Silence), (status = 400, body = ErrorBody), (status = 422, body = ErrorBody)),
     security(("bearer" = [])))]
@@ -109,6 +109,12 @@ pub async fn create_silence(
             format!("silence {} of {}", silence.id, silence.rule),
         ))
         .await?;
+    let body = serde_json::to_string(&silence)
+        .map_err(|e| ApiError::Internal(format!("cannot encode the silence: {e}")))?;
+    state
+        .store
+        .put_silence(silence.id, silence.until, &body)
+        .await?;
     state.alerts.silence(silence.clone());
     Ok((StatusCode::CREATED, Json(silence)))
 }
@@ -121,8 +127,23 @@ pub async fn list_silences(
 ) -> Result<Json<SilenceList>, ApiError> {
     caller.require(Permission::ReadAlerts, "read alerts")?;
     Ok(Json(SilenceList {
-        silences: state.alerts.silences(state.clock.now()),
+        silences: stored_silences(&state).await?,
     }))
+}
+
+/// The silences in force, as stored (every control plane's).
+pub(crate) async fn stored_silences(state: &AppState) -> Result<Vec<Silence>, ApiError> {
+    let bodies = state.store.list_silences(state.clock.now()).await?;
+    Ok(bodies
+        .iter()
+        .filter_map(|body| match serde_json::from_str(body) {
+            Ok(silence) => Some(silence),
+            Err(e) => {
+                tracing::warn!(error = %e, "A stored silence is unreadable; ignored");
+                None
+            }
+        })
+        .collect())
 }
 
 /// Ends a silence.
@@ -136,10 +157,14 @@ pub async fn delete_silence(
 ) -> Result<Json<Silence>, ApiError> {
     caller.require(Permission::SilenceAlerts, "silence alerts")?;
     let id: uuid::Uuid = parse_id(&id, "silence")?;
-    let ended = state
-        .alerts
-        .unsilence(id)
+    let body = state
+        .store
+        .delete_silence(id)
+        .await?
         .ok_or_else(|| ApiError::NotFound(format!("no silence {id}")))?;
+    state.alerts.unsilence(id);
+    let ended: Silence = serde_json::from_str(&body)
+        .map_err(|e| ApiError::Internal(format!("the stored silence is unreadable: {e}")))?;
     state
         .audit
         .record(AuditEvent::by(
@@ -158,9 +183,18 @@ pub async fn list(
     caller: Caller,
 ) -> Result<Json<AlertList>, ApiError> {
     caller.require(Permission::ReadAlerts, "read alerts")?;
-    Ok(Json(AlertList {
-        alerts: state.alerts.active(&state.config.alerting.rules),
-    }))
+    // The engine runs on the leader; the others answer with what it last published.
+    if state.leadership.is_leader() {
+        return Ok(Json(AlertList {
+            alerts: state.alerts.active(&state.config.alerting.rules),
+        }));
+    }
+    let alerts = match state.store.get_board(crate::alerts::BOARD_ACTIVE).await? {
+        Some((body, _)) => serde_json::from_str(&body)
+            .map_err(|e| ApiError::Internal(format!("the published alerts are unreadable: {e}")))?,
+        None => Vec::new(),
+    };
+    Ok(Json(AlertList { alerts }))
 }
 
 /// Query of `GET /v1/alerts/history`.
