@@ -207,6 +207,8 @@ impl Default for OutlierSection {
 #[serde(deny_unknown_fields, default)]
 pub struct KubernetesSection {
     pub image: String,
+    /// Namespace of the pool's objects; empty: the namespace of the service account (in a
+    /// cluster) or of the kubeconfig's context.
     pub namespace: String,
     /// Secret whose key `key` holds the agents' API key.
     pub key_secret: String,
@@ -228,7 +230,7 @@ impl Default for KubernetesSection {
     fn default() -> Self {
         Self {
             image: String::new(),
-            namespace: "default".to_owned(),
+            namespace: String::new(),
             key_secret: "flotilla-agent-key".to_owned(),
             control_plane_url: "http://flotilla:8080".to_owned(),
             port: 8000,
