@@ -55,6 +55,34 @@ fn queued(facts: &Facts, pool: &PoolView) -> u64 {
         .unwrap_or(pool.queued)
 }
 
+/// Several control planes on PostgreSQL: the one that answered, and who leads.
+fn leadership(replica: &crate::wire::ReplicaInfo) -> Check {
+    match (&replica.leader_owner, replica.leader) {
+        (_, true) => check(
+            "Leader",
+            Severity::Ok,
+            format!(
+                "{} (this replica) leads, generation {}",
+                replica.owner,
+                replica.generation.unwrap_or_default()
+            ),
+        ),
+        (Some(leader), false) => check(
+            "Leader",
+            Severity::Ok,
+            format!("{leader} leads; {} answered", replica.owner),
+        ),
+        (None, false) => advise(
+            check(
+                "Leader",
+                Severity::Warning,
+                format!("{} knows no leader yet", replica.owner),
+            ),
+            "No control plane holds the leader lease: the autoscaler, the alert engine and the              re-queueing of expired leases are not running. Check the replicas' logs and that              they reach the database; a new replica takes the lease within [database]              leader_lease_ms.",
+        ),
+    }
+}
+
 pub(super) fn connectivity(facts: &Facts) -> Vec<Check> {
     let mut out = Vec::new();
     out.push(match &facts.health {
@@ -90,6 +118,12 @@ pub(super) fn connectivity(facts: &Facts) -> Vec<Check> {
         ),
         ProbeResult::Unreachable(why) => unknown("Store", why),
     });
+    if let Some(system) = facts.system.measured()
+        && system.store == "postgres"
+        && let Some(replica) = &system.replica
+    {
+        out.push(leadership(replica));
+    }
     out.push(match &facts.key {
         KeyCheck::Accepted => {
             let role = facts

@@ -538,3 +538,35 @@ fn the_report_serialises_with_its_status_and_exit_code() {
     assert_eq!(json["exit_code"], 0);
     assert_eq!(json["sections"][0]["checks"][0]["severity"], "ok");
 }
+
+#[test]
+fn several_replicas_say_who_leads_and_warn_without_a_leader() {
+    let replica = |leader: bool, leader_owner: Option<&str>| {
+        let mut facts = healthy();
+        if let Gathered::Measured(system) = &mut facts.system {
+            system.store = "postgres".to_owned();
+            system.replica = Some(crate::wire::ReplicaInfo {
+                owner: "flotilla-b".to_owned(),
+                leader,
+                leader_owner: leader_owner.map(str::to_owned),
+                generation: leader.then_some(4),
+            });
+        }
+        facts
+    };
+    let report = diagnose(&replica(true, Some("flotilla-b")));
+    assert_eq!(find(&report, "Leader").severity, Severity::Ok);
+    assert!(find(&report, "Leader").summary.contains("generation 4"));
+    let report = diagnose(&replica(false, Some("flotilla-a")));
+    assert!(find(&report, "Leader").summary.contains("flotilla-a leads"));
+    assert_eq!(severity(&replica(false, None), "Leader"), Severity::Warning);
+    // One control plane on SQLite: nothing to say.
+    let sqlite = diagnose(&healthy());
+    assert!(
+        sqlite
+            .sections
+            .iter()
+            .flat_map(|s| &s.checks)
+            .all(|c| c.name != "Leader")
+    );
+}
