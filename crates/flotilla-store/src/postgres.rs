@@ -60,6 +60,12 @@ macro_rules! agent_columns {
     };
 }
 
+/// Longest wait for a connection of the pool. While the database is down sqlx keeps retrying
+/// refused connections until this runs out, so it bounds how long a request (a submission,
+/// `/ready`) hangs before it is answered 503; sqlx's default of 30 s outlasts any client's
+/// patience and a readiness probe's timeout.
+const ACQUIRE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 const ATTEMPTS_OF_TASKS: &str = "SELECT task_id, number, agent_id, started_at, finished_at, outcome, error \
      FROM task_attempts WHERE task_id = ANY($1) ORDER BY task_id, number";
 
@@ -130,6 +136,7 @@ impl PostgresStore {
     async fn with_options(options: PgConnectOptions, max_connections: u32) -> StoreResult<Self> {
         let pool = PgPoolOptions::new()
             .max_connections(max_connections.max(1))
+            .acquire_timeout(ACQUIRE_TIMEOUT)
             .connect_with(options)
             .await?;
         Ok(Self {

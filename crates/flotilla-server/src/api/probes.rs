@@ -7,6 +7,12 @@ use axum::http::StatusCode;
 use axum::routing::get;
 use axum::{Json, Router};
 use flotilla_core::wire::Probe;
+use std::time::Duration;
+
+/// Longest `/ready` waits for the store: a store that does not answer by then is as good as
+/// unreachable, and the probe must answer within its own timeout (3 s in the Helm chart) rather
+/// than wait out the connection pool's.
+const READY_TIMEOUT: Duration = Duration::from_secs(2);
 
 pub(super) fn routes() -> Router<AppState> {
     Router::new()
@@ -38,7 +44,13 @@ pub async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Probe>) {
     if state.shutdown.is_cancelled() {
         return unavailable("shutting down".to_owned());
     }
-    match state.store.ready().await {
+    let Ok(ready) = tokio::time::timeout(READY_TIMEOUT, state.store.ready()).await else {
+        return unavailable(format!(
+            "the store did not answer within {} s",
+            READY_TIMEOUT.as_secs()
+        ));
+    };
+    match ready {
         Ok(true) => (
             StatusCode::OK,
             Json(Probe {

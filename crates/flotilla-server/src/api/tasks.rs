@@ -84,7 +84,7 @@ pub async fn submit(
         (_, None) => {}
     }
     let inserted = inserted.map_err(|e| match e {
-        IntakeError::Stopped => ApiError::Unavailable(e.to_string()),
+        IntakeError::Stopped | IntakeError::Unavailable(_) => ApiError::Unavailable(e.to_string()),
         IntakeError::Store(detail) => ApiError::Internal(detail),
     })?;
     if let (Some(traces), Inserted::Created(task)) = (&state.traces, &inserted) {

@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 /// Most submissions written in one transaction.
 const MAX_BATCH: usize = 256;
 
-type Reply = oneshot::Sender<Result<Inserted, String>>;
+type Reply = oneshot::Sender<Result<Inserted, IntakeError>>;
 
 /// The sending side, held by the API.
 #[derive(Clone)]
@@ -27,9 +27,22 @@ pub enum IntakeError {
     /// The writer has stopped (shutdown).
     #[error("the control plane is shutting down")]
     Stopped,
+    /// The store could not be reached, or not in time: the same submission may succeed later.
+    #[error("the store is unavailable: {0}")]
+    Unavailable(String),
     /// The store refused the batch.
     #[error("the store failed: {0}")]
     Store(String),
+}
+
+impl IntakeError {
+    fn from_store(e: &StoreError) -> IntakeError {
+        if e.is_transient() {
+            IntakeError::Unavailable(e.to_string())
+        } else {
+            IntakeError::Store(e.to_string())
+        }
+    }
 }
 
 impl Intake {
@@ -40,10 +53,7 @@ impl Intake {
             .send((task, reply))
             .await
             .map_err(|_| IntakeError::Stopped)?;
-        answer
-            .await
-            .map_err(|_| IntakeError::Stopped)?
-            .map_err(IntakeError::Store)
+        answer.await.map_err(|_| IntakeError::Stopped)?
     }
 }
 
@@ -80,7 +90,7 @@ async fn writer(
         let started = std::time::Instant::now();
         let inserted = store.insert_tasks(&tasks).await;
         metrics.observe_store("insert_tasks", started.elapsed());
-        let results = match inserted {
+        let results: Vec<Result<Inserted, IntakeError>> = match inserted {
             Ok(results) => results.into_iter().map(Ok).collect(),
             // One submission the database refuses must not fail the others written with it:
             // write them one by one so only the culprit gets the error.
@@ -88,17 +98,22 @@ async fn writer(
                 let mut results = Vec::with_capacity(tasks.len());
                 for task in &tasks {
                     let one = store.insert_tasks(std::slice::from_ref(task)).await;
-                    results.push(one.and_then(|mut r| {
-                        r.pop()
-                            .ok_or_else(|| StoreError::Corrupt("no insert result".to_owned()))
-                    }));
+                    results.push(
+                        one.and_then(|mut r| {
+                            r.pop()
+                                .ok_or_else(|| StoreError::Corrupt("no insert result".to_owned()))
+                        })
+                        .map_err(|e| IntakeError::from_store(&e)),
+                    );
                 }
                 results
             }
+            // The database is unreachable (or refused a lone task): each caller hears why, and
+            // a transient failure becomes a 503, not a 500.
             Err(e) => tasks
                 .iter()
-                .map(|_| Err(StoreError::Corrupt(e.to_string())))
-                .collect::<Vec<_>>(),
+                .map(|_| Err(IntakeError::from_store(&e)))
+                .collect(),
         };
         let mut types = std::collections::BTreeSet::new();
         for (result, reply) in results.into_iter().zip(replies) {
@@ -112,7 +127,7 @@ async fn writer(
                 Ok(Inserted::Existing(_)) => {}
                 Err(e) => tracing::error!(error = %e, "Could not store a submitted task"),
             }
-            let _ = reply.send(result.map_err(|e| e.to_string()));
+            let _ = reply.send(result);
         }
         for agent_type in types {
             wakers.task_queued(&agent_type);

@@ -73,3 +73,274 @@ pub async fn wait_terminal(client: &Client, id: TaskId, within: Duration) -> Tas
         }
     }
 }
+
+/// How [`PrivatePostgres::stop`] shuts the server down (`pg_ctl stop -m …`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StopMode {
+    /// Clients are disconnected and the server shuts down cleanly.
+    Fast,
+    /// The server quits at once, as in a crash; it recovers from its WAL at the next start.
+    Immediate,
+}
+
+/// A PostgreSQL cluster of one test's own, in a temporary directory on a free port, for tests
+/// that stop or restart the database: the shared one on 127.0.0.1:5432 serves every other test
+/// at the same time and must never be restarted. Stopped (immediately) when dropped.
+///
+/// It needs PostgreSQL's server binaries (`initdb`, `pg_ctl`, `postgres`) under
+/// `/usr/lib/postgresql/<version>/bin` (Debian's `postgresql` package), or in the directory
+/// named by `FLOTILLA_TEST_PG_BIN`. PostgreSQL refuses to run as root, so as root they run as
+/// the `postgres` user (`runuser -u postgres --`), which then owns the directory.
+pub struct PrivatePostgres {
+    /// `postgres://postgres@127.0.0.1:<port>/postgres`.
+    pub url: String,
+    pub port: u16,
+    bin: std::path::PathBuf,
+    /// Runs the binaries as this user when the test runs as root.
+    as_user: Option<&'static str>,
+    data: std::path::PathBuf,
+    log: std::path::PathBuf,
+    running: bool,
+    // Removed after the server has stopped (in `drop`).
+    dir: Option<tempfile::TempDir>,
+}
+
+impl PrivatePostgres {
+    /// `initdb` a new cluster (trust authentication) and start it on a free port.
+    pub fn start() -> PrivatePostgres {
+        let bin = pg_bin_dir();
+        let dir = tempfile::Builder::new()
+            .prefix("flotilla-pg-")
+            .tempdir()
+            .expect("a temporary directory");
+        let as_user = if id(&["-u"]) == 0 {
+            let (uid, gid) = (id(&["-u", "postgres"]), id(&["-g", "postgres"]));
+            std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid))
+                .expect("chown the cluster's directory to postgres");
+            Some("postgres")
+        } else {
+            None
+        };
+        let port = flotilla_testkit::free_port().expect("a free port");
+        let mut pg = PrivatePostgres {
+            url: format!("postgres://postgres@127.0.0.1:{port}/postgres"),
+            port,
+            bin,
+            as_user,
+            data: dir.path().join("data"),
+            log: dir.path().join("postgres.log"),
+            running: false,
+            dir: Some(dir),
+        };
+        let data = pg.data.to_string_lossy().into_owned();
+        pg.run(
+            "initdb",
+            &[
+                "-D",
+                &data,
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "--no-sync",
+                "-E",
+                "UTF8",
+            ],
+        );
+        pg.start_again();
+        pg
+    }
+
+    /// Starts the stopped server again, on the same port with the same data.
+    pub fn start_again(&mut self) {
+        let socket_dir = self
+            .dir
+            .as_ref()
+            .map(|d| d.path().to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let options = format!(
+            "-p {} -k {socket_dir} -c listen_addresses=127.0.0.1 -c max_connections=200 -c fsync=off",
+            self.port
+        );
+        let (data, log) = (
+            self.data.to_string_lossy().into_owned(),
+            self.log.to_string_lossy().into_owned(),
+        );
+        self.run(
+            "pg_ctl",
+            &[
+                "-D", &data, "-o", &options, "-l", &log, "-w", "-t", "60", "start",
+            ],
+        );
+        self.running = true;
+    }
+
+    /// `pg_ctl stop -m fast|immediate`; waits until the server has gone.
+    pub fn stop(&mut self, mode: StopMode) {
+        let mode = match mode {
+            StopMode::Fast => "fast",
+            StopMode::Immediate => "immediate",
+        };
+        let data = self.data.to_string_lossy().into_owned();
+        self.run("pg_ctl", &["-D", &data, "-m", mode, "-w", "stop"]);
+        self.running = false;
+    }
+
+    /// Stops the server (`mode`) and starts it again on the same port.
+    pub fn restart(&mut self, mode: StopMode) {
+        self.stop(mode);
+        self.start_again();
+    }
+
+    /// The server's log, for failure messages.
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn command(&self, program: &str) -> Command {
+        let program = self.bin.join(program);
+        match self.as_user {
+            Some(user) => {
+                let mut command = Command::new("runuser");
+                command.args(["-u", user, "--"]).arg(program);
+                command
+            }
+            None => Command::new(program),
+        }
+    }
+
+    fn run(&self, program: &str, args: &[&str]) {
+        let out = self
+            .command(program)
+            .args(args)
+            // runuser keeps the working directory, which the postgres user may not read.
+            .current_dir("/")
+            .output()
+            .unwrap_or_else(|e| panic!("{program} could not be started: {e}"));
+        assert!(
+            out.status.success(),
+            "{program} {args:?} failed: {}\n{}\n--- server log ---\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            self.logs()
+        );
+    }
+}
+
+impl Drop for PrivatePostgres {
+    fn drop(&mut self) {
+        if self.running {
+            let data = self.data.to_string_lossy().into_owned();
+            let _ = self
+                .command("pg_ctl")
+                .args(["-D", &data, "-m", "immediate", "-w", "stop"])
+                .current_dir("/")
+                .output();
+        }
+        if let Some(dir) = self.dir.take() {
+            let _ = dir.close();
+        }
+    }
+}
+
+/// `id ARGS` as a number: `-u` is this process's user id, `-u postgres` that user's.
+fn id(args: &[&str]) -> u32 {
+    let out = Command::new("id").args(args).output().expect("`id` runs");
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .unwrap_or_else(|_| {
+            panic!(
+                "`id {}` gave no number: {}. As root, the `postgres` OS user (created by \
+                 Debian's postgresql package) is needed, since PostgreSQL refuses to run as root.",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr).trim()
+            )
+        })
+}
+
+/// The directory of PostgreSQL's server binaries: `FLOTILLA_TEST_PG_BIN`, or the newest
+/// `/usr/lib/postgresql/<version>/bin` that has `initdb`, `pg_ctl` and `postgres`.
+fn pg_bin_dir() -> std::path::PathBuf {
+    let has_all = |dir: &std::path::Path| {
+        ["initdb", "pg_ctl", "postgres"]
+            .iter()
+            .all(|b| dir.join(b).is_file())
+    };
+    if let Some(dir) = std::env::var_os("FLOTILLA_TEST_PG_BIN") {
+        let dir = std::path::PathBuf::from(dir);
+        assert!(
+            has_all(&dir),
+            "FLOTILLA_TEST_PG_BIN={} lacks initdb, pg_ctl or postgres",
+            dir.display()
+        );
+        return dir;
+    }
+    let mut found: Vec<(u32, std::path::PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| {
+            let version = entry.file_name().to_string_lossy().parse::<u32>().ok()?;
+            let bin = entry.path().join("bin");
+            has_all(&bin).then_some((version, bin))
+        })
+        .collect();
+    found.sort();
+    found.pop().map(|(_, bin)| bin).unwrap_or_else(|| {
+        panic!(
+            "this test starts a PostgreSQL server of its own and needs its binaries (initdb, \
+             pg_ctl, postgres): none found under /usr/lib/postgresql/<version>/bin. Install \
+             Debian's `postgresql` package, or set FLOTILLA_TEST_PG_BIN to their directory."
+        )
+    })
+}
+
+/// `(task id, attempt)` of every execution the agents logged (`Executing task.` lines at debug
+/// level: start the agents with `RUST_LOG=info,flotilla_agent=debug`), with how often each ran.
+pub fn agent_executions(
+    agents: &[flotilla_testkit::AgentProcess],
+) -> std::collections::HashMap<(String, i32), usize> {
+    let mut seen = std::collections::HashMap::new();
+    for agent in agents {
+        let stdout = agent.stdout_path();
+        let name = stdout
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .replace(".stdout.", ".stderr.");
+        let text =
+            strip_ansi(&std::fs::read_to_string(stdout.with_file_name(name)).unwrap_or_default());
+        for line in text.lines().filter(|l| l.contains("Executing task.")) {
+            let field = |name: &str| {
+                line.split_whitespace()
+                    .find_map(|w| w.strip_prefix(name))
+                    .map(|v| v.trim_matches(|c: char| !c.is_alphanumeric() && c != '-'))
+                    .map(str::to_owned)
+            };
+            if let (Some(task), Some(attempt)) = (field("task_id="), field("attempt=")) {
+                *seen
+                    .entry((task, attempt.parse().unwrap_or(0)))
+                    .or_insert(0) += 1;
+            }
+        }
+    }
+    seen
+}
+
+/// The text without terminal colour codes (`ESC [ … m`).
+pub fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
