@@ -14,11 +14,13 @@
 
 mod common;
 
-use common::{ADMIN_KEY, BIN, PrivatePostgres, StopMode, agent_executions, wait_terminal};
+use common::{
+    ADMIN_KEY, BIN, PrivatePostgres, StopMode, agent_executions, start_replica, wait_terminal,
+};
 use flotilla_client::{Client, ClientError};
 use flotilla_core::task::{Task, TaskStatus};
 use flotilla_core::wire::SubmitTask;
-use flotilla_testkit::{AgentProcess, ServerProcess};
+use flotilla_testkit::AgentProcess;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
@@ -41,28 +43,6 @@ const NOT_READY_WITHIN: Duration = Duration::from_secs(5);
 const PROBE_WITHIN: Duration = Duration::from_secs(3);
 /// How soon after the database is back every replica must be ready again.
 const READY_AGAIN_WITHIN: Duration = Duration::from_secs(20);
-
-async fn start_replica(url: &str) -> ServerProcess {
-    ServerProcess::builder(BIN)
-        .env("FLOTILLA_BOOTSTRAP_ADMIN_KEY", ADMIN_KEY)
-        // Every replica derives the same task-token and vault keys from one master key.
-        .env(
-            "FLOTILLA_MASTER_KEY",
-            "0000000000000000000000000000000000000000000000000000000000000001",
-        )
-        .env("FLOTILLA_DATABASE__LEADER_LEASE_MS", LEASE_MS.to_string())
-        .env("FLOTILLA_SCHEDULER__LEASE_TTL_MS", "1500")
-        .env("FLOTILLA_SCHEDULER__RETRY_BASE_MS", "50")
-        .args(["--database-url", url])
-        .arg("--config")
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/fixtures/code_generator_pool.toml"
-        ))
-        .start()
-        .await
-        .expect("replica starts")
-}
 
 /// One submission of the stream: when it started, how long it took, what came back.
 struct Submission {
@@ -178,7 +158,7 @@ async fn replicas_ride_out_a_postgres_restart_under_load() {
     let mut pg = PrivatePostgres::start();
     let mut replicas = Vec::new();
     for _ in 0..3 {
-        replicas.push(start_replica(&pg.url).await);
+        replicas.push(start_replica(&pg.url, LEASE_MS).await);
     }
     // One agent per replica, registered with it; every replica dispatches to all three.
     let mut agents = Vec::new();

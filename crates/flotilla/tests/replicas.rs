@@ -6,38 +6,15 @@
 
 mod common;
 
-use common::{ADMIN_KEY, BIN, PgDatabase, wait_terminal};
+use common::{ADMIN_KEY, BIN, PgDatabase, agent_executions, start_replica, wait_terminal};
 use flotilla_client::Client;
 use flotilla_core::task::{Task, TaskStatus};
 use flotilla_core::wire::SubmitTask;
 use flotilla_testkit::{AgentProcess, ServerProcess};
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 /// Leader lease of the test: a dead leader is replaced within 1.5 s + 0.5 s.
 const LEASE_MS: u64 = 1500;
-
-async fn start_replica(url: &str) -> ServerProcess {
-    ServerProcess::builder(BIN)
-        .env("FLOTILLA_BOOTSTRAP_ADMIN_KEY", ADMIN_KEY)
-        // Every replica derives the same task-token and vault keys from one master key.
-        .env(
-            "FLOTILLA_MASTER_KEY",
-            "0000000000000000000000000000000000000000000000000000000000000001",
-        )
-        .env("FLOTILLA_DATABASE__LEADER_LEASE_MS", LEASE_MS.to_string())
-        .env("FLOTILLA_SCHEDULER__LEASE_TTL_MS", "1500")
-        .env("FLOTILLA_SCHEDULER__RETRY_BASE_MS", "50")
-        .args(["--database-url", url])
-        .arg("--config")
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/fixtures/code_generator_pool.toml"
-        ))
-        .start()
-        .await
-        .expect("replica starts")
-}
 
 /// Which replica leads, by index, as the replicas themselves say; waits up to `within`.
 async fn leader(replicas: &[Option<ServerProcess>], within: Duration) -> (usize, i64) {
@@ -90,60 +67,12 @@ async fn submit(replicas: &[Option<ServerProcess>], from: usize, n: usize) -> Ve
         .collect()
 }
 
-/// `(task id, attempt)` of every execution the agents logged.
-fn executions(agents: &[AgentProcess]) -> HashMap<(String, i32), usize> {
-    let mut seen = HashMap::new();
-    for agent in agents {
-        let log = agent.stdout_path().with_file_name(
-            agent
-                .stdout_path()
-                .file_name()
-                .unwrap()
-                .to_string_lossy()
-                .replace(".stdout.", ".stderr."),
-        );
-        let text = strip_ansi(&std::fs::read_to_string(&log).unwrap_or_default());
-        for line in text.lines().filter(|l| l.contains("Executing task.")) {
-            let field = |name: &str| {
-                line.split_whitespace()
-                    .find_map(|w| w.strip_prefix(name))
-                    .map(|v| v.trim_matches(|c: char| !c.is_alphanumeric() && c != '-'))
-                    .map(str::to_owned)
-            };
-            if let (Some(task), Some(attempt)) = (field("task_id="), field("attempt=")) {
-                *seen
-                    .entry((task, attempt.parse().unwrap_or(0)))
-                    .or_insert(0) += 1;
-            }
-        }
-    }
-    seen
-}
-
-/// The text without terminal colour codes (`ESC [ … m`).
-fn strip_ansi(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut chars = text.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_survive_losing_their_leader_twice() {
     let db = PgDatabase::create();
     let mut replicas = Vec::new();
     for _ in 0..3 {
-        replicas.push(Some(start_replica(&db.url).await));
+        replicas.push(Some(start_replica(&db.url, LEASE_MS).await));
     }
     // One agent per replica: each registers with and heartbeats to its own replica, and every
     // replica dispatches to all three (the fleet is shared through the store).
@@ -237,7 +166,7 @@ async fn replicas_survive_losing_their_leader_twice() {
         "the leaders died with attempts in flight, which a survivor must have re-queued"
     );
     // No attempt ran twice on the agents.
-    let executed = executions(&agents);
+    let executed = agent_executions(&agents);
     assert!(
         executed.len() >= accepted.len(),
         "the agents logged {} executions for {} tasks",
@@ -274,8 +203,8 @@ async fn replicas_survive_losing_their_leader_twice() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_share_revocations_and_answer_each_others_long_polls() {
     let db = PgDatabase::create();
-    let a = start_replica(&db.url).await;
-    let b = start_replica(&db.url).await;
+    let a = start_replica(&db.url, LEASE_MS).await;
+    let b = start_replica(&db.url, LEASE_MS).await;
     let (admin_a, admin_b) = (a.client().unwrap(), b.client().unwrap());
 
     // A key used on B (so B caches it), revoked on A: B refuses it long before its cache
