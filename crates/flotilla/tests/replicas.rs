@@ -121,10 +121,13 @@ async fn replicas_survive_losing_their_leader_twice() {
     accepted.extend(submit(&replicas, 150, 100).await);
     let (second, second_generation) = leader(&replicas, Duration::from_secs(10)).await;
     let takeover = killed_at.elapsed();
+    eprintln!("replica {second} took over {takeover:?} after the leader was killed");
     assert_ne!(second, first);
     assert!(second_generation > first_generation, "a new term");
     assert!(
-        takeover <= Duration::from_millis(LEASE_MS * 2),
+        // The lease runs out, a replica claims within a third of it; the rest is slack for a
+        // loaded machine (every test shares two cores in CI).
+        takeover <= Duration::from_millis(LEASE_MS * 4 / 3) + Duration::from_secs(3),
         "took over after {takeover:?}"
     );
 
