@@ -203,6 +203,7 @@ async fn an_agent_stopped_with_sigterm_finishes_its_task_then_deregisters() {
         .await
         .unwrap();
     let mut agent = AgentProcess::builder(BIN, "security_scanner", server.base_url(), ADMIN_KEY)
+        .env("RUST_LOG", "info,flotilla_agent=debug")
         .args(["--median-ms", "1", "--p99-ms", "1"])
         .start()
         .await
@@ -213,9 +214,15 @@ async fn an_agent_stopped_with_sigterm_finishes_its_task_then_deregisters() {
         serde_json::json!({ "simulate": { "duration_ms": 1500 } }),
     );
     let task = client.submit_task(&slow).await.unwrap();
+    // Running in the store is not enough (a task can be claimed as it is submitted, before its
+    // request reaches the agent): wait until the agent says it runs it.
     let deadline = Instant::now() + Duration::from_secs(10);
-    while client.get_task(task.id, None).await.unwrap().status != TaskStatus::Running {
-        assert!(Instant::now() < deadline, "the task never started");
+    while !agent.logs().contains("Executing task.") {
+        assert!(
+            Instant::now() < deadline,
+            "the task never started\n{}",
+            agent.logs()
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let status = agent.terminate().await.unwrap();
