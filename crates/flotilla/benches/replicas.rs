@@ -164,6 +164,7 @@ fn main() -> Result<()> {
         "agents",
         "PostgreSQL",
         "load gen.",
+        "CPU µs/task: replicas, PG",
         "machine busy",
         "checks",
     ]);
@@ -201,6 +202,11 @@ fn main() -> Result<()> {
             format!("{:.2}", o.agent_cores),
             format!("{:.2}", o.postgres_cores),
             format!("{:.2}", o.load_cores),
+            format!(
+                "{:.0}, {:.0}",
+                o.replica_cores.iter().sum::<f64>() / o.tasks_per_s * 1e6,
+                o.postgres_cores / o.tasks_per_s * 1e6
+            ),
             format!("{:.0}% (load {})", o.machine_busy * 100.0, o.load_average),
             checks,
         ]);
