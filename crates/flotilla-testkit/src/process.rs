@@ -140,6 +140,16 @@ impl Managed {
     }
 
     /// The captured stdout and stderr (their last 64 KiB each), for failure messages.
+    /// Everything the process wrote to stdout and stderr, over every start.
+    pub(crate) fn all_logs(&self) -> String {
+        let read = |path: &Path| {
+            std::fs::read(path)
+                .map(|b| String::from_utf8_lossy(&b).into_owned())
+                .unwrap_or_else(|e| format!("(cannot read {}: {e})", path.display()))
+        };
+        format!("{}\n{}", read(&self.stdout), read(&self.stderr))
+    }
+
     pub(crate) fn logs(&self) -> String {
         format!(
             "--- {} stdout ({}) ---\n{}\n--- {} stderr ({}) ---\n{}",

@@ -190,7 +190,13 @@ impl ServerProcess {
         Ok(Client::new(&self.base_url(), Some(key.to_owned()))?)
     }
 
-    /// The captured stdout and stderr.
+    /// Everything the server wrote to stdout and stderr, over every start.
+    pub fn all_logs(&self) -> String {
+        self.process.all_logs()
+    }
+
+    /// The end of the server's output (for failure messages); [`ServerProcess::all_logs`] for
+    /// all of it.
     pub fn logs(&self) -> String {
         self.process.logs()
     }

@@ -158,7 +158,8 @@ async fn secrets_round_trip_through_the_cli_and_never_reach_the_logs() {
     let out = flotilla(&server, &["secrets", "get", "survives"], None);
     assert_eq!(ok(&out).trim(), "across-restarts-1234");
 
-    let logs = server.logs();
+    // All of it: a secret early in a verbose log must not hide behind the tail.
+    let logs = server.all_logs();
     assert!(
         logs.contains("Audit") || logs.contains("secret.read"),
         "the log is verbose enough to matter"
