@@ -178,6 +178,11 @@ async fn count_replicas(
     now: flotilla_core::Timestamp,
     until: flotilla_core::Timestamp,
 ) {
+    // One control plane runs on SQLite: no count to keep (and a previous start killed without
+    // releasing its presence must not halve this one's shares until it expires).
+    if state.store.backend() != "postgres" {
+        return;
+    }
     let name = format!("{PRESENCE}{}", state.owner);
     let counted = async {
         state
