@@ -34,6 +34,14 @@ pub(crate) const FORGET: &str =
 pub(crate) const LIVE: &str =
     "SELECT count(*) FROM leader_leases WHERE name LIKE $1 || '%' AND expires_at >= $2";
 
+/// True while a term holds (holder, generation, not ended); share-locks the row on PostgreSQL,
+/// which makes a competing claim wait for the caller's transaction.
+pub(crate) const FENCE_PG: &str = "SELECT generation FROM leader_leases \
+    WHERE name = $1 AND holder = $2 AND generation = $3 AND expires_at >= $4 FOR SHARE";
+/// The same on SQLite, whose single writer already keeps claims out of the transaction.
+pub(crate) const FENCE_SQLITE: &str = "SELECT generation FROM leader_leases \
+    WHERE name = $1 AND holder = $2 AND generation = $3 AND expires_at >= $4";
+
 /// A lease's columns.
 pub(crate) type Row = (String, i64, i64);
 

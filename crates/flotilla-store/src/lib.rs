@@ -230,6 +230,15 @@ pub(crate) fn bucket_from_row(
     flotilla_core::quota::Bucket::restore(state).ok_or_else(corrupt)
 }
 
+/// A term of leadership that a write is valid under (fencing, DESIGN.md §9).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Fence {
+    /// The lease's name.
+    pub lease: String,
+    pub holder: String,
+    pub generation: i64,
+}
+
 /// A leader lease as it stands (DESIGN.md §9).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LeaderLease {
@@ -337,7 +346,15 @@ pub trait Store: Send + Sync + 'static {
     async fn renew_leases(&self, owner: &str, lease_expires_at: Timestamp) -> StoreResult<u64>;
     /// Returns running tasks whose lease expired before `now` to `queued` (available at once),
     /// recording a `lost` attempt for each.
-    async fn requeue_expired(&self, now: Timestamp) -> StoreResult<Vec<Requeued>>;
+    ///
+    /// With a `fence`, only while that term of leadership holds: the lease row is checked and
+    /// share-locked in the same transaction, so no other control plane can take the lease while
+    /// it runs, and a leader whose term ended (it paused past its lease, say) requeues nothing.
+    async fn requeue_expired(
+        &self,
+        now: Timestamp,
+        fence: Option<&Fence>,
+    ) -> StoreResult<Vec<Requeued>>;
     /// Number of tasks per status (all tenants): every status in lifecycle order
     /// ([`TaskStatus::ALL`]), those without tasks with 0.
     async fn task_counts_by_status(&self) -> StoreResult<Vec<(TaskStatus, u64)>>;

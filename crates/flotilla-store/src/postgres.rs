@@ -617,9 +617,25 @@ impl Store for PostgresStore {
         Ok(renewed)
     }
 
-    async fn requeue_expired(&self, now: Timestamp) -> StoreResult<Vec<Requeued>> {
+    async fn requeue_expired(
+        &self,
+        now: Timestamp,
+        fence: Option<&crate::Fence>,
+    ) -> StoreResult<Vec<Requeued>> {
         let now_us = micros(now);
         let mut tx = self.pool.begin().await?;
+        if let Some(fence) = fence {
+            let holds: Option<i64> = sqlx::query_scalar(crate::leases::FENCE_PG)
+                .bind(&fence.lease)
+                .bind(&fence.holder)
+                .bind(fence.generation)
+                .bind(now_us)
+                .fetch_optional(&mut *tx)
+                .await?;
+            if holds.is_none() {
+                return Ok(Vec::new());
+            }
+        }
         // SKIP LOCKED: a task being finished or requeued by another replica right now is left to it.
         let expired: Vec<(Uuid, i32, String, i64)> = sqlx::query_as(
             "SELECT id, attempt, agent_type, updated_at FROM tasks \

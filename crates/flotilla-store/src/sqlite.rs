@@ -561,9 +561,25 @@ impl Store for SqliteStore {
         Ok(renewed)
     }
 
-    async fn requeue_expired(&self, now: Timestamp) -> StoreResult<Vec<Requeued>> {
+    async fn requeue_expired(
+        &self,
+        now: Timestamp,
+        fence: Option<&crate::Fence>,
+    ) -> StoreResult<Vec<Requeued>> {
         let now_us = micros(now);
         let mut tx = self.write_tx().await?;
+        if let Some(fence) = fence {
+            let holds: Option<i64> = sqlx::query_scalar(crate::leases::FENCE_SQLITE)
+                .bind(&fence.lease)
+                .bind(&fence.holder)
+                .bind(fence.generation)
+                .bind(now_us)
+                .fetch_optional(&mut *tx)
+                .await?;
+            if holds.is_none() {
+                return Ok(Vec::new());
+            }
+        }
         let expired: Vec<(Uuid, i32, String, i64)> = sqlx::query_as(
             "SELECT id, attempt, agent_type, updated_at FROM tasks \
              WHERE status = 'running' AND lease_expires_at < ?1 ORDER BY id",

@@ -24,6 +24,7 @@ behaviours!(
     notifications_reach_every_listener,
     live_leases_are_counted_and_old_ones_forgotten,
     silences_last_until_they_end_and_the_board_keeps_the_latest,
+    a_fenced_requeue_runs_only_in_its_term,
 );
 
 const LEASE: &str = "control-plane";
@@ -208,4 +209,50 @@ async fn silences_last_until_they_end_and_the_board_keeps_the_latest(store: DynS
         store.get_board("active").await.unwrap(),
         Some(("[2]".to_owned(), at(2)))
     );
+}
+
+async fn a_fenced_requeue_runs_only_in_its_term(store: DynStore) {
+    use flotilla_core::id::{TaskId, TenantId};
+    use flotilla_core::task::NewTask;
+    // A task claimed by a replica that died, its lease over at 2 s.
+    let id = TaskId(uuid::Uuid::now_v7());
+    store
+        .insert_tasks(&[NewTask {
+            id,
+            tenant_id: TenantId::DEFAULT,
+            agent_type: "echo".to_owned(),
+            input: serde_json::json!({}),
+            priority: 5,
+            complexity: None,
+            idempotency_key: None,
+            timeout_ms: 1000,
+            max_attempts: 3,
+            trace_id: None,
+            created_at: at(0),
+            // Claimed as it was inserted, by a replica that then died; its lease ends at 2 s.
+            claim: Some(flotilla_core::task::Lease {
+                owner: "dead".to_owned(),
+                expires_at: at(2),
+            }),
+        }])
+        .await
+        .unwrap();
+    let first = store.claim_lease(LEASE, "a", at(0), at(10)).await.unwrap();
+    let fence = |holder: &str, generation| flotilla_store::Fence {
+        lease: LEASE.to_owned(),
+        holder: holder.to_owned(),
+        generation,
+    };
+    // b took over at 11: a's term (generation 1) is over, whatever a believes.
+    store.claim_lease(LEASE, "b", at(11), at(21)).await.unwrap();
+    let stale = store
+        .requeue_expired(at(12), Some(&fence("a", first.generation)))
+        .await
+        .unwrap();
+    assert!(stale.is_empty(), "a stale leader requeues nothing");
+    let current = store
+        .requeue_expired(at(12), Some(&fence("b", 2)))
+        .await
+        .unwrap();
+    assert_eq!(current.iter().map(|r| r.task_id).collect::<Vec<_>>(), [id]);
 }

@@ -25,12 +25,18 @@ pub async fn run(state: AppState, shutdown: CancellationToken) {
         state
             .metrics
             .observe_store("renew_leases", started.elapsed());
-        // Re-queueing is the leader's job (one control plane on SQLite always leads).
-        if !state.leadership.is_leader() {
+        // Re-queueing is the leader's job (one control plane on SQLite always leads), fenced by
+        // its term: the store requeues nothing once the term has ended in the database.
+        let Some(generation) = state.leadership.generation() else {
             continue;
-        }
+        };
+        let fence = flotilla_store::Fence {
+            lease: crate::leader::LEASE.to_owned(),
+            holder: state.owner.to_string(),
+            generation,
+        };
         let started = std::time::Instant::now();
-        let requeued = state.store.requeue_expired(now).await;
+        let requeued = state.store.requeue_expired(now, Some(&fence)).await;
         state
             .metrics
             .observe_store("requeue_expired", started.elapsed());
