@@ -98,6 +98,8 @@ impl ClientError {
 fn with_causes(error: &reqwest::Error) -> String {
     let mut text = error.to_string();
     let mut source = std::error::Error::source(error);
+    let mut hinted = false;
+    let mut closed = false;
     while let Some(cause) = source {
         let cause_text = cause.to_string();
         if !text.contains(&cause_text) {
@@ -106,8 +108,22 @@ fn with_causes(error: &reqwest::Error) -> String {
         }
         if let Some(hint) = tls_hint(cause) {
             text.push_str(hint);
+            hinted = true;
         }
+        closed |= cause
+            .downcast_ref::<hyper::Error>()
+            .is_some_and(|e| e.is_canceled() || e.is_incomplete_message());
         source = cause.source();
+    }
+    // Under TLS 1.3 a server that refuses the client's certificate (or its absence) does so
+    // after the client has finished its handshake: the client may only see the connection
+    // close before its request, with no TLS alert to name the cause.
+    if closed && !hinted && error.url().is_some_and(|u| u.scheme() == "https") {
+        text.push_str(
+            " (the server closed the connection right after the TLS handshake: if it requires \
+             a client certificate, give one with --client-cert and --client-key, or \
+             FLOTILLA_CLIENT_CERT and FLOTILLA_CLIENT_KEY)",
+        );
     }
     text
 }
