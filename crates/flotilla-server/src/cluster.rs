@@ -53,6 +53,11 @@ impl Notifier {
         Self { tx: None }
     }
 
+    /// True when there can be other control planes to tell (PostgreSQL).
+    pub fn enabled(&self) -> bool {
+        self.tx.is_some()
+    }
+
     /// Tells the other control planes (when there can be any).
     pub fn send(&self, notice: Notice) {
         if let Some(tx) = &self.tx {

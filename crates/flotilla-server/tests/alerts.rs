@@ -1084,3 +1084,53 @@ async fn a_model_error_rate_rule_fires_for_the_failing_model_only() {
     .await;
     server.stop().await;
 }
+
+/// Two control planes on one PostgreSQL database: the engine runs on the leader only, and the
+/// follower answers `GET /v1/alerts` with what the leader published on the alert board.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_answers_with_the_alerts_the_leader_published() {
+    let database = support::Database::create(Backend::Postgres);
+    let settings = Settings::default()
+        .set("alerting.interval_ms", 100)
+        .set("alerting.default_rules", false)
+        .raw(
+            "[[alerts]]\nname = \"backlog\"\nsignal = \"queue_length\"\nagent_type = \"parked\"\n\
+             comparison = \">\"\nthreshold = 0\nfor = \"0s\"\nseverity = \"warning\"\n\
+             actions = [\"notify\"]\n",
+        )
+        .pool("parked");
+    let first = TestServer::start_on(database.location.open().await, settings.clone()).await;
+    eventually(
+        "the first control plane leads",
+        Duration::from_secs(5),
+        || async {
+            first
+                .client
+                .system()
+                .await
+                .ok()
+                .and_then(|s| s.replica)
+                .is_some_and(|r| r.leader)
+        },
+    )
+    .await;
+    let follower = TestServer::start_on(database.location.open().await, settings).await;
+    let replica = follower.client.system().await.unwrap().replica.unwrap();
+    assert!(!replica.leader, "{replica:?}");
+
+    first.submit(&SubmitTask::new("parked", json!({}))).await;
+    eventually(
+        "the follower shows the leader's firing alert",
+        Duration::from_secs(5),
+        || async {
+            let alerts = follower.client.list_alerts().await.unwrap().alerts;
+            alerts
+                .iter()
+                .any(|a| a.rule == "backlog" && a.state == "firing" && a.value == 1.0)
+        },
+    )
+    .await;
+    follower.stop().await;
+    first.stop().await;
+    database.remove().await;
+}

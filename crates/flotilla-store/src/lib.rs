@@ -24,6 +24,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 mod access;
+mod alert_board;
 mod leases;
 mod postgres;
 mod rows;

@@ -917,24 +917,22 @@ impl Store for SqliteStore {
     ) -> StoreResult<u64> {
         buckets::prune(self, idle_before, now, limit).await
     }
+
     async fn put_silence(&self, id: uuid::Uuid, until: Timestamp, body: &str) -> StoreResult<()> {
         let mut tx = self.write_tx().await?;
-        sqlx::query(
-            "INSERT INTO alert_silences (id, until, body) VALUES (?1, ?2, ?3) \
-             ON CONFLICT (id) DO UPDATE SET until = excluded.until, body = excluded.body",
-        )
-        .bind(id)
-        .bind(micros(until))
-        .bind(body)
-        .execute(&mut *tx)
-        .await?;
+        sqlx::query(crate::alert_board::PUT_SILENCE)
+            .bind(id)
+            .bind(micros(until))
+            .bind(body)
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await?;
         Ok(())
     }
 
     async fn delete_silence(&self, id: uuid::Uuid) -> StoreResult<Option<String>> {
         let mut tx = self.write_tx().await?;
-        let body = sqlx::query_scalar("DELETE FROM alert_silences WHERE id = ?1 RETURNING body")
+        let body = sqlx::query_scalar(crate::alert_board::DELETE_SILENCE)
             .bind(id)
             .fetch_optional(&mut *tx)
             .await?;
@@ -944,11 +942,11 @@ impl Store for SqliteStore {
 
     async fn list_silences(&self, now: Timestamp) -> StoreResult<Vec<String>> {
         let mut tx = self.write_tx().await?;
-        sqlx::query("DELETE FROM alert_silences WHERE until <= ?1")
+        sqlx::query(crate::alert_board::FORGET_SILENCES)
             .bind(micros(now))
             .execute(&mut *tx)
             .await?;
-        let bodies = sqlx::query_scalar("SELECT body FROM alert_silences ORDER BY until, id")
+        let bodies = sqlx::query_scalar(crate::alert_board::SILENCES)
             .fetch_all(&mut *tx)
             .await?;
         tx.commit().await?;
@@ -957,25 +955,21 @@ impl Store for SqliteStore {
 
     async fn put_board(&self, name: &str, body: &str, now: Timestamp) -> StoreResult<()> {
         let mut tx = self.write_tx().await?;
-        sqlx::query(
-            "INSERT INTO alert_board (name, body, updated_at) VALUES (?1, ?2, ?3) \
-             ON CONFLICT (name) DO UPDATE SET body = excluded.body, updated_at = excluded.updated_at",
-        )
-        .bind(name)
-        .bind(body)
-        .bind(micros(now))
-        .execute(&mut *tx)
-        .await?;
+        sqlx::query(crate::alert_board::PUT_BOARD)
+            .bind(name)
+            .bind(body)
+            .bind(micros(now))
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await?;
         Ok(())
     }
 
     async fn get_board(&self, name: &str) -> StoreResult<Option<(String, Timestamp)>> {
-        let row: Option<(String, i64)> =
-            sqlx::query_as("SELECT body, updated_at FROM alert_board WHERE name = ?1")
-                .bind(name)
-                .fetch_optional(&self.reader)
-                .await?;
+        let row: Option<(String, i64)> = sqlx::query_as(crate::alert_board::BOARD)
+            .bind(name)
+            .fetch_optional(&self.reader)
+            .await?;
         row.map(|(body, at)| Ok((body, crate::rows::from_micros(at)?)))
             .transpose()
     }

@@ -3,6 +3,7 @@
 use crate::process::Managed;
 use crate::{HarnessError, free_port};
 use flotilla_core::id::AgentId;
+use std::collections::HashMap;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
@@ -170,6 +171,27 @@ impl AgentProcess {
         self.process.logs()
     }
 
+    /// `(task id, attempt)` of every `/execute` it logged running, over every start, with how
+    /// often each ran. The agent logs them at debug level: start it with
+    /// `RUST_LOG=info,flotilla_agent=debug`.
+    pub fn executions(&self) -> HashMap<(String, i32), usize> {
+        let mut seen = HashMap::new();
+        let text = strip_ansi(&self.process.all_logs());
+        for line in text.lines().filter(|l| l.contains("Executing task.")) {
+            let field = |name: &str| {
+                line.split_whitespace()
+                    .find_map(|w| w.strip_prefix(name))
+                    .map(|v| v.trim_matches(|c: char| !c.is_alphanumeric() && c != '-'))
+            };
+            if let (Some(task), Some(attempt)) = (field("task_id="), field("attempt=")) {
+                *seen
+                    .entry((task.to_owned(), attempt.parse().unwrap_or(0)))
+                    .or_insert(0) += 1;
+            }
+        }
+        seen
+    }
+
     /// Prints the captured output to stderr.
     pub fn print_logs(&self) {
         eprintln!("{}", self.logs());
@@ -238,6 +260,24 @@ fn parse_ready_line(line: &str) -> Option<AgentId> {
         return None;
     }
     rest.split_whitespace().next()?.parse().ok()
+}
+
+/// The text without terminal colour codes (`ESC [ … m`).
+fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 #[cfg(test)]

@@ -551,47 +551,10 @@ fn machine_ticks() -> Result<(u64, u64)> {
 /// `(task id, attempt)` of every execution the agents logged, with how often each ran.
 fn agent_executions(agents: &[AgentProcess]) -> HashMap<(String, i32), usize> {
     let mut seen = HashMap::new();
-    for agent in agents {
-        let stdout = agent.stdout_path();
-        let Some(name) = stdout.file_name() else {
-            continue;
-        };
-        let stderr = stdout.with_file_name(name.to_string_lossy().replace(".stdout.", ".stderr."));
-        let text = std::fs::read_to_string(stderr).unwrap_or_default();
-        for line in text.lines().filter(|l| l.contains("Executing task.")) {
-            let line = strip_ansi(line);
-            let field = |name: &str| {
-                line.split_whitespace()
-                    .find_map(|w| w.strip_prefix(name))
-                    .map(|v| v.trim_matches(|c: char| !c.is_alphanumeric() && c != '-'))
-                    .map(str::to_owned)
-            };
-            if let (Some(task), Some(attempt)) = (field("task_id="), field("attempt=")) {
-                *seen
-                    .entry((task, attempt.parse().unwrap_or(0)))
-                    .or_insert(0) += 1;
-            }
-        }
+    for (run, n) in agents.iter().flat_map(|a| a.executions()) {
+        *seen.entry(run).or_insert(0) += n;
     }
     seen
-}
-
-/// The text without terminal colour codes (`ESC [ … m`).
-fn strip_ansi(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut chars = text.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }
 
 /// A database created on the shared PostgreSQL for one configuration, dropped after it.

@@ -15,7 +15,8 @@
 mod common;
 
 use common::{
-    ADMIN_KEY, BIN, PrivatePostgres, StopMode, agent_executions, start_replica, wait_terminal,
+    ADMIN_KEY, BIN, PrivatePostgres, StopMode, agent_executions, one_leader, start_replica,
+    wait_for_agents, wait_terminal,
 };
 use flotilla_client::{Client, ClientError};
 use flotilla_core::task::{Task, TaskStatus};
@@ -122,37 +123,6 @@ async fn every_replica_ready(
     }
 }
 
-/// The replicas that say they lead, with their generations.
-async fn leaders(clients: &[Client]) -> Vec<(usize, Option<i64>)> {
-    let mut leading = Vec::new();
-    for (i, client) in clients.iter().enumerate() {
-        if let Ok(info) = client.system().await
-            && let Some(r) = info.replica
-            && r.leader
-        {
-            leading.push((i, r.generation));
-        }
-    }
-    leading
-}
-
-/// Waits for exactly one leader (never two at once), up to `within`.
-async fn one_leader(clients: &[Client], within: Duration) -> (usize, Option<i64>) {
-    let deadline = Instant::now() + within;
-    loop {
-        let leading = leaders(clients).await;
-        assert!(leading.len() <= 1, "two leaders at once: {leading:?}");
-        if let [one] = leading[..] {
-            return one;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no replica led within {within:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_ride_out_a_postgres_restart_under_load() {
     let mut pg = PrivatePostgres::start();
@@ -198,23 +168,11 @@ async fn replicas_ride_out_a_postgres_restart_under_load() {
                 .with_request_timeout(Duration::from_secs(60))
         })
         .collect();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    for (i, client) in probes.iter().enumerate() {
-        while client
-            .list_agents()
-            .await
-            .map(|l| l.agents.len())
-            .unwrap_or(0)
-            < 3
-        {
-            assert!(
-                Instant::now() < deadline,
-                "replica {i} never saw the 3 agents"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+    for client in &probes {
+        wait_for_agents(client, 3, Duration::from_secs(20)).await;
     }
-    let (_, first_generation) = one_leader(&probes, Duration::from_secs(10)).await;
+    let live: Vec<Option<Client>> = probes.iter().cloned().map(Some).collect();
+    let (_, first_generation) = one_leader(&live, Duration::from_secs(10)).await;
 
     // A steady stream of submissions, through the whole outage.
     let log = Arc::new(Mutex::new(Vec::new()));
@@ -356,7 +314,7 @@ async fn replicas_ride_out_a_postgres_restart_under_load() {
     let twice: Vec<_> = executed.into_iter().filter(|(_, n)| *n > 1).collect();
     assert!(twice.is_empty(), "attempts executed twice: {twice:?}");
     // Exactly one leader again, in a term that follows the first.
-    let (_, generation) = one_leader(&probes, Duration::from_secs(10)).await;
+    let (_, generation) = one_leader(&live, Duration::from_secs(10)).await;
     assert!(
         generation >= first_generation,
         "the leader's term went back: {generation:?} after {first_generation:?}"

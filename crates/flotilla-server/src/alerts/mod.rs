@@ -288,6 +288,22 @@ impl AlertEngine {
     }
 }
 
+/// The silences in force, as stored (every control plane's); unreadable ones are logged and
+/// skipped.
+pub async fn stored_silences(state: &AppState) -> Result<Vec<Silence>, flotilla_store::StoreError> {
+    let bodies = state.store.list_silences(state.clock.now()).await?;
+    Ok(bodies
+        .iter()
+        .filter_map(|body| match serde_json::from_str(body) {
+            Ok(silence) => Some(silence),
+            Err(e) => {
+                tracing::warn!(error = %e, "A stored silence is unreadable; ignored");
+                None
+            }
+        })
+        .collect())
+}
+
 /// Runs until `shutdown`.
 pub async fn run(state: AppState, shutdown: CancellationToken) {
     let config = &state.config.alerting;
@@ -309,10 +325,10 @@ pub async fn run(state: AppState, shutdown: CancellationToken) {
             _ = tick.tick() => {}
         }
         // Silences made on any control plane.
-        match crate::api::alerts::stored_silences(&state).await {
+        match stored_silences(&state).await {
             Ok(stored) => state.alerts.replace_silences(stored),
             Err(e) => {
-                tracing::warn!(error = ?e, "Could not read the silences; keeping the last ones")
+                tracing::warn!(error = %e, "Could not read the silences; keeping the last ones")
             }
         }
         let values = signals::read(&state).await;

@@ -127,23 +127,8 @@ pub async fn list_silences(
 ) -> Result<Json<SilenceList>, ApiError> {
     caller.require(Permission::ReadAlerts, "read alerts")?;
     Ok(Json(SilenceList {
-        silences: stored_silences(&state).await?,
+        silences: crate::alerts::stored_silences(&state).await?,
     }))
-}
-
-/// The silences in force, as stored (every control plane's).
-pub(crate) async fn stored_silences(state: &AppState) -> Result<Vec<Silence>, ApiError> {
-    let bodies = state.store.list_silences(state.clock.now()).await?;
-    Ok(bodies
-        .iter()
-        .filter_map(|body| match serde_json::from_str(body) {
-            Ok(silence) => Some(silence),
-            Err(e) => {
-                tracing::warn!(error = %e, "A stored silence is unreadable; ignored");
-                None
-            }
-        })
-        .collect())
 }
 
 /// Ends a silence.

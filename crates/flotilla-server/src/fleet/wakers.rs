@@ -75,7 +75,8 @@ impl Wakers {
     /// A task of this type became claimable: flag it and wake the dispatcher, here and on the
     /// other control planes.
     pub fn task_queued(&self, agent_type: &str) {
-        if let Some(cluster) = self.cluster.get() {
+        // Checked first: no copy of the type is made on the hot path for nobody to read.
+        if let Some(cluster) = self.cluster.get().filter(|c| c.enabled()) {
             cluster.send(crate::cluster::Notice::Queued(agent_type.to_owned()));
         }
         self.task_queued_here(agent_type);

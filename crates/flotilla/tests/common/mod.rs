@@ -295,54 +295,16 @@ fn pg_bin_dir() -> std::path::PathBuf {
     })
 }
 
-/// `(task id, attempt)` of every execution the agents logged (`Executing task.` lines at debug
-/// level: start the agents with `RUST_LOG=info,flotilla_agent=debug`), with how often each ran.
+/// `(task id, attempt)` of every execution the agents logged, with how often each ran (see
+/// `AgentProcess::executions`).
 pub fn agent_executions(
     agents: &[flotilla_testkit::AgentProcess],
 ) -> std::collections::HashMap<(String, i32), usize> {
     let mut seen = std::collections::HashMap::new();
-    for agent in agents {
-        let stdout = agent.stdout_path();
-        let name = stdout
-            .file_name()
-            .unwrap()
-            .to_string_lossy()
-            .replace(".stdout.", ".stderr.");
-        let text =
-            strip_ansi(&std::fs::read_to_string(stdout.with_file_name(name)).unwrap_or_default());
-        for line in text.lines().filter(|l| l.contains("Executing task.")) {
-            let field = |name: &str| {
-                line.split_whitespace()
-                    .find_map(|w| w.strip_prefix(name))
-                    .map(|v| v.trim_matches(|c: char| !c.is_alphanumeric() && c != '-'))
-                    .map(str::to_owned)
-            };
-            if let (Some(task), Some(attempt)) = (field("task_id="), field("attempt=")) {
-                *seen
-                    .entry((task, attempt.parse().unwrap_or(0)))
-                    .or_insert(0) += 1;
-            }
-        }
+    for (run, n) in agents.iter().flat_map(|a| a.executions()) {
+        *seen.entry(run).or_insert(0) += n;
     }
     seen
-}
-
-/// The text without terminal colour codes (`ESC [ … m`).
-pub fn strip_ansi(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut chars = text.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }
 
 /// Starts one of several `flotilla serve` replicas on the PostgreSQL database at `url`, with the
@@ -367,4 +329,49 @@ pub async fn start_replica(url: &str, lease_ms: u64) -> flotilla_testkit::Server
         .start()
         .await
         .expect("replica starts")
+}
+
+/// Waits for exactly one of the replicas (`None`: killed) to say it leads, never two at once;
+/// returns its index and generation.
+pub async fn one_leader(clients: &[Option<Client>], within: Duration) -> (usize, i64) {
+    let deadline = Instant::now() + within;
+    loop {
+        let mut leading = Vec::new();
+        for (i, client) in clients.iter().enumerate() {
+            let Some(client) = client else { continue };
+            if let Ok(info) = client.system().await
+                && let Some(r) = info.replica
+                && r.leader
+            {
+                leading.push((i, r.generation.unwrap_or_default()));
+            }
+        }
+        assert!(leading.len() <= 1, "two leaders at once: {leading:?}");
+        if let [one] = leading[..] {
+            return one;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no replica led within {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Waits until `client`'s replica lists at least `n` agents (registered with any replica).
+pub async fn wait_for_agents(client: &Client, n: usize, within: Duration) {
+    let deadline = Instant::now() + within;
+    while client
+        .list_agents()
+        .await
+        .map(|l| l.agents.len())
+        .unwrap_or(0)
+        < n
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the replica never saw {n} agents"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
