@@ -15,8 +15,8 @@
 mod common;
 
 use common::{
-    ADMIN_KEY, BIN, PrivatePostgres, StopMode, agent_executions, one_leader, start_replica,
-    wait_for_agents, wait_terminal,
+    ADMIN_KEY, BIN, PrivatePostgres, StopMode, assert_each_attempt_ran_once, one_leader,
+    start_replica, wait_for_agents, wait_terminal,
 };
 use flotilla_client::{Client, ClientError};
 use flotilla_core::task::{Task, TaskStatus};
@@ -304,15 +304,7 @@ async fn replicas_ride_out_a_postgres_restart_under_load() {
         );
     }
     // No attempt ran twice on the agents.
-    let executed = agent_executions(&agents);
-    assert!(
-        executed.len() >= accepted.len(),
-        "the agents logged {} executions for {} tasks",
-        executed.len(),
-        accepted.len()
-    );
-    let twice: Vec<_> = executed.into_iter().filter(|(_, n)| *n > 1).collect();
-    assert!(twice.is_empty(), "attempts executed twice: {twice:?}");
+    assert_each_attempt_ran_once(&agents, accepted.len());
     // Exactly one leader again, in a term that follows the first.
     let (_, generation) = one_leader(&live, Duration::from_secs(10)).await;
     assert!(

@@ -7,8 +7,8 @@
 mod common;
 
 use common::{
-    ADMIN_KEY, BIN, PgDatabase, agent_executions, one_leader, start_replica, wait_for_agents,
-    wait_terminal,
+    ADMIN_KEY, BIN, PgDatabase, assert_each_attempt_ran_once, one_leader, start_replica,
+    wait_for_agents, wait_terminal,
 };
 use flotilla_client::Client;
 use flotilla_core::task::{Task, TaskStatus};
@@ -142,15 +142,7 @@ async fn replicas_survive_losing_their_leader_twice() {
         "the leaders died with attempts in flight, which a survivor must have re-queued"
     );
     // No attempt ran twice on the agents.
-    let executed = agent_executions(&agents);
-    assert!(
-        executed.len() >= accepted.len(),
-        "the agents logged {} executions for {} tasks",
-        executed.len(),
-        accepted.len()
-    );
-    let twice: Vec<_> = executed.into_iter().filter(|(_, n)| *n > 1).collect();
-    assert!(twice.is_empty(), "attempts executed twice: {twice:?}");
+    assert_each_attempt_ran_once(&agents, accepted.len());
 
     // The changes of leader are events.
     let events = client

@@ -297,7 +297,20 @@ fn pg_bin_dir() -> std::path::PathBuf {
 
 /// `(task id, attempt)` of every execution the agents logged, with how often each ran (see
 /// `AgentProcess::executions`).
-pub fn agent_executions(
+/// Asserts that the agents logged at least `tasks` executions (so the log was read) and no
+/// `(task, attempt)` twice.
+pub fn assert_each_attempt_ran_once(agents: &[flotilla_testkit::AgentProcess], tasks: usize) {
+    let executed = agent_executions(agents);
+    assert!(
+        executed.len() >= tasks,
+        "the agents logged {} executions for {tasks} tasks",
+        executed.len()
+    );
+    let twice: Vec<_> = executed.into_iter().filter(|(_, n)| *n > 1).collect();
+    assert!(twice.is_empty(), "attempts executed twice: {twice:?}");
+}
+
+fn agent_executions(
     agents: &[flotilla_testkit::AgentProcess],
 ) -> std::collections::HashMap<(String, i32), usize> {
     let mut seen = std::collections::HashMap::new();
