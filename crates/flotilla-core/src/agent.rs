@@ -1,7 +1,7 @@
 //! Agent instances: what the registry knows of each worker, and the rules on its status.
 
 use crate::Timestamp;
-use crate::id::AgentId;
+use crate::id::{AgentId, TenantId};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::str::FromStr;
@@ -96,7 +96,15 @@ impl FromStr for AgentStatus {
 pub struct AgentInstance {
     pub id: AgentId,
     pub agent_type: String,
-    /// Base URL; the control plane calls `{url}/execute` and `{url}/health`.
+    /// The tenant that registered the instance, which alone it works for; `null` for a platform
+    /// instance (started by a provisioner, or registered by an admin or a key of the platform's
+    /// default tenant), which works for the tenants its pool serves (see [`may_serve`]).
+    #[serde(default)]
+    #[schema(value_type = Option<String>, format = Uuid)]
+    pub tenant_id: Option<TenantId>,
+    /// Base URL; the control plane calls `{url}/execute` and `{url}/health`. Left out of what
+    /// tenants see of platform instances.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub url: String,
     /// Tasks this instance runs at once.
     pub capacity: u32,
@@ -106,6 +114,8 @@ pub struct AgentInstance {
     pub status: AgentStatus,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub version: Option<String>,
+    /// Left out (`{}`) of what tenants see of platform instances.
+    #[serde(default)]
     #[schema(value_type = Object)]
     pub metadata: serde_json::Value,
     /// HMAC secret for signing requests to this instance (never serialised to API clients).
@@ -126,6 +136,7 @@ impl std::fmt::Debug for AgentInstance {
         f.debug_struct("AgentInstance")
             .field("id", &self.id)
             .field("agent_type", &self.agent_type)
+            .field("tenant_id", &self.tenant_id)
             .field("url", &self.url)
             .field("capacity", &self.capacity)
             .field("load", &self.load)
@@ -142,6 +153,29 @@ impl std::fmt::Debug for AgentInstance {
     }
 }
 
+impl AgentInstance {
+    /// What a caller who is not an admin sees of a platform instance: no address, no metadata.
+    pub fn without_platform_details(mut self) -> AgentInstance {
+        if self.tenant_id.is_none() {
+            self.url = String::new();
+            self.metadata = serde_json::Value::Object(serde_json::Map::new());
+        }
+        self
+    }
+}
+
+/// The agent plane's invariant (docs/security.md, "Agent trust model"): a task of `tenant` —
+/// its input, its model-gateway token and the power to write its result — may reach an instance
+/// owned by `owner` only when that is the task's own tenant, or when the instance is a platform
+/// instance (`None`) of a pool that serves the tenant (`serves`: the pool's `tenants`, `None`
+/// meaning every tenant).
+pub fn may_serve(owner: Option<TenantId>, serves: Option<&[TenantId]>, tenant: TenantId) -> bool {
+    match owner {
+        Some(own) => own == tenant,
+        None => serves.is_none_or(|tenants| tenants.contains(&tenant)),
+    }
+}
+
 /// True when an instance's heartbeats are overdue and it must be marked failed.
 pub fn heartbeat_expired(
     last_heartbeat: Timestamp,
@@ -152,6 +186,7 @@ pub fn heartbeat_expired(
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use chrono::{Duration, TimeZone, Utc};
@@ -178,6 +213,59 @@ mod tests {
             t0 + Duration::milliseconds(10_001),
             timeout
         ));
+    }
+
+    #[test]
+    fn a_tenant_instance_serves_its_own_tenant_only() {
+        let (a, b) = (
+            TenantId(uuid::Uuid::from_u128(1)),
+            TenantId(uuid::Uuid::from_u128(2)),
+        );
+        assert!(may_serve(Some(a), None, a));
+        assert!(!may_serve(Some(a), None, b));
+        // A pool's `tenants` list never widens what a tenant's own instance may receive.
+        assert!(!may_serve(Some(a), Some(&[a, b]), b));
+    }
+
+    #[test]
+    fn a_platform_instance_serves_the_tenants_of_its_pool() {
+        let (a, b) = (
+            TenantId(uuid::Uuid::from_u128(1)),
+            TenantId(uuid::Uuid::from_u128(2)),
+        );
+        assert!(may_serve(None, None, a));
+        assert!(may_serve(None, None, b));
+        assert!(may_serve(None, Some(&[a]), a));
+        assert!(!may_serve(None, Some(&[a]), b));
+        assert!(!may_serve(None, Some(&[]), a));
+    }
+
+    #[test]
+    fn tenants_see_no_address_or_metadata_of_platform_instances() {
+        let t0 = Utc.timestamp_opt(1_000, 0).single().unwrap_or_default();
+        let mut agent = AgentInstance {
+            id: AgentId(uuid::Uuid::from_u128(9)),
+            agent_type: "t".into(),
+            tenant_id: None,
+            url: "http://10.0.0.5:9000".into(),
+            capacity: 1,
+            load: 0,
+            weight: 1,
+            status: AgentStatus::Idle,
+            version: None,
+            metadata: serde_json::json!({"zone": "eu"}),
+            signing_secret: "s".into(),
+            last_heartbeat: t0,
+            created_at: t0,
+            latency_ms: None,
+            success_rate: None,
+        };
+        let shown = serde_json::to_value(agent.clone().without_platform_details()).unwrap();
+        assert!(shown.get("url").is_none());
+        assert_eq!(shown["metadata"], serde_json::json!({}));
+        agent.tenant_id = Some(TenantId(uuid::Uuid::from_u128(1)));
+        let own = serde_json::to_value(agent.without_platform_details()).unwrap();
+        assert_eq!(own["url"], "http://10.0.0.5:9000");
     }
 
     #[test]

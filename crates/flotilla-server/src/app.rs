@@ -67,11 +67,13 @@ pub struct AppState {
 }
 
 impl AppState {
-    /// True when tasks of `agent_type` can be accepted: a pool is configured or an instance of
-    /// that type is registered.
-    pub fn serves_type(&self, agent_type: &str) -> bool {
-        self.config.pools.iter().any(|p| p.name == agent_type)
-            || self.registry.knows_type(agent_type)
+    /// True when tasks of `agent_type` can be accepted from `tenant`: a pool that serves the
+    /// tenant is configured, or an instance that may run its tasks is registered.
+    pub fn serves_type(&self, agent_type: &str, tenant: flotilla_core::id::TenantId) -> bool {
+        self.config.pools.iter().any(|p| {
+            p.name == agent_type
+                && flotilla_core::agent::may_serve(None, p.tenants.as_deref(), tenant)
+        }) || self.registry.serves(agent_type, tenant)
     }
 
     /// The configured pool of a type, if any.

@@ -328,10 +328,12 @@ pub trait Store: Send + Sync + 'static {
     /// Claims up to `limit` queued tasks of `agent_type` whose `not_before` has passed, in order of
     /// priority (high first) then age (old first): each becomes `running`, its `attempt` grows by
     /// one, `started_at` is set if unset, and it gets the lease (`owner`, `lease_expires_at`).
-    /// A task is never returned to two concurrent claims.
+    /// A task is never returned to two concurrent claims. With `tenants`, only tasks of those
+    /// tenants are claimed (the tenants the free instances may serve).
     async fn claim_tasks(
         &self,
         agent_type: &str,
+        tenants: Option<&[TenantId]>,
         limit: u32,
         owner: &str,
         lease_expires_at: Timestamp,

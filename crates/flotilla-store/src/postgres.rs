@@ -56,7 +56,7 @@ macro_rules! task_columns {
 macro_rules! agent_columns {
     () => {
         "id, agent_type, url, capacity, load, weight, status, version, metadata::text AS metadata, \
-         signing_secret, last_heartbeat, created_at"
+         signing_secret, last_heartbeat, created_at, tenant_id"
     };
 }
 
@@ -476,6 +476,7 @@ impl Store for PostgresStore {
     async fn claim_tasks(
         &self,
         agent_type: &str,
+        tenants: Option<&[TenantId]>,
         limit: u32,
         owner: &str,
         lease_expires_at: Timestamp,
@@ -487,6 +488,7 @@ impl Store for PostgresStore {
         let rows = sqlx::query_as::<_, TaskRow>(concat!(
             "WITH picked AS (SELECT id FROM tasks \
              WHERE status = 'queued' AND agent_type = $4 AND not_before <= $1 \
+             AND ($6::uuid[] IS NULL OR tenant_id = ANY($6::uuid[])) \
              ORDER BY priority DESC, id ASC LIMIT $5 FOR UPDATE SKIP LOCKED) \
              UPDATE tasks SET status = 'running', attempt = attempt + 1, started_at = COALESCE(started_at, $1), \
              updated_at = $1, lease_owner = $2, lease_expires_at = $3 \
@@ -499,6 +501,7 @@ impl Store for PostgresStore {
         .bind(micros(lease_expires_at))
         .bind(agent_type)
         .bind(i64::from(limit))
+        .bind(tenants.map(|ids| ids.iter().map(|t| t.0).collect::<Vec<_>>()))
         .fetch_all(&self.pool)
         .await?;
         let mut tasks = rows
@@ -694,8 +697,8 @@ impl Store for PostgresStore {
     async fn insert_agent(&self, agent: &AgentInstance) -> StoreResult<()> {
         sqlx::query(
             "INSERT INTO agents (id, agent_type, url, capacity, load, weight, status, version, metadata, \
-             signing_secret, last_heartbeat, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+             signing_secret, last_heartbeat, created_at, tenant_id) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
         )
         .bind(agent.id.0)
         .bind(&agent.agent_type)
@@ -709,6 +712,7 @@ impl Store for PostgresStore {
         .bind(&agent.signing_secret)
         .bind(micros(agent.last_heartbeat))
         .bind(micros(agent.created_at))
+        .bind(agent.tenant_id.map(|t| t.0))
         .execute(&self.pool)
         .await?;
         Ok(())

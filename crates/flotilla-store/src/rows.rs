@@ -196,6 +196,7 @@ pub(crate) struct AgentRow {
     signing_secret: String,
     last_heartbeat: i64,
     created_at: i64,
+    tenant_id: Option<Uuid>,
 }
 
 impl AgentRow {
@@ -207,6 +208,7 @@ impl AgentRow {
         Ok(AgentInstance {
             id: AgentId(self.id),
             agent_type: self.agent_type,
+            tenant_id: self.tenant_id.map(TenantId),
             url: self.url,
             capacity: u32_of("agents.capacity", self.capacity)?,
             load: u32_of("agents.load", self.load)?,

@@ -60,7 +60,7 @@ macro_rules! task_columns {
 macro_rules! agent_columns {
     () => {
         "id, agent_type, url, capacity, load, weight, status, version, metadata, signing_secret, \
-         last_heartbeat, created_at"
+         last_heartbeat, created_at, tenant_id"
     };
 }
 
@@ -452,6 +452,7 @@ impl Store for SqliteStore {
     async fn claim_tasks(
         &self,
         agent_type: &str,
+        tenants: Option<&[TenantId]>,
         limit: u32,
         owner: &str,
         lease_expires_at: Timestamp,
@@ -460,11 +461,22 @@ impl Store for SqliteStore {
         if limit == 0 {
             return Ok(Vec::new());
         }
+        // The tenants travel as a JSON array of hex ids, which `unhex` turns back into the blobs
+        // the column holds.
+        let tenants = tenants.map(|ids| {
+            serde_json::Value::from(
+                ids.iter()
+                    .map(|t| t.0.simple().to_string())
+                    .collect::<Vec<_>>(),
+            )
+            .to_string()
+        });
         let mut tx = self.write_tx().await?;
         let rows = sqlx::query_as::<_, TaskRow>(concat!(
             "UPDATE tasks SET status = 'running', attempt = attempt + 1, started_at = COALESCE(started_at, ?1), \
              updated_at = ?1, lease_owner = ?2, lease_expires_at = ?3 \
              WHERE id IN (SELECT id FROM tasks WHERE status = 'queued' AND agent_type = ?4 AND not_before <= ?1 \
+             AND (?6 IS NULL OR tenant_id IN (SELECT unhex(value) FROM json_each(?6))) \
              ORDER BY priority DESC, id ASC LIMIT ?5) \
              RETURNING ",
             task_columns!()
@@ -474,6 +486,7 @@ impl Store for SqliteStore {
         .bind(micros(lease_expires_at))
         .bind(agent_type)
         .bind(i64::from(limit))
+        .bind(tenants)
         .fetch_all(&mut *tx)
         .await?;
         tx.commit().await?;
@@ -644,8 +657,8 @@ impl Store for SqliteStore {
         let mut tx = self.write_tx().await?;
         sqlx::query(
             "INSERT INTO agents (id, agent_type, url, capacity, load, weight, status, version, metadata, \
-             signing_secret, last_heartbeat, created_at) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+             signing_secret, last_heartbeat, created_at, tenant_id) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
         )
         .bind(agent.id.0)
         .bind(&agent.agent_type)
@@ -659,6 +672,7 @@ impl Store for SqliteStore {
         .bind(&agent.signing_secret)
         .bind(micros(agent.last_heartbeat))
         .bind(micros(agent.created_at))
+        .bind(agent.tenant_id.map(|t| t.0))
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;

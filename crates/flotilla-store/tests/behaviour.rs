@@ -25,6 +25,7 @@ behaviours!(
     idempotency_keys_return_the_existing_task_per_tenant,
     lists_filter_and_page_newest_first,
     claims_follow_priority_then_age_and_respect_not_before,
+    claims_take_only_the_tenants_asked_for,
     concurrent_claims_take_each_task_once,
     first_terminal_write_wins,
     finishes_apply_in_one_batch,
@@ -84,7 +85,7 @@ async fn insert(store: &DynStore, tasks: Vec<NewTask>) -> Vec<Task> {
 
 async fn claim(store: &DynStore, agent_type: &str, limit: u32, now: Timestamp) -> Vec<Task> {
     store
-        .claim_tasks(agent_type, limit, "replica-a", now + secs(30), now)
+        .claim_tasks(agent_type, None, limit, "replica-a", now + secs(30), now)
         .await
         .unwrap()
 }
@@ -394,7 +395,7 @@ async fn concurrent_claims_take_each_task_once(store: DynStore) {
             let mut mine = Vec::new();
             loop {
                 let got = store
-                    .claim_tasks("busy", 7, &owner, now + secs(30), now)
+                    .claim_tasks("busy", None, 7, &owner, now + secs(30), now)
                     .await
                     .unwrap();
                 if got.is_empty() {
@@ -611,11 +612,11 @@ async fn expired_leases_are_requeued_with_a_lost_attempt(store: DynStore) {
     insert(&store, vec![a.clone(), b.clone()]).await;
     let now = t0() + secs(1);
     let mine = store
-        .claim_tasks("w", 1, "replica-a", now + secs(30), now)
+        .claim_tasks("w", None, 1, "replica-a", now + secs(30), now)
         .await
         .unwrap();
     let theirs = store
-        .claim_tasks("w", 1, "replica-b", now + secs(30), now)
+        .claim_tasks("w", None, 1, "replica-b", now + secs(30), now)
         .await
         .unwrap();
     assert_eq!((ids(&mine), ids(&theirs)), (vec![a.id], vec![b.id]));
@@ -787,6 +788,7 @@ fn agent(agent_type: &str, created_at: Timestamp) -> AgentInstance {
     AgentInstance {
         id: AgentId(next_id()),
         agent_type: agent_type.to_owned(),
+        tenant_id: None,
         url: "http://127.0.0.1:9001".to_owned(),
         capacity: 4,
         load: 0,
@@ -802,10 +804,85 @@ fn agent(agent_type: &str, created_at: Timestamp) -> AgentInstance {
     }
 }
 
+/// The dispatcher claims for the free instances of one owner only the tasks those instances may
+/// run (docs/security.md, "Agent trust model"): a tenant's own instance never claims another
+/// tenant's task, whatever its priority.
+async fn claims_take_only_the_tenants_asked_for(store: DynStore) {
+    let (a, b, c) = (
+        TenantId(next_id()),
+        TenantId(next_id()),
+        TenantId(next_id()),
+    );
+    let now = t0();
+    let tasks = insert(
+        &store,
+        vec![
+            new_task(b, "scoped", 9, now),
+            new_task(a, "scoped", 1, now + secs(1)),
+            new_task(c, "scoped", 5, now + secs(2)),
+            new_task(b, "scoped", 9, now + secs(3)),
+        ],
+    )
+    .await;
+    let later = now + secs(10);
+    let only_a = store
+        .claim_tasks(
+            "scoped",
+            Some(&[a]),
+            10,
+            "replica-a",
+            later + secs(30),
+            later,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        only_a.iter().map(|t| t.id).collect::<Vec<_>>(),
+        vec![tasks[1].id]
+    );
+    let a_or_c = store
+        .claim_tasks(
+            "scoped",
+            Some(&[a, c]),
+            10,
+            "replica-a",
+            later + secs(30),
+            later,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        a_or_c.iter().map(|t| t.id).collect::<Vec<_>>(),
+        vec![tasks[2].id]
+    );
+    let none = store
+        .claim_tasks(
+            "scoped",
+            Some(&[]),
+            10,
+            "replica-a",
+            later + secs(30),
+            later,
+        )
+        .await
+        .unwrap();
+    assert!(none.is_empty(), "an empty list claims nothing");
+    let any = store
+        .claim_tasks("scoped", None, 10, "replica-a", later + secs(30), later)
+        .await
+        .unwrap();
+    assert_eq!(
+        any.iter().map(|t| t.id).collect::<Vec<_>>(),
+        vec![tasks[0].id, tasks[3].id]
+    );
+}
+
 async fn agents_are_registered_updated_and_removed(store: DynStore) {
     assert!(store.list_agents().await.unwrap().is_empty());
     let first = agent("echo", t0());
     let mut second = agent("sum", t0() + secs(1));
+    // The owner survives the round trip: a tenant's instance stays that tenant's.
+    second.tenant_id = Some(TenantId(next_id()));
     second.version = None;
     second.metadata = json!({});
     store.insert_agent(&first).await.unwrap();
@@ -941,7 +1018,7 @@ async fn tasks_claimed_at_insertion_run_under_their_lease(store: DynStore) {
 
     // Only the queued one can be claimed; the other is under its lease.
     let taken = store
-        .claim_tasks("direct", 10, "other", now + secs(10), now)
+        .claim_tasks("direct", None, 10, "other", now + secs(10), now)
         .await
         .unwrap();
     assert_eq!(

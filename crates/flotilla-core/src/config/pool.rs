@@ -24,6 +24,11 @@ pub struct FleetSection {
     /// Where local agent processes write their output (`<instance>.log`); empty: to the
     /// control plane's own stdout and stderr.
     pub agent_log_dir: String,
+    /// Most instances one tenant may have registered at once (its own agents; platform
+    /// instances do not count). A registration past it answers `429`.
+    pub max_instances_per_tenant: u32,
+    /// Most distinct agent types among one tenant's own instances.
+    pub max_types_per_tenant: u32,
 }
 
 impl Default for FleetSection {
@@ -34,6 +39,8 @@ impl Default for FleetSection {
             drain_timeout_ms: 60_000,
             events_retention: 100_000,
             agent_log_dir: String::new(),
+            max_instances_per_tenant: 100,
+            max_types_per_tenant: 20,
         }
     }
 }
@@ -46,6 +53,8 @@ pub struct Fleet {
     pub drain_timeout: Duration,
     pub events_retention: u64,
     pub agent_log_dir: Option<std::path::PathBuf>,
+    pub max_instances_per_tenant: u32,
+    pub max_types_per_tenant: u32,
 }
 
 /// `[[pools]]`: one kind of agent.
@@ -75,6 +84,9 @@ pub struct PoolSection {
     pub command: Vec<String>,
     /// Extra environment of the pool's instances (local processes and Kubernetes pods).
     pub env: BTreeMap<String, String>,
+    /// Tenant ids (UUIDs) whose tasks the pool's platform instances run; empty: every tenant.
+    /// Instances a tenant registers itself run only that tenant's tasks, whatever this says.
+    pub tenants: Vec<String>,
     pub score: ScoreSection,
     pub autoscale: AutoscaleSection,
     pub health: HealthSection,
@@ -95,6 +107,7 @@ impl Default for PoolSection {
             max_instances: 10,
             command: Vec::new(),
             env: BTreeMap::new(),
+            tenants: Vec::new(),
             score: ScoreSection::default(),
             autoscale: AutoscaleSection::default(),
             health: HealthSection::default(),
@@ -288,6 +301,8 @@ pub struct Pool {
     pub strategy: Strategy,
     pub capacity: u32,
     pub env: BTreeMap<String, String>,
+    /// The tenants the pool's platform instances serve; `None`: every tenant.
+    pub tenants: Option<Vec<crate::id::TenantId>>,
     /// `None` when autoscaling is off; min/max still bound the provisioner.
     pub autoscale: Option<AutoscalePolicy>,
     pub min_instances: u32,
@@ -318,6 +333,7 @@ impl Pool {
             strategy: StrategyKind::default().into(),
             capacity: 4,
             env: BTreeMap::new(),
+            tenants: None,
             autoscale: None,
             min_instances: 0,
             max_instances: 10,
@@ -360,6 +376,8 @@ pub(super) fn validate_fleet(raw: &FleetSection) -> Result<Fleet, ConfigError> {
         events_retention: raw.events_retention.max(1),
         agent_log_dir: (!raw.agent_log_dir.is_empty())
             .then(|| std::path::PathBuf::from(&raw.agent_log_dir)),
+        max_instances_per_tenant: raw.max_instances_per_tenant,
+        max_types_per_tenant: raw.max_types_per_tenant,
     })
 }
 
@@ -479,6 +497,15 @@ pub(super) fn validate_pool(p: &PoolSection, key: &str) -> Result<Pool, ConfigEr
             healthy: h.healthy_threshold.max(1),
         },
     };
+    let tenants = p
+        .tenants
+        .iter()
+        .map(|t| {
+            t.parse::<crate::id::TenantId>()
+                .map_err(|_| invalid(&k("tenants"), format!("`{t}` is not a tenant id (a UUID)")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let tenants = (!tenants.is_empty()).then_some(tenants);
     let o = &p.outlier;
     let outlier = OutlierPolicy {
         min_requests: o.min_requests,
@@ -502,6 +529,7 @@ pub(super) fn validate_pool(p: &PoolSection, key: &str) -> Result<Pool, ConfigEr
         },
         capacity: p.capacity,
         env: p.env.clone(),
+        tenants,
         autoscale: a.enabled.then_some(policy),
         min_instances: p.min_instances,
         max_instances: p.max_instances,

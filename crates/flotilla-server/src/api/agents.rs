@@ -1,19 +1,25 @@
 //! `/v1/agents`: the agent contract's registration, heartbeat and deregistration (DESIGN.md §6),
 //! and the fleet's listing.
+//!
+//! Every instance has an owner (docs/security.md, "Agent trust model"): the tenant whose key
+//! registered it, or the platform. Only its owner or an admin may heartbeat, drain or deregister
+//! it, and a tenant sees its own instances and the platform's that serve it — anyone else's is
+//! answered `404`, exactly as a missing one.
 
 use crate::api::error::ApiError;
-use crate::api::extract::{JsonBody, parse_id};
+use crate::api::extract::{JsonBody, QueryParams, parse_id};
 use crate::app::AppState;
-use crate::auth::Caller;
+use crate::audit::AuditEvent;
+use crate::auth::{Caller, TenantParam};
 use crate::fleet::registry::Deregistration;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use flotilla_core::agent::{AgentInstance, AgentStatus};
-use flotilla_core::auth::Permission;
+use flotilla_core::agent::{AgentInstance, AgentStatus, may_serve};
+use flotilla_core::auth::{Permission, Role};
 use flotilla_core::config::{announced_interval_s, valid_agent_type};
-use flotilla_core::id::AgentId;
+use flotilla_core::id::{AgentId, TenantId};
 use flotilla_core::wire::{
     AgentList, Deregistered, ErrorBody, Heartbeat, HeartbeatAck, RegisterAgent, Registered,
     ReportedStatus, contains_nul,
@@ -43,15 +49,95 @@ pub(super) fn routes() -> Router<AppState> {
         .route("/agents/{id}/heartbeat", post(heartbeat))
 }
 
+/// The owner of an instance a caller registers: the platform (`None`) for admins and the keys of
+/// the platform's own default tenant, the caller's tenant for everyone else. An admin may
+/// register an instance for a tenant with `?tenant=`.
+fn registration_owner(
+    caller: &Caller,
+    requested: Option<&str>,
+) -> Result<Option<TenantId>, ApiError> {
+    let tenant = caller.scope(requested)?;
+    let platform = if requested.is_some() {
+        tenant == TenantId::DEFAULT
+    } else {
+        caller.role == Role::Admin || tenant == TenantId::DEFAULT
+    };
+    Ok((!platform).then_some(tenant))
+}
+
+/// True when `caller` may heartbeat, drain or deregister an instance of `owner`: an admin, a key
+/// of the owning tenant, or for a platform instance a key of the platform's default tenant.
+fn manages(caller: &Caller, owner: Option<TenantId>) -> bool {
+    caller.role == Role::Admin || caller.tenant_id == owner.unwrap_or(TenantId::DEFAULT)
+}
+
+/// True when `caller` may see an instance: an admin; the owning tenant; any tenant the platform
+/// instance's pool serves.
+fn sees(state: &AppState, caller: &Caller, agent: &AgentInstance) -> bool {
+    caller.role == Role::Admin
+        || match agent.tenant_id {
+            Some(owner) => owner == caller.tenant_id,
+            None => may_serve(
+                None,
+                state
+                    .registry
+                    .pool_config(&agent.agent_type)
+                    .tenants
+                    .as_deref(),
+                caller.tenant_id,
+            ),
+        }
+}
+
+/// What `caller` is shown of an instance it may see: platform addresses and metadata are for
+/// admins only.
+fn shown(caller: &Caller, agent: AgentInstance) -> AgentInstance {
+    if caller.role == Role::Admin {
+        agent
+    } else {
+        agent.without_platform_details()
+    }
+}
+
+/// Refuses a tenant's registration past its limits (`[fleet] max_instances_per_tenant`,
+/// `max_types_per_tenant`). Counted on this control plane's view of the fleet, which other
+/// replicas' registrations reach within a moment.
+fn within_limits(state: &AppState, tenant: TenantId, agent_type: &str) -> Result<(), ApiError> {
+    let fleet = &state.config.fleet;
+    let (instances, types) = state.registry.owned_by(tenant);
+    let limit = |message: String| ApiError::Unprocessable {
+        code: "agent_limit",
+        message,
+        field: None,
+    };
+    if instances >= fleet.max_instances_per_tenant {
+        return Err(limit(format!(
+            "the tenant has {instances} instances registered, its limit ([fleet] max_instances_per_tenant = {})",
+            fleet.max_instances_per_tenant
+        )));
+    }
+    if !types.iter().any(|t| t == agent_type) && types.len() as u32 >= fleet.max_types_per_tenant {
+        return Err(limit(format!(
+            "the tenant's instances have {} types, its limit ([fleet] max_types_per_tenant = {})",
+            types.len(),
+            fleet.max_types_per_tenant
+        )));
+    }
+    Ok(())
+}
+
 /// Registers an instance. It gets work at once and must heartbeat at the interval given.
-#[utoipa::path(post, path = "/v1/agents", tag = "agents", request_body = RegisterAgent,
-    responses((status = 201, body = Registered), (status = 400, body = ErrorBody)), security(("bearer" = [])))]
+#[utoipa::path(post, path = "/v1/agents", tag = "agents", request_body = RegisterAgent, params(TenantParam),
+    responses((status = 201, body = Registered), (status = 400, body = ErrorBody), (status = 422, body = ErrorBody)),
+    security(("bearer" = [])))]
 pub async fn register(
     State(state): State<AppState>,
     caller: Caller,
+    QueryParams(param): QueryParams<TenantParam>,
     JsonBody(body): JsonBody<RegisterAgent>,
 ) -> Result<(StatusCode, Json<Registered>), ApiError> {
     caller.require(Permission::RegisterAgents, "register agents")?;
+    let owner = registration_owner(&caller, param.tenant.as_deref())?;
     if !valid_agent_type(&body.agent_type) {
         return Err(ApiError::invalid_field(
             "type",
@@ -112,12 +198,16 @@ pub async fn register(
             "`version` must be at most 128 printable characters",
         ));
     }
+    if let Some(tenant) = owner {
+        within_limits(&state, tenant, &body.agent_type)?;
+    }
     let mut secret = [0u8; 32];
     rand::rng().fill_bytes(&mut secret);
     let now = state.clock.now();
     let agent = AgentInstance {
         id: AgentId(uuid::Uuid::now_v7()),
         agent_type: body.agent_type,
+        tenant_id: owner,
         url: url.as_str().trim_end_matches('/').to_owned(),
         capacity: body.capacity,
         load: 0,
@@ -132,6 +222,14 @@ pub async fn register(
         created_at: now,
     };
     state.store.insert_agent(&agent).await?;
+    state
+        .audit
+        .record(AuditEvent::by(
+            &caller,
+            "agent.register",
+            audit_target(&agent),
+        ))
+        .await?;
     let registered = Registered {
         id: agent.id,
         heartbeat_interval_s: announced_interval_s(state.config.scheduler.heartbeat_interval),
@@ -171,6 +269,9 @@ pub async fn heartbeat(
             state.dispatchers.ensure(&state, &agent.agent_type);
         }
     }
+    let before = managed(&state, &caller, id)?;
+    let drains =
+        body.status == Some(ReportedStatus::Draining) && before.status != AgentStatus::Draining;
     let (desired, status) = state
         .registry
         .heartbeat(id, body.status == Some(ReportedStatus::Draining), now)
@@ -179,6 +280,16 @@ pub async fn heartbeat(
         .store
         .heartbeat_agent(id, body.load, status, now)
         .await?;
+    if drains {
+        state
+            .audit
+            .record(AuditEvent::by(
+                &caller,
+                "agent.drain",
+                audit_target(&before),
+            ))
+            .await?;
+    }
     Ok(Json(HeartbeatAck { desired }))
 }
 
@@ -193,7 +304,19 @@ pub async fn deregister(
 ) -> Result<(StatusCode, Json<Deregistered>), ApiError> {
     caller.require(Permission::RegisterAgents, "deregister agents")?;
     let id: AgentId = parse_id(&id, "agent")?;
-    match state.registry.deregister(id, state.clock.now()) {
+    let agent = managed(&state, &caller, id)?;
+    let outcome = state.registry.deregister(id, state.clock.now());
+    if outcome != Deregistration::Unknown {
+        state
+            .audit
+            .record(AuditEvent::by(
+                &caller,
+                "agent.deregister",
+                audit_target(&agent),
+            ))
+            .await?;
+    }
+    match outcome {
         Deregistration::Removed => {
             state.store.delete_agent(id).await?;
             state.cluster.send(crate::cluster::Notice::Agents);
@@ -227,9 +350,14 @@ pub async fn list(
     caller: Caller,
 ) -> Result<Json<AgentList>, ApiError> {
     caller.require(Permission::ReadFleet, "list agents")?;
-    Ok(Json(AgentList {
-        agents: state.registry.list(),
-    }))
+    let agents = state
+        .registry
+        .list()
+        .into_iter()
+        .filter(|agent| sees(&state, &caller, agent))
+        .map(|agent| shown(&caller, agent))
+        .collect();
+    Ok(Json(AgentList { agents }))
 }
 
 /// One instance.
@@ -245,6 +373,26 @@ pub async fn get_agent(
     state
         .registry
         .get(id)
-        .map(Json)
+        .filter(|agent| sees(&state, &caller, agent))
+        .map(|agent| Json(shown(&caller, agent)))
         .ok_or_else(|| ApiError::NotFound(format!("no agent {id}")))
+}
+
+/// The instance `id` when `caller` may manage it; `404` when it does not exist or is not the
+/// caller's, so that ids cannot be probed.
+fn managed(state: &AppState, caller: &Caller, id: AgentId) -> Result<AgentInstance, ApiError> {
+    state
+        .registry
+        .get(id)
+        .filter(|agent| manages(caller, agent.tenant_id))
+        .ok_or_else(|| ApiError::NotFound(format!("no agent {id}; register again")))
+}
+
+/// How an instance appears in the audit log: id, type and owner (never its URL's secrets, which
+/// a URL may not hold anyway).
+fn audit_target(agent: &AgentInstance) -> String {
+    match agent.tenant_id {
+        Some(tenant) => format!("agent {} ({}, tenant {tenant})", agent.id, agent.agent_type),
+        None => format!("agent {} ({}, platform)", agent.id, agent.agent_type),
+    }
 }

@@ -6,7 +6,7 @@ use crate::auth::Caller;
 use axum::extract::{Path, State};
 use axum::routing::get;
 use axum::{Json, Router};
-use flotilla_core::auth::Permission;
+use flotilla_core::auth::{Permission, Role};
 use flotilla_core::config::Pool;
 use flotilla_core::wire::{ErrorBody, PoolList, PoolView, ProcessView};
 
@@ -74,6 +74,12 @@ fn all(state: &AppState) -> Vec<PoolView> {
     pools
 }
 
+/// A tenant sees the pools that may run its tasks (not another tenant's own agent types);
+/// admins see every pool.
+fn visible(state: &AppState, caller: &Caller, name: &str) -> bool {
+    caller.role == Role::Admin || state.serves_type(name, caller.tenant_id)
+}
+
 /// Every pool: configured ones and those of registered instances.
 #[utoipa::path(get, path = "/v1/pools", tag = "fleet", responses((status = 200, body = PoolList)), security(("bearer" = [])))]
 pub async fn list(
@@ -81,7 +87,11 @@ pub async fn list(
     caller: Caller,
 ) -> Result<Json<PoolList>, ApiError> {
     caller.require(Permission::ReadFleet, "list pools")?;
-    Ok(Json(PoolList { pools: all(&state) }))
+    let pools = all(&state)
+        .into_iter()
+        .filter(|p| visible(&state, &caller, &p.name))
+        .collect();
+    Ok(Json(PoolList { pools }))
 }
 
 /// One pool.
@@ -93,6 +103,9 @@ pub async fn get_pool(
     Path(name): Path<String>,
 ) -> Result<Json<PoolView>, ApiError> {
     caller.require(Permission::ReadFleet, "read pools")?;
+    if !visible(&state, &caller, &name) {
+        return Err(ApiError::NotFound(format!("no pool `{name}`")));
+    }
     if let Some(pool) = state.config.pools.iter().find(|p| p.name == name) {
         return Ok(Json(view(&state, pool, true)));
     }

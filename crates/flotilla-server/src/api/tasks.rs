@@ -13,6 +13,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use flotilla_core::agent::may_serve;
 use flotilla_core::auth::Permission;
 use flotilla_core::config::valid_agent_type;
 use flotilla_core::id::{TaskId, TenantId};
@@ -111,7 +112,7 @@ fn claim_at_submission(state: &AppState, task: &mut NewTask) -> Option<Slot> {
     }
     let slot = state
         .registry
-        .acquire(&task.agent_type, None, task.complexity)?;
+        .acquire(&task.agent_type, task.tenant_id, None, task.complexity)?;
     let ttl = chrono::Duration::from_std(state.config.scheduler.lease_ttl)
         .unwrap_or(chrono::Duration::MAX);
     task.claim = Some(Lease {
@@ -135,13 +136,13 @@ fn validate(
             "`agent_type` must be 1-64 characters of a-z, 0-9, `_` or `-`",
         ));
     }
-    if !state.serves_type(&body.agent_type) {
+    if !state.serves_type(&body.agent_type, tenant) {
         return Err(ApiError::Unprocessable {
             code: "unknown_agent_type",
             message: format!(
                 "no pool is configured and no instance is registered for agent type `{}`; known types: {}",
                 body.agent_type,
-                known_types(state)
+                known_types(state, tenant)
             ),
             field: Some("agent_type".to_owned()),
         });
@@ -229,9 +230,22 @@ fn validate(
     })
 }
 
-fn known_types(state: &AppState) -> String {
-    let mut types: Vec<String> = state.config.pools.iter().map(|p| p.name.clone()).collect();
-    types.extend(state.registry.types());
+/// The types a tenant may submit: another tenant's own types are none of its business.
+fn known_types(state: &AppState, tenant: TenantId) -> String {
+    let mut types: Vec<String> = state
+        .config
+        .pools
+        .iter()
+        .filter(|p| may_serve(None, p.tenants.as_deref(), tenant))
+        .map(|p| p.name.clone())
+        .collect();
+    types.extend(
+        state
+            .registry
+            .types()
+            .into_iter()
+            .filter(|t| state.registry.serves(t, tenant)),
+    );
     types.sort();
     types.dedup();
     if types.is_empty() {

@@ -97,7 +97,8 @@ pub async fn run(state: AppState, provisioners: Arc<Provisioners>, shutdown: Can
 }
 
 fn sample(state: &AppState, provisioners: &Provisioners, pool: &Pool, queued: u64) -> Sample {
-    let counts = state.registry.counts(&pool.name);
+    // The platform scales its own instances; tenants' own agents of the type are theirs.
+    let counts = state.registry.platform_counts(&pool.name);
     let instances = provisioners.size(pool).unwrap_or(counts.accepting);
     let capacity_per_instance = match pool.provisioner {
         // Self-registered instances declare their own capacity: use their average.

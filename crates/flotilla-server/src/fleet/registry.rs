@@ -2,20 +2,22 @@
 //!
 //! The store holds the durable record of each instance (so a restarted control plane knows its
 //! fleet); this registry holds what changes on every dispatch and is the only place that hands
-//! out dispatch slots, so an instance never gets more than its capacity. Instances are grouped by
-//! pool, each pool keeping its balancer's candidates in one vector that strategies scan in place.
+//! out dispatch slots, so an instance never gets more than its capacity — and only to a task its
+//! owner may see ([`flotilla_core::agent::may_serve`]). Instances are grouped by agent type and
+//! owner (the platform, or one tenant), each group keeping its balancer's candidates in one
+//! vector that strategies scan in place.
 //! Every status change is a fleet event with its reason. Locks are held for a few map operations,
 //! never across an `.await`.
 
 use crate::fleet::events::EventSink;
 use crate::fleet::wakers::Wakers;
 use flotilla_core::Timestamp;
-use flotilla_core::agent::{AgentInstance, AgentStatus, heartbeat_expired};
+use flotilla_core::agent::{AgentInstance, AgentStatus, heartbeat_expired, may_serve};
 use flotilla_core::balance::{BalancerState, Candidate, PickRequest, pick};
 use flotilla_core::config::{Config, Pool};
 use flotilla_core::event::EventKind;
 use flotilla_core::health::{CheckState, Ejection, may_eject, outlier_reason};
-use flotilla_core::id::AgentId;
+use flotilla_core::id::{AgentId, TenantId};
 use flotilla_core::stats::InstanceStats;
 use flotilla_core::wire::Desired;
 use std::collections::HashMap;
@@ -31,6 +33,8 @@ pub const SYNC_GRACE: chrono::Duration = chrono::Duration::seconds(5);
 #[derive(Clone)]
 pub struct Slot {
     pub agent_id: AgentId,
+    /// The instance's owner: `None` for a platform instance.
+    pub owner: Option<TenantId>,
     pub url: String,
     /// The instance's secret for signing requests (DESIGN.md §6).
     pub signing_secret: String,
@@ -42,6 +46,7 @@ impl std::fmt::Debug for Slot {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Slot")
             .field("agent_id", &self.agent_id)
+            .field("owner", &self.owner)
             .field("url", &self.url)
             .field("signing_secret", &"<redacted>")
             .finish_non_exhaustive()
@@ -144,11 +149,20 @@ impl PoolState {
     }
 }
 
+/// The instances of one agent type that belong to one owner: the platform (`None`) or a tenant.
+/// Each group balances on its own, so a tenant's task is only ever picked among instances that
+/// may run it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct GroupKey {
+    agent_type: String,
+    owner: Option<TenantId>,
+}
+
 #[derive(Default)]
 struct Inner {
-    pools: HashMap<String, PoolState>,
-    /// Which pool each instance is in.
-    by_id: HashMap<AgentId, String>,
+    pools: HashMap<GroupKey, PoolState>,
+    /// Which group each instance is in.
+    by_id: HashMap<AgentId, GroupKey>,
 }
 
 impl Inner {
@@ -157,6 +171,36 @@ impl Inner {
         let i = *pool.index.get(&id)?;
         Some((pool, i))
     }
+
+    /// Removes an instance, and its group with its last instance (so that a type nobody serves
+    /// any more leaves nothing behind). Returns the instance.
+    fn remove(&mut self, id: AgentId) -> Option<Instance> {
+        let key = self.by_id.remove(&id)?;
+        let pool = self.pools.get_mut(&key)?;
+        let instance = pool.remove(id);
+        if pool.instances.is_empty() {
+            self.pools.remove(&key);
+        }
+        instance
+    }
+
+    /// The groups of one agent type.
+    fn of_type<'a>(&'a self, agent_type: &'a str) -> impl Iterator<Item = &'a PoolState> + 'a {
+        self.pools
+            .iter()
+            .filter(move |(key, _)| key.agent_type == agent_type)
+            .map(|(_, pool)| pool)
+    }
+}
+
+/// The free slots of one owner's instances of a type.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FreeSlots {
+    /// `None`: the platform's instances.
+    pub owner: Option<TenantId>,
+    /// The tenants whose tasks these slots may take (`None`: every tenant).
+    pub serves: Option<Vec<TenantId>>,
+    pub slots: u32,
 }
 
 /// Counts of one pool's instances, for the autoscaler and `GET /v1/pools`.
@@ -246,7 +290,7 @@ impl Registry {
 
     /// The pool configuration of a type: its `[[pools]]` entry or the implicit defaults.
     pub fn pool_config(&self, agent_type: &str) -> Arc<Pool> {
-        if let Some(pool) = self.lock().pools.get(agent_type) {
+        if let Some(pool) = self.lock().of_type(agent_type).next() {
             return pool.pool.clone();
         }
         Arc::new(
@@ -272,8 +316,16 @@ impl Registry {
     /// Adds (or replaces) an instance, announcing it as an event when `announce`.
     fn add(&self, record: AgentInstance, now: Timestamp, announce: bool) {
         let agent_type = record.agent_type.clone();
+        let key = GroupKey {
+            agent_type: agent_type.clone(),
+            owner: record.tenant_id,
+        };
         let pool = self.pool_config(&agent_type);
-        let (id, url, capacity) = (record.id, record.url.clone(), record.capacity);
+        let (id, capacity) = (record.id, record.capacity);
+        let owner = match record.tenant_id {
+            Some(tenant) => format!("tenant {tenant}"),
+            None => "the platform".to_owned(),
+        };
         let mut candidate =
             Candidate::new(record.id, AgentStatus::Idle, self.share(record.capacity), 0);
         candidate.weight = record.weight;
@@ -302,21 +354,18 @@ impl Registry {
         };
         {
             let mut inner = self.lock();
-            if let Some(old) = inner.by_id.insert(id, agent_type.clone())
+            if let Some(old) = inner.by_id.insert(id, key.clone())
                 && let Some(p) = inner.pools.get_mut(&old)
             {
                 p.remove(id);
             }
-            let state = inner
-                .pools
-                .entry(agent_type.clone())
-                .or_insert_with(|| PoolState {
-                    pool,
-                    candidates: Vec::new(),
-                    instances: Vec::new(),
-                    index: HashMap::new(),
-                    balancer: BalancerState::default(),
-                });
+            let state = inner.pools.entry(key).or_insert_with(|| PoolState {
+                pool,
+                candidates: Vec::new(),
+                instances: Vec::new(),
+                index: HashMap::new(),
+                balancer: BalancerState::default(),
+            });
             let i = state.instances.len();
             state.index.insert(id, i);
             state.candidates.push(candidate);
@@ -328,7 +377,9 @@ impl Registry {
                 now,
                 &agent_type,
                 id,
-                format!("instance {id} registered at {url} with capacity {capacity}"),
+                // No URL: fleet events are read by every tenant, platform addresses are for
+                // admins (GET /v1/agents).
+                format!("instance {id} of {owner} registered with capacity {capacity}"),
             );
         }
         self.wakers.wake(&agent_type);
@@ -364,10 +415,7 @@ impl Registry {
                 }
             }
             for id in gone {
-                if let Some(agent_type) = inner.by_id.remove(&id)
-                    && let Some(instance) =
-                        inner.pools.get_mut(&agent_type).and_then(|p| p.remove(id))
-                {
+                if let Some(instance) = inner.remove(id) {
                     instance.failed.cancel();
                 }
             }
@@ -455,27 +503,72 @@ impl Registry {
         Some((desired, status))
     }
 
-    /// Free task slots among instances of a type that accept work.
-    pub fn free_capacity(&self, agent_type: &str) -> u32 {
-        self.lock().pools.get(agent_type).map_or(0, |p| {
-            p.candidates
-                .iter()
-                .filter(|c| c.status.accepts_work())
-                .map(|c| c.capacity.saturating_sub(c.load))
-                .sum()
-        })
+    /// Free task slots among instances of a type that accept work, per owner (tenants' own
+    /// groups first, then the platform's), leaving out owners without a free slot. With the
+    /// platform's group comes the tenants its pool serves (`None`: every tenant).
+    pub fn free_capacity(&self, agent_type: &str) -> Vec<FreeSlots> {
+        let inner = self.lock();
+        let mut free: Vec<FreeSlots> = inner
+            .pools
+            .iter()
+            .filter(|(key, _)| key.agent_type == agent_type)
+            .filter_map(|(key, p)| {
+                let slots: u32 = p
+                    .candidates
+                    .iter()
+                    .filter(|c| c.status.accepts_work())
+                    .map(|c| c.capacity.saturating_sub(c.load))
+                    .sum();
+                (slots > 0).then(|| FreeSlots {
+                    owner: key.owner,
+                    serves: match key.owner {
+                        Some(tenant) => Some(vec![tenant]),
+                        None => p.pool.tenants.clone(),
+                    },
+                    slots,
+                })
+            })
+            .collect();
+        free.sort_by_key(|f| f.owner.is_none());
+        free
     }
 
-    /// Reserves a slot on the instance the pool's strategy picks, avoiding `avoid` if another
-    /// has room.
+    /// Reserves a slot for a task of `tenant` on an instance that may run it: among the
+    /// tenant's own instances first, then among the platform's when its pool serves the tenant
+    /// ([`may_serve`]); within each, the instance the pool's strategy picks, avoiding `avoid` if
+    /// another has room.
     pub fn acquire(
         &self,
         agent_type: &str,
+        tenant: TenantId,
         avoid: Option<AgentId>,
         complexity: Option<f64>,
     ) -> Option<Slot> {
         let mut inner = self.lock();
-        let pool = inner.pools.get_mut(agent_type)?;
+        for owner in [Some(tenant), None] {
+            let key = GroupKey {
+                agent_type: agent_type.to_owned(),
+                owner,
+            };
+            let Some(pool) = inner.pools.get_mut(&key) else {
+                continue;
+            };
+            if !may_serve(owner, pool.pool.tenants.as_deref(), tenant) {
+                continue;
+            }
+            if let Some(slot) = Self::pick_in(pool, owner, avoid, complexity) {
+                return Some(slot);
+            }
+        }
+        None
+    }
+
+    fn pick_in(
+        pool: &mut PoolState,
+        owner: Option<TenantId>,
+        avoid: Option<AgentId>,
+        complexity: Option<f64>,
+    ) -> Option<Slot> {
         let request = PickRequest {
             complexity,
             avoid,
@@ -493,6 +586,7 @@ impl Registry {
         let inst = &pool.instances[i];
         Some(Slot {
             agent_id: inst.record.id,
+            owner,
             url: inst.record.url.clone(),
             signing_secret: inst.record.signing_secret.clone(),
             failed: inst.failed.clone(),
@@ -554,8 +648,7 @@ impl Registry {
         pool.sync(i);
         let agent_type = pool.pool.name.clone();
         if removed {
-            pool.remove(id);
-            inner.by_id.remove(&id);
+            inner.remove(id);
         }
         drop(inner);
         self.wakers.wake(&agent_type);
@@ -570,8 +663,7 @@ impl Registry {
         };
         let agent_type = pool.pool.name.clone();
         let outcome = if pool.candidates[i].load == 0 {
-            pool.remove(id);
-            inner.by_id.remove(&id);
+            inner.remove(id);
             Deregistration::Removed
         } else {
             pool.instances[i].remove_when_idle = true;
@@ -613,10 +705,10 @@ impl Registry {
     /// Removes an instance whatever its state (its process is gone). True when it was known.
     pub fn forget(&self, id: AgentId, now: Timestamp, reason: &str) -> bool {
         let mut inner = self.lock();
-        let Some(agent_type) = inner.by_id.remove(&id) else {
+        let Some(agent_type) = inner.by_id.get(&id).map(|key| key.agent_type.clone()) else {
             return false;
         };
-        let removed = inner.pools.get_mut(&agent_type).and_then(|p| p.remove(id));
+        let removed = inner.remove(id);
         drop(inner);
         if let Some(instance) = removed {
             instance.failed.cancel();
@@ -672,20 +764,16 @@ impl Registry {
     pub fn remove_failed(&self, now: Timestamp, after: chrono::Duration) -> Vec<AgentId> {
         let mut inner = self.lock();
         let mut gone = Vec::new();
-        for pool in inner.pools.values_mut() {
-            let stale: Vec<AgentId> = pool
-                .instances
-                .iter()
-                .filter(|i| i.failure.is_some_and(|(_, since)| now - since > after))
-                .map(|i| i.record.id)
-                .collect();
-            for id in stale {
-                pool.remove(id);
-                gone.push((pool.pool.name.clone(), id));
-            }
+        for pool in inner.pools.values() {
+            gone.extend(
+                pool.instances
+                    .iter()
+                    .filter(|i| i.failure.is_some_and(|(_, since)| now - since > after))
+                    .map(|i| (pool.pool.name.clone(), i.record.id)),
+            );
         }
         for (_, id) in &gone {
-            inner.by_id.remove(id);
+            inner.remove(*id);
         }
         drop(inner);
         gone.into_iter()
@@ -797,15 +885,30 @@ impl Registry {
         }
     }
 
-    /// Counts of one pool.
+    /// Counts of one pool: every instance of the type, whoever owns it.
     pub fn counts(&self, agent_type: &str) -> PoolCounts {
+        self.counts_where(agent_type, |_| true)
+    }
+
+    /// Counts of the platform's instances of a type (what a provisioner runs and scales).
+    pub fn platform_counts(&self, agent_type: &str) -> PoolCounts {
+        self.counts_where(agent_type, |owner| owner.is_none())
+    }
+
+    fn counts_where(
+        &self,
+        agent_type: &str,
+        owned: impl Fn(Option<TenantId>) -> bool,
+    ) -> PoolCounts {
         let inner = self.lock();
-        let Some(pool) = inner.pools.get(agent_type) else {
-            return PoolCounts::default();
-        };
         let mut by_status: Vec<(AgentStatus, u32)> = Vec::new();
         let mut counts = PoolCounts::default();
-        for c in &pool.candidates {
+        let candidates = inner
+            .pools
+            .iter()
+            .filter(|(key, _)| key.agent_type == agent_type && owned(key.owner))
+            .flat_map(|(_, pool)| &pool.candidates);
+        for c in candidates {
             match by_status.iter_mut().find(|(s, _)| *s == c.status) {
                 Some((_, n)) => *n += 1,
                 None => by_status.push((c.status, 1)),
@@ -825,8 +928,8 @@ impl Registry {
     /// instance's own window, pooled); `None` without attempts.
     pub fn success_rate(&self, agent_type: &str) -> Option<f64> {
         let inner = self.lock();
-        let pool = inner.pools.get(agent_type)?;
-        let (requests, failures) = pool.instances.iter().fold((0u64, 0u64), |(r, f), i| {
+        let instances = inner.of_type(agent_type).flat_map(|p| &p.instances);
+        let (requests, failures) = instances.fold((0u64, 0u64), |(r, f), i| {
             (
                 r + u64::from(i.stats.requests()),
                 f + u64::from(i.stats.failures()),
@@ -847,12 +950,13 @@ impl Registry {
         all
     }
 
-    /// The instances of one pool, oldest first.
+    /// The instances of one pool (of every owner), oldest first.
     pub fn list_pool(&self, agent_type: &str) -> Vec<AgentInstance> {
         let inner = self.lock();
-        let mut all: Vec<_> = inner.pools.get(agent_type).map_or_else(Vec::new, |p| {
-            (0..p.instances.len()).map(|i| p.view(i)).collect()
-        });
+        let mut all: Vec<_> = inner
+            .of_type(agent_type)
+            .flat_map(|p| (0..p.instances.len()).map(|i| p.view(i)))
+            .collect();
         all.sort_by_key(|a| (a.created_at, a.id));
         all
     }
@@ -867,9 +971,31 @@ impl Registry {
     /// True when some instance (in any state) serves this type.
     pub fn knows_type(&self, agent_type: &str) -> bool {
         self.lock()
-            .pools
-            .get(agent_type)
-            .is_some_and(|p| !p.instances.is_empty())
+            .of_type(agent_type)
+            .any(|p| !p.instances.is_empty())
+    }
+
+    /// True when some instance (in any state) of this type may run tasks of `tenant`.
+    pub fn serves(&self, agent_type: &str, tenant: TenantId) -> bool {
+        self.lock().pools.iter().any(|(key, p)| {
+            key.agent_type == agent_type
+                && !p.instances.is_empty()
+                && may_serve(key.owner, p.pool.tenants.as_deref(), tenant)
+        })
+    }
+
+    /// A tenant's own instances and the distinct types among them (for its limits).
+    pub fn owned_by(&self, tenant: TenantId) -> (u32, Vec<String>) {
+        let inner = self.lock();
+        let mut instances = 0u32;
+        let mut types = Vec::new();
+        for (key, p) in &inner.pools {
+            if key.owner == Some(tenant) && !p.instances.is_empty() {
+                instances = instances.saturating_add(p.instances.len() as u32);
+                types.push(key.agent_type.clone());
+            }
+        }
+        (instances, types)
     }
 
     /// The agent types of all instances.
@@ -879,9 +1005,10 @@ impl Registry {
             .pools
             .iter()
             .filter(|(_, p)| !p.instances.is_empty())
-            .map(|(t, _)| t.clone())
+            .map(|(key, _)| key.agent_type.clone())
             .collect();
         types.sort();
+        types.dedup();
         types
     }
 }

@@ -1,9 +1,11 @@
-//! One dispatcher loop per agent type: claim as many queued tasks as there are free slots, start
-//! an attempt for each, sleep until woken (submission, freed slot, new instance) or a short poll
-//! interval passes (retries whose backoff ends, leases re-queued elsewhere).
+//! One dispatcher loop per agent type: claim as many queued tasks as there are free slots — for
+//! each owner's free slots only tasks of the tenants they may serve —, start an attempt for each,
+//! sleep until woken (submission, freed slot, new instance) or a short poll interval passes
+//! (retries whose backoff ends, leases re-queued elsewhere). A type with neither a pool nor an
+//! instance has no loop: it ends, and the next registration of the type starts it again.
 
 use crate::app::AppState;
-use crate::fleet::registry::Slot;
+use crate::fleet::registry::{FreeSlots, Slot};
 use crate::scheduler::dispatch;
 use crate::telemetry::metrics::{AgentRequestLabels, Metrics, TokenLabels};
 use flotilla_core::retry::{BackoffPolicy, Blame, DispatchFailure, after_failure};
@@ -40,6 +42,31 @@ impl Dispatchers {
         }
     }
 
+    /// Ends the loop of `agent_type` when `idle` still holds under the lock that [`ensure`]
+    /// takes, so that a registration racing with the end always finds a loop running (it adds
+    /// its instance before it calls `ensure`). True when the loop must end.
+    ///
+    /// [`ensure`]: Dispatchers::ensure
+    fn retire(&self, agent_type: &str, idle: impl FnOnce() -> bool) -> bool {
+        let Ok(mut started) = self.started.lock() else {
+            return false;
+        };
+        if !idle() {
+            return false;
+        }
+        started.remove(agent_type);
+        tracing::debug!(
+            agent_type,
+            "Dispatcher stopped: the type has no pool and no instance"
+        );
+        true
+    }
+
+    /// Dispatcher loops running (one per agent type with a pool or an instance).
+    pub fn running(&self) -> usize {
+        self.started.lock().map_or(0, |started| started.len())
+    }
+
     /// Starts the dispatcher of `agent_type` unless it runs already.
     pub fn ensure(&self, state: &AppState, agent_type: &str) {
         let Ok(mut started) = self.started.lock() else {
@@ -65,51 +92,27 @@ impl Dispatchers {
 
 async fn run(state: AppState, agent_type: String, shutdown: CancellationToken) {
     let signal = state.wakers.get(&agent_type);
-    let batch = state.config.scheduler.claim_batch;
+    // Whatever was queued while no loop ran is looked at at once.
+    signal.set_maybe_queued();
     let mut last_look = Instant::now();
     loop {
         if shutdown.is_cancelled() {
             return;
         }
         let free = state.registry.free_capacity(&agent_type);
+        let has_room = !free.is_empty();
         // Claim only when something may be queued — a submission or retry said so, or the poll
         // interval passed (retries whose backoff ended, leases re-queued by another replica).
         // A freed slot with an empty queue then costs no store transaction.
-        if free > 0 && (signal.take_maybe_queued() || last_look.elapsed() >= IDLE_POLL) {
+        if has_room && (signal.take_maybe_queued() || last_look.elapsed() >= IDLE_POLL) {
             last_look = Instant::now();
-            let want = free.min(batch);
-            let now = state.clock.now();
-            let lease = now
-                + chrono::Duration::from_std(state.config.scheduler.lease_ttl)
-                    .unwrap_or(chrono::Duration::MAX);
-            let started = Instant::now();
-            let claimed = state
-                .store
-                .claim_tasks(&agent_type, want, &state.owner, lease, now)
-                .await;
-            state
-                .metrics
-                .observe_store("claim_tasks", started.elapsed());
-            match claimed {
-                Ok(tasks) => {
-                    let full = tasks.len() as u32 == want;
-                    state
-                        .metrics
-                        .claims
-                        .get_or_create(&Metrics::agent_type(&agent_type))
-                        .inc_by(tasks.len() as u64);
-                    for task in tasks {
-                        if let Some(traces) = &state.traces {
-                            traces.queued(&task, now);
-                        }
-                        start_attempt(&state, task);
-                    }
-                    if full {
-                        // There may be more queued: look again as soon as there is room.
-                        signal.set_maybe_queued();
-                        continue;
-                    }
+            match claim(&state, &agent_type, free).await {
+                Ok(true) => {
+                    // There may be more queued: look again as soon as there is room.
+                    signal.set_maybe_queued();
+                    continue;
                 }
+                Ok(false) => {}
                 Err(e) => {
                     tracing::warn!(agent_type, error = %e, "Could not claim tasks");
                     signal.set_maybe_queued();
@@ -121,9 +124,20 @@ async fn run(state: AppState, agent_type: String, shutdown: CancellationToken) {
                 }
             }
         }
-        let next_look = IDLE_POLL
-            .saturating_sub(last_look.elapsed())
-            .max(Duration::from_millis(1));
+        if state.dispatchers.retire(&agent_type, || {
+            state.pool(&agent_type).is_none() && !state.registry.knows_type(&agent_type)
+        }) {
+            return;
+        }
+        // Without a free slot nothing can be claimed until one is freed, which wakes the loop;
+        // the poll only catches what no wake-up announces.
+        let next_look = if !has_room {
+            IDLE_POLL
+        } else {
+            IDLE_POLL
+                .saturating_sub(last_look.elapsed())
+                .max(Duration::from_millis(1))
+        };
         tokio::select! {
             () = shutdown.cancelled() => return,
             () = signal.notified() => {}
@@ -132,13 +146,62 @@ async fn run(state: AppState, agent_type: String, shutdown: CancellationToken) {
     }
 }
 
-/// Reserves an instance for a claimed task and starts its attempt.
+/// Claims, for each owner's free slots, queued tasks of the tenants those slots may serve (a
+/// tenant's own instances first), and starts their attempts. True when some claim was full, so
+/// that more may be queued.
+async fn claim(
+    state: &AppState,
+    agent_type: &str,
+    free: Vec<FreeSlots>,
+) -> Result<bool, flotilla_store::StoreError> {
+    let batch = state.config.scheduler.claim_batch;
+    let mut full = false;
+    for group in free {
+        let want = group.slots.min(batch);
+        let now = state.clock.now();
+        let lease = now
+            + chrono::Duration::from_std(state.config.scheduler.lease_ttl)
+                .unwrap_or(chrono::Duration::MAX);
+        let started = Instant::now();
+        let claimed = state
+            .store
+            .claim_tasks(
+                agent_type,
+                group.serves.as_deref(),
+                want,
+                &state.owner,
+                lease,
+                now,
+            )
+            .await;
+        state
+            .metrics
+            .observe_store("claim_tasks", started.elapsed());
+        let tasks = claimed?;
+        full |= tasks.len() as u32 == want;
+        state
+            .metrics
+            .claims
+            .get_or_create(&Metrics::agent_type(agent_type))
+            .inc_by(tasks.len() as u64);
+        for task in tasks {
+            if let Some(traces) = &state.traces {
+                traces.queued(&task, now);
+            }
+            start_attempt(state, task);
+        }
+    }
+    Ok(full)
+}
+
+/// Reserves an instance that may run a claimed task and starts its attempt.
 fn start_attempt(state: &AppState, task: Task) {
     // A retried task avoids the instance it last failed on, when another has room.
     let avoid = task.agent_id.filter(|_| task.attempt > 1);
-    let Some(slot) = state
-        .registry
-        .acquire(&task.agent_type, avoid, task.complexity)
+    let Some(slot) =
+        state
+            .registry
+            .acquire(&task.agent_type, task.tenant_id, avoid, task.complexity)
     else {
         // The slot counted before the claim vanished (an instance failed or left meanwhile).
         let now = state.clock.now();

@@ -26,6 +26,7 @@ pub async fn run(command: AgentsCommand) -> anyhow::Result<()> {
             let mut t = table([
                 "ID",
                 "TYPE",
+                "OWNER",
                 "STATUS",
                 "LOAD",
                 "LATENCY",
@@ -37,13 +38,20 @@ pub async fn run(command: AgentsCommand) -> anyhow::Result<()> {
                 t.add_row([
                     a.id.to_string(),
                     a.agent_type.clone(),
+                    a.tenant_id
+                        .map_or_else(|| "platform".to_owned(), |t| t.to_string()),
                     a.status.to_string(),
                     format!("{}/{}", a.load, a.capacity),
                     a.latency_ms
                         .map_or_else(|| "-".to_owned(), |ms| format!("{ms:.0} ms")),
                     a.success_rate
                         .map_or_else(|| "-".to_owned(), |r| format!("{:.0}%", r * 100.0)),
-                    a.url.clone(),
+                    // Platform addresses are shown to admins only.
+                    if a.url.is_empty() {
+                        "-".to_owned()
+                    } else {
+                        a.url.clone()
+                    },
                     a.last_heartbeat.format("%H:%M:%S").to_string(),
                 ]);
             }

@@ -54,11 +54,20 @@ pub struct Provisioners {
 
 /// The agent id of a registered local instance: its registration carries the name.
 fn registered_as(registry: &Registry, pool: &str, name: &InstanceName) -> Option<AgentId> {
-    registry
-        .list_pool(pool)
+    platform_instances(registry, pool)
         .into_iter()
         .find(|a| instance_name(a) == Some(name.as_str()))
         .map(|a| a.id)
+}
+
+/// The platform's instances of a pool: only those can be the provisioner's own (a tenant's agent
+/// could claim any instance name in its metadata).
+fn platform_instances(registry: &Registry, pool: &str) -> Vec<AgentInstance> {
+    registry
+        .list_pool(pool)
+        .into_iter()
+        .filter(|a| a.tenant_id.is_none())
+        .collect()
 }
 
 fn instance_name(agent: &AgentInstance) -> Option<&str> {
@@ -203,7 +212,7 @@ impl Provisioners {
             .into_iter()
             .filter(|p| !self.is_stopping(&p.name))
             .collect();
-        let registered = state.registry.list_pool(&pool.name);
+        let registered = platform_instances(&state.registry, &pool.name);
         let id_of = |name: &InstanceName| {
             registered
                 .iter()

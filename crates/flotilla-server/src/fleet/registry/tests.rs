@@ -11,6 +11,7 @@ fn instance(agent_type: &str, capacity: u32) -> AgentInstance {
     AgentInstance {
         id: AgentId(Uuid::now_v7()),
         agent_type: agent_type.to_owned(),
+        tenant_id: None,
         url: "http://127.0.0.1:1".to_owned(),
         capacity,
         load: 0,
@@ -41,6 +42,75 @@ fn registry() -> Registry {
     registry_with("").0
 }
 
+/// The tenant whose tasks most tests acquire slots for.
+const T: TenantId = TenantId::DEFAULT;
+
+/// All free slots of a type, whoever owns them.
+fn free(reg: &Registry, agent_type: &str) -> u32 {
+    reg.free_capacity(agent_type).iter().map(|f| f.slots).sum()
+}
+
+fn owned_by(tenant: TenantId, capacity: u32) -> AgentInstance {
+    AgentInstance {
+        tenant_id: Some(tenant),
+        ..instance("t", capacity)
+    }
+}
+
+#[test]
+fn a_tenant_instance_never_gets_another_tenants_task() {
+    let reg = registry();
+    let (a, b) = (TenantId(Uuid::now_v7()), TenantId(Uuid::now_v7()));
+    let rogue = owned_by(a, 100);
+    reg.insert(rogue.clone(), Utc::now());
+    // Tenant b has no instance of its own and the platform none: b's task gets no slot at all,
+    // however much room a's instance has.
+    assert!(reg.acquire("t", b, None, None).is_none());
+    let platform = instance("t", 1);
+    reg.insert(platform.clone(), Utc::now());
+    let slot = reg.acquire("t", b, None, None).unwrap();
+    assert_eq!((slot.agent_id, slot.owner), (platform.id, None));
+    assert!(
+        reg.acquire("t", b, None, None).is_none(),
+        "the platform's one slot is taken"
+    );
+    // a's own instance takes a's tasks first.
+    let own = reg.acquire("t", a, None, None).unwrap();
+    assert_eq!((own.agent_id, own.owner), (rogue.id, Some(a)));
+    assert!(reg.serves("t", a) && reg.serves("t", b));
+}
+
+#[test]
+fn free_slots_say_whose_tasks_they_may_take() {
+    let (reg, _) = registry_with(&format!("tenants = [\"{}\"]", T.0));
+    let a = TenantId(Uuid::now_v7());
+    reg.insert(owned_by(a, 2), Utc::now());
+    reg.insert(instance("t", 3), Utc::now());
+    let free = reg.free_capacity("t");
+    assert_eq!(
+        free,
+        vec![
+            FreeSlots {
+                owner: Some(a),
+                serves: Some(vec![a]),
+                slots: 2
+            },
+            FreeSlots {
+                owner: None,
+                serves: Some(vec![T]),
+                slots: 3
+            },
+        ]
+    );
+    // The pool serves only T: a's tasks run on a's instance, never on the platform's.
+    assert!(reg.acquire("t", a, None, None).is_some());
+    assert!(reg.acquire("t", a, None, None).is_some());
+    assert!(reg.acquire("t", a, None, None).is_none());
+    let other = TenantId(Uuid::now_v7());
+    assert!(!reg.serves("t", other));
+    assert_eq!(reg.owned_by(a), (1, vec!["t".to_owned()]));
+}
+
 fn messages(rx: &mut UnboundedReceiver<NewEvent>) -> Vec<String> {
     std::iter::from_fn(|| rx.try_recv().ok())
         .map(|e| e.message)
@@ -52,17 +122,17 @@ fn slots_never_exceed_capacity_and_are_returned() {
     let reg = registry();
     let a = instance("t", 2);
     reg.insert(a.clone(), Utc::now());
-    assert_eq!(reg.free_capacity("t"), 2);
-    assert!(reg.acquire("t", None, None).is_some());
-    assert!(reg.acquire("t", None, None).is_some());
-    assert!(reg.acquire("t", None, None).is_none());
+    assert_eq!(free(&reg, "t"), 2);
+    assert!(reg.acquire("t", T, None, None).is_some());
+    assert!(reg.acquire("t", T, None, None).is_some());
+    assert!(reg.acquire("t", T, None, None).is_none());
     assert_eq!(
         reg.get(a.id).map(|v| (v.load, v.status)),
         Some((2, AgentStatus::Busy))
     );
     assert!(!reg.release(a.id));
-    assert_eq!(reg.free_capacity("t"), 1);
-    assert_eq!(reg.free_capacity("other"), 0);
+    assert_eq!(free(&reg, "t"), 1);
+    assert_eq!(free(&reg, "other"), 0);
 }
 
 #[test]
@@ -70,7 +140,7 @@ fn failed_instances_get_no_work_until_they_heartbeat_again() {
     let (reg, mut rx) = registry_with("");
     let a = instance("t", 1);
     reg.insert(a.clone(), Utc::now());
-    let slot = reg.acquire("t", None, None).unwrap();
+    let slot = reg.acquire("t", T, None, None).unwrap();
     let later = Utc::now() + Span::seconds(30);
     assert_eq!(reg.expire_heartbeats(later, Span::seconds(10)), vec![a.id]);
     assert!(
@@ -78,12 +148,12 @@ fn failed_instances_get_no_work_until_they_heartbeat_again() {
         "in-flight attempts are cut short"
     );
     reg.release(a.id);
-    assert!(reg.acquire("t", None, None).is_none());
+    assert!(reg.acquire("t", T, None, None).is_none());
     assert_eq!(
         reg.heartbeat(a.id, false, later),
         Some((Desired::Run, AgentStatus::Idle))
     );
-    assert!(reg.acquire("t", None, None).is_some());
+    assert!(reg.acquire("t", T, None, None).is_some());
     let log = messages(&mut rx);
     assert!(
         log.iter()
@@ -124,9 +194,9 @@ fn deregistration_drains_in_flight_work_first() {
     let reg = registry();
     let a = instance("t", 2);
     reg.insert(a.clone(), Utc::now());
-    let _slot = reg.acquire("t", None, None).unwrap();
+    let _slot = reg.acquire("t", T, None, None).unwrap();
     assert_eq!(reg.deregister(a.id, Utc::now()), Deregistration::Draining);
-    assert!(reg.acquire("t", None, None).is_none());
+    assert!(reg.acquire("t", T, None, None).is_none());
     assert_eq!(
         reg.heartbeat(a.id, false, Utc::now()).map(|h| h.0),
         Some(Desired::Drain)
@@ -142,8 +212,8 @@ fn draining_heartbeat_stops_new_work() {
     let a = instance("t", 2);
     reg.insert(a.clone(), Utc::now());
     reg.heartbeat(a.id, true, Utc::now());
-    assert!(reg.acquire("t", None, None).is_none());
-    assert_eq!(reg.free_capacity("t"), 0);
+    assert!(reg.acquire("t", T, None, None).is_none());
+    assert_eq!(free(&reg, "t"), 0);
 }
 
 #[test]
@@ -160,7 +230,7 @@ fn an_instance_that_keeps_failing_is_ejected_then_restored() {
     }
     assert_eq!(reg.get(a.id).map(|v| v.status), Some(AgentStatus::Ejected));
     for _ in 0..20 {
-        let slot = reg.acquire("t", None, None).unwrap();
+        let slot = reg.acquire("t", T, None, None).unwrap();
         assert_eq!(slot.agent_id, b.id, "ejected instances get no work");
         reg.release(slot.agent_id);
     }
@@ -234,7 +304,7 @@ fn the_pool_strategy_is_used() {
     // Slots are not released, so every pick sees different loads: only round robin gives the
     // registration order twice over (p2c or least connections would not keep this order).
     let picks: Vec<_> = (0..6)
-        .map(|_| reg.acquire("t", None, None).unwrap().agent_id)
+        .map(|_| reg.acquire("t", T, None, None).unwrap().agent_id)
         .collect();
     let expected: Vec<_> = ids.iter().chain(ids.iter()).copied().collect();
     assert_eq!(picks, expected);
