@@ -110,7 +110,12 @@ async fn a_rogue_tenant_agent_never_receives_another_tenants_task(backend: Backe
     let (a, b) = (tenant(&server, "a").await, tenant(&server, "b").await);
     let a_operator = server.create_key(Role::Operator, a).await;
     let b_submitter = server.create_key(Role::Submitter, b).await;
-    let platform = ScriptedAgent::start(Behaviour::SUCCEED).unwrap();
+    // The platform's instance is small and slow, so b's tasks queue behind it while the rogue
+    // has room to spare: only the invariant keeps them from the rogue.
+    let platform = ScriptedAgent::start(Behaviour::Succeed {
+        delay: std::time::Duration::from_millis(50),
+    })
+    .unwrap();
     let rogue = ScriptedAgent::start(Behaviour::SUCCEED).unwrap();
     // The attack of the security review: a big, heavy rogue instance beside a small platform one.
     register_with(
