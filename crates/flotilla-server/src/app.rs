@@ -34,6 +34,8 @@ pub struct AppState {
     pub wakers: Arc<Wakers>,
     pub waiters: Arc<Waiters>,
     pub keys: Arc<KeyCache>,
+    /// Which attempts run, so that a per-task token is honoured only while its attempt does.
+    pub attempts: Arc<crate::auth::attempts::LiveAttempts>,
     /// The tamper-evident audit log.
     pub audit: Arc<crate::audit::Audit>,
     /// Rate limits per key, per tenant and of failed authentications per source.

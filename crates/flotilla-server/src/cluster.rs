@@ -1,7 +1,8 @@
 //! What control planes on one PostgreSQL database tell each other (DESIGN.md §9): a task was
 //! queued (wake that type's dispatcher, so a claim need not wait for the next poll), a task
-//! ended (answer the long-polls parked on it, wherever they are), the fleet changed (reload the
-//! registry). Over `NOTIFY`/`LISTEN`; every replica also reloads the registry from the store
+//! ended (answer the long-polls parked on it, wherever they are, and refuse its attempt's
+//! model-gateway token without waiting for the cached answer to lapse), the fleet changed
+//! (reload the registry). Over `NOTIFY`/`LISTEN`; every replica also reloads the registry from the store
 //! every second and its dispatchers poll, so a lost notification delays work, never loses it.
 //! On SQLite one control plane runs and nothing is sent.
 //!
@@ -254,6 +255,7 @@ fn handle(state: &AppState, payload: &str, resync: &tokio::sync::watch::Sender<(
         }
         "done" => {
             for id in words.filter_map(|w| w.parse::<uuid::Uuid>().ok()) {
+                state.attempts.task_done(TaskId(id));
                 state.waiters.wake_here(TaskId(id));
             }
         }

@@ -281,6 +281,7 @@ pub async fn start(
         wakers,
         waiters,
         keys: Arc::default(),
+        attempts: Arc::default(),
         audit: Arc::new(audit::Audit::new(store.clone(), clock.clone())),
         limits: Arc::new(auth::limits::RateLimiters::new(
             config.rate_limits.auth_failures,

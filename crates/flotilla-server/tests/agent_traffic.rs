@@ -91,14 +91,18 @@ async fn call(server: &TestServer, method: &str, path: &str, token: &str) -> (u1
 
 async fn task_tokens_call_models_only(backend: Backend) {
     let server = TestServer::start(backend, Settings::default().pool(TYPE)).await;
-    let agent = ScriptedAgent::start(Behaviour::SUCCEED).unwrap();
+    // The agent holds the attempt until its deadline: a token is honoured only while its
+    // attempt runs (tests/task_tokens.rs).
+    let agent = ScriptedAgent::start(Behaviour::Hang).unwrap();
     register(&server, &agent).await;
     let mut submission = task(TYPE, json!({"n": 1}));
     submission.timeout_ms = Some(1500);
+    submission.max_attempts = Some(1);
     let submitted = server.submit(&submission).await;
-    assert_eq!(
-        server.finish(submitted.id).await.status,
-        TaskStatus::Succeeded
+    assert!(
+        agent
+            .wait_for_calls(1, std::time::Duration::from_secs(5))
+            .await
     );
     let request = agent.requests().pop().unwrap();
     let gateway = request
@@ -145,6 +149,11 @@ async fn task_tokens_call_models_only(backend: Backend) {
     tokio::time::sleep(wait + std::time::Duration::from_millis(50)).await;
     let (status, code) = call(&server, "GET", "/v1/tasks", &token).await;
     assert_eq!(status, 401, "{code}");
+    assert_eq!(
+        server.finish(submitted.id).await.status,
+        TaskStatus::TimedOut
+    );
+    agent.stop();
     server.stop().await;
 }
 

@@ -29,7 +29,8 @@ async fn no_key_or_signing_secret_is_ever_logged() {
     let config = dir.path().join("flotilla.toml");
     std::fs::write(
         &config,
-        "[log]\nlevel = \"trace\"\n[[pools]]\nname = \"code_generator\"\nmin_instances = 2\nmax_instances = 2\n",
+        // Agents do not inherit `RUST_LOG`: their pool's `env` makes them as verbose.
+        "[log]\nlevel = \"trace\"\n[[pools]]\nname = \"code_generator\"\nmin_instances = 2\nmax_instances = 2\nenv = { RUST_LOG = \"trace\" }\n",
     )
     .unwrap();
     let mut server = ServerProcess::builder(BIN)

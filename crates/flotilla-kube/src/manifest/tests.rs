@@ -224,7 +224,25 @@ fn environment_and_secret_references() {
     // No secret value appears anywhere in the Deployment.
     let json = serde_json::to_string(&d).unwrap();
     assert!(!json.contains("sk-secret") && !json.contains("ghp_secret"));
-    assert_eq!(names.len(), 8);
+    // Exactly the pool's environment and what the agent needs: nothing of the control plane's.
+    let mut sorted = names.clone();
+    sorted.sort_unstable();
+    assert_eq!(
+        sorted,
+        [
+            "AGENT_TYPE",
+            "FLOTILLA_ADVERTISE_URL",
+            "FLOTILLA_CONTROL_PLANE",
+            "FLOTILLA_KEY",
+            "GITHUB_TOKEN",
+            "OPENAI_API_KEY",
+            "POD_IP",
+            "RUST_LOG",
+        ]
+    );
+    // No `envFrom` (which would import a whole ConfigMap or Secret) and no other container.
+    assert!(c.env_from.is_none());
+    assert!(pod(&d).init_containers.is_none());
 }
 
 #[test]

@@ -24,6 +24,10 @@ pub enum ApiError {
     /// No (valid) credentials.
     #[error("{0}")]
     Unauthenticated(String),
+    /// A genuine per-task model-gateway token whose attempt is over: refused like a bad
+    /// credential (401), but not a guess, so not counted or audited as a failed authentication.
+    #[error("{0}")]
+    AttemptEnded(String),
     /// Valid credentials without the right to do this.
     #[error("{0}")]
     Forbidden(String),
@@ -92,7 +96,7 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
             ApiError::BadRequest { .. } => StatusCode::BAD_REQUEST,
-            ApiError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Unauthenticated(_) | ApiError::AttemptEnded(_) => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed(_) | ApiError::WrongMethod { .. } => {
@@ -112,6 +116,7 @@ impl ApiError {
         match self {
             ApiError::BadRequest { code, .. } | ApiError::Unprocessable { code, .. } => code,
             ApiError::Unauthenticated(_) => "unauthenticated",
+            ApiError::AttemptEnded(_) => "attempt_ended",
             ApiError::Forbidden(_) => "forbidden",
             ApiError::NotFound(_) => "not_found",
             ApiError::MethodNotAllowed(_) | ApiError::WrongMethod { .. } => "method_not_allowed",
@@ -173,7 +178,7 @@ impl IntoResponse for ApiError {
         };
         let mut response = (status, axum::Json(body)).into_response();
         match &self {
-            ApiError::Unauthenticated(_) => {
+            ApiError::Unauthenticated(_) | ApiError::AttemptEnded(_) => {
                 response
                     .headers_mut()
                     .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));

@@ -53,8 +53,14 @@ pub fn router(state: AppState) -> Router {
         .merge(budgets::routes())
         .merge(usage::routes())
         .merge(cost::routes())
-        .merge(crate::gateway::routes())
-        .route_layer(middleware::from_fn_with_state(state.clone(), require_key));
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_key))
+        // The model gateway answers refusals in OpenAI's shape, its own errors' shape.
+        .merge(
+            crate::gateway::routes().route_layer(middleware::from_fn_with_state(
+                state.clone(),
+                crate::gateway::require_key,
+            )),
+        );
     Router::new()
         .merge(probes::routes())
         .merge(openapi::routes())

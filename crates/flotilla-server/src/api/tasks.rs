@@ -430,6 +430,9 @@ pub async fn cancel(
         .await?
     {
         Cancelled::Done(task) => {
+            // A running attempt's model-gateway token is refused from now on (other replicas
+            // learn it from the waiters' notice, or within the attempts' cache TTL).
+            state.attempts.ended(id, task.attempt);
             state.waiters.wake(id);
             Ok(Json(task))
         }

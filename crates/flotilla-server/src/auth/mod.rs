@@ -7,6 +7,7 @@
 //! path does not hit the store on every request; a revocation therefore takes effect within
 //! [`CACHE_TTL`] on other replicas, and at once on the replica that revoked.
 
+pub mod attempts;
 pub mod bootstrap;
 pub mod limits;
 pub mod task_token;
@@ -246,7 +247,8 @@ pub async fn authenticate(
     }
     let (mut caller, key_rate) = match header.strip_prefix("Bearer ").map(str::trim) {
         Some(token) if task_token::is_task_token(token) => {
-            task_token::authenticate(state, token, state.clock.now()).map(|c| (c, None))?
+            let caller = task_token::authenticate(state, token, state.clock.now()).await?;
+            (caller, None)
         }
         Some(token) => verify(state, token, state.clock.now()).await?,
         None => {

@@ -3,7 +3,8 @@
 //!
 //! The caller it yields holds [`Role::Agent`] in the task's tenant with `task` set, so
 //! `Caller::require` lets it call models and nothing else; its `key_id` names the task, never
-//! the token.
+//! the token. A token is honoured only while its attempt runs ([`super::attempts`]): after its
+//! end it is refused with 401 `attempt_ended`, whatever its deadline.
 
 use crate::api::error::ApiError;
 use crate::app::AppState;
@@ -17,8 +18,13 @@ pub fn is_task_token(token: &str) -> bool {
     task_token::looks_like_token(token)
 }
 
-/// Verifies a task token at `now` and returns the caller it stands for.
-pub fn authenticate(state: &AppState, token: &str, now: Timestamp) -> Result<Caller, ApiError> {
+/// Verifies a task token at `now`, and that its attempt still runs, and returns the caller it
+/// stands for.
+pub async fn authenticate(
+    state: &AppState,
+    token: &str,
+    now: Timestamp,
+) -> Result<Caller, ApiError> {
     let claims = task_token::verify(&state.task_token_key, token, now).map_err(|e| {
         ApiError::Unauthenticated(match e {
             TokenError::Expired => {
@@ -27,6 +33,22 @@ pub fn authenticate(state: &AppState, token: &str, now: Timestamp) -> Result<Cal
             TokenError::Malformed | TokenError::Invalid => "the task token is invalid".to_owned(),
         })
     })?;
+    let live = state
+        .attempts
+        .is_live(
+            state.store.as_ref(),
+            claims.tenant_id,
+            claims.task_id,
+            claims.attempt,
+        )
+        .await?;
+    if !live {
+        tracing::debug!(task_id = %claims.task_id, attempt = claims.attempt, "Task token of an ended attempt refused");
+        return Err(ApiError::AttemptEnded(format!(
+            "the task token's attempt has ended: attempt {} of task {} is no longer running",
+            claims.attempt, claims.task_id
+        )));
+    }
     Ok(caller(&claims))
 }
 

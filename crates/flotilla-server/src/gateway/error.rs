@@ -115,6 +115,7 @@ impl From<ApiError> for GatewayError {
         let status = e.status();
         let (kind, code) = match &e {
             ApiError::Unauthenticated(_) => ("authentication_error", "unauthenticated"),
+            ApiError::AttemptEnded(_) => ("authentication_error", "attempt_ended"),
             ApiError::Forbidden(_) => ("permission_error", "forbidden"),
             ApiError::NotFound(_) => ("not_found_error", "not_found"),
             ApiError::RateLimited { .. } => ("rate_limit_error", "rate_limited"),

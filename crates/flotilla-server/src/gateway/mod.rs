@@ -200,6 +200,19 @@ pub fn routes() -> Router<AppState> {
         .route("/models", get(list_models))
 }
 
+/// [`crate::auth::require_key`] for the gateway's routes: the same checks, refusals in OpenAI's
+/// shape (`authentication_error`, `rate_limit_error`, …) so that OpenAI SDKs raise their usual
+/// exceptions.
+pub async fn require_key(
+    state: State<AppState>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Result<Response, GatewayError> {
+    crate::auth::require_key(state, request, next)
+        .await
+        .map_err(GatewayError::from)
+}
+
 /// `GET /v1/models`: the configured models in OpenAI's list shape, with Flotilla's details.
 async fn list_models(
     State(state): State<AppState>,

@@ -291,6 +291,8 @@ async fn attempt(state: AppState, task: Task, slot: Slot) {
         )),
     };
     let finished_at = state.clock.now();
+    // From here on the attempt's model-gateway token is refused.
+    state.attempts.ended(task.id, task.attempt);
     record_call(
         &state,
         &task.agent_type,

@@ -44,6 +44,8 @@ pub async fn run(state: AppState, shutdown: CancellationToken) {
             Ok(requeued) => {
                 state.metrics.leases_expired.inc_by(requeued.len() as u64);
                 for task in requeued {
+                    // Its attempt is over, wherever it still runs: refuse its token here now.
+                    state.attempts.ended(task.task_id, task.attempt);
                     tracing::warn!(task_id = %task.task_id, attempt = task.attempt, "Lease expired; task re-queued");
                     state.dispatchers.ensure(&state, &task.agent_type);
                     state.wakers.task_queued(&task.agent_type);

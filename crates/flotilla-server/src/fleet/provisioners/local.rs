@@ -13,10 +13,16 @@
 //! registered instance maps to the process that was spawned for it) and `FLOTILLA_PARENT_PID`
 //! (which the agent watches, so that it exits when the control plane is killed and cannot stop
 //! it; `unsafe` is forbidden here, which rules out `prctl(PR_SET_PDEATHSIG)` in `pre_exec`).
+//!
+//! Nothing else of the control plane's environment (its master key, a preset admin key, database
+//! credentials) reaches a process: it gets [`INHERITED_ENV`], its [`ProcessSpec::env`] and
+//! secrets, and those two. Anything else an agent needs (`RUST_LOG`, `FLOTILLA_CA_FILE`,
+//! `TMPDIR`, a proxy) goes in its pool's `env`.
 
 use nix::sys::signal::{self, Signal};
 use nix::unistd::Pid;
 use std::collections::HashMap;
+use std::ffi::OsString;
 use std::fmt;
 use std::os::unix::process::ExitStatusExt as _;
 use std::path::PathBuf;
@@ -35,6 +41,10 @@ mod tests;
 pub const INSTANCE_NAME_ENV: &str = "FLOTILLA_INSTANCE_NAME";
 /// The variable that tells a spawned process the pid of the control plane that spawned it.
 pub const PARENT_PID_ENV: &str = "FLOTILLA_PARENT_PID";
+/// The only variables of the control plane's environment a spawned process gets (when set), with
+/// every `LC_*` locale category: what any program needs to find executables, its home, its
+/// language and the time zone. Nothing here carries a secret.
+pub const INHERITED_ENV: [&str; 5] = ["PATH", "HOME", "LANG", "LANGUAGE", "TZ"];
 
 /// First wait before a restart.
 const DEFAULT_BACKOFF_BASE: Duration = Duration::from_millis(500);
@@ -52,8 +62,9 @@ pub struct ProcessSpec {
     /// Its arguments. Not logged, and only counted by `Debug`: a caller may pass a key here,
     /// although the environment is the better place for one.
     pub args: Vec<String>,
-    /// Variables added to the inherited environment. Values may hold secrets (an agent key, a
-    /// provider key): they are never logged, and `Debug` shows only the names.
+    /// The process's environment besides [`INHERITED_ENV`] (which these override). Values may
+    /// hold secrets (an agent key, a provider key): they are never logged, and `Debug` shows only
+    /// the names.
     pub env: Vec<(String, String)>,
     /// Variables whose values are vault secrets (`secret://…`), resolved at every start.
     pub secrets: Option<crate::vault::EnvSecrets>,
@@ -240,9 +251,10 @@ impl LocalSupervisor {
     }
 
     /// Starts one process for `pool` and supervises it: restarts it when it exits on its own,
-    /// with exponential backoff (500 ms doubling to 30 s; reset after it has run 60 s). Adds
-    /// `FLOTILLA_INSTANCE_NAME=<name>` and `FLOTILLA_PARENT_PID=<this process's pid>` to its
-    /// environment. After [`LocalSupervisor::shutdown`] it starts nothing: the name is used up
+    /// with exponential backoff (500 ms doubling to 30 s; reset after it has run 60 s). Its
+    /// environment is [`INHERITED_ENV`], the spec's `env` and secrets,
+    /// `FLOTILLA_INSTANCE_NAME=<name>` and `FLOTILLA_PARENT_PID=<this process's pid>`; nothing
+    /// else of ours. After [`LocalSupervisor::shutdown`] it starts nothing: the name is used up
     /// and a `Stopped` event reported at once.
     ///
     /// Must be called within a Tokio runtime.
@@ -449,6 +461,9 @@ impl Run {
         let mut command = Command::new(&self.spec.program);
         command
             .args(&self.spec.args)
+            // Nothing of ours but the allowlist: our environment holds the master key.
+            .env_clear()
+            .envs(inherited_env(std::env::vars_os()))
             .envs(self.spec.env.iter().map(|(k, v)| (k, v)))
             .envs(secrets.iter().map(|(k, v)| (k, v.expose_secret())))
             .env(INSTANCE_NAME_ENV, self.name.as_str())
@@ -517,6 +532,21 @@ impl Run {
             }
         }
     }
+}
+
+/// The variables of `environment` (ours) that a spawned process inherits: [`INHERITED_ENV`] and
+/// the `LC_*` locale categories.
+fn inherited_env(
+    environment: impl Iterator<Item = (OsString, OsString)>,
+) -> impl Iterator<Item = (OsString, OsString)> {
+    environment.filter(|(name, _)| {
+        name.to_str().is_some_and(|name| {
+            INHERITED_ENV.contains(&name)
+                || name
+                    .strip_prefix("LC_")
+                    .is_some_and(|category| !category.is_empty())
+        })
+    })
 }
 
 /// Resolves with the grace period once a stop is requested (at once if it already was).

@@ -135,6 +135,78 @@ async fn the_process_gets_its_instance_name_and_our_pid() {
     supervisor.shutdown(Duration::from_secs(5)).await;
 }
 
+#[test]
+fn only_the_allowlist_and_locale_categories_are_inherited() {
+    let ours = [
+        ("PATH", "/usr/bin"),
+        ("HOME", "/root"),
+        ("LANG", "C.UTF-8"),
+        ("LANGUAGE", "en"),
+        ("LC_ALL", "C"),
+        ("LC_TIME", "C"),
+        ("TZ", "UTC"),
+        ("LC_", "not a category"),
+        ("FLOTILLA_MASTER_KEY", "k"),
+        ("FLOTILLA_BOOTSTRAP_ADMIN_KEY", "flt_x_y"),
+        ("DATABASE_URL", "postgres://u:p@h/d"),
+        ("RUST_LOG", "trace"),
+        ("PATHEXT", "x"),
+    ];
+    let inherited: Vec<String> = inherited_env(
+        ours.iter()
+            .map(|(k, v)| (OsString::from(k), OsString::from(v))),
+    )
+    .map(|(k, _)| k.into_string().unwrap())
+    .collect();
+    assert_eq!(
+        inherited,
+        [
+            "PATH", "HOME", "LANG", "LANGUAGE", "LC_ALL", "LC_TIME", "TZ"
+        ]
+    );
+}
+
+#[tokio::test]
+async fn the_process_gets_none_of_our_environment_beyond_the_allowlist() {
+    // Cargo sets this for every test binary, so it is in our environment.
+    assert!(std::env::var_os("CARGO_MANIFEST_DIR").is_some());
+    let (supervisor, mut rx) = supervisor();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("env");
+    let mut spec = sh(r#"env > "$OUT.tmp"; mv "$OUT.tmp" "$OUT"; exec sleep 1000"#);
+    spec.env = vec![("OUT".to_owned(), out.display().to_string())];
+    let name = supervisor.spawn(POOL, spec);
+    started_pid(&mut rx, &name).await;
+    wait_for_file(&out).await;
+    let seen = std::fs::read_to_string(&out).unwrap();
+    // What the shell itself sets (PWD, SHLVL, `_`) aside, only the allowlist and the spec.
+    let names: Vec<&str> = seen
+        .lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, _)| k)
+        .collect();
+    let expected = |name: &str| {
+        INHERITED_ENV.contains(&name)
+            || name.starts_with("LC_")
+            || [
+                "OUT",
+                INSTANCE_NAME_ENV,
+                PARENT_PID_ENV,
+                "PWD",
+                "SHLVL",
+                "_",
+            ]
+            .contains(&name)
+    };
+    let unexpected: Vec<&&str> = names.iter().filter(|n| !expected(n)).collect();
+    assert!(unexpected.is_empty(), "inherited: {unexpected:?}\n{seen}");
+    assert!(
+        names.contains(&"PATH") && names.contains(&INSTANCE_NAME_ENV),
+        "{seen}"
+    );
+    supervisor.shutdown(Duration::from_secs(5)).await;
+}
+
 #[tokio::test]
 async fn an_exiting_process_is_restarted_with_growing_backoff() {
     let (supervisor, mut rx) = supervisor();
