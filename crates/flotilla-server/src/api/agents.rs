@@ -45,7 +45,7 @@ pub(super) fn routes() -> Router<AppState> {
 
 /// Registers an instance. It gets work at once and must heartbeat at the interval given.
 #[utoipa::path(post, path = "/v1/agents", tag = "agents", request_body = RegisterAgent,
-    responses((status = 201, body = Registered), (status = 400, body = ErrorBody)), security(("bearer" = [])))]
+    responses((status = 201, body = Registered), (status = 400, body = ErrorBody), (status = 422, body = ErrorBody)), security(("bearer" = [])))]
 pub async fn register(
     State(state): State<AppState>,
     caller: Caller,
@@ -58,24 +58,8 @@ pub async fn register(
             "`type` must be 1-64 characters of a-z, 0-9, `_` or `-`",
         ));
     }
-    let url = reqwest::Url::parse(&body.url)
-        .ok()
-        .filter(|u| {
-            // A host name of letters, digits, dots and dashes, or an IP address.
-            let host_ok = u.host_str().is_some_and(|h| {
-                (h.starts_with('[') && h.ends_with(']'))
-                    || (!h.is_empty()
-                        && h.bytes()
-                            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-'))
-            });
-            matches!(u.scheme(), "http" | "https") && host_ok
-        })
-        .ok_or_else(|| {
-            ApiError::invalid_field(
-                "url",
-                format!("`url` must be an http(s) URL, not `{}`", body.url),
-            )
-        })?;
+    // OWNER: wire the instance's owner
+    let url = state.agents.registrable(None, &body.url).await?;
     if !(1..=10_000).contains(&body.capacity) {
         return Err(ApiError::invalid_field(
             "capacity",
