@@ -5,6 +5,7 @@
 //! `FLOTILLA_<SECTION>__<KEY>` environment variables, then command-line flags. The caller reads
 //! the file and the environment and hands them in, so loading is a pure function.
 
+mod agents_egress;
 mod agents_tls;
 mod alerting;
 mod gateway;
@@ -14,6 +15,7 @@ mod pool;
 mod tls;
 mod vault;
 
+pub use agents_egress::{AgentsEgressSection, AgentsEgressTenantSection};
 pub use agents_tls::{AgentsTls, AgentsTlsSection, ClientCertificate};
 pub use alerting::{
     AlertSection, Alerting, AlertingSection, Email, EmailSection, SmtpTls, Webhook, WebhookFormat,
@@ -53,6 +55,8 @@ pub struct ConfigFile {
     pub rate_limits: RateLimitsSection,
     pub tls: TlsSection,
     pub agents_tls: AgentsTlsSection,
+    /// Which addresses agent instances may be called at.
+    pub agents_egress: AgentsEgressSection,
     pub gateway: GatewaySection,
     /// Model providers by name (`[providers.openai]`); `simulated` is built in.
     pub providers: std::collections::BTreeMap<String, ProviderSection>,
@@ -213,6 +217,8 @@ pub struct Config {
     pub tls: Option<Tls>,
     /// TLS towards agents (`https` agent URLs, client certificate); `None`: plain HTTP only.
     pub agents_tls: Option<AgentsTls>,
+    /// Which addresses agent instances may be called at (`[agents_egress]`).
+    pub agents_egress: crate::egress::EgressPolicy,
     pub pools: Vec<Pool>,
     /// The model gateway: providers, models, ledger and limits.
     pub gateway: Gateway,
@@ -501,6 +507,7 @@ pub fn validate(raw: ConfigFile) -> Result<Config, ConfigError> {
         rate_limits: limits::validate(&raw.rate_limits)?,
         tls: tls::validate(&raw.tls)?,
         agents_tls: agents_tls::validate(&raw.agents_tls)?,
+        agents_egress: agents_egress::validate(&raw.agents_egress)?,
         gateway: gateway::validate(&raw.gateway, &raw.providers, &raw.models)?,
         pools,
     })

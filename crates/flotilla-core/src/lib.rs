@@ -6,6 +6,7 @@
 //! passed in, so that every decision is a plain function that tests and simulations can drive.
 
 pub mod agent;
+pub mod agent_url;
 pub mod alert;
 pub mod analysis;
 pub mod audit;
@@ -15,6 +16,7 @@ pub mod balance;
 pub mod budget;
 pub mod config;
 pub mod diagnosis;
+pub mod egress;
 pub mod event;
 pub mod health;
 pub mod id;
@@ -23,6 +25,7 @@ pub mod money;
 pub mod quota;
 pub mod rate;
 pub mod recommend;
+pub mod reported_usage;
 pub mod retry;
 pub mod signature;
 pub mod stats;

@@ -6,6 +6,7 @@
 //! the task's attempts run out.
 
 use crate::Timestamp;
+use crate::egress::Refusal;
 use crate::task::{AttemptResult, TaskStatus};
 use std::time::Duration;
 
@@ -14,12 +15,54 @@ use std::time::Duration;
 pub enum DispatchFailure {
     /// No answer before the attempt's deadline.
     Timeout,
-    /// The instance could not be reached (refused, reset, DNS, TLS).
-    Connect(String),
-    /// The instance answered with a non-2xx status.
+    /// The instance could not be reached. `reason` is safe to show anyone; `detail` is the whole
+    /// cause chain, which may name the instance's URL.
+    Connect {
+        reason: ConnectReason,
+        detail: String,
+    },
+    /// The egress policy (`[agents_egress]`) refused every address of the instance.
+    Refused(Refusal),
+    /// The instance answered with a non-2xx status (not a redirect).
     Status { code: u16, body: String },
+    /// The instance answered with a redirect, which is never followed.
+    Redirect { code: u16 },
+    /// The answer was longer than `limit` bytes; no more than that was kept.
+    TooLarge { limit: u64 },
     /// The instance answered 2xx with a body that is not the contract's JSON.
     InvalidResponse(String),
+}
+
+/// Why an instance could not be reached, in words that name neither its URL nor anything it
+/// sent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConnectReason {
+    /// Nothing listens (connection refused).
+    Refused,
+    /// The connection closed or reset before an answer.
+    Closed,
+    /// Its host name did not resolve.
+    Dns,
+    /// The TLS handshake failed (certificate not trusted, protocol).
+    Tls,
+    /// The instance was marked failed while the attempt ran.
+    InstanceFailed,
+    /// Any other transport error.
+    Other,
+}
+
+impl ConnectReason {
+    /// The reason as shown in a task's error.
+    pub fn describe(self) -> &'static str {
+        match self {
+            ConnectReason::Refused => "connection refused",
+            ConnectReason::Closed => "connection closed before an answer",
+            ConnectReason::Dns => "its host name did not resolve",
+            ConnectReason::Tls => "TLS: the handshake failed",
+            ConnectReason::InstanceFailed => "the instance failed while the attempt ran",
+            ConnectReason::Other => "connection failed",
+        }
+    }
 }
 
 /// Who is to blame for a failure, which decides whether another instance can help.
@@ -44,19 +87,49 @@ impl DispatchFailure {
         }
     }
 
-    /// A one-line description for the task's error field.
+    /// The whole description, for logs and traces (operators may see an instance's URL and
+    /// what it answered).
     pub fn describe(&self) -> String {
+        self.describe_for(true)
+    }
+
+    /// A one-line description for the task's error field. `own`: the instance belongs to the
+    /// task's tenant, which may see what it answered; otherwise the text says what happened
+    /// (status, rule, reason) but never quotes the agent's body nor names its URL.
+    pub fn describe_for(&self, own: bool) -> String {
         let text = match self {
             DispatchFailure::Timeout => {
                 "agent did not answer before the attempt deadline".to_owned()
             }
-            DispatchFailure::Connect(e) => format!("agent unreachable: {e}"),
-            DispatchFailure::Status { code, body } => {
+            DispatchFailure::Connect { detail, .. } if own => {
+                format!("agent unreachable: {detail}")
+            }
+            DispatchFailure::Connect { reason, .. } => {
+                format!("agent unreachable: {}", reason.describe())
+            }
+            DispatchFailure::Refused(refusal) if own => format!("agent unreachable: {refusal}"),
+            DispatchFailure::Refused(refusal) => format!(
+                "agent unreachable: its address is {} (agents_egress)",
+                refusal.rule.describe()
+            ),
+            DispatchFailure::Status { code, body } if own => {
                 let body: String = body.chars().take(500).collect();
                 format!("agent answered HTTP {code}: {body}")
             }
-            DispatchFailure::InvalidResponse(e) => {
+            DispatchFailure::Status { code, .. } => {
+                format!("agent answered HTTP {code} (its body is withheld)")
+            }
+            DispatchFailure::Redirect { code } => {
+                format!("agent answered HTTP {code}, a redirect: redirects are not followed")
+            }
+            DispatchFailure::TooLarge { limit } => {
+                format!("agent's answer is larger than the limit of {limit} bytes")
+            }
+            DispatchFailure::InvalidResponse(e) if own => {
                 format!("agent answered with an invalid body: {e}")
+            }
+            DispatchFailure::InvalidResponse(_) => {
+                "agent answered with an invalid body (details withheld)".to_owned()
             }
         };
         // The text comes partly from the agent; keep it printable and storable everywhere.
@@ -86,16 +159,18 @@ impl BackoffPolicy {
     }
 }
 
-/// Decides the result of attempt number `attempt` of a task with `max_attempts`, which failed.
+/// Decides the result of attempt number `attempt` of a task with `max_attempts`, which failed;
+/// `own` says whether the instance belongs to the task's tenant ([`DispatchFailure::describe_for`]).
 pub fn after_failure(
     failure: &DispatchFailure,
+    own: bool,
     attempt: i32,
     max_attempts: i32,
     policy: BackoffPolicy,
     now: Timestamp,
     jitter: f64,
 ) -> AttemptResult {
-    let error = failure.describe();
+    let error = failure.describe_for(own);
     if failure.blame() == Blame::Task {
         return AttemptResult::Terminal {
             status: TaskStatus::Failed,
@@ -142,7 +217,7 @@ mod tests {
     #[test]
     fn client_errors_fail_the_task_at_once() {
         for code in [400, 404, 413, 422] {
-            let result = after_failure(&status(code), 1, 3, POLICY, now(), 0.5);
+            let result = after_failure(&status(code), true, 1, 3, POLICY, now(), 0.5);
             assert!(
                 matches!(
                     result,
@@ -164,15 +239,20 @@ mod tests {
             status(408),
             status(429),
             DispatchFailure::Timeout,
-            DispatchFailure::Connect("refused".into()),
+            DispatchFailure::Connect {
+                reason: ConnectReason::Refused,
+                detail: "refused".into(),
+            },
+            DispatchFailure::Redirect { code: 302 },
+            DispatchFailure::TooLarge { limit: 10 },
         ];
         for failure in &transient {
             assert!(matches!(
-                after_failure(failure, 1, 3, POLICY, now(), 0.5),
+                after_failure(failure, false, 1, 3, POLICY, now(), 0.5),
                 AttemptResult::Retry { .. }
             ));
             assert!(matches!(
-                after_failure(failure, 3, 3, POLICY, now(), 0.5),
+                after_failure(failure, false, 3, 3, POLICY, now(), 0.5),
                 AttemptResult::Terminal { .. }
             ));
         }
@@ -180,7 +260,7 @@ mod tests {
 
     #[test]
     fn a_final_timeout_is_timed_out_and_a_final_error_is_failed() {
-        let timed_out = after_failure(&DispatchFailure::Timeout, 2, 2, POLICY, now(), 0.0);
+        let timed_out = after_failure(&DispatchFailure::Timeout, true, 2, 2, POLICY, now(), 0.0);
         assert!(matches!(
             timed_out,
             AttemptResult::Terminal {
@@ -188,7 +268,7 @@ mod tests {
                 ..
             }
         ));
-        let failed = after_failure(&status(502), 2, 2, POLICY, now(), 0.0);
+        let failed = after_failure(&status(502), true, 2, 2, POLICY, now(), 0.0);
         assert!(matches!(
             failed,
             AttemptResult::Terminal {
@@ -196,6 +276,49 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    #[test]
+    fn only_the_owning_tenant_sees_what_an_agent_answered() {
+        let secret = "s3cret at http://10.1.2.3:8080/execute";
+        let failures = [
+            DispatchFailure::Status {
+                code: 500,
+                body: secret.into(),
+            },
+            DispatchFailure::Connect {
+                reason: ConnectReason::Refused,
+                detail: secret.into(),
+            },
+            DispatchFailure::InvalidResponse(secret.into()),
+            DispatchFailure::Refused(crate::egress::Refusal {
+                ip: std::net::IpAddr::from([10, 1, 2, 3]),
+                rule: crate::egress::Rule::Metadata,
+            }),
+        ];
+        for failure in &failures {
+            let other = failure.describe_for(false);
+            assert!(
+                !other.contains("s3cret") && !other.contains("10.1.2.3"),
+                "{other}"
+            );
+            let own = failure.describe_for(true);
+            assert!(own.contains("s3cret") || own.contains("10.1.2.3"), "{own}");
+        }
+        assert_eq!(
+            failures[0].describe_for(false),
+            "agent answered HTTP 500 (its body is withheld)"
+        );
+        assert!(
+            failures[3]
+                .describe_for(false)
+                .contains("a cloud metadata address (agents_egress)")
+        );
+        let error = |own| match after_failure(&failures[0], own, 3, 3, POLICY, now(), 0.5) {
+            AttemptResult::Terminal { error, .. } | AttemptResult::Retry { error, .. } => error,
+            AttemptResult::Succeeded { .. } => String::new(),
+        };
+        assert!(error(true).contains("s3cret") && !error(false).contains("s3cret"));
     }
 
     #[test]

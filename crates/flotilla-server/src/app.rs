@@ -45,8 +45,9 @@ pub struct AppState {
     pub intake: Intake,
     pub completions: Completions,
     pub dispatchers: Arc<Dispatchers>,
-    /// HTTP client for agents (trusting `[agents_tls]`'s CA when one is configured).
-    pub http: reqwest::Client,
+    /// HTTP clients for agents, one per egress requester (`[agents_egress]`; trusting only
+    /// `[agents_tls]`'s CA).
+    pub agents: Arc<crate::scheduler::agent_clients::AgentClients>,
     /// The task trace exporter; `None` without `[telemetry.otlp]` (spans are then not built).
     pub traces: Option<Arc<crate::telemetry::traces::Traces>>,
     /// HTTP client for alert receivers (Slack, PagerDuty, webhooks): public web PKI roots.

@@ -64,7 +64,7 @@ pub enum ServerError {
     Http(#[from] reqwest::Error),
     /// `[agents_tls]` could not be used, or the HTTP client for agents could not be built.
     #[error(transparent)]
-    AgentsHttp(#[from] scheduler::dispatch::AgentClientError),
+    AgentsHttp(#[from] scheduler::agent_clients::AgentClientError),
     /// The `[tls]` certificate, key or client CA could not be used.
     #[error(transparent)]
     Tls(#[from] tls::TlsError),
@@ -151,8 +151,11 @@ pub async fn start(
 
     // TLS files are read before anything listens, so that a bad file stops the start.
     let tls_config = config.tls.as_ref().map(tls::server_config).transpose()?;
-    // So are `[agents_tls]`'s, which the client for agents (dispatch, health checks) uses.
-    let agents_http = scheduler::dispatch::http_client(config.agents_tls.as_ref())?;
+    // So are `[agents_tls]`'s, which the clients for agents (dispatch, health checks) use.
+    let agents_http = Arc::new(scheduler::agent_clients::AgentClients::new(
+        config.agents_tls.as_ref(),
+        config.agents_egress.clone(),
+    )?);
     let scheme = if tls_config.is_some() {
         "https"
     } else {
@@ -289,13 +292,13 @@ pub async fn start(
         intake,
         completions,
         dispatchers: Arc::new(Dispatchers::new(shutdown.clone())),
-        http: agents_http,
+        agents: agents_http,
         traces,
         webhooks_http: reqwest::Client::builder()
             .tcp_nodelay(true)
             .connect_timeout(std::time::Duration::from_secs(5))
             .build()
-            .map_err(scheduler::dispatch::AgentClientError::Build)?,
+            .map_err(scheduler::agent_clients::AgentClientError::Build)?,
         task_token_key: Arc::new(flotilla_core::task_token::TokenKey::new(
             vault.master().derive("task-token"),
         )),

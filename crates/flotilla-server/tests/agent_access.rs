@@ -99,7 +99,7 @@ impl World {
 }
 
 async fn agent_routes_answer_by_owner(backend: Backend) {
-    let settings = Settings::default(); // EGRESS-MERGE
+    let settings = Settings::default().set("agents_egress.allow_loopback_for_tenants", true);
     let server = TestServer::start(backend, settings).await;
     let world = World {
         server,

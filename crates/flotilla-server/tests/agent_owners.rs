@@ -24,12 +24,14 @@ on_both_backends!(
     a_pool_serves_only_the_tenants_it_names,
     tenant_registrations_are_limited,
     registrations_and_deregistrations_are_audited,
+    a_tenants_agent_may_not_reach_loopback_unless_allowed,
+    a_tenants_own_agent_tells_its_submitter_what_it_answered,
 );
 
 /// Tenant agents at 127.0.0.1 (the scripted agents) need loopback, which the egress policy
 /// refuses tenants by default.
 fn settings() -> Settings {
-    Settings::default() // EGRESS-MERGE
+    Settings::default().set("agents_egress.allow_loopback_for_tenants", true)
 }
 
 async fn tenant(server: &TestServer, name: &str) -> TenantId {
@@ -491,5 +493,72 @@ async fn registrations_and_deregistrations_are_audited(backend: Backend) {
         "{log}"
     );
     assert!(actions[0].1.contains(&format!("tenant {a}")));
+    server.stop().await;
+}
+
+async fn a_tenants_agent_may_not_reach_loopback_unless_allowed(backend: Backend) {
+    // The default policy: loopback is the platform's (its local agents), not a tenant's.
+    let server = TestServer::start(backend, Settings::default()).await;
+    let a = tenant(&server, "a").await;
+    let key = server.create_key(Role::Operator, a).await;
+    let agent = ScriptedAgent::start(Behaviour::SUCCEED).unwrap();
+    let body = serde_json::to_value(registration(&agent.url(), "looped", 1, 1)).unwrap();
+    let (status, refused) = call(
+        &server,
+        &key,
+        reqwest::Method::POST,
+        "/v1/agents",
+        Some(body.clone()),
+    )
+    .await;
+    assert_eq!(
+        (
+            status,
+            refused["error"]["code"].as_str(),
+            refused["error"]["field"].as_str()
+        ),
+        (422, Some("egress_denied"), Some("url")),
+        "{refused}"
+    );
+    assert!(
+        refused["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("loopback"),
+        "{refused}"
+    );
+    assert!(server.client.list_agents().await.unwrap().agents.is_empty());
+    // The platform's registration of the same URL is fine.
+    let (status, _) = call(
+        &server,
+        ADMIN_KEY,
+        reqwest::Method::POST,
+        "/v1/agents",
+        Some(body),
+    )
+    .await;
+    assert_eq!(status, 201);
+    server.stop().await;
+}
+
+async fn a_tenants_own_agent_tells_its_submitter_what_it_answered(backend: Backend) {
+    let server = TestServer::start(backend, settings()).await;
+    let a = tenant(&server, "a").await;
+    let key = server.create_key(Role::Operator, a).await;
+    let agent = ScriptedAgent::start(Behaviour::Reject).unwrap();
+    register_with(&server, &key, &registration(&agent.url(), "honest", 1, 1)).await;
+    let client = server.client_with(&key);
+    let submitted = client
+        .submit_task(&task("honest", json!({})))
+        .await
+        .unwrap();
+    let done = finish(&client, submitted.id).await;
+    assert_eq!(done.status, TaskStatus::Failed);
+    // Its own agent's answer is the tenant's business: the status and the body's text.
+    let error = done.error.unwrap_or_default();
+    assert!(
+        error.contains("HTTP 422") && error.contains("the scripted agent rejects this task"),
+        "{error}"
+    );
     server.stop().await;
 }

@@ -552,14 +552,6 @@ async fn agent_registrations_and_heartbeats_are_validated() {
             "type",
         ),
         (
-            json!({"type": "echo", "url": "ftp://127.0.0.1:9", "capacity": 1}),
-            "url",
-        ),
-        (
-            json!({"type": "echo", "url": "not a url", "capacity": 1}),
-            "url",
-        ),
-        (
             json!({"type": "echo", "url": "http://127.0.0.1:9", "capacity": 0}),
             "capacity",
         ),
@@ -591,6 +583,13 @@ async fn agent_registrations_and_heartbeats_are_validated() {
     for (body, field) in cases {
         let answer = send(admin(&server, Method::POST, "/v1/agents").json(&body)).await;
         answer.assert_error(400, "invalid_field", Some(field));
+    }
+    // A URL that breaks a rule is well-formed JSON the server will not act on: 422 naming
+    // `url` (every rule: tests/agent_egress.rs).
+    for url in ["ftp://127.0.0.1:9", "not a url"] {
+        let body = json!({"type": "echo", "url": url, "capacity": 1});
+        let answer = send(admin(&server, Method::POST, "/v1/agents").json(&body)).await;
+        answer.assert_error(422, "invalid_agent_url", Some("url"));
     }
     // None of them registered anything.
     let agents = server.client.list_agents().await.unwrap();

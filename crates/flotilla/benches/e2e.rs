@@ -376,7 +376,12 @@ async fn latency(settings: &Settings) -> Result<Vec<Row>> {
         .first()
         .map(|a| a.url.clone())
         .ok_or_else(|| anyhow!("no agent started"))?;
-    let direct_http = dispatch::http_client(None)?;
+    let direct_http = Arc::new(
+        flotilla_server::scheduler::agent_clients::AgentClients::new(
+            None,
+            flotilla_core::egress::EgressPolicy::default(),
+        )?,
+    );
     // Direct calls are signed like the control plane's, with the instance's secret.
     let agent_secret: Arc<str> = plane
         .store
@@ -772,7 +777,7 @@ async fn through_control_plane(client: &Client) -> Result<(), String> {
 
 /// The control plane's own dispatch call, made directly.
 async fn direct_execute(
-    http: &reqwest::Client,
+    http: &flotilla_server::scheduler::agent_clients::AgentClients,
     url: &str,
     signing_secret: &str,
 ) -> Result<(), String> {
@@ -789,10 +794,18 @@ async fn direct_execute(
         signing_secret,
     };
     let now = chrono::Utc::now();
-    dispatch::execute(http, target, &request, None, now, Duration::from_secs(10))
-        .await
-        .map(|_| ())
-        .map_err(|e| e.describe())
+    dispatch::execute(
+        http,
+        None,
+        target,
+        &request,
+        None,
+        now,
+        Duration::from_secs(10),
+    )
+    .await
+    .map(|_| ())
+    .map_err(|e| e.describe())
 }
 
 /// Runs `call` and returns its duration in microseconds.

@@ -144,24 +144,7 @@ pub async fn register(
             "`type` must be 1-64 characters of a-z, 0-9, `_` or `-`",
         ));
     }
-    let url = reqwest::Url::parse(&body.url)
-        .ok()
-        .filter(|u| {
-            // A host name of letters, digits, dots and dashes, or an IP address.
-            let host_ok = u.host_str().is_some_and(|h| {
-                (h.starts_with('[') && h.ends_with(']'))
-                    || (!h.is_empty()
-                        && h.bytes()
-                            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-'))
-            });
-            matches!(u.scheme(), "http" | "https") && host_ok
-        })
-        .ok_or_else(|| {
-            ApiError::invalid_field(
-                "url",
-                format!("`url` must be an http(s) URL, not `{}`", body.url),
-            )
-        })?;
+    let url = state.agents.registrable(owner, &body.url).await?;
     if !(1..=10_000).contains(&body.capacity) {
         return Err(ApiError::invalid_field(
             "capacity",

@@ -73,6 +73,22 @@ pub enum ApiError {
     Internal(String),
 }
 
+impl From<crate::scheduler::agent_clients::RegistrationRefusal> for ApiError {
+    /// A refused agent URL: 422 naming the field `url` and the rule.
+    fn from(refusal: crate::scheduler::agent_clients::RegistrationRefusal) -> Self {
+        use crate::scheduler::agent_clients::RegistrationRefusal;
+        let code = match refusal {
+            RegistrationRefusal::Shape(_) => "invalid_agent_url",
+            RegistrationRefusal::Egress(_) => "egress_denied",
+        };
+        ApiError::Unprocessable {
+            code,
+            message: refusal.to_string(),
+            field: Some("url".to_owned()),
+        }
+    }
+}
+
 impl ApiError {
     /// A 400 naming the field at fault.
     pub fn invalid_field(field: impl Into<String>, message: impl Into<String>) -> Self {

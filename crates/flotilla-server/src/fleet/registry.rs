@@ -820,9 +820,9 @@ impl Registry {
         }
     }
 
-    /// Instances due for an active health check at `now`: (id, url, timeout). Each is scheduled
-    /// for its next check.
-    pub fn due_checks(&self, now: Timestamp) -> Vec<(AgentId, String, Duration)> {
+    /// Instances due for an active health check at `now`: (id, owner, url, timeout). Each is
+    /// scheduled for its next check.
+    pub fn due_checks(&self, now: Timestamp) -> Vec<(AgentId, Option<TenantId>, String, Duration)> {
         let mut due = Vec::new();
         let mut inner = self.lock();
         for pool in inner.pools.values_mut() {
@@ -834,7 +834,12 @@ impl Registry {
                 if inst.next_check <= now {
                     inst.next_check =
                         now + chrono::Duration::from_std(interval).unwrap_or(chrono::Duration::MAX);
-                    due.push((inst.record.id, inst.record.url.clone(), timeout));
+                    due.push((
+                        inst.record.id,
+                        inst.record.tenant_id,
+                        inst.record.url.clone(),
+                        timeout,
+                    ));
                 }
             }
         }

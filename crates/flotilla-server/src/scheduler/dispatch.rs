@@ -4,72 +4,23 @@
 //! Every way the call can go wrong becomes a [`DispatchFailure`], whose blame decides retries in
 //! flotilla-core; nothing here panics or hangs past the deadline.
 
-use crate::tls::{self, TlsError};
+use crate::scheduler::agent_clients::{
+    AgentClients, ReadError, read_capped, read_prefix, refusal_in,
+};
 use flotilla_core::Timestamp;
-use flotilla_core::config::AgentsTls;
-use flotilla_core::retry::DispatchFailure;
+use flotilla_core::agent_url;
+use flotilla_core::id::TenantId;
+use flotilla_core::retry::{ConnectReason, DispatchFailure};
 use flotilla_core::signature;
 use flotilla_core::wire::{ExecuteRequest, ExecuteResponse, contains_nul};
 use reqwest::header::{CONTENT_TYPE, HeaderValue};
 use std::time::Duration;
 
-/// Largest agent answer read; a bigger one fails the attempt.
-const MAX_RESPONSE_BYTES: usize = 16 * 1024 * 1024;
+/// Largest `/execute` answer read; a longer one fails the attempt once this much was read.
+pub const MAX_ANSWER_BYTES: usize = 16 * 1024 * 1024;
 
-/// The HTTP client for agents (dispatch and health checks): pooled keep-alive connections with
-/// `TCP_NODELAY` (DESIGN.md §7). With `[agents_tls]`, `https` agent URLs are verified against
-/// its CA only and the control plane presents its client certificate when one is configured;
-/// without it, only plain `http` agents can be reached (no CA is trusted).
-pub fn http_client(agents_tls: Option<&AgentsTls>) -> Result<reqwest::Client, AgentClientError> {
-    let mut builder = reqwest::Client::builder()
-        .tcp_nodelay(true)
-        .pool_idle_timeout(Duration::from_secs(90))
-        .pool_max_idle_per_host(256)
-        .connect_timeout(Duration::from_secs(5))
-        .no_proxy();
-    if let Some(agents_tls) = agents_tls {
-        builder = builder.use_preconfigured_tls(client_config(agents_tls)?);
-    }
-    builder.build().map_err(AgentClientError::Build)
-}
-
-/// Why the HTTP client for agents could not be built.
-#[derive(Debug, thiserror::Error)]
-pub enum AgentClientError {
-    /// A file of `[agents_tls]` is missing or unusable.
-    #[error("agents_tls: {0}")]
-    Tls(#[from] TlsError),
-    /// reqwest refused the settings.
-    #[error("cannot build the HTTP client for agents: {0}")]
-    Build(#[source] reqwest::Error),
-}
-
-/// The rustls configuration of `[agents_tls]`, with the ring provider chosen explicitly.
-fn client_config(agents_tls: &AgentsTls) -> Result<rustls::ClientConfig, TlsError> {
-    let roots = tls::load_roots(&agents_tls.ca_file)?;
-    let builder = rustls::ClientConfig::builder_with_provider(tls::provider())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| TlsError {
-            file: agents_tls.ca_file.display().to_string(),
-            message: e.to_string(),
-        })?
-        .with_root_certificates(roots);
-    let mut config = match &agents_tls.client {
-        Some(client) => builder
-            .with_client_auth_cert(
-                tls::load_certs(&client.cert_file)?,
-                tls::load_key(&client.key_file)?,
-            )
-            .map_err(|e| TlsError {
-                file: client.key_file.display().to_string(),
-                message: e.to_string(),
-            })?,
-        None => builder.with_no_client_auth(),
-    };
-    // The agent SDK serves HTTP/1.1; saying so keeps every agent on one protocol.
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(config)
-}
+/// How much of an error answer is kept to quote in the task's error (for its own tenant).
+const ERROR_BODY_BYTES: usize = 1024;
 
 /// The instance to call and how to sign for it.
 pub struct Target<'a> {
@@ -78,9 +29,11 @@ pub struct Target<'a> {
     pub signing_secret: &'a str,
 }
 
-/// Calls the instance, signing the request at `now`, and waits at most `timeout`.
+/// Calls the instance of `owner` (`None`: the platform's), signing the request at `now`, and
+/// waits at most `timeout`.
 pub async fn execute(
-    http: &reqwest::Client,
+    clients: &AgentClients,
+    owner: Option<TenantId>,
     target: Target<'_>,
     request: &ExecuteRequest,
     traceparent: Option<&str>,
@@ -92,8 +45,19 @@ pub async fn execute(
     let signed = signature::sign(target.signing_secret.as_bytes(), &body, now);
     let signed = HeaderValue::from_str(&signed)
         .map_err(|e| DispatchFailure::InvalidResponse(e.to_string()))?;
-    let mut call = http
-        .post(format!("{}/execute", target.base_url.trim_end_matches('/')))
+    let url = reqwest::Url::parse(target.base_url)
+        .ok()
+        .and_then(|base| agent_url::endpoint(&base, "execute"))
+        .ok_or_else(|| DispatchFailure::Connect {
+            reason: ConnectReason::Other,
+            detail: format!("`{}` is not a URL with a path", target.base_url),
+        })?;
+    clients
+        .check_host(owner, &url)
+        .map_err(DispatchFailure::Refused)?;
+    let mut call = clients
+        .for_owner(owner)
+        .post(url)
         .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
         .header(signature::HEADER, signed)
         .body(body)
@@ -101,28 +65,28 @@ pub async fn execute(
     if let Some(traceparent) = traceparent {
         call = call.header("traceparent", traceparent);
     }
-    let response = call.send().await.map_err(transport_failure)?;
+    let mut response = call.send().await.map_err(transport_failure)?;
     let status = response.status();
-    if response
-        .content_length()
-        .is_some_and(|n| n > MAX_RESPONSE_BYTES as u64)
-    {
-        return Err(DispatchFailure::InvalidResponse(format!(
-            "answer larger than {MAX_RESPONSE_BYTES} bytes"
-        )));
-    }
-    let bytes = response.bytes().await.map_err(transport_failure)?;
-    if !status.is_success() {
-        return Err(DispatchFailure::Status {
+    if status.is_redirection() {
+        return Err(DispatchFailure::Redirect {
             code: status.as_u16(),
-            body: String::from_utf8_lossy(&bytes[..bytes.len().min(1024)]).into_owned(),
         });
     }
-    if bytes.len() > MAX_RESPONSE_BYTES {
-        return Err(DispatchFailure::InvalidResponse(format!(
-            "answer larger than {MAX_RESPONSE_BYTES} bytes"
-        )));
+    if !status.is_success() {
+        let prefix = read_prefix(&mut response, ERROR_BODY_BYTES).await;
+        return Err(DispatchFailure::Status {
+            code: status.as_u16(),
+            body: String::from_utf8_lossy(&prefix).into_owned(),
+        });
     }
+    let bytes = read_capped(&mut response, MAX_ANSWER_BYTES)
+        .await
+        .map_err(|e| match e {
+            ReadError::TooLarge { limit } => DispatchFailure::TooLarge {
+                limit: limit as u64,
+            },
+            ReadError::Transport(e) => transport_failure(e),
+        })?;
     let answer: ExecuteResponse = serde_json::from_slice(&bytes)
         .map_err(|e| DispatchFailure::InvalidResponse(e.to_string()))?;
     let nul_in_usage = answer
@@ -138,25 +102,51 @@ pub async fn execute(
     Ok(answer)
 }
 
-fn transport_failure(e: reqwest::Error) -> DispatchFailure {
+/// A transport error as a failure: the egress refusal it carries, or a reason safe to show
+/// anyone and the whole cause chain (which names the URL) for the instance's own tenant and logs.
+pub fn transport_failure(e: reqwest::Error) -> DispatchFailure {
     if e.is_timeout() {
         return DispatchFailure::Timeout;
     }
+    if let Some(refusal) = refusal_in(&e) {
+        return DispatchFailure::Refused(refusal);
+    }
     // reqwest's own message is generic; the cause chain says what happened.
-    let mut message = e.to_string();
-    let mut tls = false;
+    let mut detail = e.to_string();
+    let mut reason = ConnectReason::Other;
     let mut source = std::error::Error::source(&e);
     while let Some(cause) = source {
-        tls |= is_tls(cause);
-        message.push_str(": ");
-        message.push_str(&cause.to_string());
+        if is_tls(cause) {
+            reason = ConnectReason::Tls;
+        } else if reason == ConnectReason::Other {
+            reason = io_reason(cause).unwrap_or(reason);
+        }
+        detail.push_str(": ");
+        detail.push_str(&cause.to_string());
         source = cause.source();
     }
-    if tls {
-        // Say so plainly: a certificate problem is fixed in configuration, not by waiting.
-        message.insert_str(0, "TLS: ");
+    if reason == ConnectReason::Other && detail.contains("dns error") {
+        reason = ConnectReason::Dns;
     }
-    DispatchFailure::Connect(message)
+    if reason == ConnectReason::Tls {
+        // Say so plainly: a certificate problem is fixed in configuration, not by waiting.
+        detail.insert_str(0, "TLS: ");
+    }
+    DispatchFailure::Connect { reason, detail }
+}
+
+/// The reason an I/O error in the chain gives, if it is one.
+fn io_reason(cause: &(dyn std::error::Error + 'static)) -> Option<ConnectReason> {
+    use std::io::ErrorKind;
+    let io = cause.downcast_ref::<std::io::Error>()?;
+    match io.kind() {
+        ErrorKind::ConnectionRefused => Some(ConnectReason::Refused),
+        ErrorKind::ConnectionReset
+        | ErrorKind::ConnectionAborted
+        | ErrorKind::BrokenPipe
+        | ErrorKind::UnexpectedEof => Some(ConnectReason::Closed),
+        _ => None,
+    }
 }
 
 /// True for a rustls error, also when wrapped in `io::Error`s (whose `source()` skips what they

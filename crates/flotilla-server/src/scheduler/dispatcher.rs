@@ -8,7 +8,7 @@ use crate::app::AppState;
 use crate::fleet::registry::{FreeSlots, Slot};
 use crate::scheduler::dispatch;
 use crate::telemetry::metrics::{AgentRequestLabels, Metrics, TokenLabels};
-use flotilla_core::retry::{BackoffPolicy, Blame, DispatchFailure, after_failure};
+use flotilla_core::retry::{BackoffPolicy, Blame, ConnectReason, DispatchFailure, after_failure};
 use flotilla_core::task::{AttemptEnd, AttemptResult, Task};
 use flotilla_core::task_token::{self, TaskClaims};
 use flotilla_core::wire::{ExecuteRequest, ExecuteResponse, ModelGateway};
@@ -275,9 +275,12 @@ async fn attempt(state: AppState, task: Task, slot: Slot) {
             ),
         }),
     };
+    // The egress policy towards the instance is its owner's.
+    let owner = slot.owner;
     let outcome = tokio::select! {
         outcome = dispatch::execute(
-            &state.http,
+            &state.agents,
+            owner,
             dispatch::Target { base_url: &slot.url, signing_secret: &slot.signing_secret },
             &request,
             traceparent.as_deref(),
@@ -286,9 +289,10 @@ async fn attempt(state: AppState, task: Task, slot: Slot) {
         ) => outcome,
         // The instance failed (heartbeats stopped, health checks failed): do not wait for the
         // deadline, retry elsewhere now.
-        () = slot.failed.cancelled() => Err(DispatchFailure::Connect(
-            "the instance failed while the attempt ran".to_owned(),
-        )),
+        () = slot.failed.cancelled() => Err(DispatchFailure::Connect {
+            reason: ConnectReason::InstanceFailed,
+            detail: "the instance failed while the attempt ran".to_owned(),
+        }),
     };
     let finished_at = state.clock.now();
     // From here on the attempt's model-gateway token is refused.
@@ -313,7 +317,9 @@ async fn attempt(state: AppState, task: Task, slot: Slot) {
     );
     release_slot(&state, &slot).await;
     let call = trace.map(|trace| trace.call_ended(&outcome, finished_at));
-    let result = attempt_result(&state, &task, &slot, outcome, finished_at);
+    // Only the task's tenant's own instance may tell its submitter what it answered.
+    let own = owner == Some(task.tenant_id);
+    let result = attempt_result(&state, &task, &slot, outcome, own, finished_at);
     if let Some(call) = call {
         call.finish(&result, finished_at);
     }
@@ -333,6 +339,7 @@ fn attempt_result(
     task: &Task,
     slot: &Slot,
     outcome: Result<ExecuteResponse, DispatchFailure>,
+    own: bool,
     finished_at: flotilla_core::Timestamp,
 ) -> AttemptResult {
     match outcome {
@@ -349,6 +356,7 @@ fn attempt_result(
             };
             let result = after_failure(
                 &failure,
+                own,
                 task.attempt,
                 task.max_attempts,
                 policy,
@@ -369,11 +377,14 @@ fn attempt_result(
 }
 
 /// Counts and times one `/execute` call, and the model tokens its answer reports that the
-/// gateway did not meter already (see `telemetry::recent`).
+/// gateway did not meter already (see `telemetry::recent`), bounded by
+/// `flotilla_core::reported_usage`. Reported tokens reach `ai_agent_token_usage_total` only:
+/// never the per-tenant hourly signal (`recent.record_tokens`), which only the gateway's metered
+/// tokens drive, so an agent cannot trip a tenant's `rate_limit` alert action.
 fn record_call(
     state: &AppState,
     agent_type: &str,
-    (tenant, task): (flotilla_core::id::TenantId, flotilla_core::id::TaskId),
+    (_tenant, task): (flotilla_core::id::TenantId, flotilla_core::id::TaskId),
     outcome: &Result<ExecuteResponse, DispatchFailure>,
     took: chrono::Duration,
 ) {
@@ -399,24 +410,22 @@ fn record_call(
         .get_or_create(&Metrics::agent_type(agent_type))
         .observe(seconds);
     if let Ok(answer) = outcome {
-        for usage in answer.usage.iter().flatten() {
-            let (input, output) =
-                state
-                    .recent
-                    .unmetered(task, usage.input_tokens, usage.output_tokens);
+        let reported = answer.usage.as_deref().unwrap_or_default();
+        let known = |model: &str| state.config.gateway.model(model).is_some();
+        for (model, (input, output)) in flotilla_core::reported_usage::tally(reported, known) {
+            let (input, output) = state.recent.unmetered(task, input, output);
             for (direction, tokens) in [("input", input), ("output", output)] {
                 if tokens > 0 {
                     metrics
                         .token_usage
                         .get_or_create(&TokenLabels {
                             agent_type: agent_type.to_owned(),
-                            model: usage.model.clone(),
+                            model: model.to_owned(),
                             direction: direction.to_owned(),
                         })
                         .inc_by(tokens);
                 }
             }
-            state.recent.record_tokens(tenant, input + output);
         }
     }
 }

@@ -9,13 +9,15 @@
 //! its hourly token signals cover the deployment. Rates and percentiles are not forwarded: each
 //! replica claims a share of the same queues, so the leader's own calls are a sample of them.
 //!
-//! Tokens reach the windows (and `ai_agent_token_usage_total`) by two paths: the gateway meters
-//! every call it serves, and an agent's `/execute` reply may report the tokens its task used. An
-//! agent that calls models through the gateway under its task token would report the same
-//! tokens a second time, so the gateway's count wins: tokens the gateway metered for a task's
-//! calls are held as that task's credit (input and output apart, for an hour), and the tokens
-//! its agent reports are first taken from that credit; only the rest (models called elsewhere)
-//! count. Per model, only the gateway's count reaches the windows. The credit is this
+//! Tokens reach the windows only from the gateway, which meters every call it serves. An agent's
+//! `/execute` reply may report the tokens its task used, but that is the agent's say-so: it
+//! reaches `ai_agent_token_usage_total` only (bounded by `flotilla_core::reported_usage`), never
+//! these windows, so an agent cannot drive a tenant's hourly signal and its `rate_limit` alert
+//! action. An agent that calls models through the gateway under its task token would report
+//! the same tokens a second time, so the gateway's count wins: tokens the gateway metered for a
+//! task's calls are held as that task's credit (input and output apart, for an hour), and the
+//! tokens its agent reports are first taken from that credit; only the rest (models called
+//! elsewhere) is counted in the metric. The credit is this
 //! process's: an agent calls the gateway of the control plane that dispatched its task (the
 //! URL in its `/execute` request), so with several replicas both usually meet in one process.
 
@@ -234,8 +236,9 @@ impl Recent {
         (input - in_taken, output - out_taken)
     }
 
-    /// Records model tokens an agent reported for a task of `tenant` (already less what the
-    /// gateway metered: [`Recent::unmetered`]).
+    /// Adds tokens to `tenant`'s windows. Nothing in the server calls it today: the gateway's
+    /// calls go through [`Recent::record_gateway_call`], and tokens an agent reports must never
+    /// come here (see the module header).
     pub fn record_tokens(&self, tenant: TenantId, tokens: u64) {
         if tokens > 0 {
             self.with_minute(|minute| *minute.by_tenant.entry(tenant).or_default() += tokens);

@@ -281,14 +281,17 @@ impl AttemptTrace {
                 match failure {
                     DispatchFailure::Timeout => "timeout",
                     DispatchFailure::Status { .. } => "status",
-                    DispatchFailure::Connect(_) => "connect",
+                    DispatchFailure::Connect { .. } => "connect",
+                    DispatchFailure::Refused(_) => "egress_refused",
+                    DispatchFailure::Redirect { .. } => "redirect",
+                    DispatchFailure::TooLarge { .. } => "too_large",
                     DispatchFailure::InvalidResponse(_) => "invalid_response",
                 },
                 Status::error(failure.describe()),
             ),
         };
         match outcome {
-            Err(DispatchFailure::Status { code, .. }) => self
+            Err(DispatchFailure::Status { code, .. } | DispatchFailure::Redirect { code }) => self
                 .execute
                 .set_attribute(KeyValue::new("http.response.status_code", i64::from(*code))),
             Ok(_) => self

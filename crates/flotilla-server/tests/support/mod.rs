@@ -20,6 +20,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tempfile::TempDir;
 
+pub mod raw_agent;
+
 /// The bootstrap admin key of every test server.
 pub const ADMIN_KEY: &str = "flt_testadmin_k3yOfTheComponentTests0123456789";
 

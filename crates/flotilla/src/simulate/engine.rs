@@ -492,6 +492,7 @@ impl<'a> Sim<'a> {
         let jitter: f64 = self.control.random();
         match retry::after_failure(
             &failure,
+            true,
             i32::try_from(record.attempts).unwrap_or(i32::MAX),
             i32::try_from(self.config.max_attempts).unwrap_or(i32::MAX),
             self.policies.backoff,
