@@ -69,17 +69,7 @@ impl World {
         path: &str,
         body: Option<Value>,
     ) -> (u16, Value) {
-        let mut request = self
-            .server
-            .http
-            .request(method, self.server.url(path))
-            .bearer_auth(key);
-        if let Some(body) = body {
-            request = request.json(&body);
-        }
-        let response = request.send().await.unwrap();
-        let status = response.status().as_u16();
-        (status, response.json().await.unwrap_or(Value::Null))
+        self.server.send(key, method, path, body).await
     }
 
     /// A fresh instance of `owner` (as seen from tenant B); returns its id.

@@ -57,7 +57,6 @@ fn registration(url: &str, agent_type: &str, capacity: u32, weight: u32) -> Regi
     }
 }
 
-/// `method path` with `key` and an optional JSON body: the status and the JSON answer.
 async fn call(
     server: &TestServer,
     key: &str,
@@ -65,37 +64,14 @@ async fn call(
     path: &str,
     body: Option<Value>,
 ) -> (u16, Value) {
-    let mut request = server
-        .http
-        .request(method, server.url(path))
-        .bearer_auth(key);
-    if let Some(body) = body {
-        request = request.json(&body);
-    }
-    let response = request.send().await.unwrap();
-    let status = response.status().as_u16();
-    (status, response.json().await.unwrap_or(Value::Null))
+    server.send(key, method, path, body).await
 }
 
-/// Long-polls a task with its own tenant's client until it is terminal (20 s at most).
 async fn finish(
     client: &flotilla_client::Client,
     id: flotilla_core::id::TaskId,
 ) -> flotilla_core::task::Task {
-    let started = std::time::Instant::now();
-    loop {
-        let task = client
-            .get_task(id, Some(std::time::Duration::from_secs(5)))
-            .await
-            .unwrap();
-        if task.status.is_terminal() {
-            return task;
-        }
-        assert!(
-            started.elapsed().as_secs() < 20,
-            "task {id} not finished: {task:?}"
-        );
-    }
+    TestServer::finish_with(client, id).await
 }
 
 async fn register_with(server: &TestServer, key: &str, body: &RegisterAgent) -> AgentId {

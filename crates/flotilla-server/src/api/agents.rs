@@ -205,14 +205,7 @@ pub async fn register(
         created_at: now,
     };
     state.store.insert_agent(&agent).await?;
-    state
-        .audit
-        .record(AuditEvent::by(
-            &caller,
-            "agent.register",
-            audit_target(&agent),
-        ))
-        .await?;
+    audit(&state, &caller, "agent.register", &agent).await?;
     let registered = Registered {
         id: agent.id,
         heartbeat_interval_s: announced_interval_s(state.config.scheduler.heartbeat_interval),
@@ -264,14 +257,7 @@ pub async fn heartbeat(
         .heartbeat_agent(id, body.load, status, now)
         .await?;
     if drains {
-        state
-            .audit
-            .record(AuditEvent::by(
-                &caller,
-                "agent.drain",
-                audit_target(&before),
-            ))
-            .await?;
+        audit(&state, &caller, "agent.drain", &before).await?;
     }
     Ok(Json(HeartbeatAck { desired }))
 }
@@ -290,14 +276,7 @@ pub async fn deregister(
     let agent = managed(&state, &caller, id)?;
     let outcome = state.registry.deregister(id, state.clock.now());
     if outcome != Deregistration::Unknown {
-        state
-            .audit
-            .record(AuditEvent::by(
-                &caller,
-                "agent.deregister",
-                audit_target(&agent),
-            ))
-            .await?;
+        audit(&state, &caller, "agent.deregister", &agent).await?;
     }
     match outcome {
         Deregistration::Removed => {
@@ -371,11 +350,20 @@ fn managed(state: &AppState, caller: &Caller, id: AgentId) -> Result<AgentInstan
         .ok_or_else(|| ApiError::NotFound(format!("no agent {id}; register again")))
 }
 
-/// How an instance appears in the audit log: id, type and owner (never its URL's secrets, which
-/// a URL may not hold anyway).
-fn audit_target(agent: &AgentInstance) -> String {
-    match agent.tenant_id {
+/// Appends `action` on an instance to the audit log: its id, type and owner (not its URL).
+async fn audit(
+    state: &AppState,
+    caller: &Caller,
+    action: &'static str,
+    agent: &AgentInstance,
+) -> Result<(), ApiError> {
+    let target = match agent.tenant_id {
         Some(tenant) => format!("agent {} ({}, tenant {tenant})", agent.id, agent.agent_type),
         None => format!("agent {} ({}, platform)", agent.id, agent.agent_type),
-    }
+    };
+    state
+        .audit
+        .record(AuditEvent::by(caller, action, target))
+        .await?;
+    Ok(())
 }

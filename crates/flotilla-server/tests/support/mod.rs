@@ -343,12 +343,36 @@ impl TestServer {
         self.client.get_task(id, None).await.unwrap().status
     }
 
-    /// Long-polls until the task is terminal; panics after 20 s.
+    /// Long-polls until the task (of the default tenant) is terminal; panics after 20 s.
     pub async fn finish(&self, id: TaskId) -> Task {
+        TestServer::finish_with(&self.client, id).await
+    }
+
+    /// `method path` with `key` and an optional JSON body: the status and the JSON answer
+    /// (`null` when there is none).
+    pub async fn send(
+        &self,
+        key: &str,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> (u16, serde_json::Value) {
+        let mut request = self.http.request(method, self.url(path)).bearer_auth(key);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        let text = response.text().await.unwrap();
+        (status, serde_json::from_str(&text).unwrap_or_default())
+    }
+
+    /// Long-polls a task with `client` (of the task's tenant) until it is terminal; panics after
+    /// 20 s.
+    pub async fn finish_with(client: &Client, id: TaskId) -> Task {
         let started = Instant::now();
         loop {
-            let task = self
-                .client
+            let task = client
                 .get_task(id, Some(Duration::from_secs(5)))
                 .await
                 .unwrap();
