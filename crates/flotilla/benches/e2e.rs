@@ -608,7 +608,10 @@ impl Plane {
             // The benchmark measures the task path: the API's per-key and per-tenant limits
             // (1,000 and 5,000 requests/s by default) would cap it, as they would any client.
             ("rate_limits.per_key".to_owned(), toml::Value::from("off")),
-            ("rate_limits.per_tenant".to_owned(), toml::Value::from("off")),
+            (
+                "rate_limits.per_tenant".to_owned(),
+                toml::Value::from("off"),
+            ),
         ];
         if let Backend::Postgres(url) = backend {
             overrides.push(("database.url".to_owned(), toml::Value::from(url.as_str())));
