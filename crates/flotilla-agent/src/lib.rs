@@ -1,7 +1,7 @@
 //! Flotilla's agent SDK and its built-in simulated demo agents.
 //!
 //! An agent implements [`Agent`]; the [`runtime`] serves it over the agent contract of
-//! DESIGN.md §6 (`POST /execute`, `GET /health`), registers it with the control plane, keeps it
+//! docs/design.md §6 (`POST /execute`, `GET /health`), registers it with the control plane, keeps it
 //! alive with heartbeats and drains it on shutdown. [`simulated`] holds the agents that
 //! `flotilla agent` and `flotilla demo` run: they do no real work, and say so in every output.
 //!

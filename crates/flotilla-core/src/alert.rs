@@ -1,4 +1,4 @@
-//! Alert rules and their state machine (DESIGN.md §11): inactive → pending → firing → resolved.
+//! Alert rules and their state machine (docs/design.md §11): inactive → pending → firing → resolved.
 //!
 //! A rule compares one built-in signal with a threshold; a breach must hold for the rule's `for`
 //! duration before the alert fires. A rule is evaluated by one [`Dimension`] (agent type, model,
@@ -249,7 +249,7 @@ pub struct AlertRule {
     pub actions: Vec<Action>,
 }
 
-/// The classic defaults (DESIGN.md §11), each by its signal's default dimension except
+/// The classic defaults (docs/design.md §11), each by its signal's default dimension except
 /// `hourly_tokens_high`, which is by tenant so that its `rate_limit` holds the tenant that
 /// breached.
 pub fn default_rules() -> Vec<AlertRule> {

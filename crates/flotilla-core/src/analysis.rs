@@ -1,4 +1,4 @@
-//! Spending analysis (DESIGN.md §7), for `GET /v1/cost/analysis` and `flotilla cost report`: the
+//! Spending analysis (docs/design.md §7), for `GET /v1/cost/analysis` and `flotilla cost report`: the
 //! daily spend of a window of days, its breakdown by model and agent type, the weekly trend,
 //! the month's burn rate and projection, the use of the monthly budget, and suggestions. A pure
 //! function of the daily usage rows the store sums up and of `today`, which the shell passes in.

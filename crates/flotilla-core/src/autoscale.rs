@@ -1,4 +1,4 @@
-//! Autoscaling decisions (DESIGN.md §5): from a pool's samples of utilisation and queue depth,
+//! Autoscaling decisions (docs/design.md §5): from a pool's samples of utilisation and queue depth,
 //! whether to change its size, to what, and why.
 //!
 //! Scale up when every sample of the last `scale_up_delay` is over the scale-up threshold (or the

@@ -1,4 +1,4 @@
-//! Choosing the instance that gets a task: the load-balancing strategies of DESIGN.md §5.
+//! Choosing the instance that gets a task: the load-balancing strategies of docs/design.md §5.
 //!
 //! Every strategy is a pure function over a slice of [`Candidate`]s kept by the caller in a
 //! stable order; the only state they carry is a rotation cursor ([`BalancerState`]) and, for

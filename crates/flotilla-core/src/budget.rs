@@ -1,4 +1,4 @@
-//! Budgets (DESIGN.md §3, §7): a tenant's spending limit per calendar day or month (UTC), its
+//! Budgets (docs/design.md §3, §7): a tenant's spending limit per calendar day or month (UTC), its
 //! thresholds, and what happens past the limit — all as pure functions of the spend so far, the
 //! reservations in flight and `now`.
 //!

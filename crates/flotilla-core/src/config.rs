@@ -1,4 +1,4 @@
-//! The configuration schema and its validation (DESIGN.md §12).
+//! The configuration schema and its validation (docs/design.md §12).
 //!
 //! Two stages: [`ConfigFile`] is what `flotilla.toml` may say (unknown keys are errors that name
 //! the key), [`Config`] is the validated runtime form. Sources apply in order: file, then
@@ -102,7 +102,7 @@ pub struct DatabaseSection {
     pub url: String,
     /// Connections in the pool (PostgreSQL; SQLite uses one writer and this many readers).
     pub max_connections: u32,
-    /// The leader lease (DESIGN.md §9): the leader renews it every third of this; when the
+    /// The leader lease (docs/design.md §9): the leader renews it every third of this; when the
     /// leader dies, another control plane takes over within this plus a third of it.
     pub leader_lease_ms: u64,
 }
@@ -428,7 +428,7 @@ pub fn validate(raw: ConfigFile) -> Result<Config, ConfigError> {
     let heartbeat_interval =
         positive_ms("scheduler.heartbeat_interval_ms", s.heartbeat_interval_ms)?;
     let heartbeat_timeout = positive_ms("scheduler.heartbeat_timeout_ms", s.heartbeat_timeout_ms)?;
-    // Agents are told the interval in whole seconds (DESIGN.md §6), so the timeout must exceed
+    // Agents are told the interval in whole seconds (docs/design.md §6), so the timeout must exceed
     // what they are told, not only what is configured.
     if heartbeat_timeout <= Duration::from_secs(announced_interval_s(heartbeat_interval)) {
         return Err(invalid(

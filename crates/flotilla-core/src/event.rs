@@ -1,5 +1,5 @@
 //! Fleet events: every state change of an instance, every autoscaling decision and every action
-//! of a provisioner, each with its reason (DESIGN.md §5). The shell logs them and keeps them in the
+//! of a provisioner, each with its reason (docs/design.md §5). The shell logs them and keeps them in the
 //! store, where `GET /v1/events` reads them.
 
 use crate::Timestamp;

@@ -1,4 +1,4 @@
-//! Health decisions (DESIGN.md §5): active checks with hysteresis, and passive outlier ejection.
+//! Health decisions (docs/design.md §5): active checks with hysteresis, and passive outlier ejection.
 //!
 //! Active checks: an instance turns unhealthy after `unhealthy_threshold` consecutive failed
 //! checks and healthy again after `healthy_threshold` consecutive good ones, so one lost probe

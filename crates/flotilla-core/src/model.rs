@@ -1,4 +1,4 @@
-//! The models the gateway serves (DESIGN.md §7): each model's provider, upstream name, prices,
+//! The models the gateway serves (docs/design.md §7): each model's provider, upstream name, prices,
 //! quality and speed scores, fallbacks and cheaper downgrade, and the shipped default table.
 
 use crate::money::PricePerMillion;

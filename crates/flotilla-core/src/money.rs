@@ -1,4 +1,4 @@
-//! Exact money (DESIGN.md §7): amounts in US dollars as a whole number of pico-dollars
+//! Exact money (docs/design.md §7): amounts in US dollars as a whole number of pico-dollars
 //! (10⁻¹² USD), and prices per million tokens as a whole number of micro-dollars.
 //!
 //! The two units fit each other: tokens × (µ$ per million tokens) = pico-dollars, so the cost of

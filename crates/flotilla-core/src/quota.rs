@@ -1,5 +1,5 @@
 //! A token bucket with reservation and reconciliation: the gateway's per-minute request and token
-//! limits and its per-hour cost cap (DESIGN.md §7). A call takes what it may use (its
+//! limits and its per-hour cost cap (docs/design.md §7). A call takes what it may use (its
 //! `max_tokens`, its price ceiling) before it runs and gives back, or pays, the difference once
 //! the actual usage is known.
 //!

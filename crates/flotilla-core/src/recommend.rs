@@ -1,4 +1,4 @@
-//! Model recommendation (DESIGN.md §7): which model suits a task profile, for
+//! Model recommendation (docs/design.md §7): which model suits a task profile, for
 //! `POST /v1/cost/recommend` and `model: "auto"`. A pure function of the model table and the
 //! request; it does not know which models are healthy, which is the gateway's business.
 //!

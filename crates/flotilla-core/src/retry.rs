@@ -1,4 +1,4 @@
-//! What happens after an attempt fails: the rules of DESIGN.md §4.
+//! What happens after an attempt fails: the rules of docs/design.md §4.
 //!
 //! An agent's `4xx` (other than 408 and 429) means the task itself is wrong: failed, not retried.
 //! A timeout, a connection error, a `5xx`, `408`, `429` or an unreadable answer is the agent's or

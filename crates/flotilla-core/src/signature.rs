@@ -1,4 +1,4 @@
-//! Signatures of control plane → agent requests (DESIGN.md §6).
+//! Signatures of control plane → agent requests (docs/design.md §6).
 //!
 //! The control plane sends `x-flotilla-signature: t=<unix seconds>,v1=<hex MAC>` with every
 //! `POST /execute`, where the MAC is HMAC-SHA256 keyed with the instance's signing secret (the

@@ -1,5 +1,5 @@
 //! Per-instance statistics: a peak-EWMA latency estimate and the outcomes of the instance's own
-//! recent attempts (DESIGN.md §5). Each instance has its own; nothing is shared across a pool.
+//! recent attempts (docs/design.md §5). Each instance has its own; nothing is shared across a pool.
 //!
 //! Peak EWMA (as in Finagle and linkerd2-proxy): a slower observation than the estimate replaces
 //! it at once, a faster one pulls it down exponentially with the time since the last observation,

@@ -1,4 +1,4 @@
-//! Per-task model-gateway tokens (DESIGN.md §6): the `token` an agent finds in the `/execute`
+//! Per-task model-gateway tokens (docs/design.md §6): the `token` an agent finds in the `/execute`
 //! envelope and uses as the bearer key of the model gateway.
 //!
 //! A token names one attempt of one task and its tenant, and expires with that attempt's

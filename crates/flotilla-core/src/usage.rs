@@ -1,4 +1,4 @@
-//! Model usage and its cost (DESIGN.md §3, §7): token counts normalised across providers, the
+//! Model usage and its cost (docs/design.md §3, §7): token counts normalised across providers, the
 //! prices of a model, and the usage record every gateway call writes.
 //!
 //! Normal form: `input_tokens` counts every prompt token, of which `cached_input_tokens` were
@@ -168,7 +168,7 @@ impl UsageStatus {
     }
 }
 
-/// One model call as the ledger keeps it (DESIGN.md §3).
+/// One model call as the ledger keeps it (docs/design.md §3).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct UsageRecord {
     /// UUIDv7, so records sort by time.

@@ -1,5 +1,5 @@
 //! Wire types of API v1 (client ↔ control plane) and of the agent contract (control plane ↔
-//! agent, DESIGN.md §6). The server, the typed client and the agent SDK all use these, so the
+//! agent, docs/design.md §6). The server, the typed client and the agent SDK all use these, so the
 //! three cannot drift apart.
 
 use crate::agent::{AgentInstance, AgentStatus};
@@ -220,7 +220,7 @@ pub struct AgentHealth {
     pub capacity: u32,
 }
 
-/// The JSON error body of every 4xx and 5xx (DESIGN.md §8).
+/// The JSON error body of every 4xx and 5xx (docs/design.md §8).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ErrorBody {
     pub error: ErrorDetail,

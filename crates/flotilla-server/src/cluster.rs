@@ -1,4 +1,4 @@
-//! What control planes on one PostgreSQL database tell each other (DESIGN.md §9): a task was
+//! What control planes on one PostgreSQL database tell each other (docs/design.md §9): a task was
 //! queued (wake that type's dispatcher, so a claim need not wait for the next poll), a task
 //! ended (answer the long-polls parked on it, wherever they are, and refuse its attempt's
 //! model-gateway token without waiting for the cached answer to lapse), the fleet changed

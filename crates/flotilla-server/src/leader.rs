@@ -1,4 +1,4 @@
-//! Leadership among control planes on one database (DESIGN.md §9). Every control plane claims
+//! Leadership among control planes on one database (docs/design.md §9). Every control plane claims
 //! the lease `control-plane` every third of `[database] leader_lease_ms`; the one that holds it
 //! runs the singleton loops (the autoscaler, the alert engine, the re-queueing of expired task
 //! leases, the prunes), the others stand by and take over when its lease ends.

@@ -368,7 +368,7 @@ fn plain_http(
     router: axum::Router,
     graceful: CancellationToken,
 ) -> JoinHandle<std::io::Result<()>> {
-    // Answers go out at once (no Nagle delay on keep-alive connections, DESIGN.md §7).
+    // Answers go out at once (no Nagle delay on keep-alive connections, docs/design.md §7).
     let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
         if let Err(e) = tcp.set_nodelay(true) {
             tracing::debug!(error = %e, "Could not set TCP_NODELAY");

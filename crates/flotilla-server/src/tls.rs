@@ -1,4 +1,4 @@
-//! TLS on the API listener (`[tls]`, DESIGN.md §10); the plumbing is `flotilla-tls`, shared
+//! TLS on the API listener (`[tls]`, docs/design.md §10); the plumbing is `flotilla-tls`, shared
 //! with the agent SDK.
 
 use flotilla_core::config::Tls;

@@ -1,4 +1,4 @@
-//! Control plane → agent traffic (DESIGN.md §6): every `/execute` is signed with the instance's
+//! Control plane → agent traffic (docs/design.md §6): every `/execute` is signed with the instance's
 //! secret over the exact bytes sent, and carries a per-task model-gateway token that
 //! authenticates as that task only (403 everywhere but the model gateway), and not once altered
 //! or past the attempt's deadline (401).

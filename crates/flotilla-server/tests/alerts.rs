@@ -1,4 +1,4 @@
-//! The alert engine end to end (DESIGN.md §11): a rule over a real signal goes pending, fires
+//! The alert engine end to end (docs/design.md §11): a rule over a real signal goes pending, fires
 //! after its duration, notifies real HTTP receivers (signed JSON and Slack format), asks for
 //! capacity, resolves when the signal recovers, and keeps every transition in its history. A
 //! receiver that keeps failing gets retries, then the failure is recorded — never dropped.

@@ -1,4 +1,4 @@
-//! How the API answers requests it cannot serve (DESIGN.md §8): every error is JSON with a stable
+//! How the API answers requests it cannot serve (docs/design.md §8): every error is JSON with a stable
 //! code and, where there is one, the field at fault; every answer carries a request id, which
 //! error bodies echo; nothing a client sends makes the server answer 5xx.
 

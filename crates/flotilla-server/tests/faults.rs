@@ -1,4 +1,4 @@
-//! Faults of agents and of the fleet (DESIGN.md §4, §5): errors, garbage, hangs, refusals,
+//! Faults of agents and of the fleet (docs/design.md §4, §5): errors, garbage, hangs, refusals,
 //! unreachable and dying instances, capacity, heartbeats and draining. Every task that was
 //! accepted ends in a terminal state that says what happened.
 

@@ -1,4 +1,4 @@
-//! Fleet operations end to end (DESIGN.md §5) with real HTTP agents: the pool's strategy, outlier
+//! Fleet operations end to end (docs/design.md §5) with real HTTP agents: the pool's strategy, outlier
 //! ejection, active health checks, heartbeat loss cutting in-flight attempts short, a flapping
 //! agent, and the pools and events API. Every accepted task reaches a terminal state, and no
 //! attempt of a task runs on two instances.

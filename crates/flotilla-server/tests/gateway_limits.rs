@@ -1,4 +1,4 @@
-//! Rate limits of the model gateway hold across replicas (DESIGN.md §7): two control planes on
+//! Rate limits of the model gateway hold across replicas (docs/design.md §7): two control planes on
 //! one PostgreSQL database share their buckets, so a tenant's calls per minute do not double
 //! with a second replica. PostgreSQL only: SQLite is one control plane by design.
 

@@ -1,4 +1,4 @@
-//! Leases (DESIGN.md §4.5): a task whose control plane dies mid-attempt returns to the queue when
+//! Leases (docs/design.md §4.5): a task whose control plane dies mid-attempt returns to the queue when
 //! its lease expires and is completed by the next one, with a `lost` attempt on record; a live
 //! control plane renews its leases, so a long attempt is never run twice; an orderly stop lets
 //! in-flight attempts finish. (The SIGKILL test of the real binary lives with the end-to-end tests.)

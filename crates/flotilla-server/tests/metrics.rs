@@ -1,4 +1,4 @@
-//! `/metrics` (DESIGN.md §11): every name existing dashboards and autoscalers query is present
+//! `/metrics` (docs/design.md §11): every name existing dashboards and autoscalers query is present
 //! with the values the control plane reports, the output passes `promtool check metrics`, and
 //! the endpoint needs a key unless configured open.
 
@@ -15,7 +15,7 @@ use std::io::Write as _;
 use std::process::{Command, Stdio};
 use support::{ADMIN_KEY, Backend, Settings, TestServer, task};
 
-/// The names DESIGN.md §11 fixes.
+/// The names docs/design.md §11 fixes.
 const REQUIRED: [&str; 8] = [
     "ai_agents_total",
     "ai_task_duration_seconds",

@@ -1,4 +1,4 @@
-//! The task path as a client sees it (DESIGN.md §4), on SQLite and on PostgreSQL: submit, run on
+//! The task path as a client sees it (docs/design.md §4), on SQLite and on PostgreSQL: submit, run on
 //! an agent, long-poll, idempotency, lists, cancellation, priorities and tenant isolation.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]

@@ -1,4 +1,4 @@
-//! Task traces over OTLP/HTTP (DESIGN.md §11): an in-process OTLP receiver (an axum server
+//! Task traces over OTLP/HTTP (docs/design.md §11): an in-process OTLP receiver (an axum server
 //! accepting `POST /v1/traces`) gets the spans of a task's life, all in the task's stored trace,
 //! and the agent's `traceparent` names the `agent.execute` span.
 

@@ -1,4 +1,4 @@
-//! Leader leases (DESIGN.md §9): the SQL both backends run. It is the same text on both (`$n`
+//! Leader leases (docs/design.md §9): the SQL both backends run. It is the same text on both (`$n`
 //! placeholders in order, which SQLite also reads); each backend runs it in its own way.
 
 use crate::rows::from_micros;

@@ -231,7 +231,7 @@ pub(crate) fn bucket_from_row(
     flotilla_core::quota::Bucket::restore(state).ok_or_else(corrupt)
 }
 
-/// A term of leadership that a write is valid under (fencing, DESIGN.md §9).
+/// A term of leadership that a write is valid under (fencing, docs/design.md §9).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Fence {
     /// The lease's name.
@@ -240,7 +240,7 @@ pub struct Fence {
     pub generation: i64,
 }
 
-/// A leader lease as it stands (DESIGN.md §9).
+/// A leader lease as it stands (docs/design.md §9).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LeaderLease {
     /// Who holds it (a control plane's owner name).
@@ -555,7 +555,7 @@ pub trait Store: Send + Sync + 'static {
         limit: u32,
     ) -> StoreResult<u64>;
 
-    // --- the alert engine's shared state (DESIGN.md §9, §11) ---
+    // --- the alert engine's shared state (docs/design.md §9, §11) ---
     /// Stores a silence (its JSON), in force until `until`; replaces one with the same id.
     async fn put_silence(&self, id: uuid::Uuid, until: Timestamp, body: &str) -> StoreResult<()>;
     /// Deletes a silence and returns its JSON; `None` when there is none with this id.
@@ -567,7 +567,7 @@ pub trait Store: Send + Sync + 'static {
     /// A document of the alert board and when it was published.
     async fn get_board(&self, name: &str) -> StoreResult<Option<(String, Timestamp)>>;
 
-    // --- leadership and notifications across replicas (DESIGN.md §9) ---
+    // --- leadership and notifications across replicas (docs/design.md §9) ---
     /// Grants or renews the lease `name` to `holder` until `until` when it is free, already
     /// `holder`'s, or ended before `now`; otherwise changes nothing. Returns the lease as it
     /// stands afterwards: `holder` holds it exactly when its `holder` is theirs. The generation

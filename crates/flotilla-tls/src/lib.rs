@@ -155,7 +155,7 @@ pub fn listen(
                     }
                 },
             };
-            // Answers go out at once (no Nagle delay on keep-alive connections, DESIGN.md §7).
+            // Answers go out at once (no Nagle delay on keep-alive connections, docs/design.md §7).
             if let Err(e) = stream.set_nodelay(true) {
                 tracing::debug!(error = %e, "Could not set TCP_NODELAY");
             }

@@ -1,4 +1,4 @@
-//! End-to-end benchmark of the control plane (DESIGN.md §4, §9): `cargo bench -p flotilla --bench e2e`.
+//! End-to-end benchmark of the control plane (docs/design.md §4, §9): `cargo bench -p flotilla --bench e2e`.
 //!
 //! Everything runs in this one process, over real HTTP on loopback: the control plane
 //! (`flotilla_server::start`), zero-work agents served by the agent SDK and registered through

@@ -1,4 +1,4 @@
-//! Throughput of several control planes on one PostgreSQL database (DESIGN.md §9):
+//! Throughput of several control planes on one PostgreSQL database (docs/design.md §9):
 //! `cargo bench -p flotilla --bench replicas`.
 //!
 //! For each number of replicas (1, 2 and 3 by default) the benchmark creates a fresh database

@@ -1,4 +1,4 @@
-//! What a local agent process may see of its control plane's environment (DESIGN.md §11): only
+//! What a local agent process may see of its control plane's environment (docs/design.md §11): only
 //! `PATH`, `HOME`, locale and time zone, its pool's `env` (secrets resolved) and the variables the
 //! agent needs — never the master key, the bootstrap admin key or anything else exported to
 //! `flotilla serve`. The pool's command dumps its environment, then runs the real

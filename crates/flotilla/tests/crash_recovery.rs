@@ -1,4 +1,4 @@
-//! The invariant of DESIGN.md §4: a task answered `202` reaches a terminal state whatever
+//! The invariant of docs/design.md §4: a task answered `202` reaches a terminal state whatever
 //! crashes in between. The control plane is killed with SIGKILL mid-load and restarted; every
 //! accepted task must finish, and the ones that were in flight must show the lost attempt.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]

@@ -1,4 +1,4 @@
-//! The `local` provisioner end to end (DESIGN.md §5): `flotilla serve` spawns its own
+//! The `local` provisioner end to end (docs/design.md §5): `flotilla serve` spawns its own
 //! `flotilla agent` processes, scales them with the load, restarts one that dies, and takes them
 //! all down with it, whether it stops cleanly or is killed.
 //!

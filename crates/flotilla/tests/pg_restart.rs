@@ -1,4 +1,4 @@
-//! PostgreSQL restarted under load (DESIGN.md §4, §9): three control planes share a database of
+//! PostgreSQL restarted under load (docs/design.md §4, §9): three control planes share a database of
 //! the test's own, agents run tasks from a steady stream of submissions, and the database stops
 //! at once (`pg_ctl stop -m immediate`, as in a crash) and comes back on the same port.
 //!

@@ -1,4 +1,4 @@
-//! `/metrics` as a real Prometheus server reads it (DESIGN.md §11): Prometheus 2.42 (Debian's
+//! `/metrics` as a real Prometheus server reads it (docs/design.md §11): Prometheus 2.42 (Debian's
 //! `prometheus` package, which `.ci/run` installs) scrapes `flotilla serve` every second with an
 //! API key, and its query API must report the queue length the control plane holds — and follow
 //! it when the queue changes.

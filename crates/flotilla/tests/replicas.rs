@@ -1,4 +1,4 @@
-//! Several control planes on one PostgreSQL database (DESIGN.md §9), as real processes: three
+//! Several control planes on one PostgreSQL database (docs/design.md §9), as real processes: three
 //! replicas share the queue and the fleet, one of them leads; SIGKILL the leader, then the next
 //! one, under a steady load. Every accepted task must end, no attempt may run twice, another
 //! replica must take over within the lease, and every change of leader must be an event.

@@ -1,4 +1,4 @@
-//! No secret reaches a log (DESIGN.md §10, §11): a control plane at the most verbose log level,
+//! No secret reaches a log (docs/design.md §10, §11): a control plane at the most verbose log level,
 //! with a preset admin key, local agents holding a generated agent key, authenticated and
 //! unauthenticated requests, and `/metrics` — its output (agents' output included) holds no API
 //! key and no signing secret.

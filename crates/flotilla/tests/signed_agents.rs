@@ -1,4 +1,4 @@
-//! Signed agent traffic end to end (DESIGN.md §6): a task submitted to a real control plane runs
+//! Signed agent traffic end to end (docs/design.md §6): a task submitted to a real control plane runs
 //! on a real `flotilla agent`, which verifies the signature of every `/execute`; the same agent
 //! refuses an unsigned call made directly to it.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]

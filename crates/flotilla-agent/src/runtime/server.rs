@@ -54,7 +54,7 @@ pub(crate) async fn serve(
     stop: CancellationToken,
 ) -> Result<(), AgentRuntimeError> {
     let Some(tls) = tls else {
-        // Answers go out at once (no Nagle delay on keep-alive connections, DESIGN.md §7).
+        // Answers go out at once (no Nagle delay on keep-alive connections, docs/design.md §7).
         let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
             let _ = tcp.set_nodelay(true);
         });
@@ -77,7 +77,7 @@ pub(crate) async fn serve(
 
 /// `POST /execute`: one attempt of a task.
 ///
-/// The request signature (`x-flotilla-signature`, DESIGN.md §6) is verified first, on the raw
+/// The request signature (`x-flotilla-signature`, docs/design.md §6) is verified first, on the raw
 /// body before it is parsed, with the signing secret of the current registration; an unsigned,
 /// wrongly signed, stale or replayed request gets 401 and is never run.
 async fn execute<A: Agent>(
@@ -195,7 +195,7 @@ fn deadline_exceeded() -> Response {
     )
 }
 
-/// A JSON error body in the shape of DESIGN.md §8.
+/// A JSON error body in the shape of docs/design.md §8.
 fn error(status: StatusCode, code: &str, message: String, field: Option<String>) -> Response {
     let body = ErrorBody {
         error: ErrorDetail {

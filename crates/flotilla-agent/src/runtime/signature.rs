@@ -1,4 +1,4 @@
-//! Verification of the control plane's request signatures (DESIGN.md §6) and the memory of
+//! Verification of the control plane's request signatures (docs/design.md §6) and the memory of
 //! accepted ones that makes each signed request usable once.
 //!
 //! The secret comes from the registration, which happens after the server starts (the control

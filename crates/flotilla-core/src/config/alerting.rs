@@ -14,7 +14,7 @@ use std::time::Duration;
 pub struct AlertingSection {
     /// How often every rule is evaluated.
     pub interval_ms: u64,
-    /// Include the classic four rules (DESIGN.md §11) besides `[[alerts]]`.
+    /// Include the classic four rules (docs/design.md §11) besides `[[alerts]]`.
     pub default_rules: bool,
     /// Where `notify` actions send alerts.
     pub webhooks: Vec<WebhookSection>,

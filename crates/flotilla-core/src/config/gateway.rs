@@ -1,4 +1,4 @@
-//! `[gateway]`, `[providers.NAME]` and `[[models]]`: the model gateway (DESIGN.md §7).
+//! `[gateway]`, `[providers.NAME]` and `[[models]]`: the model gateway (docs/design.md §7).
 
 use super::{ConfigError, invalid, positive_ms};
 use crate::model::{

@@ -1,4 +1,4 @@
-//! `[[pools]]` and `[fleet]`: agent pools (DESIGN.md §3, §5) and the fleet's loops.
+//! `[[pools]]` and `[fleet]`: agent pools (docs/design.md §3, §5) and the fleet's loops.
 
 use super::{ConfigError, invalid, positive_ms, valid_agent_type};
 use crate::autoscale::AutoscalePolicy;

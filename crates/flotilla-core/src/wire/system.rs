@@ -38,7 +38,7 @@ pub struct SystemInfo {
     /// with its key; the built-in simulated provider is always reachable).
     #[serde(default)]
     pub providers: Vec<ProviderStatus>,
-    /// This control plane among the replicas on the same database (DESIGN.md §9).
+    /// This control plane among the replicas on the same database (docs/design.md §9).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replica: Option<ReplicaInfo>,
 }

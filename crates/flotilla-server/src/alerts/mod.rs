@@ -1,4 +1,4 @@
-//! The alert engine (DESIGN.md §11): every `[alerting] interval_ms` it reads the built-in signals,
+//! The alert engine (docs/design.md §11): every `[alerting] interval_ms` it reads the built-in signals,
 //! advances each (rule, dimension value) alert — one per agent type, model or tenant, or one in
 //! total, as the rule's `by` says — with `flotilla_core::alert::step`, records every transition
 //! as an `alert` fleet event whose subject is the dimension value (the history), and carries out
@@ -90,7 +90,7 @@ pub struct AlertEngine {
     /// Tenants held to a tighter rate by firing alerts (`rate_limit`), by alert.
     limited: Mutex<HashMap<String, TenantId>>,
     /// What the leader's firing alerts do, as this control plane last heard it (when it is not
-    /// the leader; DESIGN.md §9).
+    /// the leader; docs/design.md §9).
     adopted: Mutex<Effects>,
 }
 

@@ -1,5 +1,5 @@
 //! Notifiers: webhooks in Flotilla's JSON (signed with HMAC-SHA256 like agent requests,
-//! DESIGN.md §6) or as a Slack-compatible incoming-webhook attachment. Each delivery is retried
+//! docs/design.md §6) or as a Slack-compatible incoming-webhook attachment. Each delivery is retried
 //! with backoff; a delivery that still fails is an `alert` event and a metric — never silently
 //! dropped.
 

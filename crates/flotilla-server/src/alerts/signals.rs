@@ -1,6 +1,6 @@
 //! The built-in signals, read once per evaluation round from the registry, the store, the
 //! rolling windows and the gateway's budgets, with a value for each dimension a signal has
-//! (DESIGN.md §11): per agent type, per model, per tenant, or in total.
+//! (docs/design.md §11): per agent type, per model, per tenant, or in total.
 
 use crate::app::AppState;
 use crate::telemetry::recent::ModelCalls;

@@ -1,4 +1,4 @@
-//! `/v1/agents`: the agent contract's registration, heartbeat and deregistration (DESIGN.md §6),
+//! `/v1/agents`: the agent contract's registration, heartbeat and deregistration (docs/design.md §6),
 //! and the fleet's listing.
 //!
 //! Every instance has an owner (docs/security.md, "Agent trust model"): the tenant whose key

@@ -1,4 +1,4 @@
-//! `/v1/budgets`: a tenant's spending limits on the model gateway, one per period (DESIGN.md §7).
+//! `/v1/budgets`: a tenant's spending limits on the model gateway, one per period (docs/design.md §7).
 //!
 //! Budgets are read by the tenant's own keys (`read_keys`) and set or removed by admins
 //! (`manage_tenants`), like a tenant's rate limit: a limit on a tenant's spending is imposed on

@@ -1,5 +1,5 @@
 //! The one error type of the HTTP edge. It owns the status code, the log level and the JSON body
-//! (`{"error": {"code", "message", "field"?, "request_id"?}}`, DESIGN.md §8).
+//! (`{"error": {"code", "message", "field"?, "request_id"?}}`, docs/design.md §8).
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};

@@ -1,5 +1,5 @@
 //! `/v1/usage`: the model gateway's usage ledger of a tenant, newest first, as JSON pages or as
-//! CSV for spreadsheets and billing (DESIGN.md §7). Records reach the ledger in batches
+//! CSV for spreadsheets and billing (docs/design.md §7). Records reach the ledger in batches
 //! (`gateway.usage_flush_ms`), so a call shows up here within that long.
 
 use crate::api::error::ApiError;

@@ -1,4 +1,4 @@
-//! The autoscaler loop (DESIGN.md §5): samples each configured pool's size, load and queue at
+//! The autoscaler loop (docs/design.md §5): samples each configured pool's size, load and queue at
 //! `[fleet] autoscale_interval_ms`, asks `flotilla_core::autoscale::decide`, records each decision
 //! as an event (`pool code_generator 3 → 5: utilisation 0.91 > 0.80 for 30s, queue 42`) and has
 //! the pool's provisioner carry it out. For static pools the decision is a recommendation.

@@ -1,4 +1,4 @@
-//! Active health checks (DESIGN.md §5): `GET {url}/health` on every instance at its pool's
+//! Active health checks (docs/design.md §5): `GET {url}/health` on every instance at its pool's
 //! interval, with a timeout; the registry applies the pool's thresholds (hysteresis).
 //!
 //! A check goes through the agent clients (egress policy, no redirects) and reads at most

@@ -1,4 +1,4 @@
-//! The sweeper of the fleet (DESIGN.md §5), once a second: fails instances whose heartbeats
+//! The sweeper of the fleet (docs/design.md §5), once a second: fails instances whose heartbeats
 //! stopped (their in-flight attempts are cut short and re-queued for another instance), removes
 //! instances failed for longer than `[fleet] failed_removal_ms`, and returns ejected instances to
 //! rotation when their ejection time is over.

@@ -1,4 +1,4 @@
-//! The fleet (DESIGN.md §5): the registry of agent instances, fleet events, the sweeper that
+//! The fleet (docs/design.md §5): the registry of agent instances, fleet events, the sweeper that
 //! fails instances whose heartbeats stop, active health checks, the autoscaler and the
 //! provisioners that carry its decisions out.
 

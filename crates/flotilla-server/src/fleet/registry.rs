@@ -36,7 +36,7 @@ pub struct Slot {
     /// The instance's owner: `None` for a platform instance.
     pub owner: Option<TenantId>,
     pub url: String,
-    /// The instance's secret for signing requests (DESIGN.md §6).
+    /// The instance's secret for signing requests (docs/design.md §6).
     pub signing_secret: String,
     /// Cancelled when the instance fails: its in-flight attempts end and are retried elsewhere.
     pub failed: CancellationToken,
@@ -222,7 +222,7 @@ pub struct Registry {
     wakers: Arc<Wakers>,
     events: EventSink,
     config: Arc<Config>,
-    /// Control planes dispatching to the same instances (DESIGN.md §9): each hands out its
+    /// Control planes dispatching to the same instances (docs/design.md §9): each hands out its
     /// share of an instance's capacity, so that together they stay within it.
     replicas: std::sync::atomic::AtomicU32,
 }
@@ -386,7 +386,7 @@ impl Registry {
     }
 
     /// Brings this control plane's view in line with the store, which other control planes on
-    /// the same database also write (DESIGN.md §9): instances registered elsewhere join,
+    /// the same database also write (docs/design.md §9): instances registered elsewhere join,
     /// instances removed elsewhere leave, heartbeats and drains received elsewhere count.
     /// Quietly: the control plane that made a change announced it. Instances younger than
     /// [`SYNC_GRACE`] are kept even when missing from `stored`, which may have been read before

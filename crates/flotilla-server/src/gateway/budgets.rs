@@ -1,4 +1,4 @@
-//! Budget enforcement on the model path (DESIGN.md §7): every call reserves its price ceiling in
+//! Budget enforcement on the model path (docs/design.md §7): every call reserves its price ceiling in
 //! each of its tenant's budget windows before it goes upstream, and settles with the actual cost
 //! afterwards; thresholds fire once per window.
 //!

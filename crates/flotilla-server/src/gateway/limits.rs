@@ -6,7 +6,7 @@
 //! Where the buckets live depends on the store, as for budgets. With SQLite (one control plane by
 //! design) they are in this process, and the hot path takes no disk write. With PostgreSQL they
 //! are rows shared by every replica ([`flotilla_store::Store::take_buckets`]), so a limit holds
-//! across replicas instead of multiplying by their number (DESIGN.md §7). Either way every
+//! across replicas instead of multiplying by their number (docs/design.md §7). Either way every
 //! decision is [`flotilla_core::quota`]'s; this module names the buckets and carries the result.
 //!
 //! Buckets are named by subject: `tenant-req:<tenant>`, `tenant-tok:<tenant>`,

@@ -1,4 +1,4 @@
-//! The model gateway (DESIGN.md §7): an OpenAI-compatible `POST /v1/chat/completions` (JSON and
+//! The model gateway (docs/design.md §7): an OpenAI-compatible `POST /v1/chat/completions` (JSON and
 //! server-sent events) and `GET /v1/models`, in front of the configured providers.
 //!
 //! A call goes: authenticate (API key or per-task token) → validate → choose the model (`auto`

@@ -215,7 +215,7 @@ pub fn refusal_in(error: &(dyn std::error::Error + 'static)) -> Option<Refusal> 
     None
 }
 
-/// A client with pooled keep-alive connections and `TCP_NODELAY` (DESIGN.md §7), the given TLS
+/// A client with pooled keep-alive connections and `TCP_NODELAY` (docs/design.md §7), the given TLS
 /// configuration, the egress resolver, no proxy and no redirects.
 fn http_client(
     tls: rustls::ClientConfig,

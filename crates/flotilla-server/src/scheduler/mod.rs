@@ -1,4 +1,4 @@
-//! The scheduler: from a queued task to a recorded result (DESIGN.md §4).
+//! The scheduler: from a queued task to a recorded result (docs/design.md §4).
 //!
 //! - [`intake`] writes submissions in batches (group commit) and wakes the dispatcher of each type.
 //! - [`dispatcher`] runs one loop per agent type: it claims as many queued tasks as the type has

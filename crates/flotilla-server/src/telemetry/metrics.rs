@@ -1,10 +1,10 @@
-//! Prometheus metrics (DESIGN.md §11) through `prometheus-client`.
+//! Prometheus metrics (docs/design.md §11) through `prometheus-client`.
 //!
 //! Counters and histograms are updated where things happen (HTTP middleware, dispatch,
 //! completion, leases, fleet events); gauges that describe state (instances by status, load per
 //! instance, queue length, success rate) are refreshed from the registry and the store at each
 //! scrape, so they are never stale. Label sets are bounded: agent type, model, status, route,
-//! method, event kind — and the instance id of `ai_agent_load`, which DESIGN.md names (bounded
+//! method, event kind — and the instance id of `ai_agent_load`, which docs/design.md §11 names (bounded
 //! by the fleet's size, and removed with the instance).
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -58,7 +58,7 @@ pub struct AgentTypeLabels {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct InstancesLabels {
-    /// The agent type (DESIGN.md names this label `type`).
+    /// The agent type (docs/design.md §11 names this label `type`).
     pub r#type: String,
     pub status: String,
 }
@@ -170,7 +170,7 @@ pub struct Metrics {
     registry: Registry,
     /// The registered family names (a counter's without `_total`).
     names: Vec<&'static str>,
-    // DESIGN.md §11 names, which existing dashboards and autoscalers query.
+    // docs/design.md §11 names, which existing dashboards and autoscalers query.
     pub agents: Family<InstancesLabels, Gauge>,
     pub agent_load: Family<AgentIdLabels, Gauge>,
     pub task_duration: Histograms<TaskLabels>,
@@ -537,7 +537,7 @@ fn register(
 /// Converts OpenMetrics text (as `prometheus-client` writes it) to the classic Prometheus text
 /// format (0.0.4) that scrapers not asking for OpenMetrics — and `promtool check metrics` —
 /// read: a counter family is named after its `_total` samples, `# UNIT` and `# EOF` lines go,
-/// and a non-counter whose name ends in `_total` (DESIGN.md's gauge `ai_agents_total`) is typed
+/// and a non-counter whose name ends in `_total` (docs/design.md §11's gauge `ai_agents_total`) is typed
 /// `untyped`, which the classic format allows for any name.
 pub fn openmetrics_to_classic(text: &str) -> String {
     let mut counters = std::collections::HashSet::new();

@@ -1,4 +1,4 @@
-//! Telemetry (DESIGN.md §11): Prometheus metrics at `/metrics`, the HTTP middleware that
+//! Telemetry (docs/design.md §11): Prometheus metrics at `/metrics`, the HTTP middleware that
 //! counts and times every API request, and task traces ([`traces`]).
 
 pub mod metrics;

@@ -45,7 +45,7 @@ pub struct Recent {
 }
 
 /// Tokens counted by one control plane that the leader, which alone runs the alert engine,
-/// adds to its windows (DESIGN.md §9): so the hourly token signals cover every replica.
+/// adds to its windows (docs/design.md §9): so the hourly token signals cover every replica.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct TokenDelta {
     pub by_tenant: HashMap<TenantId, u64>,

@@ -1,4 +1,4 @@
-//! Task traces (DESIGN.md §11): one OpenTelemetry trace per task, exported over OTLP/HTTP when
+//! Task traces (docs/design.md §11): one OpenTelemetry trace per task, exported over OTLP/HTTP when
 //! `[telemetry.otlp]` is configured.
 //!
 //! A task's spans are `task.submit` (the submission handler), `task.queued` (from submission, or

@@ -1,4 +1,4 @@
-//! The secrets vault (DESIGN.md §10): per-tenant secrets with versions, kept either in
+//! The secrets vault (docs/design.md §10): per-tenant secrets with versions, kept either in
 //! Flotilla's own database under envelope encryption ([`builtin`]) or in a HashiCorp Vault /
 //! OpenBao KV v2 engine ([`hashicorp`]). The master key also derives keys for other purposes
 //! ([`MasterKeys::derive`], e.g. per-task model-gateway tokens).

@@ -1,5 +1,5 @@
 -- The model gateway's rate-limit buckets, shared by every control plane on this database
--- (DESIGN.md §7: per-minute request and token limits and the per-hour cost cap hold across
+-- (docs/design.md §7: per-minute request and token limits and the per-hour cost cap hold across
 -- replicas). One row per bucket, named by its subject (e.g. `tenant-req:<tenant id>`,
 -- `key-tok:<key id>`).
 --

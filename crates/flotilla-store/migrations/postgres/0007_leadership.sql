@@ -1,4 +1,4 @@
--- Leader leases (DESIGN.md §9). Several control planes share this database; the loops that must
+-- Leader leases (docs/design.md §9). Several control planes share this database; the loops that must
 -- run once per deployment (the autoscaler, the alert engine, the fleet sweeper, the prunes) run
 -- only on the replica holding the lease named `control-plane`.
 --

@@ -1,4 +1,4 @@
--- The alert engine's state that every control plane must see (DESIGN.md §9, §11). The engine
+-- The alert engine's state that every control plane must see (docs/design.md §9, §11). The engine
 -- runs on the leader only; any replica answers the API.
 --
 -- alert_silences: one row per silence (its JSON as the API shows it), until when it holds

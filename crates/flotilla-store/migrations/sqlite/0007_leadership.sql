@@ -1,4 +1,4 @@
--- Leader leases (DESIGN.md §9). On SQLite one control plane runs, so it always wins the lease;
+-- Leader leases (docs/design.md §9). On SQLite one control plane runs, so it always wins the lease;
 -- the table exists so that both backends offer the same contract, which the behaviour suite
 -- checks on both. See the PostgreSQL migration for the columns.
 CREATE TABLE leader_leases (

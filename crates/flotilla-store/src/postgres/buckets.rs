@@ -1,4 +1,4 @@
-//! Rate-limit buckets on PostgreSQL, shared by every replica (DESIGN.md §7).
+//! Rate-limit buckets on PostgreSQL, shared by every replica (docs/design.md §7).
 //!
 //! A take or settlement runs in one transaction: it locks each bucket's row with an upsert
 //! (`INSERT ... ON CONFLICT DO UPDATE ... RETURNING`, which creates a missing row full, or locks

@@ -1,4 +1,4 @@
-//! The `local` provisioner (DESIGN.md §5), the embedded default: it spawns agent processes on
+//! The `local` provisioner (docs/design.md §5), the embedded default: it spawns agent processes on
 //! this machine and keeps them running, restarting one that exits on its own after an
 //! exponential backoff, until it is told to stop it.
 //!

@@ -1,4 +1,4 @@
-//! Provisioners (DESIGN.md §5): how a pool's size becomes running instances.
+//! Provisioners (docs/design.md §5): how a pool's size becomes running instances.
 //!
 //! - `static`: instances register themselves; the autoscaler only recommends.
 //! - `local`: agent processes on this machine, supervised by [`local::LocalSupervisor`].

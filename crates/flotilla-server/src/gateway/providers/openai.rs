@@ -2,7 +2,7 @@
 //! LiteLLM, …): `POST {base_url}/chat/completions`.
 //!
 //! One `reqwest` client per provider keeps a pool of keep-alive connections with `TCP_NODELAY`
-//! (DESIGN.md §7) and speaks HTTP/2 where the server offers it over TLS (ALPN), HTTP/1.1
+//! (docs/design.md §7) and speaks HTTP/2 where the server offers it over TLS (ALPN), HTTP/1.1
 //! otherwise. The body goes out as the bytes the gateway was given.
 
 use super::{ChunkStream, UpstreamError, UpstreamReply, UpstreamRequest};
