@@ -75,15 +75,27 @@ pub async fn run(state: AppState, shutdown: CancellationToken) {
         let started = Instant::now();
         let now = state.clock.now();
         let until = now + chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::MAX);
-        let claim = tokio::time::timeout(
-            period,
-            state.store.claim_lease(LEASE, &state.owner, now, until),
-        );
+        let round = async {
+            let claimed = tokio::time::timeout(
+                period,
+                state.store.claim_lease(LEASE, &state.owner, now, until),
+            )
+            .await;
+            count_replicas(&state, now, until).await;
+            claimed
+        };
+        // A store that hangs must not stretch a term: when it ends while the claim (or the
+        // count) is still pending, this control plane steps down then, not when the store
+        // answers or the timeouts run out (another control plane may lead by then).
         let claimed = tokio::select! {
             () = shutdown.cancelled() => break,
-            claimed = claim => claimed,
+            claimed = round => claimed,
+            () = term_end(term_ends) => {
+                term_ends = None;
+                step_down(&state, ran_out(&state)).await;
+                continue;
+            }
         };
-        count_replicas(&state, now, until).await;
         match claimed {
             Ok(Ok(lease)) => {
                 state.leadership.seen(&lease.holder);
@@ -136,14 +148,7 @@ pub async fn run(state: AppState, shutdown: CancellationToken) {
         }
         if term_ends.is_some_and(|end| Instant::now() >= end) {
             term_ends = None;
-            step_down(
-                &state,
-                format!(
-                    "control plane {} no longer leads: its lease ran out before it could renew it (is the database reachable?)",
-                    state.owner
-                ),
-            )
-            .await;
+            step_down(&state, ran_out(&state)).await;
         }
     }
     let _ = tokio::time::timeout(
@@ -170,6 +175,21 @@ pub async fn run(state: AppState, shutdown: CancellationToken) {
             Err(_) => tracing::warn!("Releasing the leader lease timed out"),
         }
     }
+}
+
+/// Resolves when a term that ends at `end` is over; never without a term.
+async fn term_end(end: Option<Instant>) {
+    match end {
+        Some(end) => tokio::time::sleep_until(end.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn ran_out(state: &AppState) -> String {
+    format!(
+        "control plane {} no longer leads: its lease ran out before it could renew it (is the database reachable?)",
+        state.owner
+    )
 }
 
 /// Renews this control plane's presence and tells the registry how many are live.

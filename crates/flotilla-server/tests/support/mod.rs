@@ -252,6 +252,19 @@ impl TestServer {
         }
     }
 
+    /// This control plane's view of the leadership (docs/design.md §9).
+    pub fn leadership(&self) -> &flotilla_server::leader::Leadership {
+        &self.running.state().leadership
+    }
+
+    /// The PostgreSQL schema the server's tables live in (`None` on SQLite).
+    pub fn postgres_schema(&self) -> Option<&str> {
+        match self.database.as_ref().map(|d| &d.location) {
+            Some(Location::Postgres { schema }) => Some(schema),
+            _ => None,
+        }
+    }
+
     /// Stops the server in order and removes its database.
     pub async fn stop(self) {
         self.running.stop().await;
