@@ -57,16 +57,6 @@ fn registration(url: &str, agent_type: &str, capacity: u32, weight: u32) -> Regi
     }
 }
 
-async fn call(
-    server: &TestServer,
-    key: &str,
-    method: reqwest::Method,
-    path: &str,
-    body: Option<Value>,
-) -> (u16, Value) {
-    server.send(key, method, path, body).await
-}
-
 async fn finish(
     client: &flotilla_client::Client,
     id: flotilla_core::id::TaskId,
@@ -195,72 +185,72 @@ async fn only_the_owner_or_an_admin_manages_an_instance(backend: Backend) {
     let delete = reqwest::Method::DELETE;
     for id in [own_id, platform_id] {
         // Another tenant's key: exactly as for a missing instance.
-        let (status, body) = call(
-            &server,
-            &b_operator,
-            post.clone(),
-            &format!("/v1/agents/{id}/heartbeat"),
-            Some(beat.clone()),
-        )
-        .await;
+        let (status, body) = server
+            .send(
+                &b_operator,
+                post.clone(),
+                &format!("/v1/agents/{id}/heartbeat"),
+                Some(beat.clone()),
+            )
+            .await;
         assert_eq!(
             (status, body["error"]["code"].as_str()),
             (404, Some("not_found")),
             "{body}"
         );
-        let (status, _) = call(
-            &server,
-            &b_operator,
-            delete.clone(),
-            &format!("/v1/agents/{id}"),
-            None,
-        )
-        .await;
+        let (status, _) = server
+            .send(
+                &b_operator,
+                delete.clone(),
+                &format!("/v1/agents/{id}"),
+                None,
+            )
+            .await;
         assert_eq!(status, 404);
-        let (status, _) = call(
-            &server,
-            &b_operator,
-            reqwest::Method::GET,
-            &format!("/v1/agents/{id}"),
-            None,
-        )
-        .await;
+        let (status, _) = server
+            .send(
+                &b_operator,
+                reqwest::Method::GET,
+                &format!("/v1/agents/{id}"),
+                None,
+            )
+            .await;
         // The platform's instance serves b, which may see it (without its details); a's is
         // invisible to b.
         assert_eq!(status, if id == platform_id { 200 } else { 404 });
     }
     // A tenant's key cannot touch the platform's instance either.
-    let (status, _) = call(
-        &server,
-        &a_agent_key,
-        delete.clone(),
-        &format!("/v1/agents/{platform_id}"),
-        None,
-    )
-    .await;
+    let (status, _) = server
+        .send(
+            &a_agent_key,
+            delete.clone(),
+            &format!("/v1/agents/{platform_id}"),
+            None,
+        )
+        .await;
     assert_eq!(status, 404);
     // The owner heartbeats and drains its own.
-    let (status, body) = call(
-        &server,
-        &a_agent_key,
-        post.clone(),
-        &format!("/v1/agents/{own_id}/heartbeat"),
-        Some(json!({"load": 0, "status": "draining"})),
-    )
-    .await;
+    let (status, body) = server
+        .send(
+            &a_agent_key,
+            post.clone(),
+            &format!("/v1/agents/{own_id}/heartbeat"),
+            Some(json!({"load": 0, "status": "draining"})),
+        )
+        .await;
     assert_eq!(
         (status, body["desired"].as_str()),
         (200, Some("drain")),
         "{body}"
     );
-    let (status, _) = call(
-        &server,
-        &a_agent_key,
-        delete.clone(),
-        &format!("/v1/agents/{own_id}"),
-        None,
-    )
-    .await;
+    let (status, _) = server
+        .send(
+            &a_agent_key,
+            delete.clone(),
+            &format!("/v1/agents/{own_id}"),
+            None,
+        )
+        .await;
     assert_eq!(status, 200);
     // An admin may remove anyone's.
     assert_eq!(server.deregister(platform_id).await.0, 200);
@@ -287,7 +277,9 @@ async fn tenants_see_their_own_instances_and_the_platforms_without_details(backe
     )
     .await;
 
-    let (_, listed) = call(&server, &b_viewer, reqwest::Method::GET, "/v1/agents", None).await;
+    let (_, listed) = server
+        .send(&b_viewer, reqwest::Method::GET, "/v1/agents", None)
+        .await;
     let agents = listed["agents"].as_array().unwrap();
     assert_eq!(
         agents.len(),
@@ -302,14 +294,9 @@ async fn tenants_see_their_own_instances_and_the_platforms_without_details(backe
     );
     assert_eq!(agents[0]["metadata"], json!({}));
 
-    let (_, listed) = call(
-        &server,
-        &a_operator,
-        reqwest::Method::GET,
-        "/v1/agents",
-        None,
-    )
-    .await;
+    let (_, listed) = server
+        .send(&a_operator, reqwest::Method::GET, "/v1/agents", None)
+        .await;
     let mine: Vec<&Value> = listed["agents"]
         .as_array()
         .unwrap()
@@ -375,14 +362,9 @@ async fn tenant_registrations_are_limited(backend: Backend) {
         let server = &server;
         let key = key.clone();
         async move {
-            call(
-                server,
-                &key,
-                reqwest::Method::POST,
-                "/v1/agents",
-                Some(body),
-            )
-            .await
+            server
+                .send(&key, reqwest::Method::POST, "/v1/agents", Some(body))
+                .await
         }
     };
     assert_eq!(register("one").await.0, 201);
@@ -420,32 +402,27 @@ async fn registrations_and_deregistrations_are_audited(backend: Backend) {
     let key = server.create_key(Role::Agent, a).await;
     let agent = ScriptedAgent::start(Behaviour::SUCCEED).unwrap();
     let id = register_with(&server, &key, &registration(&agent.url(), "audited", 1, 1)).await;
-    let (status, _) = call(
-        &server,
-        &key,
-        reqwest::Method::POST,
-        &format!("/v1/agents/{id}/heartbeat"),
-        Some(json!({"load": 0, "status": "draining"})),
-    )
-    .await;
+    let (status, _) = server
+        .send(
+            &key,
+            reqwest::Method::POST,
+            &format!("/v1/agents/{id}/heartbeat"),
+            Some(json!({"load": 0, "status": "draining"})),
+        )
+        .await;
     assert_eq!(status, 200);
-    let (status, _) = call(
-        &server,
-        &key,
-        reqwest::Method::DELETE,
-        &format!("/v1/agents/{id}"),
-        None,
-    )
-    .await;
+    let (status, _) = server
+        .send(
+            &key,
+            reqwest::Method::DELETE,
+            &format!("/v1/agents/{id}"),
+            None,
+        )
+        .await;
     assert_eq!(status, 200);
-    let (_, log) = call(
-        &server,
-        ADMIN_KEY,
-        reqwest::Method::GET,
-        "/v1/audit?limit=100",
-        None,
-    )
-    .await;
+    let (_, log) = server
+        .send(ADMIN_KEY, reqwest::Method::GET, "/v1/audit?limit=100", None)
+        .await;
     let actions: Vec<(String, String)> = log["entries"]
         .as_array()
         .unwrap()
@@ -479,14 +456,14 @@ async fn a_tenants_agent_may_not_reach_loopback_unless_allowed(backend: Backend)
     let key = server.create_key(Role::Operator, a).await;
     let agent = ScriptedAgent::start(Behaviour::SUCCEED).unwrap();
     let body = serde_json::to_value(registration(&agent.url(), "looped", 1, 1)).unwrap();
-    let (status, refused) = call(
-        &server,
-        &key,
-        reqwest::Method::POST,
-        "/v1/agents",
-        Some(body.clone()),
-    )
-    .await;
+    let (status, refused) = server
+        .send(
+            &key,
+            reqwest::Method::POST,
+            "/v1/agents",
+            Some(body.clone()),
+        )
+        .await;
     assert_eq!(
         (
             status,
@@ -505,14 +482,9 @@ async fn a_tenants_agent_may_not_reach_loopback_unless_allowed(backend: Backend)
     );
     assert!(server.client.list_agents().await.unwrap().agents.is_empty());
     // The platform's registration of the same URL is fine.
-    let (status, _) = call(
-        &server,
-        ADMIN_KEY,
-        reqwest::Method::POST,
-        "/v1/agents",
-        Some(body),
-    )
-    .await;
+    let (status, _) = server
+        .send(ADMIN_KEY, reqwest::Method::POST, "/v1/agents", Some(body))
+        .await;
     assert_eq!(status, 201);
     server.stop().await;
 }

@@ -825,56 +825,30 @@ async fn claims_take_only_the_tenants_asked_for(store: DynStore) {
     )
     .await;
     let later = now + secs(10);
-    let only_a = store
-        .claim_tasks(
-            "scoped",
-            Some(&[a]),
-            10,
-            "replica-a",
-            later + secs(30),
-            later,
-        )
-        .await
-        .unwrap();
-    assert_eq!(
-        only_a.iter().map(|t| t.id).collect::<Vec<_>>(),
-        vec![tasks[1].id]
+    let claim_for = |tenants: Option<Vec<TenantId>>| {
+        let store = store.clone();
+        async move {
+            let claimed = store
+                .claim_tasks(
+                    "scoped",
+                    tenants.as_deref(),
+                    10,
+                    "replica-a",
+                    later + secs(30),
+                    later,
+                )
+                .await
+                .unwrap();
+            claimed.iter().map(|t| t.id).collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(claim_for(Some(vec![a])).await, vec![tasks[1].id]);
+    assert_eq!(claim_for(Some(vec![a, c])).await, vec![tasks[2].id]);
+    assert!(
+        claim_for(Some(vec![])).await.is_empty(),
+        "an empty list claims nothing"
     );
-    let a_or_c = store
-        .claim_tasks(
-            "scoped",
-            Some(&[a, c]),
-            10,
-            "replica-a",
-            later + secs(30),
-            later,
-        )
-        .await
-        .unwrap();
-    assert_eq!(
-        a_or_c.iter().map(|t| t.id).collect::<Vec<_>>(),
-        vec![tasks[2].id]
-    );
-    let none = store
-        .claim_tasks(
-            "scoped",
-            Some(&[]),
-            10,
-            "replica-a",
-            later + secs(30),
-            later,
-        )
-        .await
-        .unwrap();
-    assert!(none.is_empty(), "an empty list claims nothing");
-    let any = store
-        .claim_tasks("scoped", None, 10, "replica-a", later + secs(30), later)
-        .await
-        .unwrap();
-    assert_eq!(
-        any.iter().map(|t| t.id).collect::<Vec<_>>(),
-        vec![tasks[0].id, tasks[3].id]
-    );
+    assert_eq!(claim_for(None).await, vec![tasks[0].id, tasks[3].id]);
 }
 
 async fn agents_are_registered_updated_and_removed(store: DynStore) {
