@@ -16,9 +16,28 @@ use flotilla_store::DynStore;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
-/// Everything a handler or loop needs; cheap to clone.
+/// Everything a handler or loop needs. Cloning it (axum does, for every extractor that takes it)
+/// copies one pointer: the services live in one shared [`Services`].
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Services>);
+
+impl AppState {
+    /// The state of a server built from `services`.
+    pub fn new(services: Services) -> Self {
+        AppState(Arc::new(services))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Services;
+
+    fn deref(&self) -> &Services {
+        &self.0
+    }
+}
+
+/// The services and handles of one control plane, built once by [`crate::start`].
+pub struct Services {
     pub config: Arc<Config>,
     pub store: DynStore,
     pub clock: Arc<dyn Clock>,
@@ -64,12 +83,12 @@ pub struct AppState {
     /// Tells the other control planes on the same database what happened here.
     pub cluster: crate::cluster::Notifier,
     /// Whether this control plane leads the deployment (runs the singleton loops).
-    pub leadership: Arc<crate::leader::Leadership>,
+    pub leadership: Arc<crate::leadership::Leadership>,
     /// Cancelled when the server begins to shut down.
     pub shutdown: CancellationToken,
 }
 
-impl AppState {
+impl Services {
     /// True when tasks of `agent_type` can be accepted from `tenant`: a pool that serves the
     /// tenant is configured, or an instance that may run its tasks is registered.
     pub fn serves_type(&self, agent_type: &str, tenant: flotilla_core::id::TenantId) -> bool {

@@ -9,11 +9,15 @@
 //! after it has ended in the database, which is later. Each term has a generation, one more
 //! than the last, carried by the `leader` events. On SQLite the one control plane always leads.
 
-use crate::app::AppState;
+use crate::clock::Clock;
+use crate::fleet::events::EventSink;
+use crate::leadership::Leadership;
+use crate::telemetry::metrics::Metrics;
 use flotilla_core::event::{EventKind, NewEvent};
-use std::future::Future;
-use std::time::{Duration, Instant};
-use tokio::sync::watch;
+use flotilla_store::DynStore;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 /// The lease's name in the store.
@@ -23,51 +27,32 @@ pub const LEASE: &str = "control-plane";
 /// leader lease: the live ones tell how many control planes share the instances' capacity.
 pub const PRESENCE: &str = "replica:";
 
-/// This control plane's view of the leadership.
-pub struct Leadership {
-    /// `Some(generation)` while this control plane leads.
-    leading: watch::Sender<Option<i64>>,
-    /// Who leads, as last seen (owner name), for `/v1/system`.
-    leader: std::sync::Mutex<Option<String>>,
-}
-
-impl Default for Leadership {
-    fn default() -> Self {
-        Self {
-            leading: watch::Sender::new(None),
-            leader: std::sync::Mutex::new(None),
-        }
-    }
-}
-
-impl Leadership {
-    /// True while this control plane leads.
-    pub fn is_leader(&self) -> bool {
-        self.leading.borrow().is_some()
-    }
-
-    /// The generation of this control plane's term, while it leads.
-    pub fn generation(&self) -> Option<i64> {
-        *self.leading.borrow()
-    }
-
-    /// The leader as last seen (its owner name), if any.
-    pub fn leader(&self) -> Option<String> {
-        self.leader.lock().ok().and_then(|l| l.clone())
-    }
-
-    fn seen(&self, holder: &str) {
-        if let Ok(mut leader) = self.leader.lock()
-            && leader.as_deref() != Some(holder)
-        {
-            *leader = Some(holder.to_owned());
-        }
-    }
+/// What the leader loop needs: the lease store, this control plane's name, and where it tells
+/// what it sees. Time is tokio's (`Instant`s and sleeps), so tests can pause it.
+pub struct Leader {
+    /// Where the leases live.
+    pub store: DynStore,
+    /// True when several control planes may share the store (PostgreSQL): only then are they
+    /// counted.
+    pub shared_store: bool,
+    /// This process's lease owner name (unique per start).
+    pub owner: Arc<str>,
+    /// `[database] leader_lease_ms`.
+    pub ttl: Duration,
+    pub clock: Arc<dyn Clock>,
+    /// Written by this loop: whether and in which generation this control plane leads.
+    pub leadership: Arc<Leadership>,
+    pub metrics: Arc<Metrics>,
+    /// Where a change of leader is recorded when the store cannot take it at once.
+    pub events: EventSink,
+    /// Told how many control planes are live, whenever they are counted.
+    pub on_replicas: Box<dyn Fn(u32) + Send + Sync>,
 }
 
 /// Claims and renews the lease until `shutdown`, then hands it over.
-pub async fn run(state: AppState, shutdown: CancellationToken) {
-    let ttl = state.config.leader_lease;
+pub async fn run(state: Leader, shutdown: CancellationToken) {
+    let state = &state;
+    let ttl = state.ttl;
     let period = ttl / 3;
     // A leader's term ends this long after the start of its last successful claim.
     let mut term_ends: Option<Instant> = None;
@@ -81,7 +66,7 @@ pub async fn run(state: AppState, shutdown: CancellationToken) {
                 state.store.claim_lease(LEASE, &state.owner, now, until),
             )
             .await;
-            count_replicas(&state, now, until).await;
+            count_replicas(state, now, until).await;
             claimed
         };
         // A store that hangs must not stretch a term: when it ends while the claim (or the
@@ -92,7 +77,7 @@ pub async fn run(state: AppState, shutdown: CancellationToken) {
             claimed = round => claimed,
             () = term_end(term_ends) => {
                 term_ends = None;
-                step_down(&state, ran_out(&state)).await;
+                step_down(state, ran_out(state)).await;
                 continue;
             }
         };
@@ -108,7 +93,7 @@ pub async fn run(state: AppState, shutdown: CancellationToken) {
                             .send_replace(Some(lease.generation));
                         state.metrics.leader.set(1);
                         announce(
-                            &state,
+                            state,
                             format!(
                                 "control plane {} leads (generation {})",
                                 state.owner, lease.generation
@@ -118,7 +103,7 @@ pub async fn run(state: AppState, shutdown: CancellationToken) {
                     }
                 } else if term_ends.take().is_some() {
                     step_down(
-                        &state,
+                        state,
                         format!(
                             "control plane {} no longer leads: {} holds the lease (generation {})",
                             state.owner, lease.holder, lease.generation
@@ -144,11 +129,11 @@ pub async fn run(state: AppState, shutdown: CancellationToken) {
         };
         tokio::select! {
             () = shutdown.cancelled() => break,
-            () = tokio::time::sleep_until(deadline.into()) => {}
+            () = tokio::time::sleep_until(deadline) => {}
         }
         if term_ends.is_some_and(|end| Instant::now() >= end) {
             term_ends = None;
-            step_down(&state, ran_out(&state)).await;
+            step_down(state, ran_out(state)).await;
         }
     }
     let _ = tokio::time::timeout(
@@ -162,7 +147,7 @@ pub async fn run(state: AppState, shutdown: CancellationToken) {
     .await;
     if term_ends.is_some() {
         step_down(
-            &state,
+            state,
             format!("control plane {} hands over: shutting down", state.owner),
         )
         .await;
@@ -180,12 +165,12 @@ pub async fn run(state: AppState, shutdown: CancellationToken) {
 /// Resolves when a term that ends at `end` is over; never without a term.
 async fn term_end(end: Option<Instant>) {
     match end {
-        Some(end) => tokio::time::sleep_until(end.into()).await,
+        Some(end) => tokio::time::sleep_until(end).await,
         None => std::future::pending().await,
     }
 }
 
-fn ran_out(state: &AppState) -> String {
+fn ran_out(state: &Leader) -> String {
     format!(
         "control plane {} no longer leads: its lease ran out before it could renew it (is the database reachable?)",
         state.owner
@@ -194,13 +179,13 @@ fn ran_out(state: &AppState) -> String {
 
 /// Renews this control plane's presence and tells the registry how many are live.
 async fn count_replicas(
-    state: &AppState,
+    state: &Leader,
     now: flotilla_core::Timestamp,
     until: flotilla_core::Timestamp,
 ) {
     // One control plane runs on SQLite: no count to keep (and a previous start killed without
     // releasing its presence must not halve this one's shares until it expires).
-    if state.store.backend() != "postgres" {
+    if !state.shared_store {
         state.metrics.replicas.set(1);
         return;
     }
@@ -218,8 +203,7 @@ async fn count_replicas(
     match tokio::time::timeout(Duration::from_secs(2), counted).await {
         Ok(Ok(n)) => {
             let n = u32::try_from(n).unwrap_or(u32::MAX).max(1);
-            state.registry.set_replicas(n);
-            state.limits.set_replicas(n);
+            (state.on_replicas)(n);
             state.metrics.replicas.set(i64::from(n));
         }
         Ok(Err(e)) => tracing::debug!(error = %e, "Could not count the control planes"),
@@ -227,7 +211,7 @@ async fn count_replicas(
     }
 }
 
-async fn step_down(state: &AppState, message: String) {
+async fn step_down(state: &Leader, message: String) {
     state.leadership.leading.send_replace(None);
     state.metrics.leader.set(0);
     announce(state, message).await;
@@ -235,7 +219,7 @@ async fn step_down(state: &AppState, message: String) {
 
 /// Records a change of leader as an event, written at once rather than with the next batch:
 /// a leader killed right after taking over must still leave its event behind.
-async fn announce(state: &AppState, message: String) {
+async fn announce(state: &Leader, message: String) {
     tracing::info!(event = %EventKind::Leader, owner = %state.owner, "{message}");
     let event = NewEvent {
         at: state.clock.now(),
@@ -249,32 +233,5 @@ async fn announce(state: &AppState, message: String) {
         Ok(Ok(())) => {}
         // The database may be what ended the term: queue it with the other events.
         _ => state.events.queue(event),
-    }
-}
-
-/// Runs `job` while this control plane leads: started when it becomes the leader, cancelled
-/// (and awaited) when it stops being it, again on the next term; until `shutdown`.
-pub async fn singleton<F, Fut>(state: AppState, shutdown: CancellationToken, job: F)
-where
-    F: Fn(AppState, CancellationToken) -> Fut,
-    Fut: Future<Output = ()> + Send + 'static,
-{
-    let mut leading = state.leadership.leading.subscribe();
-    loop {
-        // Wait to lead.
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            led = leading.wait_for(Option::is_some) => if led.is_err() { return },
-        }
-        let term = shutdown.child_token();
-        let running = tokio::spawn(job(state.clone(), term.clone()));
-        tokio::select! {
-            () = shutdown.cancelled() => {}
-            _ = leading.wait_for(Option::is_none) => {}
-        }
-        term.cancel();
-        if let Err(e) = running.await {
-            tracing::error!(error = %e, "A singleton loop failed");
-        }
     }
 }

@@ -13,6 +13,7 @@ pub mod cluster;
 pub mod fleet;
 pub mod gateway;
 pub mod leader;
+pub mod leadership;
 pub mod scheduler;
 pub mod telemetry;
 pub mod tls;
@@ -121,7 +122,7 @@ pub async fn start(
     let waiters = Arc::new(waiters::Waiters::default());
     let config = Arc::new(config);
     let metrics = Arc::new(telemetry::metrics::Metrics::new());
-    let leadership = Arc::new(leader::Leadership::default());
+    let leadership = Arc::new(leadership::Leadership::default());
     let (events, event_writer) = fleet::events::channel(
         store.clone(),
         metrics.clone(),
@@ -268,7 +269,7 @@ pub async fn start(
         gateway::budgets::Budgets::new(store.clone(), owner.clone()),
         &store,
     )?);
-    let state = AppState {
+    let state = AppState::new(app::Services {
         gateway,
         vault: vault.clone(),
         config: config.clone(),
@@ -307,7 +308,7 @@ pub async fn start(
         cluster,
         leadership,
         shutdown: shutdown.clone(),
-    };
+    });
 
     // Dispatchers for every type that has a pool, an instance or queued work.
     let mut types: Vec<String> = config.pools.iter().map(|p| p.name.clone()).collect();
@@ -320,17 +321,42 @@ pub async fn start(
     writers.spawn(fleet::heartbeat::run(state.clone(), shutdown.clone()));
     writers.spawn(fleet::health::run(state.clone(), shutdown.clone()));
     // The leader lease; the loops that must run once per deployment run under it.
-    writers.spawn(leader::run(state.clone(), shutdown.clone()));
-    writers.spawn(cluster::run(state.clone(), shutdown.clone()));
-    writers.spawn(leader::singleton(
-        state.clone(),
+    writers.spawn(leader::run(
+        leader::Leader {
+            store: store.clone(),
+            shared_store: store.backend() == "postgres",
+            owner: state.owner.clone(),
+            ttl: config.leader_lease,
+            clock: clock.clone(),
+            leadership: state.leadership.clone(),
+            metrics: metrics.clone(),
+            events: state.events.clone(),
+            on_replicas: {
+                let (registry, limits) = (registry.clone(), state.limits.clone());
+                Box::new(move |n| {
+                    registry.set_replicas(n);
+                    limits.set_replicas(n);
+                })
+            },
+        },
         shutdown.clone(),
-        alerts::run,
     ));
-    writers.spawn(leader::singleton(
-        state.clone(),
+    writers.spawn(cluster::run(state.clone(), shutdown.clone()));
+    writers.spawn(leadership::singleton(
+        state.leadership.clone(),
         shutdown.clone(),
-        move |state, term| fleet::autoscaler::run(state, provisioners.clone(), term),
+        {
+            let state = state.clone();
+            move |term| alerts::run(state.clone(), term)
+        },
+    ));
+    writers.spawn(leadership::singleton(
+        state.leadership.clone(),
+        shutdown.clone(),
+        {
+            let state = state.clone();
+            move |term| fleet::autoscaler::run(state.clone(), provisioners.clone(), term)
+        },
     ));
 
     let router = api::router(state.clone());

@@ -67,6 +67,8 @@ const ROUTES: &[Route] = &[
     Route::ListUsage,
     Route::Recommend,
     Route::CostAnalysis,
+    Route::ChatCompletions,
+    Route::ListModels,
 ];
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -110,6 +112,8 @@ enum Route {
     ListUsage,
     Recommend,
     CostAnalysis,
+    ChatCompletions,
+    ListModels,
 }
 
 /// Whose object a request names.
@@ -162,9 +166,13 @@ impl Route {
             Route::ListUsage => ("get", "/v1/usage"),
             Route::Recommend => ("post", "/v1/cost/recommend"),
             Route::CostAnalysis => ("get", "/v1/cost/analysis"),
+            Route::ChatCompletions => ("post", "/v1/chat/completions"),
+            Route::ListModels => ("get", "/v1/models"),
         }
     }
 
+    /// The permission this test expects the route to declare (pinned here, so that a change of a
+    /// route's permission shows in review); the matrix itself checks the declared one.
     fn permission(self) -> Permission {
         use Permission as P;
         match self {
@@ -184,7 +192,7 @@ impl Route {
             Route::ListTenants | Route::GetTenant | Route::ListKeys | Route::GetKey => P::ReadKeys,
             Route::ListBudgets | Route::ListUsage | Route::CostAnalysis => P::ReadKeys,
             Route::SetBudget | Route::DeleteBudget => P::ManageTenants,
-            Route::Recommend => P::CallModels,
+            Route::Recommend | Route::ChatCompletions | Route::ListModels => P::CallModels,
             Route::CreateKey | Route::RevokeKey => P::ManageKeys,
             Route::ListAudit => P::ReadAudit,
             Route::WriteSecret | Route::RotateSecret | Route::DeleteSecret => P::WriteSecrets,
@@ -465,15 +473,23 @@ impl World {
                 body = Some(json!({"type": "code_generator"}));
                 template.to_owned()
             }
+            Route::ChatCompletions => {
+                // The built-in simulated provider answers it.
+                body = Some(
+                    json!({"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}),
+                );
+                template.to_owned()
+            }
             _ => template.to_owned(),
         };
         Call { method, path, body }
     }
 }
 
-/// What a caller of tenant A with `role` must get for `route` on an object of `owner`.
-fn expected(route: Route, role: Role, owner: Owner) -> u16 {
-    if !role.allows(route.permission()) {
+/// What a caller of tenant A with `role` must get for `route`, which declares `permission`, on
+/// an object of `owner`.
+fn expected(route: Route, permission: Permission, role: Role, owner: Owner) -> u16 {
+    if !role.allows(permission) {
         403
     } else if owner == Owner::Other && !(route.id_is_explicit() && role == Role::Admin) {
         404
@@ -484,9 +500,16 @@ fn expected(route: Route, role: Role, owner: Owner) -> u16 {
 
 async fn every_route_answers_every_role_as_the_permission_table_says(backend: Backend) {
     let world = World::new(backend, Settings::default()).await;
+    let declared = declared_routes(&world.server).await;
     let mut failures = Vec::new();
     let mut checked = 0;
     for &route in ROUTES {
+        let (method, path) = route.template();
+        let permission = declared
+            .iter()
+            .find(|d| d.method == method && d.path == path)
+            .and_then(|d| d.permission)
+            .unwrap_or_else(|| panic!("{route:?} declares no permission in /openapi.json"));
         let owners: &[Owner] = if route.owned() {
             &[Owner::Own, Owner::Other]
         } else {
@@ -500,7 +523,7 @@ async fn every_route_answers_every_role_as_the_permission_table_says(backend: Ba
                 };
                 let call = world.prepare(route, tenant).await;
                 let (status, body) = world.send(Some(key), &call).await;
-                let want = expected(route, *role, owner);
+                let want = expected(route, permission, *role, owner);
                 checked += 1;
                 if status != want {
                     failures.push(format!(
@@ -673,10 +696,16 @@ async fn bad_credentials_are_refused_with_401_and_audited(backend: Backend) {
     world.server.stop().await;
 }
 
-/// Every `/v1` route of `/openapi.json` is in [`ROUTES`], and every entry is a real route.
-#[tokio::test]
-async fn every_route_is_in_the_matrix() {
-    let server = TestServer::start(Backend::Sqlite, Settings::default()).await;
+/// A route as the router describes it in `/openapi.json`.
+struct Declared {
+    method: String,
+    path: String,
+    /// The scope of its `bearer` requirement: the permission the router checks.
+    permission: Option<Permission>,
+}
+
+/// Every route the server's router has, from the `/openapi.json` it generates from itself.
+async fn declared_routes(server: &TestServer) -> Vec<Declared> {
     let spec: Value = server
         .http
         .get(server.url("/openapi.json"))
@@ -686,26 +715,56 @@ async fn every_route_is_in_the_matrix() {
         .json()
         .await
         .unwrap();
-    let mut documented = Vec::new();
+    let mut routes = Vec::new();
     for (path, item) in spec["paths"].as_object().unwrap() {
-        for method in item.as_object().unwrap().keys() {
-            if path.starts_with("/v1/") {
-                documented.push(format!("{method} {path}"));
-            }
+        for (method, operation) in item.as_object().unwrap() {
+            let scopes = operation["security"][0]["bearer"].as_array();
+            let permission = scopes.and_then(|s| s.first()).map(|scope| {
+                let scope = scope.as_str().unwrap();
+                Permission::ALL
+                    .into_iter()
+                    .find(|p| p.as_str() == scope)
+                    .unwrap_or_else(|| panic!("{method} {path}: unknown permission {scope}"))
+            });
+            routes.push(Declared {
+                method: method.clone(),
+                path: path.clone(),
+                permission,
+            });
+        }
+    }
+    routes
+}
+
+/// The router's routes under `/v1` are exactly [`ROUTES`], each declaring the permission this
+/// test pins for it; the routes outside `/v1` need no key.
+#[tokio::test]
+async fn every_route_is_in_the_matrix() {
+    let server = TestServer::start(Backend::Sqlite, Settings::default()).await;
+    let declared = declared_routes(&server).await;
+    let mut documented = Vec::new();
+    for route in &declared {
+        if route.path.starts_with("/v1/") {
+            documented.push(format!(
+                "{} {} needs {:?}",
+                route.method, route.path, route.permission
+            ));
+        } else {
+            assert_eq!(route.permission, None, "{} {}", route.method, route.path);
         }
     }
     let mut in_matrix: Vec<String> = ROUTES
         .iter()
         .map(|r| {
             let (method, path) = r.template();
-            format!("{method} {path}")
+            format!("{method} {path} needs {:?}", Some(r.permission()))
         })
         .collect();
     documented.sort();
     in_matrix.sort();
     assert_eq!(
         documented, in_matrix,
-        "routes missing from the access matrix"
+        "the router's routes and permissions differ from the access matrix"
     );
     server.stop().await;
 }

@@ -69,47 +69,54 @@ impl Bao {
             );
             return None;
         };
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let address = format!("http://127.0.0.1:{port}");
-        let child = tokio::process::Command::new(&bin)
-            .args([
-                "server",
-                "-dev",
-                &format!("-dev-listen-address=127.0.0.1:{port}"),
-                &format!("-dev-root-token-id={ROOT_TOKEN}"),
-            ])
-            .env("HOME", std::env::temp_dir())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap_or_else(|e| panic!("{} does not start: {e}", bin.display()));
-        let bao = Bao {
-            address,
-            http: reqwest::Client::new(),
-            _child: child,
-        };
-        let started = Instant::now();
-        loop {
-            let health = bao
-                .http
-                .get(format!("{}/v1/sys/health", bao.address))
-                .send()
-                .await;
-            if health.is_ok_and(|r| r.status().is_success()) {
-                break;
+        // A dev server binds its port and the next one (its cluster listener), so a port picked
+        // free can be taken by the time it starts: a server that exits is started again on
+        // another port, and its log is shown when every try fails.
+        let mut logs = Vec::new();
+        for _ in 0..5 {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            let log = tempfile::NamedTempFile::new().unwrap();
+            let mut child = tokio::process::Command::new(&bin)
+                .args([
+                    "server",
+                    "-dev",
+                    &format!("-dev-listen-address=127.0.0.1:{port}"),
+                    &format!("-dev-root-token-id={ROOT_TOKEN}"),
+                ])
+                .env("HOME", std::env::temp_dir())
+                .stdout(std::process::Stdio::null())
+                .stderr(log.reopen().unwrap())
+                .kill_on_drop(true)
+                .spawn()
+                .unwrap_or_else(|e| panic!("{} does not start: {e}", bin.display()));
+            let address = format!("http://127.0.0.1:{port}");
+            let http = reqwest::Client::new();
+            let started = Instant::now();
+            while started.elapsed() < Duration::from_secs(30) {
+                let health = http.get(format!("{address}/v1/sys/health")).send().await;
+                if health.is_ok_and(|r| r.status().is_success()) {
+                    return Some(Bao {
+                        address,
+                        http,
+                        _child: child,
+                    });
+                }
+                if child.try_wait().unwrap().is_some() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
             }
-            assert!(
-                started.elapsed() < Duration::from_secs(30),
-                "bao did not become healthy"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            let _ = child.kill().await;
+            logs.push(std::fs::read_to_string(log.path()).unwrap_or_default());
         }
-        Some(bao)
+        panic!(
+            "bao did not become healthy in 5 tries; its logs:\n{}",
+            logs.join("\n---\n")
+        );
     }
 
     /// A root-token call of the server's own API (set-up only).

@@ -8,14 +8,14 @@
 
 use crate::api::error::ApiError;
 use crate::api::extract::{JsonBody, QueryParams, parse_id};
+use crate::api::routes::{Routes, permit};
 use crate::app::AppState;
 use crate::audit::AuditEvent;
 use crate::auth::{Caller, TenantParam};
 use crate::fleet::registry::Deregistration;
+use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::routing::{get, post};
-use axum::{Json, Router};
 use flotilla_core::agent::{AgentInstance, AgentStatus, may_serve};
 use flotilla_core::auth::{Permission, Role};
 use flotilla_core::config::{announced_interval_s, valid_agent_type};
@@ -25,6 +25,7 @@ use flotilla_core::wire::{
     ReportedStatus, contains_nul,
 };
 use rand::RngCore;
+use utoipa_axum::routes;
 
 /// Largest agent metadata accepted, as JSON text.
 const MAX_METADATA_BYTES: usize = 16 * 1024;
@@ -42,11 +43,29 @@ fn contains_control(value: &serde_json::Value) -> bool {
     }
 }
 
-pub(super) fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/agents", post(register).get(list))
-        .route("/agents/{id}", get(get_agent).delete(deregister))
-        .route("/agents/{id}/heartbeat", post(heartbeat))
+pub(super) fn routes() -> Routes {
+    Routes::new()
+        .routes(permit(
+            Permission::RegisterAgents,
+            "register agents",
+            routes!(register),
+        ))
+        .routes(permit(Permission::ReadFleet, "list agents", routes!(list)))
+        .routes(permit(
+            Permission::ReadFleet,
+            "read agents",
+            routes!(get_agent),
+        ))
+        .routes(permit(
+            Permission::RegisterAgents,
+            "deregister agents",
+            routes!(deregister),
+        ))
+        .routes(permit(
+            Permission::RegisterAgents,
+            "send heartbeats",
+            routes!(heartbeat),
+        ))
 }
 
 /// The owner of an instance a caller registers: the platform (`None`) for admins and the keys of
@@ -136,7 +155,6 @@ pub async fn register(
     QueryParams(param): QueryParams<TenantParam>,
     JsonBody(body): JsonBody<RegisterAgent>,
 ) -> Result<(StatusCode, Json<Registered>), ApiError> {
-    caller.require(Permission::RegisterAgents, "register agents")?;
     let owner = registration_owner(&caller, param.tenant.as_deref())?;
     if !valid_agent_type(&body.agent_type) {
         return Err(ApiError::invalid_field(
@@ -227,7 +245,6 @@ pub async fn heartbeat(
     Path(id): Path<String>,
     JsonBody(body): JsonBody<Heartbeat>,
 ) -> Result<Json<HeartbeatAck>, ApiError> {
-    caller.require(Permission::RegisterAgents, "send heartbeats")?;
     let id: AgentId = parse_id(&id, "agent")?;
     if body.load > 10_000 {
         return Err(ApiError::invalid_field(
@@ -271,7 +288,6 @@ pub async fn deregister(
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<(StatusCode, Json<Deregistered>), ApiError> {
-    caller.require(Permission::RegisterAgents, "deregister agents")?;
     let id: AgentId = parse_id(&id, "agent")?;
     let agent = managed(&state, &caller, id)?;
     let outcome = state.registry.deregister(id, state.clock.now());
@@ -311,7 +327,6 @@ pub async fn list(
     State(state): State<AppState>,
     caller: Caller,
 ) -> Result<Json<AgentList>, ApiError> {
-    caller.require(Permission::ReadFleet, "list agents")?;
     let agents = state
         .registry
         .list()
@@ -330,7 +345,6 @@ pub async fn get_agent(
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<AgentInstance>, ApiError> {
-    caller.require(Permission::ReadFleet, "read agents")?;
     let id: AgentId = parse_id(&id, "agent")?;
     state
         .registry

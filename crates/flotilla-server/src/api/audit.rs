@@ -3,19 +3,24 @@
 
 use crate::api::error::ApiError;
 use crate::api::extract::QueryParams;
+use crate::api::routes::{Routes, permit};
 use crate::app::AppState;
 use crate::auth::Caller;
+use axum::Json;
 use axum::extract::State;
-use axum::routing::get;
-use axum::{Json, Router};
 use flotilla_core::audit::{AuditEntry, AuditPage};
 use flotilla_core::auth::Permission;
 use flotilla_core::id::TenantId;
 use flotilla_store::AuditFilter;
 use serde::Deserialize;
+use utoipa_axum::routes;
 
-pub(super) fn routes() -> Router<AppState> {
-    Router::new().route("/audit", get(list))
+pub(super) fn routes() -> Routes {
+    Routes::new().routes(permit(
+        Permission::ReadAudit,
+        "read the audit log",
+        routes!(list),
+    ))
 }
 
 /// Filters and page of `GET /v1/audit`.
@@ -40,10 +45,9 @@ pub struct AuditQuery {
     responses((status = 200, body = AuditPage)), security(("bearer" = [])))]
 pub async fn list(
     State(state): State<AppState>,
-    caller: Caller,
+    _caller: Caller,
     QueryParams(query): QueryParams<AuditQuery>,
 ) -> Result<Json<AuditPage>, ApiError> {
-    caller.require(Permission::ReadAudit, "read the audit log")?;
     let limit = query.limit.unwrap_or(100);
     if !(1..=1000).contains(&limit) {
         return Err(ApiError::invalid_field(

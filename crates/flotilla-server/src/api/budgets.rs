@@ -7,22 +7,32 @@
 
 use crate::api::error::ApiError;
 use crate::api::extract::{JsonBody, QueryParams};
+use crate::api::routes::{Routes, permit};
 use crate::app::AppState;
 use crate::audit::AuditEvent;
 use crate::auth::{Caller, TenantParam};
+use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::routing::get;
-use axum::{Json, Router};
 use flotilla_core::auth::Permission;
 use flotilla_core::budget::{Budget, BudgetError, BudgetList, BudgetRequest, BudgetStatus, Period};
 use flotilla_core::id::TenantId;
 use flotilla_core::wire::ErrorBody;
+use utoipa_axum::routes;
 
-pub(super) fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/budgets", get(list))
-        .route("/budgets/{period}", axum::routing::put(set).delete(remove))
+pub(super) fn routes() -> Routes {
+    Routes::new()
+        .routes(permit(Permission::ReadKeys, "read budgets", routes!(list)))
+        .routes(permit(
+            Permission::ManageTenants,
+            "set budgets",
+            routes!(set),
+        ))
+        .routes(permit(
+            Permission::ManageTenants,
+            "remove budgets",
+            routes!(remove),
+        ))
 }
 
 /// The budgets of the caller's tenant (or `?tenant=` for admin keys), each with the spend of its
@@ -34,7 +44,6 @@ pub async fn list(
     caller: Caller,
     QueryParams(param): QueryParams<TenantParam>,
 ) -> Result<Json<BudgetList>, ApiError> {
-    caller.require(Permission::ReadKeys, "read budgets")?;
     let tenant = caller.scope(param.tenant.as_deref())?;
     let now = state.clock.now();
     let mut budgets = Vec::new();
@@ -57,7 +66,6 @@ pub async fn set(
     QueryParams(param): QueryParams<TenantParam>,
     JsonBody(body): JsonBody<BudgetRequest>,
 ) -> Result<Json<BudgetStatus>, ApiError> {
-    caller.require(Permission::ManageTenants, "set budgets")?;
     let tenant = caller.scope(param.tenant.as_deref())?;
     let period = parse_period(&period)?;
     let now = state.clock.now();
@@ -99,7 +107,6 @@ pub async fn remove(
     Path(period): Path<String>,
     QueryParams(param): QueryParams<TenantParam>,
 ) -> Result<StatusCode, ApiError> {
-    caller.require(Permission::ManageTenants, "remove budgets")?;
     let tenant = caller.scope(param.tenant.as_deref())?;
     let period = parse_period(&period)?;
     if !state.store.delete_budget(tenant, period).await? {

@@ -5,11 +5,11 @@
 
 use crate::api::error::ApiError;
 use crate::api::extract::{JsonBody, QueryParams};
+use crate::api::routes::{Routes, permit};
 use crate::app::AppState;
 use crate::auth::Caller;
+use axum::Json;
 use axum::extract::State;
-use axum::routing::{get, post};
-use axum::{Json, Router};
 use chrono::Days;
 use flotilla_core::analysis::{Analysis, analyse};
 use flotilla_core::auth::Permission;
@@ -17,6 +17,7 @@ use flotilla_core::budget::Period;
 use flotilla_core::recommend::{RecommendError, RecommendRequest, Recommendation, recommend};
 use flotilla_core::wire::ErrorBody;
 use serde::Deserialize;
+use utoipa_axum::routes;
 
 /// Days analysed when the request does not say.
 pub const DEFAULT_DAYS: u32 = 30;
@@ -26,10 +27,18 @@ pub const MAX_DAYS: u32 = 366;
 /// beyond any model's context, and low enough that no estimate saturates.
 pub const MAX_TOKENS: u64 = 100_000_000;
 
-pub(super) fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/cost/recommend", post(recommend_model))
-        .route("/cost/analysis", get(analysis))
+pub(super) fn routes() -> Routes {
+    Routes::new()
+        .routes(permit(
+            Permission::CallModels,
+            "ask for a model recommendation",
+            routes!(recommend_model),
+        ))
+        .routes(permit(
+            Permission::ReadKeys,
+            "read the cost analysis",
+            routes!(analysis),
+        ))
 }
 
 /// Recommends a model for a task profile: the best score of quality, speed and cost among the
@@ -40,10 +49,9 @@ pub(super) fn routes() -> Router<AppState> {
     security(("bearer" = [])))]
 pub async fn recommend_model(
     State(state): State<AppState>,
-    caller: Caller,
+    _caller: Caller,
     JsonBody(body): JsonBody<RecommendRequest>,
 ) -> Result<Json<Recommendation>, ApiError> {
-    caller.require(Permission::CallModels, "ask for a model recommendation")?;
     for (field, tokens) in [
         ("input_tokens", body.input_tokens),
         ("output_tokens", body.output_tokens),
@@ -94,7 +102,6 @@ pub async fn analysis(
     caller: Caller,
     QueryParams(query): QueryParams<AnalysisQuery>,
 ) -> Result<Json<Analysis>, ApiError> {
-    caller.require(Permission::ReadKeys, "read the cost analysis")?;
     let tenant = caller.scope(query.tenant.as_deref())?;
     let days = query.days.unwrap_or(DEFAULT_DAYS);
     if !(1..=MAX_DAYS).contains(&days) {

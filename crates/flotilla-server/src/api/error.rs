@@ -224,3 +224,44 @@ impl IntoResponse for ApiError {
         response
     }
 }
+
+impl From<crate::vault::VaultError> for ApiError {
+    fn from(e: crate::vault::VaultError) -> Self {
+        use crate::vault::VaultError as V;
+        match e {
+            V::InvalidPath(e) => ApiError::invalid_field("path", e.0),
+            V::TooLarge { .. } => ApiError::BadRequest {
+                code: "value_too_large",
+                message: e.to_string(),
+                field: Some("value".to_owned()),
+            },
+            V::InvalidValue(message) => ApiError::invalid_field("value", message),
+            V::NotFound { .. } => ApiError::NotFound(e.to_string()),
+            V::Conflict(_) => ApiError::Conflict(e.to_string()),
+            V::Unsupported(message) => ApiError::Unprocessable {
+                code: "unsupported",
+                message,
+                field: None,
+            },
+            V::NoMasterKey
+            | V::Backend {
+                transient: true, ..
+            } => ApiError::Unavailable(e.to_string()),
+            V::Store(e) => ApiError::from(e),
+            V::MasterKey(_)
+            | V::UnknownMasterKey { .. }
+            | V::Tampered { .. }
+            | V::Seal(_)
+            | V::Backend { .. } => ApiError::Internal(e.to_string()),
+        }
+    }
+}
+
+impl From<crate::audit::AuditError> for ApiError {
+    fn from(e: crate::audit::AuditError) -> Self {
+        match e {
+            crate::audit::AuditError::Store(e) => ApiError::from(e),
+            crate::audit::AuditError::NoEntry => ApiError::Internal(e.to_string()),
+        }
+    }
+}

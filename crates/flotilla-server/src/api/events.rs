@@ -3,20 +3,25 @@
 
 use crate::api::error::ApiError;
 use crate::api::extract::{QueryParams, parse_id};
+use crate::api::routes::{Routes, permit};
 use crate::app::AppState;
 use crate::auth::Caller;
+use axum::Json;
 use axum::extract::State;
-use axum::routing::get;
-use axum::{Json, Router};
 use flotilla_core::auth::Permission;
 use flotilla_core::event::EventKind;
 use flotilla_core::id::AgentId;
 use flotilla_core::wire::EventList;
 use flotilla_store::EventFilter;
 use serde::Deserialize;
+use utoipa_axum::routes;
 
-pub(super) fn routes() -> Router<AppState> {
-    Router::new().route("/events", get(list))
+pub(super) fn routes() -> Routes {
+    Routes::new().routes(permit(
+        Permission::ReadFleet,
+        "read fleet events",
+        routes!(list),
+    ))
 }
 
 /// Filters of `GET /v1/events`.
@@ -43,10 +48,9 @@ pub struct EventQuery {
     responses((status = 200, body = EventList)), security(("bearer" = [])))]
 pub async fn list(
     State(state): State<AppState>,
-    caller: Caller,
+    _caller: Caller,
     QueryParams(query): QueryParams<EventQuery>,
 ) -> Result<Json<EventList>, ApiError> {
-    caller.require(Permission::ReadFleet, "read fleet events")?;
     let agent_id = query
         .agent_id
         .as_deref()

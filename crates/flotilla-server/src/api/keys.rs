@@ -4,23 +4,34 @@
 
 use crate::api::error::ApiError;
 use crate::api::extract::{JsonBody, QueryParams};
+use crate::api::routes::{Routes, permit};
 use crate::api::tenants::valid_name;
 use crate::app::AppState;
 use crate::audit::AuditEvent;
 use crate::auth::bootstrap::new_key;
 use crate::auth::{Caller, TenantParam};
+use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::routing::get;
-use axum::{Json, Router};
 use flotilla_core::auth::{ApiKeyRecord, CreatedKey, KeyList, KeyView, NewKeyRequest, Permission};
 use flotilla_core::id::TenantId;
 use flotilla_core::wire::ErrorBody;
+use utoipa_axum::routes;
 
-pub(super) fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/keys", get(list).post(create))
-        .route("/keys/{id}", get(get_key).delete(revoke))
+pub(super) fn routes() -> Routes {
+    Routes::new()
+        .routes(permit(Permission::ReadKeys, "read keys", routes!(list)))
+        .routes(permit(
+            Permission::ManageKeys,
+            "create keys",
+            routes!(create),
+        ))
+        .routes(permit(Permission::ReadKeys, "read keys", routes!(get_key)))
+        .routes(permit(
+            Permission::ManageKeys,
+            "revoke keys",
+            routes!(revoke),
+        ))
 }
 
 /// Creates a key in the caller's tenant (or, for admin keys, in `?tenant=`). The answer holds the
@@ -34,7 +45,6 @@ pub async fn create(
     QueryParams(param): QueryParams<TenantParam>,
     JsonBody(body): JsonBody<NewKeyRequest>,
 ) -> Result<(StatusCode, Json<CreatedKey>), ApiError> {
-    caller.require(Permission::ManageKeys, "create keys")?;
     let tenant = caller.scope(param.tenant.as_deref())?;
     if !caller.role.may_grant(body.role) {
         return Err(ApiError::Forbidden(format!(
@@ -80,7 +90,6 @@ pub async fn list(
     caller: Caller,
     QueryParams(param): QueryParams<TenantParam>,
 ) -> Result<Json<KeyList>, ApiError> {
-    caller.require(Permission::ReadKeys, "read keys")?;
     let tenant = caller.scope(param.tenant.as_deref())?;
     let keys = state.store.list_api_keys(Some(tenant)).await?;
     Ok(Json(KeyList {
@@ -97,7 +106,6 @@ pub async fn get_key(
     Path(id): Path<String>,
     QueryParams(param): QueryParams<TenantParam>,
 ) -> Result<Json<KeyView>, ApiError> {
-    caller.require(Permission::ReadKeys, "read keys")?;
     let tenant = caller.scope(param.tenant.as_deref())?;
     find(&state, tenant, &id).await.map(|k| Json(k.view()))
 }
@@ -113,7 +121,6 @@ pub async fn revoke(
     Path(id): Path<String>,
     QueryParams(param): QueryParams<TenantParam>,
 ) -> Result<Json<KeyView>, ApiError> {
-    caller.require(Permission::ManageKeys, "revoke keys")?;
     let tenant = caller.scope(param.tenant.as_deref())?;
     let key = find(&state, tenant, &id).await?;
     if !caller.role.may_grant(key.role) {

@@ -12,6 +12,7 @@ pub mod keys;
 pub mod openapi;
 pub mod pools;
 pub mod probes;
+pub(crate) mod routes;
 pub mod secrets;
 pub mod system;
 pub mod tasks;
@@ -37,9 +38,48 @@ use tower_http::trace::TraceLayer;
 
 const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
-/// The whole API.
+/// The whole API. Every route is declared once, with its OpenAPI description and, under `/v1`,
+/// the permission it needs ([`routes::permit`]); `/openapi.json` is the description of exactly
+/// these routes.
 pub fn router(state: AppState) -> Router {
-    let v1 = Router::new()
+    let (router, spec) = described_routes(&state).split_for_parts();
+    let spec =
+        axum::body::Bytes::from(serde_json::to_vec(&openapi::complete(spec)).unwrap_or_default());
+    let serve_spec = move || {
+        let spec = spec.clone();
+        async move {
+            (
+                [(axum::http::header::CONTENT_TYPE, "application/json")],
+                spec,
+            )
+        }
+    };
+    router
+        .route("/openapi.json", get(serve_spec))
+        .route("/metrics", get(crate::telemetry::serve_metrics))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            crate::telemetry::track_http,
+        ))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
+        .layer(middleware::from_fn(request_id_scope))
+        .layer(TraceLayer::new_for_http().make_span_with(|request: &Request| {
+            let id = request.headers().get(&X_REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or("-");
+            tracing::debug_span!("request", method = %request.method(), uri = %request.uri(), request_id = %id)
+        }))
+        .layer(PropagateRequestIdLayer::new(X_REQUEST_ID))
+        .layer(SetRequestIdLayer::new(X_REQUEST_ID, MakeRequestUuid))
+        .layer(CatchPanicLayer::custom(on_panic))
+        .layer(SetSensitiveRequestHeadersLayer::new(once(AUTHORIZATION)))
+        .with_state(state)
+}
+
+/// Every route with its description: `/v1` behind [`require_key`] (the model gateway behind its
+/// OpenAI-shaped twin), the probes open.
+fn described_routes(state: &AppState) -> routes::Routes {
+    let v1 = routes::Routes::new()
         .merge(tasks::routes())
         .merge(agents::routes())
         .merge(pools::routes())
@@ -61,28 +101,9 @@ pub fn router(state: AppState) -> Router {
                 crate::gateway::require_key,
             )),
         );
-    Router::new()
+    routes::Routes::with_openapi(<openapi::ApiDoc as utoipa::OpenApi>::openapi())
         .merge(probes::routes())
-        .merge(openapi::routes())
-        .route("/metrics", get(crate::telemetry::serve_metrics))
-        .nest("/v1", v1)
-        .route_layer(middleware::from_fn_with_state(
-            state.clone(),
-            crate::telemetry::track_http,
-        ))
-        .fallback(not_found)
-        .method_not_allowed_fallback(method_not_allowed)
-        .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
-        .layer(middleware::from_fn(request_id_scope))
-        .layer(TraceLayer::new_for_http().make_span_with(|request: &Request| {
-            let id = request.headers().get(&X_REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or("-");
-            tracing::debug_span!("request", method = %request.method(), uri = %request.uri(), request_id = %id)
-        }))
-        .layer(PropagateRequestIdLayer::new(X_REQUEST_ID))
-        .layer(SetRequestIdLayer::new(X_REQUEST_ID, MakeRequestUuid))
-        .layer(CatchPanicLayer::custom(on_panic))
-        .layer(SetSensitiveRequestHeadersLayer::new(once(AUTHORIZATION)))
-        .with_state(state)
+        .merge(v1)
 }
 
 /// Makes the request id available to [`ApiError`] while the request is handled.

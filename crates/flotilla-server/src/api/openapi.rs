@@ -1,59 +1,15 @@
 //! `/openapi.json`, generated from the handlers' annotations and the wire types.
 
-use crate::app::AppState;
-use axum::routing::get;
-use axum::{Json, Router};
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
+/// The document's frame: its info, security scheme and tags. The paths come from the router
+/// itself ([`super::router`]), so that every route is described.
 #[derive(OpenApi)]
 #[openapi(
     info(title = "Flotilla API", description = "Control plane for AI agents: tasks, agents and the agent contract."),
-    paths(
-        super::probes::health,
-        super::probes::ready,
-        super::tasks::submit,
-        super::tasks::get_task,
-        super::tasks::list,
-        super::tasks::cancel,
-        super::agents::register,
-        super::agents::heartbeat,
-        super::agents::deregister,
-        super::agents::list,
-        super::agents::get_agent,
-        super::pools::list,
-        super::pools::get_pool,
-        super::events::list,
-        super::alerts::list,
-        super::alerts::history,
-        super::alerts::create_silence,
-        super::alerts::list_silences,
-        super::alerts::delete_silence,
-        super::tenants::create,
-        super::tenants::list,
-        super::tenants::get_tenant,
-        super::tenants::update,
-        super::keys::create,
-        super::keys::list,
-        super::keys::get_key,
-        super::keys::revoke,
-        super::audit::list,
-        super::secrets::list,
-        super::secrets::read,
-        super::secrets::write,
-        super::secrets::rotate,
-        super::secrets::remove,
-        super::secrets::rewrap,
-        super::system::system,
-        super::budgets::list,
-        super::budgets::set,
-        super::budgets::remove,
-        super::usage::list,
-        super::cost::recommend_model,
-        super::cost::analysis,
-    ),
     modifiers(&BearerAuth, &CommonErrors),
-    tags((name = "tasks"), (name = "agents"), (name = "fleet"), (name = "alerts"), (name = "access"), (name = "secrets"), (name = "cost"), (name = "probes"))
+    tags((name = "tasks"), (name = "agents"), (name = "fleet"), (name = "alerts"), (name = "access"), (name = "secrets"), (name = "cost"), (name = "models"), (name = "probes"))
 )]
 pub struct ApiDoc;
 
@@ -99,6 +55,14 @@ impl Modify for CommonErrors {
             ];
             for (method, operation) in operations {
                 let Some(operation) = operation else { continue };
+                // The model gateway documents its own errors, in OpenAI's shape.
+                if operation
+                    .tags
+                    .as_ref()
+                    .is_some_and(|t| t.iter().any(|t| t == "models"))
+                {
+                    continue;
+                }
                 let responses = &mut operation.responses.responses;
                 let mut add = |code: &str, description: &str| {
                     responses
@@ -139,6 +103,9 @@ impl Modify for CommonErrors {
     }
 }
 
-pub(super) fn routes() -> Router<AppState> {
-    Router::new().route("/openapi.json", get(|| async { Json(ApiDoc::openapi()) }))
+/// `spec` completed with the errors every operation can give; `GET /openapi.json` serves it.
+pub(super) fn complete(mut spec: utoipa::openapi::OpenApi) -> utoipa::openapi::OpenApi {
+    BearerAuth.modify(&mut spec);
+    CommonErrors.modify(&mut spec);
+    spec
 }

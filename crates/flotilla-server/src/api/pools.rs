@@ -1,19 +1,24 @@
 //! `/v1/pools`: each pool's configuration, size, load, queue and last autoscaling decision.
 
 use crate::api::error::ApiError;
+use crate::api::routes::{Routes, permit};
 use crate::app::AppState;
 use crate::auth::Caller;
+use axum::Json;
 use axum::extract::{Path, State};
-use axum::routing::get;
-use axum::{Json, Router};
 use flotilla_core::auth::{Permission, Role};
 use flotilla_core::config::Pool;
 use flotilla_core::wire::{ErrorBody, PoolList, PoolView, ProcessView};
+use utoipa_axum::routes;
 
-pub(super) fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/pools", get(list))
-        .route("/pools/{name}", get(get_pool))
+pub(super) fn routes() -> Routes {
+    Routes::new()
+        .routes(permit(Permission::ReadFleet, "list pools", routes!(list)))
+        .routes(permit(
+            Permission::ReadFleet,
+            "read pools",
+            routes!(get_pool),
+        ))
 }
 
 fn view(state: &AppState, pool: &Pool, configured: bool) -> PoolView {
@@ -86,7 +91,6 @@ pub async fn list(
     State(state): State<AppState>,
     caller: Caller,
 ) -> Result<Json<PoolList>, ApiError> {
-    caller.require(Permission::ReadFleet, "list pools")?;
     let pools = all(&state)
         .into_iter()
         .filter(|p| visible(&state, &caller, &p.name))
@@ -102,7 +106,6 @@ pub async fn get_pool(
     caller: Caller,
     Path(name): Path<String>,
 ) -> Result<Json<PoolView>, ApiError> {
-    caller.require(Permission::ReadFleet, "read pools")?;
     if !visible(&state, &caller, &name) {
         return Err(ApiError::NotFound(format!("no pool `{name}`")));
     }

@@ -1,23 +1,22 @@
 //! `/health` (liveness) and `/ready` (the store answers and its migrations are applied).
 //! Neither needs a key.
 
+use crate::api::routes::Routes;
 use crate::app::AppState;
+use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::routing::get;
-use axum::{Json, Router};
 use flotilla_core::wire::Probe;
 use std::time::Duration;
+use utoipa_axum::routes;
 
 /// Longest `/ready` waits for the store: a store that does not answer by then is as good as
 /// unreachable, and the probe must answer within its own timeout (3 s in the Helm chart) rather
 /// than wait out the connection pool's.
 const READY_TIMEOUT: Duration = Duration::from_secs(2);
 
-pub(super) fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/health", get(health))
-        .route("/ready", get(ready))
+pub(super) fn routes() -> Routes {
+    Routes::new().routes(routes!(health)).routes(routes!(ready))
 }
 
 /// Liveness: the process serves HTTP.

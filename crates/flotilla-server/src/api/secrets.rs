@@ -11,15 +11,15 @@
 
 use crate::api::error::ApiError;
 use crate::api::extract::QueryParams;
+use crate::api::routes::{Routes, described, permit};
 use crate::app::AppState;
 use crate::audit::AuditEvent;
 use crate::auth::{Caller, TenantParam};
 use crate::vault::{SecretPath, generate_value};
+use axum::Json;
 use axum::extract::{FromRequest, Path, Request, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
 use flotilla_core::auth::Permission;
 use flotilla_core::id::TenantId;
 use flotilla_core::wire::{
@@ -29,25 +29,51 @@ use flotilla_core::wire::{
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use std::fmt;
+use utoipa_axum::routes;
 
 /// Most secrets one listing returns.
 const MAX_LIST: u32 = 1000;
 /// Random bytes in a generated value unless the request says otherwise.
 const DEFAULT_GENERATED_BYTES: u32 = 32;
 
-pub(super) fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/secrets", get(list))
-        .route(
-            "/secrets/{*path}",
-            get(read)
-                .put(write)
-                .delete(remove)
-                .post(rotate)
-                .fallback(other_method)
-                .layer(axum::middleware::from_fn(rotation_route)),
-        )
-        .route("/vault/rewrap", post(rewrap))
+pub(super) fn routes() -> Routes {
+    let routes = Routes::new()
+        .routes(permit(
+            Permission::ListSecrets,
+            "list secrets",
+            routes!(list),
+        ))
+        .routes(permit(
+            Permission::ManageTenants,
+            "rotate the vault's master key",
+            routes!(rewrap),
+        ));
+    // The documented paths `/v1/secrets/{path}` and `/v1/secrets/{path}/rotate` are served by
+    // one catch-all route (see the module's documentation).
+    let (routes, read) = described(
+        routes,
+        permit(Permission::ReadSecrets, "read secrets", routes!(read)),
+    );
+    let (routes, write) = described(
+        routes,
+        permit(Permission::WriteSecrets, "write secrets", routes!(write)),
+    );
+    let (routes, remove) = described(
+        routes,
+        permit(Permission::WriteSecrets, "delete secrets", routes!(remove)),
+    );
+    let (routes, rotate) = described(
+        routes,
+        permit(Permission::WriteSecrets, "rotate secrets", routes!(rotate)),
+    );
+    routes.route(
+        "/v1/secrets/{*path}",
+        read.merge(write)
+            .merge(remove)
+            .merge(rotate)
+            .fallback(other_method)
+            .layer(axum::middleware::from_fn(rotation_route)),
+    )
 }
 
 /// `/v1/secrets/{path}/rotate` (POST) and `/v1/secrets/{path}` (GET, PUT, DELETE) share one
@@ -228,7 +254,6 @@ pub async fn read(
     Path(path): Path<String>,
     QueryParams(query): QueryParams<ReadQuery>,
 ) -> Result<Response, ApiError> {
-    caller.require(Permission::ReadSecrets, "read secrets")?;
     let tenant = caller.scope_id(query.tenant)?;
     let path = secret_path(&path)?;
     let secret = state.vault.get(tenant, &path, query.version).await?;
@@ -262,7 +287,6 @@ pub async fn write(
     QueryParams(query): QueryParams<TenantParam>,
     SecretBody(body): SecretBody<PutBody>,
 ) -> Result<(StatusCode, Json<SecretWritten>), ApiError> {
-    caller.require(Permission::WriteSecrets, "write secrets")?;
     let tenant = caller.scope(query.tenant.as_deref())?;
     let path = secret_path(&path)?;
     let written = state
@@ -312,7 +336,6 @@ pub async fn rotate(
     let path = path
         .strip_suffix("/rotate")
         .ok_or_else(|| wrong_method(false))?;
-    caller.require(Permission::WriteSecrets, "rotate secrets")?;
     let tenant = caller.scope(query.tenant.as_deref())?;
     let path = secret_path(path)?;
     // Rotation replaces an existing secret; creating one is a PUT.
@@ -371,7 +394,6 @@ pub async fn remove(
     Path(path): Path<String>,
     QueryParams(query): QueryParams<TenantParam>,
 ) -> Result<Json<SecretDeleted>, ApiError> {
-    caller.require(Permission::WriteSecrets, "delete secrets")?;
     let tenant = caller.scope(query.tenant.as_deref())?;
     let path = secret_path(&path)?;
     let versions = state.vault.delete(tenant, &path, state.clock.now()).await?;
@@ -397,7 +419,6 @@ pub async fn list(
     caller: Caller,
     QueryParams(query): QueryParams<ListQuery>,
 ) -> Result<Json<SecretList>, ApiError> {
-    caller.require(Permission::ListSecrets, "list secrets")?;
     let tenant = caller.scope_id(query.tenant)?;
     let prefix = query.prefix.unwrap_or_default();
     if prefix.len() > crate::vault::path::MAX_PATH_LEN
@@ -429,7 +450,6 @@ pub async fn rewrap(
     State(state): State<AppState>,
     caller: Caller,
 ) -> Result<Json<RewrapReport>, ApiError> {
-    caller.require(Permission::ManageTenants, "rotate the vault's master key")?;
     let report = state.vault.rewrap().await?;
     state
         .audit

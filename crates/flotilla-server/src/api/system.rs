@@ -3,19 +3,24 @@
 //! and open metrics are on, and who the caller is. Read-only; `flotilla doctor` reads it.
 
 use crate::api::error::ApiError;
+use crate::api::routes::{Routes, permit};
 use crate::app::AppState;
 use crate::auth::Caller;
 use crate::telemetry::process;
+use axum::Json;
 use axum::extract::State;
-use axum::routing::get;
-use axum::{Json, Router};
 use flotilla_core::auth::Permission;
 use flotilla_core::config::Database;
 use flotilla_core::wire::{SystemCaller, SystemInfo};
 use std::time::SystemTime;
+use utoipa_axum::routes;
 
-pub(super) fn routes() -> Router<AppState> {
-    Router::new().route("/system", get(system))
+pub(super) fn routes() -> Routes {
+    Routes::new().routes(permit(
+        Permission::ReadFleet,
+        "read the system's state",
+        routes!(system),
+    ))
 }
 
 /// This control-plane process: version, uptime, store, resources, security settings, queues.
@@ -24,7 +29,6 @@ pub async fn system(
     State(state): State<AppState>,
     caller: Caller,
 ) -> Result<Json<SystemInfo>, ApiError> {
-    caller.require(Permission::ReadFleet, "read the system's state")?;
     let queued = state.store.queued_by_type().await?;
     let started = process::mark_start();
     let uptime = SystemTime::now()

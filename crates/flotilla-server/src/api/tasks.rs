@@ -2,17 +2,17 @@
 
 use crate::api::error::ApiError;
 use crate::api::extract::{JsonBody, QueryParams, parse_id};
+use crate::api::routes::{Routes, permit};
 use crate::app::AppState;
 use crate::auth::{Caller, TenantParam};
 use crate::fleet::registry::Slot;
 use crate::scheduler::dispatcher::{release_slot, spawn_attempt};
 use crate::scheduler::intake::IntakeError;
 use crate::telemetry::metrics::Metrics;
+use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
 use flotilla_core::agent::may_serve;
 use flotilla_core::auth::Permission;
 use flotilla_core::config::valid_agent_type;
@@ -24,15 +24,29 @@ use flotilla_core::wire::{ErrorBody, SubmitTask, TaskPage, contains_nul};
 use flotilla_store::{Cancelled, Inserted, TaskFilter};
 use serde::Deserialize;
 use std::time::Duration;
+use utoipa_axum::routes;
 
 const MAX_IDEMPOTENCY_KEY: usize = 255;
 const MAX_TIMEOUT_MS: i64 = 24 * 3600 * 1000;
 
-pub(super) fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/tasks", post(submit).get(list))
-        .route("/tasks/{id}", get(get_task))
-        .route("/tasks/{id}/cancel", post(cancel))
+pub(super) fn routes() -> Routes {
+    Routes::new()
+        .routes(permit(
+            Permission::SubmitTasks,
+            "submit tasks",
+            routes!(submit),
+        ))
+        .routes(permit(Permission::ReadTasks, "read tasks", routes!(list)))
+        .routes(permit(
+            Permission::ReadTasks,
+            "read tasks",
+            routes!(get_task),
+        ))
+        .routes(permit(
+            Permission::CancelTasks,
+            "cancel tasks",
+            routes!(cancel),
+        ))
 }
 
 /// Submits a task. `202` with the new task; `200` with the existing one when the idempotency
@@ -50,7 +64,6 @@ pub async fn submit(
     JsonBody(body): JsonBody<SubmitTask>,
 ) -> Result<Response, ApiError> {
     let received = state.clock.now();
-    caller.require(Permission::SubmitTasks, "submit tasks")?;
     let tenant = caller.scope(param.tenant.as_deref())?;
     let header_key = headers
         .get("idempotency-key")
@@ -298,7 +311,6 @@ pub async fn get_task(
     Path(id): Path<String>,
     QueryParams(params): QueryParams<GetParams>,
 ) -> Result<Json<Task>, ApiError> {
-    caller.require(Permission::ReadTasks, "read tasks")?;
     let id: TaskId = parse_id(&id, "task")?;
     let wait = match params.wait {
         None => Duration::ZERO,
@@ -377,7 +389,6 @@ pub async fn list(
     caller: Caller,
     QueryParams(params): QueryParams<ListParams>,
 ) -> Result<Json<TaskPage>, ApiError> {
-    caller.require(Permission::ReadTasks, "read tasks")?;
     let limit = params.limit.unwrap_or(50);
     if !(1..=500).contains(&limit) {
         return Err(ApiError::invalid_field(
@@ -421,7 +432,6 @@ pub async fn cancel(
     Path(id): Path<String>,
     QueryParams(param): QueryParams<TenantParam>,
 ) -> Result<Json<Task>, ApiError> {
-    caller.require(Permission::CancelTasks, "cancel tasks")?;
     let tenant = caller.scope(param.tenant.as_deref())?;
     let id: TaskId = parse_id(&id, "task")?;
     match state

@@ -3,22 +3,37 @@
 
 use crate::api::error::ApiError;
 use crate::api::extract::{JsonBody, parse_id};
+use crate::api::routes::{Routes, permit};
 use crate::app::AppState;
 use crate::audit::AuditEvent;
 use crate::auth::Caller;
+use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::routing::get;
-use axum::{Json, Router};
 use flotilla_core::auth::{Permission, Role};
 use flotilla_core::id::TenantId;
 use flotilla_core::tenant::{NewTenant, Tenant, TenantList, TenantUpdate};
 use flotilla_core::wire::ErrorBody;
+use utoipa_axum::routes;
 
-pub(super) fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/tenants", get(list).post(create))
-        .route("/tenants/{id}", get(get_tenant).patch(update))
+pub(super) fn routes() -> Routes {
+    Routes::new()
+        .routes(permit(Permission::ReadKeys, "read tenants", routes!(list)))
+        .routes(permit(
+            Permission::ManageTenants,
+            "create tenants",
+            routes!(create),
+        ))
+        .routes(permit(
+            Permission::ReadKeys,
+            "read tenants",
+            routes!(get_tenant),
+        ))
+        .routes(permit(
+            Permission::ManageTenants,
+            "change tenants",
+            routes!(update),
+        ))
 }
 
 /// Creates a tenant (admin keys only). Its keys are then made with `POST /v1/keys?tenant=<id>`.
@@ -30,7 +45,6 @@ pub async fn create(
     caller: Caller,
     JsonBody(body): JsonBody<NewTenant>,
 ) -> Result<(StatusCode, Json<Tenant>), ApiError> {
-    caller.require(Permission::ManageTenants, "create tenants")?;
     let name = valid_name(&body.name, "name")?;
     let tenant = Tenant {
         id: TenantId(uuid::Uuid::now_v7()),
@@ -61,7 +75,6 @@ pub async fn list(
     State(state): State<AppState>,
     caller: Caller,
 ) -> Result<Json<TenantList>, ApiError> {
-    caller.require(Permission::ReadKeys, "read tenants")?;
     let tenants = if caller.role.allows(Permission::ManageTenants) {
         state.store.list_tenants().await?
     } else {
@@ -84,7 +97,6 @@ pub async fn get_tenant(
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<Tenant>, ApiError> {
-    caller.require(Permission::ReadKeys, "read tenants")?;
     let id: TenantId = parse_id(&id, "tenant")?;
     let not_found = || ApiError::NotFound(format!("no tenant {id}"));
     if id != caller.tenant_id && caller.role != Role::Admin {
@@ -110,7 +122,6 @@ pub async fn update(
     Path(id): Path<String>,
     JsonBody(body): JsonBody<TenantUpdate>,
 ) -> Result<Json<Tenant>, ApiError> {
-    caller.require(Permission::ManageTenants, "change tenants")?;
     let id: TenantId = parse_id(&id, "tenant")?;
     let name = body
         .name

@@ -4,13 +4,13 @@
 
 use crate::api::error::ApiError;
 use crate::api::extract::QueryParams;
+use crate::api::routes::{Routes, permit};
 use crate::app::AppState;
 use crate::auth::Caller;
+use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderName, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::{Json, Router};
 use flotilla_core::Timestamp;
 use flotilla_core::auth::Permission;
 use flotilla_core::id::TaskId;
@@ -18,6 +18,7 @@ use flotilla_core::usage::{UsagePage, UsageRecord};
 use flotilla_store::UsageFilter;
 use serde::Deserialize;
 use std::fmt::Write as _;
+use utoipa_axum::routes;
 
 /// Default page size.
 pub const DEFAULT_LIMIT: u32 = 100;
@@ -31,8 +32,8 @@ pub const CSV_HEADER: &str = "id,created_at,tenant_id,task_id,key_id,agent_type,
 requested_model,provider,input_tokens,cached_input_tokens,output_tokens,reasoning_tokens,cost,\
 estimated,latency_ms,status";
 
-pub(super) fn routes() -> Router<AppState> {
-    Router::new().route("/usage", get(list))
+pub(super) fn routes() -> Routes {
+    Routes::new().routes(permit(Permission::ReadKeys, "read usage", routes!(list)))
 }
 
 /// Filters and page of `GET /v1/usage`.
@@ -87,7 +88,6 @@ pub async fn list(
     caller: Caller,
     QueryParams(query): QueryParams<UsageQuery>,
 ) -> Result<Response, ApiError> {
-    caller.require(Permission::ReadKeys, "read usage")?;
     let tenant = caller.scope(query.tenant.as_deref())?;
     let limit = query.limit.unwrap_or(DEFAULT_LIMIT);
     if !(1..=MAX_LIMIT).contains(&limit) {

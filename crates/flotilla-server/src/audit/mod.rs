@@ -3,8 +3,6 @@
 //! outcome and from where. Entries are hash-chained in the store, so `flotilla audit verify`
 //! finds the first altered or removed row.
 
-use crate::api::error::ApiError;
-use crate::auth::Caller;
 use flotilla_core::audit::{AuditEntry, NewAuditEntry};
 use flotilla_core::id::TenantId;
 use std::net::IpAddr;
@@ -44,22 +42,21 @@ pub struct AuditEvent {
 }
 
 impl AuditEvent {
-    /// A successful action by an authenticated caller.
-    pub fn by(caller: &Caller, action: &'static str, target: impl Into<String>) -> Self {
-        AuditEvent {
-            action,
-            target: target.into(),
-            outcome: AuditOutcome::Success,
-            actor: Some(caller.key_id.clone()),
-            tenant_id: Some(caller.tenant_id),
-            source: caller.source,
-        }
-    }
-
     /// The same event with another outcome.
     pub fn outcome(self, outcome: AuditOutcome) -> Self {
         AuditEvent { outcome, ..self }
     }
+}
+
+/// Why an entry could not be appended (the action must then fail).
+#[derive(Debug, thiserror::Error)]
+pub enum AuditError {
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] flotilla_store::StoreError),
+    /// The store appended nothing.
+    #[error("the audit log returned no entry")]
+    NoEntry,
 }
 
 /// The audit log's writer, shared through `AppState::audit`.
@@ -78,7 +75,7 @@ impl Audit {
 
     /// Appends one entry and returns once it is durable. An action whose audit entry cannot be
     /// written fails rather than goes unrecorded (the caller propagates the error).
-    pub async fn record(&self, event: AuditEvent) -> Result<AuditEntry, ApiError> {
+    pub async fn record(&self, event: AuditEvent) -> Result<AuditEntry, AuditError> {
         let entry = NewAuditEntry {
             at: self.clock.now(),
             actor: event.actor,
@@ -99,8 +96,6 @@ impl Audit {
             .store
             .append_audit(std::slice::from_ref(&entry))
             .await?;
-        chained
-            .pop()
-            .ok_or_else(|| ApiError::Internal("the audit log returned no entry".to_owned()))
+        chained.pop().ok_or(AuditError::NoEntry)
     }
 }

@@ -101,6 +101,20 @@ impl Caller {
     }
 }
 
+impl AuditEvent {
+    /// A successful action by an authenticated caller.
+    pub fn by(caller: &Caller, action: &'static str, target: impl Into<String>) -> Self {
+        AuditEvent {
+            action,
+            target: target.into(),
+            outcome: AuditOutcome::Success,
+            actor: Some(caller.key_id.clone()),
+            tenant_id: Some(caller.tenant_id),
+            source: caller.source,
+        }
+    }
+}
+
 /// The `?tenant=` query parameter of routes that act on a tenant's objects.
 #[derive(Debug, Default, serde::Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]

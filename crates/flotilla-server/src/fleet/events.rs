@@ -73,7 +73,7 @@ pub fn channel(
     store: DynStore,
     metrics: Arc<Metrics>,
     retention: u64,
-    leadership: Arc<crate::leader::Leadership>,
+    leadership: Arc<crate::leadership::Leadership>,
     stop: CancellationToken,
 ) -> (EventSink, impl Future<Output = ()>) {
     let (tx, mut rx) = mpsc::unbounded_channel::<NewEvent>();

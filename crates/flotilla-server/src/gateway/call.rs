@@ -18,7 +18,6 @@ use axum::extract::rejection::BytesRejection;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::Response;
 use flotilla_core::Timestamp;
-use flotilla_core::auth::Permission;
 use flotilla_core::budget::Enforcement;
 use flotilla_core::id::{TaskId, TenantId};
 use flotilla_core::model::{ModelSpec, UpstreamFailure};
@@ -53,14 +52,28 @@ struct Chosen {
     downgraded_from: Option<(String, String)>,
 }
 
-/// `POST /v1/chat/completions`.
+/// Calls a model through the gateway (OpenAI's chat completions): the caller's limits and budgets
+/// apply, the call is recorded in the ledger, and the answer (or stream) is the provider's.
+#[utoipa::path(post, path = "/v1/chat/completions", tag = "models",
+    request_body = super::spec::ChatCompletionRequest,
+    responses(
+        (status = 200, description = "The provider's answer; with `stream`, server-sent events",
+            content((super::spec::ChatCompletion = "application/json"), (String = "text/event-stream"))),
+        (status = 400, body = super::spec::OpenAiErrorBody), (status = 401, body = super::spec::OpenAiErrorBody),
+        (status = 402, description = "A `block` budget is spent", body = super::spec::OpenAiErrorBody),
+        (status = 403, body = super::spec::OpenAiErrorBody),
+        (status = 404, description = "No such model", body = super::spec::OpenAiErrorBody),
+        (status = 413, body = super::spec::OpenAiErrorBody), (status = 429, body = super::spec::OpenAiErrorBody),
+        (status = 502, description = "The provider failed", body = super::spec::OpenAiErrorBody),
+        (status = 503, body = super::spec::OpenAiErrorBody),
+        (status = 504, description = "The provider did not answer in time", body = super::spec::OpenAiErrorBody)),
+    security(("bearer" = [])))]
 pub(super) async fn chat_completions(
     State(state): State<AppState>,
     caller: Caller,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, GatewayError> {
-    caller.require(Permission::CallModels, "call models")?;
     let body = body.map_err(|e| {
         if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
             GatewayError::from(crate::api::error::ApiError::PayloadTooLarge {

@@ -38,7 +38,7 @@ pub fn channel(
     store: DynStore,
     metrics: Arc<Metrics>,
     flush: Duration,
-    leadership: Arc<crate::leader::Leadership>,
+    leadership: Arc<crate::leadership::Leadership>,
     stop: CancellationToken,
 ) -> (Ledger, impl Future<Output = ()>) {
     let (tx, mut rx) = mpsc::unbounded_channel::<UsageRecord>();

@@ -16,14 +16,14 @@ pub mod ledger;
 pub mod limits;
 pub mod providers;
 pub mod request;
+mod spec;
 pub mod stream;
 
+use crate::api::routes::{Routes, permit_as};
 use crate::app::AppState;
 use crate::auth::Caller;
-use axum::Router;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use budgets::Budgets;
 use error::GatewayError;
 use flotilla_core::auth::Permission;
@@ -38,6 +38,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use tokio_util::task::TaskTracker;
+use utoipa_axum::routes;
 
 /// Longest wait for a provider's answer to a probe.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
@@ -193,11 +194,19 @@ impl Gateway {
     }
 }
 
-/// The gateway's routes (under `/v1`).
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/chat/completions", post(call::chat_completions))
-        .route("/models", get(list_models))
+/// The gateway's routes; refusals in OpenAI's shape.
+pub fn routes() -> Routes {
+    Routes::new()
+        .routes(permit_as::<GatewayError>(
+            Permission::CallModels,
+            "call models",
+            routes!(call::chat_completions),
+        ))
+        .routes(permit_as::<GatewayError>(
+            Permission::CallModels,
+            "list models",
+            routes!(list_models),
+        ))
 }
 
 /// [`crate::auth::require_key`] for the gateway's routes: the same checks, refusals in OpenAI's
@@ -213,12 +222,16 @@ pub async fn require_key(
         .map_err(GatewayError::from)
 }
 
-/// `GET /v1/models`: the configured models in OpenAI's list shape, with Flotilla's details.
+/// The configured models in OpenAI's list shape, with Flotilla's details.
+#[utoipa::path(get, path = "/v1/models", tag = "models",
+    responses((status = 200, body = spec::ModelList), (status = 401, body = spec::OpenAiErrorBody),
+        (status = 403, body = spec::OpenAiErrorBody), (status = 429, body = spec::OpenAiErrorBody),
+        (status = 503, body = spec::OpenAiErrorBody)),
+    security(("bearer" = [])))]
 async fn list_models(
     State(state): State<AppState>,
-    caller: Caller,
+    _caller: Caller,
 ) -> Result<Response, GatewayError> {
-    caller.require(Permission::CallModels, "list models")?;
     let data: Vec<serde_json::Value> = state
         .gateway
         .models()

@@ -13,7 +13,6 @@ pub mod hashicorp;
 pub mod master;
 pub mod path;
 
-use crate::api::error::ApiError;
 use base64::Engine;
 use chacha20poly1305::aead::OsRng;
 use chacha20poly1305::aead::rand_core::RngCore;
@@ -111,37 +110,6 @@ pub enum VaultError {
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
-}
-
-impl From<VaultError> for ApiError {
-    fn from(e: VaultError) -> Self {
-        match e {
-            VaultError::InvalidPath(e) => ApiError::invalid_field("path", e.0),
-            VaultError::TooLarge { .. } => ApiError::BadRequest {
-                code: "value_too_large",
-                message: e.to_string(),
-                field: Some("value".to_owned()),
-            },
-            VaultError::InvalidValue(message) => ApiError::invalid_field("value", message),
-            VaultError::NotFound { .. } => ApiError::NotFound(e.to_string()),
-            VaultError::Conflict(_) => ApiError::Conflict(e.to_string()),
-            VaultError::Unsupported(message) => ApiError::Unprocessable {
-                code: "unsupported",
-                message,
-                field: None,
-            },
-            VaultError::NoMasterKey
-            | VaultError::Backend {
-                transient: true, ..
-            } => ApiError::Unavailable(e.to_string()),
-            VaultError::Store(e) => ApiError::from(e),
-            VaultError::MasterKey(_)
-            | VaultError::UnknownMasterKey { .. }
-            | VaultError::Tampered { .. }
-            | VaultError::Seal(_)
-            | VaultError::Backend { .. } => ApiError::Internal(e.to_string()),
-        }
-    }
 }
 
 /// One version of a secret with its value.

@@ -253,7 +253,7 @@ impl TestServer {
     }
 
     /// This control plane's view of the leadership (docs/design.md §9).
-    pub fn leadership(&self) -> &flotilla_server::leader::Leadership {
+    pub fn leadership(&self) -> &flotilla_server::leadership::Leadership {
         &self.running.state().leadership
     }
 

@@ -1,0 +1,114 @@
+//! How `/openapi.json` describes the model gateway's routes. These types only document the wire
+//! format the gateway reads and answers (OpenAI's chat-completions shape, validated by
+//! [`super::request::ChatRequest::parse`]); the handlers read the body themselves so that fields
+//! the gateway does not know reach the provider untouched.
+#![allow(dead_code)]
+
+use serde_json::Value;
+use utoipa::ToSchema;
+
+/// A chat-completions request. Fields not listed here (tools, response formats, provider
+/// extensions) are passed on to the provider as written.
+#[derive(ToSchema)]
+pub struct ChatCompletionRequest {
+    /// A model of `GET /v1/models`, or `auto`.
+    #[schema(min_length = 1, pattern = r"\S")]
+    pub model: String,
+    /// The conversation; at least one message.
+    #[schema(min_items = 1)]
+    pub messages: Vec<ChatMessage>,
+    /// Answer as server-sent events.
+    pub stream: Option<bool>,
+    /// Most output tokens (the smaller of this and `max_completion_tokens` counts).
+    #[schema(minimum = 1)]
+    pub max_tokens: Option<u64>,
+    /// Most output tokens.
+    #[schema(minimum = 1)]
+    pub max_completion_tokens: Option<u64>,
+    /// Choices to generate.
+    #[schema(minimum = 1, maximum = 128)]
+    pub n: Option<u64>,
+}
+
+/// One message of a conversation.
+#[derive(ToSchema)]
+pub struct ChatMessage {
+    pub role: ChatRole,
+    /// A string, or an array of content parts.
+    #[schema(value_type = ChatContent)]
+    pub content: Value,
+}
+
+/// The text of a message, or its parts.
+#[derive(ToSchema)]
+#[allow(clippy::enum_variant_names)]
+pub enum ChatContent {
+    Text(String),
+    Parts(Vec<Value>),
+}
+
+/// Who wrote a message.
+#[derive(ToSchema)]
+#[schema(rename_all = "snake_case")]
+pub enum ChatRole {
+    System,
+    Developer,
+    User,
+    Assistant,
+    Tool,
+    Function,
+}
+
+/// A chat completion as the provider answered it (OpenAI's shape; with `stream`, a stream of
+/// `chat.completion.chunk` events instead).
+#[derive(ToSchema)]
+pub struct ChatCompletion {
+    pub id: String,
+    pub object: String,
+    pub model: String,
+    pub choices: Vec<Value>,
+    pub usage: Option<Value>,
+}
+
+/// The configured models in OpenAI's list shape; each entry also carries Flotilla's details
+/// under `flotilla`.
+#[derive(ToSchema)]
+pub struct ModelList {
+    /// Always `list`.
+    pub object: String,
+    pub data: Vec<ModelEntry>,
+}
+
+/// One configured model.
+#[derive(ToSchema)]
+pub struct ModelEntry {
+    pub id: String,
+    /// Always `model`.
+    pub object: String,
+    pub owned_by: String,
+    /// Provider, upstream name, prices, quality, speed, fallbacks and downgrade target.
+    #[schema(value_type = Object)]
+    pub flotilla: Value,
+}
+
+/// An error of the gateway, in OpenAI's shape so that OpenAI SDKs raise their usual exceptions.
+#[derive(ToSchema)]
+pub struct OpenAiErrorBody {
+    pub error: OpenAiError,
+}
+
+/// What went wrong.
+#[derive(ToSchema)]
+pub struct OpenAiError {
+    pub message: String,
+    /// `invalid_request_error`, `authentication_error`, `permission_error`, `not_found_error`,
+    /// `rate_limit_error`, `insufficient_quota`, `api_error` or `timeout_error`.
+    #[schema(rename = "type")]
+    pub kind: String,
+    /// The request field at fault, if one is.
+    pub param: Option<String>,
+    /// A snake_case code, as in Flotilla's own errors.
+    pub code: Option<String>,
+    /// The request's id (also in the `x-request-id` header).
+    pub request_id: Option<String>,
+}
