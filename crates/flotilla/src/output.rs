@@ -34,3 +34,8 @@ pub fn print_json<T: Serialize>(value: &T) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string_pretty(value)?);
     Ok(())
 }
+
+/// A time as the tables show it (`2025-06-01 12:00:00`, UTC), or `-` for none.
+pub fn time(at: Option<flotilla_core::Timestamp>) -> String {
+    at.map_or_else(|| "-".into(), |t| t.format("%Y-%m-%d %H:%M:%S").to_string())
+}
