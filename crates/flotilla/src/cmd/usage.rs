@@ -1,7 +1,7 @@
 //! `flotilla usage …`: the model gateway's usage ledger.
 
 use crate::cmd::Connection;
-use crate::output::{Output, print_json, table};
+use crate::output::{OutputWithCsv, print_json, table};
 use flotilla_client::ListUsage;
 use std::io::Write;
 
@@ -35,11 +35,12 @@ pub enum UsageCommand {
         /// At most this many calls, 1-10000.
         #[arg(long, default_value_t = 100)]
         limit: u32,
-        /// Print CSV (header row, exact amounts) instead of a table.
-        #[arg(long, conflicts_with = "output")]
-        csv: bool,
+        /// `csv` prints the server's CSV export (header row, exact amounts).
         #[arg(long, value_enum, default_value_t)]
-        output: Output,
+        output: OutputWithCsv,
+        /// The older spelling of `--output csv`.
+        #[arg(long, hide = true, conflicts_with = "output")]
+        csv: bool,
     },
 }
 
@@ -55,9 +56,10 @@ pub async fn run(command: UsageCommand) -> anyhow::Result<()> {
         until,
         before,
         limit,
-        csv,
         output,
+        csv,
     } = command;
+    let output = if csv { OutputWithCsv::Csv } else { output };
     let filter = ListUsage {
         tenant,
         model,
@@ -69,7 +71,7 @@ pub async fn run(command: UsageCommand) -> anyhow::Result<()> {
         limit: Some(limit),
     };
     let client = connection.client()?;
-    if csv {
+    if output == OutputWithCsv::Csv {
         let export = client.usage_csv(&filter).await?;
         std::io::stdout().write_all(export.text.as_bytes())?;
         if let Some(next) = export.next {
@@ -78,7 +80,7 @@ pub async fn run(command: UsageCommand) -> anyhow::Result<()> {
         return Ok(());
     }
     let page = client.list_usage(&filter).await?;
-    if output == Output::Json {
+    if output == OutputWithCsv::Json {
         return print_json(&page);
     }
     let mut t = table([
