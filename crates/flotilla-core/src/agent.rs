@@ -3,12 +3,29 @@
 use crate::Timestamp;
 use crate::id::{AgentId, TenantId};
 use serde::{Deserialize, Serialize};
-use std::fmt;
-use std::str::FromStr;
 
 /// The status of an instance (docs/design.md §3).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Hash,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
+    strum::IntoStaticStr,
+    strum::Display,
+    strum::EnumString,
+)]
+#[cfg_attr(test, derive(strum::EnumIter))]
 #[serde(rename_all = "snake_case")]
+#[strum(
+    serialize_all = "snake_case",
+    parse_err_ty = UnknownAgentStatus,
+    parse_err_fn = UnknownAgentStatus::from_name
+)]
 pub enum AgentStatus {
     /// Registered, not yet confirmed healthy.
     Starting,
@@ -39,16 +56,8 @@ impl AgentStatus {
     ];
 
     /// The snake_case name used on the wire and in the store.
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            AgentStatus::Starting => "starting",
-            AgentStatus::Idle => "idle",
-            AgentStatus::Busy => "busy",
-            AgentStatus::Draining => "draining",
-            AgentStatus::Ejected => "ejected",
-            AgentStatus::Failed => "failed",
-            AgentStatus::Maintenance => "maintenance",
-        }
+    pub fn as_str(self) -> &'static str {
+        self.into()
     }
 
     /// True when the instance may receive new work (given free capacity).
@@ -69,24 +78,14 @@ impl AgentStatus {
     }
 }
 
-impl fmt::Display for AgentStatus {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
 /// A status name that is not one of [`AgentStatus::ALL`].
 #[derive(Debug, thiserror::Error)]
 #[error("unknown agent status `{0}`")]
 pub struct UnknownAgentStatus(pub String);
 
-impl FromStr for AgentStatus {
-    type Err = UnknownAgentStatus;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        AgentStatus::ALL
-            .into_iter()
-            .find(|status| status.as_str() == s)
-            .ok_or_else(|| UnknownAgentStatus(s.to_owned()))
+impl UnknownAgentStatus {
+    fn from_name(name: &str) -> Self {
+        UnknownAgentStatus(name.to_owned())
     }
 }
 
@@ -269,9 +268,28 @@ mod tests {
     }
 
     #[test]
-    fn statuses_round_trip() {
-        for status in AgentStatus::ALL {
-            assert_eq!(status.as_str().parse::<AgentStatus>().ok(), Some(status));
-        }
+    fn status_names_are_pinned() {
+        use crate::enum_names::assert_names;
+        use strum::IntoEnumIterator;
+        assert_names(
+            &[
+                (AgentStatus::Starting, "starting"),
+                (AgentStatus::Idle, "idle"),
+                (AgentStatus::Busy, "busy"),
+                (AgentStatus::Draining, "draining"),
+                (AgentStatus::Ejected, "ejected"),
+                (AgentStatus::Failed, "failed"),
+                (AgentStatus::Maintenance, "maintenance"),
+            ],
+            AgentStatus::as_str,
+            |name| name.parse().ok(),
+        );
+        assert_eq!(
+            AgentStatus::ALL.to_vec(),
+            AgentStatus::iter().collect::<Vec<_>>()
+        );
+        assert_eq!(AgentStatus::Draining.to_string(), "draining");
+        let err = "asleep".parse::<AgentStatus>().err().map(|e| e.to_string());
+        assert_eq!(err.as_deref(), Some("unknown agent status `asleep`"));
     }
 }

@@ -12,8 +12,21 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 /// What a rule watches.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Hash,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
+    strum::IntoStaticStr,
+)]
+#[cfg_attr(test, derive(strum::EnumIter))]
 #[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
 pub enum Signal {
     /// Share of successful attempts (0 to 1): per agent type, or per model (calls through the
     /// gateway over the last 5 minutes that reached a provider).
@@ -47,8 +60,11 @@ pub enum Signal {
     Serialize,
     Deserialize,
     utoipa::ToSchema,
+    strum::IntoStaticStr,
 )]
+#[cfg_attr(test, derive(strum::EnumIter))]
 #[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
 pub enum Dimension {
     /// One alert per agent type (pool or registered type).
     AgentType,
@@ -62,13 +78,8 @@ pub enum Dimension {
 
 impl Dimension {
     /// The snake_case name.
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Dimension::AgentType => "agent_type",
-            Dimension::Model => "model",
-            Dimension::Tenant => "tenant",
-            Dimension::Total => "total",
-        }
+    pub fn as_str(self) -> &'static str {
+        self.into()
     }
 }
 
@@ -107,30 +118,37 @@ impl Signal {
     }
 
     /// The snake_case name.
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Signal::SuccessRate => "success_rate",
-            Signal::ErrorRate => "error_rate",
-            Signal::P95ResponseTime => "p95_response_time",
-            Signal::QueueLength => "queue_length",
-            Signal::HourlyTokens => "hourly_tokens",
-            Signal::HealthyInstances => "healthy_instances",
-            Signal::BudgetUtilisation => "budget_utilisation",
-        }
+    pub fn as_str(self) -> &'static str {
+        self.into()
     }
 }
 
 /// How the value is compared with the threshold; a true comparison is a breach.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
+    strum::IntoStaticStr,
+)]
+#[cfg_attr(test, derive(strum::EnumIter))]
 #[serde(rename_all = "snake_case")]
 pub enum Comparison {
     #[serde(rename = "<")]
+    #[strum(serialize = "<")]
     Below,
     #[serde(rename = "<=")]
+    #[strum(serialize = "<=")]
     AtMost,
     #[serde(rename = ">")]
+    #[strum(serialize = ">")]
     Above,
     #[serde(rename = ">=")]
+    #[strum(serialize = ">=")]
     AtLeast,
 }
 
@@ -146,13 +164,8 @@ impl Comparison {
     }
 
     /// The operator as written.
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Comparison::Below => "<",
-            Comparison::AtMost => "<=",
-            Comparison::Above => ">",
-            Comparison::AtLeast => ">=",
-        }
+    pub fn as_str(self) -> &'static str {
+        self.into()
     }
 }
 
@@ -169,8 +182,11 @@ impl Comparison {
     Serialize,
     Deserialize,
     utoipa::ToSchema,
+    strum::IntoStaticStr,
 )]
+#[cfg_attr(test, derive(strum::EnumIter))]
 #[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
 pub enum Severity {
     Info,
     Warning,
@@ -179,18 +195,27 @@ pub enum Severity {
 
 impl Severity {
     /// The snake_case name.
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Severity::Info => "info",
-            Severity::Warning => "warning",
-            Severity::Critical => "critical",
-        }
+    pub fn as_str(self) -> &'static str {
+        self.into()
     }
 }
 
 /// What firing does (and resolving undoes).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Hash,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
+    strum::IntoStaticStr,
+)]
+#[cfg_attr(test, derive(strum::EnumIter))]
 #[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
 pub enum Action {
     /// Send to every configured notifier.
     Notify,
@@ -206,13 +231,8 @@ pub enum Action {
 
 impl Action {
     /// The snake_case name.
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Action::Notify => "notify",
-            Action::ScaleUp => "scale_up",
-            Action::EmergencyMode => "emergency_mode",
-            Action::RateLimit => "rate_limit",
-        }
+    pub fn as_str(self) -> &'static str {
+        self.into()
     }
 
     /// Whether the action means something on a rule over `signal` by `by`: `scale_up` needs an

@@ -8,11 +8,29 @@ use crate::id::TenantId;
 use crate::rate::Rate;
 use serde::{Deserialize, Serialize};
 use std::fmt;
-use std::str::FromStr;
 
 /// What a key may do: see [`Role::allows`] for the permission table.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Hash,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
+    strum::IntoStaticStr,
+    strum::Display,
+    strum::EnumString,
+)]
+#[cfg_attr(test, derive(strum::EnumIter))]
 #[serde(rename_all = "snake_case")]
+#[strum(
+    serialize_all = "snake_case",
+    parse_err_ty = UnknownRole,
+    parse_err_fn = UnknownRole::from_name
+)]
 pub enum Role {
     Admin,
     Operator,
@@ -23,20 +41,8 @@ pub enum Role {
 
 impl Role {
     /// The snake_case name used on the wire and in the store.
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Role::Admin => "admin",
-            Role::Operator => "operator",
-            Role::Submitter => "submitter",
-            Role::Agent => "agent",
-            Role::Viewer => "viewer",
-        }
-    }
-}
-
-impl fmt::Display for Role {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+    pub fn as_str(self) -> &'static str {
+        self.into()
     }
 }
 
@@ -45,19 +51,29 @@ impl fmt::Display for Role {
 #[error("unknown role `{0}`; expected admin, operator, submitter, agent or viewer")]
 pub struct UnknownRole(pub String);
 
-impl FromStr for Role {
-    type Err = UnknownRole;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Role::ALL
-            .into_iter()
-            .find(|r| r.as_str() == s)
-            .ok_or_else(|| UnknownRole(s.to_owned()))
+impl UnknownRole {
+    fn from_name(name: &str) -> Self {
+        UnknownRole(name.to_owned())
     }
 }
 
 /// Something a route does on behalf of a caller. Each route checks exactly one.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Hash,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
+    strum::IntoStaticStr,
+    strum::Display,
+)]
+#[cfg_attr(test, derive(strum::EnumIter))]
 #[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
 pub enum Permission {
     /// Submit tasks (`POST /v1/tasks`).
     SubmitTasks,
@@ -112,30 +128,8 @@ impl Permission {
     ];
 
     /// The snake_case name used in docs and errors.
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Permission::SubmitTasks => "submit_tasks",
-            Permission::ReadTasks => "read_tasks",
-            Permission::CancelTasks => "cancel_tasks",
-            Permission::RegisterAgents => "register_agents",
-            Permission::ReadFleet => "read_fleet",
-            Permission::ReadAlerts => "read_alerts",
-            Permission::SilenceAlerts => "silence_alerts",
-            Permission::ReadKeys => "read_keys",
-            Permission::ManageKeys => "manage_keys",
-            Permission::ManageTenants => "manage_tenants",
-            Permission::ListSecrets => "list_secrets",
-            Permission::ReadSecrets => "read_secrets",
-            Permission::WriteSecrets => "write_secrets",
-            Permission::ReadAudit => "read_audit",
-            Permission::CallModels => "call_models",
-        }
-    }
-}
-
-impl fmt::Display for Permission {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+    pub fn as_str(self) -> &'static str {
+        self.into()
     }
 }
 
@@ -301,6 +295,64 @@ pub fn format_key(public_id: &str, secret: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::enum_names::{assert_names, parse_with_serde};
+
+    #[test]
+    fn role_names_are_pinned() {
+        assert_names(
+            &[
+                (Role::Admin, "admin"),
+                (Role::Operator, "operator"),
+                (Role::Submitter, "submitter"),
+                (Role::Agent, "agent"),
+                (Role::Viewer, "viewer"),
+            ],
+            Role::as_str,
+            |name| name.parse().ok(),
+        );
+        assert_eq!(Role::Submitter.to_string(), "submitter");
+        let err = "root".parse::<Role>().err().map(|e| e.to_string());
+        assert_eq!(
+            err.as_deref(),
+            Some("unknown role `root`; expected admin, operator, submitter, agent or viewer")
+        );
+    }
+
+    #[test]
+    fn permission_names_are_pinned() {
+        assert_names(
+            &[
+                (Permission::SubmitTasks, "submit_tasks"),
+                (Permission::ReadTasks, "read_tasks"),
+                (Permission::CancelTasks, "cancel_tasks"),
+                (Permission::RegisterAgents, "register_agents"),
+                (Permission::ReadFleet, "read_fleet"),
+                (Permission::ReadAlerts, "read_alerts"),
+                (Permission::SilenceAlerts, "silence_alerts"),
+                (Permission::ReadKeys, "read_keys"),
+                (Permission::ManageKeys, "manage_keys"),
+                (Permission::ManageTenants, "manage_tenants"),
+                (Permission::ListSecrets, "list_secrets"),
+                (Permission::ReadSecrets, "read_secrets"),
+                (Permission::WriteSecrets, "write_secrets"),
+                (Permission::ReadAudit, "read_audit"),
+                (Permission::CallModels, "call_models"),
+            ],
+            Permission::as_str,
+            parse_with_serde,
+        );
+        assert_eq!(Permission::ReadAudit.to_string(), "read_audit");
+    }
+
+    #[test]
+    fn the_lists_of_roles_and_permissions_are_complete() {
+        use strum::IntoEnumIterator;
+        assert_eq!(Role::ALL.to_vec(), Role::iter().collect::<Vec<_>>());
+        assert_eq!(
+            Permission::ALL.to_vec(),
+            Permission::iter().collect::<Vec<_>>()
+        );
+    }
 
     #[test]
     fn keys_parse_into_their_parts() {

@@ -9,8 +9,6 @@
 use crate::agent::AgentStatus;
 use crate::id::AgentId;
 use serde::{Deserialize, Serialize};
-use std::fmt;
-use std::str::FromStr;
 
 /// What the balancer needs to know of an instance.
 #[derive(Clone, Debug, PartialEq)]
@@ -64,9 +62,28 @@ impl Candidate {
 
 /// A pool's strategy.
 #[derive(
-    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema,
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    Hash,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
+    strum::IntoStaticStr,
+    strum::Display,
+    strum::EnumString,
+    strum::VariantNames,
 )]
+#[cfg_attr(test, derive(strum::EnumIter))]
 #[serde(rename_all = "snake_case")]
+#[strum(
+    serialize_all = "snake_case",
+    parse_err_ty = String,
+    parse_err_fn = not_a_strategy
+)]
 pub enum StrategyKind {
     RoundRobin,
     LeastConnections,
@@ -88,34 +105,18 @@ impl StrategyKind {
     ];
 
     /// The snake_case name used in configuration and on the wire.
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            StrategyKind::RoundRobin => "round_robin",
-            StrategyKind::LeastConnections => "least_connections",
-            StrategyKind::WeightedRoundRobin => "weighted_round_robin",
-            StrategyKind::Score => "score",
-            StrategyKind::P2cEwma => "p2c_ewma",
-        }
+    pub fn as_str(self) -> &'static str {
+        self.into()
     }
 }
 
-impl fmt::Display for StrategyKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for StrategyKind {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        StrategyKind::ALL
-            .into_iter()
-            .find(|k| k.as_str() == s)
-            .ok_or_else(|| {
-                let names: Vec<_> = StrategyKind::ALL.iter().map(|k| k.as_str()).collect();
-                format!("`{s}` is not a strategy (one of {})", names.join(", "))
-            })
-    }
+/// The error of `StrategyKind::from_str`, naming the strategies there are.
+fn not_a_strategy(name: &str) -> String {
+    use strum::VariantNames;
+    format!(
+        "`{name}` is not a strategy (one of {})",
+        StrategyKind::VARIANTS.join(", ")
+    )
 }
 
 /// Weights of the `score` strategy; the defaults are the classic 0.3/0.25/0.2/0.15/0.1.

@@ -27,8 +27,12 @@ use serde::{Deserialize, Serialize};
     Serialize,
     Deserialize,
     utoipa::ToSchema,
+    strum::IntoStaticStr,
+    strum::EnumString,
 )]
+#[cfg_attr(test, derive(strum::EnumIter))]
 #[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
 pub enum Period {
     Daily,
     Monthly,
@@ -37,19 +41,14 @@ pub enum Period {
 impl Period {
     pub const ALL: [Period; 2] = [Period::Daily, Period::Monthly];
 
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Period::Daily => "daily",
-            Period::Monthly => "monthly",
-        }
+    /// The snake_case name used on the wire and in the store.
+    pub fn as_str(self) -> &'static str {
+        self.into()
     }
 
+    /// The period named `text` (`daily` or `monthly`).
     pub fn parse(text: &str) -> Option<Period> {
-        match text {
-            "daily" => Some(Period::Daily),
-            "monthly" => Some(Period::Monthly),
-            _ => None,
-        }
+        text.parse().ok()
     }
 
     /// The window containing `now`: `[start, end)`, midnight UTC to midnight UTC.
@@ -77,8 +76,22 @@ fn midnight(day: NaiveDate) -> Timestamp {
 }
 
 /// What happens once a budget is spent.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Hash,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
+    strum::IntoStaticStr,
+    strum::EnumString,
+)]
+#[cfg_attr(test, derive(strum::EnumIter))]
 #[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
 pub enum Enforcement {
     /// Calls are refused with 402 until the window resets.
     Block,
@@ -90,21 +103,14 @@ pub enum Enforcement {
 }
 
 impl Enforcement {
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Enforcement::Block => "block",
-            Enforcement::Downgrade => "downgrade",
-            Enforcement::AlertOnly => "alert_only",
-        }
+    /// The snake_case name used on the wire and in the store.
+    pub fn as_str(self) -> &'static str {
+        self.into()
     }
 
+    /// The enforcement named `text` (`block`, `downgrade` or `alert_only`).
     pub fn parse(text: &str) -> Option<Enforcement> {
-        match text {
-            "block" => Some(Enforcement::Block),
-            "downgrade" => Some(Enforcement::Downgrade),
-            "alert_only" => Some(Enforcement::AlertOnly),
-            _ => None,
-        }
+        text.parse().ok()
     }
 }
 

@@ -205,8 +205,12 @@ impl Severity {
 }
 
 /// The overall verdict.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, strum::IntoStaticStr,
+)]
+#[cfg_attr(test, derive(strum::EnumIter))]
 #[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
 pub enum Status {
     Healthy,
     Warning,
@@ -215,13 +219,9 @@ pub enum Status {
 }
 
 impl Status {
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Status::Healthy => "healthy",
-            Status::Warning => "warning",
-            Status::Unhealthy => "unhealthy",
-            Status::Critical => "critical",
-        }
+    /// The snake_case name, as in the JSON report.
+    pub fn as_str(self) -> &'static str {
+        self.into()
     }
 
     /// The process exit code: 0 healthy, 1 warning, 2 unhealthy or critical.

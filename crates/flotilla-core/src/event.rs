@@ -5,12 +5,29 @@
 use crate::Timestamp;
 use crate::id::AgentId;
 use serde::{Deserialize, Serialize};
-use std::fmt;
-use std::str::FromStr;
 
 /// What an event is about.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Hash,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
+    strum::IntoStaticStr,
+    strum::Display,
+    strum::EnumString,
+)]
+#[cfg_attr(test, derive(strum::EnumIter))]
 #[serde(rename_all = "snake_case")]
+#[strum(
+    serialize_all = "snake_case",
+    parse_err_ty = UnknownEventKind,
+    parse_err_fn = UnknownEventKind::from_name
+)]
 pub enum EventKind {
     /// An instance changed status (registered, failed, ejected, restored, draining, removed).
     Instance,
@@ -38,21 +55,8 @@ impl EventKind {
     ];
 
     /// The snake_case name used on the wire and in the store.
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            EventKind::Instance => "instance",
-            EventKind::Scale => "scale",
-            EventKind::Provisioner => "provisioner",
-            EventKind::Alert => "alert",
-            EventKind::Budget => "budget",
-            EventKind::Leader => "leader",
-        }
-    }
-}
-
-impl fmt::Display for EventKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+    pub fn as_str(self) -> &'static str {
+        self.into()
     }
 }
 
@@ -61,13 +65,9 @@ impl fmt::Display for EventKind {
 #[error("unknown event kind `{0}`")]
 pub struct UnknownEventKind(pub String);
 
-impl FromStr for EventKind {
-    type Err = UnknownEventKind;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        EventKind::ALL
-            .into_iter()
-            .find(|kind| kind.as_str() == s)
-            .ok_or_else(|| UnknownEventKind(s.to_owned()))
+impl UnknownEventKind {
+    fn from_name(name: &str) -> Self {
+        UnknownEventKind(name.to_owned())
     }
 }
 
@@ -103,9 +103,27 @@ mod tests {
     use super::*;
 
     #[test]
-    fn kinds_round_trip() {
-        for kind in EventKind::ALL {
-            assert_eq!(kind.as_str().parse::<EventKind>().ok(), Some(kind));
-        }
+    fn kind_names_are_pinned() {
+        use crate::enum_names::assert_names;
+        use strum::IntoEnumIterator;
+        assert_names(
+            &[
+                (EventKind::Instance, "instance"),
+                (EventKind::Scale, "scale"),
+                (EventKind::Provisioner, "provisioner"),
+                (EventKind::Alert, "alert"),
+                (EventKind::Budget, "budget"),
+                (EventKind::Leader, "leader"),
+            ],
+            EventKind::as_str,
+            |name| name.parse().ok(),
+        );
+        assert_eq!(
+            EventKind::ALL.to_vec(),
+            EventKind::iter().collect::<Vec<_>>()
+        );
+        assert_eq!(EventKind::Scale.to_string(), "scale");
+        let err = "weather".parse::<EventKind>().err().map(|e| e.to_string());
+        assert_eq!(err.as_deref(), Some("unknown event kind `weather`"));
     }
 }

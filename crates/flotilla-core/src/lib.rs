@@ -17,6 +17,8 @@ pub mod budget;
 pub mod config;
 pub mod diagnosis;
 pub mod egress;
+#[cfg(test)]
+mod enum_names;
 pub mod event;
 pub mod health;
 pub mod id;

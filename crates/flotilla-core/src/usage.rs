@@ -134,8 +134,22 @@ impl Prices {
 }
 
 /// How a gateway call ended.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Hash,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
+    strum::IntoStaticStr,
+    strum::EnumString,
+)]
+#[cfg_attr(test, derive(strum::EnumIter))]
 #[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
 pub enum UsageStatus {
     /// The provider answered in full.
     Ok,
@@ -148,23 +162,14 @@ pub enum UsageStatus {
 }
 
 impl UsageStatus {
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            UsageStatus::Ok => "ok",
-            UsageStatus::Error => "error",
-            UsageStatus::Cancelled => "cancelled",
-            UsageStatus::Rejected => "rejected",
-        }
+    /// The snake_case name used on the wire and in the store.
+    pub fn as_str(self) -> &'static str {
+        self.into()
     }
 
+    /// The status named `text`.
     pub fn parse(text: &str) -> Option<UsageStatus> {
-        Some(match text {
-            "ok" => UsageStatus::Ok,
-            "error" => UsageStatus::Error,
-            "cancelled" => UsageStatus::Cancelled,
-            "rejected" => UsageStatus::Rejected,
-            _ => return None,
-        })
+        text.parse().ok()
     }
 }
 
@@ -235,6 +240,20 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
     use serde_json::json;
+
+    #[test]
+    fn status_names_are_pinned() {
+        crate::enum_names::assert_names(
+            &[
+                (UsageStatus::Ok, "ok"),
+                (UsageStatus::Error, "error"),
+                (UsageStatus::Cancelled, "cancelled"),
+                (UsageStatus::Rejected, "rejected"),
+            ],
+            UsageStatus::as_str,
+            UsageStatus::parse,
+        );
+    }
 
     fn price(s: &str) -> Option<PricePerMillion> {
         Some(s.parse().unwrap())

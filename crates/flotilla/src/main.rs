@@ -37,28 +37,28 @@ enum Command {
     Pools(cmd::pools::PoolsCommand),
     /// Read fleet events: status changes, scaling decisions, provisioner actions.
     #[command(subcommand)]
-    Events(cmd::pools::EventsCommand),
+    Events(cmd::events::EventsCommand),
     /// Pending and firing alerts, and their history.
     #[command(subcommand)]
     Alerts(cmd::alerts::AlertsCommand),
     /// Create, list and revoke API keys.
     #[command(subcommand)]
-    Keys(cmd::access::KeysCommand),
+    Keys(cmd::keys::KeysCommand),
     /// Create, list and change tenants.
     #[command(subcommand)]
-    Tenants(cmd::access::TenantsCommand),
+    Tenants(cmd::tenants::TenantsCommand),
     /// Read, verify and export the tamper-evident audit log.
     #[command(subcommand)]
-    Audit(cmd::access::AuditCommand),
+    Audit(cmd::audit::AuditCommand),
     /// Secrets of the vault: put, get, list, rotate, delete; master-key re-wrapping.
     #[command(subcommand)]
     Secrets(cmd::secrets::SecretsCommand),
     /// Budgets of the model gateway: list, set, delete.
     #[command(subcommand)]
-    Budgets(cmd::cost::BudgetsCommand),
+    Budgets(cmd::budgets::BudgetsCommand),
     /// The model gateway's usage ledger: list (or export as CSV).
     #[command(subcommand)]
-    Usage(cmd::cost::UsageCommand),
+    Usage(cmd::usage::UsageCommand),
     /// Spending report and model recommendation.
     #[command(subcommand)]
     Cost(cmd::cost::CostCommand),
@@ -94,15 +94,15 @@ fn main() -> ExitCode {
             Command::Task(command) => cmd::task::run(command).await,
             Command::Agents(command) => cmd::agents::run(command).await,
             Command::Alerts(command) => cmd::alerts::run(command).await,
-            Command::Pools(command) => cmd::pools::run_pools(command).await,
-            Command::Events(command) => cmd::pools::run_events(command).await,
-            Command::Keys(command) => cmd::access::run_keys(command).await,
-            Command::Tenants(command) => cmd::access::run_tenants(command).await,
-            Command::Audit(command) => cmd::access::run_audit(command).await,
+            Command::Pools(command) => cmd::pools::run(command).await,
+            Command::Events(command) => cmd::events::run(command).await,
+            Command::Keys(command) => cmd::keys::run(command).await,
+            Command::Tenants(command) => cmd::tenants::run(command).await,
+            Command::Audit(command) => cmd::audit::run(command).await,
             Command::Secrets(command) => cmd::secrets::run(command).await,
-            Command::Budgets(command) => cmd::cost::run_budgets(command).await,
-            Command::Usage(command) => cmd::cost::run_usage(command).await,
-            Command::Cost(command) => cmd::cost::run_cost(command).await,
+            Command::Budgets(command) => cmd::budgets::run(command).await,
+            Command::Usage(command) => cmd::usage::run(command).await,
+            Command::Cost(command) => cmd::cost::run(command).await,
             Command::Doctor(args) => cmd::doctor::run(args).await,
             Command::Config(command) => cmd::config::run(command),
             Command::Simulate(args) => cmd::simulate::run(*args),

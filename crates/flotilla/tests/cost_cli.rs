@@ -1,6 +1,7 @@
 //! Budgets, usage and the cost report through the CLI against the real binary: a budget is set,
 //! a model is called through the gateway, and `flotilla cost report` shows the model and the
-//! day's bar; `usage list --csv` exports the call; `cost recommend` answers.
+//! day's bar; `usage list --output csv` (or the older `--csv`) exports the call; `cost
+//! recommend` answers.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
@@ -125,7 +126,7 @@ async fn a_budget_a_call_and_the_cost_report_through_the_cli() {
     assert_eq!(listed["budgets"][0]["spent"], cost.as_str());
 
     // The CSV export: a header and the call.
-    let csv = ok(&flotilla(&server, &["usage", "list", "--csv"]));
+    let csv = ok(&flotilla(&server, &["usage", "list", "--output", "csv"]));
     let lines: Vec<&str> = csv.lines().collect();
     assert_eq!(lines.len(), 2, "{csv}");
     assert!(lines[0].starts_with("id,created_at,"), "{csv}");
@@ -133,8 +134,26 @@ async fn a_budget_a_call_and_the_cost_report_through_the_cli() {
         lines[1].contains(",gpt-4o,") && lines[1].contains(&cost),
         "{csv}"
     );
+    // The older spelling `--csv` is the same export, and cannot be mixed with `--output`.
+    assert_eq!(ok(&flotilla(&server, &["usage", "list", "--csv"])), csv);
+    let mixed = flotilla(&server, &["usage", "list", "--csv", "--output", "json"]);
+    assert_eq!(mixed.status.code(), Some(2));
+    let said = String::from_utf8_lossy(&mixed.stderr);
+    assert!(said.contains("cannot be used with"), "{said}");
+    // A listing without a CSV form refuses `--output csv` and names the formats it has.
+    let refused = flotilla(&server, &["budgets", "list", "--output", "csv"]);
+    assert_eq!(refused.status.code(), Some(2));
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        said.contains("invalid value 'csv'") && said.contains("[possible values: table, json]"),
+        "{said}"
+    );
     let table = ok(&flotilla(&server, &["usage", "list"]));
     assert!(table.contains("gpt-4o"), "{table}");
+    assert_eq!(
+        ok(&flotilla(&server, &["usage", "list", "--output", "table"])),
+        table
+    );
 
     // A recommendation where only cost counts.
     let recommended = ok(&flotilla(

@@ -125,7 +125,7 @@ async fn a_healthy_deployment_exits_0() {
     // The key is never printed.
     assert!(!said.contains(&ops.key));
 
-    let report = json(&doctor(&server.base_url(), &ops.key, &["--json"]));
+    let report = json(&doctor(&server.base_url(), &ops.key, &["--output", "json"]));
     assert_eq!(report["status"], "healthy");
     assert_eq!(report["exit_code"], 0);
     assert_eq!(finding(&report, "Authentication")["severity"], "ok");
@@ -152,7 +152,7 @@ async fn a_pool_with_queued_work_and_no_instance_is_unhealthy() {
     );
     assert!(!said.contains(ADMIN_KEY));
 
-    let out = doctor(&server.base_url(), ADMIN_KEY, &["--json"]);
+    let out = doctor(&server.base_url(), ADMIN_KEY, &["--output", "json"]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     let report = json(&out);
     assert_eq!(report["status"], "unhealthy");
@@ -172,7 +172,7 @@ async fn a_refused_key_is_critical_and_names_authentication() {
     let out = doctor(
         &server.base_url(),
         "flt_nosuchkey_0123456789abcdefghijklmnopqrstuvwxyz",
-        &["--json"],
+        &["--output", "json"],
     );
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     let report = json(&out);
@@ -201,11 +201,28 @@ async fn nothing_listening_is_critical() {
     assert!(said.contains("Status: critical"), "{said}");
     assert!(said.contains("✘ API: nothing answers"), "{said}");
 
-    let out = doctor(&url, ADMIN_KEY, &["--json"]);
+    let out = doctor(&url, ADMIN_KEY, &["--output", "json"]);
     assert_eq!(out.status.code(), Some(2));
     let report = json(&out);
     assert_eq!(report["status"], "critical");
     assert_eq!(report["exit_code"], 2);
+
+    // The older spelling `--json` still prints the same report; it cannot be mixed with
+    // `--output`, and `doctor` has no CSV form.
+    let old = doctor(&url, ADMIN_KEY, &["--json"]);
+    assert_eq!(old.status.code(), Some(2));
+    assert_eq!(json(&old)["status"], "critical");
+    let mixed = doctor(&url, ADMIN_KEY, &["--json", "--output", "table"]);
+    assert_eq!(mixed.status.code(), Some(2));
+    let said = String::from_utf8_lossy(&mixed.stderr);
+    assert!(said.contains("cannot be used with"), "{said}");
+    let csv = doctor(&url, ADMIN_KEY, &["--output", "csv"]);
+    assert_eq!(csv.status.code(), Some(2));
+    let said = String::from_utf8_lossy(&csv.stderr);
+    assert!(
+        said.contains("invalid value 'csv'") && said.contains("[possible values: table, json]"),
+        "{said}"
+    );
 }
 
 #[tokio::test]
@@ -218,7 +235,7 @@ async fn open_metrics_and_the_bootstrap_key_are_security_warnings() {
         .start()
         .await
         .unwrap();
-    let out = doctor(&server.base_url(), ADMIN_KEY, &["--json"]);
+    let out = doctor(&server.base_url(), ADMIN_KEY, &["--output", "json"]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     let report = json(&out);
     assert_eq!(report["status"], "warning");
@@ -273,7 +290,7 @@ async fn an_unreachable_provider_and_a_spent_budget_are_reported() {
         .status();
     assert_eq!(status, 200);
 
-    let out = doctor(&server.base_url(), ADMIN_KEY, &["--json"]);
+    let out = doctor(&server.base_url(), ADMIN_KEY, &["--output", "json"]);
     let report = json(&out);
     let providers = finding(&report, "Model providers");
     // One of two providers (the built-in simulated one answers) is down: a warning naming it.

@@ -302,3 +302,62 @@ fn the_token_default_is_by_tenant_and_the_others_by_their_default() {
         }
     }
 }
+
+#[test]
+fn names_are_pinned() {
+    use crate::enum_names::{assert_names, parse_with_serde};
+    use strum::IntoEnumIterator;
+    assert_names(
+        &[
+            (Signal::SuccessRate, "success_rate"),
+            (Signal::ErrorRate, "error_rate"),
+            (Signal::P95ResponseTime, "p95_response_time"),
+            (Signal::QueueLength, "queue_length"),
+            (Signal::HourlyTokens, "hourly_tokens"),
+            (Signal::HealthyInstances, "healthy_instances"),
+            (Signal::BudgetUtilisation, "budget_utilisation"),
+        ],
+        Signal::as_str,
+        parse_with_serde,
+    );
+    assert_eq!(Signal::ALL.to_vec(), Signal::iter().collect::<Vec<_>>());
+    assert_names(
+        &[
+            (Dimension::AgentType, "agent_type"),
+            (Dimension::Model, "model"),
+            (Dimension::Tenant, "tenant"),
+            (Dimension::Total, "total"),
+        ],
+        Dimension::as_str,
+        parse_with_serde,
+    );
+    assert_names(
+        &[
+            (Comparison::Below, "<"),
+            (Comparison::AtMost, "<="),
+            (Comparison::Above, ">"),
+            (Comparison::AtLeast, ">="),
+        ],
+        Comparison::as_str,
+        parse_with_serde,
+    );
+    assert_names(
+        &[
+            (Severity::Info, "info"),
+            (Severity::Warning, "warning"),
+            (Severity::Critical, "critical"),
+        ],
+        Severity::as_str,
+        parse_with_serde,
+    );
+    assert_names(
+        &[
+            (Action::Notify, "notify"),
+            (Action::ScaleUp, "scale_up"),
+            (Action::EmergencyMode, "emergency_mode"),
+            (Action::RateLimit, "rate_limit"),
+        ],
+        Action::as_str,
+        parse_with_serde,
+    );
+}

@@ -186,3 +186,31 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn strategy_names_are_pinned() {
+    use strum::IntoEnumIterator;
+    crate::enum_names::assert_names(
+        &[
+            (StrategyKind::RoundRobin, "round_robin"),
+            (StrategyKind::LeastConnections, "least_connections"),
+            (StrategyKind::WeightedRoundRobin, "weighted_round_robin"),
+            (StrategyKind::Score, "score"),
+            (StrategyKind::P2cEwma, "p2c_ewma"),
+        ],
+        StrategyKind::as_str,
+        |name| name.parse().ok(),
+    );
+    assert_eq!(
+        StrategyKind::ALL.to_vec(),
+        StrategyKind::iter().collect::<Vec<_>>()
+    );
+    assert_eq!(StrategyKind::P2cEwma.to_string(), "p2c_ewma");
+    assert_eq!(
+        "random".parse::<StrategyKind>().err().as_deref(),
+        Some(
+            "`random` is not a strategy (one of round_robin, least_connections, \
+             weighted_round_robin, score, p2c_ewma)"
+        )
+    );
+}

@@ -145,3 +145,23 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn period_and_enforcement_names_are_pinned() {
+    use strum::IntoEnumIterator;
+    crate::enum_names::assert_names(
+        &[(Period::Daily, "daily"), (Period::Monthly, "monthly")],
+        Period::as_str,
+        Period::parse,
+    );
+    assert_eq!(Period::ALL.to_vec(), Period::iter().collect::<Vec<_>>());
+    crate::enum_names::assert_names(
+        &[
+            (Enforcement::Block, "block"),
+            (Enforcement::Downgrade, "downgrade"),
+            (Enforcement::AlertOnly, "alert_only"),
+        ],
+        Enforcement::as_str,
+        Enforcement::parse,
+    );
+}

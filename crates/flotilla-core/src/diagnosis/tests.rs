@@ -570,3 +570,17 @@ fn several_replicas_say_who_leads_and_warn_without_a_leader() {
             .all(|c| c.name != "Leader")
     );
 }
+
+#[test]
+fn status_names_are_pinned() {
+    crate::enum_names::assert_names(
+        &[
+            (Status::Healthy, "healthy"),
+            (Status::Warning, "warning"),
+            (Status::Unhealthy, "unhealthy"),
+            (Status::Critical, "critical"),
+        ],
+        Status::as_str,
+        crate::enum_names::parse_with_serde,
+    );
+}

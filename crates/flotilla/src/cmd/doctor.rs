@@ -7,6 +7,7 @@
 //! such. It never prints the key.
 
 use crate::cmd::Connection;
+use crate::output::{Output, print_json};
 use flotilla_client::{Client, ClientError, TlsOptions};
 use flotilla_core::diagnosis::{
     AUTH_FAILURE_WINDOW_HOURS, AuthFailures, BudgetFact, CpuWindow, Facts, Gathered, KeyCheck,
@@ -33,8 +34,11 @@ pub struct DoctorArgs {
     /// Also report the pods of pools that use the kubernetes provisioner.
     #[arg(long)]
     kube: bool,
-    /// Print the report as JSON.
-    #[arg(long)]
+    /// `json` prints the report for programs.
+    #[arg(long, value_enum, default_value_t)]
+    output: Output,
+    /// The older spelling of `--output json`.
+    #[arg(long, hide = true, conflicts_with = "output")]
     json: bool,
     /// Warn when the data directory's volume has less than this share free, in percent (fail
     /// below half of it).
@@ -49,8 +53,8 @@ pub struct DoctorArgs {
 pub async fn run(args: DoctorArgs) -> anyhow::Result<()> {
     let facts = gather(&args).await?;
     let report = diagnose(&facts);
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+    if args.json || args.output == Output::Json {
+        print_json(&report)?;
     } else {
         print!("{}", render(&report));
     }

@@ -1,18 +1,23 @@
-//! One module per subcommand.
+//! One module per top-level command group, named as in `flotilla --help`.
 
-pub mod access;
 pub mod agent;
 pub mod agents;
 pub mod alerts;
+pub mod audit;
+pub mod budgets;
 pub mod config;
 pub mod cost;
 pub mod demo;
 pub mod doctor;
+pub mod events;
+pub mod keys;
 pub mod pools;
 pub mod secrets;
 pub mod serve;
 pub mod simulate;
 pub mod task;
+pub mod tenants;
+pub mod usage;
 
 use flotilla_client::{Client, TlsOptions};
 use std::path::PathBuf;

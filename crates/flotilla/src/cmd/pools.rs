@@ -1,4 +1,4 @@
-//! `flotilla pools list` and `flotilla events list`.
+//! `flotilla pools list`.
 
 use crate::cmd::Connection;
 use crate::output::{Output, print_json, table};
@@ -15,32 +15,8 @@ pub enum PoolsCommand {
     },
 }
 
-/// `flotilla events …`.
-#[derive(clap::Subcommand, Debug)]
-pub enum EventsCommand {
-    /// List fleet events (instance status changes, scaling decisions, provisioner actions).
-    List {
-        #[command(flatten)]
-        connection: Connection,
-        /// Only this pool.
-        #[arg(long = "type", value_name = "TYPE")]
-        agent_type: Option<String>,
-        /// Only events of this kind: `instance`, `scale`, `provisioner`, `alert`, `budget` or
-        /// `leader`.
-        #[arg(long)]
-        kind: Option<String>,
-        /// Only events after this id (oldest first); default: the latest.
-        #[arg(long)]
-        after: Option<i64>,
-        #[arg(long, default_value_t = 50)]
-        limit: u32,
-        #[arg(long, value_enum, default_value_t)]
-        output: Output,
-    },
-}
-
 /// Runs `flotilla pools …`.
-pub async fn run_pools(command: PoolsCommand) -> anyhow::Result<()> {
+pub async fn run(command: PoolsCommand) -> anyhow::Result<()> {
     let PoolsCommand::List { connection, output } = command;
     let list = connection.client()?.list_pools().await?;
     if output == Output::Json {
@@ -71,38 +47,6 @@ pub async fn run_pools(command: PoolsCommand) -> anyhow::Result<()> {
             format!("{}/{} ({:.0}%)", p.load, p.capacity, p.utilisation * 100.0),
             p.queued.to_string(),
             p.last_decision.clone().unwrap_or_default(),
-        ]);
-    }
-    println!("{t}");
-    Ok(())
-}
-
-/// Runs `flotilla events …`.
-pub async fn run_events(command: EventsCommand) -> anyhow::Result<()> {
-    let EventsCommand::List {
-        connection,
-        agent_type,
-        kind,
-        after,
-        limit,
-        output,
-    } = command;
-    let mut query = vec![("limit", limit.to_string())];
-    query.extend(agent_type.map(|t| ("agent_type", t)));
-    query.extend(kind.map(|k| ("kind", k)));
-    query.extend(after.map(|a| ("after", a.to_string())));
-    let list = connection.client()?.list_events(&query).await?;
-    if output == Output::Json {
-        return print_json(&list);
-    }
-    let mut t = table(["ID", "TIME", "KIND", "POOL", "EVENT"]);
-    for e in &list.events {
-        t.add_row([
-            e.id.to_string(),
-            e.at.format("%Y-%m-%d %H:%M:%S").to_string(),
-            e.kind.to_string(),
-            e.agent_type.clone(),
-            e.message.clone(),
         ]);
     }
     println!("{t}");
