@@ -11,7 +11,7 @@
 
 use crate::clock::Clock;
 use crate::fleet::events::EventSink;
-use crate::leadership::Leadership;
+use crate::leadership::{LEASE, Leadership, PRESENCE};
 use crate::telemetry::metrics::Metrics;
 use flotilla_core::event::{EventKind, NewEvent};
 use flotilla_store::DynStore;
@@ -19,13 +19,6 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-
-/// The lease's name in the store.
-pub const LEASE: &str = "control-plane";
-
-/// Every control plane also holds a lease of its own, `replica:<owner>`, renewed with the
-/// leader lease: the live ones tell how many control planes share the instances' capacity.
-pub const PRESENCE: &str = "replica:";
 
 /// What the leader loop needs: the lease store, this control plane's name, and where it tells
 /// what it sees. Time is tokio's (`Instant`s and sleeps), so tests can pause it.

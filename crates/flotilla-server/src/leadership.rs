@@ -1,10 +1,17 @@
 //! Whether this control plane leads the deployment: a handle the leader loop
-//! ([`crate::leader::run`]) writes and the singleton loops, the ledger and the event writer read.
+//! (`leader::run`) writes and the singleton loops, the ledger and the event writer read.
 //! It imports no service.
 
 use std::future::Future;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
+
+/// The lease's name in the store.
+pub const LEASE: &str = "control-plane";
+
+/// Every control plane also holds a lease of its own, `replica:<owner>`, renewed with the
+/// leader lease: the live ones tell how many control planes share the instances' capacity.
+pub const PRESENCE: &str = "replica:";
 
 /// This control plane's view of the leadership.
 pub struct Leadership {

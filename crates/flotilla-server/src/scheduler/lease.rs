@@ -31,7 +31,7 @@ pub async fn run(state: AppState, shutdown: CancellationToken) {
             continue;
         };
         let fence = flotilla_store::Fence {
-            lease: crate::leader::LEASE.to_owned(),
+            lease: crate::leadership::LEASE.to_owned(),
             holder: state.owner.to_string(),
             generation,
         };
