@@ -14,7 +14,7 @@ use crate::fleet::events::EventSink;
 use crate::leadership::{LEASE, Leadership, PRESENCE};
 use crate::telemetry::metrics::Metrics;
 use flotilla_core::event::{EventKind, NewEvent};
-use flotilla_store::DynStore;
+use flotilla_store::{CoordinationStore, FleetStore};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
@@ -24,7 +24,9 @@ use tokio_util::sync::CancellationToken;
 /// what it sees. Time is tokio's (`Instant`s and sleeps), so tests can pause it.
 pub struct Leader {
     /// Where the leases live.
-    pub store: DynStore,
+    pub leases: Arc<dyn CoordinationStore>,
+    /// Where a change of leader is recorded at once.
+    pub announcements: Arc<dyn FleetStore>,
     /// True when several control planes may share the store (PostgreSQL): only then are they
     /// counted.
     pub shared_store: bool,
@@ -56,7 +58,7 @@ pub async fn run(state: Leader, shutdown: CancellationToken) {
         let round = async {
             let claimed = tokio::time::timeout(
                 period,
-                state.store.claim_lease(LEASE, &state.owner, now, until),
+                state.leases.claim_lease(LEASE, &state.owner, now, until),
             )
             .await;
             count_replicas(state, now, until).await;
@@ -131,7 +133,7 @@ pub async fn run(state: Leader, shutdown: CancellationToken) {
     }
     let _ = tokio::time::timeout(
         Duration::from_secs(2),
-        state.store.release_lease(
+        state.leases.release_lease(
             &format!("{PRESENCE}{}", state.owner),
             &state.owner,
             state.clock.now(),
@@ -145,7 +147,7 @@ pub async fn run(state: Leader, shutdown: CancellationToken) {
         )
         .await;
         let release = state
-            .store
+            .leases
             .release_lease(LEASE, &state.owner, state.clock.now());
         match tokio::time::timeout(Duration::from_secs(2), release).await {
             Ok(Ok(_)) => {}
@@ -185,11 +187,11 @@ async fn count_replicas(
     let name = format!("{PRESENCE}{}", state.owner);
     let counted = async {
         state
-            .store
+            .leases
             .claim_lease(&name, &state.owner, now, until)
             .await?;
         state
-            .store
+            .leases
             .live_leases(PRESENCE, now, now - chrono::Duration::hours(1))
             .await
     };
@@ -221,7 +223,7 @@ async fn announce(state: &Leader, message: String) {
         agent_id: None,
         message,
     };
-    let write = state.store.insert_events(std::slice::from_ref(&event));
+    let write = state.announcements.insert_events(std::slice::from_ref(&event));
     match tokio::time::timeout(Duration::from_secs(2), write).await {
         Ok(Ok(())) => {}
         // The database may be what ended the term: queue it with the other events.

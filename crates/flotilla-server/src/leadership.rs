@@ -41,6 +41,11 @@ impl Leadership {
         *self.leading.borrow()
     }
 
+    /// Follows this control plane's leadership: `Some(generation)` while it leads.
+    pub fn watch(&self) -> watch::Receiver<Option<i64>> {
+        self.leading.subscribe()
+    }
+
     /// The leader as last seen (its owner name), if any.
     pub fn leader(&self) -> Option<String> {
         self.leader.lock().ok().and_then(|l| l.clone())

@@ -323,7 +323,8 @@ pub async fn start(
     // The leader lease; the loops that must run once per deployment run under it.
     writers.spawn(leader::run(
         leader::Leader {
-            store: store.clone(),
+            leases: store.clone(),
+            announcements: store.clone(),
             shared_store: store.backend() == "postgres",
             owner: state.owner.clone(),
             ttl: config.leader_lease,
