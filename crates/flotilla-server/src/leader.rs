@@ -200,7 +200,7 @@ async fn count_replicas(
 ) {
     // One control plane runs on SQLite: no count to keep (and a previous start killed without
     // releasing its presence must not halve this one's shares until it expires).
-    if state.store.backend() != "postgres" {
+    if !state.store.topology().is_shared() {
         state.metrics.replicas.set(1);
         return;
     }

@@ -351,7 +351,7 @@ pub async fn start(
     } else {
         plain_http(listener, router, graceful)
     };
-    tracing::info!(%addr, tls = config.tls.is_some(), store = store.backend(), owner = %state.owner, "Control plane listening");
+    tracing::info!(%addr, tls = config.tls.is_some(), store = %store.topology(), owner = %state.owner, "Control plane listening");
     Ok(RunningServer {
         addr,
         new_admin_key,

@@ -11,7 +11,7 @@ use crate::rows::{
 };
 use crate::secrets::{SealedSecret, SecretCursor, SecretSummary, WrappedSecretKey};
 use crate::{
-    AuditFilter, BudgetWindow, Cancelled, EventFilter, Inserted, Requeued, Reservation, Store,
+    AuditFilter, BudgetWindow, Cancelled, EventFilter, Inserted, Requeued, Reservation,
     StoreError, StoreResult, TaskFilter, UsageFilter,
 };
 use async_trait::async_trait;
@@ -35,11 +35,12 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::str::FromStr;
 use uuid::Uuid;
 
-mod access;
 mod buckets;
 mod events;
-mod secrets;
 mod usage;
+
+crate::access::access_store!(PostgresStore, Postgres);
+crate::secrets::secret_store!(PostgresStore);
 
 static MIGRATOR: Migrator = sqlx::migrate!("./migrations/postgres");
 
@@ -133,6 +134,30 @@ impl PostgresStore {
         &self.pool
     }
 
+    /// A write transaction (see [`crate::sql`]).
+    async fn begin(&self) -> StoreResult<sqlx::Transaction<'static, Postgres>> {
+        Ok(self.pool.begin().await?)
+    }
+
+    /// Where a single-statement write runs: the pool, since one statement is atomic.
+    async fn writer(&self) -> StoreResult<Write<'_>> {
+        Ok(Write(&self.pool))
+    }
+
+    /// Serialises appends to the audit chain across replicas: a transaction-level advisory lock
+    /// keyed by the table's oid, so each schema has its own.
+    async fn lock_audit(tx: &mut PgConnection) -> StoreResult<()> {
+        sqlx::query("SELECT pg_advisory_xact_lock('audit'::regclass::oid::int8)")
+            .execute(tx)
+            .await?;
+        Ok(())
+    }
+
+    /// Where reads run: the pool.
+    fn reads(&self) -> &PgPool {
+        &self.pool
+    }
+
     async fn with_options(options: PgConnectOptions, max_connections: u32) -> StoreResult<Self> {
         let pool = PgPoolOptions::new()
             .max_connections(max_connections.max(1))
@@ -143,6 +168,19 @@ impl PostgresStore {
             pool,
             channel: crate::CHANNEL.to_owned(),
         })
+    }
+}
+
+/// A single-statement write (see [`crate::sql`]): straight on the pool.
+struct Write<'a>(&'a PgPool);
+
+impl<'a> Write<'a> {
+    fn conn(&mut self) -> &'a PgPool {
+        self.0
+    }
+
+    async fn commit(self) -> StoreResult<()> {
+        Ok(())
     }
 }
 
@@ -179,7 +217,7 @@ async fn fetch_task(
 }
 
 #[async_trait]
-impl Store for PostgresStore {
+impl crate::LifecycleStore for PostgresStore {
     fn pool_stats(&self) -> crate::PoolStats {
         crate::PoolStats {
             open: self.pool.size(),
@@ -188,8 +226,8 @@ impl Store for PostgresStore {
         }
     }
 
-    fn backend(&self) -> &'static str {
-        "postgres"
+    fn topology(&self) -> crate::Topology {
+        crate::Topology::Shared
     }
 
     async fn migrate(&self) -> StoreResult<()> {
@@ -210,97 +248,10 @@ impl Store for PostgresStore {
                 .await?;
         Ok(migrations_applied(&MIGRATOR, &applied))
     }
+}
 
-    async fn ensure_tenant(&self, id: TenantId, name: &str, now: Timestamp) -> StoreResult<()> {
-        sqlx::query("INSERT INTO tenants (id, name, created_at) VALUES ($1, $2, $3) ON CONFLICT (id) DO NOTHING")
-            .bind(id.0)
-            .bind(name)
-            .bind(micros(now))
-            .execute(&self.pool)
-            .await?;
-        Ok(())
-    }
-
-    async fn insert_api_key(&self, key: &ApiKeyRecord) -> StoreResult<()> {
-        sqlx::query(
-            "INSERT INTO api_keys (id, tenant_id, role, name, secret_hash, created_at, expires_at, revoked_at, rate_limit) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-        )
-        .bind(&key.id)
-        .bind(key.tenant_id.0)
-        .bind(key.role.as_str())
-        .bind(&key.name)
-        .bind(&key.secret_hash)
-        .bind(micros(key.created_at))
-        .bind(micros_opt(key.expires_at))
-        .bind(micros_opt(key.revoked_at))
-        .bind(key.rate_limit.map(|r| r.to_string()))
-        .execute(&self.pool)
-        .await?;
-        Ok(())
-    }
-
-    async fn get_api_key(&self, id: &str) -> StoreResult<Option<ApiKeyRecord>> {
-        sqlx::query_as::<_, ApiKeyRow>(
-            "SELECT id, tenant_id, role, name, secret_hash, created_at, expires_at, revoked_at, rate_limit \
-             FROM api_keys WHERE id = $1",
-        )
-        .bind(id)
-        .fetch_optional(&self.pool)
-        .await?
-        .map(ApiKeyRow::into_record)
-        .transpose()
-    }
-
-    async fn count_api_keys(&self) -> StoreResult<u64> {
-        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM api_keys")
-            .fetch_one(&self.pool)
-            .await?;
-        count("api key count", n)
-    }
-
-    async fn create_tenant(&self, tenant: &Tenant) -> StoreResult<bool> {
-        access::create_tenant(self, tenant).await
-    }
-
-    async fn get_tenant(&self, id: TenantId) -> StoreResult<Option<Tenant>> {
-        access::get_tenant(self, id).await
-    }
-
-    async fn list_tenants(&self) -> StoreResult<Vec<Tenant>> {
-        access::list_tenants(self).await
-    }
-
-    async fn update_tenant(
-        &self,
-        id: TenantId,
-        name: Option<&str>,
-        rate_limit: Option<Option<Rate>>,
-    ) -> StoreResult<Option<Tenant>> {
-        access::update_tenant(self, id, name, rate_limit).await
-    }
-
-    async fn list_api_keys(&self, tenant: Option<TenantId>) -> StoreResult<Vec<ApiKeyRecord>> {
-        access::list_keys(self, tenant).await
-    }
-
-    async fn revoke_api_key(
-        &self,
-        tenant: Option<TenantId>,
-        id: &str,
-        now: Timestamp,
-    ) -> StoreResult<Option<ApiKeyRecord>> {
-        access::revoke_key(self, tenant, id, now).await
-    }
-
-    async fn append_audit(&self, entries: &[NewAuditEntry]) -> StoreResult<Vec<AuditEntry>> {
-        access::append_audit(self, entries).await
-    }
-
-    async fn list_audit(&self, filter: &AuditFilter) -> StoreResult<Vec<AuditEntry>> {
-        access::list_audit(self, filter).await
-    }
-
+#[async_trait]
+impl crate::TaskStore for PostgresStore {
     async fn insert_tasks(&self, tasks: &[NewTask]) -> StoreResult<Vec<Inserted>> {
         if tasks.is_empty() {
             return Ok(Vec::new());
@@ -693,7 +644,10 @@ impl Store for PostgresStore {
             .map(|(agent_type, n)| Ok((agent_type, count("queued count", n)?)))
             .collect()
     }
+}
 
+#[async_trait]
+impl crate::FleetStore for PostgresStore {
     async fn insert_agent(&self, agent: &AgentInstance) -> StoreResult<()> {
         sqlx::query(
             "INSERT INTO agents (id, agent_type, url, capacity, load, weight, status, version, metadata, \
@@ -792,64 +746,10 @@ impl Store for PostgresStore {
     async fn prune_events(&self, keep: u64) -> StoreResult<u64> {
         events::prune(self, keep).await
     }
+}
 
-    async fn insert_secret_version(&self, secret: &SealedSecret, keep: u32) -> StoreResult<bool> {
-        secrets::insert(self, secret, keep).await
-    }
-
-    async fn last_secret_version(&self, tenant: TenantId, path: &str) -> StoreResult<Option<u32>> {
-        secrets::last_version(self, tenant, path).await
-    }
-
-    async fn get_secret_version(
-        &self,
-        tenant: TenantId,
-        path: &str,
-        version: Option<u32>,
-    ) -> StoreResult<Option<SealedSecret>> {
-        secrets::get(self, tenant, path, version).await
-    }
-
-    async fn list_secrets(
-        &self,
-        tenant: TenantId,
-        prefix: &str,
-        limit: u32,
-    ) -> StoreResult<Vec<SecretSummary>> {
-        secrets::list(self, tenant, prefix, limit).await
-    }
-
-    async fn delete_secret(
-        &self,
-        tenant: TenantId,
-        path: &str,
-        now: Timestamp,
-    ) -> StoreResult<Option<u32>> {
-        secrets::delete(self, tenant, path, now).await
-    }
-
-    async fn secret_keys_to_rewrap(
-        &self,
-        current: &str,
-        after: Option<&SecretCursor>,
-        limit: u32,
-    ) -> StoreResult<Vec<WrappedSecretKey>> {
-        secrets::keys_to_rewrap(self, current, after, limit).await
-    }
-
-    async fn rewrap_secret_key(
-        &self,
-        old: &WrappedSecretKey,
-        wrapped_key: &[u8],
-        master_key_id: &str,
-    ) -> StoreResult<bool> {
-        secrets::rewrap(self, old, wrapped_key, master_key_id).await
-    }
-
-    async fn secret_versions_by_master_key(&self) -> StoreResult<Vec<(String, u64)>> {
-        secrets::count_by_master_key(self).await
-    }
-
+#[async_trait]
+impl crate::UsageStore for PostgresStore {
     async fn insert_usage(&self, records: &[UsageRecord]) -> StoreResult<()> {
         usage::insert(self, records).await
     }
@@ -964,7 +864,10 @@ impl Store for PostgresStore {
     ) -> StoreResult<u64> {
         buckets::prune(self, idle_before, now, limit).await
     }
+}
 
+#[async_trait]
+impl crate::CoordinationStore for PostgresStore {
     async fn put_silence(&self, id: uuid::Uuid, until: Timestamp, body: &str) -> StoreResult<()> {
         sqlx::query(crate::alert_board::PUT_SILENCE)
             .bind(id)

@@ -12,7 +12,7 @@ use crate::rows::{
 };
 use crate::secrets::{SealedSecret, SecretCursor, SecretSummary, WrappedSecretKey};
 use crate::{
-    AuditFilter, BudgetWindow, Cancelled, EventFilter, Inserted, Requeued, Reservation, Store,
+    AuditFilter, BudgetWindow, Cancelled, EventFilter, Inserted, Requeued, Reservation,
     StoreError, StoreResult, TaskFilter, UsageFilter,
 };
 use async_trait::async_trait;
@@ -39,11 +39,12 @@ use std::path::Path;
 use std::time::Duration;
 use uuid::Uuid;
 
-mod access;
 mod buckets;
 mod events;
-mod secrets;
 mod usage;
+
+crate::access::access_store!(SqliteStore, Sqlite);
+crate::secrets::secret_store!(SqliteStore);
 
 static MIGRATOR: Migrator = sqlx::migrate!("./migrations/sqlite");
 
@@ -111,10 +112,39 @@ impl SqliteStore {
         Ok(Self { writer, reader })
     }
 
-    async fn write_tx(&self) -> StoreResult<sqlx::Transaction<'static, Sqlite>> {
+    /// A write transaction on the single writer (see [`crate::sql`]).
+    async fn begin(&self) -> StoreResult<sqlx::Transaction<'static, Sqlite>> {
         // IMMEDIATE takes the write lock up front, so another process's writer makes us wait
         // (busy_timeout) rather than fail on a lock upgrade.
         Ok(self.writer.begin_with("BEGIN IMMEDIATE").await?)
+    }
+
+    /// Where a single-statement write runs: a transaction, like every write here.
+    async fn writer(&self) -> StoreResult<Write> {
+        Ok(Write(self.begin().await?))
+    }
+
+    /// Serialises appends to the audit chain: the single writer does already.
+    async fn lock_audit(_: &mut SqliteConnection) -> StoreResult<()> {
+        Ok(())
+    }
+
+    /// Where reads run: the read-only pool.
+    fn reads(&self) -> &SqlitePool {
+        &self.reader
+    }
+}
+
+/// A single-statement write (see [`crate::sql`]): a transaction on the single writer.
+struct Write(sqlx::Transaction<'static, Sqlite>);
+
+impl Write {
+    fn conn(&mut self) -> &mut SqliteConnection {
+        &mut self.0
+    }
+
+    async fn commit(self) -> StoreResult<()> {
+        Ok(self.0.commit().await?)
     }
 }
 
@@ -170,7 +200,7 @@ async fn fetch_task(
 }
 
 #[async_trait]
-impl Store for SqliteStore {
+impl crate::LifecycleStore for SqliteStore {
     fn pool_stats(&self) -> crate::PoolStats {
         let stats = |pool: &sqlx::SqlitePool| crate::PoolStats {
             open: pool.size(),
@@ -185,8 +215,8 @@ impl Store for SqliteStore {
         }
     }
 
-    fn backend(&self) -> &'static str {
-        "sqlite"
+    fn topology(&self) -> crate::Topology {
+        crate::Topology::Embedded
     }
 
     async fn migrate(&self) -> StoreResult<()> {
@@ -209,101 +239,10 @@ impl Store for SqliteStore {
                 .await?;
         Ok(migrations_applied(&MIGRATOR, &applied))
     }
+}
 
-    async fn ensure_tenant(&self, id: TenantId, name: &str, now: Timestamp) -> StoreResult<()> {
-        let mut tx = self.write_tx().await?;
-        sqlx::query("INSERT INTO tenants (id, name, created_at) VALUES (?1, ?2, ?3) ON CONFLICT (id) DO NOTHING")
-            .bind(id.0)
-            .bind(name)
-            .bind(micros(now))
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        Ok(())
-    }
-
-    async fn insert_api_key(&self, key: &ApiKeyRecord) -> StoreResult<()> {
-        let mut tx = self.write_tx().await?;
-        sqlx::query(
-            "INSERT INTO api_keys (id, tenant_id, role, name, secret_hash, created_at, expires_at, revoked_at, rate_limit) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-        )
-        .bind(&key.id)
-        .bind(key.tenant_id.0)
-        .bind(key.role.as_str())
-        .bind(&key.name)
-        .bind(&key.secret_hash)
-        .bind(micros(key.created_at))
-        .bind(micros_opt(key.expires_at))
-        .bind(micros_opt(key.revoked_at))
-        .bind(key.rate_limit.map(|r| r.to_string()))
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(())
-    }
-
-    async fn get_api_key(&self, id: &str) -> StoreResult<Option<ApiKeyRecord>> {
-        sqlx::query_as::<_, ApiKeyRow>(
-            "SELECT id, tenant_id, role, name, secret_hash, created_at, expires_at, revoked_at, rate_limit \
-             FROM api_keys WHERE id = ?1",
-        )
-        .bind(id)
-        .fetch_optional(&self.reader)
-        .await?
-        .map(ApiKeyRow::into_record)
-        .transpose()
-    }
-
-    async fn count_api_keys(&self) -> StoreResult<u64> {
-        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM api_keys")
-            .fetch_one(&self.reader)
-            .await?;
-        count("api key count", n)
-    }
-
-    async fn create_tenant(&self, tenant: &Tenant) -> StoreResult<bool> {
-        access::create_tenant(self, tenant).await
-    }
-
-    async fn get_tenant(&self, id: TenantId) -> StoreResult<Option<Tenant>> {
-        access::get_tenant(self, id).await
-    }
-
-    async fn list_tenants(&self) -> StoreResult<Vec<Tenant>> {
-        access::list_tenants(self).await
-    }
-
-    async fn update_tenant(
-        &self,
-        id: TenantId,
-        name: Option<&str>,
-        rate_limit: Option<Option<Rate>>,
-    ) -> StoreResult<Option<Tenant>> {
-        access::update_tenant(self, id, name, rate_limit).await
-    }
-
-    async fn list_api_keys(&self, tenant: Option<TenantId>) -> StoreResult<Vec<ApiKeyRecord>> {
-        access::list_keys(self, tenant).await
-    }
-
-    async fn revoke_api_key(
-        &self,
-        tenant: Option<TenantId>,
-        id: &str,
-        now: Timestamp,
-    ) -> StoreResult<Option<ApiKeyRecord>> {
-        access::revoke_key(self, tenant, id, now).await
-    }
-
-    async fn append_audit(&self, entries: &[NewAuditEntry]) -> StoreResult<Vec<AuditEntry>> {
-        access::append_audit(self, entries).await
-    }
-
-    async fn list_audit(&self, filter: &AuditFilter) -> StoreResult<Vec<AuditEntry>> {
-        access::list_audit(self, filter).await
-    }
-
+#[async_trait]
+impl crate::TaskStore for SqliteStore {
     async fn insert_tasks(&self, tasks: &[NewTask]) -> StoreResult<Vec<Inserted>> {
         if tasks.is_empty() {
             return Ok(Vec::new());
@@ -316,7 +255,7 @@ impl Store for SqliteStore {
             .iter()
             .map(created_task)
             .collect::<StoreResult<Vec<_>>>()?;
-        let mut tx = self.write_tx().await?;
+        let mut tx = self.begin().await?;
         // Multi-row inserts, in order; a row whose idempotency key exists is skipped.
         let mut created = HashSet::with_capacity(tasks.len());
         for chunk in pow2_chunks(&tasks) {
@@ -421,7 +360,7 @@ impl Store for SqliteStore {
         id: TaskId,
         now: Timestamp,
     ) -> StoreResult<Cancelled> {
-        let mut tx = self.write_tx().await?;
+        let mut tx = self.begin().await?;
         let updated = sqlx::query_as::<_, TaskRow>(concat!(
             "UPDATE tasks SET status = 'cancelled', finished_at = ?3, updated_at = ?3, lease_owner = NULL, \
              lease_expires_at = NULL \
@@ -471,7 +410,7 @@ impl Store for SqliteStore {
             )
             .to_string()
         });
-        let mut tx = self.write_tx().await?;
+        let mut tx = self.begin().await?;
         let rows = sqlx::query_as::<_, TaskRow>(concat!(
             "UPDATE tasks SET status = 'running', attempt = attempt + 1, started_at = COALESCE(started_at, ?1), \
              updated_at = ?1, lease_owner = ?2, lease_expires_at = ?3 \
@@ -502,7 +441,7 @@ impl Store for SqliteStore {
         if ends.is_empty() {
             return Ok(Vec::new());
         }
-        let mut tx = self.write_tx().await?;
+        let mut tx = self.begin().await?;
         let mut out: Vec<Option<Task>> = vec![None; ends.len()];
         for round in rounds(ends) {
             for chunk in pow2_chunks(&round) {
@@ -561,7 +500,7 @@ impl Store for SqliteStore {
     }
 
     async fn renew_leases(&self, owner: &str, lease_expires_at: Timestamp) -> StoreResult<u64> {
-        let mut tx = self.write_tx().await?;
+        let mut tx = self.begin().await?;
         let renewed = sqlx::query(
             "UPDATE tasks SET lease_expires_at = ?2 WHERE status = 'running' AND lease_owner = ?1",
         )
@@ -580,7 +519,7 @@ impl Store for SqliteStore {
         fence: Option<&crate::Fence>,
     ) -> StoreResult<Vec<Requeued>> {
         let now_us = micros(now);
-        let mut tx = self.write_tx().await?;
+        let mut tx = self.begin().await?;
         if let Some(fence) = fence {
             let holds: Option<i64> = sqlx::query_scalar(crate::leases::FENCE_SQLITE)
                 .bind(&fence.lease)
@@ -652,9 +591,12 @@ impl Store for SqliteStore {
             .map(|(agent_type, n)| Ok((agent_type, count("queued count", n)?)))
             .collect()
     }
+}
 
+#[async_trait]
+impl crate::FleetStore for SqliteStore {
     async fn insert_agent(&self, agent: &AgentInstance) -> StoreResult<()> {
-        let mut tx = self.write_tx().await?;
+        let mut tx = self.begin().await?;
         sqlx::query(
             "INSERT INTO agents (id, agent_type, url, capacity, load, weight, status, version, metadata, \
              signing_secret, last_heartbeat, created_at, tenant_id) \
@@ -710,7 +652,7 @@ impl Store for SqliteStore {
         status: AgentStatus,
         now: Timestamp,
     ) -> StoreResult<bool> {
-        let mut tx = self.write_tx().await?;
+        let mut tx = self.begin().await?;
         let n = sqlx::query(
             "UPDATE agents SET load = ?2, status = ?3, last_heartbeat = ?4 WHERE id = ?1",
         )
@@ -726,7 +668,7 @@ impl Store for SqliteStore {
     }
 
     async fn set_agent_status(&self, id: AgentId, status: AgentStatus) -> StoreResult<bool> {
-        let mut tx = self.write_tx().await?;
+        let mut tx = self.begin().await?;
         let n = sqlx::query("UPDATE agents SET status = ?2 WHERE id = ?1")
             .bind(id.0)
             .bind(status.as_str())
@@ -738,7 +680,7 @@ impl Store for SqliteStore {
     }
 
     async fn delete_agent(&self, id: AgentId) -> StoreResult<bool> {
-        let mut tx = self.write_tx().await?;
+        let mut tx = self.begin().await?;
         let n = sqlx::query("DELETE FROM agents WHERE id = ?1")
             .bind(id.0)
             .execute(&mut *tx)
@@ -759,64 +701,10 @@ impl Store for SqliteStore {
     async fn prune_events(&self, keep: u64) -> StoreResult<u64> {
         events::prune(self, keep).await
     }
+}
 
-    async fn insert_secret_version(&self, secret: &SealedSecret, keep: u32) -> StoreResult<bool> {
-        secrets::insert(self, secret, keep).await
-    }
-
-    async fn last_secret_version(&self, tenant: TenantId, path: &str) -> StoreResult<Option<u32>> {
-        secrets::last_version(self, tenant, path).await
-    }
-
-    async fn get_secret_version(
-        &self,
-        tenant: TenantId,
-        path: &str,
-        version: Option<u32>,
-    ) -> StoreResult<Option<SealedSecret>> {
-        secrets::get(self, tenant, path, version).await
-    }
-
-    async fn list_secrets(
-        &self,
-        tenant: TenantId,
-        prefix: &str,
-        limit: u32,
-    ) -> StoreResult<Vec<SecretSummary>> {
-        secrets::list(self, tenant, prefix, limit).await
-    }
-
-    async fn delete_secret(
-        &self,
-        tenant: TenantId,
-        path: &str,
-        now: Timestamp,
-    ) -> StoreResult<Option<u32>> {
-        secrets::delete(self, tenant, path, now).await
-    }
-
-    async fn secret_keys_to_rewrap(
-        &self,
-        current: &str,
-        after: Option<&SecretCursor>,
-        limit: u32,
-    ) -> StoreResult<Vec<WrappedSecretKey>> {
-        secrets::keys_to_rewrap(self, current, after, limit).await
-    }
-
-    async fn rewrap_secret_key(
-        &self,
-        old: &WrappedSecretKey,
-        wrapped_key: &[u8],
-        master_key_id: &str,
-    ) -> StoreResult<bool> {
-        secrets::rewrap(self, old, wrapped_key, master_key_id).await
-    }
-
-    async fn secret_versions_by_master_key(&self) -> StoreResult<Vec<(String, u64)>> {
-        secrets::count_by_master_key(self).await
-    }
-
+#[async_trait]
+impl crate::UsageStore for SqliteStore {
     async fn insert_usage(&self, records: &[UsageRecord]) -> StoreResult<()> {
         usage::insert(self, records).await
     }
@@ -931,9 +819,12 @@ impl Store for SqliteStore {
     ) -> StoreResult<u64> {
         buckets::prune(self, idle_before, now, limit).await
     }
+}
 
+#[async_trait]
+impl crate::CoordinationStore for SqliteStore {
     async fn put_silence(&self, id: uuid::Uuid, until: Timestamp, body: &str) -> StoreResult<()> {
-        let mut tx = self.write_tx().await?;
+        let mut tx = self.begin().await?;
         sqlx::query(crate::alert_board::PUT_SILENCE)
             .bind(id)
             .bind(micros(until))
@@ -945,7 +836,7 @@ impl Store for SqliteStore {
     }
 
     async fn delete_silence(&self, id: uuid::Uuid) -> StoreResult<Option<String>> {
-        let mut tx = self.write_tx().await?;
+        let mut tx = self.begin().await?;
         let body = sqlx::query_scalar(crate::alert_board::DELETE_SILENCE)
             .bind(id)
             .fetch_optional(&mut *tx)
@@ -955,7 +846,7 @@ impl Store for SqliteStore {
     }
 
     async fn list_silences(&self, now: Timestamp) -> StoreResult<Vec<String>> {
-        let mut tx = self.write_tx().await?;
+        let mut tx = self.begin().await?;
         sqlx::query(crate::alert_board::FORGET_SILENCES)
             .bind(micros(now))
             .execute(&mut *tx)
@@ -968,7 +859,7 @@ impl Store for SqliteStore {
     }
 
     async fn put_board(&self, name: &str, body: &str, now: Timestamp) -> StoreResult<()> {
-        let mut tx = self.write_tx().await?;
+        let mut tx = self.begin().await?;
         sqlx::query(crate::alert_board::PUT_BOARD)
             .bind(name)
             .bind(body)
@@ -995,7 +886,7 @@ impl Store for SqliteStore {
         now: Timestamp,
         until: Timestamp,
     ) -> StoreResult<crate::LeaderLease> {
-        let mut tx = self.write_tx().await?;
+        let mut tx = self.begin().await?;
         let claimed: Option<crate::leases::Row> = sqlx::query_as(crate::leases::CLAIM)
             .bind(name)
             .bind(holder)
@@ -1017,7 +908,7 @@ impl Store for SqliteStore {
     }
 
     async fn release_lease(&self, name: &str, holder: &str, now: Timestamp) -> StoreResult<bool> {
-        let mut tx = self.write_tx().await?;
+        let mut tx = self.begin().await?;
         let n = sqlx::query(crate::leases::RELEASE)
             .bind(micros(now) - 1)
             .bind(name)
@@ -1035,7 +926,7 @@ impl Store for SqliteStore {
         now: Timestamp,
         forget_before: Timestamp,
     ) -> StoreResult<u64> {
-        let mut tx = self.write_tx().await?;
+        let mut tx = self.begin().await?;
         sqlx::query(crate::leases::FORGET)
             .bind(prefix)
             .bind(micros(forget_before))

@@ -11,7 +11,7 @@ pub(super) async fn insert(store: &SqliteStore, events: &[NewEvent]) -> StoreRes
     if events.is_empty() {
         return Ok(());
     }
-    let mut tx = store.write_tx().await?;
+    let mut tx = store.begin().await?;
     // Rows of a multi-row insert take their ids in order.
     for chunk in pow2_chunks(events) {
         let mut query = QueryBuilder::<Sqlite>::new(
@@ -63,7 +63,7 @@ pub(super) async fn list(store: &SqliteStore, filter: &EventFilter) -> StoreResu
 }
 
 pub(super) async fn prune(store: &SqliteStore, keep: u64) -> StoreResult<u64> {
-    let mut tx = store.write_tx().await?;
+    let mut tx = store.begin().await?;
     // The subquery is the newest id to delete; with `keep` events or fewer it is NULL, and
     // nothing matches.
     let deleted = sqlx::query(

@@ -20,7 +20,7 @@ pub(super) async fn insert(store: &SqliteStore, records: &[UsageRecord]) -> Stor
     if records.is_empty() {
         return Ok(());
     }
-    let mut tx = store.write_tx().await?;
+    let mut tx = store.begin().await?;
     for chunk in pow2_chunks(records) {
         let mut query =
             QueryBuilder::<Sqlite>::new(concat!("INSERT INTO usage (", usage_columns!(), ") "));
@@ -138,7 +138,7 @@ pub(super) async fn daily_usage(
 }
 
 pub(super) async fn put_budget(store: &SqliteStore, budget: &Budget) -> StoreResult<()> {
-    let mut tx = store.write_tx().await?;
+    let mut tx = store.begin().await?;
     sqlx::query(
         "INSERT INTO budgets (tenant_id, period, limit_pico, thresholds, enforcement, updated_at) \
          VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
@@ -179,7 +179,7 @@ pub(super) async fn delete_budget(
     tenant: TenantId,
     period: Period,
 ) -> StoreResult<bool> {
-    let mut tx = store.write_tx().await?;
+    let mut tx = store.begin().await?;
     let deleted = sqlx::query("DELETE FROM budgets WHERE tenant_id = ?1 AND period = ?2")
         .bind(tenant.0)
         .bind(period.as_str())
@@ -198,7 +198,7 @@ pub(super) async fn mark_threshold(
     threshold: u32,
     now: Timestamp,
 ) -> StoreResult<bool> {
-    let mut tx = store.write_tx().await?;
+    let mut tx = store.begin().await?;
     let inserted = sqlx::query(
         "INSERT INTO budget_thresholds_fired (tenant_id, period, window_start, threshold, fired_at) \
          VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT DO NOTHING",
@@ -251,7 +251,7 @@ pub(super) async fn reserve(
     now: Timestamp,
     stale_before: Timestamp,
 ) -> StoreResult<Reservation> {
-    let mut tx = store.write_tx().await?;
+    let mut tx = store.begin().await?;
     let mut spends = Vec::with_capacity(windows.len());
     for window in windows {
         spends.push(window_spend(&mut tx, tenant, window, stale_before).await?);
@@ -309,7 +309,7 @@ pub(super) async fn settle(
     owner: &str,
     now: Timestamp,
 ) -> StoreResult<Vec<(Money, Money)>> {
-    let mut tx = store.write_tx().await?;
+    let mut tx = store.begin().await?;
     let mut out = vec![(Money::ZERO, Money::ZERO); windows.len()];
     for &i in &lock_order(windows) {
         let Some(window) = windows.get(i) else {
@@ -364,7 +364,7 @@ pub(super) async fn prune(
     stale_before: Timestamp,
     windows_before: Timestamp,
 ) -> StoreResult<u64> {
-    let mut tx = store.write_tx().await?;
+    let mut tx = store.begin().await?;
     let mut deleted =
         sqlx::query("DELETE FROM budget_reservations WHERE updated_at < ?1 OR window_start < ?2")
             .bind(micros(stale_before))
