@@ -16,8 +16,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 mod access;
-mod alert_board;
-mod leases;
+mod coordination;
+mod fleet;
 mod postgres;
 mod rows;
 mod secrets;

@@ -5,28 +5,19 @@
 //! transaction; JSON is stored as JSONB and selected as text so both backends decode the same rows.
 
 use crate::rows::{
-    AgentRow, ApiKeyRow, AttemptRow, EndUpdate, TaskRow, attach_attempts, count, created_task,
-    finish_update, lease_expired_error, micros, micros_opt, migrations_applied, place_round,
+    AttemptRow, EndUpdate, TaskRow, attach_attempts, count, created_task,
+    finish_update, lease_expired_error, micros, migrations_applied, place_round,
     rounds,
 };
-use crate::secrets::{SealedSecret, SecretCursor, SecretSummary, WrappedSecretKey};
 use crate::{
-    AuditFilter, BudgetWindow, Cancelled, EventFilter, Inserted, Requeued, Reservation,
-    StoreError, StoreResult, TaskFilter, UsageFilter,
+    Cancelled, Inserted, Requeued,
+    StoreError, StoreResult, TaskFilter,
 };
 use async_trait::async_trait;
 use flotilla_core::Timestamp;
-use flotilla_core::agent::{AgentInstance, AgentStatus};
-use flotilla_core::audit::{AuditEntry, NewAuditEntry};
-use flotilla_core::auth::ApiKeyRecord;
-use flotilla_core::budget::{Budget, Period, Spend};
-use flotilla_core::event::{Event, NewEvent};
-use flotilla_core::id::{AgentId, TaskId, TenantId};
-use flotilla_core::money::Money;
-use flotilla_core::rate::Rate;
+use flotilla_core::event::NewEvent;
+use flotilla_core::id::{TaskId, TenantId};
 use flotilla_core::task::{AttemptEnd, Lease, NewTask, Task, TaskStatus};
-use flotilla_core::tenant::Tenant;
-use flotilla_core::usage::{DailyUsage, UsageRecord};
 use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
 use sqlx::types::Json;
@@ -50,14 +41,6 @@ macro_rules! task_columns {
         "id, tenant_id, agent_type, input::text AS input, priority, complexity, idempotency_key, \
          timeout_ms, max_attempts, status, attempt, output::text AS output, error, usage::text AS usage, \
          agent_id, trace_id, created_at, updated_at, not_before, started_at, finished_at"
-    };
-}
-
-/// The columns of an [`AgentRow`], JSONB as text.
-macro_rules! agent_columns {
-    () => {
-        "id, agent_type, url, capacity, load, weight, status, version, metadata::text AS metadata, \
-         signing_secret, last_heartbeat, created_at, tenant_id"
     };
 }
 
@@ -579,7 +562,7 @@ impl crate::TaskStore for PostgresStore {
         let now_us = micros(now);
         let mut tx = self.pool.begin().await?;
         if let Some(fence) = fence {
-            let holds: Option<i64> = sqlx::query_scalar(crate::leases::FENCE_PG)
+            let holds: Option<i64> = sqlx::query_scalar(crate::coordination::FENCE_PG)
                 .bind(&fence.lease)
                 .bind(&fence.holder)
                 .bind(fence.generation)
@@ -646,330 +629,15 @@ impl crate::TaskStore for PostgresStore {
     }
 }
 
-#[async_trait]
-impl crate::FleetStore for PostgresStore {
-    async fn insert_agent(&self, agent: &AgentInstance) -> StoreResult<()> {
-        sqlx::query(
-            "INSERT INTO agents (id, agent_type, url, capacity, load, weight, status, version, metadata, \
-             signing_secret, last_heartbeat, created_at, tenant_id) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
-        )
-        .bind(agent.id.0)
-        .bind(&agent.agent_type)
-        .bind(&agent.url)
-        .bind(i64::from(agent.capacity))
-        .bind(i64::from(agent.load))
-        .bind(i64::from(agent.weight))
-        .bind(agent.status.as_str())
-        .bind(agent.version.as_deref())
-        .bind(Json(&agent.metadata))
-        .bind(&agent.signing_secret)
-        .bind(micros(agent.last_heartbeat))
-        .bind(micros(agent.created_at))
-        .bind(agent.tenant_id.map(|t| t.0))
-        .execute(&self.pool)
-        .await?;
-        Ok(())
-    }
-
-    async fn get_agent(&self, id: AgentId) -> StoreResult<Option<AgentInstance>> {
-        sqlx::query_as::<_, AgentRow>(concat!(
-            "SELECT ",
-            agent_columns!(),
-            " FROM agents WHERE id = $1"
-        ))
-        .bind(id.0)
-        .fetch_optional(&self.pool)
-        .await?
-        .map(AgentRow::into_agent)
-        .transpose()
-    }
-
-    async fn list_agents(&self) -> StoreResult<Vec<AgentInstance>> {
-        let rows = sqlx::query_as::<_, AgentRow>(concat!(
-            "SELECT ",
-            agent_columns!(),
-            " FROM agents ORDER BY created_at, id"
-        ))
-        .fetch_all(&self.pool)
-        .await?;
-        rows.into_iter().map(AgentRow::into_agent).collect()
-    }
-
-    async fn heartbeat_agent(
-        &self,
-        id: AgentId,
-        load: u32,
-        status: AgentStatus,
-        now: Timestamp,
-    ) -> StoreResult<bool> {
-        let n = sqlx::query(
-            "UPDATE agents SET load = $2, status = $3, last_heartbeat = $4 WHERE id = $1",
-        )
-        .bind(id.0)
-        .bind(i64::from(load))
-        .bind(status.as_str())
-        .bind(micros(now))
-        .execute(&self.pool)
-        .await?
-        .rows_affected();
-        Ok(n > 0)
-    }
-
-    async fn set_agent_status(&self, id: AgentId, status: AgentStatus) -> StoreResult<bool> {
-        let n = sqlx::query("UPDATE agents SET status = $2 WHERE id = $1")
-            .bind(id.0)
-            .bind(status.as_str())
-            .execute(&self.pool)
-            .await?
-            .rows_affected();
-        Ok(n > 0)
-    }
-
-    async fn delete_agent(&self, id: AgentId) -> StoreResult<bool> {
-        let n = sqlx::query("DELETE FROM agents WHERE id = $1")
-            .bind(id.0)
-            .execute(&self.pool)
-            .await?
-            .rows_affected();
-        Ok(n > 0)
-    }
-
+crate::fleet::fleet_store!(PostgresStore, Postgres, {
     async fn insert_events(&self, events: &[NewEvent]) -> StoreResult<()> {
         events::insert(self, events).await
     }
+});
 
-    async fn list_events(&self, filter: &EventFilter) -> StoreResult<Vec<Event>> {
-        events::list(self, filter).await
-    }
+crate::usage::usage_store!(PostgresStore, Postgres);
 
-    async fn prune_events(&self, keep: u64) -> StoreResult<u64> {
-        events::prune(self, keep).await
-    }
-}
-
-#[async_trait]
-impl crate::UsageStore for PostgresStore {
-    async fn insert_usage(&self, records: &[UsageRecord]) -> StoreResult<()> {
-        usage::insert(self, records).await
-    }
-
-    async fn list_usage(&self, filter: &UsageFilter) -> StoreResult<Vec<UsageRecord>> {
-        usage::list(self, filter).await
-    }
-
-    async fn usage_spend(
-        &self,
-        tenant: TenantId,
-        since: Timestamp,
-        until: Timestamp,
-    ) -> StoreResult<Money> {
-        usage::spend(self, tenant, since, until).await
-    }
-
-    async fn usage_daily(
-        &self,
-        tenant: Option<TenantId>,
-        since: Timestamp,
-        until: Timestamp,
-    ) -> StoreResult<Vec<DailyUsage>> {
-        usage::daily_usage(self, tenant, since, until).await
-    }
-
-    async fn put_budget(&self, budget: &Budget) -> StoreResult<()> {
-        usage::put_budget(self, budget).await
-    }
-
-    async fn list_budgets(&self, tenant: Option<TenantId>) -> StoreResult<Vec<Budget>> {
-        usage::list_budgets(self, tenant).await
-    }
-
-    async fn delete_budget(&self, tenant: TenantId, period: Period) -> StoreResult<bool> {
-        usage::delete_budget(self, tenant, period).await
-    }
-
-    async fn mark_budget_threshold(
-        &self,
-        tenant: TenantId,
-        period: Period,
-        window_start: Timestamp,
-        threshold: u32,
-        now: Timestamp,
-    ) -> StoreResult<bool> {
-        usage::mark_threshold(self, tenant, period, window_start, threshold, now).await
-    }
-
-    async fn reserve_budget(
-        &self,
-        tenant: TenantId,
-        windows: &[BudgetWindow],
-        amount: Money,
-        owner: &str,
-        now: Timestamp,
-        stale_before: Timestamp,
-    ) -> StoreResult<Reservation> {
-        usage::reserve(self, tenant, windows, amount, owner, now, stale_before).await
-    }
-
-    async fn settle_budget(
-        &self,
-        tenant: TenantId,
-        windows: &[BudgetWindow],
-        reserved: Money,
-        actual: Money,
-        owner: &str,
-        now: Timestamp,
-    ) -> StoreResult<Vec<(Money, Money)>> {
-        usage::settle(self, tenant, windows, reserved, actual, owner, now).await
-    }
-
-    async fn budget_spend(
-        &self,
-        tenant: TenantId,
-        window: &BudgetWindow,
-        stale_before: Timestamp,
-    ) -> StoreResult<Spend> {
-        usage::budget_spend(self, tenant, window, stale_before).await
-    }
-
-    async fn prune_budget_state(
-        &self,
-        stale_before: Timestamp,
-        windows_before: Timestamp,
-    ) -> StoreResult<u64> {
-        usage::prune(self, stale_before, windows_before).await
-    }
-
-    async fn take_buckets(
-        &self,
-        takes: &[crate::BucketTake],
-        now: Timestamp,
-    ) -> StoreResult<Result<(), (usize, std::time::Duration)>> {
-        buckets::take(self, takes, now).await
-    }
-
-    async fn settle_buckets(
-        &self,
-        settles: &[crate::BucketSettle],
-        now: Timestamp,
-    ) -> StoreResult<()> {
-        buckets::settle(self, settles, now).await
-    }
-
-    async fn prune_buckets(
-        &self,
-        idle_before: Timestamp,
-        now: Timestamp,
-        limit: u32,
-    ) -> StoreResult<u64> {
-        buckets::prune(self, idle_before, now, limit).await
-    }
-}
-
-#[async_trait]
-impl crate::CoordinationStore for PostgresStore {
-    async fn put_silence(&self, id: uuid::Uuid, until: Timestamp, body: &str) -> StoreResult<()> {
-        sqlx::query(crate::alert_board::PUT_SILENCE)
-            .bind(id)
-            .bind(micros(until))
-            .bind(body)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
-    }
-
-    async fn delete_silence(&self, id: uuid::Uuid) -> StoreResult<Option<String>> {
-        Ok(sqlx::query_scalar(crate::alert_board::DELETE_SILENCE)
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?)
-    }
-
-    async fn list_silences(&self, now: Timestamp) -> StoreResult<Vec<String>> {
-        sqlx::query(crate::alert_board::FORGET_SILENCES)
-            .bind(micros(now))
-            .execute(&self.pool)
-            .await?;
-        Ok(sqlx::query_scalar(crate::alert_board::SILENCES)
-            .fetch_all(&self.pool)
-            .await?)
-    }
-
-    async fn put_board(&self, name: &str, body: &str, now: Timestamp) -> StoreResult<()> {
-        sqlx::query(crate::alert_board::PUT_BOARD)
-            .bind(name)
-            .bind(body)
-            .bind(micros(now))
-            .execute(&self.pool)
-            .await?;
-        Ok(())
-    }
-
-    async fn get_board(&self, name: &str) -> StoreResult<Option<(String, Timestamp)>> {
-        let row: Option<(String, i64)> = sqlx::query_as(crate::alert_board::BOARD)
-            .bind(name)
-            .fetch_optional(&self.pool)
-            .await?;
-        row.map(|(body, at)| Ok((body, crate::rows::from_micros(at)?)))
-            .transpose()
-    }
-
-    async fn claim_lease(
-        &self,
-        name: &str,
-        holder: &str,
-        now: Timestamp,
-        until: Timestamp,
-    ) -> StoreResult<crate::LeaderLease> {
-        let claimed: Option<crate::leases::Row> = sqlx::query_as(crate::leases::CLAIM)
-            .bind(name)
-            .bind(holder)
-            .bind(micros(until))
-            .bind(micros(now))
-            .fetch_optional(&self.pool)
-            .await?;
-        let row = match claimed {
-            Some(row) => row,
-            None => {
-                sqlx::query_as(crate::leases::CURRENT)
-                    .bind(name)
-                    .fetch_one(&self.pool)
-                    .await?
-            }
-        };
-        crate::leases::lease(row)
-    }
-
-    async fn release_lease(&self, name: &str, holder: &str, now: Timestamp) -> StoreResult<bool> {
-        let n = sqlx::query(crate::leases::RELEASE)
-            .bind(micros(now) - 1)
-            .bind(name)
-            .bind(holder)
-            .execute(&self.pool)
-            .await?
-            .rows_affected();
-        Ok(n > 0)
-    }
-
-    async fn live_leases(
-        &self,
-        prefix: &str,
-        now: Timestamp,
-        forget_before: Timestamp,
-    ) -> StoreResult<u64> {
-        sqlx::query(crate::leases::FORGET)
-            .bind(prefix)
-            .bind(micros(forget_before))
-            .execute(&self.pool)
-            .await?;
-        let n: i64 = sqlx::query_scalar(crate::leases::LIVE)
-            .bind(prefix)
-            .bind(micros(now))
-            .fetch_one(&self.pool)
-            .await?;
-        Ok(u64::try_from(n).unwrap_or(0))
-    }
-
+crate::coordination::coordination_store!(PostgresStore, {
     async fn notify(&self, payload: &str) -> StoreResult<()> {
         sqlx::query("SELECT pg_notify($1, $2)")
             .bind(&self.channel)
@@ -984,4 +652,4 @@ impl crate::CoordinationStore for PostgresStore {
         listener.listen(&self.channel).await?;
         Ok(Some(crate::Listener(listener)))
     }
-}
+});
