@@ -90,8 +90,10 @@ pub(crate) const KEY: &str = concat!("SELECT ", key_columns!(), " FROM api_keys 
 pub(crate) const COUNT_KEYS: &str = "SELECT COUNT(*) FROM api_keys";
 pub(crate) const CREATE_TENANT: &str =
     "INSERT INTO tenants (id, name, created_at, rate_limit) VALUES ($1, $2, $3, $4)";
-pub(crate) const TENANT: &str = "SELECT id, name, created_at, rate_limit FROM tenants WHERE id = $1";
-pub(crate) const TENANTS: &str = "SELECT id, name, created_at, rate_limit FROM tenants ORDER BY name";
+pub(crate) const TENANT: &str =
+    "SELECT id, name, created_at, rate_limit FROM tenants WHERE id = $1";
+pub(crate) const TENANTS: &str =
+    "SELECT id, name, created_at, rate_limit FROM tenants ORDER BY name";
 pub(crate) const UPDATE_TENANT: &str = "UPDATE tenants SET name = COALESCE($2, name), \
      rate_limit = CASE WHEN $3 THEN $4 ELSE rate_limit END \
      WHERE id = $1 RETURNING id, name, created_at, rate_limit";
@@ -209,9 +211,7 @@ macro_rules! access_store {
                     .transpose()
             }
 
-            async fn list_tenants(
-                &self,
-            ) -> crate::StoreResult<Vec<flotilla_core::tenant::Tenant>> {
+            async fn list_tenants(&self) -> crate::StoreResult<Vec<flotilla_core::tenant::Tenant>> {
                 sqlx::query_as::<_, crate::access::TenantRow>(crate::access::TENANTS)
                     .fetch_all(self.reads())
                     .await?
@@ -240,9 +240,11 @@ macro_rules! access_store {
                         tx.commit().await?;
                         row.map(crate::access::TenantRow::into_tenant).transpose()
                     }
-                    Err(e) if crate::access::is_unique_violation(&e) => Err(
-                        crate::StoreError::Conflict("another tenant already has this name".to_owned()),
-                    ),
+                    Err(e) if crate::access::is_unique_violation(&e) => {
+                        Err(crate::StoreError::Conflict(
+                            "another tenant already has this name".to_owned(),
+                        ))
+                    }
                     Err(e) => Err(e.into()),
                 }
             }

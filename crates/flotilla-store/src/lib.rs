@@ -1,6 +1,7 @@
-//! Persistence of Flotilla's state: the [`Store`] trait and its two implementations, SQLite (the
-//! embedded default: one file in the data directory, WAL, `synchronous=FULL`) and PostgreSQL
-//! (shared by several replicas). Migrations are embedded per backend.
+//! Persistence of Flotilla's state: the capability traits that make up [`Store`] and their two
+//! implementations, SQLite (the embedded default: one file in the data directory, WAL,
+//! `synchronous=FULL`) and PostgreSQL (shared by several replicas), which share every statement
+//! both dialects accept (see `sql.rs`). Migrations are embedded per backend.
 //!
 //! Architecture invariant: this is the only crate that writes SQL. It persists ids and timestamps
 //! as the caller gives them and makes no decisions beyond the atomicity the contracts below need
@@ -24,6 +25,7 @@ mod secrets;
 mod sql;
 mod sqlite;
 mod store;
+mod tasks;
 mod usage;
 
 pub use postgres::PostgresStore;
@@ -43,15 +45,24 @@ pub mod prelude {
     };
 }
 
-/// What went wrong in the store.
+/// What went wrong in the store. No database driver type appears in it: callers classify errors
+/// by kind.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    /// The database could not be reached or answered with an error.
+    /// The database could not be reached: the pool timed out or is closed, or I/O failed
+    /// (connection refused or lost). Retrying later may succeed.
     #[error("database error: {0}")]
-    Database(#[from] sqlx::Error),
+    Unavailable(String),
+    /// The database refused this statement or its data (a constraint, an encoding, a decoding);
+    /// retrying cannot help.
+    #[error("database error: {0}")]
+    Rejected(String),
+    /// Any other database failure (protocol, TLS, configuration, …); treated as transient.
+    #[error("database error: {0}")]
+    Other(String),
     /// Migrations could not be applied.
     #[error("migration failed: {0}")]
-    Migrate(#[from] sqlx::migrate::MigrateError),
+    Migrate(String),
     /// A stored row could not be read back into its type (a bug or a hand-edited database).
     #[error("corrupt row: {0}")]
     Corrupt(String),
@@ -65,12 +76,33 @@ impl StoreError {
     /// when the database refused this data or the row is corrupt, so retrying cannot help.
     pub fn is_transient(&self) -> bool {
         match self {
-            StoreError::Database(
-                sqlx::Error::Database(_) | sqlx::Error::Encode(_) | sqlx::Error::Decode(_),
-            ) => false,
-            StoreError::Database(_) => true,
-            StoreError::Migrate(_) | StoreError::Corrupt(_) | StoreError::Conflict(_) => false,
+            StoreError::Unavailable(_) | StoreError::Other(_) => true,
+            StoreError::Rejected(_)
+            | StoreError::Migrate(_)
+            | StoreError::Corrupt(_)
+            | StoreError::Conflict(_) => false,
         }
+    }
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        let message = e.to_string();
+        match e {
+            sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => {
+                StoreError::Unavailable(message)
+            }
+            sqlx::Error::Database(_) | sqlx::Error::Encode(_) | sqlx::Error::Decode(_) => {
+                StoreError::Rejected(message)
+            }
+            _ => StoreError::Other(message),
+        }
+    }
+}
+
+impl From<sqlx::migrate::MigrateError> for StoreError {
+    fn from(e: sqlx::migrate::MigrateError) -> Self {
+        StoreError::Migrate(e.to_string())
     }
 }
 
@@ -335,4 +367,3 @@ pub async fn open(
     store.migrate().await?;
     Ok(store)
 }
-

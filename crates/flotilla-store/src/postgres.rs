@@ -5,24 +5,20 @@
 //! transaction; JSON is stored as JSONB and selected as text so both backends decode the same rows.
 
 use crate::rows::{
-    AttemptRow, EndUpdate, TaskRow, attach_attempts, count, created_task,
-    finish_update, lease_expired_error, micros, migrations_applied, place_round,
-    rounds,
+    AttemptRow, EndUpdate, TaskRow, attach_attempts, created_task, finish_update,
+    lease_expired_error, micros, migrations_applied, place_round, rounds,
 };
-use crate::{
-    Cancelled, Inserted, Requeued,
-    StoreError, StoreResult, TaskFilter,
-};
+use crate::{Cancelled, Inserted, Requeued, StoreError, StoreResult};
 use async_trait::async_trait;
 use flotilla_core::Timestamp;
 use flotilla_core::event::NewEvent;
 use flotilla_core::id::{TaskId, TenantId};
-use flotilla_core::task::{AttemptEnd, Lease, NewTask, Task, TaskStatus};
+use flotilla_core::task::{AttemptEnd, Lease, NewTask, Task};
 use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
 use sqlx::types::Json;
-use sqlx::{Connection, PgExecutor, Postgres, QueryBuilder};
-use std::collections::{BTreeMap, HashMap, HashSet};
+use sqlx::{Connection, PgExecutor, Postgres};
+use std::collections::{HashMap, HashSet};
 use std::str::FromStr;
 use uuid::Uuid;
 
@@ -233,8 +229,7 @@ impl crate::LifecycleStore for PostgresStore {
     }
 }
 
-#[async_trait]
-impl crate::TaskStore for PostgresStore {
+crate::tasks::task_store!(PostgresStore, Postgres, {
     async fn insert_tasks(&self, tasks: &[NewTask]) -> StoreResult<Vec<Inserted>> {
         if tasks.is_empty() {
             return Ok(Vec::new());
@@ -341,36 +336,6 @@ impl crate::TaskStore for PostgresStore {
         let task = fetch_task(&mut tx, tenant, id).await?;
         tx.commit().await?;
         Ok(task)
-    }
-
-    async fn list_tasks(&self, filter: &TaskFilter) -> StoreResult<Vec<Task>> {
-        let mut query = QueryBuilder::<Postgres>::new(concat!(
-            "SELECT ",
-            task_columns!(),
-            " FROM tasks WHERE TRUE"
-        ));
-        if let Some(tenant) = filter.tenant_id {
-            query.push(" AND tenant_id = ").push_bind(tenant.0);
-        }
-        if let Some(status) = filter.status {
-            query.push(" AND status = ").push_bind(status.as_str());
-        }
-        if let Some(agent_type) = &filter.agent_type {
-            query
-                .push(" AND agent_type = ")
-                .push_bind(agent_type.as_str());
-        }
-        if let Some(before) = filter.before {
-            query.push(" AND id < ").push_bind(before.0);
-        }
-        query
-            .push(" ORDER BY id DESC LIMIT ")
-            .push_bind(i64::from(filter.limit));
-        let rows = query
-            .build_query_as::<TaskRow>()
-            .fetch_all(&self.pool)
-            .await?;
-        rows.into_iter().map(TaskRow::into_task).collect()
     }
 
     async fn cancel_task(
@@ -608,26 +573,7 @@ impl crate::TaskStore for PostgresStore {
         tx.commit().await?;
         Ok(out)
     }
-
-    async fn task_counts_by_status(&self) -> StoreResult<Vec<(TaskStatus, u64)>> {
-        let rows: Vec<(String, i64)> =
-            sqlx::query_as("SELECT status, COUNT(*) FROM tasks GROUP BY status")
-                .fetch_all(&self.pool)
-                .await?;
-        crate::rows::status_counts(rows)
-    }
-
-    async fn queued_by_type(&self) -> StoreResult<BTreeMap<String, u64>> {
-        let rows: Vec<(String, i64)> = sqlx::query_as(
-            "SELECT agent_type, COUNT(*) FROM tasks WHERE status = 'queued' GROUP BY agent_type",
-        )
-        .fetch_all(&self.pool)
-        .await?;
-        rows.into_iter()
-            .map(|(agent_type, n)| Ok((agent_type, count("queued count", n)?)))
-            .collect()
-    }
-}
+});
 
 crate::fleet::fleet_store!(PostgresStore, Postgres, {
     async fn insert_events(&self, events: &[NewEvent]) -> StoreResult<()> {

@@ -197,7 +197,8 @@ pub(crate) const INSERT_VERSION: &str = "INSERT INTO secret_versions \
      VALUES ($1, $2, $3, $4, $5, $6, $7, $8)";
 pub(crate) const FORGET_OLD: &str =
     "DELETE FROM secret_versions WHERE tenant_id = $1 AND path = $2 AND version < $3";
-pub(crate) const LAST_VERSION: &str = "SELECT last_version FROM secrets WHERE tenant_id = $1 AND path = $2";
+pub(crate) const LAST_VERSION: &str =
+    "SELECT last_version FROM secrets WHERE tenant_id = $1 AND path = $2";
 pub(crate) const VERSION: &str = concat!(
     "SELECT ",
     sealed_columns!(),
@@ -217,7 +218,8 @@ pub(crate) const LIST: &str = "SELECT s.path, s.last_version, s.created_at AS se
      ORDER BY s.path, v.version";
 pub(crate) const MARK_DELETED: &str = "UPDATE secrets SET deleted_at = $3 \
      WHERE tenant_id = $1 AND path = $2 AND deleted_at IS NULL";
-pub(crate) const DELETE_VERSIONS: &str = "DELETE FROM secret_versions WHERE tenant_id = $1 AND path = $2";
+pub(crate) const DELETE_VERSIONS: &str =
+    "DELETE FROM secret_versions WHERE tenant_id = $1 AND path = $2";
 pub(crate) const KEYS_AFTER: &str = "SELECT tenant_id, path, version, wrapped_key, master_key_id \
      FROM secret_versions WHERE master_key_id <> $1 AND (tenant_id, path, version) > ($2, $3, $4) \
      ORDER BY tenant_id, path, version LIMIT $5";
@@ -244,7 +246,10 @@ macro_rules! secret_store {
                 let mut tx = self.begin().await?;
                 let at = crate::rows::micros(s.created_at);
                 let claimed = if s.version == 1 {
-                    sqlx::query(CLAIM_FIRST).bind(s.tenant_id.0).bind(&s.path).bind(at)
+                    sqlx::query(CLAIM_FIRST)
+                        .bind(s.tenant_id.0)
+                        .bind(&s.path)
+                        .bind(at)
                 } else {
                     sqlx::query(CLAIM_NEXT)
                         .bind(s.tenant_id.0)
@@ -297,7 +302,10 @@ macro_rules! secret_store {
             ) -> crate::StoreResult<Option<crate::SealedSecret>> {
                 use crate::secrets::*;
                 let query = match version {
-                    Some(v) => sqlx::query_as(VERSION).bind(tenant.0).bind(path).bind(i64::from(v)),
+                    Some(v) => sqlx::query_as(VERSION)
+                        .bind(tenant.0)
+                        .bind(path)
+                        .bind(i64::from(v)),
                     None => sqlx::query_as(LATEST).bind(tenant.0).bind(path),
                 };
                 let row: Option<SealedRow> = query.fetch_optional(self.reads()).await?;
@@ -387,11 +395,16 @@ macro_rules! secret_store {
                 Ok(updated == 1)
             }
 
-            async fn secret_versions_by_master_key(&self) -> crate::StoreResult<Vec<(String, u64)>> {
+            async fn secret_versions_by_master_key(
+                &self,
+            ) -> crate::StoreResult<Vec<(String, u64)>> {
                 let rows: Vec<(String, i64)> = sqlx::query_as(crate::secrets::BY_MASTER_KEY)
                     .fetch_all(self.reads())
                     .await?;
-                Ok(rows.into_iter().map(|(id, n)| (id, u64::try_from(n).unwrap_or(0))).collect())
+                Ok(rows
+                    .into_iter()
+                    .map(|(id, n)| (id, u64::try_from(n).unwrap_or(0)))
+                    .collect())
             }
         }
     };

@@ -6,26 +6,22 @@
 //! Reads use a separate pool of read-only connections, which WAL lets run beside the writer.
 
 use crate::rows::{
-    AttemptRow, EndUpdate, TaskRow, attach_attempts, count, created_task,
-    finish_update, lease_expired_error, micros, migrations_applied, place_round,
-    rounds,
+    AttemptRow, EndUpdate, TaskRow, attach_attempts, created_task, finish_update,
+    lease_expired_error, micros, migrations_applied, place_round, rounds,
 };
-use crate::{
-    Cancelled, Inserted, Requeued,
-    StoreError, StoreResult, TaskFilter,
-};
+use crate::{Cancelled, Inserted, Requeued, StoreError, StoreResult};
 use async_trait::async_trait;
 use flotilla_core::Timestamp;
 use flotilla_core::event::NewEvent;
 use flotilla_core::id::{TaskId, TenantId};
-use flotilla_core::task::{AttemptEnd, Lease, NewTask, Task, TaskStatus};
+use flotilla_core::task::{AttemptEnd, Lease, NewTask, Task};
 use sqlx::migrate::Migrator;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 use sqlx::types::Json;
 use sqlx::{QueryBuilder, Sqlite, SqliteConnection};
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::time::Duration;
 use uuid::Uuid;
@@ -69,7 +65,7 @@ impl SqliteStore {
     /// writer connection and `readers` read-only connections. Does not migrate.
     pub async fn open(path: &Path, readers: u32) -> StoreResult<Self> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| StoreError::Database(sqlx::Error::Io(e)))?;
+            std::fs::create_dir_all(dir).map_err(|e| StoreError::from(sqlx::Error::Io(e)))?;
         }
         let base = SqliteConnectOptions::new()
             .filename(path)
@@ -224,8 +220,7 @@ impl crate::LifecycleStore for SqliteStore {
     }
 }
 
-#[async_trait]
-impl crate::TaskStore for SqliteStore {
+crate::tasks::task_store!(SqliteStore, Sqlite, {
     async fn insert_tasks(&self, tasks: &[NewTask]) -> StoreResult<Vec<Inserted>> {
         if tasks.is_empty() {
             return Ok(Vec::new());
@@ -305,36 +300,6 @@ impl crate::TaskStore for SqliteStore {
         let task = fetch_task(&mut tx, tenant, id).await?;
         tx.commit().await?;
         Ok(task)
-    }
-
-    async fn list_tasks(&self, filter: &TaskFilter) -> StoreResult<Vec<Task>> {
-        let mut query = QueryBuilder::<Sqlite>::new(concat!(
-            "SELECT ",
-            task_columns!(),
-            " FROM tasks WHERE 1 = 1"
-        ));
-        if let Some(tenant) = filter.tenant_id {
-            query.push(" AND tenant_id = ").push_bind(tenant.0);
-        }
-        if let Some(status) = filter.status {
-            query.push(" AND status = ").push_bind(status.as_str());
-        }
-        if let Some(agent_type) = &filter.agent_type {
-            query
-                .push(" AND agent_type = ")
-                .push_bind(agent_type.as_str());
-        }
-        if let Some(before) = filter.before {
-            query.push(" AND id < ").push_bind(before.0);
-        }
-        query
-            .push(" ORDER BY id DESC LIMIT ")
-            .push_bind(i64::from(filter.limit));
-        let rows = query
-            .build_query_as::<TaskRow>()
-            .fetch_all(&self.reader)
-            .await?;
-        rows.into_iter().map(TaskRow::into_task).collect()
     }
 
     async fn cancel_task(
@@ -555,26 +520,7 @@ impl crate::TaskStore for SqliteStore {
         tx.commit().await?;
         Ok(out)
     }
-
-    async fn task_counts_by_status(&self) -> StoreResult<Vec<(TaskStatus, u64)>> {
-        let rows: Vec<(String, i64)> =
-            sqlx::query_as("SELECT status, COUNT(*) FROM tasks GROUP BY status")
-                .fetch_all(&self.reader)
-                .await?;
-        crate::rows::status_counts(rows)
-    }
-
-    async fn queued_by_type(&self) -> StoreResult<BTreeMap<String, u64>> {
-        let rows: Vec<(String, i64)> = sqlx::query_as(
-            "SELECT agent_type, COUNT(*) FROM tasks WHERE status = 'queued' GROUP BY agent_type",
-        )
-        .fetch_all(&self.reader)
-        .await?;
-        rows.into_iter()
-            .map(|(agent_type, n)| Ok((agent_type, count("queued count", n)?)))
-            .collect()
-    }
-}
+});
 
 crate::fleet::fleet_store!(SqliteStore, Sqlite, {
     async fn insert_events(&self, events: &[NewEvent]) -> StoreResult<()> {

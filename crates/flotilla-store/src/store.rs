@@ -397,3 +397,19 @@ impl<T> Store for T where
         + CoordinationStore
 {
 }
+
+#[cfg(test)]
+mod tests {
+    use super::CoordinationStore;
+    use std::sync::Arc;
+
+    /// A `DynStore` upcasts to a single capability, so code that needs one can take it (and a
+    /// test can hand it a fake).
+    #[test]
+    fn a_store_upcasts_to_one_capability() {
+        fn coordination(store: crate::DynStore) -> Arc<dyn CoordinationStore> {
+            store
+        }
+        let _ = coordination;
+    }
+}

@@ -366,7 +366,9 @@ macro_rules! usage_store {
                     query.push(" AND model = ").push_bind(model.as_str());
                 }
                 if let Some(agent_type) = &filter.agent_type {
-                    query.push(" AND agent_type = ").push_bind(agent_type.as_str());
+                    query
+                        .push(" AND agent_type = ")
+                        .push_bind(agent_type.as_str());
                 }
                 if let Some(since) = micros_opt(filter.since) {
                     query.push(" AND created_at >= ").push_bind(since);
@@ -377,7 +379,9 @@ macro_rules! usage_store {
                 if let Some(before) = filter.before {
                     query.push(" AND id < ").push_bind(before);
                 }
-                query.push(" ORDER BY id DESC LIMIT ").push_bind(i64::from(filter.limit));
+                query
+                    .push(" ORDER BY id DESC LIMIT ")
+                    .push_bind(i64::from(filter.limit));
                 query
                     .build_query_as::<crate::usage::UsageRow>()
                     .fetch_all(self.reads())

@@ -8,8 +8,8 @@
 //! unlike a table lock, it never waits for (or cancels) autovacuum, and readers never wait.
 
 use super::PostgresStore;
-use crate::rows::micros;
 use crate::StoreResult;
+use crate::rows::micros;
 use flotilla_core::event::NewEvent;
 
 pub(super) async fn insert(store: &PostgresStore, events: &[NewEvent]) -> StoreResult<()> {

@@ -9,9 +9,7 @@
 
 use super::PostgresStore;
 use crate::rows::micros;
-use crate::usage::{
-    fit, lock_order, stored, usage_columns,
-};
+use crate::usage::{fit, lock_order, stored, usage_columns};
 use crate::{BudgetWindow, Reservation, StoreResult};
 use flotilla_core::Timestamp;
 use flotilla_core::budget::Spend;
@@ -272,4 +270,3 @@ pub(super) async fn budget_spend(
         reserved: Money::from_pico(reserved),
     })
 }
-

@@ -2,8 +2,8 @@
 //! The writer numbers events in commit order, so the `after` cursor never skips one.
 
 use super::{SqliteStore, pow2_chunks};
-use crate::rows::micros;
 use crate::StoreResult;
+use crate::rows::micros;
 use flotilla_core::event::NewEvent;
 use sqlx::{QueryBuilder, Sqlite};
 

@@ -4,9 +4,7 @@
 
 use super::{SqliteStore, pow2_chunks};
 use crate::rows::micros;
-use crate::usage::{
-    fit, lock_order, stored, usage_columns,
-};
+use crate::usage::{fit, lock_order, stored, usage_columns};
 use crate::{BudgetWindow, Reservation, StoreResult};
 use flotilla_core::Timestamp;
 use flotilla_core::budget::Spend;
@@ -192,4 +190,3 @@ pub(super) async fn budget_spend(
     let mut conn = store.reader.acquire().await?;
     window_spend(&mut conn, tenant, window, stale_before).await
 }
-
