@@ -32,23 +32,21 @@ mod tests {
     /// `$n` placeholders bind by number on SQLite, in any order and repeated, so one text serves
     /// both backends.
     #[tokio::test]
-    async fn sqlite_binds_numbered_placeholders() {
+    async fn sqlite_binds_numbered_placeholders() -> Result<(), sqlx::Error> {
         let pool = SqlitePoolOptions::new()
             .connect("sqlite::memory:")
-            .await
-            .unwrap();
+            .await?;
         let (a, b, again): (String, i64, String) = sqlx::query_as("SELECT $2, $1, $2")
             .bind(7_i64)
             .bind("two")
             .fetch_one(&pool)
-            .await
-            .unwrap();
+            .await?;
         assert_eq!((a.as_str(), b, again.as_str()), ("two", 7, "two"));
         let null: (bool,) = sqlx::query_as("SELECT $1 IS NULL")
             .bind(None::<uuid::Uuid>)
             .fetch_one(&pool)
-            .await
-            .unwrap();
+            .await?;
         assert!(null.0);
+        Ok(())
     }
 }

@@ -203,100 +203,6 @@ pub(crate) fn fit(windows: &[BudgetWindow], spends: Vec<Spend>, amount: Money) -
     Reservation::Granted(spends)
 }
 
-#[cfg(test)]
-#[allow(clippy::unwrap_used)]
-mod tests {
-    use super::*;
-    use chrono::{TimeZone, Utc};
-
-    fn window(period: Period, day: u32, limit: Option<i64>) -> BudgetWindow {
-        BudgetWindow {
-            period,
-            start: Utc
-                .with_ymd_and_hms(2025, 3, day, 0, 0, 0)
-                .single()
-                .unwrap(),
-            limit: limit.map(Money::from_pico),
-        }
-    }
-
-    fn spend(spent: i64, reserved: i64) -> Spend {
-        Spend {
-            spent: Money::from_pico(spent),
-            reserved: Money::from_pico(reserved),
-        }
-    }
-
-    #[test]
-    fn a_reservation_fits_up_to_the_limit_exactly_and_unlimited_windows_always_fit() {
-        let windows = [
-            window(Period::Daily, 2, Some(100)),
-            window(Period::Monthly, 1, None),
-        ];
-        let spends = vec![spend(60, 30), spend(1_000, 1_000)];
-        assert_eq!(
-            fit(&windows, spends.clone(), Money::from_pico(10)),
-            Reservation::Granted(spends.clone())
-        );
-        assert_eq!(
-            fit(&windows, spends, Money::from_pico(11)),
-            Reservation::Refused {
-                index: 0,
-                spend: spend(60, 30)
-            }
-        );
-    }
-
-    #[test]
-    fn the_first_window_that_does_not_fit_is_named_in_the_callers_order() {
-        let windows = [
-            window(Period::Monthly, 1, Some(50)),
-            window(Period::Daily, 2, Some(10)),
-        ];
-        assert_eq!(
-            fit(
-                &windows,
-                vec![spend(0, 0), spend(5, 0)],
-                Money::from_pico(6)
-            ),
-            Reservation::Refused {
-                index: 1,
-                spend: spend(5, 0)
-            }
-        );
-    }
-
-    #[test]
-    fn windows_are_locked_by_period_then_start() {
-        let windows = [
-            window(Period::Monthly, 1, None),
-            window(Period::Daily, 3, None),
-            window(Period::Daily, 2, None),
-        ];
-        assert_eq!(lock_order(&windows), [2, 1, 0]);
-    }
-
-    #[test]
-    fn days_of_stored_timestamps_round_down() {
-        let row = |day| DailyRow {
-            day,
-            model: "m".into(),
-            agent_type: None,
-            calls: 1,
-            input_tokens: 0,
-            cached_input_tokens: 0,
-            output_tokens: 0,
-            reasoning_tokens: 0,
-            cost_pico: 0,
-            unknown_cost_calls: 0,
-        };
-        let day = DailyUsage::try_from(row(-1)).unwrap().day;
-        assert_eq!(day.to_string(), "1969-12-31");
-        let day = DailyUsage::try_from(row(20_000)).unwrap().day;
-        assert_eq!(day.to_string(), "2024-10-04");
-    }
-}
-
 pub(crate) const SPEND: &str = "SELECT CAST(COALESCE(SUM(cost_pico), 0) AS BIGINT) FROM usage \
      WHERE tenant_id = $1 AND created_at >= $2 AND created_at < $3";
 pub(crate) const DAILY: &str = concat!(
@@ -575,3 +481,97 @@ macro_rules! usage_store {
     };
 }
 pub(crate) use usage_store;
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use chrono::{TimeZone, Utc};
+
+    fn window(period: Period, day: u32, limit: Option<i64>) -> BudgetWindow {
+        BudgetWindow {
+            period,
+            start: Utc
+                .with_ymd_and_hms(2025, 3, day, 0, 0, 0)
+                .single()
+                .unwrap(),
+            limit: limit.map(Money::from_pico),
+        }
+    }
+
+    fn spend(spent: i64, reserved: i64) -> Spend {
+        Spend {
+            spent: Money::from_pico(spent),
+            reserved: Money::from_pico(reserved),
+        }
+    }
+
+    #[test]
+    fn a_reservation_fits_up_to_the_limit_exactly_and_unlimited_windows_always_fit() {
+        let windows = [
+            window(Period::Daily, 2, Some(100)),
+            window(Period::Monthly, 1, None),
+        ];
+        let spends = vec![spend(60, 30), spend(1_000, 1_000)];
+        assert_eq!(
+            fit(&windows, spends.clone(), Money::from_pico(10)),
+            Reservation::Granted(spends.clone())
+        );
+        assert_eq!(
+            fit(&windows, spends, Money::from_pico(11)),
+            Reservation::Refused {
+                index: 0,
+                spend: spend(60, 30)
+            }
+        );
+    }
+
+    #[test]
+    fn the_first_window_that_does_not_fit_is_named_in_the_callers_order() {
+        let windows = [
+            window(Period::Monthly, 1, Some(50)),
+            window(Period::Daily, 2, Some(10)),
+        ];
+        assert_eq!(
+            fit(
+                &windows,
+                vec![spend(0, 0), spend(5, 0)],
+                Money::from_pico(6)
+            ),
+            Reservation::Refused {
+                index: 1,
+                spend: spend(5, 0)
+            }
+        );
+    }
+
+    #[test]
+    fn windows_are_locked_by_period_then_start() {
+        let windows = [
+            window(Period::Monthly, 1, None),
+            window(Period::Daily, 3, None),
+            window(Period::Daily, 2, None),
+        ];
+        assert_eq!(lock_order(&windows), [2, 1, 0]);
+    }
+
+    #[test]
+    fn days_of_stored_timestamps_round_down() {
+        let row = |day| DailyRow {
+            day,
+            model: "m".into(),
+            agent_type: None,
+            calls: 1,
+            input_tokens: 0,
+            cached_input_tokens: 0,
+            output_tokens: 0,
+            reasoning_tokens: 0,
+            cost_pico: 0,
+            unknown_cost_calls: 0,
+        };
+        let day = DailyUsage::try_from(row(-1)).unwrap().day;
+        assert_eq!(day.to_string(), "1969-12-31");
+        let day = DailyUsage::try_from(row(20_000)).unwrap().day;
+        assert_eq!(day.to_string(), "2024-10-04");
+    }
+}
