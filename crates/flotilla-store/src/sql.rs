@@ -33,9 +33,7 @@ mod tests {
     /// both backends.
     #[tokio::test]
     async fn sqlite_binds_numbered_placeholders() -> Result<(), sqlx::Error> {
-        let pool = SqlitePoolOptions::new()
-            .connect("sqlite::memory:")
-            .await?;
+        let pool = SqlitePoolOptions::new().connect("sqlite::memory:").await?;
         let (a, b, again): (String, i64, String) = sqlx::query_as("SELECT $2, $1, $2")
             .bind(7_i64)
             .bind("two")

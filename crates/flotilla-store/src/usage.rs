@@ -203,6 +203,22 @@ pub(crate) fn fit(windows: &[BudgetWindow], spends: Vec<Spend>, amount: Money) -
     Reservation::Granted(spends)
 }
 
+/// Creates a window's counter row if missing.
+pub(crate) const OPEN_WINDOW: &str = "INSERT INTO budget_spend \
+     (tenant_id, period, window_start, spent_pico) VALUES ($1, $2, $3, 0) ON CONFLICT DO NOTHING";
+/// Adds to an owner's reservation; a stale one no longer counted, so the amount replaces it.
+pub(crate) const ADD_RESERVATION: &str = "INSERT INTO budget_reservations \
+     (tenant_id, period, window_start, owner, reserved_pico, updated_at) \
+     VALUES ($1, $2, $3, $4, $5, $6) \
+     ON CONFLICT (tenant_id, period, window_start, owner) DO UPDATE SET \
+     reserved_pico = CASE WHEN budget_reservations.updated_at < $7 THEN excluded.reserved_pico \
+                     ELSE budget_reservations.reserved_pico + excluded.reserved_pico END, \
+     updated_at = excluded.updated_at";
+/// Adds to a window's spent counter, returning it.
+pub(crate) const ADD_SPENT: &str = "INSERT INTO budget_spend \
+     (tenant_id, period, window_start, spent_pico) VALUES ($1, $2, $3, $4) \
+     ON CONFLICT (tenant_id, period, window_start) DO UPDATE SET \
+     spent_pico = budget_spend.spent_pico + excluded.spent_pico RETURNING spent_pico";
 pub(crate) const SPEND: &str = "SELECT CAST(COALESCE(SUM(cost_pico), 0) AS BIGINT) FROM usage \
      WHERE tenant_id = $1 AND created_at >= $2 AND created_at < $3";
 pub(crate) const DAILY: &str = concat!(

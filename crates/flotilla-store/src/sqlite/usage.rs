@@ -99,34 +99,23 @@ pub(super) async fn reserve(
         };
         // The window's counter exists from its first reservation on, as on PostgreSQL, whose
         // reservations lock it.
-        sqlx::query(
-            "INSERT INTO budget_spend (tenant_id, period, window_start, spent_pico) \
-             VALUES (?1, ?2, ?3, 0) ON CONFLICT DO NOTHING",
-        )
-        .bind(tenant.0)
-        .bind(window.period.as_str())
-        .bind(micros(window.start))
-        .execute(&mut *tx)
-        .await?;
+        sqlx::query(crate::usage::OPEN_WINDOW)
+            .bind(tenant.0)
+            .bind(window.period.as_str())
+            .bind(micros(window.start))
+            .execute(&mut *tx)
+            .await?;
         // A stale reservation of this owner no longer counted, so the new amount replaces it.
-        sqlx::query(
-            "INSERT INTO budget_reservations \
-             (tenant_id, period, window_start, owner, reserved_pico, updated_at) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
-             ON CONFLICT (tenant_id, period, window_start, owner) DO UPDATE SET \
-             reserved_pico = CASE WHEN budget_reservations.updated_at < ?7 THEN excluded.reserved_pico \
-                             ELSE budget_reservations.reserved_pico + excluded.reserved_pico END, \
-             updated_at = excluded.updated_at",
-        )
-        .bind(tenant.0)
-        .bind(window.period.as_str())
-        .bind(micros(window.start))
-        .bind(owner)
-        .bind(amount.pico())
-        .bind(micros(now))
-        .bind(micros(stale_before))
-        .execute(&mut *tx)
-        .await?;
+        sqlx::query(crate::usage::ADD_RESERVATION)
+            .bind(tenant.0)
+            .bind(window.period.as_str())
+            .bind(micros(window.start))
+            .bind(owner)
+            .bind(amount.pico())
+            .bind(micros(now))
+            .bind(micros(stale_before))
+            .execute(&mut *tx)
+            .await?;
     }
     tx.commit().await?;
     Ok(decision)
@@ -147,19 +136,13 @@ pub(super) async fn settle(
         let Some(window) = windows.get(i) else {
             continue;
         };
-        let after: i64 = sqlx::query_scalar(
-            "INSERT INTO budget_spend (tenant_id, period, window_start, spent_pico) \
-             VALUES (?1, ?2, ?3, ?4) \
-             ON CONFLICT (tenant_id, period, window_start) DO UPDATE SET \
-             spent_pico = budget_spend.spent_pico + excluded.spent_pico \
-             RETURNING spent_pico",
-        )
-        .bind(tenant.0)
-        .bind(window.period.as_str())
-        .bind(micros(window.start))
-        .bind(actual.pico())
-        .fetch_one(&mut *tx)
-        .await?;
+        let after: i64 = sqlx::query_scalar(crate::usage::ADD_SPENT)
+            .bind(tenant.0)
+            .bind(window.period.as_str())
+            .bind(micros(window.start))
+            .bind(actual.pico())
+            .fetch_one(&mut *tx)
+            .await?;
         sqlx::query(
             "UPDATE budget_reservations SET reserved_pico = MAX(reserved_pico - ?5, 0), \
              updated_at = ?6 \
