@@ -74,7 +74,7 @@ pub fn channel(
     owner: Arc<str>,
     stop: CancellationToken,
 ) -> (Notifier, impl Future<Output = ()>) {
-    let enabled = store.backend() == "postgres";
+    let enabled = store.topology().is_shared();
     let (tx, mut rx) = mpsc::unbounded_channel::<Notice>();
     let sender = async move {
         if !enabled {
@@ -164,7 +164,7 @@ fn payloads(owner: &str, notices: impl Iterator<Item = Notice>) -> Vec<String> {
 
 /// Listens to the other control planes until `shutdown`, and reloads the fleet every second.
 pub async fn run(state: AppState, shutdown: CancellationToken) {
-    if state.store.backend() != "postgres" {
+    if !state.store.topology().is_shared() {
         return;
     }
     state.recent.keep_outbox();

@@ -223,7 +223,9 @@ async fn announce(state: &Leader, message: String) {
         agent_id: None,
         message,
     };
-    let write = state.announcements.insert_events(std::slice::from_ref(&event));
+    let write = state
+        .announcements
+        .insert_events(std::slice::from_ref(&event));
     match tokio::time::timeout(Duration::from_secs(2), write).await {
         Ok(Ok(())) => {}
         // The database may be what ended the term: queue it with the other events.

@@ -325,7 +325,7 @@ pub async fn start(
         leader::Leader {
             leases: store.clone(),
             announcements: store.clone(),
-            shared_store: store.backend() == "postgres",
+            shared_store: store.topology().is_shared(),
             owner: state.owner.clone(),
             ttl: config.leader_lease,
             clock: clock.clone(),
@@ -378,7 +378,7 @@ pub async fn start(
     } else {
         plain_http(listener, router, graceful)
     };
-    tracing::info!(%addr, tls = config.tls.is_some(), store = store.backend(), owner = %state.owner, "Control plane listening");
+    tracing::info!(%addr, tls = config.tls.is_some(), store = %store.topology(), owner = %state.owner, "Control plane listening");
     Ok(RunningServer {
         addr,
         new_admin_key,

@@ -71,3 +71,293 @@ impl AuditRow {
 pub(crate) fn is_unique_violation(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(db) if db.is_unique_violation())
 }
+
+/// The columns of an [`crate::rows::ApiKeyRow`].
+macro_rules! key_columns {
+    () => {
+        "id, tenant_id, role, name, secret_hash, created_at, expires_at, revoked_at, rate_limit"
+    };
+}
+
+pub(crate) const ENSURE_TENANT: &str =
+    "INSERT INTO tenants (id, name, created_at) VALUES ($1, $2, $3) ON CONFLICT (id) DO NOTHING";
+pub(crate) const INSERT_KEY: &str = concat!(
+    "INSERT INTO api_keys (",
+    key_columns!(),
+    ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
+);
+pub(crate) const KEY: &str = concat!("SELECT ", key_columns!(), " FROM api_keys WHERE id = $1");
+pub(crate) const COUNT_KEYS: &str = "SELECT COUNT(*) FROM api_keys";
+pub(crate) const CREATE_TENANT: &str =
+    "INSERT INTO tenants (id, name, created_at, rate_limit) VALUES ($1, $2, $3, $4)";
+pub(crate) const TENANT: &str =
+    "SELECT id, name, created_at, rate_limit FROM tenants WHERE id = $1";
+pub(crate) const TENANTS: &str =
+    "SELECT id, name, created_at, rate_limit FROM tenants ORDER BY name";
+pub(crate) const UPDATE_TENANT: &str = "UPDATE tenants SET name = COALESCE($2, name), \
+     rate_limit = CASE WHEN $3 THEN $4 ELSE rate_limit END \
+     WHERE id = $1 RETURNING id, name, created_at, rate_limit";
+pub(crate) const KEYS: &str = concat!(
+    "SELECT ",
+    key_columns!(),
+    " FROM api_keys WHERE ($1 IS NULL OR tenant_id = $1) ORDER BY created_at, id"
+);
+pub(crate) const REVOKE_KEY: &str = concat!(
+    "UPDATE api_keys SET revoked_at = COALESCE(revoked_at, $3) \
+     WHERE id = $1 AND ($2 IS NULL OR tenant_id = $2) RETURNING ",
+    key_columns!()
+);
+pub(crate) const AUDIT_HEAD: &str = "SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1";
+pub(crate) const INSERT_AUDIT: &str = "INSERT INTO audit \
+     (seq, at, actor, tenant_id, action, target, outcome, source, prev_hash, hash) ";
+pub(crate) const AUDIT: &str = "SELECT seq, at, actor, tenant_id, action, target, outcome, source, \
+     prev_hash, hash FROM audit WHERE seq > ";
+
+/// [`crate::AccessStore`] for a backend `$store` of database `$db`, written once (see
+/// `crate::sql`). Appends to the audit chain run after the backend's `lock_audit`, which
+/// serialises them (SQLite's single writer does already): each entry reads the head it links to
+/// in the transaction that inserts it.
+macro_rules! access_store {
+    ($store:ty, $db:ty) => {
+        #[async_trait::async_trait]
+        impl crate::AccessStore for $store {
+            async fn ensure_tenant(
+                &self,
+                id: flotilla_core::id::TenantId,
+                name: &str,
+                now: flotilla_core::Timestamp,
+            ) -> crate::StoreResult<()> {
+                let mut w = self.writer().await?;
+                sqlx::query(crate::access::ENSURE_TENANT)
+                    .bind(id.0)
+                    .bind(name)
+                    .bind(crate::rows::micros(now))
+                    .execute(w.conn())
+                    .await?;
+                w.commit().await
+            }
+
+            async fn insert_api_key(
+                &self,
+                key: &flotilla_core::auth::ApiKeyRecord,
+            ) -> crate::StoreResult<()> {
+                use crate::rows::{micros, micros_opt};
+                let mut w = self.writer().await?;
+                sqlx::query(crate::access::INSERT_KEY)
+                    .bind(&key.id)
+                    .bind(key.tenant_id.0)
+                    .bind(key.role.as_str())
+                    .bind(&key.name)
+                    .bind(&key.secret_hash)
+                    .bind(micros(key.created_at))
+                    .bind(micros_opt(key.expires_at))
+                    .bind(micros_opt(key.revoked_at))
+                    .bind(key.rate_limit.map(|r| r.to_string()))
+                    .execute(w.conn())
+                    .await?;
+                w.commit().await
+            }
+
+            async fn get_api_key(
+                &self,
+                id: &str,
+            ) -> crate::StoreResult<Option<flotilla_core::auth::ApiKeyRecord>> {
+                sqlx::query_as::<_, crate::rows::ApiKeyRow>(crate::access::KEY)
+                    .bind(id)
+                    .fetch_optional(self.reads())
+                    .await?
+                    .map(crate::rows::ApiKeyRow::into_record)
+                    .transpose()
+            }
+
+            async fn count_api_keys(&self) -> crate::StoreResult<u64> {
+                let n: i64 = sqlx::query_scalar(crate::access::COUNT_KEYS)
+                    .fetch_one(self.reads())
+                    .await?;
+                crate::rows::count("api key count", n)
+            }
+
+            async fn create_tenant(
+                &self,
+                tenant: &flotilla_core::tenant::Tenant,
+            ) -> crate::StoreResult<bool> {
+                let mut tx = self.begin().await?;
+                let inserted = sqlx::query(crate::access::CREATE_TENANT)
+                    .bind(tenant.id.0)
+                    .bind(&tenant.name)
+                    .bind(crate::rows::micros(tenant.created_at))
+                    .bind(tenant.rate_limit.map(|r| r.to_string()))
+                    .execute(&mut *tx)
+                    .await;
+                match inserted {
+                    Ok(_) => {
+                        tx.commit().await?;
+                        Ok(true)
+                    }
+                    Err(e) if crate::access::is_unique_violation(&e) => Ok(false),
+                    Err(e) => Err(e.into()),
+                }
+            }
+
+            async fn get_tenant(
+                &self,
+                id: flotilla_core::id::TenantId,
+            ) -> crate::StoreResult<Option<flotilla_core::tenant::Tenant>> {
+                sqlx::query_as::<_, crate::access::TenantRow>(crate::access::TENANT)
+                    .bind(id.0)
+                    .fetch_optional(self.reads())
+                    .await?
+                    .map(crate::access::TenantRow::into_tenant)
+                    .transpose()
+            }
+
+            async fn list_tenants(&self) -> crate::StoreResult<Vec<flotilla_core::tenant::Tenant>> {
+                sqlx::query_as::<_, crate::access::TenantRow>(crate::access::TENANTS)
+                    .fetch_all(self.reads())
+                    .await?
+                    .into_iter()
+                    .map(crate::access::TenantRow::into_tenant)
+                    .collect()
+            }
+
+            async fn update_tenant(
+                &self,
+                id: flotilla_core::id::TenantId,
+                name: Option<&str>,
+                rate_limit: Option<Option<flotilla_core::rate::Rate>>,
+            ) -> crate::StoreResult<Option<flotilla_core::tenant::Tenant>> {
+                let mut tx = self.begin().await?;
+                let updated =
+                    sqlx::query_as::<_, crate::access::TenantRow>(crate::access::UPDATE_TENANT)
+                        .bind(id.0)
+                        .bind(name)
+                        .bind(rate_limit.is_some())
+                        .bind(rate_limit.flatten().map(|r| r.to_string()))
+                        .fetch_optional(&mut *tx)
+                        .await;
+                match updated {
+                    Ok(row) => {
+                        tx.commit().await?;
+                        row.map(crate::access::TenantRow::into_tenant).transpose()
+                    }
+                    Err(e) if crate::access::is_unique_violation(&e) => {
+                        Err(crate::StoreError::Conflict(
+                            "another tenant already has this name".to_owned(),
+                        ))
+                    }
+                    Err(e) => Err(e.into()),
+                }
+            }
+
+            async fn list_api_keys(
+                &self,
+                tenant: Option<flotilla_core::id::TenantId>,
+            ) -> crate::StoreResult<Vec<flotilla_core::auth::ApiKeyRecord>> {
+                sqlx::query_as::<_, crate::rows::ApiKeyRow>(crate::access::KEYS)
+                    .bind(tenant.map(|t| t.0))
+                    .fetch_all(self.reads())
+                    .await?
+                    .into_iter()
+                    .map(crate::rows::ApiKeyRow::into_record)
+                    .collect()
+            }
+
+            async fn revoke_api_key(
+                &self,
+                tenant: Option<flotilla_core::id::TenantId>,
+                id: &str,
+                now: flotilla_core::Timestamp,
+            ) -> crate::StoreResult<Option<flotilla_core::auth::ApiKeyRecord>> {
+                let mut tx = self.begin().await?;
+                let row = sqlx::query_as::<_, crate::rows::ApiKeyRow>(crate::access::REVOKE_KEY)
+                    .bind(id)
+                    .bind(tenant.map(|t| t.0))
+                    .bind(crate::rows::micros(now))
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+                row.map(crate::rows::ApiKeyRow::into_record).transpose()
+            }
+
+            async fn append_audit(
+                &self,
+                entries: &[flotilla_core::audit::NewAuditEntry],
+            ) -> crate::StoreResult<Vec<flotilla_core::audit::AuditEntry>> {
+                use crate::rows::micros;
+                if entries.is_empty() {
+                    return Ok(Vec::new());
+                }
+                let mut tx = self.begin().await?;
+                Self::lock_audit(&mut tx).await?;
+                let head: Option<(i64, String)> = sqlx::query_as(crate::access::AUDIT_HEAD)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                let chained = crate::access::chain(entries, head)?;
+                for chunk in chained.chunks(256) {
+                    let mut query = sqlx::QueryBuilder::<$db>::new(crate::access::INSERT_AUDIT);
+                    query.push_values(chunk, |mut row, e| {
+                        row.push_bind(e.seq)
+                            .push_bind(micros(e.at))
+                            .push_bind(e.actor.as_deref())
+                            .push_bind(e.tenant_id.map(|t| t.0))
+                            .push_bind(e.action.as_str())
+                            .push_bind(e.target.as_str())
+                            .push_bind(e.outcome.as_str())
+                            .push_bind(e.source.as_deref())
+                            .push_bind(e.prev_hash.as_str())
+                            .push_bind(e.hash.as_str());
+                    });
+                    query.build().execute(&mut *tx).await?;
+                }
+                tx.commit().await?;
+                Ok(chained)
+            }
+
+            async fn list_audit(
+                &self,
+                filter: &crate::AuditFilter,
+            ) -> crate::StoreResult<Vec<flotilla_core::audit::AuditEntry>> {
+                let mut query = sqlx::QueryBuilder::<$db>::new(crate::access::AUDIT);
+                query.push_bind(filter.after.unwrap_or(0));
+                if let Some(tenant) = filter.tenant_id {
+                    query.push(" AND tenant_id = ").push_bind(tenant.0);
+                }
+                if let Some(action) = &filter.action {
+                    query.push(" AND action = ").push_bind(action.as_str());
+                }
+                query
+                    .push(" ORDER BY seq LIMIT ")
+                    .push_bind(i64::from(filter.limit));
+                query
+                    .build_query_as::<crate::access::AuditRow>()
+                    .fetch_all(self.reads())
+                    .await?
+                    .into_iter()
+                    .map(crate::access::AuditRow::into_entry)
+                    .collect()
+            }
+        }
+    };
+}
+pub(crate) use access_store;
+
+/// Chains `entries` after the head `(seq, hash)` (none: the genesis), as they will read back: the
+/// store keeps microseconds.
+pub(crate) fn chain(
+    entries: &[flotilla_core::audit::NewAuditEntry],
+    head: Option<(i64, String)>,
+) -> StoreResult<Vec<AuditEntry>> {
+    let (mut seq, mut prev) = head.unwrap_or((0, flotilla_core::audit::GENESIS.to_owned()));
+    let mut chained = Vec::with_capacity(entries.len());
+    for entry in entries {
+        seq += 1;
+        let entry = flotilla_core::audit::NewAuditEntry {
+            at: crate::rows::truncate(entry.at)?,
+            ..entry.clone()
+        }
+        .chain(seq, &prev);
+        prev.clone_from(&entry.hash);
+        chained.push(entry);
+    }
+    Ok(chained)
+}

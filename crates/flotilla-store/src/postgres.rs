@@ -5,41 +5,29 @@
 //! transaction; JSON is stored as JSONB and selected as text so both backends decode the same rows.
 
 use crate::rows::{
-    AgentRow, ApiKeyRow, AttemptRow, EndUpdate, TaskRow, attach_attempts, count, created_task,
-    finish_update, lease_expired_error, micros, micros_opt, migrations_applied, place_round,
-    rounds,
+    AttemptRow, EndUpdate, TaskRow, attach_attempts, created_task, finish_update,
+    lease_expired_error, micros, migrations_applied, place_round, rounds,
 };
-use crate::secrets::{SealedSecret, SecretCursor, SecretSummary, WrappedSecretKey};
-use crate::{
-    AuditFilter, BudgetWindow, Cancelled, EventFilter, Inserted, Requeued, Reservation, Store,
-    StoreError, StoreResult, TaskFilter, UsageFilter,
-};
+use crate::{Cancelled, Inserted, Requeued, StoreError, StoreResult};
 use async_trait::async_trait;
 use flotilla_core::Timestamp;
-use flotilla_core::agent::{AgentInstance, AgentStatus};
-use flotilla_core::audit::{AuditEntry, NewAuditEntry};
-use flotilla_core::auth::ApiKeyRecord;
-use flotilla_core::budget::{Budget, Period, Spend};
-use flotilla_core::event::{Event, NewEvent};
-use flotilla_core::id::{AgentId, TaskId, TenantId};
-use flotilla_core::money::Money;
-use flotilla_core::rate::Rate;
-use flotilla_core::task::{AttemptEnd, Lease, NewTask, Task, TaskStatus};
-use flotilla_core::tenant::Tenant;
-use flotilla_core::usage::{DailyUsage, UsageRecord};
+use flotilla_core::event::NewEvent;
+use flotilla_core::id::{TaskId, TenantId};
+use flotilla_core::task::{AttemptEnd, Lease, NewTask, Task};
 use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
 use sqlx::types::Json;
-use sqlx::{Connection, PgExecutor, Postgres, QueryBuilder};
-use std::collections::{BTreeMap, HashMap, HashSet};
+use sqlx::{Connection, PgExecutor, Postgres};
+use std::collections::{HashMap, HashSet};
 use std::str::FromStr;
 use uuid::Uuid;
 
-mod access;
 mod buckets;
 mod events;
-mod secrets;
 mod usage;
+
+crate::access::access_store!(PostgresStore, Postgres);
+crate::secrets::secret_store!(PostgresStore);
 
 static MIGRATOR: Migrator = sqlx::migrate!("./migrations/postgres");
 
@@ -49,14 +37,6 @@ macro_rules! task_columns {
         "id, tenant_id, agent_type, input::text AS input, priority, complexity, idempotency_key, \
          timeout_ms, max_attempts, status, attempt, output::text AS output, error, usage::text AS usage, \
          agent_id, trace_id, created_at, updated_at, not_before, started_at, finished_at"
-    };
-}
-
-/// The columns of an [`AgentRow`], JSONB as text.
-macro_rules! agent_columns {
-    () => {
-        "id, agent_type, url, capacity, load, weight, status, version, metadata::text AS metadata, \
-         signing_secret, last_heartbeat, created_at, tenant_id"
     };
 }
 
@@ -133,6 +113,30 @@ impl PostgresStore {
         &self.pool
     }
 
+    /// A write transaction (see [`crate::sql`]).
+    async fn begin(&self) -> StoreResult<sqlx::Transaction<'static, Postgres>> {
+        Ok(self.pool.begin().await?)
+    }
+
+    /// Where a single-statement write runs: the pool, since one statement is atomic.
+    async fn writer(&self) -> StoreResult<Write<'_>> {
+        Ok(Write(&self.pool))
+    }
+
+    /// Serialises appends to the audit chain across replicas: a transaction-level advisory lock
+    /// keyed by the table's oid, so each schema has its own.
+    async fn lock_audit(tx: &mut PgConnection) -> StoreResult<()> {
+        sqlx::query("SELECT pg_advisory_xact_lock('audit'::regclass::oid::int8)")
+            .execute(tx)
+            .await?;
+        Ok(())
+    }
+
+    /// Where reads run: the pool.
+    fn reads(&self) -> &PgPool {
+        &self.pool
+    }
+
     async fn with_options(options: PgConnectOptions, max_connections: u32) -> StoreResult<Self> {
         let pool = PgPoolOptions::new()
             .max_connections(max_connections.max(1))
@@ -143,6 +147,19 @@ impl PostgresStore {
             pool,
             channel: crate::CHANNEL.to_owned(),
         })
+    }
+}
+
+/// A single-statement write (see [`crate::sql`]): straight on the pool.
+struct Write<'a>(&'a PgPool);
+
+impl<'a> Write<'a> {
+    fn conn(&mut self) -> &'a PgPool {
+        self.0
+    }
+
+    async fn commit(self) -> StoreResult<()> {
+        Ok(())
     }
 }
 
@@ -179,7 +196,7 @@ async fn fetch_task(
 }
 
 #[async_trait]
-impl Store for PostgresStore {
+impl crate::LifecycleStore for PostgresStore {
     fn pool_stats(&self) -> crate::PoolStats {
         crate::PoolStats {
             open: self.pool.size(),
@@ -188,8 +205,8 @@ impl Store for PostgresStore {
         }
     }
 
-    fn backend(&self) -> &'static str {
-        "postgres"
+    fn topology(&self) -> crate::Topology {
+        crate::Topology::Shared
     }
 
     async fn migrate(&self) -> StoreResult<()> {
@@ -210,97 +227,9 @@ impl Store for PostgresStore {
                 .await?;
         Ok(migrations_applied(&MIGRATOR, &applied))
     }
+}
 
-    async fn ensure_tenant(&self, id: TenantId, name: &str, now: Timestamp) -> StoreResult<()> {
-        sqlx::query("INSERT INTO tenants (id, name, created_at) VALUES ($1, $2, $3) ON CONFLICT (id) DO NOTHING")
-            .bind(id.0)
-            .bind(name)
-            .bind(micros(now))
-            .execute(&self.pool)
-            .await?;
-        Ok(())
-    }
-
-    async fn insert_api_key(&self, key: &ApiKeyRecord) -> StoreResult<()> {
-        sqlx::query(
-            "INSERT INTO api_keys (id, tenant_id, role, name, secret_hash, created_at, expires_at, revoked_at, rate_limit) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-        )
-        .bind(&key.id)
-        .bind(key.tenant_id.0)
-        .bind(key.role.as_str())
-        .bind(&key.name)
-        .bind(&key.secret_hash)
-        .bind(micros(key.created_at))
-        .bind(micros_opt(key.expires_at))
-        .bind(micros_opt(key.revoked_at))
-        .bind(key.rate_limit.map(|r| r.to_string()))
-        .execute(&self.pool)
-        .await?;
-        Ok(())
-    }
-
-    async fn get_api_key(&self, id: &str) -> StoreResult<Option<ApiKeyRecord>> {
-        sqlx::query_as::<_, ApiKeyRow>(
-            "SELECT id, tenant_id, role, name, secret_hash, created_at, expires_at, revoked_at, rate_limit \
-             FROM api_keys WHERE id = $1",
-        )
-        .bind(id)
-        .fetch_optional(&self.pool)
-        .await?
-        .map(ApiKeyRow::into_record)
-        .transpose()
-    }
-
-    async fn count_api_keys(&self) -> StoreResult<u64> {
-        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM api_keys")
-            .fetch_one(&self.pool)
-            .await?;
-        count("api key count", n)
-    }
-
-    async fn create_tenant(&self, tenant: &Tenant) -> StoreResult<bool> {
-        access::create_tenant(self, tenant).await
-    }
-
-    async fn get_tenant(&self, id: TenantId) -> StoreResult<Option<Tenant>> {
-        access::get_tenant(self, id).await
-    }
-
-    async fn list_tenants(&self) -> StoreResult<Vec<Tenant>> {
-        access::list_tenants(self).await
-    }
-
-    async fn update_tenant(
-        &self,
-        id: TenantId,
-        name: Option<&str>,
-        rate_limit: Option<Option<Rate>>,
-    ) -> StoreResult<Option<Tenant>> {
-        access::update_tenant(self, id, name, rate_limit).await
-    }
-
-    async fn list_api_keys(&self, tenant: Option<TenantId>) -> StoreResult<Vec<ApiKeyRecord>> {
-        access::list_keys(self, tenant).await
-    }
-
-    async fn revoke_api_key(
-        &self,
-        tenant: Option<TenantId>,
-        id: &str,
-        now: Timestamp,
-    ) -> StoreResult<Option<ApiKeyRecord>> {
-        access::revoke_key(self, tenant, id, now).await
-    }
-
-    async fn append_audit(&self, entries: &[NewAuditEntry]) -> StoreResult<Vec<AuditEntry>> {
-        access::append_audit(self, entries).await
-    }
-
-    async fn list_audit(&self, filter: &AuditFilter) -> StoreResult<Vec<AuditEntry>> {
-        access::list_audit(self, filter).await
-    }
-
+crate::tasks::task_store!(PostgresStore, Postgres, {
     async fn insert_tasks(&self, tasks: &[NewTask]) -> StoreResult<Vec<Inserted>> {
         if tasks.is_empty() {
             return Ok(Vec::new());
@@ -407,36 +336,6 @@ impl Store for PostgresStore {
         let task = fetch_task(&mut tx, tenant, id).await?;
         tx.commit().await?;
         Ok(task)
-    }
-
-    async fn list_tasks(&self, filter: &TaskFilter) -> StoreResult<Vec<Task>> {
-        let mut query = QueryBuilder::<Postgres>::new(concat!(
-            "SELECT ",
-            task_columns!(),
-            " FROM tasks WHERE TRUE"
-        ));
-        if let Some(tenant) = filter.tenant_id {
-            query.push(" AND tenant_id = ").push_bind(tenant.0);
-        }
-        if let Some(status) = filter.status {
-            query.push(" AND status = ").push_bind(status.as_str());
-        }
-        if let Some(agent_type) = &filter.agent_type {
-            query
-                .push(" AND agent_type = ")
-                .push_bind(agent_type.as_str());
-        }
-        if let Some(before) = filter.before {
-            query.push(" AND id < ").push_bind(before.0);
-        }
-        query
-            .push(" ORDER BY id DESC LIMIT ")
-            .push_bind(i64::from(filter.limit));
-        let rows = query
-            .build_query_as::<TaskRow>()
-            .fetch_all(&self.pool)
-            .await?;
-        rows.into_iter().map(TaskRow::into_task).collect()
     }
 
     async fn cancel_task(
@@ -628,7 +527,7 @@ impl Store for PostgresStore {
         let now_us = micros(now);
         let mut tx = self.pool.begin().await?;
         if let Some(fence) = fence {
-            let holds: Option<i64> = sqlx::query_scalar(crate::leases::FENCE_PG)
+            let holds: Option<i64> = sqlx::query_scalar(crate::coordination::FENCE_PG)
                 .bind(&fence.lease)
                 .bind(&fence.holder)
                 .bind(fence.generation)
@@ -674,399 +573,17 @@ impl Store for PostgresStore {
         tx.commit().await?;
         Ok(out)
     }
+});
 
-    async fn task_counts_by_status(&self) -> StoreResult<Vec<(TaskStatus, u64)>> {
-        let rows: Vec<(String, i64)> =
-            sqlx::query_as("SELECT status, COUNT(*) FROM tasks GROUP BY status")
-                .fetch_all(&self.pool)
-                .await?;
-        crate::rows::status_counts(rows)
-    }
-
-    async fn queued_by_type(&self) -> StoreResult<BTreeMap<String, u64>> {
-        let rows: Vec<(String, i64)> = sqlx::query_as(
-            "SELECT agent_type, COUNT(*) FROM tasks WHERE status = 'queued' GROUP BY agent_type",
-        )
-        .fetch_all(&self.pool)
-        .await?;
-        rows.into_iter()
-            .map(|(agent_type, n)| Ok((agent_type, count("queued count", n)?)))
-            .collect()
-    }
-
-    async fn insert_agent(&self, agent: &AgentInstance) -> StoreResult<()> {
-        sqlx::query(
-            "INSERT INTO agents (id, agent_type, url, capacity, load, weight, status, version, metadata, \
-             signing_secret, last_heartbeat, created_at, tenant_id) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
-        )
-        .bind(agent.id.0)
-        .bind(&agent.agent_type)
-        .bind(&agent.url)
-        .bind(i64::from(agent.capacity))
-        .bind(i64::from(agent.load))
-        .bind(i64::from(agent.weight))
-        .bind(agent.status.as_str())
-        .bind(agent.version.as_deref())
-        .bind(Json(&agent.metadata))
-        .bind(&agent.signing_secret)
-        .bind(micros(agent.last_heartbeat))
-        .bind(micros(agent.created_at))
-        .bind(agent.tenant_id.map(|t| t.0))
-        .execute(&self.pool)
-        .await?;
-        Ok(())
-    }
-
-    async fn get_agent(&self, id: AgentId) -> StoreResult<Option<AgentInstance>> {
-        sqlx::query_as::<_, AgentRow>(concat!(
-            "SELECT ",
-            agent_columns!(),
-            " FROM agents WHERE id = $1"
-        ))
-        .bind(id.0)
-        .fetch_optional(&self.pool)
-        .await?
-        .map(AgentRow::into_agent)
-        .transpose()
-    }
-
-    async fn list_agents(&self) -> StoreResult<Vec<AgentInstance>> {
-        let rows = sqlx::query_as::<_, AgentRow>(concat!(
-            "SELECT ",
-            agent_columns!(),
-            " FROM agents ORDER BY created_at, id"
-        ))
-        .fetch_all(&self.pool)
-        .await?;
-        rows.into_iter().map(AgentRow::into_agent).collect()
-    }
-
-    async fn heartbeat_agent(
-        &self,
-        id: AgentId,
-        load: u32,
-        status: AgentStatus,
-        now: Timestamp,
-    ) -> StoreResult<bool> {
-        let n = sqlx::query(
-            "UPDATE agents SET load = $2, status = $3, last_heartbeat = $4 WHERE id = $1",
-        )
-        .bind(id.0)
-        .bind(i64::from(load))
-        .bind(status.as_str())
-        .bind(micros(now))
-        .execute(&self.pool)
-        .await?
-        .rows_affected();
-        Ok(n > 0)
-    }
-
-    async fn set_agent_status(&self, id: AgentId, status: AgentStatus) -> StoreResult<bool> {
-        let n = sqlx::query("UPDATE agents SET status = $2 WHERE id = $1")
-            .bind(id.0)
-            .bind(status.as_str())
-            .execute(&self.pool)
-            .await?
-            .rows_affected();
-        Ok(n > 0)
-    }
-
-    async fn delete_agent(&self, id: AgentId) -> StoreResult<bool> {
-        let n = sqlx::query("DELETE FROM agents WHERE id = $1")
-            .bind(id.0)
-            .execute(&self.pool)
-            .await?
-            .rows_affected();
-        Ok(n > 0)
-    }
-
+crate::fleet::fleet_store!(PostgresStore, Postgres, {
     async fn insert_events(&self, events: &[NewEvent]) -> StoreResult<()> {
         events::insert(self, events).await
     }
+});
 
-    async fn list_events(&self, filter: &EventFilter) -> StoreResult<Vec<Event>> {
-        events::list(self, filter).await
-    }
+crate::usage::usage_store!(PostgresStore, Postgres);
 
-    async fn prune_events(&self, keep: u64) -> StoreResult<u64> {
-        events::prune(self, keep).await
-    }
-
-    async fn insert_secret_version(&self, secret: &SealedSecret, keep: u32) -> StoreResult<bool> {
-        secrets::insert(self, secret, keep).await
-    }
-
-    async fn last_secret_version(&self, tenant: TenantId, path: &str) -> StoreResult<Option<u32>> {
-        secrets::last_version(self, tenant, path).await
-    }
-
-    async fn get_secret_version(
-        &self,
-        tenant: TenantId,
-        path: &str,
-        version: Option<u32>,
-    ) -> StoreResult<Option<SealedSecret>> {
-        secrets::get(self, tenant, path, version).await
-    }
-
-    async fn list_secrets(
-        &self,
-        tenant: TenantId,
-        prefix: &str,
-        limit: u32,
-    ) -> StoreResult<Vec<SecretSummary>> {
-        secrets::list(self, tenant, prefix, limit).await
-    }
-
-    async fn delete_secret(
-        &self,
-        tenant: TenantId,
-        path: &str,
-        now: Timestamp,
-    ) -> StoreResult<Option<u32>> {
-        secrets::delete(self, tenant, path, now).await
-    }
-
-    async fn secret_keys_to_rewrap(
-        &self,
-        current: &str,
-        after: Option<&SecretCursor>,
-        limit: u32,
-    ) -> StoreResult<Vec<WrappedSecretKey>> {
-        secrets::keys_to_rewrap(self, current, after, limit).await
-    }
-
-    async fn rewrap_secret_key(
-        &self,
-        old: &WrappedSecretKey,
-        wrapped_key: &[u8],
-        master_key_id: &str,
-    ) -> StoreResult<bool> {
-        secrets::rewrap(self, old, wrapped_key, master_key_id).await
-    }
-
-    async fn secret_versions_by_master_key(&self) -> StoreResult<Vec<(String, u64)>> {
-        secrets::count_by_master_key(self).await
-    }
-
-    async fn insert_usage(&self, records: &[UsageRecord]) -> StoreResult<()> {
-        usage::insert(self, records).await
-    }
-
-    async fn list_usage(&self, filter: &UsageFilter) -> StoreResult<Vec<UsageRecord>> {
-        usage::list(self, filter).await
-    }
-
-    async fn usage_spend(
-        &self,
-        tenant: TenantId,
-        since: Timestamp,
-        until: Timestamp,
-    ) -> StoreResult<Money> {
-        usage::spend(self, tenant, since, until).await
-    }
-
-    async fn usage_daily(
-        &self,
-        tenant: Option<TenantId>,
-        since: Timestamp,
-        until: Timestamp,
-    ) -> StoreResult<Vec<DailyUsage>> {
-        usage::daily_usage(self, tenant, since, until).await
-    }
-
-    async fn put_budget(&self, budget: &Budget) -> StoreResult<()> {
-        usage::put_budget(self, budget).await
-    }
-
-    async fn list_budgets(&self, tenant: Option<TenantId>) -> StoreResult<Vec<Budget>> {
-        usage::list_budgets(self, tenant).await
-    }
-
-    async fn delete_budget(&self, tenant: TenantId, period: Period) -> StoreResult<bool> {
-        usage::delete_budget(self, tenant, period).await
-    }
-
-    async fn mark_budget_threshold(
-        &self,
-        tenant: TenantId,
-        period: Period,
-        window_start: Timestamp,
-        threshold: u32,
-        now: Timestamp,
-    ) -> StoreResult<bool> {
-        usage::mark_threshold(self, tenant, period, window_start, threshold, now).await
-    }
-
-    async fn reserve_budget(
-        &self,
-        tenant: TenantId,
-        windows: &[BudgetWindow],
-        amount: Money,
-        owner: &str,
-        now: Timestamp,
-        stale_before: Timestamp,
-    ) -> StoreResult<Reservation> {
-        usage::reserve(self, tenant, windows, amount, owner, now, stale_before).await
-    }
-
-    async fn settle_budget(
-        &self,
-        tenant: TenantId,
-        windows: &[BudgetWindow],
-        reserved: Money,
-        actual: Money,
-        owner: &str,
-        now: Timestamp,
-    ) -> StoreResult<Vec<(Money, Money)>> {
-        usage::settle(self, tenant, windows, reserved, actual, owner, now).await
-    }
-
-    async fn budget_spend(
-        &self,
-        tenant: TenantId,
-        window: &BudgetWindow,
-        stale_before: Timestamp,
-    ) -> StoreResult<Spend> {
-        usage::budget_spend(self, tenant, window, stale_before).await
-    }
-
-    async fn prune_budget_state(
-        &self,
-        stale_before: Timestamp,
-        windows_before: Timestamp,
-    ) -> StoreResult<u64> {
-        usage::prune(self, stale_before, windows_before).await
-    }
-
-    async fn take_buckets(
-        &self,
-        takes: &[crate::BucketTake],
-        now: Timestamp,
-    ) -> StoreResult<Result<(), (usize, std::time::Duration)>> {
-        buckets::take(self, takes, now).await
-    }
-
-    async fn settle_buckets(
-        &self,
-        settles: &[crate::BucketSettle],
-        now: Timestamp,
-    ) -> StoreResult<()> {
-        buckets::settle(self, settles, now).await
-    }
-
-    async fn prune_buckets(
-        &self,
-        idle_before: Timestamp,
-        now: Timestamp,
-        limit: u32,
-    ) -> StoreResult<u64> {
-        buckets::prune(self, idle_before, now, limit).await
-    }
-
-    async fn put_silence(&self, id: uuid::Uuid, until: Timestamp, body: &str) -> StoreResult<()> {
-        sqlx::query(crate::alert_board::PUT_SILENCE)
-            .bind(id)
-            .bind(micros(until))
-            .bind(body)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
-    }
-
-    async fn delete_silence(&self, id: uuid::Uuid) -> StoreResult<Option<String>> {
-        Ok(sqlx::query_scalar(crate::alert_board::DELETE_SILENCE)
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?)
-    }
-
-    async fn list_silences(&self, now: Timestamp) -> StoreResult<Vec<String>> {
-        sqlx::query(crate::alert_board::FORGET_SILENCES)
-            .bind(micros(now))
-            .execute(&self.pool)
-            .await?;
-        Ok(sqlx::query_scalar(crate::alert_board::SILENCES)
-            .fetch_all(&self.pool)
-            .await?)
-    }
-
-    async fn put_board(&self, name: &str, body: &str, now: Timestamp) -> StoreResult<()> {
-        sqlx::query(crate::alert_board::PUT_BOARD)
-            .bind(name)
-            .bind(body)
-            .bind(micros(now))
-            .execute(&self.pool)
-            .await?;
-        Ok(())
-    }
-
-    async fn get_board(&self, name: &str) -> StoreResult<Option<(String, Timestamp)>> {
-        let row: Option<(String, i64)> = sqlx::query_as(crate::alert_board::BOARD)
-            .bind(name)
-            .fetch_optional(&self.pool)
-            .await?;
-        row.map(|(body, at)| Ok((body, crate::rows::from_micros(at)?)))
-            .transpose()
-    }
-
-    async fn claim_lease(
-        &self,
-        name: &str,
-        holder: &str,
-        now: Timestamp,
-        until: Timestamp,
-    ) -> StoreResult<crate::LeaderLease> {
-        let claimed: Option<crate::leases::Row> = sqlx::query_as(crate::leases::CLAIM)
-            .bind(name)
-            .bind(holder)
-            .bind(micros(until))
-            .bind(micros(now))
-            .fetch_optional(&self.pool)
-            .await?;
-        let row = match claimed {
-            Some(row) => row,
-            None => {
-                sqlx::query_as(crate::leases::CURRENT)
-                    .bind(name)
-                    .fetch_one(&self.pool)
-                    .await?
-            }
-        };
-        crate::leases::lease(row)
-    }
-
-    async fn release_lease(&self, name: &str, holder: &str, now: Timestamp) -> StoreResult<bool> {
-        let n = sqlx::query(crate::leases::RELEASE)
-            .bind(micros(now) - 1)
-            .bind(name)
-            .bind(holder)
-            .execute(&self.pool)
-            .await?
-            .rows_affected();
-        Ok(n > 0)
-    }
-
-    async fn live_leases(
-        &self,
-        prefix: &str,
-        now: Timestamp,
-        forget_before: Timestamp,
-    ) -> StoreResult<u64> {
-        sqlx::query(crate::leases::FORGET)
-            .bind(prefix)
-            .bind(micros(forget_before))
-            .execute(&self.pool)
-            .await?;
-        let n: i64 = sqlx::query_scalar(crate::leases::LIVE)
-            .bind(prefix)
-            .bind(micros(now))
-            .fetch_one(&self.pool)
-            .await?;
-        Ok(u64::try_from(n).unwrap_or(0))
-    }
-
+crate::coordination::coordination_store!(PostgresStore, {
     async fn notify(&self, payload: &str) -> StoreResult<()> {
         sqlx::query("SELECT pg_notify($1, $2)")
             .bind(&self.channel)
@@ -1081,4 +598,4 @@ impl Store for PostgresStore {
         listener.listen(&self.channel).await?;
         Ok(Some(crate::Listener(listener)))
     }
-}
+});

@@ -176,3 +176,237 @@ pub(crate) fn summaries(rows: Vec<ListRow>) -> StoreResult<Vec<SecretSummary>> {
 pub(crate) fn oldest_kept(latest: u32, keep: u32) -> i64 {
     i64::from(latest) - i64::from(keep.max(1)) + 1
 }
+
+/// The columns of a [`SealedRow`].
+macro_rules! sealed_columns {
+    () => {
+        "tenant_id, path, version, ciphertext, wrapped_key, master_key_id, created_at, created_by"
+    };
+}
+
+/// Claims version 1 of a new path.
+pub(crate) const CLAIM_FIRST: &str = "INSERT INTO secrets (tenant_id, path, last_version, created_at, updated_at) \
+     VALUES ($1, $2, 1, $3, $3) ON CONFLICT DO NOTHING";
+/// Claims the next version of a path; a deleted secret written again starts a new life
+/// (created_at) but keeps counting.
+pub(crate) const CLAIM_NEXT: &str = "UPDATE secrets SET last_version = $3, updated_at = $4, \
+     created_at = CASE WHEN deleted_at IS NULL THEN created_at ELSE $4 END, deleted_at = NULL \
+     WHERE tenant_id = $1 AND path = $2 AND last_version = $3 - 1";
+pub(crate) const INSERT_VERSION: &str = "INSERT INTO secret_versions \
+     (tenant_id, path, version, ciphertext, wrapped_key, master_key_id, created_at, created_by) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8)";
+pub(crate) const FORGET_OLD: &str =
+    "DELETE FROM secret_versions WHERE tenant_id = $1 AND path = $2 AND version < $3";
+pub(crate) const LAST_VERSION: &str =
+    "SELECT last_version FROM secrets WHERE tenant_id = $1 AND path = $2";
+pub(crate) const VERSION: &str = concat!(
+    "SELECT ",
+    sealed_columns!(),
+    " FROM secret_versions WHERE tenant_id = $1 AND path = $2 AND version = $3"
+);
+pub(crate) const LATEST: &str = concat!(
+    "SELECT ",
+    sealed_columns!(),
+    " FROM secret_versions WHERE tenant_id = $1 AND path = $2 ORDER BY version DESC LIMIT 1"
+);
+pub(crate) const LIST: &str = "SELECT s.path, s.last_version, s.created_at AS secret_created_at, s.updated_at, \
+            v.version, v.created_at AS version_created_at \
+     FROM secrets s JOIN secret_versions v ON v.tenant_id = s.tenant_id AND v.path = s.path \
+     WHERE s.tenant_id = $1 AND s.path IN ( \
+         SELECT path FROM secrets WHERE tenant_id = $1 AND deleted_at IS NULL \
+         AND substr(path, 1, length($2)) = $2 ORDER BY path LIMIT $3) \
+     ORDER BY s.path, v.version";
+pub(crate) const MARK_DELETED: &str = "UPDATE secrets SET deleted_at = $3 \
+     WHERE tenant_id = $1 AND path = $2 AND deleted_at IS NULL";
+pub(crate) const DELETE_VERSIONS: &str =
+    "DELETE FROM secret_versions WHERE tenant_id = $1 AND path = $2";
+pub(crate) const KEYS_AFTER: &str = "SELECT tenant_id, path, version, wrapped_key, master_key_id \
+     FROM secret_versions WHERE master_key_id <> $1 AND (tenant_id, path, version) > ($2, $3, $4) \
+     ORDER BY tenant_id, path, version LIMIT $5";
+pub(crate) const KEYS_FIRST: &str = "SELECT tenant_id, path, version, wrapped_key, master_key_id \
+     FROM secret_versions WHERE master_key_id <> $1 ORDER BY tenant_id, path, version LIMIT $2";
+pub(crate) const REWRAP: &str = "UPDATE secret_versions SET wrapped_key = $5, master_key_id = $6 \
+     WHERE tenant_id = $1 AND path = $2 AND version = $3 AND master_key_id = $4";
+pub(crate) const BY_MASTER_KEY: &str =
+    "SELECT master_key_id, COUNT(*) FROM secret_versions GROUP BY master_key_id ORDER BY 1";
+
+/// [`crate::SecretStore`] for a backend, written once (see `crate::sql`). A new version applies
+/// only if it is exactly one more than the last version at its path, which makes concurrent
+/// writers of one path retry instead of overwriting each other.
+macro_rules! secret_store {
+    ($store:ty) => {
+        #[async_trait::async_trait]
+        impl crate::SecretStore for $store {
+            async fn insert_secret_version(
+                &self,
+                s: &crate::SealedSecret,
+                keep: u32,
+            ) -> crate::StoreResult<bool> {
+                use crate::secrets::*;
+                let mut tx = self.begin().await?;
+                let at = crate::rows::micros(s.created_at);
+                let claimed = if s.version == 1 {
+                    sqlx::query(CLAIM_FIRST)
+                        .bind(s.tenant_id.0)
+                        .bind(&s.path)
+                        .bind(at)
+                } else {
+                    sqlx::query(CLAIM_NEXT)
+                        .bind(s.tenant_id.0)
+                        .bind(&s.path)
+                        .bind(i64::from(s.version))
+                        .bind(at)
+                };
+                if claimed.execute(&mut *tx).await?.rows_affected() != 1 {
+                    return Ok(false);
+                }
+                sqlx::query(INSERT_VERSION)
+                    .bind(s.tenant_id.0)
+                    .bind(&s.path)
+                    .bind(i64::from(s.version))
+                    .bind(&s.ciphertext)
+                    .bind(&s.wrapped_key)
+                    .bind(&s.master_key_id)
+                    .bind(at)
+                    .bind(s.created_by.as_deref())
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query(FORGET_OLD)
+                    .bind(s.tenant_id.0)
+                    .bind(&s.path)
+                    .bind(oldest_kept(s.version, keep))
+                    .execute(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+                Ok(true)
+            }
+
+            async fn last_secret_version(
+                &self,
+                tenant: flotilla_core::id::TenantId,
+                path: &str,
+            ) -> crate::StoreResult<Option<u32>> {
+                let last: Option<i64> = sqlx::query_scalar(crate::secrets::LAST_VERSION)
+                    .bind(tenant.0)
+                    .bind(path)
+                    .fetch_optional(self.reads())
+                    .await?;
+                last.map(crate::secrets::version_of).transpose()
+            }
+
+            async fn get_secret_version(
+                &self,
+                tenant: flotilla_core::id::TenantId,
+                path: &str,
+                version: Option<u32>,
+            ) -> crate::StoreResult<Option<crate::SealedSecret>> {
+                use crate::secrets::*;
+                let query = match version {
+                    Some(v) => sqlx::query_as(VERSION)
+                        .bind(tenant.0)
+                        .bind(path)
+                        .bind(i64::from(v)),
+                    None => sqlx::query_as(LATEST).bind(tenant.0).bind(path),
+                };
+                let row: Option<SealedRow> = query.fetch_optional(self.reads()).await?;
+                row.map(SealedSecret::try_from).transpose()
+            }
+
+            async fn list_secrets(
+                &self,
+                tenant: flotilla_core::id::TenantId,
+                prefix: &str,
+                limit: u32,
+            ) -> crate::StoreResult<Vec<crate::SecretSummary>> {
+                let rows: Vec<crate::secrets::ListRow> = sqlx::query_as(crate::secrets::LIST)
+                    .bind(tenant.0)
+                    .bind(prefix)
+                    .bind(i64::from(limit))
+                    .fetch_all(self.reads())
+                    .await?;
+                crate::secrets::summaries(rows)
+            }
+
+            async fn delete_secret(
+                &self,
+                tenant: flotilla_core::id::TenantId,
+                path: &str,
+                now: flotilla_core::Timestamp,
+            ) -> crate::StoreResult<Option<u32>> {
+                use crate::secrets::*;
+                let mut tx = self.begin().await?;
+                let marked = sqlx::query(MARK_DELETED)
+                    .bind(tenant.0)
+                    .bind(path)
+                    .bind(crate::rows::micros(now))
+                    .execute(&mut *tx)
+                    .await?;
+                if marked.rows_affected() == 0 {
+                    return Ok(None);
+                }
+                let deleted = sqlx::query(DELETE_VERSIONS)
+                    .bind(tenant.0)
+                    .bind(path)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                tx.commit().await?;
+                Ok(Some(u32::try_from(deleted).unwrap_or(u32::MAX)))
+            }
+
+            async fn secret_keys_to_rewrap(
+                &self,
+                current: &str,
+                after: Option<&crate::SecretCursor>,
+                limit: u32,
+            ) -> crate::StoreResult<Vec<crate::WrappedSecretKey>> {
+                use crate::secrets::*;
+                let query = match after {
+                    Some(c) => sqlx::query_as(KEYS_AFTER)
+                        .bind(current)
+                        .bind(c.tenant_id.0)
+                        .bind(&c.path)
+                        .bind(i64::from(c.version)),
+                    None => sqlx::query_as(KEYS_FIRST).bind(current),
+                };
+                let rows: Vec<KeyRow> =
+                    query.bind(i64::from(limit)).fetch_all(self.reads()).await?;
+                rows.into_iter().map(WrappedSecretKey::try_from).collect()
+            }
+
+            async fn rewrap_secret_key(
+                &self,
+                old: &crate::WrappedSecretKey,
+                wrapped_key: &[u8],
+                master_key_id: &str,
+            ) -> crate::StoreResult<bool> {
+                let mut tx = self.begin().await?;
+                let updated = sqlx::query(crate::secrets::REWRAP)
+                    .bind(old.tenant_id.0)
+                    .bind(&old.path)
+                    .bind(i64::from(old.version))
+                    .bind(&old.master_key_id)
+                    .bind(wrapped_key)
+                    .bind(master_key_id)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                tx.commit().await?;
+                Ok(updated == 1)
+            }
+
+            async fn secret_versions_by_master_key(
+                &self,
+            ) -> crate::StoreResult<Vec<(String, u64)>> {
+                let rows: Vec<(String, i64)> = sqlx::query_as(crate::secrets::BY_MASTER_KEY)
+                    .fetch_all(self.reads())
+                    .await?;
+                Ok(rows
+                    .into_iter()
+                    .map(|(id, n)| (id, u64::try_from(n).unwrap_or(0)))
+                    .collect())
+            }
+        }
+    };
+}
+pub(crate) use secret_store;

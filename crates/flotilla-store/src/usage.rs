@@ -30,7 +30,6 @@ macro_rules! usage_day {
         "(created_at - (((created_at % 86400000000) + 86400000000) % 86400000000)) / 86400000000"
     };
 }
-pub(crate) use usage_day;
 
 /// A count or amount as stored.
 pub(crate) fn stored(v: u64) -> i64 {
@@ -203,6 +202,301 @@ pub(crate) fn fit(windows: &[BudgetWindow], spends: Vec<Spend>, amount: Money) -
     }
     Reservation::Granted(spends)
 }
+
+/// Creates a window's counter row if missing.
+pub(crate) const OPEN_WINDOW: &str = "INSERT INTO budget_spend \
+     (tenant_id, period, window_start, spent_pico) VALUES ($1, $2, $3, 0) ON CONFLICT DO NOTHING";
+/// Adds to an owner's reservation; a stale one no longer counted, so the amount replaces it.
+pub(crate) const ADD_RESERVATION: &str = "INSERT INTO budget_reservations \
+     (tenant_id, period, window_start, owner, reserved_pico, updated_at) \
+     VALUES ($1, $2, $3, $4, $5, $6) \
+     ON CONFLICT (tenant_id, period, window_start, owner) DO UPDATE SET \
+     reserved_pico = CASE WHEN budget_reservations.updated_at < $7 THEN excluded.reserved_pico \
+                     ELSE budget_reservations.reserved_pico + excluded.reserved_pico END, \
+     updated_at = excluded.updated_at";
+/// Adds to a window's spent counter, returning it.
+pub(crate) const ADD_SPENT: &str = "INSERT INTO budget_spend \
+     (tenant_id, period, window_start, spent_pico) VALUES ($1, $2, $3, $4) \
+     ON CONFLICT (tenant_id, period, window_start) DO UPDATE SET \
+     spent_pico = budget_spend.spent_pico + excluded.spent_pico RETURNING spent_pico";
+pub(crate) const SPEND: &str = "SELECT CAST(COALESCE(SUM(cost_pico), 0) AS BIGINT) FROM usage \
+     WHERE tenant_id = $1 AND created_at >= $2 AND created_at < $3";
+pub(crate) const DAILY: &str = concat!(
+    "SELECT ",
+    usage_day!(),
+    " AS day, model, agent_type, COUNT(*) AS calls, \
+     CAST(SUM(input_tokens) AS BIGINT) AS input_tokens, \
+     CAST(SUM(cached_input_tokens) AS BIGINT) AS cached_input_tokens, \
+     CAST(SUM(output_tokens) AS BIGINT) AS output_tokens, \
+     CAST(SUM(reasoning_tokens) AS BIGINT) AS reasoning_tokens, \
+     CAST(COALESCE(SUM(cost_pico), 0) AS BIGINT) AS cost_pico, \
+     CAST(SUM(CASE WHEN cost_pico IS NULL THEN 1 ELSE 0 END) AS BIGINT) AS unknown_cost_calls \
+     FROM usage WHERE ($1 IS NULL OR tenant_id = $1) AND created_at >= $2 AND created_at < $3 \
+     GROUP BY 1, 2, 3"
+);
+pub(crate) const PUT_BUDGET: &str = "INSERT INTO budgets \
+     (tenant_id, period, limit_pico, thresholds, enforcement, updated_at) \
+     VALUES ($1, $2, $3, $4, $5, $6) \
+     ON CONFLICT (tenant_id, period) DO UPDATE SET limit_pico = excluded.limit_pico, \
+     thresholds = excluded.thresholds, enforcement = excluded.enforcement, \
+     updated_at = excluded.updated_at";
+pub(crate) const BUDGETS: &str = "SELECT tenant_id, period, limit_pico, \
+     CAST(thresholds AS TEXT) AS thresholds, enforcement, updated_at FROM budgets \
+     WHERE ($1 IS NULL OR tenant_id = $1) ORDER BY tenant_id, period";
+pub(crate) const DELETE_BUDGET: &str = "DELETE FROM budgets WHERE tenant_id = $1 AND period = $2";
+pub(crate) const MARK_THRESHOLD: &str = "INSERT INTO budget_thresholds_fired \
+     (tenant_id, period, window_start, threshold, fired_at) \
+     VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING";
+pub(crate) const PRUNE_RESERVATIONS: &str =
+    "DELETE FROM budget_reservations WHERE updated_at < $1 OR window_start < $2";
+pub(crate) const PRUNE_WINDOWS: [&str; 2] = [
+    "DELETE FROM budget_spend WHERE window_start < $1",
+    "DELETE FROM budget_thresholds_fired WHERE window_start < $1",
+];
+
+/// [`crate::UsageStore`] for a backend `$store` of database `$db`: listings, budgets and pruning
+/// written once (see `crate::sql`); bulk inserts, reservations, settlements and buckets, which
+/// lock differently per backend, in the backend's `usage` and `buckets` modules.
+macro_rules! usage_store {
+    ($store:ty, $db:ty) => {
+        #[async_trait::async_trait]
+        impl crate::UsageStore for $store {
+            async fn insert_usage(
+                &self,
+                records: &[flotilla_core::usage::UsageRecord],
+            ) -> crate::StoreResult<()> {
+                usage::insert(self, records).await
+            }
+
+            async fn list_usage(
+                &self,
+                filter: &crate::UsageFilter,
+            ) -> crate::StoreResult<Vec<flotilla_core::usage::UsageRecord>> {
+                use crate::rows::micros_opt;
+                let mut query = sqlx::QueryBuilder::<$db>::new(concat!(
+                    "SELECT ",
+                    crate::usage::usage_columns!(),
+                    " FROM usage WHERE 1 = 1"
+                ));
+                if let Some(tenant) = filter.tenant_id {
+                    query.push(" AND tenant_id = ").push_bind(tenant.0);
+                }
+                if let Some(task) = filter.task_id {
+                    query.push(" AND task_id = ").push_bind(task.0);
+                }
+                if let Some(model) = &filter.model {
+                    query.push(" AND model = ").push_bind(model.as_str());
+                }
+                if let Some(agent_type) = &filter.agent_type {
+                    query
+                        .push(" AND agent_type = ")
+                        .push_bind(agent_type.as_str());
+                }
+                if let Some(since) = micros_opt(filter.since) {
+                    query.push(" AND created_at >= ").push_bind(since);
+                }
+                if let Some(until) = micros_opt(filter.until) {
+                    query.push(" AND created_at < ").push_bind(until);
+                }
+                if let Some(before) = filter.before {
+                    query.push(" AND id < ").push_bind(before);
+                }
+                query
+                    .push(" ORDER BY id DESC LIMIT ")
+                    .push_bind(i64::from(filter.limit));
+                query
+                    .build_query_as::<crate::usage::UsageRow>()
+                    .fetch_all(self.reads())
+                    .await?
+                    .into_iter()
+                    .map(flotilla_core::usage::UsageRecord::try_from)
+                    .collect()
+            }
+
+            async fn usage_spend(
+                &self,
+                tenant: flotilla_core::id::TenantId,
+                since: flotilla_core::Timestamp,
+                until: flotilla_core::Timestamp,
+            ) -> crate::StoreResult<flotilla_core::money::Money> {
+                let pico: i64 = sqlx::query_scalar(crate::usage::SPEND)
+                    .bind(tenant.0)
+                    .bind(crate::rows::micros(since))
+                    .bind(crate::rows::micros(until))
+                    .fetch_one(self.reads())
+                    .await?;
+                Ok(flotilla_core::money::Money::from_pico(pico))
+            }
+
+            async fn usage_daily(
+                &self,
+                tenant: Option<flotilla_core::id::TenantId>,
+                since: flotilla_core::Timestamp,
+                until: flotilla_core::Timestamp,
+            ) -> crate::StoreResult<Vec<flotilla_core::usage::DailyUsage>> {
+                let rows: Vec<crate::usage::DailyRow> = sqlx::query_as(crate::usage::DAILY)
+                    .bind(tenant.map(|t| t.0))
+                    .bind(crate::rows::micros(since))
+                    .bind(crate::rows::micros(until))
+                    .fetch_all(self.reads())
+                    .await?;
+                crate::usage::daily(rows)
+            }
+
+            async fn put_budget(
+                &self,
+                budget: &flotilla_core::budget::Budget,
+            ) -> crate::StoreResult<()> {
+                let mut w = self.writer().await?;
+                sqlx::query(crate::usage::PUT_BUDGET)
+                    .bind(budget.tenant_id.0)
+                    .bind(budget.period.as_str())
+                    .bind(budget.limit.pico())
+                    .bind(sqlx::types::Json(&budget.thresholds))
+                    .bind(budget.enforcement.as_str())
+                    .bind(crate::rows::micros(budget.updated_at))
+                    .execute(w.conn())
+                    .await?;
+                w.commit().await
+            }
+
+            async fn list_budgets(
+                &self,
+                tenant: Option<flotilla_core::id::TenantId>,
+            ) -> crate::StoreResult<Vec<flotilla_core::budget::Budget>> {
+                sqlx::query_as::<_, crate::usage::BudgetRow>(crate::usage::BUDGETS)
+                    .bind(tenant.map(|t| t.0))
+                    .fetch_all(self.reads())
+                    .await?
+                    .into_iter()
+                    .map(flotilla_core::budget::Budget::try_from)
+                    .collect()
+            }
+
+            async fn delete_budget(
+                &self,
+                tenant: flotilla_core::id::TenantId,
+                period: flotilla_core::budget::Period,
+            ) -> crate::StoreResult<bool> {
+                let mut w = self.writer().await?;
+                let deleted = sqlx::query(crate::usage::DELETE_BUDGET)
+                    .bind(tenant.0)
+                    .bind(period.as_str())
+                    .execute(w.conn())
+                    .await?
+                    .rows_affected();
+                w.commit().await?;
+                Ok(deleted > 0)
+            }
+
+            async fn mark_budget_threshold(
+                &self,
+                tenant: flotilla_core::id::TenantId,
+                period: flotilla_core::budget::Period,
+                window_start: flotilla_core::Timestamp,
+                threshold: u32,
+                now: flotilla_core::Timestamp,
+            ) -> crate::StoreResult<bool> {
+                let mut w = self.writer().await?;
+                let inserted = sqlx::query(crate::usage::MARK_THRESHOLD)
+                    .bind(tenant.0)
+                    .bind(period.as_str())
+                    .bind(crate::rows::micros(window_start))
+                    .bind(i64::from(threshold))
+                    .bind(crate::rows::micros(now))
+                    .execute(w.conn())
+                    .await?
+                    .rows_affected();
+                w.commit().await?;
+                Ok(inserted == 1)
+            }
+
+            async fn reserve_budget(
+                &self,
+                tenant: flotilla_core::id::TenantId,
+                windows: &[crate::BudgetWindow],
+                amount: flotilla_core::money::Money,
+                owner: &str,
+                now: flotilla_core::Timestamp,
+                stale_before: flotilla_core::Timestamp,
+            ) -> crate::StoreResult<crate::Reservation> {
+                usage::reserve(self, tenant, windows, amount, owner, now, stale_before).await
+            }
+
+            async fn settle_budget(
+                &self,
+                tenant: flotilla_core::id::TenantId,
+                windows: &[crate::BudgetWindow],
+                reserved: flotilla_core::money::Money,
+                actual: flotilla_core::money::Money,
+                owner: &str,
+                now: flotilla_core::Timestamp,
+            ) -> crate::StoreResult<Vec<(flotilla_core::money::Money, flotilla_core::money::Money)>>
+            {
+                usage::settle(self, tenant, windows, reserved, actual, owner, now).await
+            }
+
+            async fn budget_spend(
+                &self,
+                tenant: flotilla_core::id::TenantId,
+                window: &crate::BudgetWindow,
+                stale_before: flotilla_core::Timestamp,
+            ) -> crate::StoreResult<flotilla_core::budget::Spend> {
+                usage::budget_spend(self, tenant, window, stale_before).await
+            }
+
+            async fn prune_budget_state(
+                &self,
+                stale_before: flotilla_core::Timestamp,
+                windows_before: flotilla_core::Timestamp,
+            ) -> crate::StoreResult<u64> {
+                use crate::rows::micros;
+                let mut tx = self.begin().await?;
+                let mut deleted = sqlx::query(crate::usage::PRUNE_RESERVATIONS)
+                    .bind(micros(stale_before))
+                    .bind(micros(windows_before))
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                for table in crate::usage::PRUNE_WINDOWS {
+                    deleted += sqlx::query(table)
+                        .bind(micros(windows_before))
+                        .execute(&mut *tx)
+                        .await?
+                        .rows_affected();
+                }
+                tx.commit().await?;
+                Ok(deleted)
+            }
+
+            async fn take_buckets(
+                &self,
+                takes: &[crate::BucketTake],
+                now: flotilla_core::Timestamp,
+            ) -> crate::StoreResult<Result<(), (usize, std::time::Duration)>> {
+                buckets::take(self, takes, now).await
+            }
+
+            async fn settle_buckets(
+                &self,
+                settles: &[crate::BucketSettle],
+                now: flotilla_core::Timestamp,
+            ) -> crate::StoreResult<()> {
+                buckets::settle(self, settles, now).await
+            }
+
+            async fn prune_buckets(
+                &self,
+                idle_before: flotilla_core::Timestamp,
+                now: flotilla_core::Timestamp,
+                limit: u32,
+            ) -> crate::StoreResult<u64> {
+                buckets::prune(self, idle_before, now, limit).await
+            }
+        }
+    };
+}
+pub(crate) use usage_store;
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]

@@ -121,7 +121,7 @@ async fn migrations_are_idempotent_and_ready(store: DynStore) {
     store.migrate().await.unwrap();
     store.migrate().await.unwrap();
     assert!(store.ready().await.unwrap());
-    assert!(["sqlite", "postgres"].contains(&store.backend()));
+    assert!(["sqlite", "postgres"].contains(&store.topology().name()));
 }
 
 async fn tasks_round_trip_every_field(store: DynStore) {

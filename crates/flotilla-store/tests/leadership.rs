@@ -108,8 +108,8 @@ async fn leases_are_independent_by_name(store: DynStore) {
 async fn notifications_reach_every_listener(store: DynStore) {
     let Some(mut first) = store.listen().await.unwrap() else {
         assert_eq!(
-            store.backend(),
-            "sqlite",
+            store.topology(),
+            flotilla_store::Topology::Embedded,
             "only SQLite has no notifications"
         );
         store.notify("ignored").await.unwrap();

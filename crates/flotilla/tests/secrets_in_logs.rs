@@ -55,7 +55,7 @@ async fn no_key_or_signing_secret_is_ever_logged() {
     let store = flotilla_store::SqliteStore::open(&server.data_dir().join("flotilla.db"), 1)
         .await
         .unwrap();
-    let signing_secrets: Vec<String> = flotilla_store::Store::list_agents(&store)
+    let signing_secrets: Vec<String> = flotilla_store::FleetStore::list_agents(&store)
         .await
         .unwrap()
         .into_iter()

@@ -159,9 +159,9 @@ impl ApiError {
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
-            StoreError::Database(
-                sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed,
-            ) => ApiError::Unavailable(format!("the store is unavailable: {e}")),
+            StoreError::Unavailable(_) => {
+                ApiError::Unavailable(format!("the store is unavailable: {e}"))
+            }
             StoreError::Conflict(message) => ApiError::Conflict(message),
             other => ApiError::Internal(other.to_string()),
         }

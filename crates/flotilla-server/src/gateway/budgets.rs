@@ -61,7 +61,7 @@ pub struct Crossed {
 
 impl Budgets {
     pub fn new(store: DynStore, owner: Arc<str>) -> Budgets {
-        let local = (store.backend() == "sqlite").then(|| Mutex::new(HashMap::new()));
+        let local = (!store.topology().is_shared()).then(|| Mutex::new(HashMap::new()));
         Budgets {
             store,
             owner,

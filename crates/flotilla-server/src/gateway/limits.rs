@@ -5,7 +5,7 @@
 //!
 //! Where the buckets live depends on the store, as for budgets. With SQLite (one control plane by
 //! design) they are in this process, and the hot path takes no disk write. With PostgreSQL they
-//! are rows shared by every replica ([`flotilla_store::Store::take_buckets`]), so a limit holds
+//! are rows shared by every replica ([`flotilla_store::UsageStore::take_buckets`]), so a limit holds
 //! across replicas instead of multiplying by their number (docs/design.md §7). Either way every
 //! decision is [`flotilla_core::quota`]'s; this module names the buckets and carries the result.
 //!
@@ -179,7 +179,7 @@ impl Limits {
 
     /// Shared buckets on PostgreSQL, this process's on SQLite.
     pub fn for_store(config: GatewayLimits, store: &DynStore) -> Limits {
-        if store.backend() == "postgres" {
+        if store.topology().is_shared() {
             Limits::shared(config, store.clone())
         } else {
             Limits::new(config)

@@ -153,7 +153,7 @@ impl Vault {
         // Only an embedded store gets a generated key file, beside its database. The store in
         // hand decides (a test may pass a store other than the configured one).
         let embedded_dir = match &config.database {
-            Database::Sqlite(path) if store.backend() == "sqlite" => {
+            Database::Sqlite(path) if !store.topology().is_shared() => {
                 Some(path.parent().unwrap_or(std::path::Path::new("")))
             }
             Database::Sqlite(_) | Database::Postgres(_) => None,

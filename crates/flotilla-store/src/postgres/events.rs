@@ -8,10 +8,9 @@
 //! unlike a table lock, it never waits for (or cancels) autovacuum, and readers never wait.
 
 use super::PostgresStore;
-use crate::rows::{EventRow, event_columns, events_oldest_first, keep_param, micros};
-use crate::{EventFilter, StoreResult};
-use flotilla_core::event::{Event, NewEvent};
-use sqlx::{Postgres, QueryBuilder};
+use crate::StoreResult;
+use crate::rows::micros;
+use flotilla_core::event::NewEvent;
 
 pub(super) async fn insert(store: &PostgresStore, events: &[NewEvent]) -> StoreResult<()> {
     if events.is_empty() {
@@ -53,50 +52,4 @@ pub(super) async fn insert(store: &PostgresStore, events: &[NewEvent]) -> StoreR
     .await?;
     tx.commit().await?;
     Ok(())
-}
-
-pub(super) async fn list(store: &PostgresStore, filter: &EventFilter) -> StoreResult<Vec<Event>> {
-    let mut query = QueryBuilder::<Postgres>::new(concat!(
-        "SELECT ",
-        event_columns!(),
-        " FROM events WHERE TRUE"
-    ));
-    if let Some(agent_type) = &filter.agent_type {
-        query
-            .push(" AND agent_type = ")
-            .push_bind(agent_type.as_str());
-    }
-    if let Some(agent_id) = filter.agent_id {
-        query.push(" AND agent_id = ").push_bind(agent_id.0);
-    }
-    if let Some(kind) = filter.kind {
-        query.push(" AND kind = ").push_bind(kind.as_str());
-    }
-    match filter.after {
-        Some(after) => query
-            .push(" AND id > ")
-            .push_bind(after)
-            .push(" ORDER BY id ASC LIMIT "),
-        None => query.push(" ORDER BY id DESC LIMIT "),
-    };
-    query.push_bind(i64::from(filter.limit));
-    let rows = query
-        .build_query_as::<EventRow>()
-        .fetch_all(&store.pool)
-        .await?;
-    events_oldest_first(rows, filter.after.is_none())
-}
-
-pub(super) async fn prune(store: &PostgresStore, keep: u64) -> StoreResult<u64> {
-    // The subquery is the newest id to delete; with `keep` events or fewer it is NULL, and
-    // nothing matches.
-    let deleted = sqlx::query(
-        "DELETE FROM events WHERE id <= \
-         (SELECT id FROM events ORDER BY id DESC LIMIT 1 OFFSET $1)",
-    )
-    .bind(keep_param(keep))
-    .execute(&store.pool)
-    .await?
-    .rows_affected();
-    Ok(deleted)
 }

@@ -8,18 +8,15 @@
 //! isolation the check-then-add needs. Readers (`budget_spend`, listings) never lock.
 
 use super::PostgresStore;
-use crate::rows::{micros, micros_opt};
-use crate::usage::{
-    BudgetRow, DailyRow, UsageRow, daily, fit, lock_order, stored, usage_columns, usage_day,
-};
-use crate::{BudgetWindow, Reservation, StoreResult, UsageFilter};
+use crate::rows::micros;
+use crate::usage::{fit, lock_order, stored, usage_columns};
+use crate::{BudgetWindow, Reservation, StoreResult};
 use flotilla_core::Timestamp;
-use flotilla_core::budget::{Budget, Period, Spend};
+use flotilla_core::budget::Spend;
 use flotilla_core::id::TenantId;
 use flotilla_core::money::Money;
-use flotilla_core::usage::{DailyUsage, UsageRecord};
-use sqlx::types::Json;
-use sqlx::{PgConnection, PgExecutor, Postgres, QueryBuilder};
+use flotilla_core::usage::UsageRecord;
+use sqlx::{PgConnection, PgExecutor};
 
 pub(super) async fn insert(store: &PostgresStore, records: &[UsageRecord]) -> StoreResult<()> {
     if records.is_empty() {
@@ -92,170 +89,6 @@ pub(super) async fn insert(store: &PostgresStore, records: &[UsageRecord]) -> St
     Ok(())
 }
 
-pub(super) async fn list(
-    store: &PostgresStore,
-    filter: &UsageFilter,
-) -> StoreResult<Vec<UsageRecord>> {
-    let mut query = QueryBuilder::<Postgres>::new(concat!(
-        "SELECT ",
-        usage_columns!(),
-        " FROM usage WHERE TRUE"
-    ));
-    if let Some(tenant) = filter.tenant_id {
-        query.push(" AND tenant_id = ").push_bind(tenant.0);
-    }
-    if let Some(task) = filter.task_id {
-        query.push(" AND task_id = ").push_bind(task.0);
-    }
-    if let Some(model) = &filter.model {
-        query.push(" AND model = ").push_bind(model.as_str());
-    }
-    if let Some(agent_type) = &filter.agent_type {
-        query
-            .push(" AND agent_type = ")
-            .push_bind(agent_type.as_str());
-    }
-    if let Some(since) = micros_opt(filter.since) {
-        query.push(" AND created_at >= ").push_bind(since);
-    }
-    if let Some(until) = micros_opt(filter.until) {
-        query.push(" AND created_at < ").push_bind(until);
-    }
-    if let Some(before) = filter.before {
-        query.push(" AND id < ").push_bind(before);
-    }
-    query
-        .push(" ORDER BY id DESC LIMIT ")
-        .push_bind(i64::from(filter.limit));
-    query
-        .build_query_as::<UsageRow>()
-        .fetch_all(&store.pool)
-        .await?
-        .into_iter()
-        .map(UsageRecord::try_from)
-        .collect()
-}
-
-pub(super) async fn spend(
-    store: &PostgresStore,
-    tenant: TenantId,
-    since: Timestamp,
-    until: Timestamp,
-) -> StoreResult<Money> {
-    // SUM(bigint) is NUMERIC; a tenant's spend fits BIGINT pico-dollars by far.
-    let pico: i64 = sqlx::query_scalar(
-        "SELECT COALESCE(SUM(cost_pico), 0)::BIGINT FROM usage \
-         WHERE tenant_id = $1 AND created_at >= $2 AND created_at < $3",
-    )
-    .bind(tenant.0)
-    .bind(micros(since))
-    .bind(micros(until))
-    .fetch_one(&store.pool)
-    .await?;
-    Ok(Money::from_pico(pico))
-}
-
-pub(super) async fn daily_usage(
-    store: &PostgresStore,
-    tenant: Option<TenantId>,
-    since: Timestamp,
-    until: Timestamp,
-) -> StoreResult<Vec<DailyUsage>> {
-    let rows: Vec<DailyRow> = sqlx::query_as(concat!(
-        "SELECT ",
-        usage_day!(),
-        " AS day, model, agent_type, COUNT(*) AS calls, \
-         SUM(input_tokens)::BIGINT AS input_tokens, \
-         SUM(cached_input_tokens)::BIGINT AS cached_input_tokens, \
-         SUM(output_tokens)::BIGINT AS output_tokens, \
-         SUM(reasoning_tokens)::BIGINT AS reasoning_tokens, \
-         COALESCE(SUM(cost_pico), 0)::BIGINT AS cost_pico, \
-         COUNT(*) FILTER (WHERE cost_pico IS NULL) AS unknown_cost_calls \
-         FROM usage WHERE ($1::uuid IS NULL OR tenant_id = $1) \
-         AND created_at >= $2 AND created_at < $3 \
-         GROUP BY 1, 2, 3"
-    ))
-    .bind(tenant.map(|t| t.0))
-    .bind(micros(since))
-    .bind(micros(until))
-    .fetch_all(&store.pool)
-    .await?;
-    daily(rows)
-}
-
-pub(super) async fn put_budget(store: &PostgresStore, budget: &Budget) -> StoreResult<()> {
-    sqlx::query(
-        "INSERT INTO budgets (tenant_id, period, limit_pico, thresholds, enforcement, updated_at) \
-         VALUES ($1, $2, $3, $4, $5, $6) \
-         ON CONFLICT (tenant_id, period) DO UPDATE SET limit_pico = EXCLUDED.limit_pico, \
-         thresholds = EXCLUDED.thresholds, enforcement = EXCLUDED.enforcement, \
-         updated_at = EXCLUDED.updated_at",
-    )
-    .bind(budget.tenant_id.0)
-    .bind(budget.period.as_str())
-    .bind(budget.limit.pico())
-    .bind(Json(&budget.thresholds))
-    .bind(budget.enforcement.as_str())
-    .bind(micros(budget.updated_at))
-    .execute(&store.pool)
-    .await?;
-    Ok(())
-}
-
-pub(super) async fn list_budgets(
-    store: &PostgresStore,
-    tenant: Option<TenantId>,
-) -> StoreResult<Vec<Budget>> {
-    sqlx::query_as::<_, BudgetRow>(
-        "SELECT tenant_id, period, limit_pico, thresholds::text AS thresholds, enforcement, \
-         updated_at FROM budgets WHERE ($1::uuid IS NULL OR tenant_id = $1) \
-         ORDER BY tenant_id, period",
-    )
-    .bind(tenant.map(|t| t.0))
-    .fetch_all(&store.pool)
-    .await?
-    .into_iter()
-    .map(Budget::try_from)
-    .collect()
-}
-
-pub(super) async fn delete_budget(
-    store: &PostgresStore,
-    tenant: TenantId,
-    period: Period,
-) -> StoreResult<bool> {
-    let deleted = sqlx::query("DELETE FROM budgets WHERE tenant_id = $1 AND period = $2")
-        .bind(tenant.0)
-        .bind(period.as_str())
-        .execute(&store.pool)
-        .await?
-        .rows_affected();
-    Ok(deleted > 0)
-}
-
-pub(super) async fn mark_threshold(
-    store: &PostgresStore,
-    tenant: TenantId,
-    period: Period,
-    window_start: Timestamp,
-    threshold: u32,
-    now: Timestamp,
-) -> StoreResult<bool> {
-    let inserted = sqlx::query(
-        "INSERT INTO budget_thresholds_fired (tenant_id, period, window_start, threshold, fired_at) \
-         VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
-    )
-    .bind(tenant.0)
-    .bind(period.as_str())
-    .bind(micros(window_start))
-    .bind(i64::from(threshold))
-    .bind(micros(now))
-    .execute(&store.pool)
-    .await?
-    .rows_affected();
-    Ok(inserted == 1)
-}
-
 /// Creates the window's counter row if missing and locks it until the transaction ends; returns
 /// the spent counter.
 async fn lock_window(
@@ -263,15 +96,12 @@ async fn lock_window(
     tenant: TenantId,
     window: &BudgetWindow,
 ) -> StoreResult<i64> {
-    sqlx::query(
-        "INSERT INTO budget_spend (tenant_id, period, window_start, spent_pico) \
-         VALUES ($1, $2, $3, 0) ON CONFLICT DO NOTHING",
-    )
-    .bind(tenant.0)
-    .bind(window.period.as_str())
-    .bind(micros(window.start))
-    .execute(&mut *conn)
-    .await?;
+    sqlx::query(crate::usage::OPEN_WINDOW)
+        .bind(tenant.0)
+        .bind(window.period.as_str())
+        .bind(micros(window.start))
+        .execute(&mut *conn)
+        .await?;
     let spent: i64 = sqlx::query_scalar(
         "SELECT spent_pico FROM budget_spend \
          WHERE tenant_id = $1 AND period = $2 AND window_start = $3 FOR UPDATE",
@@ -339,24 +169,16 @@ pub(super) async fn reserve(
             continue;
         };
         // A stale reservation of this owner no longer counted, so the new amount replaces it.
-        sqlx::query(
-            "INSERT INTO budget_reservations \
-             (tenant_id, period, window_start, owner, reserved_pico, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $6) \
-             ON CONFLICT (tenant_id, period, window_start, owner) DO UPDATE SET \
-             reserved_pico = CASE WHEN budget_reservations.updated_at < $7 THEN EXCLUDED.reserved_pico \
-                             ELSE budget_reservations.reserved_pico + EXCLUDED.reserved_pico END, \
-             updated_at = EXCLUDED.updated_at",
-        )
-        .bind(tenant.0)
-        .bind(window.period.as_str())
-        .bind(micros(window.start))
-        .bind(owner)
-        .bind(amount.pico())
-        .bind(micros(now))
-        .bind(micros(stale_before))
-        .execute(&mut *tx)
-        .await?;
+        sqlx::query(crate::usage::ADD_RESERVATION)
+            .bind(tenant.0)
+            .bind(window.period.as_str())
+            .bind(micros(window.start))
+            .bind(owner)
+            .bind(amount.pico())
+            .bind(micros(now))
+            .bind(micros(stale_before))
+            .execute(&mut *tx)
+            .await?;
     }
     tx.commit().await?;
     Ok(decision)
@@ -378,19 +200,13 @@ pub(super) async fn settle(
             continue;
         };
         // The upsert locks the counter row like a reservation's SELECT ... FOR UPDATE does.
-        let after: i64 = sqlx::query_scalar(
-            "INSERT INTO budget_spend (tenant_id, period, window_start, spent_pico) \
-             VALUES ($1, $2, $3, $4) \
-             ON CONFLICT (tenant_id, period, window_start) DO UPDATE SET \
-             spent_pico = budget_spend.spent_pico + EXCLUDED.spent_pico \
-             RETURNING spent_pico",
-        )
-        .bind(tenant.0)
-        .bind(window.period.as_str())
-        .bind(micros(window.start))
-        .bind(actual.pico())
-        .fetch_one(&mut *tx)
-        .await?;
+        let after: i64 = sqlx::query_scalar(crate::usage::ADD_SPENT)
+            .bind(tenant.0)
+            .bind(window.period.as_str())
+            .bind(micros(window.start))
+            .bind(actual.pico())
+            .fetch_one(&mut *tx)
+            .await?;
         sqlx::query(
             "UPDATE budget_reservations SET reserved_pico = GREATEST(reserved_pico - $5, 0), \
              updated_at = $6 \
@@ -436,31 +252,4 @@ pub(super) async fn budget_spend(
         spent: Money::from_pico(spent),
         reserved: Money::from_pico(reserved),
     })
-}
-
-pub(super) async fn prune(
-    store: &PostgresStore,
-    stale_before: Timestamp,
-    windows_before: Timestamp,
-) -> StoreResult<u64> {
-    let mut tx = store.pool.begin().await?;
-    let mut deleted =
-        sqlx::query("DELETE FROM budget_reservations WHERE updated_at < $1 OR window_start < $2")
-            .bind(micros(stale_before))
-            .bind(micros(windows_before))
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-    for table in [
-        "DELETE FROM budget_spend WHERE window_start < $1",
-        "DELETE FROM budget_thresholds_fired WHERE window_start < $1",
-    ] {
-        deleted += sqlx::query(table)
-            .bind(micros(windows_before))
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-    }
-    tx.commit().await?;
-    Ok(deleted)
 }

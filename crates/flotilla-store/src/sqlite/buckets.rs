@@ -55,7 +55,7 @@ pub(super) async fn take(
     }
     // Decide at the instant the rows will hold, so that what is restored is what was decided.
     let now = truncate(now)?;
-    let mut tx = store.write_tx().await?;
+    let mut tx = store.begin().await?;
     let mut buckets = Vec::with_capacity(takes.len());
     for t in takes {
         let stored = load(&mut tx, &t.subject).await?;
@@ -81,7 +81,7 @@ pub(super) async fn settle(
         return Ok(());
     }
     let now = truncate(now)?;
-    let mut tx = store.write_tx().await?;
+    let mut tx = store.begin().await?;
     for s in settles {
         let stored = load(&mut tx, &s.subject).await?;
         let mut bucket = Bucket::resume(stored, s.capacity, s.period, now);
@@ -98,7 +98,7 @@ pub(super) async fn prune(
     now: Timestamp,
     limit: u32,
 ) -> StoreResult<u64> {
-    let mut tx = store.write_tx().await?;
+    let mut tx = store.begin().await?;
     let idle: Vec<(String, i64, i64, String, i64)> = sqlx::query_as(
         "SELECT subject, capacity, period_ms, level, updated_at FROM rate_buckets \
          WHERE updated_at < ?1 ORDER BY updated_at LIMIT ?2",
