@@ -35,16 +35,20 @@ pub struct ChatCompletionRequest {
 pub struct ChatMessage {
     pub role: ChatRole,
     /// A string, or an array of content parts.
-    #[schema(value_type = ChatContent)]
+    #[schema(schema_with = chat_content)]
     pub content: Value,
 }
 
-/// The text of a message, or its parts.
-#[derive(ToSchema)]
-#[allow(clippy::enum_variant_names)]
-pub enum ChatContent {
-    Text(String),
-    Parts(Vec<Value>),
+/// The text of a message (a string), or its parts (an array); what
+/// [`super::request::ChatRequest::parse`] accepts. A message with `tool_calls` or
+/// `function_call` may also leave it out or send `null`, which this schema does not state.
+fn chat_content() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+    use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, OneOfBuilder, Type};
+    OneOfBuilder::new()
+        .item(ObjectBuilder::new().schema_type(Type::String))
+        .item(ArrayBuilder::new().items(ObjectBuilder::new()))
+        .description(Some("A string, or an array of content parts."))
+        .into()
 }
 
 /// Who wrote a message.
