@@ -237,7 +237,7 @@ pub struct NewKeyRequest {
     pub role: Role,
     /// When the key stops working; absent: never.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<String>, format = DateTime)]
+    #[schema(value_type = Option<String>, format = DateTime, example = "2100-01-01T00:00:00Z")]
     pub expires_at: Option<Timestamp>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limit: Option<Rate>,

@@ -20,14 +20,23 @@ pub struct ChatCompletionRequest {
     /// Answer as server-sent events.
     pub stream: Option<bool>,
     /// Most output tokens (the smaller of this and `max_completion_tokens` counts).
-    #[schema(minimum = 1)]
+    #[schema(minimum = 1, maximum = 18446744073709551615_u64)]
     pub max_tokens: Option<u64>,
     /// Most output tokens.
-    #[schema(minimum = 1)]
+    #[schema(minimum = 1, maximum = 18446744073709551615_u64)]
     pub max_completion_tokens: Option<u64>,
     /// Choices to generate.
     #[schema(minimum = 1, maximum = 128)]
     pub n: Option<u64>,
+}
+
+/// One server-sent event of a streamed answer: `data` holds a chunk as JSON text, or `[DONE]`.
+#[derive(ToSchema)]
+pub struct ServerSentEvent {
+    pub data: String,
+    pub event: Option<String>,
+    pub id: Option<String>,
+    pub retry: Option<u64>,
 }
 
 /// One message of a conversation.
