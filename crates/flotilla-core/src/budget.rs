@@ -132,10 +132,12 @@ pub struct Budget {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BudgetRequest {
-    /// The limit in dollars, as a decimal string (`"250.00"`) or whole number.
+    /// The limit in dollars, above 0, as a decimal string (`"250.00"`) or whole number.
+    #[schema(schema_with = crate::wire::schema::positive_money)]
     pub limit: Money,
     /// Percentages of the limit (default: `[gateway] default_thresholds`, 50/80/90/100).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(schema_with = crate::wire::schema::thresholds)]
     pub thresholds: Option<Vec<u32>>,
     /// Default `block`.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -89,7 +89,10 @@ impl utoipa::PartialSchema for Rate {
     fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
         utoipa::openapi::ObjectBuilder::new()
             .schema_type(utoipa::openapi::schema::Type::String)
-            .pattern(Some(r"^[1-9][0-9]*/(s|m)$"))
+            // A count of 1 to 4294967295 (u32) per second or minute, as `FromStr` reads it.
+            .pattern(Some(
+                r"^([1-9][0-9]{0,8}|[1-3][0-9]{9}|4[01][0-9]{8}|42[0-8][0-9]{7}|429[0-3][0-9]{6}|4294[0-8][0-9]{5}|42949[0-5][0-9]{4}|429496[0-6][0-9]{3}|4294967[01][0-9]{2}|42949672[0-8][0-9]|429496729[0-5])/(s|sec|second|m|min|minute)$",
+            ))
             .examples([serde_json::json!("100/s")])
             .into()
     }

@@ -63,16 +63,20 @@ pub struct RecommendRequest {
     pub task_type: Option<String>,
     /// How demanding the task is, 0 to 1 (default 0.5). Models of lower quality are penalised.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 0, maximum = 1)]
     pub complexity: Option<f64>,
     /// Relative weight of quality, ≥ 0 (default 0.5).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 0)]
     pub quality_priority: Option<f64>,
     /// Relative weight of speed, ≥ 0 (default 0.3).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 0)]
     pub speed_priority: Option<f64>,
     /// Relative weight of cost, ≥ 0 (default: what remains of 1 after quality and speed, 0.2
     /// with their defaults). The three weights are normalised to sum to 1.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 0)]
     pub cost_priority: Option<f64>,
     /// The most one call may cost (a decimal string); models whose estimated cost is above it
     /// are excluded.
@@ -80,9 +84,11 @@ pub struct RecommendRequest {
     pub budget_limit: Option<Money>,
     /// Expected prompt tokens per call, for the cost estimate (default 1000).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(maximum = 100_000_000)]
     pub input_tokens: Option<u64>,
     /// Expected output tokens per call, for the cost estimate (default 500).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(maximum = 100_000_000)]
     pub output_tokens: Option<u64>,
 }
 

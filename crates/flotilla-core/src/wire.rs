@@ -7,6 +7,7 @@ use crate::id::{AgentId, TaskId};
 use crate::task::Task;
 use serde::{Deserialize, Serialize};
 
+pub mod schema;
 mod secrets;
 mod system;
 pub use secrets::{
@@ -36,7 +37,11 @@ pub struct SubmitTask {
     /// A second submission with the same key returns the first task (the `Idempotency-Key`
     /// header works too).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(min_length = 1, max_length = 255)]
+    #[schema(
+        min_length = 1,
+        max_length = 255,
+        pattern = r"^[^\x00-\x1f\x7f-\x9f]*$"
+    )]
     pub idempotency_key: Option<String>,
     /// Deadline of each attempt in milliseconds; default from the pool or the scheduler config.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -80,7 +85,10 @@ pub struct RegisterAgent {
     #[schema(pattern = "^[a-z0-9_-]{1,64}$", min_length = 1, max_length = 64)]
     pub agent_type: String,
     /// Base URL the control plane reaches the instance at (http or https).
-    #[schema(pattern = "^https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?(/[A-Za-z0-9._~/-]*)?$")]
+    #[schema(
+        max_length = 2048,
+        pattern = r"^https?://([A-Za-z0-9-]+\.)*[A-Za-z][A-Za-z0-9-]*\.?(:(6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[0-9]{1,4}))?(/[A-Za-z0-9._~/-]*)?$"
+    )]
     pub url: String,
     /// Tasks it runs at once.
     #[schema(minimum = 1, maximum = 10_000)]
@@ -91,7 +99,9 @@ pub struct RegisterAgent {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Object>)]
     pub metadata: Option<serde_json::Value>,
+    /// At most 128 bytes, without control characters.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(max_length = 128, pattern = r"^[^\x00-\x1f\x7f-\x9f]*$")]
     pub version: Option<String>,
 }
 
@@ -398,7 +408,7 @@ pub struct NewSilence {
     pub duration_s: u64,
     /// Why, for whoever reads the list.
     #[serde(default)]
-    #[schema(max_length = 1000)]
+    #[schema(max_length = 1000, pattern = r"^[^\x00]*$")]
     pub comment: String,
 }
 

@@ -8,7 +8,8 @@ use std::fmt;
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PutSecret {
-    /// The value (UTF-8 text, at most `vault.max_value_bytes` bytes).
+    /// The value (UTF-8 text, at least 1 and at most `vault.max_value_bytes` bytes).
+    #[schema(min_length = 1)]
     pub value: String,
 }
 
@@ -27,6 +28,7 @@ pub struct RotateSecret {
     /// The new value; absent: a random one is generated (URL-safe base64 of `bytes` random
     /// bytes).
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(min_length = 1)]
     pub value: Option<String>,
     /// Random bytes in a generated value (16-1024, default 32).
     #[serde(skip_serializing_if = "Option::is_none")]

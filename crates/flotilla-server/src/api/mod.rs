@@ -43,8 +43,10 @@ const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// these routes.
 pub fn router(state: AppState) -> Router {
     let (router, spec) = described_routes(&state).split_for_parts();
-    let spec =
-        axum::body::Bytes::from(serde_json::to_vec(&openapi::complete(spec)).unwrap_or_default());
+    let rules = state.config.alerting.rules.iter().map(|r| r.name.as_str());
+    let spec = axum::body::Bytes::from(
+        serde_json::to_vec(&openapi::complete(spec, rules)).unwrap_or_default(),
+    );
     let serve_spec = move || {
         let spec = spec.clone();
         async move {

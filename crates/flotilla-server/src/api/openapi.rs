@@ -103,9 +103,30 @@ impl Modify for CommonErrors {
     }
 }
 
-/// `spec` completed with the errors every operation can give; `GET /openapi.json` serves it.
-pub(super) fn complete(mut spec: utoipa::openapi::OpenApi) -> utoipa::openapi::OpenApi {
+/// `spec` completed with the errors every operation can give and the names of the configured
+/// alert rules (the only ones a silence may name); `GET /openapi.json` serves it.
+pub(super) fn complete<'a>(
+    mut spec: utoipa::openapi::OpenApi,
+    rules: impl IntoIterator<Item = &'a str>,
+) -> utoipa::openapi::OpenApi {
     BearerAuth.modify(&mut spec);
     CommonErrors.modify(&mut spec);
+    name_rules(&mut spec, rules);
     spec
+}
+
+/// States the configured rule names as the enumeration of `NewSilence.rule`: they come from the
+/// configuration, so the wire type cannot carry them.
+fn name_rules<'a>(spec: &mut utoipa::openapi::OpenApi, rules: impl IntoIterator<Item = &'a str>) {
+    use utoipa::openapi::{RefOr, schema::Schema};
+    let Some(RefOr::T(Schema::Object(silence))) = spec
+        .components
+        .as_mut()
+        .and_then(|c| c.schemas.get_mut("NewSilence"))
+    else {
+        return;
+    };
+    if let Some(RefOr::T(Schema::Object(rule))) = silence.properties.get_mut("rule") {
+        rule.enum_values = Some(rules.into_iter().map(serde_json::Value::from).collect());
+    }
 }

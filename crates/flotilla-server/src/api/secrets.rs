@@ -135,7 +135,8 @@ pub struct ReadQuery {
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields, default)]
 pub struct ListQuery {
-    /// Only paths starting with this text.
+    /// Only paths starting with this text (at most 256 of A-Z, a-z, 0-9, `.`, `_`, `-`, `/`).
+    #[param(max_length = 256, pattern = r"^[A-Za-z0-9._/-]*$")]
     pub prefix: Option<String>,
     /// At most this many, 1-1000 (default 1000).
     #[param(minimum = 1, maximum = 1000)]
@@ -245,7 +246,7 @@ fn parse_body<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiErro
 
 /// The newest version of a secret, or `?version=N`.
 #[utoipa::path(get, path = "/v1/secrets/{path}", tag = "secrets",
-    params(("path" = String, Path, description = "Secret path, e.g. `db/password`"), ReadQuery),
+    params(("path" = String, Path, description = "Secret path, e.g. `db/password`: 1-256 characters of A-Z, a-z, 0-9, `.`, `_`, `-` and `/`, in non-empty segments other than `.` and `..`", min_length = 1, max_length = 256, pattern = r"^([A-Za-z0-9_-][A-Za-z0-9._-]*|\.[A-Za-z0-9_-][A-Za-z0-9._-]*|\.\.[A-Za-z0-9._-]+)(/([A-Za-z0-9_-][A-Za-z0-9._-]*|\.[A-Za-z0-9_-][A-Za-z0-9._-]*|\.\.[A-Za-z0-9._-]+))*$"), ReadQuery),
     responses((status = 200, body = SecretValue), (status = 404, body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn read(
@@ -276,7 +277,7 @@ pub async fn read(
 
 /// Writes a new version of a secret (created at version 1).
 #[utoipa::path(put, path = "/v1/secrets/{path}", tag = "secrets",
-    params(("path" = String, Path, description = "Secret path, e.g. `db/password`"), TenantParam),
+    params(("path" = String, Path, description = "Secret path, e.g. `db/password`: 1-256 characters of A-Z, a-z, 0-9, `.`, `_`, `-` and `/`, in non-empty segments other than `.` and `..`", min_length = 1, max_length = 256, pattern = r"^([A-Za-z0-9_-][A-Za-z0-9._-]*|\.[A-Za-z0-9_-][A-Za-z0-9._-]*|\.\.[A-Za-z0-9._-]+)(/([A-Za-z0-9_-][A-Za-z0-9._-]*|\.[A-Za-z0-9_-][A-Za-z0-9._-]*|\.\.[A-Za-z0-9._-]+))*$"), TenantParam),
     request_body = PutSecret,
     responses((status = 201, body = SecretWritten), (status = 400, body = ErrorBody)),
     security(("bearer" = [])))]
@@ -321,7 +322,7 @@ pub async fn write(
 /// Rotates a secret: a new version with a supplied value or a strong random one. Path:
 /// `/v1/secrets/{path}/rotate`.
 #[utoipa::path(post, path = "/v1/secrets/{path}/rotate", tag = "secrets",
-    params(("path" = String, Path, description = "Secret path, e.g. `db/password`"), TenantParam),
+    params(("path" = String, Path, description = "Secret path, e.g. `db/password`: 1-256 characters of A-Z, a-z, 0-9, `.`, `_`, `-` and `/`, in non-empty segments other than `.` and `..`", min_length = 1, max_length = 256, pattern = r"^([A-Za-z0-9_-][A-Za-z0-9._-]*|\.[A-Za-z0-9_-][A-Za-z0-9._-]*|\.\.[A-Za-z0-9._-]+)(/([A-Za-z0-9_-][A-Za-z0-9._-]*|\.[A-Za-z0-9_-][A-Za-z0-9._-]*|\.\.[A-Za-z0-9._-]+))*$"), TenantParam),
     request_body(content = RotateSecret, description = "Optional; `{}` or no body generates a value"),
     responses((status = 201, body = SecretWritten), (status = 404, body = ErrorBody)),
     security(("bearer" = [])))]
@@ -385,7 +386,7 @@ pub async fn rotate(
 
 /// Deletes every version of a secret. Version numbers are not reused if it is written again.
 #[utoipa::path(delete, path = "/v1/secrets/{path}", tag = "secrets",
-    params(("path" = String, Path, description = "Secret path, e.g. `db/password`"), TenantParam),
+    params(("path" = String, Path, description = "Secret path, e.g. `db/password`: 1-256 characters of A-Z, a-z, 0-9, `.`, `_`, `-` and `/`, in non-empty segments other than `.` and `..`", min_length = 1, max_length = 256, pattern = r"^([A-Za-z0-9_-][A-Za-z0-9._-]*|\.[A-Za-z0-9_-][A-Za-z0-9._-]*|\.\.[A-Za-z0-9._-]+)(/([A-Za-z0-9_-][A-Za-z0-9._-]*|\.[A-Za-z0-9_-][A-Za-z0-9._-]*|\.\.[A-Za-z0-9._-]+))*$"), TenantParam),
     responses((status = 200, body = SecretDeleted), (status = 404, body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn remove(

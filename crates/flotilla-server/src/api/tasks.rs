@@ -52,7 +52,7 @@ pub(super) fn routes() -> Routes {
 /// Submits a task. `202` with the new task; `200` with the existing one when the idempotency
 /// key was seen before.
 #[utoipa::path(post, path = "/v1/tasks", tag = "tasks", request_body = SubmitTask,
-    params(("Idempotency-Key" = Option<String>, Header, description = "Alternative to the body's idempotency_key"), TenantParam),
+    params(("Idempotency-Key" = Option<String>, Header, description = "Alternative to the body's idempotency_key (the same value when both are sent): 1-255 visible ASCII characters or spaces", min_length = 1, max_length = 255, pattern = r"^[!-~]([ -~]*[!-~])?$"), TenantParam),
     responses((status = 202, body = Task), (status = 200, description = "Existing task for this idempotency key", body = Task),
         (status = 400, body = ErrorBody), (status = 413, body = ErrorBody), (status = 422, body = ErrorBody)),
     security(("bearer" = [])))]

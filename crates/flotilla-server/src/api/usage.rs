@@ -52,8 +52,10 @@ pub struct UsageQuery {
     #[param(format = Uuid)]
     pub task_id: Option<String>,
     /// Only calls at or after this time (RFC 3339, or a date: midnight UTC).
+    #[param(schema_with = flotilla_core::wire::schema::time_or_date)]
     pub since: Option<String>,
     /// Only calls before this time (RFC 3339, or a date: midnight UTC).
+    #[param(schema_with = flotilla_core::wire::schema::time_or_date)]
     pub until: Option<String>,
     /// The `next` cursor of the previous page: records older than it.
     #[param(format = Uuid)]

@@ -121,6 +121,7 @@ impl AuditEvent {
 #[into_params(parameter_in = Query)]
 pub struct TenantParam {
     /// Act on this tenant instead of the key's own (admin keys only).
+    #[param(format = Uuid)]
     pub tenant: Option<String>,
 }
 

@@ -58,7 +58,7 @@ struct Chosen {
     request_body = super::spec::ChatCompletionRequest,
     responses(
         (status = 200, description = "The provider's answer; with `stream`, server-sent events",
-            content((super::spec::ChatCompletion = "application/json"), (String = "text/event-stream"))),
+            content((super::spec::ChatCompletion = "application/json"), (super::spec::ServerSentEvent = "text/event-stream"))),
         (status = 400, body = super::spec::OpenAiErrorBody), (status = 401, body = super::spec::OpenAiErrorBody),
         (status = 402, description = "A `block` budget is spent", body = super::spec::OpenAiErrorBody),
         (status = 403, body = super::spec::OpenAiErrorBody),

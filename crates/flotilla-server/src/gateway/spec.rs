@@ -20,14 +20,23 @@ pub struct ChatCompletionRequest {
     /// Answer as server-sent events.
     pub stream: Option<bool>,
     /// Most output tokens (the smaller of this and `max_completion_tokens` counts).
-    #[schema(minimum = 1)]
+    #[schema(minimum = 1, maximum = 18446744073709551615_u64)]
     pub max_tokens: Option<u64>,
     /// Most output tokens.
-    #[schema(minimum = 1)]
+    #[schema(minimum = 1, maximum = 18446744073709551615_u64)]
     pub max_completion_tokens: Option<u64>,
     /// Choices to generate.
     #[schema(minimum = 1, maximum = 128)]
     pub n: Option<u64>,
+}
+
+/// One server-sent event of a streamed answer: `data` holds a chunk as JSON text, or `[DONE]`.
+#[derive(ToSchema)]
+pub struct ServerSentEvent {
+    pub data: String,
+    pub event: Option<String>,
+    pub id: Option<String>,
+    pub retry: Option<u64>,
 }
 
 /// One message of a conversation.
@@ -35,16 +44,20 @@ pub struct ChatCompletionRequest {
 pub struct ChatMessage {
     pub role: ChatRole,
     /// A string, or an array of content parts.
-    #[schema(value_type = ChatContent)]
+    #[schema(schema_with = chat_content)]
     pub content: Value,
 }
 
-/// The text of a message, or its parts.
-#[derive(ToSchema)]
-#[allow(clippy::enum_variant_names)]
-pub enum ChatContent {
-    Text(String),
-    Parts(Vec<Value>),
+/// The text of a message (a string), or its parts (an array); what
+/// [`super::request::ChatRequest::parse`] accepts. A message with `tool_calls` or
+/// `function_call` may also leave it out or send `null`, which this schema does not state.
+fn chat_content() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+    use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, OneOfBuilder, Type};
+    OneOfBuilder::new()
+        .item(ObjectBuilder::new().schema_type(Type::String))
+        .item(ArrayBuilder::new().items(ObjectBuilder::new()))
+        .description(Some("A string, or an array of content parts."))
+        .into()
 }
 
 /// Who wrote a message.
