@@ -14,6 +14,7 @@ pub mod fleet;
 pub mod gateway;
 pub mod leader;
 pub mod leadership;
+pub mod replicas;
 pub mod scheduler;
 pub mod telemetry;
 pub mod tls;
@@ -342,7 +343,7 @@ pub async fn start(
         },
         shutdown.clone(),
     ));
-    writers.spawn(cluster::run(state.clone(), shutdown.clone()));
+    writers.spawn(replicas::run(state.clone(), shutdown.clone()));
     writers.spawn(leadership::singleton(
         state.leadership.clone(),
         shutdown.clone(),

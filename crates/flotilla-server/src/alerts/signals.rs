@@ -180,7 +180,10 @@ pub(super) async fn read(state: &AppState) -> Values {
     let mut budgets = BTreeMap::new();
     if rules.iter().any(|r| r.signal == Signal::BudgetUtilisation) {
         let mut by_tenant: BTreeMap<TenantId, Vec<(Period, f64)>> = BTreeMap::new();
-        for (budget, ratio) in crate::telemetry::budget_utilisation(state)
+        for (budget, ratio) in state
+            .gateway
+            .budgets
+            .utilisation(state.clock.now(), &state.metrics)
             .await
             .unwrap_or_default()
         {

@@ -9,6 +9,7 @@ pub mod error;
 pub mod events;
 pub mod extract;
 pub mod keys;
+pub mod metrics;
 pub mod openapi;
 pub mod pools;
 pub mod probes;
@@ -58,10 +59,10 @@ pub fn router(state: AppState) -> Router {
     };
     router
         .route("/openapi.json", get(serve_spec))
-        .route("/metrics", get(crate::telemetry::serve_metrics))
+        .route("/metrics", get(metrics::serve_metrics))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
-            crate::telemetry::track_http,
+            metrics::track_http,
         ))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

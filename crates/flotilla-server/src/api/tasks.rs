@@ -5,10 +5,7 @@ use crate::api::extract::{JsonBody, QueryParams, parse_id};
 use crate::api::routes::{Routes, permit};
 use crate::app::AppState;
 use crate::auth::{Caller, TenantParam};
-use crate::fleet::registry::Slot;
-use crate::scheduler::dispatcher::{release_slot, spawn_attempt};
 use crate::scheduler::intake::IntakeError;
-use crate::telemetry::metrics::Metrics;
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -18,7 +15,7 @@ use flotilla_core::auth::Permission;
 use flotilla_core::config::valid_agent_type;
 use flotilla_core::id::{TaskId, TenantId};
 use flotilla_core::task::{
-    Lease, NewTask, PRIORITY_DEFAULT, PRIORITY_MAX, PRIORITY_MIN, Task, TaskStatus,
+    NewTask, PRIORITY_DEFAULT, PRIORITY_MAX, PRIORITY_MIN, Task, TaskStatus,
 };
 use flotilla_core::wire::{ErrorBody, SubmitTask, TaskPage, contains_nul};
 use flotilla_store::{Cancelled, Inserted, TaskFilter};
@@ -76,27 +73,13 @@ pub async fn submit(
             )
         })?;
     let traceparent = headers.get("traceparent").and_then(|v| v.to_str().ok());
-    let mut task = validate(&state, tenant, body, header_key, traceparent)?;
+    let task = validate(&state, tenant, body, header_key, traceparent)?;
     if task.priority < crate::alerts::EMERGENCY_MIN_PRIORITY
         && let Some(reason) = state.alerts.emergency()
     {
         return Err(ApiError::Shed(reason));
     }
-    let slot = claim_at_submission(&state, &mut task);
-    let inserted = state.intake.submit(task).await;
-    // The reserved slot is used only if this submission created the task.
-    match (&inserted, slot) {
-        (Ok(Inserted::Created(task)), Some(slot)) => {
-            state
-                .metrics
-                .claims
-                .get_or_create(&Metrics::agent_type(&task.agent_type))
-                .inc();
-            spawn_attempt(&state, task.clone(), slot)
-        }
-        (_, Some(slot)) => release_slot(&state, &slot).await,
-        (_, None) => {}
-    }
+    let inserted = crate::scheduler::submission::submit(&state, task).await;
     let inserted = inserted.map_err(|e| match e {
         IntakeError::Stopped | IntakeError::Unavailable(_) => ApiError::Unavailable(e.to_string()),
         IntakeError::Store(detail) => ApiError::Internal(detail),
@@ -113,26 +96,6 @@ pub async fn submit(
         )
             .into_response(),
     })
-}
-
-/// When an instance of the type has a free slot and nothing of the type waits in the queue, the
-/// task is claimed in the same transaction that stores it: one store transaction and one
-/// dispatcher wake-up fewer on its way to the agent. Otherwise it is queued as usual, so queued
-/// tasks (and their priorities) always go first.
-fn claim_at_submission(state: &AppState, task: &mut NewTask) -> Option<Slot> {
-    if state.shutdown.is_cancelled() || state.wakers.get(&task.agent_type).maybe_queued() {
-        return None;
-    }
-    let slot = state
-        .registry
-        .acquire(&task.agent_type, task.tenant_id, None, task.complexity)?;
-    let ttl = chrono::Duration::from_std(state.config.scheduler.lease_ttl)
-        .unwrap_or(chrono::Duration::MAX);
-    task.claim = Some(Lease {
-        owner: state.owner.to_string(),
-        expires_at: task.created_at + ttl,
-    });
-    Some(slot)
 }
 
 /// Checks a submission and turns it into a task to insert.

@@ -203,6 +203,38 @@ impl Budgets {
         }
         Ok(crossed)
     }
+    /// Every budget with its utilisation: spent over limit in its current window. Read for the
+    /// `flotilla_budget_utilisation_ratio` gauge and the alert engine's `budget_utilisation`
+    /// signal. `None` when the budgets cannot be listed; a budget whose spend cannot be read is left
+    /// out. Both are logged and counted as store errors.
+    pub async fn utilisation(
+        &self,
+        now: Timestamp,
+        m: &crate::telemetry::metrics::Metrics,
+    ) -> Option<Vec<(Budget, f64)>> {
+        let budgets = match self.store.list_budgets(None).await {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::warn!(error = %e, "Cannot read budgets");
+                m.store_errors.inc();
+                return None;
+            }
+        };
+        let mut out = Vec::with_capacity(budgets.len());
+        for budget in budgets {
+            match self.spend(&budget, now).await {
+                Ok(spend) => {
+                    let ratio = spend.spent.ratio(budget.limit);
+                    out.push((budget, ratio));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "Cannot read a budget's spend");
+                    m.store_errors.inc();
+                }
+            }
+        }
+        Some(out)
+    }
 
     /// The current spend of one budget's window.
     pub async fn spend(&self, budget: &Budget, now: Timestamp) -> StoreResult<Spend> {

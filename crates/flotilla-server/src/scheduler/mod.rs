@@ -1,5 +1,7 @@
 //! The scheduler: from a queued task to a recorded result (docs/design.md §4).
 //!
+//! - [`submission`] takes a new task: straight to a free slot when nothing of its type waits,
+//!   else to the queue.
 //! - [`intake`] writes submissions in batches (group commit) and wakes the dispatcher of each type.
 //! - [`dispatcher`] runs one loop per agent type: it claims as many queued tasks as the type has
 //!   free slots, under a lease, and starts one attempt per task on the least-loaded instance.
@@ -16,3 +18,4 @@ pub mod dispatch;
 pub mod dispatcher;
 pub mod intake;
 pub mod lease;
+pub mod submission;
