@@ -119,8 +119,13 @@ pub async fn start(
     let shutdown = CancellationToken::new();
     let stop_writers = CancellationToken::new();
     let writers = TaskTracker::new();
-    let wakers = Arc::new(Wakers::default());
-    let waiters = Arc::new(waiters::Waiters::default());
+    // What the other control planes on the database are told (nothing on SQLite).
+    let owner: Arc<str> = format!("flotilla-{}", uuid::Uuid::now_v7()).into();
+    let (cluster, cluster_sender) =
+        cluster::channel(store.clone(), owner.clone(), stop_writers.clone());
+    writers.spawn(cluster_sender);
+    let wakers = Arc::new(Wakers::new(cluster.clone()));
+    let waiters = Arc::new(waiters::Waiters::new(cluster.clone()));
     let config = Arc::new(config);
     let metrics = Arc::new(telemetry::metrics::Metrics::new());
     let leadership = Arc::new(leadership::Leadership::default());
@@ -250,12 +255,6 @@ pub async fn start(
         store.clone(),
         &vault::ProcessEnvironment,
     )?);
-    let owner: Arc<str> = format!("flotilla-{}", uuid::Uuid::now_v7()).into();
-    let (cluster, cluster_sender) =
-        cluster::channel(store.clone(), owner.clone(), stop_writers.clone());
-    writers.spawn(cluster_sender);
-    wakers.connect(cluster.clone());
-    waiters.connect(cluster.clone());
     let (ledger, ledger_writer) = gateway::ledger::channel(
         store.clone(),
         metrics.clone(),

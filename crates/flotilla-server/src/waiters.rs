@@ -7,14 +7,28 @@ use std::sync::Mutex;
 use tokio::sync::oneshot;
 
 /// Parked long-polls by task.
-#[derive(Default)]
 pub struct Waiters {
     parked: Mutex<HashMap<TaskId, Vec<oneshot::Sender<()>>>>,
-    /// Tells the other control planes on the database about ended tasks (set at start).
-    cluster: std::sync::OnceLock<crate::cluster::Notifier>,
+    /// Tells the other control planes on the database about ended tasks.
+    cluster: crate::cluster::Notifier,
+}
+
+impl Default for Waiters {
+    /// Waiters that tell no other control plane.
+    fn default() -> Self {
+        Self::new(crate::cluster::Notifier::disabled())
+    }
 }
 
 impl Waiters {
+    /// Waiters that tell the other control planes through `cluster`.
+    pub fn new(cluster: crate::cluster::Notifier) -> Self {
+        Self {
+            cluster,
+            parked: Mutex::default(),
+        }
+    }
+
     /// Parks a waiter; the receiver resolves when [`Waiters::wake`] is called for the task.
     /// Register before reading the task's state, so a completion in between is not missed.
     pub fn park(&self, task: TaskId) -> oneshot::Receiver<()> {
@@ -25,16 +39,9 @@ impl Waiters {
         rx
     }
 
-    /// Tells the other control planes too, from now on.
-    pub fn connect(&self, cluster: crate::cluster::Notifier) {
-        let _ = self.cluster.set(cluster);
-    }
-
     /// Wakes every waiter of a task, here and on the other control planes.
     pub fn wake(&self, task: TaskId) {
-        if let Some(cluster) = self.cluster.get() {
-            cluster.send(crate::cluster::Notice::Done(task));
-        }
+        self.cluster.send(crate::cluster::Notice::Done(task));
         self.wake_here(task);
     }
 

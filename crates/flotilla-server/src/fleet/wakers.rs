@@ -38,14 +38,28 @@ impl Signal {
 }
 
 /// Wake-up signals of the per-type dispatchers.
-#[derive(Default)]
 pub struct Wakers {
     by_type: Mutex<HashMap<String, Arc<Signal>>>,
-    /// Tells the other control planes on the database about queued tasks (set at start).
-    cluster: std::sync::OnceLock<crate::cluster::Notifier>,
+    /// Tells the other control planes on the database about queued tasks.
+    cluster: crate::cluster::Notifier,
+}
+
+impl Default for Wakers {
+    /// Wakers that tell no other control plane.
+    fn default() -> Self {
+        Self::new(crate::cluster::Notifier::disabled())
+    }
 }
 
 impl Wakers {
+    /// Wakers that tell the other control planes through `cluster`.
+    pub fn new(cluster: crate::cluster::Notifier) -> Self {
+        Self {
+            cluster,
+            by_type: Mutex::default(),
+        }
+    }
+
     /// The signal of one agent type (created on first use, with "maybe queued" set so that a new
     /// dispatcher looks at the queue once).
     pub fn get(&self, agent_type: &str) -> Arc<Signal> {
@@ -67,17 +81,13 @@ impl Wakers {
         self.get(agent_type).notify.notify_one();
     }
 
-    /// Tells the other control planes too, from now on.
-    pub fn connect(&self, cluster: crate::cluster::Notifier) {
-        let _ = self.cluster.set(cluster);
-    }
-
     /// A task of this type became claimable: flag it and wake the dispatcher, here and on the
     /// other control planes.
     pub fn task_queued(&self, agent_type: &str) {
         // Checked first: no copy of the type is made on the hot path for nobody to read.
-        if let Some(cluster) = self.cluster.get().filter(|c| c.enabled()) {
-            cluster.send(crate::cluster::Notice::Queued(agent_type.to_owned()));
+        if self.cluster.enabled() {
+            self.cluster
+                .send(crate::cluster::Notice::Queued(agent_type.to_owned()));
         }
         self.task_queued_here(agent_type);
     }
