@@ -66,7 +66,7 @@ pub struct Services {
     pub dispatchers: Arc<Dispatchers>,
     /// HTTP clients for agents, one per egress requester (`[agents_egress]`; trusting only
     /// `[agents_tls]`'s CA).
-    pub agents: Arc<crate::scheduler::agent_clients::AgentClients>,
+    pub agents: Arc<crate::agent_clients::AgentClients>,
     /// The task trace exporter; `None` without `[telemetry.otlp]` (spans are then not built).
     pub traces: Option<Arc<crate::telemetry::traces::Traces>>,
     /// HTTP client for alert receivers (Slack, PagerDuty, webhooks): public web PKI roots.

@@ -3,6 +3,7 @@
 //! flotilla-store. Every long-running loop is started and stopped by [`start`] and
 //! [`RunningServer::stop`], never detached.
 
+pub mod agent_clients;
 pub mod alerts;
 pub mod api;
 pub mod app;
@@ -66,7 +67,7 @@ pub enum ServerError {
     Http(#[from] reqwest::Error),
     /// `[agents_tls]` could not be used, or the HTTP client for agents could not be built.
     #[error(transparent)]
-    AgentsHttp(#[from] scheduler::agent_clients::AgentClientError),
+    AgentsHttp(#[from] agent_clients::AgentClientError),
     /// The `[tls]` certificate, key or client CA could not be used.
     #[error(transparent)]
     Tls(#[from] tls::TlsError),
@@ -159,7 +160,7 @@ pub async fn start(
     // TLS files are read before anything listens, so that a bad file stops the start.
     let tls_config = config.tls.as_ref().map(tls::server_config).transpose()?;
     // So are `[agents_tls]`'s, which the clients for agents (dispatch, health checks) use.
-    let agents_http = Arc::new(scheduler::agent_clients::AgentClients::new(
+    let agents_http = Arc::new(agent_clients::AgentClients::new(
         config.agents_tls.as_ref(),
         config.agents_egress.clone(),
     )?);
@@ -219,14 +220,24 @@ pub async fn start(
     } else {
         None
     };
+    let vault = Arc::new(vault::Vault::open(
+        &config,
+        store.clone(),
+        &vault::ProcessEnvironment,
+    )?);
     let provisioners = Provisioners::new(
-        events.clone(),
         local_context,
         &writers,
-        registry.clone(),
-        store.clone(),
-        clock.clone(),
-        stop_writers.clone(),
+        fleet::provisioners::ProvisionerHandles {
+            events: events.clone(),
+            registry: registry.clone(),
+            store: store.clone(),
+            clock: clock.clone(),
+            stop: stop_writers.clone(),
+            vault: vault.clone(),
+            drain_timeout: config.fleet.drain_timeout,
+            shutdown: shutdown.clone(),
+        },
     );
 
     let (intake, intake_writer) = scheduler::intake::channel(
@@ -250,11 +261,6 @@ pub async fn start(
     writers.spawn(intake_writer);
     writers.spawn(completion_writer);
 
-    let vault = Arc::new(vault::Vault::open(
-        &config,
-        store.clone(),
-        &vault::ProcessEnvironment,
-    )?);
     let (ledger, ledger_writer) = gateway::ledger::channel(
         store.clone(),
         metrics.clone(),
@@ -299,7 +305,7 @@ pub async fn start(
             .tcp_nodelay(true)
             .connect_timeout(std::time::Duration::from_secs(5))
             .build()
-            .map_err(scheduler::agent_clients::AgentClientError::Build)?,
+            .map_err(agent_clients::AgentClientError::Build)?,
         task_token_key: Arc::new(flotilla_core::task_token::TokenKey::new(
             vault.master().derive("task-token"),
         )),
@@ -318,8 +324,18 @@ pub async fn start(
         state.dispatchers.ensure(&state, &agent_type);
     }
     writers.spawn(scheduler::lease::run(state.clone(), shutdown.clone()));
-    writers.spawn(fleet::heartbeat::run(state.clone(), shutdown.clone()));
-    writers.spawn(fleet::health::run(state.clone(), shutdown.clone()));
+    let fleet = fleet::Fleet {
+        config: config.clone(),
+        store: store.clone(),
+        clock: clock.clone(),
+        registry: registry.clone(),
+        metrics: metrics.clone(),
+        agents: state.agents.clone(),
+        scaling: state.scaling.clone(),
+        events: state.events.clone(),
+    };
+    writers.spawn(fleet::heartbeat::run(fleet.clone(), shutdown.clone()));
+    writers.spawn(fleet::health::run(fleet.clone(), shutdown.clone()));
     // The leader lease; the loops that must run once per deployment run under it.
     writers.spawn(leader::run(
         leader::Leader {
@@ -354,10 +370,7 @@ pub async fn start(
     writers.spawn(leadership::singleton(
         state.leadership.clone(),
         shutdown.clone(),
-        {
-            let state = state.clone();
-            move |term| fleet::autoscaler::run(state.clone(), provisioners.clone(), term)
-        },
+        move |term| fleet::autoscaler::run(fleet.clone(), provisioners.clone(), term),
     ));
 
     let router = api::router(state.clone());

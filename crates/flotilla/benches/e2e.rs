@@ -377,12 +377,10 @@ async fn latency(settings: &Settings) -> Result<Vec<Row>> {
         .first()
         .map(|a| a.url.clone())
         .ok_or_else(|| anyhow!("no agent started"))?;
-    let direct_http = Arc::new(
-        flotilla_server::scheduler::agent_clients::AgentClients::new(
-            None,
-            flotilla_core::egress::EgressPolicy::default(),
-        )?,
-    );
+    let direct_http = Arc::new(flotilla_server::agent_clients::AgentClients::new(
+        None,
+        flotilla_core::egress::EgressPolicy::default(),
+    )?);
     // Direct calls are signed like the control plane's, with the instance's secret.
     let agent_secret: Arc<str> = plane
         .store
@@ -785,7 +783,7 @@ async fn through_control_plane(client: &Client) -> Result<(), String> {
 
 /// The control plane's own dispatch call, made directly.
 async fn direct_execute(
-    http: &flotilla_server::scheduler::agent_clients::AgentClients,
+    http: &flotilla_server::agent_clients::AgentClients,
     url: &str,
     signing_secret: &str,
 ) -> Result<(), String> {

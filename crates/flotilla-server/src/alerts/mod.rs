@@ -608,6 +608,6 @@ fn scale_up(state: &AppState, rule: &str, agent_type: &str, now: Timestamp) {
         .events
         .emit(now, EventKind::Scale, agent_type, None, message);
     if to > current {
-        state.provisioners.scale(state, pool, to);
+        state.provisioners.scale(pool, to);
     }
 }

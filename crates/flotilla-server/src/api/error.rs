@@ -73,10 +73,10 @@ pub enum ApiError {
     Internal(String),
 }
 
-impl From<crate::scheduler::agent_clients::RegistrationRefusal> for ApiError {
+impl From<crate::agent_clients::RegistrationRefusal> for ApiError {
     /// A refused agent URL: 422 naming the field `url` and the rule.
-    fn from(refusal: crate::scheduler::agent_clients::RegistrationRefusal) -> Self {
-        use crate::scheduler::agent_clients::RegistrationRefusal;
+    fn from(refusal: crate::agent_clients::RegistrationRefusal) -> Self {
+        use crate::agent_clients::RegistrationRefusal;
         let code = match refusal {
             RegistrationRefusal::Shape(_) => "invalid_agent_url",
             RegistrationRefusal::Egress(_) => "egress_denied",

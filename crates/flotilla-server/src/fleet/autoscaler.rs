@@ -3,7 +3,7 @@
 //! as an event (`pool code_generator 3 → 5: utilisation 0.91 > 0.80 for 30s, queue 42`) and has
 //! the pool's provisioner carry it out. For static pools the decision is a recommendation.
 
-use crate::app::AppState;
+use crate::fleet::Fleet;
 use crate::fleet::provisioners::Provisioners;
 use crate::telemetry::metrics::ScaleLabels;
 use flotilla_core::Timestamp;
@@ -44,25 +44,25 @@ impl Scaling {
 }
 
 /// Runs until `shutdown`; the first round happens at once, so local pools start their minimum.
-pub async fn run(state: AppState, provisioners: Arc<Provisioners>, shutdown: CancellationToken) {
+pub async fn run(fleet: Fleet, provisioners: Arc<Provisioners>, shutdown: CancellationToken) {
     let mut states: HashMap<String, AutoscaleState> = HashMap::new();
-    let mut tick = tokio::time::interval(state.config.fleet.autoscale_interval);
+    let mut tick = tokio::time::interval(fleet.config.fleet.autoscale_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             () = shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let queued = match state.store.queued_by_type().await {
+        let queued = match fleet.store.queued_by_type().await {
             Ok(q) => q,
             Err(e) => {
                 tracing::warn!(error = %e, "Autoscaler could not read queue depths");
                 continue;
             }
         };
-        for pool in &state.config.pools {
+        for pool in &fleet.config.pools {
             let sample = sample(
-                &state,
+                &fleet,
                 &provisioners,
                 pool,
                 queued.get(&pool.name).copied().unwrap_or(0),
@@ -78,7 +78,7 @@ pub async fn run(state: AppState, provisioners: Arc<Provisioners>, shutdown: Can
             });
             let scaling = states.entry(pool.name.clone()).or_default();
             let decision = decide(&policy, scaling, sample);
-            state.scaling.update(&pool.name, |s| {
+            fleet.scaling.update(&pool.name, |s| {
                 s.utilisation = if sample.utilisation().is_finite() {
                     sample.utilisation()
                 } else {
@@ -90,15 +90,15 @@ pub async fn run(state: AppState, provisioners: Arc<Provisioners>, shutdown: Can
                 }
             });
             if let Some(decision) = decision {
-                carry_out(&state, &provisioners, pool, &decision, sample.at);
+                carry_out(&fleet, &provisioners, pool, &decision, sample.at);
             }
         }
     }
 }
 
-fn sample(state: &AppState, provisioners: &Provisioners, pool: &Pool, queued: u64) -> Sample {
+fn sample(fleet: &Fleet, provisioners: &Provisioners, pool: &Pool, queued: u64) -> Sample {
     // The platform scales its own instances; tenants' own agents of the type are theirs.
-    let counts = state.registry.platform_counts(&pool.name);
+    let counts = fleet.registry.platform_counts(&pool.name);
     let instances = provisioners.size(pool).unwrap_or(counts.accepting);
     let capacity_per_instance = match pool.provisioner {
         // Self-registered instances declare their own capacity: use their average.
@@ -106,7 +106,7 @@ fn sample(state: &AppState, provisioners: &Provisioners, pool: &Pool, queued: u6
         _ => pool.capacity,
     };
     Sample {
-        at: state.clock.now(),
+        at: fleet.clock.now(),
         instances,
         capacity_per_instance: capacity_per_instance.max(1),
         load: counts.load,
@@ -115,7 +115,7 @@ fn sample(state: &AppState, provisioners: &Provisioners, pool: &Pool, queued: u6
 }
 
 fn carry_out(
-    state: &AppState,
+    fleet: &Fleet,
     provisioners: &Provisioners,
     pool: &Pool,
     decision: &ScaleDecision,
@@ -129,10 +129,10 @@ fn carry_out(
         ),
         _ => format!("pool {} {from} → {to}: {reason}", pool.name),
     };
-    state
+    fleet
         .events
         .emit(now, EventKind::Scale, &pool.name, None, message.clone());
-    state
+    fleet
         .metrics
         .scale_decisions
         .get_or_create(&ScaleLabels {
@@ -140,9 +140,9 @@ fn carry_out(
             direction: if to > from { "up" } else { "down" }.to_owned(),
         })
         .inc();
-    state.scaling.update(&pool.name, |s| {
+    fleet.scaling.update(&pool.name, |s| {
         s.desired = *to;
         s.last_decision = Some((now, message));
     });
-    provisioners.scale(state, pool, *to);
+    provisioners.scale(pool, *to);
 }

@@ -5,9 +5,9 @@
 //! [`MAX_HEALTH_BYTES`] of the reply. Its detail reaches fleet events, which every viewer reads:
 //! it says what happened (status, reason, rule) but never quotes the reply nor names the URL.
 
-use crate::app::AppState;
-use crate::scheduler::agent_clients::{AgentClients, ReadError, read_capped};
-use crate::scheduler::dispatch::transport_failure;
+use crate::agent_clients::transport_failure;
+use crate::agent_clients::{AgentClients, ReadError, read_capped};
+use crate::fleet::Fleet;
 use crate::telemetry::metrics::AgentRequestLabels;
 use flotilla_core::agent_url;
 use flotilla_core::id::{AgentId, TenantId};
@@ -25,7 +25,7 @@ const MAX_CONCURRENT: usize = 256;
 pub const MAX_HEALTH_BYTES: usize = 64 * 1024;
 
 /// Runs until `shutdown`.
-pub async fn run(state: AppState, shutdown: CancellationToken) {
+pub async fn run(fleet: Fleet, shutdown: CancellationToken) {
     let mut checks: JoinSet<(AgentId, Result<(), String>)> = JoinSet::new();
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -38,8 +38,8 @@ pub async fn run(state: AppState, shutdown: CancellationToken) {
                     Ok(()) => (true, ""),
                     Err(e) => (false, e.as_str()),
                 };
-                if let Some(agent) = state.registry.get(id) {
-                    state
+                if let Some(agent) = fleet.registry.get(id) {
+                    fleet
                         .metrics
                         .agent_requests
                         .get_or_create(&AgentRequestLabels {
@@ -49,15 +49,15 @@ pub async fn run(state: AppState, shutdown: CancellationToken) {
                         })
                         .inc();
                 }
-                state.registry.record_check(id, ok, detail, state.clock.now());
+                fleet.registry.record_check(id, ok, detail, fleet.clock.now());
                 continue;
             }
         }
-        for (id, owner, url, timeout) in state.registry.due_checks(state.clock.now()) {
+        for (id, owner, url, timeout) in fleet.registry.due_checks(fleet.clock.now()) {
             if checks.len() >= MAX_CONCURRENT {
                 break;
             }
-            let clients = Arc::clone(&state.agents);
+            let clients = Arc::clone(&fleet.agents);
             checks.spawn(async move { (id, check(&clients, owner, &url, timeout).await) });
         }
     }

@@ -3,16 +3,16 @@
 //! instances failed for longer than `[fleet] failed_removal_ms`, and returns ejected instances to
 //! rotation when their ejection time is over.
 
-use crate::app::AppState;
+use crate::fleet::Fleet;
 use flotilla_core::agent::AgentStatus;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 /// Runs until `shutdown`.
-pub async fn run(state: AppState, shutdown: CancellationToken) {
-    let timeout = chrono::Duration::from_std(state.config.scheduler.heartbeat_timeout)
+pub async fn run(fleet: Fleet, shutdown: CancellationToken) {
+    let timeout = chrono::Duration::from_std(fleet.config.scheduler.heartbeat_timeout)
         .unwrap_or(chrono::Duration::MAX);
-    let removal = chrono::Duration::from_std(state.config.fleet.failed_removal)
+    let removal = chrono::Duration::from_std(fleet.config.fleet.failed_removal)
         .unwrap_or(chrono::Duration::MAX);
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -21,17 +21,17 @@ pub async fn run(state: AppState, shutdown: CancellationToken) {
             () = shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let now = state.clock.now();
-        for id in state.registry.expire_heartbeats(now, timeout) {
-            if let Err(e) = state.store.set_agent_status(id, AgentStatus::Failed).await {
+        let now = fleet.clock.now();
+        for id in fleet.registry.expire_heartbeats(now, timeout) {
+            if let Err(e) = fleet.store.set_agent_status(id, AgentStatus::Failed).await {
                 tracing::warn!(agent_id = %id, error = %e, "Could not record the failed status");
             }
         }
-        for id in state.registry.remove_failed(now, removal) {
-            if let Err(e) = state.store.delete_agent(id).await {
+        for id in fleet.registry.remove_failed(now, removal) {
+            if let Err(e) = fleet.store.delete_agent(id).await {
                 tracing::warn!(agent_id = %id, error = %e, "Could not delete the failed instance");
             }
         }
-        state.registry.restore_ejected(now);
+        fleet.registry.restore_ejected(now);
     }
 }

@@ -2,7 +2,6 @@
 //! applies each pool's Deployment on its first decision and patches replicas afterwards, and
 //! reports failures as fleet events rather than failing the control plane.
 
-use crate::app::AppState;
 use flotilla_core::config::{KubernetesSection, Pool};
 use flotilla_core::event::EventKind;
 use flotilla_kube::{KubeProvisioner, KubeSettings, PoolDeployment, Resources};
@@ -35,10 +34,12 @@ impl Kubernetes {
     /// The work of bringing `pool` to `to` replicas.
     pub(super) fn scale(
         &self,
-        state: &AppState,
         pool: &Pool,
         settings: &KubernetesSection,
         to: u32,
+        vault: &Arc<crate::vault::Vault>,
+        events: crate::fleet::events::EventSink,
+        clock: Arc<dyn crate::clock::Clock>,
     ) -> impl Future<Output = ()> + use<> {
         let cell = self.client_cell(&format!(
             "{}\u{0}{}\u{0}{}",
@@ -52,8 +53,7 @@ impl Kubernetes {
         };
         let desired = self.desired.clone();
         let applied = self.size(&pool.name).is_some();
-        let (mut spec, secrets) = deployment_spec(pool, settings, to, &state.vault);
-        let state = state.clone();
+        let (mut spec, secrets) = deployment_spec(pool, settings, to, vault);
         async move {
             let settings = connect;
             let result = async {
@@ -82,7 +82,7 @@ impl Kubernetes {
                 }
             }
             .await;
-            let now = state.clock.now();
+            let now = clock.now();
             match result {
                 Ok(()) => {
                     if let Ok(mut d) = desired.lock() {
@@ -93,11 +93,9 @@ impl Kubernetes {
                         spec.deployment_name(),
                         spec.namespace
                     );
-                    state
-                        .events
-                        .emit(now, EventKind::Provisioner, &spec.pool, None, message);
+                    events.emit(now, EventKind::Provisioner, &spec.pool, None, message);
                 }
-                Err(e) => state.events.emit(
+                Err(e) => events.emit(
                     now,
                     EventKind::Provisioner,
                     &spec.pool,

@@ -11,7 +11,6 @@
 mod kubernetes;
 pub mod local;
 
-use crate::app::AppState;
 use crate::fleet::registry::Registry;
 use flotilla_core::agent::AgentInstance;
 use flotilla_core::autoscale::{Victim, choose_victims};
@@ -43,7 +42,37 @@ pub struct LocalContext {
 }
 
 /// The provisioners of this control plane.
+/// What the provisioners need, built by the composition root.
+pub struct ProvisionerHandles {
+    /// Where process and Kubernetes events are recorded.
+    pub events: crate::fleet::events::EventSink,
+    /// Whose instances are drained before their processes stop.
+    pub registry: Arc<Registry>,
+    /// Where instances of exited processes are deleted.
+    pub store: flotilla_store::DynStore,
+    pub clock: Arc<dyn crate::clock::Clock>,
+    /// Ends the loop that turns process events into fleet events.
+    pub stop: tokio_util::sync::CancellationToken,
+    /// Resolves the `secret://` values of pools' environments.
+    pub vault: Arc<crate::vault::Vault>,
+    /// `[fleet] drain_timeout`: the longest a drain before scale-down waits.
+    pub drain_timeout: Duration,
+    /// Cancelled when the server begins to shut down (drains stop waiting).
+    pub shutdown: tokio_util::sync::CancellationToken,
+}
+
 pub struct Provisioners {
+    /// Whose instances are drained before their processes stop.
+    registry: Arc<Registry>,
+    clock: Arc<dyn crate::clock::Clock>,
+    /// Resolves the `secret://` values of pools' environments.
+    vault: Arc<crate::vault::Vault>,
+    /// Where the Kubernetes provisioner says what it did.
+    events: crate::fleet::events::EventSink,
+    /// `[fleet] drain_timeout`: the longest a drain before scale-down waits.
+    drain_timeout: Duration,
+    /// Cancelled when the server begins to shut down (drains stop waiting).
+    shutdown: tokio_util::sync::CancellationToken,
     local: LocalSupervisor,
     kube: kubernetes::Kubernetes,
     context: Option<LocalContext>,
@@ -77,16 +106,28 @@ fn instance_name(agent: &AgentInstance) -> Option<&str> {
 impl Provisioners {
     /// Provisioners whose process events are turned into fleet events by a loop on `tracker`.
     pub fn new(
-        state_events: crate::fleet::events::EventSink,
         context: Option<LocalContext>,
         tracker: &TaskTracker,
-        registry: Arc<Registry>,
-        store: flotilla_store::DynStore,
-        clock: Arc<dyn crate::clock::Clock>,
-        stop: tokio_util::sync::CancellationToken,
+        handles: ProvisionerHandles,
     ) -> Arc<Self> {
+        let ProvisionerHandles {
+            events: state_events,
+            registry,
+            store,
+            clock,
+            stop,
+            vault,
+            drain_timeout,
+            shutdown,
+        } = handles;
         let (tx, mut rx) = mpsc::unbounded_channel();
         let this = Arc::new(Self {
+            registry: registry.clone(),
+            clock: clock.clone(),
+            vault,
+            events: state_events.clone(),
+            drain_timeout,
+            shutdown,
             local: LocalSupervisor::new(tx),
             kube: kubernetes::Kubernetes::default(),
             context,
@@ -173,11 +214,18 @@ impl Provisioners {
     /// Brings a pool to `to` instances. Local: starts processes, or drains and stops the idle
     /// (then oldest) ones. Kubernetes: applies the pool's Deployment with `to` replicas (the
     /// Deployment's own rollout stops pods; agents drain on SIGTERM). Static: nothing to do.
-    pub fn scale(&self, state: &AppState, pool: &Pool, to: u32) {
+    pub fn scale(&self, pool: &Pool, to: u32) {
         let command = match &pool.provisioner {
             Provisioner::Local { command } => command,
             Provisioner::Kubernetes(settings) => {
-                let work = self.kube.scale(state, pool, settings, to);
+                let work = self.kube.scale(
+                    pool,
+                    settings,
+                    to,
+                    &self.vault,
+                    self.events.clone(),
+                    self.clock.clone(),
+                );
                 self.tasks.spawn(work);
                 return;
             }
@@ -190,7 +238,7 @@ impl Provisioners {
         let current = self.size(pool).unwrap_or(0);
         if to > current {
             for _ in current..to {
-                match spec(pool, command, context, &state.vault) {
+                match spec(pool, command, context, &self.vault) {
                     Some(spec) => {
                         self.local.spawn(&pool.name, spec);
                     }
@@ -201,18 +249,18 @@ impl Provisioners {
                 }
             }
         } else if to < current {
-            self.scale_down(state, pool, (current - to) as usize);
+            self.scale_down(pool, (current - to) as usize);
         }
     }
 
-    fn scale_down(&self, state: &AppState, pool: &Pool, n: usize) {
+    fn scale_down(&self, pool: &Pool, n: usize) {
         let processes: Vec<_> = self
             .local
             .list(Some(&pool.name))
             .into_iter()
             .filter(|p| !self.is_stopping(&p.name))
             .collect();
-        let registered = platform_instances(&state.registry, &pool.name);
+        let registered = platform_instances(&self.registry, &pool.name);
         let id_of = |name: &InstanceName| {
             registered
                 .iter()
@@ -246,11 +294,19 @@ impl Provisioners {
             if let Ok(mut s) = self.stopping.lock() {
                 s.insert(name.clone());
             }
-            let state = state.clone();
+            let drain_work = id.map(|id| {
+                drain(
+                    self.registry.clone(),
+                    self.clock.clone(),
+                    self.drain_timeout,
+                    self.shutdown.clone(),
+                    id,
+                )
+            });
             let local = self.local.clone();
             self.tasks.spawn(async move {
-                if let Some(id) = id {
-                    drain(&state, id).await;
+                if let Some(drain_work) = drain_work {
+                    drain_work.await;
                 }
                 local.stop(&name, STOP_GRACE).await;
             });
@@ -272,23 +328,25 @@ impl Provisioners {
 
 /// Takes an instance out of rotation and waits until its in-flight tasks end (or the drain
 /// timeout passes).
-async fn drain(state: &AppState, id: AgentId) {
+async fn drain(
+    registry: Arc<Registry>,
+    clock: Arc<dyn crate::clock::Clock>,
+    drain_timeout: Duration,
+    shutdown: tokio_util::sync::CancellationToken,
+    id: AgentId,
+) {
     let started = tokio::time::Instant::now();
-    let now = state.clock.now();
-    if state
-        .registry
-        .drain(id, now, "chosen by scale-down")
-        .is_none()
-    {
+    let now = clock.now();
+    if registry.drain(id, now, "chosen by scale-down").is_none() {
         return;
     }
     loop {
-        let load = state.registry.get(id).map_or(0, |a| a.load);
-        if load == 0 || started.elapsed() >= state.config.fleet.drain_timeout {
+        let load = registry.get(id).map_or(0, |a| a.load);
+        if load == 0 || started.elapsed() >= drain_timeout {
             return;
         }
         tokio::select! {
-            () = state.shutdown.cancelled() => return,
+            () = shutdown.cancelled() => return,
             () = tokio::time::sleep(Duration::from_millis(100)) => {}
         }
     }

@@ -17,6 +17,7 @@ use flotilla_core::agent_url::{self, UrlRefusal};
 use flotilla_core::config::AgentsTls;
 use flotilla_core::egress::{self, EgressPolicy, Refusal, Requester};
 use flotilla_core::id::TenantId;
+use flotilla_core::retry::{ConnectReason, DispatchFailure};
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -331,6 +332,71 @@ pub async fn read_prefix(response: &mut reqwest::Response, n: usize) -> Vec<u8> 
         }
     }
     prefix
+}
+
+/// A transport error as a failure: the egress refusal it carries, or a reason safe to show
+/// anyone and the whole cause chain (which names the URL) for the instance's own tenant and logs.
+pub fn transport_failure(e: reqwest::Error) -> DispatchFailure {
+    if e.is_timeout() {
+        return DispatchFailure::Timeout;
+    }
+    if let Some(refusal) = refusal_in(&e) {
+        return DispatchFailure::Refused(refusal);
+    }
+    // reqwest's own message is generic; the cause chain says what happened.
+    let mut detail = e.to_string();
+    let mut reason = ConnectReason::Other;
+    let mut source = std::error::Error::source(&e);
+    while let Some(cause) = source {
+        if is_tls(cause) {
+            reason = ConnectReason::Tls;
+        } else if reason == ConnectReason::Other {
+            reason = io_reason(cause).unwrap_or(reason);
+        }
+        detail.push_str(": ");
+        detail.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    if reason == ConnectReason::Other && detail.contains("dns error") {
+        reason = ConnectReason::Dns;
+    }
+    if reason == ConnectReason::Tls {
+        // Say so plainly: a certificate problem is fixed in configuration, not by waiting.
+        detail.insert_str(0, "TLS: ");
+    }
+    DispatchFailure::Connect { reason, detail }
+}
+
+/// The reason an I/O error in the chain gives, if it is one.
+fn io_reason(cause: &(dyn std::error::Error + 'static)) -> Option<ConnectReason> {
+    use std::io::ErrorKind;
+    let io = cause.downcast_ref::<std::io::Error>()?;
+    match io.kind() {
+        ErrorKind::ConnectionRefused => Some(ConnectReason::Refused),
+        ErrorKind::ConnectionReset
+        | ErrorKind::ConnectionAborted
+        | ErrorKind::BrokenPipe
+        | ErrorKind::UnexpectedEof => Some(ConnectReason::Closed),
+        _ => None,
+    }
+}
+
+/// True for a rustls error, also when wrapped in `io::Error`s (whose `source()` skips what they
+/// wrap; the connector wraps the handshake's error twice).
+fn is_tls(cause: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = cause;
+    loop {
+        if cause.is::<rustls::Error>() {
+            return true;
+        }
+        match cause
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+        {
+            Some(inner) => cause = inner,
+            None => return false,
+        }
+    }
 }
 
 #[cfg(test)]
