@@ -71,7 +71,7 @@ pub async fn singleton<F, Fut>(
     F: Fn(CancellationToken) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
-    let mut leading = leadership.leading.subscribe();
+    let mut leading = leadership.watch();
     loop {
         // Wait to lead.
         tokio::select! {

@@ -46,15 +46,7 @@ impl Modify for CommonErrors {
             )
         };
         for (path, item) in openapi.paths.paths.iter_mut() {
-            let operations = [
-                (HttpMethod::Get, item.get.as_mut()),
-                (HttpMethod::Post, item.post.as_mut()),
-                (HttpMethod::Put, item.put.as_mut()),
-                (HttpMethod::Delete, item.delete.as_mut()),
-                (HttpMethod::Patch, item.patch.as_mut()),
-            ];
-            for (method, operation) in operations {
-                let Some(operation) = operation else { continue };
+            for (method, operation) in super::routes::operations_mut(item) {
                 // The model gateway documents its own errors, in OpenAI's shape.
                 if operation
                     .tags

@@ -13,7 +13,7 @@ use axum::extract::Request;
 use axum::middleware::{self, Next};
 use axum::response::IntoResponse;
 use flotilla_core::auth::Permission;
-use utoipa::openapi::path::{Operation, PathItem};
+use utoipa::openapi::path::{HttpMethod, Operation, PathItem};
 use utoipa::openapi::security::SecurityRequirement;
 use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouter};
 
@@ -43,15 +43,22 @@ where
     E: From<ApiError> + IntoResponse + 'static,
 {
     for item in paths.paths.values_mut() {
-        for operation in operations_mut(item) {
+        for (_, operation) in operations_mut(item) {
             operation.security = Some(vec![SecurityRequirement::new(
                 BEARER,
                 [permission.as_str()],
             )]);
         }
     }
-    let check = move |caller: Caller, request: Request, next: Next| async move {
-        match caller.require(permission, action) {
+    // The caller is borrowed from the request (put there by `require_key`), not cloned.
+    let check = move |request: Request, next: Next| async move {
+        let verdict = match request.extensions().get::<Caller>() {
+            Some(caller) => caller.require(permission, action),
+            None => Err(ApiError::Unauthenticated(
+                "this route needs an API key".to_owned(),
+            )),
+        };
+        match verdict {
             Ok(()) => next.run(request).await,
             Err(refused) => E::from(refused).into_response(),
         }
@@ -60,20 +67,22 @@ where
     (schemas, paths, method_router)
 }
 
-/// The operations of one path, whatever their methods.
-pub(crate) fn operations_mut(item: &mut PathItem) -> impl Iterator<Item = &mut Operation> {
+/// The operations of one path with their methods, whatever the methods.
+pub(crate) fn operations_mut(
+    item: &mut PathItem,
+) -> impl Iterator<Item = (HttpMethod, &mut Operation)> {
     [
-        item.get.as_mut(),
-        item.put.as_mut(),
-        item.post.as_mut(),
-        item.delete.as_mut(),
-        item.options.as_mut(),
-        item.head.as_mut(),
-        item.patch.as_mut(),
-        item.trace.as_mut(),
+        (HttpMethod::Get, item.get.as_mut()),
+        (HttpMethod::Put, item.put.as_mut()),
+        (HttpMethod::Post, item.post.as_mut()),
+        (HttpMethod::Delete, item.delete.as_mut()),
+        (HttpMethod::Options, item.options.as_mut()),
+        (HttpMethod::Head, item.head.as_mut()),
+        (HttpMethod::Patch, item.patch.as_mut()),
+        (HttpMethod::Trace, item.trace.as_mut()),
     ]
     .into_iter()
-    .flatten()
+    .filter_map(|(method, operation)| Some((method, operation?)))
 }
 
 /// Adds `handlers`' description to `routes`' OpenAPI document and hands back their method
