@@ -1,5 +1,5 @@
 //! What authentication, authorisation and rate limiting cost per request: the exact code the
-//! API runs before a handler (`auth::authenticate`: source throttle, key verification against the
+//! API runs before a handler (`auth::Access::authenticate`: source throttle, key verification against the
 //! cache, key and tenant GCRA limits) plus the handler's permission check, timed per call on a
 //! real control plane (SQLite in a temporary directory). Run with
 //! `cargo bench -p flotilla-server --bench auth`; figures go to docs/benchmarks.md.
@@ -9,7 +9,7 @@
 use flotilla_core::auth::{Permission, Role};
 use flotilla_core::config;
 use flotilla_core::id::TenantId;
-use flotilla_server::auth::{authenticate, bootstrap::new_key, verify};
+use flotilla_server::auth::bootstrap::new_key;
 use flotilla_server::{StartOptions, start};
 use hdrhistogram::Histogram;
 use std::net::IpAddr;
@@ -48,6 +48,7 @@ async fn run() {
         .await
         .unwrap();
     let state = server.state().clone();
+    let access = state.access.clone();
     let (key, record) = new_key(
         TenantId::DEFAULT,
         Role::Submitter,
@@ -62,21 +63,27 @@ async fn run() {
     let mut verify_only = Histogram::<u64>::new(3).unwrap();
     // Warm the key cache and the limiter tables.
     for _ in 0..1000 {
-        authenticate(&state, source, &header).await.unwrap();
+        access
+            .authenticate(source, &header, "/v1/tasks")
+            .await
+            .unwrap();
     }
     let started = Instant::now();
     for i in 0..2 * CALLS {
         // Interleaved, so both see the same machine load.
         if i % 2 == 0 {
             let t = Instant::now();
-            let caller = authenticate(&state, source, &header).await.unwrap();
+            let caller = access
+                .authenticate(source, &header, "/v1/tasks")
+                .await
+                .unwrap();
             caller
                 .require(Permission::SubmitTasks, "submit tasks")
                 .unwrap();
             full.record(t.elapsed().as_nanos() as u64).unwrap();
         } else {
             let t = Instant::now();
-            let (caller, _) = verify(&state, &key, state.clock.now()).await.unwrap();
+            let (caller, _) = access.verify(&key, state.clock.now()).await.unwrap();
             caller
                 .require(Permission::SubmitTasks, "submit tasks")
                 .unwrap();

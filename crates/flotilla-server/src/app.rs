@@ -7,9 +7,7 @@ use crate::fleet::events::EventSink;
 use crate::fleet::provisioners::Provisioners;
 use crate::fleet::registry::Registry;
 use crate::fleet::wakers::Wakers;
-use crate::scheduler::completion::Completions;
-use crate::scheduler::dispatcher::Dispatchers;
-use crate::scheduler::intake::Intake;
+use crate::scheduler::Scheduler;
 use crate::waiters::Waiters;
 use flotilla_core::config::Config;
 use flotilla_store::DynStore;
@@ -53,6 +51,8 @@ pub struct Services {
     pub wakers: Arc<Wakers>,
     pub waiters: Arc<Waiters>,
     pub keys: Arc<KeyCache>,
+    /// Authentication of callers: keys, per-task tokens, rate limits, failed attempts.
+    pub access: Arc<crate::auth::Access>,
     /// Which attempts run, so that a per-task token is honoured only while its attempt does.
     pub attempts: Arc<crate::auth::attempts::LiveAttempts>,
     /// The tamper-evident audit log.
@@ -61,16 +61,15 @@ pub struct Services {
     pub limits: Arc<crate::auth::limits::RateLimiters>,
     /// The secrets vault; `vault.master().derive(purpose)` gives keys for other uses.
     pub vault: Arc<crate::vault::Vault>,
-    pub intake: Intake,
-    pub completions: Completions,
-    pub dispatchers: Arc<Dispatchers>,
+    /// Submissions, dispatcher loops and attempts.
+    pub scheduler: Arc<Scheduler>,
     /// HTTP clients for agents, one per egress requester (`[agents_egress]`; trusting only
     /// `[agents_tls]`'s CA).
     pub agents: Arc<crate::agent_clients::AgentClients>,
     /// The task trace exporter; `None` without `[telemetry.otlp]` (spans are then not built).
     pub traces: Option<Arc<crate::telemetry::traces::Traces>>,
-    /// HTTP client for alert receivers (Slack, PagerDuty, webhooks): public web PKI roots.
-    pub webhooks_http: reqwest::Client,
+    /// Alert and budget notifications (webhooks, e-mail).
+    pub notifications: Arc<crate::notify::Notifications>,
     /// Signs and verifies per-task model-gateway tokens (derived from the vault's master key
     /// for the purpose `task-token`, so every replica agrees).
     pub task_token_key: Arc<flotilla_core::task_token::TokenKey>,
@@ -101,5 +100,18 @@ impl Services {
     /// The configured pool of a type, if any.
     pub fn pool(&self, agent_type: &str) -> Option<&flotilla_core::config::Pool> {
         self.config.pools.iter().find(|p| p.name == agent_type)
+    }
+}
+
+/// The model gateway's routes take the gateway alone as their state.
+impl axum::extract::FromRef<AppState> for Arc<crate::gateway::Gateway> {
+    fn from_ref(state: &AppState) -> Self {
+        state.gateway.clone()
+    }
+}
+
+impl axum::extract::FromRef<AppState> for Arc<Config> {
+    fn from_ref(state: &AppState) -> Self {
+        state.config.clone()
     }
 }

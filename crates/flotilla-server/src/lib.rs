@@ -15,6 +15,7 @@ pub mod fleet;
 pub mod gateway;
 pub mod leader;
 pub mod leadership;
+pub mod notify;
 pub mod replicas;
 pub mod scheduler;
 pub mod telemetry;
@@ -269,12 +270,76 @@ pub async fn start(
         stop_writers.clone(),
     );
     writers.spawn(ledger_writer);
+    let attempts: Arc<auth::attempts::LiveAttempts> = Arc::default();
+    let recent: Arc<telemetry::recent::Recent> = Arc::default();
+    let task_token_key = Arc::new(flotilla_core::task_token::TokenKey::new(
+        vault.master().derive("task-token"),
+    ));
+    let gateway_url: Arc<str> = format!("{scheme}://{}/v1", reachable(addr)).into();
+    let scheduler = Arc::new(scheduler::Scheduler {
+        config: config.clone(),
+        store: store.clone(),
+        clock: clock.clone(),
+        registry: registry.clone(),
+        wakers: wakers.clone(),
+        metrics: metrics.clone(),
+        recent: recent.clone(),
+        attempts: attempts.clone(),
+        intake,
+        completions,
+        dispatchers: Dispatchers::new(shutdown.clone()),
+        agents: agents_http.clone(),
+        traces: traces.clone(),
+        task_token_key: task_token_key.clone(),
+        gateway_url: gateway_url.clone(),
+        owner: owner.clone(),
+        leadership: leadership.clone(),
+        shutdown: shutdown.clone(),
+    });
+    let notifications = Arc::new(notify::Notifications {
+        webhooks: config.alerting.webhooks.clone(),
+        emails: config.alerting.emails.clone(),
+        http: reqwest::Client::builder()
+            .tcp_nodelay(true)
+            .connect_timeout(std::time::Duration::from_secs(5))
+            .build()
+            .map_err(agent_clients::AgentClientError::Build)?,
+        // Deliveries are waited for at shutdown with the attempts.
+        deliveries: scheduler.dispatchers.attempts.clone(),
+        events: events.clone(),
+        clock: clock.clone(),
+        metrics: metrics.clone(),
+    });
     let gateway = Arc::new(gateway::Gateway::new(
         config.gateway.clone(),
         ledger,
         gateway::budgets::Budgets::new(store.clone(), owner.clone()),
-        &store,
+        gateway::GatewayHandles {
+            store: store.clone(),
+            vault: vault.clone(),
+            clock: clock.clone(),
+            metrics: metrics.clone(),
+            recent: recent.clone(),
+            events: events.clone(),
+            notifications: notifications.clone(),
+            traces: traces.clone(),
+        },
     )?);
+    let keys: Arc<auth::KeyCache> = Arc::default();
+    let limits = Arc::new(auth::limits::RateLimiters::new(
+        config.rate_limits.auth_failures,
+    ));
+    let audit = Arc::new(audit::Audit::new(store.clone(), clock.clone()));
+    let access = Arc::new(auth::Access {
+        rate_limits: config.rate_limits,
+        store: store.clone(),
+        clock: clock.clone(),
+        keys: keys.clone(),
+        limits: limits.clone(),
+        attempts: attempts.clone(),
+        task_token_key: task_token_key.clone(),
+        audit: audit.clone(),
+    });
     let state = AppState::new(app::Services {
         gateway,
         vault: vault.clone(),
@@ -286,30 +351,21 @@ pub async fn start(
         provisioners: provisioners.clone(),
         scaling: Arc::default(),
         metrics: metrics.clone(),
-        recent: Arc::default(),
+        recent,
         alerts: Arc::default(),
         wakers,
         waiters,
-        keys: Arc::default(),
-        attempts: Arc::default(),
-        audit: Arc::new(audit::Audit::new(store.clone(), clock.clone())),
-        limits: Arc::new(auth::limits::RateLimiters::new(
-            config.rate_limits.auth_failures,
-        )),
-        intake,
-        completions,
-        dispatchers: Arc::new(Dispatchers::new(shutdown.clone())),
+        keys,
+        access,
+        attempts,
+        audit,
+        limits,
+        scheduler: scheduler.clone(),
         agents: agents_http,
         traces,
-        webhooks_http: reqwest::Client::builder()
-            .tcp_nodelay(true)
-            .connect_timeout(std::time::Duration::from_secs(5))
-            .build()
-            .map_err(agent_clients::AgentClientError::Build)?,
-        task_token_key: Arc::new(flotilla_core::task_token::TokenKey::new(
-            vault.master().derive("task-token"),
-        )),
-        gateway_url: format!("{scheme}://{}/v1", reachable(addr)).into(),
+        notifications: notifications.clone(),
+        task_token_key,
+        gateway_url,
         owner,
         cluster,
         leadership,
@@ -321,9 +377,9 @@ pub async fn start(
     types.extend(registry.types());
     types.extend(store.queued_by_type().await?.into_keys());
     for agent_type in types {
-        state.dispatchers.ensure(&state, &agent_type);
+        scheduler.ensure(&agent_type);
     }
-    writers.spawn(scheduler::lease::run(state.clone(), shutdown.clone()));
+    writers.spawn(scheduler::lease::run(scheduler.clone(), shutdown.clone()));
     let fleet = fleet::Fleet {
         config: config.clone(),
         store: store.clone(),
@@ -363,8 +419,23 @@ pub async fn start(
         state.leadership.clone(),
         shutdown.clone(),
         {
-            let state = state.clone();
-            move |term| alerts::run(state.clone(), term)
+            let alerts = Arc::new(alerts::Alerts {
+                config: config.clone(),
+                store: store.clone(),
+                clock: clock.clone(),
+                engine: state.alerts.clone(),
+                registry: registry.clone(),
+                recent: state.recent.clone(),
+                metrics: metrics.clone(),
+                events: state.events.clone(),
+                limits: state.limits.clone(),
+                provisioners: provisioners.clone(),
+                scaling: state.scaling.clone(),
+                gateway: state.gateway.clone(),
+                notifications,
+                cluster: state.cluster.clone(),
+            });
+            move |term| alerts::run(alerts.clone(), term)
         },
     ));
     writers.spawn(leadership::singleton(
@@ -445,8 +516,8 @@ impl RunningServer {
             Ok(Err(e)) => tracing::error!(error = %e, "HTTP server failed"),
             Err(e) => tracing::error!(error = %e, "HTTP server task failed"),
         }
-        self.state.dispatchers.stopped().await;
-        let attempts = &self.state.dispatchers.attempts;
+        self.state.scheduler.dispatchers.stopped().await;
+        let attempts = &self.state.scheduler.dispatchers.attempts;
         attempts.close();
         if tokio::time::timeout(SHUTDOWN_GRACE, attempts.wait())
             .await

@@ -100,7 +100,7 @@ fn handle(state: &AppState, payload: &str, resync: &tokio::sync::watch::Sender<(
         }
         "queued" => {
             for agent_type in words {
-                state.dispatchers.ensure(state, agent_type);
+                state.scheduler.ensure(agent_type);
                 state.wakers.task_queued_here(agent_type);
             }
         }
@@ -142,7 +142,7 @@ async fn sync_fleet(
             Ok(agents) => {
                 let now = state.clock.now();
                 for agent_type in state.registry.sync(agents, now) {
-                    state.dispatchers.ensure(&state, &agent_type);
+                    state.scheduler.ensure(&agent_type);
                 }
             }
             Err(e) => tracing::debug!(error = %e, "Could not reload the fleet"),

@@ -3,10 +3,10 @@
 //!
 //! - the runtime layer (`clock`, `leadership`, `audit`, `vault`, `tls`, `leader`, `cluster`,
 //!   `waiters`, `telemetry`, `agent_clients`) imports no service, no HTTP layer and not the composition root;
-//! - no cycle exists beyond the one the state still closes (`app::AppState`, which the remaining
-//!   services take whole): that cycle's members are listed in [`KNOWN_CYCLE`], which may only
-//!   shrink — a module that joins it fails the test, and one that leaves it must be removed
-//!   from the list.
+//! - the services (`fleet`, `auth`, `scheduler`, `gateway`, `alerts`) import neither the HTTP
+//!   layer (`api`), nor the composition root (`app`), nor what a replica does with the cluster's
+//!   notices (`replicas`): each is built from the narrow handles it needs;
+//! - the graph has no cycle at all.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -24,7 +24,14 @@ const RUNTIME: &[&str] = &[
     "waiters",
     "telemetry",
     "agent_clients",
+    "notify",
 ];
+
+/// The services, between the runtime layer and the HTTP layer.
+const SERVICES: &[&str] = &["fleet", "auth", "scheduler", "gateway", "alerts"];
+
+/// What sits above the services: the HTTP layer, the composition root and the cluster fan-out.
+const ABOVE_SERVICES: &[&str] = &["api", "app", "replicas", "lib"];
 
 /// What the runtime layer may import (module paths, or their prefixes): itself and the event
 /// sink.
@@ -38,11 +45,9 @@ const RUNTIME_MAY_IMPORT: &[&str] = &[
     "waiters",
     "telemetry",
     "agent_clients",
+    "notify",
     "fleet::events",
 ];
-
-/// The modules still in one cycle through `app::AppState` (issue 14 leaves it to shrink).
-const KNOWN_CYCLE: &[&str] = &["alerts", "api", "app", "auth", "gateway", "scheduler"];
 
 /// `module -> modules it imports`, over `src/`: top-level modules.
 fn graph() -> BTreeMap<String, BTreeSet<String>> {
@@ -140,23 +145,29 @@ fn the_runtime_layer_imports_no_service() {
 }
 
 #[test]
-fn no_cycle_beyond_the_known_one_which_only_shrinks() {
+fn services_import_nothing_above_them() {
+    let graph = graph();
+    let mut wrong = Vec::new();
+    for module in SERVICES {
+        for import in graph.get(*module).into_iter().flatten() {
+            if ABOVE_SERVICES.contains(&import.as_str()) {
+                wrong.push(format!("{module} imports {import}"));
+            }
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
+
+#[test]
+fn the_module_graph_has_no_cycle() {
     let graph = graph();
     // A module is on a cycle when it reaches itself.
-    let cyclic: BTreeSet<String> = graph
+    let cyclic: Vec<&String> = graph
         .keys()
         .filter(|m| reach(&graph, m).contains(*m))
-        .cloned()
         .collect();
-    let known: BTreeSet<String> = KNOWN_CYCLE.iter().map(|m| (*m).to_owned()).collect();
-    let joined: Vec<_> = cyclic.difference(&known).collect();
     assert!(
-        joined.is_empty(),
-        "modules that joined an import cycle: {joined:?}\nthe graph: {graph:#?}"
-    );
-    let left: Vec<_> = known.difference(&cyclic).collect();
-    assert!(
-        left.is_empty(),
-        "modules no longer on a cycle: {left:?}; remove them from KNOWN_CYCLE"
+        cyclic.is_empty(),
+        "modules on an import cycle: {cyclic:?}\nthe graph: {graph:#?}"
     );
 }

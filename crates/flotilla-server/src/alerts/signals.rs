@@ -2,7 +2,7 @@
 //! rolling windows and the gateway's budgets, with a value for each dimension a signal has
 //! (docs/design.md §11): per agent type, per model, per tenant, or in total.
 
-use crate::app::AppState;
+use super::Alerts;
 use crate::telemetry::recent::ModelCalls;
 use flotilla_core::alert::{AlertRule, Dimension, Signal, budget_utilisation, quantile};
 use flotilla_core::budget::Period;
@@ -138,7 +138,7 @@ impl Values {
 
 /// Reads every signal. A store error leaves queue lengths at 0 (or budgets unknown) for the
 /// round, and is logged.
-pub(super) async fn read(state: &AppState) -> Values {
+pub(super) async fn read(state: &Alerts) -> Values {
     let rules = &state.config.alerting.rules;
     let queued = match state.store.queued_by_type().await {
         Ok(q) => q,

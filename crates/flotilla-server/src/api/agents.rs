@@ -231,7 +231,7 @@ pub async fn register(
     };
     let agent_type = agent.agent_type.clone();
     state.registry.insert(agent, now);
-    state.dispatchers.ensure(&state, &agent_type);
+    state.scheduler.ensure(&agent_type);
     state.cluster.send(crate::cluster::Notice::Agents);
     Ok((StatusCode::CREATED, Json(registered)))
 }
@@ -259,7 +259,7 @@ pub async fn heartbeat(
         if state.registry.adopt(stored, now)
             && let Some(agent) = state.registry.get(id)
         {
-            state.dispatchers.ensure(&state, &agent.agent_type);
+            state.scheduler.ensure(&agent.agent_type);
         }
     }
     let before = managed(&state, &caller, id)?;

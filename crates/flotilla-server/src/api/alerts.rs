@@ -143,7 +143,7 @@ pub async fn list_silences(
     _caller: Caller,
 ) -> Result<Json<SilenceList>, ApiError> {
     Ok(Json(SilenceList {
-        silences: crate::alerts::stored_silences(&state).await?,
+        silences: crate::alerts::stored_silences(&state.store, state.clock.now()).await?,
     }))
 }
 

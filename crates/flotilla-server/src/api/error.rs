@@ -6,10 +6,7 @@ use axum::response::{IntoResponse, Response};
 use flotilla_core::wire::{ErrorBody, ErrorDetail};
 use flotilla_store::StoreError;
 
-tokio::task_local! {
-    /// The request id of the request being handled, so errors can echo it.
-    pub static REQUEST_ID: String;
-}
+pub use crate::telemetry::REQUEST_ID;
 
 /// An error answered to an API client.
 #[derive(Debug, thiserror::Error)]
@@ -222,6 +219,26 @@ impl IntoResponse for ApiError {
             _ => {}
         }
         response
+    }
+}
+
+impl From<crate::auth::AuthError> for ApiError {
+    fn from(e: crate::auth::AuthError) -> Self {
+        use crate::auth::AuthError as A;
+        match e {
+            A::Unauthenticated(message) => ApiError::Unauthenticated(message),
+            A::AttemptEnded(message) => ApiError::AttemptEnded(message),
+            A::Forbidden(message) => ApiError::Forbidden(message),
+            A::InvalidTenant(message) => ApiError::invalid_field("tenant", message),
+            A::RateLimited {
+                message,
+                retry_after_s,
+            } => ApiError::RateLimited {
+                message,
+                retry_after_s,
+            },
+            A::Store(e) => e.into(),
+        }
     }
 }
 

@@ -3,7 +3,6 @@
 
 use crate::api::error::ApiError;
 use crate::app::AppState;
-use crate::auth::verify;
 use crate::telemetry::metrics::{
     self, AgentIdLabels, HttpLabels, InstancesLabels, Metrics, RouteLabels,
 };
@@ -58,7 +57,7 @@ pub async fn serve_metrics(
                     "/metrics needs an API key (or set telemetry.metrics_public = true)".to_owned(),
                 )
             })?;
-        verify(&state, token, state.clock.now()).await?;
+        state.access.verify(token, state.clock.now()).await?;
     }
     refresh(&state).await;
     let text = state

@@ -3,6 +3,7 @@
 pub mod agents;
 pub mod alerts;
 pub mod audit;
+pub mod authn;
 pub mod budgets;
 pub mod cost;
 pub mod error;
@@ -10,6 +11,8 @@ pub mod events;
 pub mod extract;
 pub mod keys;
 pub mod metrics;
+pub mod models;
+mod models_spec;
 pub mod openapi;
 pub mod pools;
 pub mod probes;
@@ -21,7 +24,7 @@ pub mod tenants;
 pub mod usage;
 
 use crate::app::AppState;
-use crate::auth::require_key;
+use authn::require_key;
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, Request};
 use axum::http::header::AUTHORIZATION;
@@ -98,12 +101,10 @@ fn described_routes(state: &AppState) -> routes::Routes {
         .merge(cost::routes())
         .route_layer(middleware::from_fn_with_state(state.clone(), require_key))
         // The model gateway answers refusals in OpenAI's shape, its own errors' shape.
-        .merge(
-            crate::gateway::routes().route_layer(middleware::from_fn_with_state(
-                state.clone(),
-                crate::gateway::require_key,
-            )),
-        );
+        .merge(models::routes().route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            models::require_key,
+        )));
     routes::Routes::with_openapi(<openapi::ApiDoc as utoipa::OpenApi>::openapi())
         .merge(probes::routes())
         .merge(v1)

@@ -1,7 +1,7 @@
 //! Where a route is routed, it declares the permission it needs (docs/design.md §8).
 //!
 //! [`permit`] wraps the handlers of one `routes!(…)`: the permission is checked by a layer in
-//! front of them (after [`crate::auth::require_key`] has named the caller), and it is written into
+//! front of them (after [`super::authn::require_key`] has named the caller), and it is written into
 //! `/openapi.json` as the scope of the operation's `bearer` requirement. The router and the spec
 //! come from the same [`utoipa_axum::router::OpenApiRouter`], so every route is in the spec, and
 //! the access-matrix test (`tests/access.rs`) enumerates the routes and their permissions from it.
@@ -53,7 +53,7 @@ where
     // The caller is borrowed from the request (put there by `require_key`), not cloned.
     let check = move |request: Request, next: Next| async move {
         let verdict = match request.extensions().get::<Caller>() {
-            Some(caller) => caller.require(permission, action),
+            Some(caller) => caller.require(permission, action).map_err(ApiError::from),
             None => Err(ApiError::Unauthenticated(
                 "this route needs an API key".to_owned(),
             )),

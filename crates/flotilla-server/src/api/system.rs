@@ -41,7 +41,7 @@ pub async fn system(
         tokio::task::spawn_blocking(move || (process::sample(), process::disk(&data_dir)))
             .await
             .map_err(|e| ApiError::Internal(format!("cannot read process facts: {e}")))?;
-    let providers = state.gateway.probe(&state).await;
+    let providers = state.gateway.probe().await;
     Ok(Json(SystemInfo {
         version: env!("CARGO_PKG_VERSION").to_owned(),
         started_at: chrono::DateTime::<chrono::Utc>::from(started),

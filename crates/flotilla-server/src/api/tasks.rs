@@ -79,7 +79,7 @@ pub async fn submit(
     {
         return Err(ApiError::Shed(reason));
     }
-    let inserted = crate::scheduler::submission::submit(&state, task).await;
+    let inserted = crate::scheduler::submission::submit(&state.scheduler, task).await;
     let inserted = inserted.map_err(|e| match e {
         IntakeError::Stopped | IntakeError::Unavailable(_) => ApiError::Unavailable(e.to_string()),
         IntakeError::Store(detail) => ApiError::Internal(detail),

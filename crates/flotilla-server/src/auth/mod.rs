@@ -12,24 +12,48 @@ pub mod bootstrap;
 pub mod limits;
 pub mod task_token;
 
-use crate::api::error::ApiError;
-use crate::app::AppState;
-use crate::audit::{AuditEvent, AuditOutcome};
-use axum::extract::{ConnectInfo, FromRequestParts, Request, State};
-use axum::http::header::AUTHORIZATION;
-use axum::http::request::Parts;
-use axum::middleware::Next;
-use axum::response::Response;
+use crate::audit::{Audit, AuditEvent, AuditOutcome};
+use crate::clock::Clock;
+use attempts::LiveAttempts;
 use flotilla_core::Timestamp;
 use flotilla_core::auth::{ApiKeyRecord, Permission, Role, parse_key};
+use flotilla_core::config::RateLimits;
 use flotilla_core::id::{TaskId, TenantId};
 use flotilla_core::rate::Rate;
+use flotilla_core::task_token::TokenKey;
+use flotilla_store::{DynStore, StoreError};
+use limits::RateLimiters;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
+use std::sync::Arc;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use subtle::ConstantTimeEq;
+
+/// Why a caller was refused. The HTTP layer maps each kind to its answer (`api/error.rs`, and
+/// OpenAI's shape on the model gateway's routes).
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    /// No valid credentials (401); counted and audited as a failed authentication.
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// A genuine per-task token whose attempt is over (401), not a guess.
+    #[error("{0}")]
+    AttemptEnded(String),
+    /// Valid credentials without the right to do this (403).
+    #[error("{0}")]
+    Forbidden(String),
+    /// `?tenant=` is not a tenant id (400).
+    #[error("{0}")]
+    InvalidTenant(String),
+    /// A rate limit refused the request (429).
+    #[error("{message}")]
+    RateLimited { message: String, retry_after_s: u64 },
+    /// The store could not be read.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
 
 /// Who is calling: attached to every authenticated request.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -47,7 +71,7 @@ pub struct Caller {
 
 impl Caller {
     /// Fails with 403 unless the caller may do `permission` (`action` words the message).
-    pub fn require(&self, permission: Permission, action: &str) -> Result<(), ApiError> {
+    pub fn require(&self, permission: Permission, action: &str) -> Result<(), AuthError> {
         let allowed = match self.task {
             Some(_) => permission == Permission::CallModels,
             None => self.role.allows(permission),
@@ -55,11 +79,11 @@ impl Caller {
         if allowed {
             Ok(())
         } else if self.task.is_some() {
-            Err(ApiError::Forbidden(format!(
+            Err(AuthError::Forbidden(format!(
                 "a per-task model-gateway token may only call models, not {action}"
             )))
         } else {
-            Err(ApiError::Forbidden(format!(
+            Err(AuthError::Forbidden(format!(
                 "a key with role `{}` may not {action} (needs `{permission}`)",
                 self.role
             )))
@@ -70,14 +94,11 @@ impl Caller {
 impl Caller {
     /// The tenant a request acts on: the caller's own, or with `?tenant=` another one, which only
     /// admin keys may name.
-    pub fn scope(&self, requested: Option<&str>) -> Result<TenantId, ApiError> {
+    pub fn scope(&self, requested: Option<&str>) -> Result<TenantId, AuthError> {
         let requested = requested
             .map(|text| {
                 text.parse::<TenantId>().map_err(|_| {
-                    ApiError::invalid_field(
-                        "tenant",
-                        format!("`{text}` is not a tenant id (a UUID)"),
-                    )
+                    AuthError::InvalidTenant(format!("`{text}` is not a tenant id (a UUID)"))
                 })
             })
             .transpose()?;
@@ -85,7 +106,7 @@ impl Caller {
     }
 
     /// [`Caller::scope`] with the tenant already parsed.
-    pub fn scope_id(&self, requested: Option<TenantId>) -> Result<TenantId, ApiError> {
+    pub fn scope_id(&self, requested: Option<TenantId>) -> Result<TenantId, AuthError> {
         match requested {
             None => Ok(self.tenant_id),
             Some(tenant)
@@ -94,7 +115,7 @@ impl Caller {
             {
                 Ok(tenant)
             }
-            Some(_) => Err(ApiError::Forbidden(
+            Some(_) => Err(AuthError::Forbidden(
                 "only admin keys may act on another tenant (`tenant`)".to_owned(),
             )),
         }
@@ -123,18 +144,6 @@ pub struct TenantParam {
     /// Act on this tenant instead of the key's own (admin keys only).
     #[param(format = Uuid)]
     pub tenant: Option<String>,
-}
-
-impl<S: Send + Sync> FromRequestParts<S> for Caller {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, ApiError> {
-        parts
-            .extensions
-            .get::<Caller>()
-            .cloned()
-            .ok_or_else(|| ApiError::Unauthenticated("this route needs an API key".to_owned()))
-    }
 }
 
 /// SHA-256 of a key's secret part, hex.
@@ -175,147 +184,146 @@ impl KeyCache {
     }
 }
 
-/// Checks a presented bearer token against the store; the error says what was wrong without
-/// revealing whether a key id exists. Returns the caller and the key's own rate limit.
-pub async fn verify(
-    state: &AppState,
-    token: &str,
-    now: Timestamp,
-) -> Result<(Caller, Option<Rate>), ApiError> {
-    let invalid =
-        || ApiError::Unauthenticated("the API key is invalid, expired or revoked".to_owned());
-    let presented = parse_key(token).ok_or_else(invalid)?;
-    let record = match state.keys.get(presented.public_id) {
-        Some(record) => record,
-        None => {
-            let record = state
-                .store
-                .get_api_key(presented.public_id)
-                .await?
-                .ok_or_else(invalid)?;
-            state.keys.put(record.clone());
-            record
-        }
-    };
-    let matches: bool = hash_secret(presented.secret)
-        .as_bytes()
-        .ct_eq(record.secret_hash.as_bytes())
-        .into();
-    let live = record.revoked_at.is_none() && record.expires_at.is_none_or(|at| at > now);
-    if !(matches && live) {
-        return Err(invalid());
-    }
-    let caller = Caller {
-        key_id: record.id,
-        tenant_id: record.tenant_id,
-        role: record.role,
-        task: None,
-        source: None,
-    };
-    Ok((caller, record.rate_limit))
+/// Authentication as a service: verifies keys and per-task tokens, applies the key's and the
+/// tenant's rate limits, throttles and audits failed attempts. The HTTP layer's middleware
+/// (`api/authn.rs`) calls it before every `/v1` handler.
+pub struct Access {
+    pub rate_limits: RateLimits,
+    pub store: DynStore,
+    pub clock: Arc<dyn Clock>,
+    pub keys: Arc<KeyCache>,
+    pub limits: Arc<RateLimiters>,
+    /// Which attempts run: a per-task token is honoured only while its attempt does.
+    pub attempts: Arc<LiveAttempts>,
+    pub task_token_key: Arc<TokenKey>,
+    pub audit: Arc<Audit>,
 }
 
-/// Middleware on `/v1`: every request needs `Authorization: Bearer <key>`, within the key's and
-/// its tenant's rate limits. Failed authentications are audited and counted per source address;
-/// a source past its rate is refused before its key is even looked at.
-pub async fn require_key(
-    State(state): State<AppState>,
-    mut request: Request,
-    next: Next,
-) -> Result<Response, ApiError> {
-    let source = request
-        .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|c| c.0.ip());
-    let header = request
-        .headers()
-        .get(AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default();
-    let caller = match authenticate(&state, source, header).await {
-        Ok(caller) => caller,
-        Err(e @ ApiError::Unauthenticated(_)) => {
-            auth_failed(&state, source, header, request.uri().path()).await;
-            return Err(e);
+impl Access {
+    /// Checks a presented bearer token against the store; the error says what was wrong
+    /// without revealing whether a key id exists. Returns the caller and the key's own rate
+    /// limit.
+    pub async fn verify(
+        &self,
+        token: &str,
+        now: Timestamp,
+    ) -> Result<(Caller, Option<Rate>), AuthError> {
+        let invalid =
+            || AuthError::Unauthenticated("the API key is invalid, expired or revoked".to_owned());
+        let presented = parse_key(token).ok_or_else(invalid)?;
+        let record = match self.keys.get(presented.public_id) {
+            Some(record) => record,
+            None => {
+                let record = self
+                    .store
+                    .get_api_key(presented.public_id)
+                    .await?
+                    .ok_or_else(invalid)?;
+                self.keys.put(record.clone());
+                record
+            }
+        };
+        let matches: bool = hash_secret(presented.secret)
+            .as_bytes()
+            .ct_eq(record.secret_hash.as_bytes())
+            .into();
+        let live = record.revoked_at.is_none() && record.expires_at.is_none_or(|at| at > now);
+        if !(matches && live) {
+            return Err(invalid());
         }
-        Err(e) => return Err(e),
-    };
-    request.extensions_mut().insert(caller);
-    Ok(next.run(request).await)
-}
-
-/// Everything the API does before a handler runs: refuses a throttled source, verifies the
-/// bearer key (or per-task token), and counts the request against the key's and the tenant's
-/// rate limits. (The handler then checks its one permission with [`Caller::require`].)
-pub async fn authenticate(
-    state: &AppState,
-    source: Option<IpAddr>,
-    header: &str,
-) -> Result<Caller, ApiError> {
-    if let Some(ip) = source
-        && let Some(wait) = state.limits.blocked(ip)
-    {
-        return Err(ApiError::RateLimited {
-            message: format!("too many failed authentications from {ip}; retry later"),
-            retry_after_s: limits::retry_after_secs(wait),
-        });
+        let caller = Caller {
+            key_id: record.id,
+            tenant_id: record.tenant_id,
+            role: record.role,
+            task: None,
+            source: None,
+        };
+        Ok((caller, record.rate_limit))
     }
-    let (mut caller, key_rate) = match header.strip_prefix("Bearer ").map(str::trim) {
-        Some(token) if task_token::is_task_token(token) => {
-            let caller = task_token::authenticate(state, token, state.clock.now()).await?;
-            (caller, None)
-        }
-        Some(token) => verify(state, token, state.clock.now()).await?,
-        None => {
-            return Err(ApiError::Unauthenticated(
-                "this route needs an API key: send `Authorization: Bearer flt_…`".to_owned(),
-            ));
-        }
-    };
-    caller.source = source;
-    let defaults = state.config.rate_limits;
-    let tenant_rate = state
-        .limits
-        .tenant_rate(&state.store, caller.tenant_id)
-        .await?;
-    state
-        .limits
-        .check_key(&caller.key_id, key_rate.or(defaults.per_key))
-        .and_then(|()| {
-            state.limits.check_tenant(
-                caller.tenant_id,
-                state
-                    .limits
-                    .effective_tenant_rate(caller.tenant_id, tenant_rate.or(defaults.per_tenant)),
-            )
-        })
-        .map_err(|limited| ApiError::RateLimited {
-            message: format!("rate limit exceeded: {}; retry later", limited.what),
-            retry_after_s: limits::retry_after_secs(limited.retry_after),
-        })?;
-    Ok(caller)
-}
 
-/// Records a failed authentication: counted against the source, and audited with the key's
-/// public id when one was presented (never the secret).
-async fn auth_failed(state: &AppState, source: Option<IpAddr>, header: &str, path: &str) {
-    if let Some(ip) = source {
-        state.limits.auth_failed(ip);
+    /// Everything the API does before a handler runs: refuses a throttled source, verifies the
+    /// bearer key (or per-task token), and counts the request against the key's and the
+    /// tenant's rate limits. (The route's permission is checked after it, `api/routes.rs`.)
+    /// A failed authentication is counted against the source and audited.
+    pub async fn authenticate(
+        &self,
+        source: Option<IpAddr>,
+        header: &str,
+        path: &str,
+    ) -> Result<Caller, AuthError> {
+        let verdict = self.identify(source, header).await;
+        if let Err(AuthError::Unauthenticated(_)) = &verdict {
+            self.failed(source, header, path).await;
+        }
+        verdict
     }
-    let presented = header
-        .strip_prefix("Bearer ")
-        .and_then(|t| parse_key(t.trim()))
-        .map(|k| k.public_id.to_owned());
-    let event = AuditEvent {
-        action: "auth.failure",
-        target: path.to_owned(),
-        outcome: AuditOutcome::Denied,
-        actor: presented,
-        tenant_id: None,
-        source,
-    };
-    if let Err(e) = state.audit.record(event).await {
-        tracing::warn!(error = %e, "Could not audit a failed authentication");
+
+    async fn identify(&self, source: Option<IpAddr>, header: &str) -> Result<Caller, AuthError> {
+        if let Some(ip) = source
+            && let Some(wait) = self.limits.blocked(ip)
+        {
+            return Err(AuthError::RateLimited {
+                message: format!("too many failed authentications from {ip}; retry later"),
+                retry_after_s: limits::retry_after_secs(wait),
+            });
+        }
+        let (mut caller, key_rate) = match header.strip_prefix("Bearer ").map(str::trim) {
+            Some(token) if task_token::is_task_token(token) => {
+                let caller = task_token::authenticate(self, token, self.clock.now()).await?;
+                (caller, None)
+            }
+            Some(token) => self.verify(token, self.clock.now()).await?,
+            None => {
+                return Err(AuthError::Unauthenticated(
+                    "this route needs an API key: send `Authorization: Bearer flt_…`".to_owned(),
+                ));
+            }
+        };
+        caller.source = source;
+        let defaults = self.rate_limits;
+        let tenant_rate = self
+            .limits
+            .tenant_rate(&self.store, caller.tenant_id)
+            .await?;
+        self.limits
+            .check_key(&caller.key_id, key_rate.or(defaults.per_key))
+            .and_then(|()| {
+                self.limits.check_tenant(
+                    caller.tenant_id,
+                    self.limits.effective_tenant_rate(
+                        caller.tenant_id,
+                        tenant_rate.or(defaults.per_tenant),
+                    ),
+                )
+            })
+            .map_err(|limited| AuthError::RateLimited {
+                message: format!("rate limit exceeded: {}; retry later", limited.what),
+                retry_after_s: limits::retry_after_secs(limited.retry_after),
+            })?;
+        Ok(caller)
+    }
+
+    /// Records a failed authentication: counted against the source, and audited with the
+    /// key's public id when one was presented (never the secret).
+    async fn failed(&self, source: Option<IpAddr>, header: &str, path: &str) {
+        if let Some(ip) = source {
+            self.limits.auth_failed(ip);
+        }
+        let presented = header
+            .strip_prefix("Bearer ")
+            .and_then(|t| parse_key(t.trim()))
+            .map(|k| k.public_id.to_owned());
+        let event = AuditEvent {
+            action: "auth.failure",
+            target: path.to_owned(),
+            outcome: AuditOutcome::Denied,
+            actor: presented,
+            tenant_id: None,
+            source,
+        };
+        if let Err(e) = self.audit.record(event).await {
+            tracing::warn!(error = %e, "Could not audit a failed authentication");
+        }
     }
 }
 
@@ -343,7 +351,7 @@ mod tests {
         assert!(caller.require(Permission::ReadTasks, "read").is_ok());
         assert!(matches!(
             caller.require(Permission::SubmitTasks, "submit tasks"),
-            Err(ApiError::Forbidden(_))
+            Err(AuthError::Forbidden(_))
         ));
         let token = Caller {
             role: Role::Admin,

@@ -6,9 +6,7 @@
 //! the token. A token is honoured only while its attempt runs ([`super::attempts`]): after its
 //! end it is refused with 401 `attempt_ended`, whatever its deadline.
 
-use crate::api::error::ApiError;
-use crate::app::AppState;
-use crate::auth::Caller;
+use crate::auth::{Access, AuthError, Caller};
 use flotilla_core::Timestamp;
 use flotilla_core::auth::Role;
 use flotilla_core::task_token::{self, TaskClaims, TokenError};
@@ -21,12 +19,12 @@ pub fn is_task_token(token: &str) -> bool {
 /// Verifies a task token at `now`, and that its attempt still runs, and returns the caller it
 /// stands for.
 pub async fn authenticate(
-    state: &AppState,
+    state: &Access,
     token: &str,
     now: Timestamp,
-) -> Result<Caller, ApiError> {
+) -> Result<Caller, AuthError> {
     let claims = task_token::verify(&state.task_token_key, token, now).map_err(|e| {
-        ApiError::Unauthenticated(match e {
+        AuthError::Unauthenticated(match e {
             TokenError::Expired => {
                 "the task token has expired: it is valid until its attempt's deadline".to_owned()
             }
@@ -44,7 +42,7 @@ pub async fn authenticate(
         .await?;
     if !live {
         tracing::debug!(task_id = %claims.task_id, attempt = claims.attempt, "Task token of an ended attempt refused");
-        return Err(ApiError::AttemptEnded(format!(
+        return Err(AuthError::AttemptEnded(format!(
             "the task token's attempt has ended: attempt {} of task {} is no longer running",
             claims.attempt, claims.task_id
         )));

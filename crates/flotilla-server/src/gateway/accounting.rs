@@ -1,9 +1,9 @@
 //! What a finished (or refused) call leaves behind: budgets and limits settled with the actual
 //! usage, the usage record in the ledger, the gateway's metrics, and budget thresholds announced.
 
+use super::Gateway;
 use super::budgets::Crossed;
 use super::call::Call;
-use crate::app::AppState;
 use crate::telemetry::metrics::{GatewayLabels, ModelLabels, ModelTokenLabels};
 use flotilla_core::Timestamp;
 use flotilla_core::model::ModelSpec;
@@ -11,7 +11,7 @@ use flotilla_core::money::Money;
 use flotilla_core::usage::{TokenUsage, UsageRecord, UsageStatus};
 
 /// Records a call refused before it reached a provider.
-pub(super) fn reject(state: &AppState, call: &Call, spec: &ModelSpec) {
+pub(super) fn reject(state: &Gateway, call: &Call, spec: &ModelSpec) {
     let record = usage_record(
         call,
         spec,
@@ -22,7 +22,7 @@ pub(super) fn reject(state: &AppState, call: &Call, spec: &ModelSpec) {
         state.clock.now(),
     );
     count(state, &record);
-    state.gateway.ledger.record(record);
+    state.ledger.record(record);
 }
 
 fn usage_record(
@@ -53,7 +53,7 @@ fn usage_record(
 }
 
 /// Updates the gateway's metrics with a finished call.
-fn count(state: &AppState, record: &UsageRecord) {
+fn count(state: &Gateway, record: &UsageRecord) {
     let m = &state.metrics;
     m.gateway_requests
         .get_or_create(&GatewayLabels {
@@ -122,7 +122,7 @@ fn count(state: &AppState, record: &UsageRecord) {
 /// Settles budgets and limits with the actual usage, writes the usage record, counts it, and
 /// announces thresholds crossed. Returns the cost (when known).
 pub(super) async fn finish(
-    state: &AppState,
+    state: &Gateway,
     call: &mut Call,
     served: &ModelSpec,
     tokens: TokenUsage,
@@ -132,7 +132,7 @@ pub(super) async fn finish(
     let now = state.clock.now();
     let cost = served.prices.cost(&tokens);
     let actual = cost.unwrap_or(Money::ZERO);
-    let gw = &state.gateway;
+    let gw = state;
     if let Some(t) = call.taken.take() {
         gw.limits.reconcile(&t, tokens.total(), actual, now).await;
     }
@@ -158,7 +158,7 @@ pub(super) async fn finish(
 }
 
 /// A budget threshold reached: an event and a notification, once per window.
-fn announce(state: &AppState, crossed: &Crossed, now: Timestamp) {
+fn announce(state: &Gateway, crossed: &Crossed, now: Timestamp) {
     let b = &crossed.budget;
     let message = format!(
         "tenant {} reached {}% of its {} budget: ${} of ${} spent",
@@ -180,7 +180,7 @@ fn announce(state: &AppState, crossed: &Crossed, now: Timestamp) {
     } else {
         flotilla_core::alert::Severity::Warning
     };
-    let notification = crate::alerts::notify::Notification {
+    let notification = crate::notify::Notification {
         rule: "budget_threshold".to_owned(),
         agent_type: None,
         model: None,
@@ -201,5 +201,5 @@ fn announce(state: &AppState, crossed: &Crossed, now: Timestamp) {
         message,
         at: now,
     };
-    crate::alerts::notify::send_all(state, &notification);
+    crate::notify::send_all(&state.notifications, &notification);
 }

@@ -2,6 +2,7 @@
 //! budgets and limits, call the provider (retrying, then falling back), and answer — whole, or as
 //! a relayed stream whose usage is settled when it ends.
 
+use super::Gateway;
 use super::accounting::{finish, reject};
 use super::budgets::{Hold, Refusal};
 use super::error::GatewayError;
@@ -9,12 +10,9 @@ use super::limits::Taken;
 use super::providers::{UpstreamError, UpstreamReply, UpstreamRequest};
 use super::request::ChatRequest;
 use super::stream;
-use crate::app::AppState;
 use crate::auth::Caller;
 use crate::telemetry::metrics::{ModelLabels, ProviderLabels};
 use axum::body::{Body, Bytes};
-use axum::extract::State;
-use axum::extract::rejection::BytesRejection;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::Response;
 use flotilla_core::Timestamp;
@@ -24,6 +22,7 @@ use flotilla_core::model::{ModelSpec, UpstreamFailure};
 use flotilla_core::money::Money;
 use flotilla_core::retry::BackoffPolicy;
 use flotilla_core::usage::{TokenUsage, UsageStatus};
+use std::sync::Arc;
 use std::time::Instant;
 
 /// Longest downgrade chain followed.
@@ -52,42 +51,20 @@ struct Chosen {
     downgraded_from: Option<(String, String)>,
 }
 
-/// Calls a model through the gateway (OpenAI's chat completions): the caller's limits and budgets
-/// apply, the call is recorded in the ledger, and the answer (or stream) is the provider's.
-#[utoipa::path(post, path = "/v1/chat/completions", tag = "models",
-    request_body = super::spec::ChatCompletionRequest,
-    responses(
-        (status = 200, description = "The provider's answer; with `stream`, server-sent events",
-            content((super::spec::ChatCompletion = "application/json"), (super::spec::ServerSentEvent = "text/event-stream"))),
-        (status = 400, body = super::spec::OpenAiErrorBody), (status = 401, body = super::spec::OpenAiErrorBody),
-        (status = 402, description = "A `block` budget is spent", body = super::spec::OpenAiErrorBody),
-        (status = 403, body = super::spec::OpenAiErrorBody),
-        (status = 404, description = "No such model", body = super::spec::OpenAiErrorBody),
-        (status = 413, body = super::spec::OpenAiErrorBody), (status = 429, body = super::spec::OpenAiErrorBody),
-        (status = 502, description = "The provider failed", body = super::spec::OpenAiErrorBody),
-        (status = 503, body = super::spec::OpenAiErrorBody),
-        (status = 504, description = "The provider did not answer in time", body = super::spec::OpenAiErrorBody)),
-    security(("bearer" = [])))]
-pub(super) async fn chat_completions(
-    State(state): State<AppState>,
-    caller: Caller,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+/// Calls a model through the gateway (OpenAI's chat completions) for `caller`: its limits and
+/// budgets apply, the call is recorded in the ledger, and the answer (or stream) is the
+/// provider's. `incoming` is the caller's `traceparent`, if any.
+pub async fn chat(
+    state: Arc<Gateway>,
+    caller: &Caller,
+    incoming: Option<&str>,
+    body: Bytes,
 ) -> Result<Response, GatewayError> {
-    let body = body.map_err(|e| {
-        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            GatewayError::from(crate::api::error::ApiError::PayloadTooLarge {
-                limit: state.config.max_body_bytes,
-            })
-        } else {
-            GatewayError::invalid("body", format!("the body could not be read: {e}"))
-        }
-    })?;
     let request = ChatRequest::parse(body)?;
-    let gw = state.gateway.clone();
+    let gw = state.clone();
     let now = state.clock.now();
     let agent_type = match caller.task {
-        Some(task) => gw.task_type(&state, caller.tenant_id, task).await,
+        Some(task) => gw.task_type(caller.tenant_id, task).await,
         None => None,
     };
     let call = Call {
@@ -149,7 +126,6 @@ pub(super) async fn chat_completions(
             return Err(e);
         }
     };
-    let incoming = headers.get("traceparent").and_then(|v| v.to_str().ok());
     call.span = state
         .traces
         .as_ref()
@@ -166,11 +142,7 @@ pub(super) async fn chat_completions(
     streams
         .spawn(forward(state, call, request, chosen, traceparent))
         .await
-        .map_err(|e| {
-            GatewayError::from(crate::api::error::ApiError::Internal(format!(
-                "the model call's task failed: {e}"
-            )))
-        })?
+        .map_err(|e| GatewayError::internal(format!("the model call's task failed: {e}")))?
 }
 
 /// The model asked for, or for `auto` the recommended one; 404 for an unknown model.
@@ -200,12 +172,12 @@ fn resolve_model(models: &[ModelSpec], request: &ChatRequest) -> Result<ModelSpe
 /// Reserves the call's ceiling in the tenant's budgets, walking the downgrade chain when a
 /// `downgrade` budget is spent.
 async fn choose_within_budget(
-    state: &AppState,
+    state: &Gateway,
     call: &mut Call,
     mut spec: ModelSpec,
     ceiling: &impl Fn(&ModelSpec) -> Money,
 ) -> Result<Chosen, GatewayError> {
-    let gw = &state.gateway;
+    let gw = state;
     let mut downgraded_from: Option<(String, String)> = None;
     for _ in 0..=MAX_DOWNGRADES {
         let refusal: Refusal = match gw
@@ -262,13 +234,13 @@ async fn choose_within_budget(
 
 /// Calls the provider (retrying, then falling back) and answers.
 async fn forward(
-    state: AppState,
+    state: Arc<Gateway>,
     mut call: Call,
     request: ChatRequest,
     chosen: Chosen,
     traceparent: Option<String>,
 ) -> Result<Response, GatewayError> {
-    let gw = state.gateway.clone();
+    let gw = state.clone();
     let mut candidates: Vec<ModelSpec> = vec![chosen.spec.clone()];
     for name in &chosen.spec.fallbacks {
         if let Some(m) = gw.models().iter().find(|m| &m.name == name) {
@@ -294,7 +266,7 @@ async fn forward(
         let Some(provider) = gw.config.providers.get(&spec.provider) else {
             continue;
         };
-        let key = match gw.api_key(&state, &spec.provider).await {
+        let key = match gw.api_key(&spec.provider).await {
             Ok(k) => k,
             Err(e) => {
                 last = Some(UpstreamError::connection(e.message));

@@ -2,7 +2,7 @@
 //! (`{"error": {"message", "type", "param", "code"}}`) so that OpenAI SDKs raise their usual
 //! exceptions (`NotFoundError`, `RateLimitError`, …) with our message.
 
-use crate::api::error::{ApiError, REQUEST_ID};
+use crate::telemetry::REQUEST_ID;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
@@ -96,6 +96,19 @@ impl GatewayError {
         }
     }
 
+    /// 500: our own fault, logged with `detail` and answered without it.
+    pub fn internal(detail: String) -> GatewayError {
+        tracing::error!(error = %detail, "Gateway request failed");
+        GatewayError {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            kind: "api_error",
+            code: "internal",
+            message: "the server failed to handle the request; it has been logged".to_owned(),
+            param: None,
+            retry_after_s: None,
+        }
+    }
+
     /// The error as an OpenAI-shaped JSON value (also sent as the last event of a broken stream).
     pub fn body(&self) -> serde_json::Value {
         json!({
@@ -110,49 +123,19 @@ impl GatewayError {
     }
 }
 
-impl From<ApiError> for GatewayError {
-    fn from(e: ApiError) -> GatewayError {
-        let status = e.status();
-        let (kind, code) = match &e {
-            ApiError::Unauthenticated(_) => ("authentication_error", "unauthenticated"),
-            ApiError::AttemptEnded(_) => ("authentication_error", "attempt_ended"),
-            ApiError::Forbidden(_) => ("permission_error", "forbidden"),
-            ApiError::NotFound(_) => ("not_found_error", "not_found"),
-            ApiError::RateLimited { .. } => ("rate_limit_error", "rate_limited"),
-            ApiError::PayloadTooLarge { .. } => ("invalid_request_error", "payload_too_large"),
-            ApiError::UnsupportedMediaType(_) => {
-                ("invalid_request_error", "unsupported_media_type")
-            }
-            ApiError::Unavailable(_) | ApiError::Shed(_) => ("api_error", "unavailable"),
-            ApiError::Internal(_) => ("api_error", "internal"),
-            _ => ("invalid_request_error", "invalid_request"),
-        };
-        let retry_after_s = match &e {
-            ApiError::RateLimited { retry_after_s, .. } => Some(*retry_after_s),
-            ApiError::Unavailable(_) => Some(1),
-            _ => None,
-        };
-        let message = match &e {
-            ApiError::Internal(detail) => {
-                tracing::error!(error = %detail, "Gateway request failed");
-                "the server failed to handle the request; it has been logged".to_owned()
-            }
-            other => other.to_string(),
-        };
-        GatewayError {
-            status,
-            kind,
-            code,
-            message,
-            param: None,
-            retry_after_s,
-        }
-    }
-}
-
 impl From<flotilla_store::StoreError> for GatewayError {
     fn from(e: flotilla_store::StoreError) -> GatewayError {
-        ApiError::from(e).into()
+        match e {
+            flotilla_store::StoreError::Unavailable(_) => GatewayError {
+                status: StatusCode::SERVICE_UNAVAILABLE,
+                kind: "api_error",
+                code: "unavailable",
+                message: format!("the store is unavailable: {e}"),
+                param: None,
+                retry_after_s: Some(1),
+            },
+            other => GatewayError::internal(other.to_string()),
+        }
     }
 }
 

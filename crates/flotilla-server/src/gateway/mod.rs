@@ -10,23 +10,23 @@
 
 mod accounting;
 pub mod budgets;
-mod call;
+pub mod call;
 pub mod error;
 pub mod ledger;
 pub mod limits;
 pub mod providers;
 pub mod request;
-mod spec;
 pub mod stream;
 
-use crate::api::routes::{Routes, permit_as};
-use crate::app::AppState;
-use crate::auth::Caller;
-use axum::extract::State;
-use axum::response::{IntoResponse, Response};
+use crate::clock::Clock;
+use crate::fleet::events::EventSink;
+use crate::notify::Notifications;
+use crate::telemetry::metrics::Metrics;
+use crate::telemetry::recent::Recent;
+use crate::telemetry::traces::Traces;
+use crate::vault::Vault;
 use budgets::Budgets;
 use error::GatewayError;
-use flotilla_core::auth::Permission;
 use flotilla_core::config::{ApiKeySource, Gateway as GatewayConfig, ProviderKind};
 use flotilla_core::id::{TaskId, TenantId};
 use flotilla_core::model::ModelSpec;
@@ -35,10 +35,9 @@ use limits::Limits;
 use providers::ProviderClient;
 use secrecy::SecretString;
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio_util::task::TaskTracker;
-use utoipa_axum::routes;
 
 /// Longest wait for a provider's answer to a probe.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
@@ -57,6 +56,30 @@ pub struct Gateway {
     pub streams: TaskTracker,
     /// Agent type of tasks whose tokens call models (for usage records).
     task_types: Mutex<HashMap<TaskId, Option<String>>>,
+    store: flotilla_store::DynStore,
+    vault: Arc<Vault>,
+    clock: Arc<dyn Clock>,
+    metrics: Arc<Metrics>,
+    recent: Arc<Recent>,
+    events: EventSink,
+    notifications: Arc<Notifications>,
+    traces: Option<Arc<Traces>>,
+}
+
+/// What the gateway uses besides its own parts.
+pub struct GatewayHandles {
+    pub store: flotilla_store::DynStore,
+    /// Provider keys stored as `vault:` references.
+    pub vault: Arc<Vault>,
+    pub clock: Arc<dyn Clock>,
+    pub metrics: Arc<Metrics>,
+    /// The per-tenant hourly-token signal (the alert engine's `rate_limit` action).
+    pub recent: Arc<Recent>,
+    /// Budget thresholds are announced as events and notifications.
+    pub events: EventSink,
+    pub notifications: Arc<Notifications>,
+    /// `gateway.chat` spans, when traces are exported.
+    pub traces: Option<Arc<Traces>>,
 }
 
 /// Why the gateway could not be built.
@@ -72,7 +95,7 @@ impl Gateway {
         config: GatewayConfig,
         ledger: Ledger,
         budgets: Budgets,
-        store: &flotilla_store::DynStore,
+        handles: GatewayHandles,
     ) -> Result<Gateway, GatewayBuildError> {
         let mut clients = HashMap::new();
         for (name, provider) in &config.providers {
@@ -83,7 +106,7 @@ impl Gateway {
             clients.insert(name.clone(), client);
         }
         Ok(Gateway {
-            limits: Limits::for_store(config.limits, store),
+            limits: Limits::for_store(config.limits, &handles.store),
             config,
             clients,
             keys: Mutex::default(),
@@ -91,6 +114,14 @@ impl Gateway {
             budgets,
             streams: TaskTracker::new(),
             task_types: Mutex::default(),
+            store: handles.store,
+            vault: handles.vault,
+            clock: handles.clock,
+            metrics: handles.metrics,
+            recent: handles.recent,
+            events: handles.events,
+            notifications: handles.notifications,
+            traces: handles.traces,
         })
     }
 
@@ -99,11 +130,7 @@ impl Gateway {
     }
 
     /// The provider's API key, resolved at use (vault references are cached for a minute).
-    async fn api_key(
-        &self,
-        state: &AppState,
-        provider: &str,
-    ) -> Result<Option<SecretString>, GatewayError> {
+    async fn api_key(&self, provider: &str) -> Result<Option<SecretString>, GatewayError> {
         let Some(p) = self.config.providers.get(provider) else {
             return Ok(None);
         };
@@ -123,7 +150,7 @@ impl Gateway {
                 {
                     return Ok(Some(key.clone()));
                 }
-                let key = state
+                let key = self
                     .vault
                     .resolve(TenantId::DEFAULT, reference)
                     .await
@@ -141,7 +168,7 @@ impl Gateway {
     }
 
     /// Probes every provider at once (for `GET /v1/system` and `flotilla doctor`).
-    pub async fn probe(&self, state: &AppState) -> Vec<flotilla_core::wire::ProviderStatus> {
+    pub async fn probe(&self) -> Vec<flotilla_core::wire::ProviderStatus> {
         let probes = self
             .config
             .providers
@@ -151,7 +178,7 @@ impl Gateway {
                     ProviderKind::OpenAi { .. } => "openai",
                     ProviderKind::Simulated { .. } => "simulated",
                 };
-                let result = match (self.api_key(state, name).await, self.clients.get(name)) {
+                let result = match (self.api_key(name).await, self.clients.get(name)) {
                     (Err(e), _) => Err(e.message),
                     (Ok(_), None) => Err("no client".to_owned()),
                     (Ok(key), Some(client)) => client.probe(key.as_ref(), PROBE_TIMEOUT).await,
@@ -171,13 +198,13 @@ impl Gateway {
     }
 
     /// The agent type of a task (cached), for usage records of per-task tokens.
-    async fn task_type(&self, state: &AppState, tenant: TenantId, task: TaskId) -> Option<String> {
+    async fn task_type(&self, tenant: TenantId, task: TaskId) -> Option<String> {
         if let Ok(types) = self.task_types.lock()
             && let Some(t) = types.get(&task)
         {
             return t.clone();
         }
-        let found = state
+        let found = self
             .store
             .get_task(Some(tenant), task)
             .await
@@ -192,68 +219,4 @@ impl Gateway {
         }
         found
     }
-}
-
-/// The gateway's routes; refusals in OpenAI's shape.
-pub fn routes() -> Routes {
-    Routes::new()
-        .routes(permit_as::<GatewayError>(
-            Permission::CallModels,
-            "call models",
-            routes!(call::chat_completions),
-        ))
-        .routes(permit_as::<GatewayError>(
-            Permission::CallModels,
-            "list models",
-            routes!(list_models),
-        ))
-}
-
-/// [`crate::auth::require_key`] for the gateway's routes: the same checks, refusals in OpenAI's
-/// shape (`authentication_error`, `rate_limit_error`, …) so that OpenAI SDKs raise their usual
-/// exceptions.
-pub async fn require_key(
-    state: State<AppState>,
-    request: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> Result<Response, GatewayError> {
-    crate::auth::require_key(state, request, next)
-        .await
-        .map_err(GatewayError::from)
-}
-
-/// The configured models in OpenAI's list shape, with Flotilla's details.
-#[utoipa::path(get, path = "/v1/models", tag = "models",
-    responses((status = 200, body = spec::ModelList), (status = 401, body = spec::OpenAiErrorBody),
-        (status = 403, body = spec::OpenAiErrorBody), (status = 429, body = spec::OpenAiErrorBody),
-        (status = 503, body = spec::OpenAiErrorBody)),
-    security(("bearer" = [])))]
-async fn list_models(
-    State(state): State<AppState>,
-    _caller: Caller,
-) -> Result<Response, GatewayError> {
-    let data: Vec<serde_json::Value> = state
-        .gateway
-        .models()
-        .iter()
-        .map(|m| {
-            serde_json::json!({
-                "id": m.name,
-                "object": "model",
-                "created": 0,
-                "owned_by": m.provider,
-                "flotilla": {
-                    "provider": m.provider,
-                    "upstream": m.upstream,
-                    "simulated": m.provider == flotilla_core::model::SIMULATED_PROVIDER,
-                    "prices_per_million_tokens": m.prices,
-                    "quality": m.quality,
-                    "speed": m.speed,
-                    "fallbacks": m.fallbacks,
-                    "downgrade_to": m.downgrade_to,
-                }
-            })
-        })
-        .collect();
-    Ok(axum::Json(serde_json::json!({"object": "list", "data": data})).into_response())
 }

@@ -4,8 +4,8 @@
 //! (retries whose backoff ends, leases re-queued elsewhere). A type with neither a pool nor an
 //! instance has no loop: it ends, and the next registration of the type starts it again.
 
-use crate::app::AppState;
 use crate::fleet::registry::{FreeSlots, Slot};
+use crate::scheduler::Scheduler;
 use crate::scheduler::dispatch;
 use crate::telemetry::metrics::{AgentRequestLabels, Metrics, TokenLabels};
 use flotilla_core::retry::{BackoffPolicy, Blame, ConnectReason, DispatchFailure, after_failure};
@@ -13,7 +13,7 @@ use flotilla_core::task::{AttemptEnd, AttemptResult, Task};
 use flotilla_core::task_token::{self, TaskClaims};
 use flotilla_core::wire::{ExecuteRequest, ExecuteResponse, ModelGateway};
 use std::collections::HashSet;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -68,7 +68,7 @@ impl Dispatchers {
     }
 
     /// Starts the dispatcher of `agent_type` unless it runs already.
-    pub fn ensure(&self, state: &AppState, agent_type: &str) {
+    pub(super) fn ensure(&self, state: &Arc<Scheduler>, agent_type: &str) {
         let Ok(mut started) = self.started.lock() else {
             return;
         };
@@ -90,7 +90,7 @@ impl Dispatchers {
     }
 }
 
-async fn run(state: AppState, agent_type: String, shutdown: CancellationToken) {
+async fn run(state: Arc<Scheduler>, agent_type: String, shutdown: CancellationToken) {
     let signal = state.wakers.get(&agent_type);
     // Whatever was queued while no loop ran is looked at at once.
     signal.set_maybe_queued();
@@ -150,7 +150,7 @@ async fn run(state: AppState, agent_type: String, shutdown: CancellationToken) {
 /// tenant's own instances first), and starts their attempts. True when some claim was full, so
 /// that more may be queued.
 async fn claim(
-    state: &AppState,
+    state: &Arc<Scheduler>,
     agent_type: &str,
     free: Vec<FreeSlots>,
 ) -> Result<bool, flotilla_store::StoreError> {
@@ -195,7 +195,7 @@ async fn claim(
 }
 
 /// Reserves an instance that may run a claimed task and starts its attempt.
-fn start_attempt(state: &AppState, task: Task) {
+fn start_attempt(state: &Arc<Scheduler>, task: Task) {
     // A retried task avoids the instance it last failed on, when another has room.
     let avoid = task.agent_id.filter(|_| task.attempt > 1);
     let Some(slot) =
@@ -222,7 +222,7 @@ fn start_attempt(state: &AppState, task: Task) {
 }
 
 /// Starts the attempt of a claimed task on a reserved slot.
-pub fn spawn_attempt(state: &AppState, task: Task, slot: Slot) {
+pub fn spawn_attempt(state: &Arc<Scheduler>, task: Task, slot: Slot) {
     state
         .dispatchers
         .attempts
@@ -230,7 +230,7 @@ pub fn spawn_attempt(state: &AppState, task: Task, slot: Slot) {
 }
 
 /// Gives a reserved slot back; removes the instance from the store when it was waiting to be.
-pub async fn release_slot(state: &AppState, slot: &Slot) {
+pub async fn release_slot(state: &Arc<Scheduler>, slot: &Slot) {
     if state.registry.release(slot.agent_id)
         && let Err(e) = state.store.delete_agent(slot.agent_id).await
     {
@@ -238,7 +238,7 @@ pub async fn release_slot(state: &AppState, slot: &Slot) {
     }
 }
 
-async fn attempt(state: AppState, task: Task, slot: Slot) {
+async fn attempt(state: Arc<Scheduler>, task: Task, slot: Slot) {
     let started_at = state.clock.now();
     let timeout = Duration::from_millis(u64::try_from(task.timeout_ms).unwrap_or(1).max(1));
     let deadline =
@@ -335,7 +335,7 @@ async fn attempt(state: AppState, task: Task, slot: Slot) {
 
 /// What becomes of the task after an attempt's outcome.
 fn attempt_result(
-    state: &AppState,
+    state: &Scheduler,
     task: &Task,
     slot: &Slot,
     outcome: Result<ExecuteResponse, DispatchFailure>,
@@ -382,7 +382,7 @@ fn attempt_result(
 /// never the per-tenant hourly signal (`recent.record_tokens`), which only the gateway's metered
 /// tokens drive, so an agent cannot trip a tenant's `rate_limit` alert action.
 fn record_call(
-    state: &AppState,
+    state: &Scheduler,
     agent_type: &str,
     (_tenant, task): (flotilla_core::id::TenantId, flotilla_core::id::TaskId),
     outcome: &Result<ExecuteResponse, DispatchFailure>,

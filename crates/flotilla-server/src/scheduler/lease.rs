@@ -1,12 +1,13 @@
 //! Leases: this process renews the leases of the tasks it runs, and returns any expired lease's
 //! task to the queue — a replica (or an earlier run of this process) that died mid-attempt.
 
-use crate::app::AppState;
+use crate::scheduler::Scheduler;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 /// Runs until `shutdown`: renews every third of the lease time and reaps expired leases.
-pub async fn run(state: AppState, shutdown: CancellationToken) {
+pub async fn run(state: Arc<Scheduler>, shutdown: CancellationToken) {
     let ttl = state.config.scheduler.lease_ttl;
     let period = (ttl / 3).min(Duration::from_secs(1));
     let mut tick = tokio::time::interval(period);
@@ -47,7 +48,7 @@ pub async fn run(state: AppState, shutdown: CancellationToken) {
                     // Its attempt is over, wherever it still runs: refuse its token here now.
                     state.attempts.ended(task.task_id, task.attempt);
                     tracing::warn!(task_id = %task.task_id, attempt = task.attempt, "Lease expired; task re-queued");
-                    state.dispatchers.ensure(&state, &task.agent_type);
+                    state.ensure(&task.agent_type);
                     state.wakers.task_queued(&task.agent_type);
                 }
             }

@@ -18,3 +18,65 @@ pub mod dispatcher;
 pub mod intake;
 pub mod lease;
 pub mod submission;
+
+use crate::agent_clients::AgentClients;
+use crate::auth::attempts::LiveAttempts;
+use crate::clock::Clock;
+use crate::fleet::registry::Registry;
+use crate::fleet::wakers::Wakers;
+use crate::leadership::Leadership;
+use crate::telemetry::metrics::Metrics;
+use crate::telemetry::recent::Recent;
+use crate::telemetry::traces::Traces;
+use completion::Completions;
+use dispatcher::Dispatchers;
+use flotilla_core::config::Config;
+use flotilla_core::task_token::TokenKey;
+use flotilla_store::DynStore;
+use intake::Intake;
+use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
+
+/// The scheduler's handles: what its loops (dispatchers, leases) and submissions need, and
+/// nothing of the HTTP layer. Built once by the composition root ([`crate::start`]).
+pub struct Scheduler {
+    pub config: Arc<Config>,
+    pub store: DynStore,
+    pub clock: Arc<dyn Clock>,
+    pub registry: Arc<Registry>,
+    pub wakers: Arc<Wakers>,
+    pub metrics: Arc<Metrics>,
+    /// Rolling windows the alert engine reads (response times, unmetered tokens).
+    pub recent: Arc<Recent>,
+    /// Which attempts run: an attempt's model-gateway token is refused once it ends here.
+    pub attempts: Arc<LiveAttempts>,
+    pub intake: Intake,
+    pub completions: Completions,
+    pub dispatchers: Dispatchers,
+    /// HTTP clients for agents (`[agents_egress]`, `[agents_tls]`).
+    pub agents: Arc<AgentClients>,
+    /// The task trace exporter; `None` without `[telemetry.otlp]`.
+    pub traces: Option<Arc<Traces>>,
+    /// Signs per-task model-gateway tokens.
+    pub task_token_key: Arc<TokenKey>,
+    /// The model gateway's base URL as agents are told it.
+    pub gateway_url: Arc<str>,
+    /// This process's lease owner name.
+    pub owner: Arc<str>,
+    /// Whether this control plane leads (re-queues expired leases).
+    pub leadership: Arc<Leadership>,
+    /// Cancelled when the server begins to shut down.
+    pub shutdown: CancellationToken,
+}
+
+impl Scheduler {
+    /// Starts the dispatcher of `agent_type` unless it runs already.
+    pub fn ensure(self: &Arc<Self>, agent_type: &str) {
+        self.dispatchers.ensure(self, agent_type);
+    }
+
+    /// The configured pool of a type, if any.
+    pub fn pool(&self, agent_type: &str) -> Option<&flotilla_core::config::Pool> {
+        self.config.pools.iter().find(|p| p.name == agent_type)
+    }
+}

@@ -3,17 +3,18 @@
 //! and the task is written already claimed — it starts without a trip through the queue
 //! (docs/design.md §4). Otherwise it is queued for the dispatchers.
 
-use crate::app::AppState;
 use crate::fleet::registry::Slot;
+use crate::scheduler::Scheduler;
 use crate::scheduler::dispatcher::{release_slot, spawn_attempt};
 use crate::scheduler::intake::IntakeError;
 use crate::telemetry::metrics::Metrics;
 use flotilla_core::task::{Lease, NewTask};
 use flotilla_store::Inserted;
+use std::sync::Arc;
 
 /// Writes `task` (in the intake's next group commit) and, when a slot was free for it, starts
 /// its first attempt. The slot is used only if this submission created the task.
-pub async fn submit(state: &AppState, mut task: NewTask) -> Result<Inserted, IntakeError> {
+pub async fn submit(state: &Arc<Scheduler>, mut task: NewTask) -> Result<Inserted, IntakeError> {
     let slot = claim_at_submission(state, &mut task);
     let inserted = state.intake.submit(task).await;
     match (&inserted, slot) {
@@ -35,7 +36,7 @@ pub async fn submit(state: &AppState, mut task: NewTask) -> Result<Inserted, Int
 /// task is claimed in the same transaction that stores it: one store transaction and one
 /// dispatcher wake-up fewer on its way to the agent. Otherwise it is queued as usual, so queued
 /// tasks (and their priorities) always go first.
-fn claim_at_submission(state: &AppState, task: &mut NewTask) -> Option<Slot> {
+fn claim_at_submission(state: &Scheduler, task: &mut NewTask) -> Option<Slot> {
     if state.shutdown.is_cancelled() || state.wakers.get(&task.agent_type).maybe_queued() {
         return None;
     }

@@ -6,3 +6,9 @@ pub mod metrics;
 pub mod process;
 pub mod recent;
 pub mod traces;
+
+tokio::task_local! {
+    /// The request id of the request being handled (set by the HTTP layer), so that errors and
+    /// logs can echo it.
+    pub static REQUEST_ID: String;
+}

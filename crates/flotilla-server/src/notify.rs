@@ -3,8 +3,9 @@
 //! with backoff; a delivery that still fails is an `alert` event and a metric — never silently
 //! dropped.
 
-use crate::app::AppState;
-use crate::telemetry::metrics::NotificationLabels;
+use crate::clock::Clock;
+use crate::fleet::events::EventSink;
+use crate::telemetry::metrics::{Metrics, NotificationLabels};
 use flotilla_core::Timestamp;
 use flotilla_core::alert::Severity;
 use flotilla_core::config::{Email, SmtpTls, Webhook, WebhookFormat};
@@ -15,7 +16,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use sha2::Sha256;
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
+use tokio_util::task::TaskTracker;
 
 /// Attempts per delivery.
 const ATTEMPTS: u32 = 4;
@@ -140,23 +143,36 @@ fn pagerduty_body(n: &Notification, routing_key: &str) -> serde_json::Value {
     })
 }
 
+/// Where notifications go (`[alerting] webhooks` and `emails`) and the handles their delivery
+/// needs. Alerts and budgets both notify through it.
+pub struct Notifications {
+    pub webhooks: Vec<Webhook>,
+    pub emails: Vec<Email>,
+    /// HTTP client for receivers (Slack, PagerDuty, webhooks): public web PKI roots.
+    pub http: reqwest::Client,
+    /// Deliveries in flight; waited for (up to a grace period) at shutdown.
+    pub deliveries: TaskTracker,
+    pub events: EventSink,
+    pub clock: Arc<dyn Clock>,
+    pub metrics: Arc<Metrics>,
+}
+
 /// Sends a notification to every webhook and e-mail recipient list, each in the background.
-pub fn send_all(state: &AppState, notification: &Notification) {
-    for webhook in &state.config.alerting.webhooks {
+pub fn send_all(state: &Arc<Notifications>, notification: &Notification) {
+    for webhook in &state.webhooks {
         let state = state.clone();
         let webhook = webhook.clone();
         let notification = notification.clone();
         state
-            .dispatchers
-            .attempts
+            .deliveries
             .clone()
             .spawn(async move { deliver(&state, &webhook, &notification).await });
     }
-    for email in &state.config.alerting.emails {
+    for email in &state.emails {
         let state = state.clone();
         let email = email.clone();
         let notification = notification.clone();
-        state.dispatchers.attempts.clone().spawn(async move {
+        state.deliveries.clone().spawn(async move {
             let to = email.to.join(", ");
             let outcome = retried(|| send_email(&email, &notification)).await;
             finish(&state, "email", &notification, &to, outcome);
@@ -188,7 +204,7 @@ where
 
 /// Counts a delivery; a failed one is also recorded in the alert history.
 fn finish(
-    state: &AppState,
+    state: &Notifications,
     notifier: &str,
     n: &Notification,
     target: &str,
@@ -278,7 +294,7 @@ async fn send_email(email: &Email, n: &Notification) -> Result<(), String> {
         .map_err(|e| e.to_string())
 }
 
-async fn deliver(state: &AppState, webhook: &Webhook, n: &Notification) {
+async fn deliver(state: &Notifications, webhook: &Webhook, n: &Notification) {
     let (body, format) = match &webhook.format {
         WebhookFormat::Json => (serde_json::to_vec(n).unwrap_or_default(), "json"),
         WebhookFormat::Slack => (
@@ -292,7 +308,7 @@ async fn deliver(state: &AppState, webhook: &Webhook, n: &Notification) {
     };
     let outcome = retried(|| async {
         let mut request = state
-            .webhooks_http
+            .http
             .post(&webhook.url)
             .timeout(TIMEOUT)
             .header("content-type", "application/json")
@@ -311,7 +327,7 @@ async fn deliver(state: &AppState, webhook: &Webhook, n: &Notification) {
     finish(state, format, n, &webhook.url, outcome);
 }
 
-fn count(state: &AppState, format: &str, outcome: &str) {
+fn count(state: &Notifications, format: &str, outcome: &str) {
     state
         .metrics
         .notifications

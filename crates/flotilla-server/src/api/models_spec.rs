@@ -1,6 +1,6 @@
 //! How `/openapi.json` describes the model gateway's routes. These types only document the wire
 //! format the gateway reads and answers (OpenAI's chat-completions shape, validated by
-//! [`super::request::ChatRequest::parse`]); the handlers read the body themselves so that fields
+//! [`crate::gateway::request::ChatRequest::parse`]); the handlers read the body themselves so that fields
 //! the gateway does not know reach the provider untouched.
 #![allow(dead_code)]
 
@@ -49,7 +49,7 @@ pub struct ChatMessage {
 }
 
 /// The text of a message (a string), or its parts (an array); what
-/// [`super::request::ChatRequest::parse`] accepts. A message with `tool_calls` or
+/// [`crate::gateway::request::ChatRequest::parse`] accepts. A message with `tool_calls` or
 /// `function_call` may also leave it out or send `null`, which this schema does not state.
 fn chat_content() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
     use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, OneOfBuilder, Type};
