@@ -36,55 +36,48 @@ impl std::ops::Deref for AppState {
 
 /// The services and handles of one control plane, built once by [`crate::start`].
 pub struct Services {
-    pub config: Arc<Config>,
-    pub store: DynStore,
+    pub(crate) config: Arc<Config>,
+    pub(crate) store: DynStore,
     pub clock: Arc<dyn Clock>,
-    pub registry: Arc<Registry>,
-    pub events: EventSink,
-    pub provisioners: Arc<Provisioners>,
-    pub metrics: Arc<crate::telemetry::metrics::Metrics>,
+    pub(crate) registry: Arc<Registry>,
+    pub(crate) events: EventSink,
+    pub(crate) provisioners: Arc<Provisioners>,
+    pub(crate) metrics: Arc<crate::telemetry::metrics::Metrics>,
     /// Rolling windows the alert engine reads.
-    pub recent: Arc<crate::telemetry::recent::Recent>,
-    pub alerts: Arc<crate::alerts::AlertEngine>,
+    pub(crate) recent: Arc<crate::telemetry::recent::Recent>,
+    pub(crate) alerts: Arc<crate::alerts::AlertEngine>,
     /// The autoscaler's view of each pool.
-    pub scaling: Arc<Scaling>,
-    pub wakers: Arc<Wakers>,
-    pub waiters: Arc<Waiters>,
-    pub keys: Arc<KeyCache>,
+    pub(crate) scaling: Arc<Scaling>,
+    pub(crate) wakers: Arc<Wakers>,
+    pub(crate) waiters: Arc<Waiters>,
+    pub(crate) keys: Arc<KeyCache>,
     /// Authentication of callers: keys, per-task tokens, rate limits, failed attempts.
     pub access: Arc<crate::auth::Access>,
     /// Which attempts run, so that a per-task token is honoured only while its attempt does.
-    pub attempts: Arc<crate::auth::attempts::LiveAttempts>,
+    pub(crate) attempts: Arc<crate::auth::attempts::LiveAttempts>,
     /// The tamper-evident audit log.
-    pub audit: Arc<crate::audit::Audit>,
+    pub(crate) audit: Arc<crate::audit::Audit>,
     /// Rate limits per key, per tenant and of failed authentications per source.
-    pub limits: Arc<crate::auth::limits::RateLimiters>,
+    pub(crate) limits: Arc<crate::auth::limits::RateLimiters>,
     /// The secrets vault; `vault.master().derive(purpose)` gives keys for other uses.
-    pub vault: Arc<crate::vault::Vault>,
+    pub(crate) vault: Arc<crate::vault::Vault>,
     /// Submissions, dispatcher loops and attempts.
-    pub scheduler: Arc<Scheduler>,
+    pub(crate) scheduler: Arc<Scheduler>,
     /// HTTP clients for agents, one per egress requester (`[agents_egress]`; trusting only
     /// `[agents_tls]`'s CA).
-    pub agents: Arc<crate::agent_clients::AgentClients>,
+    pub(crate) agents: Arc<crate::agent_clients::AgentClients>,
     /// The task trace exporter; `None` without `[telemetry.otlp]` (spans are then not built).
-    pub traces: Option<Arc<crate::telemetry::traces::Traces>>,
-    /// Alert and budget notifications (webhooks, e-mail).
-    pub notifications: Arc<crate::notify::Notifications>,
-    /// Signs and verifies per-task model-gateway tokens (derived from the vault's master key
-    /// for the purpose `task-token`, so every replica agrees).
-    pub task_token_key: Arc<flotilla_core::task_token::TokenKey>,
-    /// The model gateway's base URL as agents are told it, e.g. `http://127.0.0.1:8080/v1`.
-    pub gateway_url: Arc<str>,
+    pub(crate) traces: Option<Arc<crate::telemetry::traces::Traces>>,
     /// The model gateway: providers, ledger, budgets, limits.
-    pub gateway: Arc<crate::gateway::Gateway>,
+    pub(crate) gateway: Arc<crate::gateway::Gateway>,
     /// This process's lease owner name (unique per start).
-    pub owner: Arc<str>,
+    pub(crate) owner: Arc<str>,
     /// Tells the other control planes on the same database what happened here.
-    pub cluster: crate::cluster::Notifier,
+    pub(crate) cluster: crate::cluster::Notifier,
     /// Whether this control plane leads the deployment (runs the singleton loops).
     pub leadership: Arc<crate::leadership::Leadership>,
     /// Cancelled when the server begins to shut down.
-    pub shutdown: CancellationToken,
+    pub(crate) shutdown: CancellationToken,
 }
 
 impl Services {

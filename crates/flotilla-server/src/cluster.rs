@@ -67,7 +67,7 @@ impl Notifier {
 
 /// The notifier and its sender loop, which runs until `stop` (on PostgreSQL; on SQLite the
 /// notifier is disabled and the loop ends at once).
-pub fn channel(
+pub(crate) fn channel(
     store: DynStore,
     owner: Arc<str>,
     stop: CancellationToken,

@@ -3,25 +3,27 @@
 //! flotilla-store. Every long-running loop is started and stopped by [`start`] and
 //! [`RunningServer::stop`], never detached.
 
+#![warn(unreachable_pub)]
+
 pub mod agent_clients;
-pub mod alerts;
-pub mod api;
+pub(crate) mod alerts;
+pub(crate) mod api;
 pub mod app;
-pub mod audit;
+pub(crate) mod audit;
 pub mod auth;
 pub mod clock;
-pub mod cluster;
+pub(crate) mod cluster;
 pub mod fleet;
-pub mod gateway;
+pub(crate) mod gateway;
 pub mod leader;
 pub mod leadership;
-pub mod notify;
-pub mod replicas;
+pub(crate) mod notify;
+pub(crate) mod replicas;
 pub mod scheduler;
 pub mod telemetry;
-pub mod tls;
+pub(crate) mod tls;
 pub mod vault;
-pub mod waiters;
+pub(crate) mod waiters;
 
 use crate::app::AppState;
 use crate::auth::bootstrap::{BootstrapError, NewKey, create_internal_key, ensure_admin_key};
@@ -363,9 +365,6 @@ pub async fn start(
         scheduler: scheduler.clone(),
         agents: agents_http,
         traces,
-        notifications: notifications.clone(),
-        task_token_key,
-        gateway_url,
         owner,
         cluster,
         leadership,
@@ -430,7 +429,6 @@ pub async fn start(
                 events: state.events.clone(),
                 limits: state.limits.clone(),
                 provisioners: provisioners.clone(),
-                scaling: state.scaling.clone(),
                 gateway: state.gateway.clone(),
                 notifications,
                 cluster: state.cluster.clone(),

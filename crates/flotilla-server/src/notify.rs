@@ -29,7 +29,7 @@ const TIMEOUT: Duration = Duration::from_secs(5);
 
 /// What a webhook receives (the `json` format's body).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Notification {
+pub(crate) struct Notification {
     pub rule: String,
     /// The alert's agent type (rules by agent type).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -57,7 +57,7 @@ pub struct Notification {
 
 impl Notification {
     /// The alert's dimension value (agent type, model or tenant id); `None` on rules by total.
-    pub fn subject(&self) -> Option<String> {
+    pub(crate) fn subject(&self) -> Option<String> {
         self.agent_type
             .clone()
             .or_else(|| self.model.clone())
@@ -77,7 +77,7 @@ impl Notification {
 }
 
 /// `t=<unix seconds>,v1=<hex HMAC-SHA256(secret, "<t>.<body>")>`.
-pub fn signature(secret: &str, unix: i64, body: &[u8]) -> String {
+pub(crate) fn signature(secret: &str, unix: i64, body: &[u8]) -> String {
     let mut mac = match Hmac::<Sha256>::new_from_slice(secret.as_bytes()) {
         Ok(mac) => mac,
         // HMAC takes a key of any length; this cannot happen.
@@ -158,7 +158,7 @@ pub struct Notifications {
 }
 
 /// Sends a notification to every webhook and e-mail recipient list, each in the background.
-pub fn send_all(state: &Arc<Notifications>, notification: &Notification) {
+pub(crate) fn send_all(state: &Arc<Notifications>, notification: &Notification) {
     for webhook in &state.webhooks {
         let state = state.clone();
         let webhook = webhook.clone();
@@ -339,8 +339,49 @@ fn count(state: &Notifications, format: &str, outcome: &str) {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    /// On tokio's paused clock: a delivery that keeps failing is tried [`ATTEMPTS`] times,
+    /// 250, 500 and 1,000 ms apart, and then reported with its last error; one that succeeds
+    /// on the second try stops there.
+    #[tokio::test(start_paused = true)]
+    async fn failed_deliveries_are_retried_with_doubling_delays() {
+        let start = tokio::time::Instant::now();
+        let tries = std::sync::Mutex::new(Vec::new());
+        let outcome = retried(|| {
+            tries.lock().unwrap().push(start.elapsed());
+            let n = tries.lock().unwrap().len();
+            async move { Err(format!("HTTP 50{n}")) }
+        })
+        .await;
+        assert_eq!(outcome, Err("HTTP 504".to_owned()));
+        let ms: Vec<u128> = tries
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|d| d.as_millis())
+            .collect();
+        assert_eq!(ms, [0, 250, 750, 1_750]);
+
+        let start = tokio::time::Instant::now();
+        let mut n = 0;
+        let outcome = retried(|| {
+            n += 1;
+            let ok = n == 2;
+            async move {
+                if ok {
+                    Ok(())
+                } else {
+                    Err("refused".to_owned())
+                }
+            }
+        })
+        .await;
+        assert_eq!((outcome, n), (Ok(()), 2));
+        assert_eq!(start.elapsed(), FIRST_RETRY);
+    }
 
     #[test]
     fn signatures_are_hmac_sha256_of_time_and_body() {

@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 const SYNC_EVERY: Duration = Duration::from_secs(1);
 
 /// Listens to the other control planes until `shutdown`, and reloads the fleet every second.
-pub async fn run(state: AppState, shutdown: CancellationToken) {
+pub(crate) async fn run(state: AppState, shutdown: CancellationToken) {
     if !state.store.topology().is_shared() {
         return;
     }

@@ -7,7 +7,7 @@ use std::sync::Mutex;
 use tokio::sync::oneshot;
 
 /// Parked long-polls by task.
-pub struct Waiters {
+pub(crate) struct Waiters {
     parked: Mutex<HashMap<TaskId, Vec<oneshot::Sender<()>>>>,
     /// Tells the other control planes on the database about ended tasks.
     cluster: crate::cluster::Notifier,
@@ -22,7 +22,7 @@ impl Default for Waiters {
 
 impl Waiters {
     /// Waiters that tell the other control planes through `cluster`.
-    pub fn new(cluster: crate::cluster::Notifier) -> Self {
+    pub(crate) fn new(cluster: crate::cluster::Notifier) -> Self {
         Self {
             cluster,
             parked: Mutex::default(),
@@ -31,7 +31,7 @@ impl Waiters {
 
     /// Parks a waiter; the receiver resolves when [`Waiters::wake`] is called for the task.
     /// Register before reading the task's state, so a completion in between is not missed.
-    pub fn park(&self, task: TaskId) -> oneshot::Receiver<()> {
+    pub(crate) fn park(&self, task: TaskId) -> oneshot::Receiver<()> {
         let (tx, rx) = oneshot::channel();
         if let Ok(mut parked) = self.parked.lock() {
             parked.entry(task).or_default().push(tx);
@@ -40,13 +40,13 @@ impl Waiters {
     }
 
     /// Wakes every waiter of a task, here and on the other control planes.
-    pub fn wake(&self, task: TaskId) {
+    pub(crate) fn wake(&self, task: TaskId) {
         self.cluster.send(crate::cluster::Notice::Done(task));
         self.wake_here(task);
     }
 
     /// [`Waiters::wake`] on this control plane only (another one told us).
-    pub fn wake_here(&self, task: TaskId) {
+    pub(crate) fn wake_here(&self, task: TaskId) {
         let senders = self
             .parked
             .lock()
@@ -58,7 +58,7 @@ impl Waiters {
     }
 
     /// Wakes every waiter (their tasks' ends may have been missed); each re-reads its task.
-    pub fn wake_all(&self) {
+    pub(crate) fn wake_all(&self) {
         let parked = self
             .parked
             .lock()
@@ -70,7 +70,7 @@ impl Waiters {
     }
 
     /// Drops waiters that gave up (their receiver is gone), so timed-out polls leave nothing.
-    pub fn prune(&self, task: TaskId) {
+    pub(crate) fn prune(&self, task: TaskId) {
         if let Ok(mut parked) = self.parked.lock()
             && let Some(senders) = parked.get_mut(&task)
         {

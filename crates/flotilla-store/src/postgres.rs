@@ -108,9 +108,9 @@ impl PostgresStore {
         Ok(())
     }
 
-    /// The connection pool (used by tests and benchmarks to close it early).
-    pub fn pool(&self) -> &PgPool {
-        &self.pool
+    /// Closes the connection pool (benchmarks close it before dropping their schema).
+    pub async fn close(&self) {
+        self.pool.close().await;
     }
 
     /// A write transaction (see [`crate::sql`]).

@@ -580,7 +580,7 @@ impl Plane {
         let store = tokio::time::timeout(Duration::from_secs(5), PostgresStore::connect(url, 1))
             .await
             .map_err(|_| anyhow!("PostgreSQL at {url} did not answer within 5 s"))??;
-        store.pool().close().await;
+        store.close().await;
         Ok(())
     }
 
@@ -700,7 +700,7 @@ impl Plane {
         }
         self.server.stop().await;
         if let Some((pg, url, schema)) = self.postgres {
-            pg.pool().close().await;
+            pg.close().await;
             PostgresStore::drop_schema(&url, &schema).await?;
         }
         Ok(())

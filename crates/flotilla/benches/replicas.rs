@@ -347,7 +347,7 @@ async fn run(settings: &Settings, n: usize) -> Result<Outcome> {
     let accepted = records.len();
     let store = PostgresStore::connect(&db.url, 1).await?;
     let counts = store.task_counts_by_status().await?;
-    store.pool().close().await;
+    store.close().await;
     let succeeded = counts
         .iter()
         .find(|(s, _)| *s == TaskStatus::Succeeded)

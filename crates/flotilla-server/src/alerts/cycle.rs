@@ -15,7 +15,7 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 /// Runs until `shutdown`.
-pub async fn run(state: Arc<Alerts>, shutdown: CancellationToken) {
+pub(crate) async fn run(state: Arc<Alerts>, shutdown: CancellationToken) {
     let config = &state.config.alerting;
     if config.rules.is_empty() {
         return;

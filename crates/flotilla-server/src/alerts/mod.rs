@@ -11,11 +11,10 @@
 mod cycle;
 mod signals;
 
-pub use cycle::run;
+pub(crate) use cycle::run;
 
 use crate::auth::limits::RateLimiters;
 use crate::clock::Clock;
-use crate::fleet::autoscaler::Scaling;
 use crate::fleet::events::EventSink;
 use crate::fleet::provisioners::Provisioners;
 use crate::fleet::registry::Registry;
@@ -27,7 +26,7 @@ use flotilla_core::Timestamp;
 use flotilla_core::alert::{AlertRule, AlertState, Dimension};
 use flotilla_core::config::Config;
 use flotilla_core::id::TenantId;
-pub use flotilla_core::wire::{ActiveAlert, AlertList, Silence};
+pub(crate) use flotilla_core::wire::{ActiveAlert, AlertList, Silence};
 use flotilla_store::DynStore;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -44,7 +43,7 @@ struct Tracked {
 /// An alert's dimension value in the field of its dimension, as `ActiveAlert`, `Silence` and
 /// notifications carry it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Subject {
+pub(crate) struct Subject {
     pub agent_type: Option<String>,
     pub model: Option<String>,
     pub tenant: Option<TenantId>,
@@ -52,7 +51,7 @@ pub struct Subject {
 
 impl Subject {
     /// The value of a rule's dimension in its field.
-    pub fn of(by: Dimension, value: Option<&str>) -> Subject {
+    pub(crate) fn of(by: Dimension, value: Option<&str>) -> Subject {
         let value = value.map(str::to_owned);
         match by {
             Dimension::AgentType => Subject {
@@ -93,7 +92,7 @@ fn scope_text(by: Dimension, value: Option<&str>) -> String {
 
 /// The alert engine's handles: what it reads (signals) and what its actions act on. Built once
 /// by the composition root; its loop runs on the leader only.
-pub struct Alerts {
+pub(crate) struct Alerts {
     pub config: Arc<Config>,
     pub store: DynStore,
     pub clock: Arc<dyn Clock>,
@@ -107,7 +106,6 @@ pub struct Alerts {
     pub limits: Arc<RateLimiters>,
     /// The `scale_up` action's target.
     pub provisioners: Arc<Provisioners>,
-    pub scaling: Arc<Scaling>,
     /// Budget utilisation (a signal).
     pub gateway: Arc<Gateway>,
     /// The `notify` action's target.
@@ -118,7 +116,7 @@ pub struct Alerts {
 
 /// Every alert's state. Cheap to share behind an `Arc`.
 #[derive(Default)]
-pub struct AlertEngine {
+pub(crate) struct AlertEngine {
     alerts: Mutex<HashMap<Key, Tracked>>,
     /// Firing alerts whose action is emergency mode, with what they say.
     emergencies: Mutex<BTreeMap<String, String>>,
@@ -135,32 +133,32 @@ pub struct AlertEngine {
 /// the engine, tells the other control planes after every round that changed them and every
 /// few seconds; a new leader starts from none.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Effects {
+pub(crate) struct Effects {
     pub emergency: Vec<String>,
     pub limited: Vec<TenantId>,
 }
 
 /// The alert board's document of pending and firing alerts, which the leader publishes after
 /// each round for the other control planes' `GET /v1/alerts`.
-pub const BOARD_ACTIVE: &str = "active";
+pub(crate) const BOARD_ACTIVE: &str = "active";
 
 /// How often the leader repeats its effects when they do not change (for replicas that
 /// started or lost a notification meanwhile).
 const REPEAT_EFFECTS: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Work below this priority is shed in emergency mode.
-pub const EMERGENCY_MIN_PRIORITY: i32 = 5;
+pub(crate) const EMERGENCY_MIN_PRIORITY: i32 = 5;
 
 impl AlertEngine {
     /// Adds a silence.
-    pub fn silence(&self, silence: Silence) {
+    pub(crate) fn silence(&self, silence: Silence) {
         if let Ok(mut silences) = self.silences.lock() {
             silences.push(silence);
         }
     }
 
     /// Active silences at `now` (expired ones are dropped).
-    pub fn silences(&self, now: Timestamp) -> Vec<Silence> {
+    pub(crate) fn silences(&self, now: Timestamp) -> Vec<Silence> {
         let Ok(mut silences) = self.silences.lock() else {
             return Vec::new();
         };
@@ -176,7 +174,7 @@ impl AlertEngine {
     }
 
     /// Removes a silence and returns it; `None` when there is none with this id.
-    pub fn unsilence(&self, id: uuid::Uuid) -> Option<Silence> {
+    pub(crate) fn unsilence(&self, id: uuid::Uuid) -> Option<Silence> {
         let mut silences = self.silences.lock().ok()?;
         let i = silences.iter().position(|s| s.id == id)?;
         Some(silences.remove(i))
@@ -224,7 +222,7 @@ impl AlertEngine {
 
     /// Takes on the leader's effects in place of the last ones heard (releasing tenants no
     /// longer limited); `Effects::default()` drops them all.
-    pub fn adopt(
+    pub(crate) fn adopt(
         &self,
         effects: Effects,
         limits: &crate::auth::limits::RateLimiters,
@@ -248,7 +246,7 @@ impl AlertEngine {
     }
 
     /// Why new low-priority work is refused now, if it is.
-    pub fn emergency(&self) -> Option<String> {
+    pub(crate) fn emergency(&self) -> Option<String> {
         let adopted = self
             .adopted
             .lock()
@@ -273,7 +271,7 @@ impl AlertEngine {
     }
 
     /// Pending and firing alerts, firing first, then by rule and dimension value.
-    pub fn active(&self, rules: &[AlertRule]) -> Vec<ActiveAlert> {
+    pub(crate) fn active(&self, rules: &[AlertRule]) -> Vec<ActiveAlert> {
         let Ok(alerts) = self.alerts.lock() else {
             return Vec::new();
         };
@@ -326,7 +324,7 @@ impl AlertEngine {
 
 /// The silences in force, as stored (every control plane's); unreadable ones are logged and
 /// skipped.
-pub async fn stored_silences(
+pub(crate) async fn stored_silences(
     store: &DynStore,
     now: Timestamp,
 ) -> Result<Vec<Silence>, flotilla_store::StoreError> {

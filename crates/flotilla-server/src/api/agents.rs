@@ -149,7 +149,7 @@ fn within_limits(state: &AppState, tenant: TenantId, agent_type: &str) -> Result
 #[utoipa::path(post, path = "/v1/agents", tag = "agents", request_body = RegisterAgent, params(TenantParam),
     responses((status = 201, body = Registered), (status = 400, body = ErrorBody), (status = 422, body = ErrorBody)),
     security(("bearer" = [])))]
-pub async fn register(
+pub(crate) async fn register(
     State(state): State<AppState>,
     caller: Caller,
     QueryParams(param): QueryParams<TenantParam>,
@@ -239,7 +239,7 @@ pub async fn register(
 /// Records a heartbeat; the answer says whether to keep running or drain.
 #[utoipa::path(post, path = "/v1/agents/{id}/heartbeat", tag = "agents", request_body = Heartbeat, params(("id" = uuid::Uuid, Path)),
     responses((status = 200, body = HeartbeatAck), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
-pub async fn heartbeat(
+pub(crate) async fn heartbeat(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
@@ -283,7 +283,7 @@ pub async fn heartbeat(
 #[utoipa::path(delete, path = "/v1/agents/{id}", tag = "agents", params(("id" = uuid::Uuid, Path)),
     responses((status = 200, body = Deregistered), (status = 202, description = "Draining", body = Deregistered), (status = 404, body = ErrorBody)),
     security(("bearer" = [])))]
-pub async fn deregister(
+pub(crate) async fn deregister(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
@@ -323,7 +323,7 @@ pub async fn deregister(
 
 /// Lists every registered instance with its status and load.
 #[utoipa::path(get, path = "/v1/agents", tag = "agents", responses((status = 200, body = AgentList)), security(("bearer" = [])))]
-pub async fn list(
+pub(crate) async fn list(
     State(state): State<AppState>,
     caller: Caller,
 ) -> Result<Json<AgentList>, ApiError> {
@@ -340,7 +340,7 @@ pub async fn list(
 /// One instance.
 #[utoipa::path(get, path = "/v1/agents/{id}", tag = "agents", params(("id" = uuid::Uuid, Path)),
     responses((status = 200, body = AgentInstance), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
-pub async fn get_agent(
+pub(crate) async fn get_agent(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,

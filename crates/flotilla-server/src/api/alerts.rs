@@ -51,7 +51,7 @@ pub(super) fn routes() -> Routes {
 #[utoipa::path(post, path = "/v1/alerts/silences", tag = "alerts", request_body = NewSilence,
     responses((status = 201, body = Silence), (status = 400, body = ErrorBody), (status = 422, body = ErrorBody)),
     security(("bearer" = [])))]
-pub async fn create_silence(
+pub(crate) async fn create_silence(
     State(state): State<AppState>,
     caller: Caller,
     JsonBody(body): JsonBody<NewSilence>,
@@ -138,7 +138,7 @@ pub async fn create_silence(
 
 /// Active silences.
 #[utoipa::path(get, path = "/v1/alerts/silences", tag = "alerts", responses((status = 200, body = SilenceList)), security(("bearer" = [])))]
-pub async fn list_silences(
+pub(crate) async fn list_silences(
     State(state): State<AppState>,
     _caller: Caller,
 ) -> Result<Json<SilenceList>, ApiError> {
@@ -151,7 +151,7 @@ pub async fn list_silences(
 #[utoipa::path(delete, path = "/v1/alerts/silences/{id}", tag = "alerts", params(("id" = uuid::Uuid, Path)),
     responses((status = 200, description = "The silence that ended", body = Silence), (status = 404, body = ErrorBody)),
     security(("bearer" = [])))]
-pub async fn delete_silence(
+pub(crate) async fn delete_silence(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
@@ -178,7 +178,7 @@ pub async fn delete_silence(
 
 /// Pending and firing alerts, firing first, with their values and since when.
 #[utoipa::path(get, path = "/v1/alerts", tag = "alerts", responses((status = 200, body = AlertList)), security(("bearer" = [])))]
-pub async fn list(
+pub(crate) async fn list(
     State(state): State<AppState>,
     _caller: Caller,
 ) -> Result<Json<AlertList>, ApiError> {
@@ -200,7 +200,7 @@ pub async fn list(
 #[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields, default)]
-pub struct HistoryQuery {
+pub(crate) struct HistoryQuery {
     /// Entries recorded after this id, oldest first; without it, the latest `limit`.
     pub after: Option<i64>,
     /// At most this many, 1-1000 (default 100).
@@ -211,7 +211,7 @@ pub struct HistoryQuery {
 /// Every alert transition (pending, firing, resolved, cleared) and failed notification.
 #[utoipa::path(get, path = "/v1/alerts/history", tag = "alerts", params(HistoryQuery),
     responses((status = 200, body = EventList)), security(("bearer" = [])))]
-pub async fn history(
+pub(crate) async fn history(
     State(state): State<AppState>,
     _caller: Caller,
     QueryParams(query): QueryParams<HistoryQuery>,

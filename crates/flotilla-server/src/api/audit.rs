@@ -27,7 +27,7 @@ pub(super) fn routes() -> Routes {
 #[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields, default)]
-pub struct AuditQuery {
+pub(crate) struct AuditQuery {
     /// Entries after this sequence number (the `next_after` of the previous page).
     pub after: Option<i64>,
     /// At most this many, 1-1000 (default 100).
@@ -43,7 +43,7 @@ pub struct AuditQuery {
 /// Audit entries in chain order, oldest first.
 #[utoipa::path(get, path = "/v1/audit", tag = "access", params(AuditQuery),
     responses((status = 200, body = AuditPage)), security(("bearer" = [])))]
-pub async fn list(
+pub(crate) async fn list(
     State(state): State<AppState>,
     _caller: Caller,
     QueryParams(query): QueryParams<AuditQuery>,

@@ -14,7 +14,7 @@ use std::net::SocketAddr;
 /// Middleware on `/v1`: every request needs `Authorization: Bearer <key>`, within the key's and
 /// its tenant's rate limits. Failed authentications are audited and counted per source address;
 /// a source past its rate is refused before its key is even looked at.
-pub async fn require_key(
+pub(crate) async fn require_key(
     State(state): State<AppState>,
     mut request: Request,
     next: Next,

@@ -39,7 +39,7 @@ pub(super) fn routes() -> Routes {
 /// current window: actual cost of finished calls, and the ceilings of calls in flight.
 #[utoipa::path(get, path = "/v1/budgets", tag = "cost", params(TenantParam),
     responses((status = 200, body = BudgetList)), security(("bearer" = [])))]
-pub async fn list(
+pub(crate) async fn list(
     State(state): State<AppState>,
     caller: Caller,
     QueryParams(param): QueryParams<TenantParam>,
@@ -59,7 +59,7 @@ pub async fn list(
     params(("period" = Period, Path), TenantParam),
     responses((status = 200, body = BudgetStatus), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)),
     security(("bearer" = [])))]
-pub async fn set(
+pub(crate) async fn set(
     State(state): State<AppState>,
     caller: Caller,
     Path(period): Path<String>,
@@ -101,7 +101,7 @@ pub async fn set(
     params(("period" = Period, Path), TenantParam),
     responses((status = 204, description = "Removed"), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)),
     security(("bearer" = [])))]
-pub async fn remove(
+pub(crate) async fn remove(
     State(state): State<AppState>,
     caller: Caller,
     Path(period): Path<String>,

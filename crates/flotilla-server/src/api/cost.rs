@@ -20,12 +20,12 @@ use serde::Deserialize;
 use utoipa_axum::routes;
 
 /// Days analysed when the request does not say.
-pub const DEFAULT_DAYS: u32 = 30;
+pub(crate) const DEFAULT_DAYS: u32 = 30;
 /// The longest window the API analyses (a leap year).
-pub const MAX_DAYS: u32 = 366;
+pub(crate) const MAX_DAYS: u32 = 366;
 /// The most tokens a recommendation request may assume for one call's prompt or output: far
 /// beyond any model's context, and low enough that no estimate saturates.
-pub const MAX_TOKENS: u64 = 100_000_000;
+pub(crate) const MAX_TOKENS: u64 = 100_000_000;
 
 pub(super) fn routes() -> Routes {
     Routes::new()
@@ -47,7 +47,7 @@ pub(super) fn routes() -> Routes {
     responses((status = 200, body = Recommendation), (status = 400, body = ErrorBody),
         (status = 422, description = "No model fits the budget limit", body = ErrorBody)),
     security(("bearer" = [])))]
-pub async fn recommend_model(
+pub(crate) async fn recommend_model(
     State(state): State<AppState>,
     _caller: Caller,
     JsonBody(body): JsonBody<RecommendRequest>,
@@ -82,7 +82,7 @@ pub async fn recommend_model(
 #[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields, default)]
-pub struct AnalysisQuery {
+pub(crate) struct AnalysisQuery {
     /// Another tenant's spending (admin keys only).
     #[param(format = Uuid)]
     pub tenant: Option<String>,
@@ -97,7 +97,7 @@ pub struct AnalysisQuery {
 #[utoipa::path(get, path = "/v1/cost/analysis", tag = "cost", params(AnalysisQuery),
     responses((status = 200, body = Analysis), (status = 400, body = ErrorBody)),
     security(("bearer" = [])))]
-pub async fn analysis(
+pub(crate) async fn analysis(
     State(state): State<AppState>,
     caller: Caller,
     QueryParams(query): QueryParams<AnalysisQuery>,

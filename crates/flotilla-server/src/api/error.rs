@@ -6,7 +6,7 @@ use axum::response::{IntoResponse, Response};
 use flotilla_core::wire::{ErrorBody, ErrorDetail};
 use flotilla_store::StoreError;
 
-pub use crate::telemetry::REQUEST_ID;
+pub(crate) use crate::telemetry::REQUEST_ID;
 
 /// An error answered to an API client.
 #[derive(Debug, thiserror::Error)]

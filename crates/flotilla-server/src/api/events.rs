@@ -28,7 +28,7 @@ pub(super) fn routes() -> Routes {
 #[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields, default)]
-pub struct EventQuery {
+pub(crate) struct EventQuery {
     /// Only this pool's (agent type's) events.
     pub agent_type: Option<String>,
     /// Only this instance's events.
@@ -46,7 +46,7 @@ pub struct EventQuery {
 /// Fleet events, oldest first.
 #[utoipa::path(get, path = "/v1/events", tag = "fleet", params(EventQuery),
     responses((status = 200, body = EventList)), security(("bearer" = [])))]
-pub async fn list(
+pub(crate) async fn list(
     State(state): State<AppState>,
     _caller: Caller,
     QueryParams(query): QueryParams<EventQuery>,

@@ -13,7 +13,7 @@ use std::str::FromStr;
 
 /// A JSON request body. Unlike `axum::Json`, its errors are in the API's JSON format and name
 /// the offending field.
-pub struct JsonBody<T>(pub T);
+pub(crate) struct JsonBody<T>(pub T);
 
 impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
     type Rejection = ApiError;
@@ -42,7 +42,7 @@ impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
 }
 
 /// Parses a JSON body, naming the field at fault on a type or value error.
-pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+pub(crate) fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Err(ApiError::bad_request(
             "invalid_json",
@@ -91,7 +91,7 @@ fn missing_field(message: &str) -> Option<&str> {
 }
 
 /// A query string. Errors name the parameter serde complained about.
-pub struct QueryParams<T>(pub T);
+pub(crate) struct QueryParams<T>(pub T);
 
 impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for QueryParams<T> {
     type Rejection = ApiError;
@@ -121,7 +121,7 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for QueryParams<T>
 }
 
 /// Parses an id from a path segment, answering 400 when it is not one.
-pub fn parse_id<T: FromStr>(text: &str, what: &str) -> Result<T, ApiError> {
+pub(crate) fn parse_id<T: FromStr>(text: &str, what: &str) -> Result<T, ApiError> {
     text.parse().map_err(|_| {
         ApiError::invalid_field("id", format!("`{text}` is not a valid {what} id (a UUID)"))
     })

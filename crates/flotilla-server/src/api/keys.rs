@@ -39,7 +39,7 @@ pub(super) fn routes() -> Routes {
 #[utoipa::path(post, path = "/v1/keys", tag = "access", request_body = NewKeyRequest, params(TenantParam),
     responses((status = 201, body = CreatedKey), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)),
     security(("bearer" = [])))]
-pub async fn create(
+pub(crate) async fn create(
     State(state): State<AppState>,
     caller: Caller,
     QueryParams(param): QueryParams<TenantParam>,
@@ -85,7 +85,7 @@ pub async fn create(
 /// included.
 #[utoipa::path(get, path = "/v1/keys", tag = "access", params(TenantParam),
     responses((status = 200, body = KeyList)), security(("bearer" = [])))]
-pub async fn list(
+pub(crate) async fn list(
     State(state): State<AppState>,
     caller: Caller,
     QueryParams(param): QueryParams<TenantParam>,
@@ -100,7 +100,7 @@ pub async fn list(
 /// One key by its public id.
 #[utoipa::path(get, path = "/v1/keys/{id}", tag = "access", params(("id" = String, Path), TenantParam),
     responses((status = 200, body = KeyView), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
-pub async fn get_key(
+pub(crate) async fn get_key(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
@@ -115,7 +115,7 @@ pub async fn get_key(
 #[utoipa::path(delete, path = "/v1/keys/{id}", tag = "access", params(("id" = String, Path), TenantParam),
     responses((status = 200, body = KeyView), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)),
     security(("bearer" = [])))]
-pub async fn revoke(
+pub(crate) async fn revoke(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,

@@ -18,7 +18,11 @@ const CLASSIC: &str = "text/plain; version=0.0.4; charset=utf-8";
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// Middleware: counts and times each request by its route template (bounded labels).
-pub async fn track_http(State(state): State<AppState>, request: Request, next: Next) -> Response {
+pub(crate) async fn track_http(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
     let route = request
         .extensions()
         .get::<MatchedPath>()
@@ -42,7 +46,7 @@ pub async fn track_http(State(state): State<AppState>, request: Request, next: N
 
 /// `GET /metrics`: the classic Prometheus text format, or OpenMetrics when the scraper asks for
 /// it. Needs a key (any role) unless `[telemetry] metrics_public` is set.
-pub async fn serve_metrics(
+pub(crate) async fn serve_metrics(
     State(state): State<AppState>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {

@@ -1,27 +1,27 @@
 //! The HTTP API: one router per resource, one [`error::ApiError`], request ids on everything.
 
-pub mod agents;
-pub mod alerts;
-pub mod audit;
-pub mod authn;
-pub mod budgets;
-pub mod cost;
-pub mod error;
-pub mod events;
-pub mod extract;
-pub mod keys;
-pub mod metrics;
-pub mod models;
+pub(crate) mod agents;
+pub(crate) mod alerts;
+pub(crate) mod audit;
+pub(crate) mod authn;
+pub(crate) mod budgets;
+pub(crate) mod cost;
+pub(crate) mod error;
+pub(crate) mod events;
+pub(crate) mod extract;
+pub(crate) mod keys;
+pub(crate) mod metrics;
+pub(crate) mod models;
 mod models_spec;
-pub mod openapi;
-pub mod pools;
-pub mod probes;
+pub(crate) mod openapi;
+pub(crate) mod pools;
+pub(crate) mod probes;
 pub(crate) mod routes;
-pub mod secrets;
-pub mod system;
-pub mod tasks;
-pub mod tenants;
-pub mod usage;
+pub(crate) mod secrets;
+pub(crate) mod system;
+pub(crate) mod tasks;
+pub(crate) mod tenants;
+pub(crate) mod usage;
 
 use crate::app::AppState;
 use authn::require_key;
@@ -45,7 +45,7 @@ const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// The whole API. Every route is declared once, with its OpenAPI description and, under `/v1`,
 /// the permission it needs ([`routes::permit`]); `/openapi.json` is the description of exactly
 /// these routes.
-pub fn router(state: AppState) -> Router {
+pub(crate) fn router(state: AppState) -> Router {
     let (router, spec) = described_routes(&state).split_for_parts();
     let rules = state.config.alerting.rules.iter().map(|r| r.name.as_str());
     let spec = axum::body::Bytes::from(

@@ -21,7 +21,7 @@ use std::sync::Arc;
 use utoipa_axum::routes;
 
 /// The gateway's routes; refusals in OpenAI's shape.
-pub fn routes() -> Routes {
+pub(crate) fn routes() -> Routes {
     Routes::new()
         .routes(permit_as::<GatewayError>(
             Permission::CallModels,
@@ -37,7 +37,7 @@ pub fn routes() -> Routes {
 
 /// [`super::authn::require_key`] for the gateway's routes: the same checks, refusals in
 /// OpenAI's shape (`authentication_error`, `rate_limit_error`, …).
-pub async fn require_key(
+pub(crate) async fn require_key(
     state: State<AppState>,
     request: axum::extract::Request,
     next: axum::middleware::Next,

@@ -10,7 +10,7 @@ use utoipa::ToSchema;
 /// A chat-completions request. Fields not listed here (tools, response formats, provider
 /// extensions) are passed on to the provider as written.
 #[derive(ToSchema)]
-pub struct ChatCompletionRequest {
+pub(super) struct ChatCompletionRequest {
     /// A model of `GET /v1/models`, or `auto`.
     #[schema(min_length = 1, pattern = r"\S")]
     pub model: String,
@@ -32,7 +32,7 @@ pub struct ChatCompletionRequest {
 
 /// One server-sent event of a streamed answer: `data` holds a chunk as JSON text, or `[DONE]`.
 #[derive(ToSchema)]
-pub struct ServerSentEvent {
+pub(super) struct ServerSentEvent {
     pub data: String,
     pub event: Option<String>,
     pub id: Option<String>,
@@ -41,7 +41,7 @@ pub struct ServerSentEvent {
 
 /// One message of a conversation.
 #[derive(ToSchema)]
-pub struct ChatMessage {
+pub(super) struct ChatMessage {
     pub role: ChatRole,
     /// A string, or an array of content parts.
     #[schema(schema_with = chat_content)]
@@ -63,7 +63,7 @@ fn chat_content() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
 /// Who wrote a message.
 #[derive(ToSchema)]
 #[schema(rename_all = "snake_case")]
-pub enum ChatRole {
+pub(super) enum ChatRole {
     System,
     Developer,
     User,
@@ -75,7 +75,7 @@ pub enum ChatRole {
 /// A chat completion as the provider answered it (OpenAI's shape; with `stream`, a stream of
 /// `chat.completion.chunk` events instead).
 #[derive(ToSchema)]
-pub struct ChatCompletion {
+pub(super) struct ChatCompletion {
     pub id: String,
     pub object: String,
     pub model: String,
@@ -86,7 +86,7 @@ pub struct ChatCompletion {
 /// The configured models in OpenAI's list shape; each entry also carries Flotilla's details
 /// under `flotilla`.
 #[derive(ToSchema)]
-pub struct ModelList {
+pub(super) struct ModelList {
     /// Always `list`.
     pub object: String,
     pub data: Vec<ModelEntry>,
@@ -94,7 +94,7 @@ pub struct ModelList {
 
 /// One configured model.
 #[derive(ToSchema)]
-pub struct ModelEntry {
+pub(super) struct ModelEntry {
     pub id: String,
     /// Always `model`.
     pub object: String,
@@ -106,13 +106,13 @@ pub struct ModelEntry {
 
 /// An error of the gateway, in OpenAI's shape so that OpenAI SDKs raise their usual exceptions.
 #[derive(ToSchema)]
-pub struct OpenAiErrorBody {
+pub(super) struct OpenAiErrorBody {
     pub error: OpenAiError,
 }
 
 /// What went wrong.
 #[derive(ToSchema)]
-pub struct OpenAiError {
+pub(super) struct OpenAiError {
     pub message: String,
     /// `invalid_request_error`, `authentication_error`, `permission_error`, `not_found_error`,
     /// `rate_limit_error`, `insufficient_quota`, `api_error` or `timeout_error`.

@@ -11,7 +11,7 @@ use utoipa::{Modify, OpenApi};
     modifiers(&BearerAuth, &CommonErrors),
     tags((name = "tasks"), (name = "agents"), (name = "fleet"), (name = "alerts"), (name = "access"), (name = "secrets"), (name = "cost"), (name = "models"), (name = "probes"))
 )]
-pub struct ApiDoc;
+pub(crate) struct ApiDoc;
 
 struct BearerAuth;
 

@@ -87,7 +87,7 @@ fn visible(state: &AppState, caller: &Caller, name: &str) -> bool {
 
 /// Every pool: configured ones and those of registered instances.
 #[utoipa::path(get, path = "/v1/pools", tag = "fleet", responses((status = 200, body = PoolList)), security(("bearer" = [])))]
-pub async fn list(
+pub(crate) async fn list(
     State(state): State<AppState>,
     caller: Caller,
 ) -> Result<Json<PoolList>, ApiError> {
@@ -101,7 +101,7 @@ pub async fn list(
 /// One pool.
 #[utoipa::path(get, path = "/v1/pools/{name}", tag = "fleet", params(("name" = String, Path)),
     responses((status = 200, body = PoolView), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
-pub async fn get_pool(
+pub(crate) async fn get_pool(
     State(state): State<AppState>,
     caller: Caller,
     Path(name): Path<String>,

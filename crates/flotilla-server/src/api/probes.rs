@@ -21,7 +21,7 @@ pub(super) fn routes() -> Routes {
 
 /// Liveness: the process serves HTTP.
 #[utoipa::path(get, path = "/health", tag = "probes", responses((status = 200, body = Probe)))]
-pub async fn health() -> Json<Probe> {
+pub(crate) async fn health() -> Json<Probe> {
     Json(Probe {
         status: "ok".to_owned(),
         reason: None,
@@ -30,7 +30,7 @@ pub async fn health() -> Json<Probe> {
 
 /// Readiness: the store is reachable and migrated, and the server is not shutting down.
 #[utoipa::path(get, path = "/ready", tag = "probes", responses((status = 200, body = Probe), (status = 503, body = Probe)))]
-pub async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Probe>) {
+pub(crate) async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Probe>) {
     let unavailable = |reason: String| {
         (
             StatusCode::SERVICE_UNAVAILABLE,

@@ -122,7 +122,7 @@ fn wrong_method(rotation: bool) -> ApiError {
 #[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields, default)]
-pub struct ReadQuery {
+pub(crate) struct ReadQuery {
     /// This version instead of the newest.
     #[param(minimum = 1)]
     pub version: Option<u32>,
@@ -134,7 +134,7 @@ pub struct ReadQuery {
 #[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields, default)]
-pub struct ListQuery {
+pub(crate) struct ListQuery {
     /// Only paths starting with this text (at most 256 of A-Z, a-z, 0-9, `.`, `_`, `-`, `/`).
     #[param(max_length = 256, pattern = r"^[A-Za-z0-9._/-]*$")]
     pub prefix: Option<String>,
@@ -148,14 +148,14 @@ pub struct ListQuery {
 /// The body of `PUT` ([`PutSecret`] on the wire), held as a secret from the moment it is parsed.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct PutBody {
+pub(crate) struct PutBody {
     value: SecretString,
 }
 
 /// The body of a rotation ([`RotateSecret`] on the wire).
 #[derive(Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct RotateBody {
+pub(crate) struct RotateBody {
     value: Option<SecretString>,
     bytes: Option<u32>,
     reveal: bool,
@@ -196,7 +196,7 @@ fn audit_target(caller: &Caller, tenant: TenantId, what: String) -> String {
 /// A JSON body that may carry a secret value. Unlike [`crate::api::extract::JsonBody`], its
 /// errors never quote the body: serde's messages can repeat the offending text, which may be the
 /// secret. An empty body reads as `{}`.
-pub struct SecretBody<T>(pub T);
+pub(crate) struct SecretBody<T>(pub T);
 
 impl<T: serde::de::DeserializeOwned> FromRequest<AppState> for SecretBody<T> {
     type Rejection = ApiError;
@@ -249,7 +249,7 @@ fn parse_body<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiErro
     params(("path" = String, Path, description = "Secret path, e.g. `db/password`: 1-256 characters of A-Z, a-z, 0-9, `.`, `_`, `-` and `/`, in non-empty segments other than `.` and `..`", min_length = 1, max_length = 256, pattern = r"^([A-Za-z0-9_-][A-Za-z0-9._-]*|\.[A-Za-z0-9_-][A-Za-z0-9._-]*|\.\.[A-Za-z0-9._-]+)(/([A-Za-z0-9_-][A-Za-z0-9._-]*|\.[A-Za-z0-9_-][A-Za-z0-9._-]*|\.\.[A-Za-z0-9._-]+))*$"), ReadQuery),
     responses((status = 200, body = SecretValue), (status = 404, body = ErrorBody)),
     security(("bearer" = [])))]
-pub async fn read(
+pub(crate) async fn read(
     State(state): State<AppState>,
     caller: Caller,
     Path(path): Path<String>,
@@ -281,7 +281,7 @@ pub async fn read(
     request_body = PutSecret,
     responses((status = 201, body = SecretWritten), (status = 400, body = ErrorBody)),
     security(("bearer" = [])))]
-pub async fn write(
+pub(crate) async fn write(
     State(state): State<AppState>,
     caller: Caller,
     Path(path): Path<String>,
@@ -326,7 +326,7 @@ pub async fn write(
     request_body(content = RotateSecret, description = "Optional; `{}` or no body generates a value"),
     responses((status = 201, body = SecretWritten), (status = 404, body = ErrorBody)),
     security(("bearer" = [])))]
-pub async fn rotate(
+pub(crate) async fn rotate(
     State(state): State<AppState>,
     caller: Caller,
     Path(path): Path<String>,
@@ -389,7 +389,7 @@ pub async fn rotate(
     params(("path" = String, Path, description = "Secret path, e.g. `db/password`: 1-256 characters of A-Z, a-z, 0-9, `.`, `_`, `-` and `/`, in non-empty segments other than `.` and `..`", min_length = 1, max_length = 256, pattern = r"^([A-Za-z0-9_-][A-Za-z0-9._-]*|\.[A-Za-z0-9_-][A-Za-z0-9._-]*|\.\.[A-Za-z0-9._-]+)(/([A-Za-z0-9_-][A-Za-z0-9._-]*|\.[A-Za-z0-9_-][A-Za-z0-9._-]*|\.\.[A-Za-z0-9._-]+))*$"), TenantParam),
     responses((status = 200, body = SecretDeleted), (status = 404, body = ErrorBody)),
     security(("bearer" = [])))]
-pub async fn remove(
+pub(crate) async fn remove(
     State(state): State<AppState>,
     caller: Caller,
     Path(path): Path<String>,
@@ -415,7 +415,7 @@ pub async fn remove(
 /// Paths of the tenant's secrets with their kept versions and times; never values.
 #[utoipa::path(get, path = "/v1/secrets", tag = "secrets", params(ListQuery),
     responses((status = 200, body = SecretList)), security(("bearer" = [])))]
-pub async fn list(
+pub(crate) async fn list(
     State(state): State<AppState>,
     caller: Caller,
     QueryParams(query): QueryParams<ListQuery>,
@@ -447,7 +447,7 @@ pub async fn list(
 /// keys can be removed once `unreadable` is 0 and no other replica still writes with them.
 #[utoipa::path(post, path = "/v1/vault/rewrap", tag = "secrets",
     responses((status = 200, body = RewrapReport)), security(("bearer" = [])))]
-pub async fn rewrap(
+pub(crate) async fn rewrap(
     State(state): State<AppState>,
     caller: Caller,
 ) -> Result<Json<RewrapReport>, ApiError> {

@@ -25,7 +25,7 @@ pub(super) fn routes() -> Routes {
 
 /// This control-plane process: version, uptime, store, resources, security settings, queues.
 #[utoipa::path(get, path = "/v1/system", tag = "fleet", responses((status = 200, body = SystemInfo)), security(("bearer" = [])))]
-pub async fn system(
+pub(crate) async fn system(
     State(state): State<AppState>,
     caller: Caller,
 ) -> Result<Json<SystemInfo>, ApiError> {

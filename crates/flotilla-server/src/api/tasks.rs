@@ -53,7 +53,7 @@ pub(super) fn routes() -> Routes {
     responses((status = 202, body = Task), (status = 200, description = "Existing task for this idempotency key", body = Task),
         (status = 400, body = ErrorBody), (status = 413, body = ErrorBody), (status = 422, body = ErrorBody)),
     security(("bearer" = [])))]
-pub async fn submit(
+pub(crate) async fn submit(
     State(state): State<AppState>,
     caller: Caller,
     headers: HeaderMap,
@@ -254,7 +254,7 @@ fn trace_id(traceparent: Option<&str>) -> String {
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
-pub struct GetParams {
+pub(crate) struct GetParams {
     /// Wait up to this many seconds (fractions allowed) for the task to finish.
     #[param(minimum = 0)]
     pub wait: Option<f64>,
@@ -268,7 +268,7 @@ pub struct GetParams {
 #[utoipa::path(get, path = "/v1/tasks/{id}", tag = "tasks", params(("id" = uuid::Uuid, Path), GetParams),
     responses((status = 200, body = Task), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)),
     security(("bearer" = [])))]
-pub async fn get_task(
+pub(crate) async fn get_task(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
@@ -328,7 +328,7 @@ pub async fn get_task(
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
-pub struct ListParams {
+pub(crate) struct ListParams {
     /// Only tasks in this status.
     pub status: Option<TaskStatus>,
     /// Only tasks of this agent type.
@@ -347,7 +347,7 @@ pub struct ListParams {
 /// Lists tasks, newest first, a page at a time.
 #[utoipa::path(get, path = "/v1/tasks", tag = "tasks", params(ListParams),
     responses((status = 200, body = TaskPage), (status = 400, body = ErrorBody)), security(("bearer" = [])))]
-pub async fn list(
+pub(crate) async fn list(
     State(state): State<AppState>,
     caller: Caller,
     QueryParams(params): QueryParams<ListParams>,
@@ -389,7 +389,7 @@ pub async fn list(
 #[utoipa::path(post, path = "/v1/tasks/{id}/cancel", tag = "tasks", params(("id" = uuid::Uuid, Path), TenantParam),
     responses((status = 200, body = Task), (status = 404, body = ErrorBody), (status = 409, description = "Already finished", body = ErrorBody)),
     security(("bearer" = [])))]
-pub async fn cancel(
+pub(crate) async fn cancel(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,

@@ -40,7 +40,7 @@ pub(super) fn routes() -> Routes {
 #[utoipa::path(post, path = "/v1/tenants", tag = "access", request_body = NewTenant,
     responses((status = 201, body = Tenant), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)),
     security(("bearer" = [])))]
-pub async fn create(
+pub(crate) async fn create(
     State(state): State<AppState>,
     caller: Caller,
     JsonBody(body): JsonBody<NewTenant>,
@@ -71,7 +71,7 @@ pub async fn create(
 /// Lists tenants: every tenant for admin keys, the caller's own for others.
 #[utoipa::path(get, path = "/v1/tenants", tag = "access",
     responses((status = 200, body = TenantList)), security(("bearer" = [])))]
-pub async fn list(
+pub(crate) async fn list(
     State(state): State<AppState>,
     caller: Caller,
 ) -> Result<Json<TenantList>, ApiError> {
@@ -92,7 +92,7 @@ pub async fn list(
 #[utoipa::path(get, path = "/v1/tenants/{id}", tag = "access",
     params(("id" = String, Path, format = Uuid)),
     responses((status = 200, body = Tenant), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
-pub async fn get_tenant(
+pub(crate) async fn get_tenant(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
@@ -116,7 +116,7 @@ pub async fn get_tenant(
     params(("id" = String, Path, format = Uuid)),
     responses((status = 200, body = Tenant), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)),
     security(("bearer" = [])))]
-pub async fn update(
+pub(crate) async fn update(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,

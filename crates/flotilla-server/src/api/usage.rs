@@ -21,14 +21,14 @@ use std::fmt::Write as _;
 use utoipa_axum::routes;
 
 /// Default page size.
-pub const DEFAULT_LIMIT: u32 = 100;
+pub(crate) const DEFAULT_LIMIT: u32 = 100;
 /// Largest page (and CSV export) of one request.
-pub const MAX_LIMIT: u32 = 10_000;
+pub(crate) const MAX_LIMIT: u32 = 10_000;
 /// The header carrying the next page's cursor of a CSV answer (JSON has it in the body).
-pub const NEXT_CURSOR: HeaderName = HeaderName::from_static("x-next-cursor");
+pub(crate) const NEXT_CURSOR: HeaderName = HeaderName::from_static("x-next-cursor");
 
 /// The columns of the CSV export, in order.
-pub const CSV_HEADER: &str = "id,created_at,tenant_id,task_id,key_id,agent_type,model,\
+pub(crate) const CSV_HEADER: &str = "id,created_at,tenant_id,task_id,key_id,agent_type,model,\
 requested_model,provider,input_tokens,cached_input_tokens,output_tokens,reasoning_tokens,cost,\
 estimated,latency_ms,status";
 
@@ -40,7 +40,7 @@ pub(super) fn routes() -> Routes {
 #[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields, default)]
-pub struct UsageQuery {
+pub(crate) struct UsageQuery {
     /// Another tenant's usage (admin keys only).
     #[param(format = Uuid)]
     pub tenant: Option<String>,
@@ -71,7 +71,7 @@ pub struct UsageQuery {
 /// How `GET /v1/usage` answers.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
-pub enum UsageFormat {
+pub(crate) enum UsageFormat {
     /// A [`UsagePage`].
     #[default]
     Json,
@@ -85,7 +85,7 @@ pub enum UsageFormat {
     responses((status = 200, description = "A page of usage records",
         content((UsagePage = "application/json"), (String = "text/csv")))),
     security(("bearer" = [])))]
-pub async fn list(
+pub(crate) async fn list(
     State(state): State<AppState>,
     caller: Caller,
     QueryParams(query): QueryParams<UsageQuery>,
@@ -150,7 +150,7 @@ pub async fn list(
 
 /// The records as CSV (RFC 4180: CRLF line ends, fields quoted where needed), header first.
 /// Amounts are exact decimal strings; an unknown cost is an empty field.
-pub fn to_csv(records: &[UsageRecord]) -> String {
+pub(crate) fn to_csv(records: &[UsageRecord]) -> String {
     let mut out = String::with_capacity(64 + records.len() * 200);
     out.push_str(CSV_HEADER);
     out.push_str("\r\n");

@@ -7,29 +7,18 @@ use flotilla_core::audit::{AuditEntry, NewAuditEntry};
 use flotilla_core::id::TenantId;
 use std::net::IpAddr;
 
-/// How an audited action ended.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum AuditOutcome {
+/// How an audited action ended, stored as its snake_case name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, strum::IntoStaticStr)]
+#[strum(serialize_all = "snake_case")]
+pub(crate) enum AuditOutcome {
     Success,
-    /// Refused: wrong credentials, missing permission, or another tenant's object.
+    /// Refused: wrong credentials (`auth.failure`).
     Denied,
-    /// Attempted and failed (bad input, a conflict, a backend error).
-    Failed,
-}
-
-impl AuditOutcome {
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            AuditOutcome::Success => "success",
-            AuditOutcome::Denied => "denied",
-            AuditOutcome::Failed => "failed",
-        }
-    }
 }
 
 /// One action to append to the audit log.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct AuditEvent {
+pub(crate) struct AuditEvent {
     /// Dotted name of the action, e.g. `key.create`, `secret.read`, `auth.failure`.
     pub action: &'static str,
     /// What it acted on, e.g. a key id, a secret path and version, a tenant id.
@@ -39,13 +28,6 @@ pub struct AuditEvent {
     pub actor: Option<String>,
     pub tenant_id: Option<TenantId>,
     pub source: Option<IpAddr>,
-}
-
-impl AuditEvent {
-    /// The same event with another outcome.
-    pub fn outcome(self, outcome: AuditOutcome) -> Self {
-        AuditEvent { outcome, ..self }
-    }
 }
 
 /// Why an entry could not be appended (the action must then fail).
@@ -60,13 +42,13 @@ pub enum AuditError {
 }
 
 /// The audit log's writer, shared through `AppState::audit`.
-pub struct Audit {
+pub(crate) struct Audit {
     store: flotilla_store::DynStore,
     clock: std::sync::Arc<dyn crate::clock::Clock>,
 }
 
 impl Audit {
-    pub fn new(
+    pub(crate) fn new(
         store: flotilla_store::DynStore,
         clock: std::sync::Arc<dyn crate::clock::Clock>,
     ) -> Self {
@@ -75,14 +57,14 @@ impl Audit {
 
     /// Appends one entry and returns once it is durable. An action whose audit entry cannot be
     /// written fails rather than goes unrecorded (the caller propagates the error).
-    pub async fn record(&self, event: AuditEvent) -> Result<AuditEntry, AuditError> {
+    pub(crate) async fn record(&self, event: AuditEvent) -> Result<AuditEntry, AuditError> {
         let entry = NewAuditEntry {
             at: self.clock.now(),
             actor: event.actor,
             tenant_id: event.tenant_id,
             action: event.action.to_owned(),
             target: event.target,
-            outcome: event.outcome.as_str().to_owned(),
+            outcome: <&str>::from(event.outcome).to_owned(),
             source: event.source.map(|s| s.to_string()),
         };
         tracing::info!(

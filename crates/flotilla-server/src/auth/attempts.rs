@@ -28,15 +28,15 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 /// How long "this attempt runs" is believed without reading the store again.
-pub const LIVE_TTL: Duration = Duration::from_millis(500);
+pub(crate) const LIVE_TTL: Duration = Duration::from_millis(500);
 /// Ended attempts remembered; the oldest is forgotten first (its row says it ended by then).
-pub const MAX_ENDED: usize = 65_536;
+pub(crate) const MAX_ENDED: usize = 65_536;
 /// Positive answers held at most (a larger fleet reads the store more often, never errs).
 const MAX_LIVE: usize = 65_536;
 
 /// The running attempts this replica knows of, and the ended ones.
 #[derive(Default)]
-pub struct LiveAttempts {
+pub(crate) struct LiveAttempts {
     inner: Mutex<Inner>,
 }
 
@@ -88,12 +88,12 @@ impl LiveAttempts {
 
     /// The attempt ended here (its dispatch returned, its task was cancelled or its lease
     /// re-queued): its token is refused from now on.
-    pub fn ended(&self, task: TaskId, attempt: i32) {
+    pub(crate) fn ended(&self, task: TaskId, attempt: i32) {
         self.lock().end(task, attempt);
     }
 
     /// Another control plane reports the task done: whatever attempt was running is over.
-    pub fn task_done(&self, task: TaskId) {
+    pub(crate) fn task_done(&self, task: TaskId) {
         self.lock().live.remove(&task);
     }
 
@@ -134,7 +134,7 @@ impl LiveAttempts {
 
     /// Whether attempt `attempt` of `task` still runs: from memory when it can, else from the
     /// store.
-    pub async fn is_live(
+    pub(crate) async fn is_live(
         &self,
         store: &dyn Store,
         tenant: TenantId,

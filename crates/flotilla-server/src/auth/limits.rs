@@ -22,7 +22,7 @@ const TENANT_TTL: Duration = Duration::from_secs(10);
 const SWEEP_AT: usize = 50_000;
 
 /// Every limiter of the API.
-pub struct RateLimiters {
+pub(crate) struct RateLimiters {
     keys: Table<String>,
     tenants: Table<TenantId>,
     failures: Option<DefaultKeyedRateLimiter<IpAddr>>,
@@ -36,7 +36,7 @@ pub struct RateLimiters {
 }
 
 /// One replica's share of `rate` among `replicas`: the count divided, rounded up.
-pub fn rate_share(rate: Rate, replicas: u32) -> Rate {
+pub(crate) fn rate_share(rate: Rate, replicas: u32) -> Rate {
     let count = rate.count.get().div_ceil(replicas.max(1));
     Rate {
         count: std::num::NonZeroU32::new(count).unwrap_or(rate.count),
@@ -83,13 +83,13 @@ fn quota(rate: Rate) -> Option<Quota> {
 
 /// A refusal: which limit, and how long until a request would pass.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Limited {
+pub(crate) struct Limited {
     pub what: String,
     pub retry_after: Duration,
 }
 
 impl RateLimiters {
-    pub fn new(auth_failures: Option<Rate>) -> Self {
+    pub(crate) fn new(auth_failures: Option<Rate>) -> Self {
         RateLimiters {
             keys: Table::new(),
             tenants: Table::new(),
@@ -103,7 +103,7 @@ impl RateLimiters {
     }
 
     /// Sets how many control planes share the limits.
-    pub fn set_replicas(&self, replicas: u32) {
+    pub(crate) fn set_replicas(&self, replicas: u32) {
         self.replicas
             .store(replicas.max(1), std::sync::atomic::Ordering::Relaxed);
     }
@@ -121,7 +121,7 @@ impl RateLimiters {
     }
 
     /// Counts one request with a key; `rate` is the key's own or the default.
-    pub fn check_key(&self, key_id: &str, rate: Option<Rate>) -> Result<(), Limited> {
+    pub(crate) fn check_key(&self, key_id: &str, rate: Option<Rate>) -> Result<(), Limited> {
         let Some(rate) = rate else { return Ok(()) };
         let (rate, said) = self.share(rate);
         self.check(self.keys.limiter(&key_id.to_owned(), rate), || {
@@ -130,7 +130,7 @@ impl RateLimiters {
     }
 
     /// Counts one request of a tenant; `rate` is the tenant's own or the default.
-    pub fn check_tenant(&self, tenant: TenantId, rate: Option<Rate>) -> Result<(), Limited> {
+    pub(crate) fn check_tenant(&self, tenant: TenantId, rate: Option<Rate>) -> Result<(), Limited> {
         let Some(rate) = rate else { return Ok(()) };
         let (rate, said) = self.share(rate);
         self.check(self.tenants.limiter(&tenant, rate), || {
@@ -153,7 +153,7 @@ impl RateLimiters {
     }
 
     /// When `source` failed to authenticate too often, how long it remains refused.
-    pub fn blocked(&self, source: IpAddr) -> Option<Duration> {
+    pub(crate) fn blocked(&self, source: IpAddr) -> Option<Duration> {
         let mut blocked = self.blocked.lock().ok()?;
         let until = *blocked.get(&source)?;
         let left = until.saturating_duration_since(Instant::now());
@@ -166,7 +166,7 @@ impl RateLimiters {
 
     /// Counts a failed authentication from `source`; past the rate, the source is refused until
     /// the rate admits it again.
-    pub fn auth_failed(&self, source: IpAddr) {
+    pub(crate) fn auth_failed(&self, source: IpAddr) {
         let Some(failures) = &self.failures else {
             return;
         };
@@ -184,7 +184,7 @@ impl RateLimiters {
     }
 
     /// A tenant's own rate, from a short-lived cache of the store.
-    pub async fn tenant_rate(
+    pub(crate) async fn tenant_rate(
         &self,
         store: &DynStore,
         tenant: TenantId,
@@ -207,7 +207,7 @@ impl RateLimiters {
 
     /// Holds a tenant to `rate` (or releases it with `None`) whatever its configured rate,
     /// unless that is already tighter. Returns whether anything changed.
-    pub fn impose(&self, tenant: TenantId, rate: Option<Rate>) -> bool {
+    pub(crate) fn impose(&self, tenant: TenantId, rate: Option<Rate>) -> bool {
         let Ok(mut imposed) = self.imposed.write() else {
             return false;
         };
@@ -218,7 +218,7 @@ impl RateLimiters {
     }
 
     /// The rate that applies to a tenant: its own (or the default), tightened by an imposed one.
-    pub fn effective_tenant_rate(
+    pub(crate) fn effective_tenant_rate(
         &self,
         tenant: TenantId,
         configured: Option<Rate>,
@@ -235,7 +235,7 @@ impl RateLimiters {
     }
 
     /// Forgets a tenant's cached rate after it changed here.
-    pub fn tenant_changed(&self, tenant: TenantId) {
+    pub(crate) fn tenant_changed(&self, tenant: TenantId) {
         if let Ok(mut rates) = self.tenant_rates.write() {
             rates.remove(&tenant);
         }
@@ -243,7 +243,7 @@ impl RateLimiters {
 }
 
 /// Seconds for `Retry-After`: rounded up, at least 1.
-pub fn retry_after_secs(wait: Duration) -> u64 {
+pub(crate) fn retry_after_secs(wait: Duration) -> u64 {
     wait.as_secs() + u64::from(wait.subsec_nanos() > 0).max(u64::from(wait.is_zero()))
 }
 

@@ -7,10 +7,10 @@
 //! path does not hit the store on every request; a revocation therefore takes effect within
 //! [`CACHE_TTL`] on other replicas, and at once on the replica that revoked.
 
-pub mod attempts;
+pub(crate) mod attempts;
 pub mod bootstrap;
-pub mod limits;
-pub mod task_token;
+pub(crate) mod limits;
+pub(crate) mod task_token;
 
 use crate::audit::{Audit, AuditEvent, AuditOutcome};
 use crate::clock::Clock;
@@ -124,7 +124,7 @@ impl Caller {
 
 impl AuditEvent {
     /// A successful action by an authenticated caller.
-    pub fn by(caller: &Caller, action: &'static str, target: impl Into<String>) -> Self {
+    pub(crate) fn by(caller: &Caller, action: &'static str, target: impl Into<String>) -> Self {
         AuditEvent {
             action,
             target: target.into(),
@@ -188,15 +188,15 @@ impl KeyCache {
 /// tenant's rate limits, throttles and audits failed attempts. The HTTP layer's middleware
 /// (`api/authn.rs`) calls it before every `/v1` handler.
 pub struct Access {
-    pub rate_limits: RateLimits,
-    pub store: DynStore,
-    pub clock: Arc<dyn Clock>,
-    pub keys: Arc<KeyCache>,
-    pub limits: Arc<RateLimiters>,
+    pub(crate) rate_limits: RateLimits,
+    pub(crate) store: DynStore,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) keys: Arc<KeyCache>,
+    pub(crate) limits: Arc<RateLimiters>,
     /// Which attempts run: a per-task token is honoured only while its attempt does.
-    pub attempts: Arc<LiveAttempts>,
-    pub task_token_key: Arc<TokenKey>,
-    pub audit: Arc<Audit>,
+    pub(crate) attempts: Arc<LiveAttempts>,
+    pub(crate) task_token_key: Arc<TokenKey>,
+    pub(crate) audit: Arc<Audit>,
 }
 
 impl Access {

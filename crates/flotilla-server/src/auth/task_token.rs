@@ -12,13 +12,13 @@ use flotilla_core::auth::Role;
 use flotilla_core::task_token::{self, TaskClaims, TokenError};
 
 /// Whether a bearer token is a task token rather than an API key.
-pub fn is_task_token(token: &str) -> bool {
+pub(crate) fn is_task_token(token: &str) -> bool {
     task_token::looks_like_token(token)
 }
 
 /// Verifies a task token at `now`, and that its attempt still runs, and returns the caller it
 /// stands for.
-pub async fn authenticate(
+pub(crate) async fn authenticate(
     state: &Access,
     token: &str,
     now: Timestamp,

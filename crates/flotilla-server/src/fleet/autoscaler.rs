@@ -44,7 +44,11 @@ impl Scaling {
 }
 
 /// Runs until `shutdown`; the first round happens at once, so local pools start their minimum.
-pub async fn run(fleet: Fleet, provisioners: Arc<Provisioners>, shutdown: CancellationToken) {
+pub(crate) async fn run(
+    fleet: Fleet,
+    provisioners: Arc<Provisioners>,
+    shutdown: CancellationToken,
+) {
     let mut states: HashMap<String, AutoscaleState> = HashMap::new();
     let mut tick = tokio::time::interval(fleet.config.fleet.autoscale_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -22,10 +22,10 @@ const TICK: Duration = Duration::from_millis(250);
 /// Most checks in flight at once.
 const MAX_CONCURRENT: usize = 256;
 /// Largest `/health` reply read; a longer one fails the check.
-pub const MAX_HEALTH_BYTES: usize = 64 * 1024;
+pub(crate) const MAX_HEALTH_BYTES: usize = 64 * 1024;
 
 /// Runs until `shutdown`.
-pub async fn run(fleet: Fleet, shutdown: CancellationToken) {
+pub(crate) async fn run(fleet: Fleet, shutdown: CancellationToken) {
     let mut checks: JoinSet<(AgentId, Result<(), String>)> = JoinSet::new();
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -9,7 +9,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 /// Runs until `shutdown`.
-pub async fn run(fleet: Fleet, shutdown: CancellationToken) {
+pub(crate) async fn run(fleet: Fleet, shutdown: CancellationToken) {
     let timeout = chrono::Duration::from_std(fleet.config.scheduler.heartbeat_timeout)
         .unwrap_or(chrono::Duration::MAX);
     let removal = chrono::Duration::from_std(fleet.config.fleet.failed_removal)

@@ -2,13 +2,13 @@
 //! fails instances whose heartbeats stop, active health checks, the autoscaler and the
 //! provisioners that carry its decisions out.
 
-pub mod autoscaler;
+pub(crate) mod autoscaler;
 pub mod events;
-pub mod health;
-pub mod heartbeat;
-pub mod provisioners;
-pub mod registry;
-pub mod wakers;
+pub(crate) mod health;
+pub(crate) mod heartbeat;
+pub(crate) mod provisioners;
+pub(crate) mod registry;
+pub(crate) mod wakers;
 
 use crate::agent_clients::AgentClients;
 use crate::clock::Clock;

@@ -27,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 
 /// How long an instance this control plane registered may be missing from the store's list in
 /// [`Registry::sync`] (the list may predate it).
-pub const SYNC_GRACE: chrono::Duration = chrono::Duration::seconds(5);
+pub(crate) const SYNC_GRACE: chrono::Duration = chrono::Duration::seconds(5);
 
 /// A reserved place on an instance for one task.
 #[derive(Clone)]
@@ -230,7 +230,7 @@ pub struct Registry {
 /// This control plane's share of an instance's slots when `replicas` control planes dispatch to
 /// it: the capacity divided among them, rounded up (an instance of capacity 1 is shared by
 /// taking turns at its own refusal, `429 at_capacity`, which is retried).
-pub fn capacity_share(capacity: u32, replicas: u32) -> u32 {
+pub(crate) fn capacity_share(capacity: u32, replicas: u32) -> u32 {
     capacity.div_ceil(replicas.max(1)).max(1)
 }
 

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 /// replica apply at once).
 const CACHE_TTL: Duration = Duration::from_secs(5);
 /// A reservation not settled for this long belongs to a process that died; it stops counting.
-pub const STALE_RESERVATION: chrono::Duration = chrono::Duration::minutes(15);
+pub(crate) const STALE_RESERVATION: chrono::Duration = chrono::Duration::minutes(15);
 
 type WindowKey = (TenantId, Period, Timestamp);
 /// A tenant's budgets and when they were read.

@@ -54,7 +54,7 @@ struct Chosen {
 /// Calls a model through the gateway (OpenAI's chat completions) for `caller`: its limits and
 /// budgets apply, the call is recorded in the ledger, and the answer (or stream) is the
 /// provider's. `incoming` is the caller's `traceparent`, if any.
-pub async fn chat(
+pub(crate) async fn chat(
     state: Arc<Gateway>,
     caller: &Caller,
     incoming: Option<&str>,

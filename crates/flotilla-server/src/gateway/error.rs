@@ -10,7 +10,7 @@ use serde_json::json;
 /// An error of a gateway route.
 #[derive(Debug, thiserror::Error)]
 #[error("{message}")]
-pub struct GatewayError {
+pub(crate) struct GatewayError {
     pub status: StatusCode,
     /// OpenAI's `type`: `invalid_request_error`, `authentication_error`, `permission_error`,
     /// `not_found_error`, `rate_limit_error`, `insufficient_quota`, `api_error`, `timeout_error`.
@@ -24,7 +24,7 @@ pub struct GatewayError {
 }
 
 impl GatewayError {
-    pub fn invalid(param: &str, message: impl Into<String>) -> GatewayError {
+    pub(crate) fn invalid(param: &str, message: impl Into<String>) -> GatewayError {
         GatewayError {
             status: StatusCode::BAD_REQUEST,
             kind: "invalid_request_error",
@@ -35,7 +35,7 @@ impl GatewayError {
         }
     }
 
-    pub fn model_not_found(model: &str, known: &[String]) -> GatewayError {
+    pub(crate) fn model_not_found(model: &str, known: &[String]) -> GatewayError {
         GatewayError {
             status: StatusCode::NOT_FOUND,
             kind: "invalid_request_error",
@@ -50,7 +50,7 @@ impl GatewayError {
     }
 
     /// 402: a `block` budget is spent.
-    pub fn budget_exceeded(message: String) -> GatewayError {
+    pub(crate) fn budget_exceeded(message: String) -> GatewayError {
         GatewayError {
             status: StatusCode::PAYMENT_REQUIRED,
             kind: "insufficient_quota",
@@ -61,7 +61,7 @@ impl GatewayError {
         }
     }
 
-    pub fn rate_limited(message: String, retry_after_s: u64) -> GatewayError {
+    pub(crate) fn rate_limited(message: String, retry_after_s: u64) -> GatewayError {
         GatewayError {
             status: StatusCode::TOO_MANY_REQUESTS,
             kind: "rate_limit_error",
@@ -73,7 +73,7 @@ impl GatewayError {
     }
 
     /// 502: every attempt at the upstream failed.
-    pub fn upstream(message: String) -> GatewayError {
+    pub(crate) fn upstream(message: String) -> GatewayError {
         GatewayError {
             status: StatusCode::BAD_GATEWAY,
             kind: "api_error",
@@ -85,7 +85,7 @@ impl GatewayError {
     }
 
     /// 504: the upstream did not answer in time.
-    pub fn upstream_timeout(message: String) -> GatewayError {
+    pub(crate) fn upstream_timeout(message: String) -> GatewayError {
         GatewayError {
             status: StatusCode::GATEWAY_TIMEOUT,
             kind: "timeout_error",
@@ -97,7 +97,7 @@ impl GatewayError {
     }
 
     /// 500: our own fault, logged with `detail` and answered without it.
-    pub fn internal(detail: String) -> GatewayError {
+    pub(crate) fn internal(detail: String) -> GatewayError {
         tracing::error!(error = %detail, "Gateway request failed");
         GatewayError {
             status: StatusCode::INTERNAL_SERVER_ERROR,
@@ -110,7 +110,7 @@ impl GatewayError {
     }
 
     /// The error as an OpenAI-shaped JSON value (also sent as the last event of a broken stream).
-    pub fn body(&self) -> serde_json::Value {
+    pub(crate) fn body(&self) -> serde_json::Value {
         json!({
             "error": {
                 "message": self.message,

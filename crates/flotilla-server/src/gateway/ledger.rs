@@ -34,7 +34,7 @@ impl Ledger {
 }
 
 /// The ledger and its writer loop, which runs until `stop` and then writes what is left.
-pub fn channel(
+pub(crate) fn channel(
     store: DynStore,
     metrics: Arc<Metrics>,
     flush: Duration,

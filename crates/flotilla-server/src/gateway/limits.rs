@@ -41,7 +41,7 @@ const PRUNE_BATCH: u32 = 10_000;
 
 /// What a call took, to be settled.
 #[derive(Clone, Debug)]
-pub struct Taken {
+pub(crate) struct Taken {
     tenant: TenantId,
     key_id: String,
     tokens: u64,
@@ -51,7 +51,7 @@ pub struct Taken {
 }
 
 /// The gateway's buckets.
-pub struct Limits {
+pub(crate) struct Limits {
     config: GatewayLimits,
     /// This process's buckets by subject: all of them on SQLite; on PostgreSQL only while the
     /// store fails.
@@ -68,7 +68,7 @@ struct Shared {
 
 /// A refused call: which limit and when to retry.
 #[derive(Debug)]
-pub struct Limited {
+pub(crate) struct Limited {
     pub message: String,
     /// Whole seconds, rounded up: a client that waits this long finds the units there.
     pub retry_after: Duration,
@@ -158,7 +158,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl Limits {
     /// Limits with this process's buckets (SQLite, or tests).
-    pub fn new(config: GatewayLimits) -> Limits {
+    pub(crate) fn new(config: GatewayLimits) -> Limits {
         Limits {
             config,
             local: Mutex::default(),
@@ -167,7 +167,7 @@ impl Limits {
     }
 
     /// Limits with the store's shared buckets, which every replica on the database uses.
-    pub fn shared(config: GatewayLimits, store: DynStore) -> Limits {
+    pub(crate) fn shared(config: GatewayLimits, store: DynStore) -> Limits {
         Limits {
             shared: Some(Shared {
                 store,
@@ -178,7 +178,7 @@ impl Limits {
     }
 
     /// Shared buckets on PostgreSQL, this process's on SQLite.
-    pub fn for_store(config: GatewayLimits, store: &DynStore) -> Limits {
+    pub(crate) fn for_store(config: GatewayLimits, store: &DynStore) -> Limits {
         if store.topology().is_shared() {
             Limits::shared(config, store.clone())
         } else {
@@ -187,18 +187,13 @@ impl Limits {
     }
 
     /// True when no limit is configured (the call skips this step).
-    pub fn is_off(&self) -> bool {
+    pub(crate) fn is_off(&self) -> bool {
         self.config == GatewayLimits::default()
-    }
-
-    /// True when the buckets are the store's, shared by every replica.
-    pub fn is_shared(&self) -> bool {
-        self.shared.is_some()
     }
 
     /// Takes one request, `tokens` tokens and `cost` from every applicable bucket, all or none:
     /// from the shared buckets when there are, else from this process's.
-    pub async fn reserve(
+    pub(crate) async fn reserve(
         &self,
         tenant: TenantId,
         key_id: &str,
@@ -225,7 +220,7 @@ impl Limits {
 
     /// Settles what a call took with what it used, where it was taken; now and then also prunes
     /// the shared buckets.
-    pub async fn reconcile(&self, taken: &Taken, tokens: u64, cost: Money, now: Timestamp) {
+    pub(crate) async fn reconcile(&self, taken: &Taken, tokens: u64, cost: Money, now: Timestamp) {
         let settles = self.settles(taken, tokens, cost);
         let shared = match &self.shared {
             Some(shared) if taken.shared => shared,
@@ -435,7 +430,6 @@ mod tests {
         let l = limits();
         let tenant = TenantId(uuid::Uuid::nil());
         let taken = l.take(tenant, "k1", 900, Money::ZERO, t(0)).unwrap();
-        assert!(!l.is_shared());
         l.settle_local(&l.settles(&taken, 100, Money::ZERO), t(0));
         l.take(tenant, "k1", 900, Money::ZERO, t(0)).unwrap();
     }

@@ -9,14 +9,14 @@
 //! budget check: it is the only way to a provider.
 
 mod accounting;
-pub mod budgets;
-pub mod call;
-pub mod error;
-pub mod ledger;
-pub mod limits;
-pub mod providers;
-pub mod request;
-pub mod stream;
+pub(crate) mod budgets;
+pub(crate) mod call;
+pub(crate) mod error;
+pub(crate) mod ledger;
+pub(crate) mod limits;
+pub(crate) mod providers;
+pub(crate) mod request;
+pub(crate) mod stream;
 
 use crate::clock::Clock;
 use crate::fleet::events::EventSink;

@@ -19,7 +19,7 @@ const ROLES: [&str; 6] = [
 
 /// A validated request.
 #[derive(Clone, Debug)]
-pub struct ChatRequest {
+pub(crate) struct ChatRequest {
     pub body: Map<String, Value>,
     /// The bytes the client sent.
     pub raw: Bytes,
@@ -34,7 +34,7 @@ pub struct ChatRequest {
 }
 
 impl ChatRequest {
-    pub fn parse(raw: Bytes) -> Result<ChatRequest, GatewayError> {
+    pub(crate) fn parse(raw: Bytes) -> Result<ChatRequest, GatewayError> {
         let value: Value = serde_json::from_slice(&raw).map_err(|e| {
             GatewayError::invalid("body", format!("the body is not valid JSON: {e}"))
         })?;
@@ -121,7 +121,7 @@ impl ChatRequest {
     /// The body for the provider: `model` set to `upstream`, and for streams
     /// `stream_options.include_usage` so that the last chunk carries the usage. The client's
     /// own bytes when nothing needs to change.
-    pub fn upstream_body(&self, upstream: &str) -> Bytes {
+    pub(crate) fn upstream_body(&self, upstream: &str) -> Bytes {
         let wants_usage = self.stream
             && self
                 .body
@@ -149,7 +149,7 @@ impl ChatRequest {
 
     /// True when the client itself asked for usage in the stream's last chunk (otherwise the
     /// gateway asked for it and keeps that chunk to itself).
-    pub fn client_wants_stream_usage(&self) -> bool {
+    pub(crate) fn client_wants_stream_usage(&self) -> bool {
         self.body
             .get("stream_options")
             .and_then(|o| o.get("include_usage"))
@@ -198,7 +198,7 @@ fn check_message(i: usize, m: &Value) -> Result<(), GatewayError> {
 
 /// Prompt tokens estimated from a request body's messages (the simulated provider counts the same
 /// way, so its calls are reserved exactly).
-pub fn estimate_input_tokens(body: &Value) -> u64 {
+pub(crate) fn estimate_input_tokens(body: &Value) -> u64 {
     body.get("messages")
         .and_then(Value::as_array)
         .map_or(0, |m| estimate_input_tokens_of(m))

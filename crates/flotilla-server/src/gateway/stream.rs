@@ -20,7 +20,7 @@ const MAX_EVENT_BYTES: usize = 1024 * 1024;
 
 /// How a relayed stream ended.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct StreamOutcome {
+pub(crate) struct StreamOutcome {
     /// Usage from the provider's last chunk, when it sent one.
     pub usage: Option<TokenUsage>,
     /// Chunks that carried generated content (an estimate of output tokens when `usage` is
@@ -35,7 +35,7 @@ pub struct StreamOutcome {
 /// Starts relaying `upstream`; returns the response body. `hide_usage_chunk`: the gateway asked
 /// for the usage chunk itself, so it is not forwarded. `on_end` runs once, when the stream is
 /// over.
-pub fn relay<F, Fut>(
+pub(crate) fn relay<F, Fut>(
     upstream: ChunkStream,
     hide_usage_chunk: bool,
     tracker: &TaskTracker,

@@ -19,14 +19,14 @@ const MAX_BATCH: usize = 512;
 
 /// The sending side, held by dispatches.
 #[derive(Clone)]
-pub struct Completions {
+pub(crate) struct Completions {
     tx: mpsc::UnboundedSender<AttemptEnd>,
 }
 
 impl Completions {
     /// Queues an end for writing. The channel is unbounded because its length is bounded by the
     /// fleet's total capacity (one end per in-flight attempt).
-    pub fn send(&self, end: AttemptEnd) {
+    pub(crate) fn send(&self, end: AttemptEnd) {
         if self.tx.send(end).is_err() {
             tracing::warn!(
                 "Attempt end after the completion writer stopped; its lease will expire and the task re-run"
@@ -36,7 +36,7 @@ impl Completions {
 }
 
 /// What the completion writer reports a task's end to besides the store.
-pub struct Observers {
+pub(crate) struct Observers {
     pub waiters: Arc<Waiters>,
     pub wakers: Arc<Wakers>,
     pub metrics: Arc<Metrics>,
@@ -47,7 +47,7 @@ pub struct Observers {
 
 /// Creates the completion channel and its writer loop, which runs until `stop` and then writes
 /// what was already sent.
-pub fn channel(
+pub(crate) fn channel(
     store: DynStore,
     observers: Observers,
     stop: CancellationToken,

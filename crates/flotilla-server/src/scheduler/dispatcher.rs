@@ -22,7 +22,7 @@ use tokio_util::task::TaskTracker;
 const IDLE_POLL: Duration = Duration::from_millis(200);
 
 /// The set of running dispatcher loops and the tracker of their attempts.
-pub struct Dispatchers {
+pub(crate) struct Dispatchers {
     started: Mutex<HashSet<String>>,
     /// Dispatcher loops.
     loops: TaskTracker,
@@ -33,7 +33,7 @@ pub struct Dispatchers {
 
 impl Dispatchers {
     /// No dispatchers yet; they stop claiming when `shutdown` is cancelled.
-    pub fn new(shutdown: CancellationToken) -> Self {
+    pub(crate) fn new(shutdown: CancellationToken) -> Self {
         Self {
             started: Mutex::default(),
             loops: TaskTracker::new(),
@@ -62,11 +62,6 @@ impl Dispatchers {
         true
     }
 
-    /// Dispatcher loops running (one per agent type with a pool or an instance).
-    pub fn running(&self) -> usize {
-        self.started.lock().map_or(0, |started| started.len())
-    }
-
     /// Starts the dispatcher of `agent_type` unless it runs already.
     pub(super) fn ensure(&self, state: &Arc<Scheduler>, agent_type: &str) {
         let Ok(mut started) = self.started.lock() else {
@@ -84,7 +79,7 @@ impl Dispatchers {
     }
 
     /// Waits for the dispatcher loops to stop (after shutdown was cancelled).
-    pub async fn stopped(&self) {
+    pub(crate) async fn stopped(&self) {
         self.loops.close();
         self.loops.wait().await;
     }
@@ -222,7 +217,7 @@ fn start_attempt(state: &Arc<Scheduler>, task: Task) {
 }
 
 /// Starts the attempt of a claimed task on a reserved slot.
-pub fn spawn_attempt(state: &Arc<Scheduler>, task: Task, slot: Slot) {
+pub(crate) fn spawn_attempt(state: &Arc<Scheduler>, task: Task, slot: Slot) {
     state
         .dispatchers
         .attempts
@@ -230,7 +225,7 @@ pub fn spawn_attempt(state: &Arc<Scheduler>, task: Task, slot: Slot) {
 }
 
 /// Gives a reserved slot back; removes the instance from the store when it was waiting to be.
-pub async fn release_slot(state: &Arc<Scheduler>, slot: &Slot) {
+pub(crate) async fn release_slot(state: &Arc<Scheduler>, slot: &Slot) {
     if state.registry.release(slot.agent_id)
         && let Err(e) = state.store.delete_agent(slot.agent_id).await
     {

@@ -17,13 +17,13 @@ type Reply = oneshot::Sender<Result<Inserted, IntakeError>>;
 
 /// The sending side, held by the API.
 #[derive(Clone)]
-pub struct Intake {
+pub(crate) struct Intake {
     tx: mpsc::Sender<(NewTask, Reply)>,
 }
 
 /// Why a submission was not stored.
 #[derive(Debug, thiserror::Error)]
-pub enum IntakeError {
+pub(crate) enum IntakeError {
     /// The writer has stopped (shutdown).
     #[error("the control plane is shutting down")]
     Stopped,
@@ -47,7 +47,7 @@ impl IntakeError {
 
 impl Intake {
     /// Stores one task; returns once it is durable.
-    pub async fn submit(&self, task: NewTask) -> Result<Inserted, IntakeError> {
+    pub(crate) async fn submit(&self, task: NewTask) -> Result<Inserted, IntakeError> {
         let (reply, answer) = oneshot::channel();
         self.tx
             .send((task, reply))
@@ -59,7 +59,7 @@ impl Intake {
 
 /// Creates the intake and its writer loop, which runs until `stop` and then drains what was
 /// already sent.
-pub fn channel(
+pub(crate) fn channel(
     store: DynStore,
     wakers: Arc<Wakers>,
     metrics: Arc<Metrics>,

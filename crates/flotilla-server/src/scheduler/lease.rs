@@ -7,7 +7,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 /// Runs until `shutdown`: renews every third of the lease time and reaps expired leases.
-pub async fn run(state: Arc<Scheduler>, shutdown: CancellationToken) {
+pub(crate) async fn run(state: Arc<Scheduler>, shutdown: CancellationToken) {
     let ttl = state.config.scheduler.lease_ttl;
     let period = (ttl / 3).min(Duration::from_secs(1));
     let mut tick = tokio::time::interval(period);

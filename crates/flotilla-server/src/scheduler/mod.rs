@@ -12,12 +12,12 @@
 //! - [`lease`] renews this process's leases and returns expired ones (a crashed replica's tasks)
 //!   to the queue.
 
-pub mod completion;
+pub(crate) mod completion;
 pub mod dispatch;
-pub mod dispatcher;
-pub mod intake;
-pub mod lease;
-pub mod submission;
+pub(crate) mod dispatcher;
+pub(crate) mod intake;
+pub(crate) mod lease;
+pub(crate) mod submission;
 
 use crate::agent_clients::AgentClients;
 use crate::auth::attempts::LiveAttempts;
@@ -40,33 +40,33 @@ use tokio_util::sync::CancellationToken;
 /// The scheduler's handles: what its loops (dispatchers, leases) and submissions need, and
 /// nothing of the HTTP layer. Built once by the composition root ([`crate::start`]).
 pub struct Scheduler {
-    pub config: Arc<Config>,
-    pub store: DynStore,
-    pub clock: Arc<dyn Clock>,
-    pub registry: Arc<Registry>,
-    pub wakers: Arc<Wakers>,
-    pub metrics: Arc<Metrics>,
+    pub(crate) config: Arc<Config>,
+    pub(crate) store: DynStore,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) registry: Arc<Registry>,
+    pub(crate) wakers: Arc<Wakers>,
+    pub(crate) metrics: Arc<Metrics>,
     /// Rolling windows the alert engine reads (response times, unmetered tokens).
-    pub recent: Arc<Recent>,
+    pub(crate) recent: Arc<Recent>,
     /// Which attempts run: an attempt's model-gateway token is refused once it ends here.
-    pub attempts: Arc<LiveAttempts>,
-    pub intake: Intake,
-    pub completions: Completions,
-    pub dispatchers: Dispatchers,
+    pub(crate) attempts: Arc<LiveAttempts>,
+    pub(crate) intake: Intake,
+    pub(crate) completions: Completions,
+    pub(crate) dispatchers: Dispatchers,
     /// HTTP clients for agents (`[agents_egress]`, `[agents_tls]`).
-    pub agents: Arc<AgentClients>,
+    pub(crate) agents: Arc<AgentClients>,
     /// The task trace exporter; `None` without `[telemetry.otlp]`.
-    pub traces: Option<Arc<Traces>>,
+    pub(crate) traces: Option<Arc<Traces>>,
     /// Signs per-task model-gateway tokens.
-    pub task_token_key: Arc<TokenKey>,
+    pub(crate) task_token_key: Arc<TokenKey>,
     /// The model gateway's base URL as agents are told it.
-    pub gateway_url: Arc<str>,
+    pub(crate) gateway_url: Arc<str>,
     /// This process's lease owner name.
-    pub owner: Arc<str>,
+    pub(crate) owner: Arc<str>,
     /// Whether this control plane leads (re-queues expired leases).
-    pub leadership: Arc<Leadership>,
+    pub(crate) leadership: Arc<Leadership>,
     /// Cancelled when the server begins to shut down.
-    pub shutdown: CancellationToken,
+    pub(crate) shutdown: CancellationToken,
 }
 
 impl Scheduler {

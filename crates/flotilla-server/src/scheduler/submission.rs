@@ -14,7 +14,10 @@ use std::sync::Arc;
 
 /// Writes `task` (in the intake's next group commit) and, when a slot was free for it, starts
 /// its first attempt. The slot is used only if this submission created the task.
-pub async fn submit(state: &Arc<Scheduler>, mut task: NewTask) -> Result<Inserted, IntakeError> {
+pub(crate) async fn submit(
+    state: &Arc<Scheduler>,
+    mut task: NewTask,
+) -> Result<Inserted, IntakeError> {
     let slot = claim_at_submission(state, &mut task);
     let inserted = state.intake.submit(task).await;
     match (&inserted, slot) {

@@ -3,9 +3,9 @@
 //! and the request-counting middleware are the HTTP layer's (`api::metrics`).
 
 pub mod metrics;
-pub mod process;
-pub mod recent;
-pub mod traces;
+pub(crate) mod process;
+pub(crate) mod recent;
+pub(crate) mod traces;
 
 tokio::task_local! {
     /// The request id of the request being handled (set by the HTTP layer), so that errors and

@@ -18,7 +18,7 @@ use std::sync::OnceLock;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// The family names this collector exports (a counter's without `_total`).
-pub const NAMES: [&str; 5] = [
+pub(crate) const NAMES: [&str; 5] = [
     "process_cpu_seconds",
     "process_resident_memory_bytes",
     "process_open_fds",
@@ -30,12 +30,12 @@ static STARTED: OnceLock<SystemTime> = OnceLock::new();
 
 /// Notes the start of the process; the first call wins. `Metrics::new`, early in `start`,
 /// calls it, so the recorded time is within moments of the process's start.
-pub fn mark_start() -> SystemTime {
+pub(crate) fn mark_start() -> SystemTime {
     *STARTED.get_or_init(SystemTime::now)
 }
 
 /// Reads what can be read now.
-pub fn sample() -> ProcessInfo {
+pub(crate) fn sample() -> ProcessInfo {
     ProcessInfo {
         cpu_seconds: cpu_seconds(),
         cpus: std::thread::available_parallelism()
@@ -57,7 +57,7 @@ pub fn sample() -> ProcessInfo {
     clippy::useless_conversion,
     reason = "statvfs' field types are u64 on 64-bit Linux, narrower elsewhere"
 )]
-pub fn disk(path: &Path) -> Option<DiskInfo> {
+pub(crate) fn disk(path: &Path) -> Option<DiskInfo> {
     let stat = nix::sys::statvfs::statvfs(path).ok()?;
     let unit = u64::from(stat.fragment_size());
     Some(DiskInfo {
@@ -116,7 +116,7 @@ fn memory_limit_bytes() -> Option<u64> {
 
 /// Encodes the process metrics at each scrape.
 #[derive(Debug, Default)]
-pub struct ProcessCollector;
+pub(crate) struct ProcessCollector;
 
 impl Collector for ProcessCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {

@@ -27,7 +27,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// Window of the response-time percentile and of the gateway's per-model rates.
-pub const RESPONSE_WINDOW: Duration = Duration::from_secs(300);
+pub(crate) const RESPONSE_WINDOW: Duration = Duration::from_secs(300);
 const TOKEN_WINDOW: Duration = Duration::from_secs(3600);
 const MAX_SAMPLES: usize = 10_000;
 

@@ -407,7 +407,7 @@ impl AttemptSpan {
 /// The span id of a task's `task.submit`, derived from the task id so that any replica can
 /// parent the task's later spans to it without storing it: the low 8 bytes of the UUIDv7, which
 /// are random.
-pub fn submit_span_id(task: TaskId) -> SpanId {
+pub(crate) fn submit_span_id(task: TaskId) -> SpanId {
     let bytes = task.as_uuid().as_bytes();
     let mut low = [0u8; 8];
     low.copy_from_slice(&bytes[8..]);

@@ -38,13 +38,13 @@ use tokio_util::task::TaskTracker;
 mod tests;
 
 /// The variable that tells a spawned process its instance name.
-pub const INSTANCE_NAME_ENV: &str = "FLOTILLA_INSTANCE_NAME";
+pub(crate) const INSTANCE_NAME_ENV: &str = "FLOTILLA_INSTANCE_NAME";
 /// The variable that tells a spawned process the pid of the control plane that spawned it.
-pub const PARENT_PID_ENV: &str = "FLOTILLA_PARENT_PID";
+pub(crate) const PARENT_PID_ENV: &str = "FLOTILLA_PARENT_PID";
 /// The only variables of the control plane's environment a spawned process gets (when set), with
 /// every `LC_*` locale category: what any program needs to find executables, its home, its
 /// language and the time zone. Nothing here carries a secret.
-pub const INHERITED_ENV: [&str; 5] = ["PATH", "HOME", "LANG", "LANGUAGE", "TZ"];
+pub(crate) const INHERITED_ENV: [&str; 5] = ["PATH", "HOME", "LANG", "LANGUAGE", "TZ"];
 
 /// First wait before a restart.
 const DEFAULT_BACKOFF_BASE: Duration = Duration::from_millis(500);
@@ -56,7 +56,7 @@ const BACKOFF_RESET_AFTER: Duration = Duration::from_secs(60);
 
 /// What to run for one instance.
 #[derive(Clone)]
-pub struct ProcessSpec {
+pub(crate) struct ProcessSpec {
     /// The executable.
     pub program: PathBuf,
     /// Its arguments. Not logged, and only counted by `Debug`: a caller may pass a key here,
@@ -89,11 +89,11 @@ impl fmt::Debug for ProcessSpec {
 /// The name of one supervised instance: `<pool>-<n>`, with `n` counting up from 1 per pool and
 /// never reused while the supervisor lives, so that a name denotes one instance across restarts.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct InstanceName(pub String);
+pub(crate) struct InstanceName(pub String);
 
 impl InstanceName {
     /// The name as a string.
-    pub fn as_str(&self) -> &str {
+    pub(crate) fn as_str(&self) -> &str {
         &self.0
     }
 }
@@ -107,7 +107,7 @@ impl fmt::Display for InstanceName {
 /// What happened to a supervised process, in order per instance: `Started`, then `Exited`, then
 /// either `Started` again (after `restart_in`) or `Stopped`.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum ProcessEvent {
+pub(crate) enum ProcessEvent {
     /// A process was started for the instance (first start or restart).
     Started {
         pool: String,
@@ -130,7 +130,7 @@ pub enum ProcessEvent {
 
 /// One supervised instance as [`LocalSupervisor::list`] shows it.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ProcessInfo {
+pub(crate) struct ProcessInfo {
     pub name: InstanceName,
     pub pool: String,
     /// The running process; `None` while it waits to be restarted.
@@ -173,7 +173,7 @@ impl Backoff {
 /// Dropping it does not stop the processes; [`LocalSupervisor::shutdown`] does (and so does the
 /// end of the Tokio runtime, since every child is killed when its supervising task is dropped).
 #[derive(Clone)]
-pub struct LocalSupervisor {
+pub(crate) struct LocalSupervisor {
     shared: Arc<Shared>,
     backoff: Backoff,
 }
@@ -227,7 +227,7 @@ enum Outcome {
 
 impl LocalSupervisor {
     /// A supervisor that reports to `events` (events are dropped if the receiver is gone).
-    pub fn new(events: mpsc::UnboundedSender<ProcessEvent>) -> Self {
+    pub(crate) fn new(events: mpsc::UnboundedSender<ProcessEvent>) -> Self {
         Self {
             shared: Arc::new(Shared {
                 events,
@@ -243,8 +243,9 @@ impl LocalSupervisor {
     }
 
     /// Sets the restart delays (500 ms doubling up to 30 s by default) for processes spawned
-    /// through this handle from now on.
-    pub fn with_backoff(mut self, base: Duration, max: Duration) -> Self {
+    /// through this handle from now on (tests shorten or lengthen them).
+    #[cfg(test)]
+    pub(crate) fn with_backoff(mut self, base: Duration, max: Duration) -> Self {
         self.backoff.base = base;
         self.backoff.max = max.max(base);
         self
@@ -258,7 +259,7 @@ impl LocalSupervisor {
     /// and a `Stopped` event reported at once.
     ///
     /// Must be called within a Tokio runtime.
-    pub fn spawn(&self, pool: &str, spec: ProcessSpec) -> InstanceName {
+    pub(crate) fn spawn(&self, pool: &str, spec: ProcessSpec) -> InstanceName {
         let mut state = self.shared.lock();
         let number = state.last_number.entry(pool.to_owned()).or_insert(0);
         *number += 1;
@@ -307,7 +308,7 @@ impl LocalSupervisor {
     /// Stops one process: SIGTERM, waits up to `grace`, then SIGKILL; never restarts it (an
     /// instance waiting to be restarted is simply dropped). Returns when it is gone, at once
     /// for an unknown name.
-    pub async fn stop(&self, name: &InstanceName, grace: Duration) {
+    pub(crate) async fn stop(&self, name: &InstanceName, grace: Duration) {
         let gone = {
             let state = self.shared.lock();
             let Some(instance) = state.instances.get(name) else {
@@ -320,7 +321,7 @@ impl LocalSupervisor {
     }
 
     /// Processes of a pool (or all when `None`), oldest first.
-    pub fn list(&self, pool: Option<&str>) -> Vec<ProcessInfo> {
+    pub(crate) fn list(&self, pool: Option<&str>) -> Vec<ProcessInfo> {
         let state = self.shared.lock();
         let mut instances: Vec<(u64, ProcessInfo)> = state
             .instances
@@ -344,7 +345,7 @@ impl LocalSupervisor {
 
     /// Stops every process (SIGTERM to all at once, waits up to `grace`, SIGKILL to the rest)
     /// and waits until they are all gone; spawns nothing afterwards.
-    pub async fn shutdown(&self, grace: Duration) {
+    pub(crate) async fn shutdown(&self, grace: Duration) {
         let count = {
             let mut state = self.shared.lock();
             state.closed = true;

@@ -9,7 +9,7 @@
 //! and only then is the instance stopped.
 
 mod kubernetes;
-pub mod local;
+pub(crate) mod local;
 
 use crate::fleet::registry::Registry;
 use flotilla_core::agent::AgentInstance;
@@ -30,7 +30,7 @@ const STOP_GRACE: Duration = Duration::from_secs(10);
 
 /// What local agent processes need to reach the control plane.
 #[derive(Clone)]
-pub struct LocalContext {
+pub(crate) struct LocalContext {
     /// The program of the built-in agent (this binary), run as `<program> agent …`.
     pub agent_program: Option<PathBuf>,
     /// URL of this control plane's API.
@@ -43,7 +43,7 @@ pub struct LocalContext {
 
 /// The provisioners of this control plane.
 /// What the provisioners need, built by the composition root.
-pub struct ProvisionerHandles {
+pub(crate) struct ProvisionerHandles {
     /// Where process and Kubernetes events are recorded.
     pub events: crate::fleet::events::EventSink,
     /// Whose instances are drained before their processes stop.
@@ -61,7 +61,7 @@ pub struct ProvisionerHandles {
     pub shutdown: tokio_util::sync::CancellationToken,
 }
 
-pub struct Provisioners {
+pub(crate) struct Provisioners {
     /// Whose instances are drained before their processes stop.
     registry: Arc<Registry>,
     clock: Arc<dyn crate::clock::Clock>,
@@ -105,7 +105,7 @@ fn instance_name(agent: &AgentInstance) -> Option<&str> {
 
 impl Provisioners {
     /// Provisioners whose process events are turned into fleet events by a loop on `tracker`.
-    pub fn new(
+    pub(crate) fn new(
         context: Option<LocalContext>,
         tracker: &TaskTracker,
         handles: ProvisionerHandles,
@@ -197,7 +197,7 @@ impl Provisioners {
 
     /// The pool's current size as its provisioner counts it; `None` for static pools (the
     /// registry's count applies).
-    pub fn size(&self, pool: &Pool) -> Option<u32> {
+    pub(crate) fn size(&self, pool: &Pool) -> Option<u32> {
         match pool.provisioner {
             Provisioner::Local { .. } => Some(
                 self.local
@@ -214,7 +214,7 @@ impl Provisioners {
     /// Brings a pool to `to` instances. Local: starts processes, or drains and stops the idle
     /// (then oldest) ones. Kubernetes: applies the pool's Deployment with `to` replicas (the
     /// Deployment's own rollout stops pods; agents drain on SIGTERM). Static: nothing to do.
-    pub fn scale(&self, pool: &Pool, to: u32) {
+    pub(crate) fn scale(&self, pool: &Pool, to: u32) {
         let command = match &pool.provisioner {
             Provisioner::Local { command } => command,
             Provisioner::Kubernetes(settings) => {
@@ -314,14 +314,14 @@ impl Provisioners {
     }
 
     /// Stops every local process (after in-flight drains) and waits for them.
-    pub async fn shutdown(&self) {
+    pub(crate) async fn shutdown(&self) {
         self.tasks.close();
         self.local.shutdown(STOP_GRACE).await;
         self.tasks.wait().await;
     }
 
     /// Local processes, for `GET /v1/pools`.
-    pub fn processes(&self, pool: &str) -> Vec<local::ProcessInfo> {
+    pub(crate) fn processes(&self, pool: &str) -> Vec<local::ProcessInfo> {
         self.local.list(Some(pool))
     }
 }

@@ -3,8 +3,8 @@
 //! upstream model name put in) and give back either a whole JSON answer or a stream of raw
 //! server-sent-event bytes, which the gateway relays as they come.
 
-pub mod openai;
-pub mod simulated;
+pub(crate) mod openai;
+pub(crate) mod simulated;
 
 use axum::body::Bytes;
 use flotilla_core::config::{Provider, ProviderKind};
@@ -16,7 +16,7 @@ use std::time::Duration;
 
 /// One call as it goes upstream.
 #[derive(Clone, Debug)]
-pub struct UpstreamRequest {
+pub(crate) struct UpstreamRequest {
     /// The JSON body to send, `model` already set to the upstream name.
     pub body: Bytes,
     pub stream: bool,
@@ -25,10 +25,10 @@ pub struct UpstreamRequest {
 }
 
 /// Raw bytes of a server-sent-event stream, in whatever pieces the provider sent them.
-pub type ChunkStream = BoxStream<'static, Result<Bytes, UpstreamError>>;
+pub(crate) type ChunkStream = BoxStream<'static, Result<Bytes, UpstreamError>>;
 
 /// What the provider answered.
-pub enum UpstreamReply {
+pub(crate) enum UpstreamReply {
     /// A whole (non-streamed) JSON answer with its usage, when it reported one.
     Complete {
         body: Bytes,
@@ -41,20 +41,20 @@ pub enum UpstreamReply {
 /// A failed call: what kind of failure (which decides retries and fallbacks) and why.
 #[derive(Clone, Debug, thiserror::Error)]
 #[error("{message}")]
-pub struct UpstreamError {
+pub(crate) struct UpstreamError {
     pub failure: UpstreamFailure,
     pub message: String,
 }
 
 impl UpstreamError {
-    pub fn timeout(message: impl Into<String>) -> UpstreamError {
+    pub(crate) fn timeout(message: impl Into<String>) -> UpstreamError {
         UpstreamError {
             failure: UpstreamFailure::Timeout,
             message: message.into(),
         }
     }
 
-    pub fn connection(message: impl Into<String>) -> UpstreamError {
+    pub(crate) fn connection(message: impl Into<String>) -> UpstreamError {
         UpstreamError {
             failure: UpstreamFailure::Connection,
             message: message.into(),
@@ -63,14 +63,14 @@ impl UpstreamError {
 }
 
 /// A configured provider, ready to call.
-pub enum ProviderClient {
+pub(crate) enum ProviderClient {
     OpenAi(Box<openai::OpenAi>),
     Simulated(simulated::Simulated),
 }
 
 impl ProviderClient {
     /// Builds the client of a provider (one connection pool per provider, reused by every call).
-    pub fn new(provider: &Provider) -> Result<ProviderClient, String> {
+    pub(crate) fn new(provider: &Provider) -> Result<ProviderClient, String> {
         Ok(match &provider.kind {
             ProviderKind::OpenAi { base_url, .. } => {
                 ProviderClient::OpenAi(Box::new(openai::OpenAi::new(provider, base_url)?))
@@ -87,7 +87,7 @@ impl ProviderClient {
     }
 
     /// Checks the provider answers and takes its key (see [`openai::OpenAi::probe`]).
-    pub async fn probe(
+    pub(crate) async fn probe(
         &self,
         api_key: Option<&SecretString>,
         timeout: Duration,
@@ -99,7 +99,7 @@ impl ProviderClient {
     }
 
     /// Makes one attempt.
-    pub async fn call(
+    pub(crate) async fn call(
         &self,
         request: &UpstreamRequest,
         api_key: Option<&SecretString>,

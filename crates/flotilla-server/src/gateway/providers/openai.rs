@@ -19,7 +19,7 @@ use tokio::time::Instant;
 /// Most of an error answer read to build the message.
 const ERROR_BODY_LIMIT: usize = 16 * 1024;
 
-pub struct OpenAi {
+pub(crate) struct OpenAi {
     client: reqwest::Client,
     /// `{base_url}/chat/completions` and `{base_url}/models`, parsed once (not at every call).
     completions: reqwest::Url,
@@ -30,7 +30,7 @@ pub struct OpenAi {
 }
 
 impl OpenAi {
-    pub fn new(provider: &Provider, base_url: &str) -> Result<OpenAi, String> {
+    pub(crate) fn new(provider: &Provider, base_url: &str) -> Result<OpenAi, String> {
         let client = reqwest::Client::builder()
             .tcp_nodelay(true)
             .connect_timeout(provider.connect_timeout)
@@ -48,7 +48,7 @@ impl OpenAi {
         })
     }
 
-    pub async fn call(
+    pub(crate) async fn call(
         &self,
         request: &UpstreamRequest,
         api_key: Option<&SecretString>,
@@ -164,7 +164,7 @@ impl OpenAi {
 
     /// Checks that the provider answers and takes the key: `GET {base_url}/models`, which
     /// OpenAI-compatible APIs serve. Returns what was seen.
-    pub async fn probe(
+    pub(crate) async fn probe(
         &self,
         api_key: Option<&SecretString>,
         timeout: Duration,
@@ -236,7 +236,7 @@ async fn read_limited(response: reqwest::Response, limit: usize, deadline: Insta
 }
 
 /// The upstream's own error message (`error.message` in OpenAI's shape), or its text.
-pub fn upstream_message(body: &[u8]) -> String {
+pub(crate) fn upstream_message(body: &[u8]) -> String {
     let parsed = serde_json::from_slice::<serde_json::Value>(body).ok();
     let message = parsed
         .as_ref()

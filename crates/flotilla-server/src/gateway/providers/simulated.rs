@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Marks every simulated answer.
-pub const FINGERPRINT: &str = "flotilla-simulated";
+pub(crate) const FINGERPRINT: &str = "flotilla-simulated";
 
 const WORDS: [&str; 12] = [
     "This",
@@ -31,14 +31,17 @@ const WORDS: [&str; 12] = [
     "called.",
 ];
 
-pub struct Simulated {
+pub(crate) struct Simulated {
     pub latency: Duration,
     /// Time between streamed tokens; `None`: all at once.
     pub token_interval: Option<Duration>,
 }
 
 impl Simulated {
-    pub async fn call(&self, request: &UpstreamRequest) -> Result<UpstreamReply, UpstreamError> {
+    pub(crate) async fn call(
+        &self,
+        request: &UpstreamRequest,
+    ) -> Result<UpstreamReply, UpstreamError> {
         let body: Value = serde_json::from_slice(&request.body).map_err(|e| UpstreamError {
             failure: UpstreamFailure::Status(400),
             message: format!("simulated provider: the request is not JSON: {e}"),
