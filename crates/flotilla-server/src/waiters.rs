@@ -1,5 +1,9 @@
 //! Long-poll waiters: `GET /v1/tasks/{id}?wait=N` parks here until the task reaches a terminal
 //! state. The completion writer wakes them after the terminal state is durable.
+//!
+//! A parked waiter is a [`Parked`] guard: however the long-poll ends — woken, timed out, the
+//! task missing, foreign or already finished, the client gone — dropping the guard removes the
+//! waiter, so nothing is left behind ([`Waiters::parked`] counts what is parked).
 
 use flotilla_core::id::TaskId;
 use std::collections::HashMap;
@@ -29,14 +33,27 @@ impl Waiters {
         }
     }
 
-    /// Parks a waiter; the receiver resolves when [`Waiters::wake`] is called for the task.
-    /// Register before reading the task's state, so a completion in between is not missed.
-    pub(crate) fn park(&self, task: TaskId) -> oneshot::Receiver<()> {
+    /// Parks a waiter; [`Parked::woken`] resolves when [`Waiters::wake`] is called for the
+    /// task. Park before reading the task's state, so a completion in between is not missed.
+    /// The waiter is removed when the guard is dropped.
+    pub(crate) fn park(&self, task: TaskId) -> Parked<'_> {
         let (tx, rx) = oneshot::channel();
         if let Ok(mut parked) = self.parked.lock() {
             parked.entry(task).or_default().push(tx);
         }
-        rx
+        Parked {
+            waiters: self,
+            task,
+            woken: Some(rx),
+        }
+    }
+
+    /// How many waiters are parked (the `flotilla_waiters_parked` gauge).
+    pub(crate) fn parked(&self) -> usize {
+        self.parked
+            .lock()
+            .map(|parked| parked.values().map(Vec::len).sum())
+            .unwrap_or(0)
     }
 
     /// Wakes every waiter of a task, here and on the other control planes.
@@ -69,8 +86,8 @@ impl Waiters {
         }
     }
 
-    /// Drops waiters that gave up (their receiver is gone), so timed-out polls leave nothing.
-    pub(crate) fn prune(&self, task: TaskId) {
+    /// Drops the task's waiters that gave up (their receiver is gone).
+    fn prune(&self, task: TaskId) {
         if let Ok(mut parked) = self.parked.lock()
             && let Some(senders) = parked.get_mut(&task)
         {
@@ -94,9 +111,34 @@ impl Waiters {
     }
 }
 
+/// One parked long-poll; dropping it removes the waiter.
+pub(crate) struct Parked<'a> {
+    waiters: &'a Waiters,
+    task: TaskId,
+    woken: Option<oneshot::Receiver<()>>,
+}
+
+impl Parked<'_> {
+    /// Resolves when the task's waiters are woken (or the waiters were dropped).
+    pub(crate) async fn woken(&mut self) {
+        if let Some(rx) = self.woken.as_mut() {
+            let _ = rx.await;
+        }
+    }
+}
+
+impl Drop for Parked<'_> {
+    fn drop(&mut self) {
+        // The receiver goes first, so that its sender reads as closed and is pruned.
+        drop(self.woken.take());
+        self.waiters.prune(self.task);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use futures::FutureExt;
     use uuid::Uuid;
 
     #[tokio::test]
@@ -104,19 +146,28 @@ mod tests {
         let waiters = Waiters::default();
         let a = TaskId(Uuid::now_v7());
         let b = TaskId(Uuid::now_v7());
-        let (rx1, rx2, mut rx3) = (waiters.park(a), waiters.park(a), waiters.park(b));
+        let (mut p1, mut p2, mut p3) = (waiters.park(a), waiters.park(a), waiters.park(b));
+        assert_eq!(waiters.parked(), 3);
         waiters.wake(a);
-        assert!(rx1.await.is_ok() && rx2.await.is_ok());
-        assert!(rx3.try_recv().is_err());
-        assert_eq!(waiters.len(), 1);
+        p1.woken().await;
+        p2.woken().await;
+        assert!(p3.woken().now_or_never().is_none());
+        assert_eq!(waiters.parked(), 1);
+        drop((p1, p2, p3));
+        assert!(waiters.is_empty());
     }
 
     #[test]
-    fn prune_forgets_abandoned_waiters() {
+    fn every_dropped_guard_removes_its_waiter() {
         let waiters = Waiters::default();
         let a = TaskId(Uuid::now_v7());
-        drop(waiters.park(a));
-        waiters.prune(a);
+        let kept = waiters.park(a);
+        for _ in 0..1_000 {
+            drop(waiters.park(a));
+            drop(waiters.park(TaskId(Uuid::now_v7())));
+        }
+        assert_eq!((waiters.parked(), waiters.len()), (1, 1));
+        drop(kept);
         assert!(waiters.is_empty());
     }
 }

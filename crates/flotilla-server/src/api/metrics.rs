@@ -98,6 +98,8 @@ async fn refresh(state: &AppState) {
         }
     };
     types.extend(queued.keys().cloned());
+    m.waiters_parked
+        .set(i64::try_from(state.waiters.parked()).unwrap_or(i64::MAX));
     let pool = state.store.pool_stats();
     for (label, n) in [("open", pool.open), ("idle", pool.idle), ("max", pool.max)] {
         m.store_connections

@@ -300,8 +300,9 @@ pub(crate) async fn get_task(
             .map(Json)
             .ok_or_else(not_found);
     }
-    // Park before reading, so a completion between the read and the wait is not missed.
-    let parked = state.waiters.park(id);
+    // Park before reading, so a completion between the read and the wait is not missed. Every
+    // way out of this function drops the guard, which removes the waiter.
+    let mut parked = state.waiters.park(id);
     let task = state
         .store
         .get_task(tenant, id)
@@ -311,11 +312,11 @@ pub(crate) async fn get_task(
         return Ok(Json(task));
     }
     tokio::select! {
-        _ = parked => {}
+        () = parked.woken() => {}
         () = tokio::time::sleep(wait) => {}
         () = state.shutdown.cancelled() => {}
     }
-    state.waiters.prune(id);
+    drop(parked);
     state
         .store
         .get_task(tenant, id)

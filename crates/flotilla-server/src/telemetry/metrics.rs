@@ -189,6 +189,8 @@ pub struct Metrics {
     pub replicas: Gauge,
     /// 1 while this control plane leads.
     pub leader: Gauge,
+    /// Long-polls parked on this control plane (`GET /v1/tasks/{id}?wait=`).
+    pub waiters_parked: Gauge,
     pub fleet_events: Family<KindLabels, Counter>,
     pub scale_decisions: Family<ScaleLabels, Counter>,
     pub pool_desired: Family<AgentTypeLabels, Gauge>,
@@ -238,6 +240,7 @@ impl Metrics {
             leases_expired: Counter::default(),
             replicas: Gauge::default(),
             leader: Gauge::default(),
+            waiters_parked: Gauge::default(),
             fleet_events: Family::default(),
             scale_decisions: Family::default(),
             pool_desired: Family::default(),
@@ -363,6 +366,13 @@ impl Metrics {
             "flotilla_leader",
             "1 while this control plane leads (runs the autoscaler, the alert engine, the sweeps)",
             m.leader.clone(),
+        );
+        register(
+            &mut registry,
+            &mut names,
+            "flotilla_waiters_parked",
+            "Long-polls (GET /v1/tasks/{id}?wait=) parked on this control plane",
+            m.waiters_parked.clone(),
         );
         register(
             &mut registry,
