@@ -52,9 +52,11 @@ async fn a_hundred_thousand_long_polls_leave_no_waiter(backend: Backend) {
         let url = server.url(&format!("/v1/tasks/{}?wait=20", waiting.id));
         tokio::spawn(async move { http.get(url).bearer_auth(ADMIN_KEY).send().await })
     };
-    eventually("the long-poll is parked", Duration::from_secs(5), || async {
-        parked(&server).await == 1
-    })
+    eventually(
+        "the long-poll is parked",
+        Duration::from_secs(5),
+        || async { parked(&server).await == 1 },
+    )
     .await;
     server.client.cancel_task(waiting.id).await.unwrap();
     assert_eq!(poll.await.unwrap().unwrap().status(), 200);
@@ -85,7 +87,11 @@ async fn a_hundred_thousand_long_polls_leave_no_waiter(backend: Backend) {
         })
         .await;
     assert_eq!(statuses, [WAITS.div_ceil(3), WAITS - WAITS.div_ceil(3)]);
-    assert_eq!(parked(&server).await, 0, "every long-poll removed its waiter");
+    assert_eq!(
+        parked(&server).await,
+        0,
+        "every long-poll removed its waiter"
+    );
 
     // A timed-out wait removes its waiter too.
     let queued = server.submit(&task(IDLE, serde_json::json!({}))).await;
