@@ -80,6 +80,9 @@ pub struct ServerSection {
     pub max_body_bytes: usize,
     /// Longest `?wait=` a long-poll may ask for, in seconds.
     pub max_wait_s: u64,
+    /// Proxies (CIDR ranges or addresses) whose `Forwarded`/`X-Forwarded-For` headers name the
+    /// client; from any other peer the headers are ignored (`flotilla_core::client_addr`).
+    pub trusted_proxies: Vec<String>,
 }
 
 impl Default for ServerSection {
@@ -89,6 +92,7 @@ impl Default for ServerSection {
             data_dir: PathBuf::from("flotilla-data"),
             max_body_bytes: 1024 * 1024,
             max_wait_s: 60,
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -201,6 +205,8 @@ pub struct Config {
     pub data_dir: PathBuf,
     pub max_body_bytes: usize,
     pub max_wait: Duration,
+    /// `[server] trusted_proxies`.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
     pub database: Database,
     pub database_max_connections: u32,
     /// `[database] leader_lease_ms`.
@@ -491,6 +497,10 @@ pub fn validate(raw: ConfigFile) -> Result<Config, ConfigError> {
         data_dir: raw.server.data_dir,
         max_body_bytes: raw.server.max_body_bytes,
         max_wait: Duration::from_secs(raw.server.max_wait_s),
+        trusted_proxies: agents_egress::cidrs(
+            "server.trusted_proxies",
+            &raw.server.trusted_proxies,
+        )?,
         database,
         database_max_connections: raw.database.max_connections,
         leader_lease,

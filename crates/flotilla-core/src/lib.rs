@@ -14,6 +14,7 @@ pub mod auth;
 pub mod autoscale;
 pub mod balance;
 pub mod budget;
+pub mod client_addr;
 pub mod config;
 pub mod diagnosis;
 pub mod egress;

@@ -330,6 +330,7 @@ pub async fn start(
     let keys: Arc<auth::KeyCache> = Arc::default();
     let limits = Arc::new(auth::limits::RateLimiters::new(
         config.rate_limits.auth_failures,
+        config.rate_limits.auth_failures_ipv6_prefix,
     ));
     let audit = Arc::new(audit::Audit::new(store.clone(), clock.clone()));
     let access = Arc::new(auth::Access {

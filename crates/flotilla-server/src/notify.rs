@@ -159,14 +159,14 @@ pub struct Notifications {
 
 /// Sends a notification to every webhook and e-mail recipient list, each in the background.
 pub(crate) fn send_all(state: &Arc<Notifications>, notification: &Notification) {
-    for webhook in &state.webhooks {
+    for (index, webhook) in state.webhooks.iter().enumerate() {
         let state = state.clone();
         let webhook = webhook.clone();
         let notification = notification.clone();
         state
             .deliveries
             .clone()
-            .spawn(async move { deliver(&state, &webhook, &notification).await });
+            .spawn(async move { deliver(&state, index, &webhook, &notification).await });
     }
     for email in &state.emails {
         let state = state.clone();
@@ -294,7 +294,29 @@ async fn send_email(email: &Email, n: &Notification) -> Result<(), String> {
         .map_err(|e| e.to_string())
 }
 
-async fn deliver(state: &Notifications, webhook: &Webhook, n: &Notification) {
+/// An error and its causes, `: `-separated.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
+}
+
+/// How a webhook is named in events and logs: its place in `[alerting] webhooks` and its host,
+/// never its URL (a Slack or PagerDuty URL is itself the credential).
+fn webhook_name(index: usize, webhook: &Webhook) -> String {
+    let host = reqwest::Url::parse(&webhook.url)
+        .ok()
+        .and_then(|url| url.host_str().map(str::to_owned))
+        .unwrap_or_else(|| "?".to_owned());
+    format!("webhook #{} ({host})", index + 1)
+}
+
+async fn deliver(state: &Notifications, index: usize, webhook: &Webhook, n: &Notification) {
     let (body, format) = match &webhook.format {
         WebhookFormat::Json => (serde_json::to_vec(n).unwrap_or_default(), "json"),
         WebhookFormat::Slack => (
@@ -320,11 +342,12 @@ async fn deliver(state: &Notifications, webhook: &Webhook, n: &Notification) {
         match request.send().await {
             Ok(r) if r.status().is_success() => Ok(()),
             Ok(r) => Err(format!("HTTP {}", r.status().as_u16())),
-            Err(e) => Err(e.to_string()),
+            // reqwest names the URL in its errors; the URL may be a credential.
+            Err(e) => Err(error_chain(&e.without_url())),
         }
     })
     .await;
-    finish(state, format, n, &webhook.url, outcome);
+    finish(state, format, n, &webhook_name(index, webhook), outcome);
 }
 
 fn count(state: &Notifications, format: &str, outcome: &str) {

@@ -241,6 +241,8 @@ async fn a_failing_receiver_is_retried_and_the_failure_recorded() {
     let (slack_hook, slack_url) = Receiver::start().await;
     let (_pagerduty, pagerduty_url) = Receiver::start().await;
     json_hook.status.store(500, Ordering::SeqCst);
+    // A Slack-style URL is a credential: it must appear in no event, audit entry or answer.
+    let json_url = format!("{json_url}/T0P-SECRET-PATH");
     let settings = rule_settings(&json_url, &slack_url, &pagerduty_url);
     let server = TestServer::start(Backend::Sqlite, settings).await;
     for _ in 0..3 {
@@ -251,12 +253,19 @@ async fn a_failing_receiver_is_retried_and_the_failure_recorded() {
         Duration::from_secs(10),
         || async {
             history(&server).await.iter().any(|m| {
-                m.starts_with("notification of alert backlog (firing) to ")
-                    && m.ends_with("failed after 4 attempts: HTTP 500")
+                m == "notification of alert backlog (firing) to webhook #1 (127.0.0.1) \
+                      failed after 4 attempts: HTTP 500"
             })
         },
     )
     .await;
+    for path in ["/v1/events?limit=1000", "/v1/alerts/history", "/v1/audit?limit=1000"] {
+        let (status, body) = server
+            .send(support::ADMIN_KEY, reqwest::Method::GET, path, None)
+            .await;
+        assert_eq!(status, 200, "{path}: {body}");
+        assert!(!body.to_string().contains("T0P-SECRET"), "{path}: {body}");
+    }
     assert_eq!(json_hook.bodies().len(), 4, "four attempts");
     assert_eq!(
         slack_hook.bodies().len(),
@@ -270,6 +279,48 @@ async fn a_failing_receiver_is_retried_and_the_failure_recorded() {
         "{metrics}"
     );
     assert!(metrics.contains(r#"flotilla_alert_firing{rule="backlog"} 1"#));
+    server.stop().await;
+}
+
+/// A receiver that cannot be reached: the transport error is recorded without the URL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_receiver_is_recorded_without_its_url() {
+    // A port nothing listens on: bound, then closed.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/T0P-SECRET-PATH", closed.local_addr().unwrap());
+    drop(closed);
+    let settings = rule_settings(&url, &url, &url);
+    let server = TestServer::start(Backend::Sqlite, settings).await;
+    for _ in 0..3 {
+        server.submit(&SubmitTask::new("parked", json!({}))).await;
+    }
+    eventually(
+        "the three failures are in the history",
+        Duration::from_secs(10),
+        || async {
+            history(&server)
+                .await
+                .iter()
+                .filter(|m| m.contains(") failed after 4 attempts: "))
+                .count()
+                == 3
+        },
+    )
+    .await;
+    let messages = history(&server).await;
+    assert!(
+        messages
+            .iter()
+            .any(|m| m.starts_with("notification of alert backlog (firing) to webhook #3 (127.0.0.1)")),
+        "{messages:?}"
+    );
+    for path in ["/v1/events?limit=1000", "/v1/alerts/history", "/v1/audit?limit=1000"] {
+        let (status, body) = server
+            .send(support::ADMIN_KEY, reqwest::Method::GET, path, None)
+            .await;
+        assert_eq!(status, 200, "{path}: {body}");
+        assert!(!body.to_string().contains("T0P-SECRET"), "{path}: {body}");
+    }
     server.stop().await;
 }
 

@@ -65,7 +65,7 @@ pub(super) fn validate(raw: &AgentsEgressSection) -> Result<EgressPolicy, Config
 
 /// CIDR ranges (`10.0.0.0/8`, `fd00::/8`) or single addresses (`10.1.2.3`, a /32 or /128).
 /// Host bits are refused (`10.0.0.1/8`), since they usually mean a typo in the prefix.
-fn cidrs(key: &str, texts: &[String]) -> Result<Vec<IpNet>, ConfigError> {
+pub(super) fn cidrs(key: &str, texts: &[String]) -> Result<Vec<IpNet>, ConfigError> {
     texts
         .iter()
         .map(|text| {

@@ -16,6 +16,9 @@ pub struct RateLimitsSection {
     /// Failed authentications per source address; past it, every request from that address is
     /// answered 429 until the rate allows again.
     pub auth_failures: String,
+    /// IPv6 sources count against `auth_failures` by this prefix of their address (a host
+    /// usually holds a whole /64); 32 to 128.
+    pub auth_failures_ipv6_prefix: u8,
 }
 
 impl Default for RateLimitsSection {
@@ -24,6 +27,7 @@ impl Default for RateLimitsSection {
             per_key: "1000/s".to_owned(),
             per_tenant: "5000/s".to_owned(),
             auth_failures: "10/m".to_owned(),
+            auth_failures_ipv6_prefix: 64,
         }
     }
 }
@@ -34,6 +38,8 @@ pub struct RateLimits {
     pub per_key: Option<Rate>,
     pub per_tenant: Option<Rate>,
     pub auth_failures: Option<Rate>,
+    /// `auth_failures_ipv6_prefix`.
+    pub auth_failures_ipv6_prefix: u8,
 }
 
 pub(super) fn validate(raw: &RateLimitsSection) -> Result<RateLimits, ConfigError> {
@@ -45,9 +51,19 @@ pub(super) fn validate(raw: &RateLimitsSection) -> Result<RateLimits, ConfigErro
             .map(Some)
             .map_err(|e| invalid(&format!("rate_limits.{key}"), format!("{e}, or `off`")))
     };
+    if !(32..=128).contains(&raw.auth_failures_ipv6_prefix) {
+        return Err(invalid(
+            "rate_limits.auth_failures_ipv6_prefix",
+            format!(
+                "{} is not a prefix length from 32 to 128",
+                raw.auth_failures_ipv6_prefix
+            ),
+        ));
+    }
     Ok(RateLimits {
         per_key: parse("per_key", &raw.per_key)?,
         per_tenant: parse("per_tenant", &raw.per_tenant)?,
         auth_failures: parse("auth_failures", &raw.auth_failures)?,
+        auth_failures_ipv6_prefix: raw.auth_failures_ipv6_prefix,
     })
 }

@@ -45,23 +45,23 @@ pub(crate) async fn track_http(
 }
 
 /// `GET /metrics`: the classic Prometheus text format, or OpenMetrics when the scraper asks for
-/// it. Needs a key (any role) unless `[telemetry] metrics_public` is set.
+/// it. Needs a key (any role) unless `[telemetry] metrics_public` is set; the key is checked by
+/// the same path as every `/v1` route (throttle of failed attempts, audit, rate limits).
 pub(crate) async fn serve_metrics(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    request: Request,
 ) -> Result<Response, ApiError> {
+    let headers = request.headers();
     if !state.config.telemetry.metrics_public {
-        let token = headers
+        let header = headers
             .get(AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|h| h.strip_prefix("Bearer "))
-            .map(str::trim)
-            .ok_or_else(|| {
-                ApiError::Unauthenticated(
-                    "/metrics needs an API key (or set telemetry.metrics_public = true)".to_owned(),
-                )
-            })?;
-        state.access.verify(token, state.clock.now()).await?;
+            .unwrap_or_default();
+        let source = super::authn::client_source(&state, &request);
+        state
+            .access
+            .authenticate(source, header, request.uri().path())
+            .await?;
     }
     refresh(&state).await;
     let text = state

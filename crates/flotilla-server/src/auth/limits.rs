@@ -12,7 +12,7 @@ use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter};
 use std::collections::HashMap;
 use std::hash::Hash;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv6Addr};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -20,13 +20,18 @@ use std::time::{Duration, Instant};
 const TENANT_TTL: Duration = Duration::from_secs(10);
 /// Limiter tables are swept of idle entries when they grow past this.
 const SWEEP_AT: usize = 50_000;
+/// Where the failures of new sources count while [`SWEEP_AT`] sources are tracked already (a
+/// distributed attack): together, so memory stays bounded whatever the number of sources.
+const OVERFLOW: IpAddr = IpAddr::V6(Ipv6Addr::UNSPECIFIED);
 
 /// Every limiter of the API.
 pub(crate) struct RateLimiters {
     keys: Table<String>,
     tenants: Table<TenantId>,
+    /// Failed authentications by source group (`flotilla_core::client_addr::source_group`).
     failures: Option<DefaultKeyedRateLimiter<IpAddr>>,
     blocked: Mutex<HashMap<IpAddr, Instant>>,
+    ipv6_prefix: u8,
     tenant_rates: RwLock<HashMap<TenantId, (Instant, Option<Rate>)>>,
     /// Tighter rates imposed by firing alerts (`rate_limit` actions), until they resolve.
     imposed: RwLock<HashMap<TenantId, Rate>>,
@@ -89,8 +94,10 @@ pub(crate) struct Limited {
 }
 
 impl RateLimiters {
-    pub(crate) fn new(auth_failures: Option<Rate>) -> Self {
+    /// Limiters with `auth_failures` per source, IPv6 sources grouped by `ipv6_prefix`.
+    pub(crate) fn new(auth_failures: Option<Rate>, ipv6_prefix: u8) -> Self {
         RateLimiters {
+            ipv6_prefix,
             keys: Table::new(),
             tenants: Table::new(),
             failures: auth_failures.and_then(quota).map(RateLimiter::keyed),
@@ -152,13 +159,43 @@ impl RateLimiters {
         }
     }
 
-    /// When `source` failed to authenticate too often, how long it remains refused.
+    /// The group `source` counts against: its IPv6 prefix, or [`OVERFLOW`] when the table is
+    /// full and does not know it.
+    fn group(&self, source: IpAddr, failures: &DefaultKeyedRateLimiter<IpAddr>) -> IpAddr {
+        let group = flotilla_core::client_addr::source_group(source, self.ipv6_prefix);
+        if failures.len() < SWEEP_AT {
+            return group;
+        }
+        failures.retain_recent();
+        if failures.len() < SWEEP_AT || self.is_tracked(group) {
+            group
+        } else {
+            OVERFLOW
+        }
+    }
+
+    fn is_tracked(&self, group: IpAddr) -> bool {
+        self.blocked
+            .lock()
+            .is_ok_and(|blocked| blocked.contains_key(&group))
+    }
+
+    /// Sources tracked by the failed-authentication throttle (bounded by [`SWEEP_AT`] + 1).
+    #[cfg(test)]
+    fn tracked(&self) -> usize {
+        self.failures.as_ref().map_or(0, |f| f.len())
+    }
+
+    /// When `source` failed to authenticate too often, how long requests from it without a
+    /// valid key remain refused.
     pub(crate) fn blocked(&self, source: IpAddr) -> Option<Duration> {
+        let failures = self.failures.as_ref()?;
+        let group = self.group(source, failures);
         let mut blocked = self.blocked.lock().ok()?;
-        let until = *blocked.get(&source)?;
+        let until = *blocked.get(&group)?;
         let left = until.saturating_duration_since(Instant::now());
         if left.is_zero() {
-            blocked.remove(&source);
+            blocked.remove(&group);
             return None;
         }
         Some(left)
@@ -170,7 +207,8 @@ impl RateLimiters {
         let Some(failures) = &self.failures else {
             return;
         };
-        if let Err(not_until) = failures.check_key(&source) {
+        let group = self.group(source, failures);
+        if let Err(not_until) = failures.check_key(&group) {
             let wait = not_until.wait_time_from(self.clock.now());
             if let Ok(mut blocked) = self.blocked.lock() {
                 if blocked.len() >= SWEEP_AT {
@@ -178,7 +216,7 @@ impl RateLimiters {
                     blocked.retain(|_, until| *until > now);
                     failures.retain_recent();
                 }
-                blocked.insert(source, Instant::now() + wait);
+                blocked.insert(group, Instant::now() + wait);
             }
         }
     }
@@ -248,7 +286,7 @@ pub(crate) fn retry_after_secs(wait: Duration) -> u64 {
 }
 
 #[cfg(test)]
-#[allow(clippy::panic)]
+#[allow(clippy::panic, clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -262,7 +300,7 @@ mod tests {
         assert_eq!(Some(rate_share(ten, 1)), rate("10/s"));
         assert_eq!(Some(rate_share(ten, 3)), rate("4/s"), "rounded up");
         assert_eq!(Some(rate_share(ten, 20)), rate("1/s"), "never nothing");
-        let limits = RateLimiters::new(None);
+        let limits = RateLimiters::new(None, 64);
         limits.set_replicas(2);
         let passed = (0..20)
             .filter(|_| limits.check_key("k", Some(ten)).is_ok())
@@ -280,7 +318,7 @@ mod tests {
 
     #[test]
     fn a_key_gets_its_burst_then_waits() {
-        let limits = RateLimiters::new(None);
+        let limits = RateLimiters::new(None, 64);
         for _ in 0..3 {
             assert_eq!(limits.check_key("k", rate("3/m")), Ok(()));
         }
@@ -296,7 +334,7 @@ mod tests {
 
     #[test]
     fn a_changed_rate_takes_effect() {
-        let limits = RateLimiters::new(None);
+        let limits = RateLimiters::new(None, 64);
         assert_eq!(limits.check_tenant(TenantId::DEFAULT, rate("1/m")), Ok(()));
         assert!(limits.check_tenant(TenantId::DEFAULT, rate("1/m")).is_err());
         assert_eq!(
@@ -307,7 +345,7 @@ mod tests {
 
     #[test]
     fn repeated_failures_block_the_source_only() {
-        let limits = RateLimiters::new(rate("2/m"));
+        let limits = RateLimiters::new(rate("2/m"), 64);
         let attacker = IpAddr::from([10, 0, 0, 1]);
         limits.auth_failed(attacker);
         limits.auth_failed(attacker);
@@ -322,8 +360,35 @@ mod tests {
     }
 
     #[test]
+    fn ipv6_sources_count_by_their_prefix() {
+        let limits = RateLimiters::new(rate("2/m"), 64);
+        let v6 = |text: &str| text.parse::<IpAddr>().unwrap();
+        // Three addresses of one /64 share one budget of two.
+        for host in ["2001:db8:0:1::1", "2001:db8:0:1::2", "2001:db8:0:1:ffff::3"] {
+            limits.auth_failed(v6(host));
+        }
+        assert!(limits.blocked(v6("2001:db8:0:1::99")).is_some());
+        assert_eq!(limits.blocked(v6("2001:db8:0:2::1")), None);
+    }
+
+    #[test]
+    fn the_failure_table_stays_bounded_whatever_the_number_of_sources() {
+        let limits = RateLimiters::new(rate("1/m"), 64);
+        // Twice the table's size in distinct sources, each failing twice (so each is blocked).
+        for n in 0..(2 * SWEEP_AT as u32) {
+            let source = IpAddr::from(n.to_be_bytes());
+            limits.auth_failed(source);
+            limits.auth_failed(source);
+        }
+        assert!(limits.tracked() <= SWEEP_AT + 1, "{}", limits.tracked());
+        assert!(limits.blocked.lock().unwrap().len() <= SWEEP_AT + 1);
+        // Sources past the table's size share the overflow budget, which they spent.
+        assert!(limits.blocked(IpAddr::from([250, 0, 0, 1])).is_some());
+    }
+
+    #[test]
     fn an_imposed_rate_tightens_and_is_released() {
-        let limits = RateLimiters::new(None);
+        let limits = RateLimiters::new(None, 64);
         let t = TenantId::DEFAULT;
         assert_eq!(
             limits.effective_tenant_rate(t, rate("100/s")),

@@ -258,27 +258,36 @@ impl Access {
         verdict
     }
 
+    /// The caller a bearer header stands for (an API key or a per-task token), with the key's
+    /// own rate limit.
+    async fn credentials(&self, header: &str) -> Result<(Caller, Option<Rate>), AuthError> {
+        match header.strip_prefix("Bearer ").map(str::trim) {
+            Some(token) if task_token::is_task_token(token) => {
+                let caller = task_token::authenticate(self, token, self.clock.now()).await?;
+                Ok((caller, None))
+            }
+            Some(token) => self.verify(token, self.clock.now()).await,
+            None => Err(AuthError::Unauthenticated(
+                "this route needs an API key: send `Authorization: Bearer flt_…`".to_owned(),
+            )),
+        }
+    }
+
     async fn identify(&self, source: Option<IpAddr>, header: &str) -> Result<Caller, AuthError> {
-        if let Some(ip) = source
-            && let Some(wait) = self.limits.blocked(ip)
-        {
+        // A throttled source is still served with a valid key: behind a shared address (a
+        // proxy, a NAT) other clients' failures must not lock it out. Without one it gets 429,
+        // not 401, and the attempt is neither counted nor audited again.
+        let throttled = source.and_then(|ip| Some((ip, self.limits.blocked(ip)?)));
+        let found = self.credentials(header).await;
+        if let (Err(AuthError::Unauthenticated(_)), Some((ip, wait))) = (&found, throttled) {
             return Err(AuthError::RateLimited {
-                message: format!("too many failed authentications from {ip}; retry later"),
+                message: format!(
+                    "too many failed authentications from {ip}; retry later with a valid key"
+                ),
                 retry_after_s: limits::retry_after_secs(wait),
             });
         }
-        let (mut caller, key_rate) = match header.strip_prefix("Bearer ").map(str::trim) {
-            Some(token) if task_token::is_task_token(token) => {
-                let caller = task_token::authenticate(self, token, self.clock.now()).await?;
-                (caller, None)
-            }
-            Some(token) => self.verify(token, self.clock.now()).await?,
-            None => {
-                return Err(AuthError::Unauthenticated(
-                    "this route needs an API key: send `Authorization: Bearer flt_…`".to_owned(),
-                ));
-            }
-        };
+        let (mut caller, key_rate) = found?;
         caller.source = source;
         let defaults = self.rate_limits;
         let tenant_rate = self
