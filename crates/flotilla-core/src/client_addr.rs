@@ -148,7 +148,11 @@ mod tests {
     fn a_hop_that_is_not_an_address_stops_the_walk_at_the_hop_that_reported_it() {
         let trusted = nets(&["10.0.0.0/8"]);
         let peer = ip("10.0.0.1");
-        for header in ["192.0.2.1, unknown, 10.0.0.2", "192.0.2.1, garbage", "_hidden"] {
+        for header in [
+            "192.0.2.1, unknown, 10.0.0.2",
+            "192.0.2.1, garbage",
+            "_hidden",
+        ] {
             let got = client_address(peer, &trusted, None, Some(header));
             assert!(trusted.iter().any(|n| n.contains(&got)), "{header}: {got}");
         }
@@ -164,7 +168,14 @@ mod tests {
         assert_eq!(parse_hop("[2001:db8::1]"), Some(ip("2001:db8::1")));
         assert_eq!(parse_hop("[2001:db8::1]:443"), Some(ip("2001:db8::1")));
         assert_eq!(parse_hop("2001:db8::1"), Some(ip("2001:db8::1")));
-        for bad in ["", "unknown", "[2001:db8::1", "[2001:db8::1]:x", "1.2.3.4:99999", "a:1"] {
+        for bad in [
+            "",
+            "unknown",
+            "[2001:db8::1",
+            "[2001:db8::1]:x",
+            "1.2.3.4:99999",
+            "a:1",
+        ] {
             assert_eq!(parse_hop(bad), None, "{bad}");
         }
     }

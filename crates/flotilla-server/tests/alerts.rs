@@ -259,7 +259,11 @@ async fn a_failing_receiver_is_retried_and_the_failure_recorded() {
         },
     )
     .await;
-    for path in ["/v1/events?limit=1000", "/v1/alerts/history", "/v1/audit?limit=1000"] {
+    for path in [
+        "/v1/events?limit=1000",
+        "/v1/alerts/history",
+        "/v1/audit?limit=1000",
+    ] {
         let (status, body) = server
             .send(support::ADMIN_KEY, reqwest::Method::GET, path, None)
             .await;
@@ -311,10 +315,15 @@ async fn an_unreachable_receiver_is_recorded_without_its_url() {
     assert!(
         messages
             .iter()
-            .any(|m| m.starts_with("notification of alert backlog (firing) to webhook #3 (127.0.0.1)")),
+            .any(|m| m
+                .starts_with("notification of alert backlog (firing) to webhook #3 (127.0.0.1)")),
         "{messages:?}"
     );
-    for path in ["/v1/events?limit=1000", "/v1/alerts/history", "/v1/audit?limit=1000"] {
+    for path in [
+        "/v1/events?limit=1000",
+        "/v1/alerts/history",
+        "/v1/audit?limit=1000",
+    ] {
         let (status, body) = server
             .send(support::ADMIN_KEY, reqwest::Method::GET, path, None)
             .await;

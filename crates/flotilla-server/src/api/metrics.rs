@@ -7,8 +7,8 @@ use crate::telemetry::metrics::{
     self, AgentIdLabels, HttpLabels, InstancesLabels, Metrics, RouteLabels,
 };
 use axum::extract::{MatchedPath, Request, State};
+use axum::http::HeaderValue;
 use axum::http::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE};
-use axum::http::{HeaderMap, HeaderValue};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use std::collections::BTreeSet;

@@ -20,9 +20,12 @@ use std::time::{Duration, Instant};
 const TENANT_TTL: Duration = Duration::from_secs(10);
 /// Limiter tables are swept of idle entries when they grow past this.
 const SWEEP_AT: usize = 50_000;
-/// Where the failures of new sources count while [`SWEEP_AT`] sources are tracked already (a
-/// distributed attack): together, so memory stays bounded whatever the number of sources.
+/// Where the failures of new sources count while the throttle tracks as many sources as it
+/// may (a distributed attack): together, so memory stays bounded whatever the number of
+/// sources.
 const OVERFLOW: IpAddr = IpAddr::V6(Ipv6Addr::UNSPECIFIED);
+/// A full failure table is swept of forgotten sources at most this often.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
 /// Every limiter of the API.
 pub(crate) struct RateLimiters {
@@ -32,6 +35,9 @@ pub(crate) struct RateLimiters {
     failures: Option<DefaultKeyedRateLimiter<IpAddr>>,
     blocked: Mutex<HashMap<IpAddr, Instant>>,
     ipv6_prefix: u8,
+    /// Most sources the failure table tracks on their own ([`SWEEP_AT`]).
+    sources: usize,
+    last_sweep: Mutex<Instant>,
     tenant_rates: RwLock<HashMap<TenantId, (Instant, Option<Rate>)>>,
     /// Tighter rates imposed by firing alerts (`rate_limit` actions), until they resolve.
     imposed: RwLock<HashMap<TenantId, Rate>>,
@@ -98,6 +104,8 @@ impl RateLimiters {
     pub(crate) fn new(auth_failures: Option<Rate>, ipv6_prefix: u8) -> Self {
         RateLimiters {
             ipv6_prefix,
+            sources: SWEEP_AT,
+            last_sweep: Mutex::new(Instant::now()),
             keys: Table::new(),
             tenants: Table::new(),
             failures: auth_failures.and_then(quota).map(RateLimiter::keyed),
@@ -159,15 +167,21 @@ impl RateLimiters {
         }
     }
 
-    /// The group `source` counts against: its IPv6 prefix, or [`OVERFLOW`] when the table is
-    /// full and does not know it.
+    /// The group `source` counts against: its IPv6 prefix (or the address), or [`OVERFLOW`]
+    /// while the table is full and the group is not blocked already. A full table is swept of
+    /// forgotten sources at most every [`SWEEP_EVERY`], so a flood costs no sweep per request.
     fn group(&self, source: IpAddr, failures: &DefaultKeyedRateLimiter<IpAddr>) -> IpAddr {
         let group = flotilla_core::client_addr::source_group(source, self.ipv6_prefix);
-        if failures.len() < SWEEP_AT {
+        if failures.len() < self.sources {
             return group;
         }
-        failures.retain_recent();
-        if failures.len() < SWEEP_AT || self.is_tracked(group) {
+        if let Ok(mut last) = self.last_sweep.lock()
+            && last.elapsed() >= SWEEP_EVERY
+        {
+            *last = Instant::now();
+            failures.retain_recent();
+        }
+        if failures.len() < self.sources || self.is_tracked(group) {
             group
         } else {
             OVERFLOW
@@ -180,7 +194,7 @@ impl RateLimiters {
             .is_ok_and(|blocked| blocked.contains_key(&group))
     }
 
-    /// Sources tracked by the failed-authentication throttle (bounded by [`SWEEP_AT`] + 1).
+    /// Sources tracked by the failed-authentication throttle.
     #[cfg(test)]
     fn tracked(&self) -> usize {
         self.failures.as_ref().map_or(0, |f| f.len())
@@ -211,10 +225,9 @@ impl RateLimiters {
         if let Err(not_until) = failures.check_key(&group) {
             let wait = not_until.wait_time_from(self.clock.now());
             if let Ok(mut blocked) = self.blocked.lock() {
-                if blocked.len() >= SWEEP_AT {
+                if blocked.len() >= self.sources {
                     let now = Instant::now();
                     blocked.retain(|_, until| *until > now);
-                    failures.retain_recent();
                 }
                 blocked.insert(group, Instant::now() + wait);
             }
@@ -373,15 +386,20 @@ mod tests {
 
     #[test]
     fn the_failure_table_stays_bounded_whatever_the_number_of_sources() {
-        let limits = RateLimiters::new(rate("1/m"), 64);
-        // Twice the table's size in distinct sources, each failing twice (so each is blocked).
-        for n in 0..(2 * SWEEP_AT as u32) {
+        let mut limits = RateLimiters::new(rate("1/m"), 64);
+        limits.sources = 1_000;
+        // Ten times the table's size in distinct sources, each failing twice (so each of the
+        // first thousand is blocked on its own).
+        for n in 0..10_000u32 {
             let source = IpAddr::from(n.to_be_bytes());
             limits.auth_failed(source);
             limits.auth_failed(source);
         }
-        assert!(limits.tracked() <= SWEEP_AT + 1, "{}", limits.tracked());
-        assert!(limits.blocked.lock().unwrap().len() <= SWEEP_AT + 1);
+        // The table: the first thousand, the overflow group and at most the blocked ones it
+        // forgot and saw again.
+        assert!(limits.tracked() <= 2 * 1_000 + 1, "{}", limits.tracked());
+        assert!(limits.blocked.lock().unwrap().len() <= 1_000 + 1);
+        assert!(limits.blocked(IpAddr::from(7u32.to_be_bytes())).is_some());
         // Sources past the table's size share the overflow budget, which they spent.
         assert!(limits.blocked(IpAddr::from([250, 0, 0, 1])).is_some());
     }
