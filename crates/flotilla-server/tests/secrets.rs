@@ -373,6 +373,33 @@ async fn bad_paths_and_values_are_refused_and_store_nothing(backend: Backend) {
     )
     .await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
+    // Prefixes are checked like paths: no `.`, `..` or empty segment, whatever the backend.
+    for prefix in ["../", "..", "a/../", "./x", "a//", "/a"] {
+        let (status, body) = call(
+            &server,
+            admin,
+            reqwest::Method::GET,
+            &format!("/v1/secrets?prefix={prefix}"),
+            None,
+        )
+        .await;
+        assert_eq!(
+            (status, body["error"]["field"].as_str()),
+            (StatusCode::BAD_REQUEST, Some("prefix")),
+            "{prefix}: {body}"
+        );
+    }
+    for prefix in ["a", "a/", "a/b", "..a/"] {
+        let (status, body) = call(
+            &server,
+            admin,
+            reqwest::Method::GET,
+            &format!("/v1/secrets?prefix={prefix}"),
+            None,
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{prefix}: {body}");
+    }
 
     let (_, list) = call(&server, admin, reqwest::Method::GET, "/v1/secrets", None).await;
     assert_eq!(list["secrets"], json!([]), "nothing was stored");

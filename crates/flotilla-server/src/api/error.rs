@@ -255,6 +255,11 @@ impl From<crate::vault::VaultError> for ApiError {
             V::InvalidValue(message) => ApiError::invalid_field("value", message),
             V::NotFound { .. } => ApiError::NotFound(e.to_string()),
             V::Conflict(_) => ApiError::Conflict(e.to_string()),
+            V::ListTooLarge(message) => ApiError::Unprocessable {
+                code: "list_too_large",
+                message,
+                field: Some("prefix".to_owned()),
+            },
             V::Unsupported(message) => ApiError::Unprocessable {
                 code: "unsupported",
                 message,

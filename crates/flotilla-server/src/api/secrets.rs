@@ -135,8 +135,9 @@ pub(crate) struct ReadQuery {
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields, default)]
 pub(crate) struct ListQuery {
-    /// Only paths starting with this text (at most 256 of A-Z, a-z, 0-9, `.`, `_`, `-`, `/`).
-    #[param(max_length = 256, pattern = r"^[A-Za-z0-9._/-]*$")]
+    /// Only paths starting with this text: a secret path, or one followed by `/` (no `.`,
+    /// `..` or empty segment).
+    #[param(max_length = 257, pattern = r"^(([A-Za-z0-9_-][A-Za-z0-9._-]*|\.[A-Za-z0-9_-][A-Za-z0-9._-]*|\.\.[A-Za-z0-9._-]+)(/([A-Za-z0-9_-][A-Za-z0-9._-]*|\.[A-Za-z0-9_-][A-Za-z0-9._-]*|\.\.[A-Za-z0-9._-]+))*/?)?$")]
     pub prefix: Option<String>,
     /// At most this many, 1-1000 (default 1000).
     #[param(minimum = 1, maximum = 1000)]
@@ -422,16 +423,8 @@ pub(crate) async fn list(
 ) -> Result<Json<SecretList>, ApiError> {
     let tenant = caller.scope_id(query.tenant)?;
     let prefix = query.prefix.unwrap_or_default();
-    if prefix.len() > crate::vault::path::MAX_PATH_LEN
-        || !prefix
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"._/-".contains(&b))
-    {
-        return Err(ApiError::invalid_field(
-            "prefix",
-            "`prefix` may only hold A-Z, a-z, 0-9, `.`, `_`, `-` and `/` (at most 256)",
-        ));
-    }
+    crate::vault::SecretPath::check_prefix(&prefix)
+        .map_err(|e| ApiError::invalid_field("prefix", e.0))?;
     let limit = query.limit.unwrap_or(MAX_LIST);
     if !(1..=MAX_LIST).contains(&limit) {
         return Err(ApiError::invalid_field(

@@ -18,6 +18,11 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 use tokio::sync::Mutex;
 
+
+/// Most folders one listing walks on the HashiCorp backend.
+const MAX_LIST_FOLDERS: usize = 1_000;
+/// Most paths one listing collects before sorting (its `limit` applies after).
+const MAX_LIST_PATHS: usize = 10_000;
 /// An AppRole token is renewed this long before its lease runs out.
 const RENEW_MARGIN: Duration = Duration::from_secs(30);
 
@@ -422,11 +427,21 @@ impl Kv2 {
         prefix: &str,
         limit: u32,
     ) -> Result<Vec<SecretInfo>, VaultError> {
-        // Walk from the deepest folder the prefix names; filter the rest by text.
+        // Walk from the deepest folder the prefix names; filter the rest by text. The prefix
+        // was checked (`SecretPath::check_prefix`): no `.`/`..` segment can leave the tenant's
+        // folder. The walk is bounded.
         let start = prefix.rfind('/').map_or("", |i| &prefix[..=i]);
         let mut folders = vec![start.to_owned()];
         let mut paths: Vec<String> = Vec::new();
+        let mut walked = 0;
         while let Some(folder) = folders.pop() {
+            walked += 1;
+            if walked > MAX_LIST_FOLDERS || paths.len() > MAX_LIST_PATHS {
+                return Err(VaultError::ListTooLarge(format!(
+                    "listing `{prefix}` would walk more than {MAX_LIST_FOLDERS} folders or \
+                     {MAX_LIST_PATHS} paths; list a longer prefix"
+                )));
+            }
             let key = self.key(tenant, folder.trim_end_matches('/'));
             for name in self.list_folder(&key).await? {
                 let full = format!("{folder}{name}");

@@ -95,6 +95,9 @@ pub enum VaultError {
         version: u32,
         source: crypto::OpenFailed,
     },
+    /// A listing would walk more folders or find more paths than a listing may.
+    #[error("{0}")]
+    ListTooLarge(String),
     /// Encryption failed.
     #[error(transparent)]
     Seal(#[from] crypto::SealFailed),
@@ -271,6 +274,7 @@ impl Vault {
         prefix: &str,
         limit: u32,
     ) -> Result<Vec<SecretInfo>, VaultError> {
+        SecretPath::check_prefix(prefix)?;
         match &self.backend {
             Backend::Builtin(b) => b.list(tenant, prefix, limit).await,
             Backend::Hashicorp(h) => h.list(tenant, prefix, limit).await,

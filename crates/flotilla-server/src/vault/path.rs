@@ -66,6 +66,22 @@ impl SecretPath {
         Ok(SecretPath(text.to_owned()))
     }
 
+    /// Checks a listing prefix: empty (everything), a path, or a path followed by `/` (a
+    /// folder) — so never a `.` or `..` segment or an empty one, which a backend that builds
+    /// URLs from the prefix could read as a way out of the tenant's folder.
+    pub fn check_prefix(text: &str) -> Result<(), InvalidPath> {
+        if text.is_empty() {
+            return Ok(());
+        }
+        let body = text.strip_suffix('/').unwrap_or(text);
+        SecretPath::parse(body).map(|_| ()).map_err(|e| {
+            InvalidPath(format!(
+                "a prefix is a secret path, or one followed by `/`: {}",
+                e.0
+            ))
+        })
+    }
+
     pub fn as_str(&self) -> &str {
         &self.0
     }
