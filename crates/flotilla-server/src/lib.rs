@@ -18,6 +18,7 @@ pub(crate) mod gateway;
 pub mod leader;
 pub mod leadership;
 pub(crate) mod notify;
+pub(crate) mod outbound;
 pub(crate) mod replicas;
 pub mod scheduler;
 pub mod telemetry;
@@ -301,7 +302,7 @@ pub async fn start(
     let notifications = Arc::new(notify::Notifications {
         webhooks: config.alerting.webhooks.clone(),
         emails: config.alerting.emails.clone(),
-        http: reqwest::Client::builder()
+        http: outbound::client_builder()
             .tcp_nodelay(true)
             .connect_timeout(std::time::Duration::from_secs(5))
             .build()

@@ -1180,3 +1180,37 @@ async fn a_follower_answers_with_the_alerts_the_leader_published() {
     first.stop().await;
     database.remove().await;
 }
+
+/// A receiver that answers with a redirect is not followed: the signed body goes nowhere else,
+/// and the delivery fails with the 3xx.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redirecting_receiver_is_not_followed() {
+    let (elsewhere, elsewhere_url) = Receiver::start().await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let redirecting = format!("http://{}/hook", listener.local_addr().unwrap());
+    let app = Router::new().fallback(move || {
+        let to = elsewhere_url.clone();
+        async move { (StatusCode::TEMPORARY_REDIRECT, [("location", to)]) }
+    });
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let (_slack, slack_url) = Receiver::start().await;
+    let (_pagerduty, pagerduty_url) = Receiver::start().await;
+    let settings = rule_settings(&redirecting, &slack_url, &pagerduty_url);
+    let server = TestServer::start(Backend::Sqlite, settings).await;
+    for _ in 0..3 {
+        server.submit(&SubmitTask::new("parked", json!({}))).await;
+    }
+    eventually(
+        "the redirected delivery failed",
+        Duration::from_secs(10),
+        || async {
+            history(&server)
+                .await
+                .iter()
+                .any(|m| m.ends_with("failed after 4 attempts: HTTP 307"))
+        },
+    )
+    .await;
+    assert!(elsewhere.bodies().is_empty(), "{:?}", elsewhere.bodies());
+    server.stop().await;
+}

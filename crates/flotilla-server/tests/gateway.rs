@@ -30,6 +30,7 @@ on_both_backends!(
     two_hundred_concurrent_calls_cannot_overshoot_a_small_budget,
     tokens_per_minute_are_limited_with_retry_after,
     only_keys_that_may_call_models_do,
+    readers_of_the_system_page_do_not_drive_provider_probes,
 );
 
 /// Settings with a fast ledger and, when given, a mock provider with models mapped to its
@@ -702,5 +703,32 @@ async fn only_keys_that_may_call_models_do(backend: Backend) {
             "{role:?}"
         );
     }
+    server.stop().await;
+}
+
+/// `GET /v1/system` probes the providers with the platform's keys; readers polling it reuse the
+/// last probe for 30 s instead of calling the provider each time.
+async fn readers_of_the_system_page_do_not_drive_provider_probes(backend: Backend) {
+    let mock = MockProvider::start().await.unwrap();
+    let server = TestServer::start(backend, settings(Some(&mock))).await;
+    let viewer = server
+        .create_key(flotilla_core::auth::Role::Viewer, TenantId::DEFAULT)
+        .await;
+    let mut polls = Vec::new();
+    for _ in 0..20 {
+        polls.push(server.send(&viewer, reqwest::Method::GET, "/v1/system", None));
+    }
+    for (status, body) in futures::future::join_all(polls).await {
+        assert_eq!(status, 200, "{body}");
+        let mock_status = body["providers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == "mock")
+            .cloned()
+            .unwrap();
+        assert_eq!(mock_status["reachable"], true, "{body}");
+    }
+    assert_eq!(mock.model_lists(), 1, "one probe for twenty readers");
     server.stop().await;
 }

@@ -25,6 +25,7 @@ const RUNTIME: &[&str] = &[
     "telemetry",
     "agent_clients",
     "notify",
+    "outbound",
 ];
 
 /// The services, between the runtime layer and the HTTP layer.
@@ -46,6 +47,7 @@ const RUNTIME_MAY_IMPORT: &[&str] = &[
     "telemetry",
     "agent_clients",
     "notify",
+    "outbound",
     "fleet::events",
 ];
 

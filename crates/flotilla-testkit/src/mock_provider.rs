@@ -39,6 +39,8 @@ struct Shared {
     record: bool,
     /// Streams of `endless` still being written.
     open_streams: AtomicU64,
+    /// `GET /v1/models` requests (provider probes).
+    model_lists: AtomicU64,
 }
 
 /// A running mock provider; stops when dropped.
@@ -65,6 +67,7 @@ impl MockProvider {
         });
         let app = Router::new()
             .route("/v1/chat/completions", post(completions))
+            .route("/v1/models", axum::routing::get(models))
             .with_state(shared.clone());
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
@@ -93,6 +96,11 @@ impl MockProvider {
             .unwrap_or_default()
     }
 
+    /// `GET /v1/models` requests received (how often the provider was probed).
+    pub fn model_lists(&self) -> u64 {
+        self.shared.model_lists.load(Ordering::SeqCst)
+    }
+
     /// `endless` streams still being written (0 once the gateway cancelled them).
     pub fn open_streams(&self) -> u64 {
         self.shared.open_streams.load(Ordering::SeqCst)
@@ -105,6 +113,12 @@ impl Drop for MockProvider {
             let _ = stop.send(());
         }
     }
+}
+
+/// The model list (what a probe reads): empty.
+async fn models(State(shared): State<Arc<Shared>>) -> axum::Json<Value> {
+    shared.model_lists.fetch_add(1, Ordering::SeqCst);
+    axum::Json(json!({"object": "list", "data": []}))
 }
 
 fn usage(model: &str) -> Value {

@@ -95,7 +95,22 @@ async fn readiness(clients: &[Client]) -> Vec<Result<(), String>> {
         );
         match answer {
             Ok(_) => Ok(()),
-            Err(e) if e.status() == Some(503) => Err(e.to_string()),
+            Err(e) if e.status() == Some(503) => {
+                // `/ready` is open to anyone: it names what is wrong, not the driver's words.
+                let said = e.to_string();
+                assert!(
+                    [
+                        "the store is unreachable",
+                        "the store did not answer within",
+                        "shutting down",
+                        "migrations are not applied",
+                    ]
+                    .iter()
+                    .any(|reason| said.contains(reason)),
+                    "replica {i}: /ready said {said}"
+                );
+                Err(said)
+            }
             Err(e) => panic!("replica {i}: /ready failed otherwise than with 503: {e}"),
         }
     });

@@ -58,6 +58,10 @@ pub(crate) async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Pr
             }),
         ),
         Ok(false) => unavailable("migrations are not applied".to_owned()),
-        Err(e) => unavailable(format!("store unreachable: {e}")),
+        // The driver's words stay in the log: `/ready` is open to anyone.
+        Err(e) => {
+            tracing::warn!(error = %e, "Not ready: the store is unreachable");
+            unavailable("the store is unreachable".to_owned())
+        }
     }
 }

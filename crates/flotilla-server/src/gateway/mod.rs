@@ -41,6 +41,9 @@ use tokio_util::task::TaskTracker;
 
 /// Longest wait for a provider's answer to a probe.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long `GET /v1/system` reuses the providers' probe results: a reader polling it cannot
+/// make the platform's provider keys be used more often than this.
+const PROBE_CACHE: Duration = Duration::from_secs(30);
 /// How long a provider key read from the vault is reused (a rotation applies within this).
 const KEY_CACHE_TTL: Duration = Duration::from_secs(60);
 
@@ -56,6 +59,9 @@ pub struct Gateway {
     pub streams: TaskTracker,
     /// Agent type of tasks whose tokens call models (for usage records).
     task_types: Mutex<HashMap<TaskId, Option<String>>>,
+    /// The last probe of every provider, and when it was taken; held while a probe runs, so
+    /// concurrent readers wait for one probe instead of starting their own.
+    probes: tokio::sync::Mutex<Option<(Instant, Vec<flotilla_core::wire::ProviderStatus>)>>,
     store: flotilla_store::DynStore,
     vault: Arc<Vault>,
     clock: Arc<dyn Clock>,
@@ -114,6 +120,7 @@ impl Gateway {
             budgets,
             streams: TaskTracker::new(),
             task_types: Mutex::default(),
+            probes: tokio::sync::Mutex::default(),
             store: handles.store,
             vault: handles.vault,
             clock: handles.clock,
@@ -167,8 +174,22 @@ impl Gateway {
         }
     }
 
-    /// Probes every provider at once (for `GET /v1/system` and `flotilla doctor`).
+    /// Every provider's probe (for `GET /v1/system` and `flotilla doctor`), at most
+    /// [`PROBE_CACHE`] old.
     pub async fn probe(&self) -> Vec<flotilla_core::wire::ProviderStatus> {
+        let mut last = self.probes.lock().await;
+        if let Some((at, statuses)) = last.as_ref()
+            && at.elapsed() < PROBE_CACHE
+        {
+            return statuses.clone();
+        }
+        let statuses = self.probe_now().await;
+        *last = Some((Instant::now(), statuses.clone()));
+        statuses
+    }
+
+    /// Probes every provider at once.
+    async fn probe_now(&self) -> Vec<flotilla_core::wire::ProviderStatus> {
         let probes = self
             .config
             .providers

@@ -89,7 +89,10 @@ impl Traces {
         // processor's thread.
         let timeout = otlp.timeout;
         let client = std::thread::spawn(move || {
+            // Like every client towards a configured destination (`crate::outbound`): no
+            // redirects.
             reqwest::blocking::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
                 .timeout(timeout)
                 .connect_timeout(timeout.min(Duration::from_secs(5)))
                 .no_proxy()

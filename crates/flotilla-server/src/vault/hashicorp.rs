@@ -18,7 +18,6 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 use tokio::sync::Mutex;
 
-
 /// Most folders one listing walks on the HashiCorp backend.
 const MAX_LIST_FOLDERS: usize = 1_000;
 /// Most paths one listing collects before sorting (its `limit` applies after).
@@ -197,7 +196,7 @@ impl Kv2 {
                 session: Mutex::new(None),
             },
         };
-        let http = reqwest::Client::builder()
+        let http = crate::outbound::client_builder()
             .timeout(config.timeout)
             .connect_timeout(config.timeout)
             .build()

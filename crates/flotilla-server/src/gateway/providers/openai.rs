@@ -31,7 +31,7 @@ pub(crate) struct OpenAi {
 
 impl OpenAi {
     pub(crate) fn new(provider: &Provider, base_url: &str) -> Result<OpenAi, String> {
-        let client = reqwest::Client::builder()
+        let client = crate::outbound::client_builder()
             .tcp_nodelay(true)
             .connect_timeout(provider.connect_timeout)
             .pool_idle_timeout(Duration::from_secs(90))
