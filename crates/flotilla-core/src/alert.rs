@@ -506,6 +506,36 @@ pub fn step(
     transition
 }
 
+/// Whether a tenant (not the platform: admins may silence anything) may silence an alert of
+/// `rule` for `silenced` — or end such a silence. Only its own alerts of rules evaluated by
+/// tenant, and only of rules that merely notify: scale-up, emergency mode and rate limits are
+/// the platform's safety switches, which a tenant must not be able to turn off for itself.
+/// `Err` says why not.
+pub fn tenant_may_silence(
+    rule: &AlertRule,
+    silenced: Option<crate::id::TenantId>,
+    caller: crate::id::TenantId,
+) -> Result<(), String> {
+    if rule.by != Dimension::Tenant {
+        return Err(format!(
+            "rule `{}` is evaluated by {}, not by tenant: only admins may silence it",
+            rule.name,
+            rule.by.as_str()
+        ));
+    }
+    if silenced != Some(caller) {
+        return Err("a tenant may silence only its own alerts (`tenant` must be its own)".to_owned());
+    }
+    if let Some(action) = rule.actions.iter().find(|a| **a != Action::Notify) {
+        return Err(format!(
+            "rule `{}` acts on the platform ({}): only admins may silence it",
+            rule.name,
+            action.as_str()
+        ));
+    }
+    Ok(())
+}
+
 /// The `q`-quantile (0 to 1) of `values` by the nearest-rank method; `None` when empty.
 pub fn quantile(values: &mut [f64], q: f64) -> Option<f64> {
     if values.is_empty() {

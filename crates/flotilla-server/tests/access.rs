@@ -287,8 +287,11 @@ impl World {
         let dir = tempfile::tempdir().unwrap();
         let key_file = dir.path().join("master.key");
         std::fs::write(&key_file, format!("{}\n", "ab".repeat(32))).unwrap();
+        // A rule by tenant that only notifies: what a tenant's operator may silence.
         let settings = settings.pool(QUEUED).raw(&format!(
-            "[vault]\nmaster_key_file = \"{}\"",
+            "[vault]\nmaster_key_file = \"{}\"\n\
+             [[alerts]]\nname = \"tenant_tokens\"\nsignal = \"hourly_tokens\"\nby = \"tenant\"\n\
+             comparison = \">\"\nthreshold = 1000000000\nfor = \"0s\"\nseverity = \"info\"\n",
             key_file.display()
         ));
         let server = TestServer::start(backend, settings).await;
@@ -398,7 +401,7 @@ impl World {
             }
             Route::GetPool => template.replace("{name}", QUEUED),
             Route::CreateSilence => {
-                body = Some(json!({"rule": "success_rate_low", "duration_s": 60}));
+                body = Some(json!({"rule": "tenant_tokens", "duration_s": 60}));
                 template.to_owned()
             }
             Route::DeleteSilence => {
@@ -407,7 +410,7 @@ impl World {
                         tenant,
                         Method::POST,
                         "/v1/alerts/silences",
-                        json!({"rule": "success_rate_low", "duration_s": 60}),
+                        json!({"rule": "tenant_tokens", "duration_s": 60, "tenant": tenant}),
                     )
                     .await;
                 template.replace("{id}", &silence["id"].to_string().replace('"', ""))

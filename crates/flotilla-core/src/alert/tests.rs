@@ -361,3 +361,29 @@ fn names_are_pinned() {
         parse_with_serde,
     );
 }
+
+#[test]
+fn a_tenant_silences_only_its_own_notify_only_alerts_by_tenant() {
+    let own = crate::id::TenantId(uuid::Uuid::from_u128(1));
+    let other = crate::id::TenantId(uuid::Uuid::from_u128(2));
+    let by_tenant = AlertRule {
+        name: "tenant_tokens".to_owned(),
+        by: Dimension::Tenant,
+        signal: Signal::HourlyTokens,
+        actions: vec![Action::Notify],
+        ..success_rate_low()
+    };
+    assert_eq!(tenant_may_silence(&by_tenant, Some(own), own), Ok(()));
+    // Another tenant's alert, or every tenant's.
+    assert!(tenant_may_silence(&by_tenant, Some(other), own).is_err());
+    assert!(tenant_may_silence(&by_tenant, None, own).is_err());
+    // A platform safety switch aimed at the tenant itself.
+    let limiting = AlertRule {
+        actions: vec![Action::Notify, Action::RateLimit],
+        ..by_tenant.clone()
+    };
+    let refused = tenant_may_silence(&limiting, Some(own), own).unwrap_err();
+    assert!(refused.contains("rate_limit"), "{refused}");
+    // A rule not evaluated by tenant is the platform's.
+    assert!(tenant_may_silence(&success_rate_low(), Some(own), own).is_err());
+}

@@ -49,12 +49,14 @@ pub(super) fn routes() -> Routes {
 /// the rule's dimension (an agent type, a model or a tenant). Silences are stored: they hold
 /// across restarts and on every control plane.
 #[utoipa::path(post, path = "/v1/alerts/silences", tag = "alerts", request_body = NewSilence,
-    responses((status = 201, body = Silence), (status = 400, body = ErrorBody), (status = 422, body = ErrorBody)),
+    responses((status = 201, body = Silence), (status = 400, body = ErrorBody),
+        (status = 403, description = "A tenant may silence only its own alerts of rules by tenant that merely notify", body = ErrorBody),
+        (status = 422, body = ErrorBody)),
     security(("bearer" = [])))]
 pub(crate) async fn create_silence(
     State(state): State<AppState>,
     caller: Caller,
-    JsonBody(body): JsonBody<NewSilence>,
+    JsonBody(mut body): JsonBody<NewSilence>,
 ) -> Result<(StatusCode, Json<Silence>), ApiError> {
     if !(1..=30 * 24 * 3600).contains(&body.duration_s) {
         return Err(ApiError::invalid_field(
@@ -107,6 +109,11 @@ pub(crate) async fn create_silence(
             field: Some(first.as_str().to_owned()),
         });
     }
+    // A tenant's silence of a rule by tenant is of its own alerts unless it says otherwise.
+    if !is_platform(&caller) && rule.by == Dimension::Tenant && body.tenant.is_none() {
+        body.tenant = Some(caller.tenant_id);
+    }
+    may_silence(&caller, rule, body.tenant)?;
     let now = state.clock.now();
     let silence = Silence {
         id: uuid::Uuid::now_v7(),
@@ -140,16 +147,43 @@ pub(crate) async fn create_silence(
 #[utoipa::path(get, path = "/v1/alerts/silences", tag = "alerts", responses((status = 200, body = SilenceList)), security(("bearer" = [])))]
 pub(crate) async fn list_silences(
     State(state): State<AppState>,
-    _caller: Caller,
+    caller: Caller,
 ) -> Result<Json<SilenceList>, ApiError> {
-    Ok(Json(SilenceList {
-        silences: crate::alerts::stored_silences(&state.store, state.clock.now()).await?,
-    }))
+    let mut silences = crate::alerts::stored_silences(&state.store, state.clock.now()).await?;
+    silences.retain(|s| visible(&caller, s));
+    Ok(Json(SilenceList { silences }))
+}
+
+/// Admins act for the platform: they may silence any alert.
+fn is_platform(caller: &Caller) -> bool {
+    caller.role == flotilla_core::auth::Role::Admin && caller.task.is_none()
+}
+
+/// Whether `caller` may silence `rule`'s alert for `tenant` (or end such a silence): the
+/// platform any; a tenant per `flotilla_core::alert::tenant_may_silence`.
+fn may_silence(
+    caller: &Caller,
+    rule: &flotilla_core::alert::AlertRule,
+    tenant: Option<flotilla_core::id::TenantId>,
+) -> Result<(), ApiError> {
+    if is_platform(caller) {
+        return Ok(());
+    }
+    flotilla_core::alert::tenant_may_silence(rule, tenant, caller.tenant_id)
+        .map_err(ApiError::Forbidden)
+}
+
+/// A tenant sees the silences of its own alerts and those that name no tenant; the platform
+/// sees all.
+fn visible(caller: &Caller, silence: &Silence) -> bool {
+    is_platform(caller) || silence.tenant.is_none_or(|t| t == caller.tenant_id)
 }
 
 /// Ends a silence.
 #[utoipa::path(delete, path = "/v1/alerts/silences/{id}", tag = "alerts", params(("id" = uuid::Uuid, Path)),
-    responses((status = 200, description = "The silence that ended", body = Silence), (status = 404, body = ErrorBody)),
+    responses((status = 200, description = "The silence that ended", body = Silence),
+        (status = 403, description = "A tenant may end only silences it may make", body = ErrorBody),
+        (status = 404, body = ErrorBody)),
     security(("bearer" = [])))]
 pub(crate) async fn delete_silence(
     State(state): State<AppState>,
@@ -157,11 +191,31 @@ pub(crate) async fn delete_silence(
     Path(id): Path<String>,
 ) -> Result<Json<Silence>, ApiError> {
     let id: uuid::Uuid = parse_id(&id, "silence")?;
-    let body = state
-        .store
-        .delete_silence(id)
+    let not_found = || ApiError::NotFound(format!("no silence {id}"));
+    // A tenant ends only silences it could have made; another tenant's are not even named.
+    let found = crate::alerts::stored_silences(&state.store, state.clock.now())
         .await?
-        .ok_or_else(|| ApiError::NotFound(format!("no silence {id}")))?;
+        .into_iter()
+        .find(|s| s.id == id)
+        .ok_or_else(not_found)?;
+    if !visible(&caller, &found) {
+        return Err(not_found());
+    }
+    if let Some(rule) = state
+        .config
+        .alerting
+        .rules
+        .iter()
+        .find(|r| r.name == found.rule)
+    {
+        may_silence(&caller, rule, found.tenant)?;
+    } else if !is_platform(&caller) {
+        return Err(ApiError::Forbidden(format!(
+            "rule `{}` is no longer configured: only admins may end its silence",
+            found.rule
+        )));
+    }
+    let body = state.store.delete_silence(id).await?.ok_or_else(not_found)?;
     state.alerts.unsilence(id);
     let ended: Silence = serde_json::from_str(&body)
         .map_err(|e| ApiError::Internal(format!("the stored silence is unreadable: {e}")))?;
