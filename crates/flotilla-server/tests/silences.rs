@@ -81,12 +81,25 @@ async fn tenants_silence_only_their_own_notifications(backend: Backend) {
         json!({"rule": "tenant_tokens", "duration_s": 60}),
     )
     .await;
-    assert_eq!((status, own["tenant"].as_str()), (201, Some(b.to_string().as_str())), "{own}");
+    assert_eq!(
+        (status, own["tenant"].as_str()),
+        (201, Some(b.to_string().as_str())),
+        "{own}"
+    );
     // Another tenant's alerts, a rule acting on the platform, a rule not by tenant: no.
     for (body, says) in [
-        (json!({"rule": "tenant_tokens", "duration_s": 60, "tenant": a}), "its own"),
-        (json!({"rule": "tenant_limit", "duration_s": 60}), "rate_limit"),
-        (json!({"rule": "success_rate_low", "duration_s": 60}), "only admins"),
+        (
+            json!({"rule": "tenant_tokens", "duration_s": 60, "tenant": a}),
+            "its own",
+        ),
+        (
+            json!({"rule": "tenant_limit", "duration_s": 60}),
+            "rate_limit",
+        ),
+        (
+            json!({"rule": "success_rate_low", "duration_s": 60}),
+            "only admins",
+        ),
     ] {
         let (status, refused) = silence(&server, &operator, body.clone()).await;
         assert_eq!(status, 403, "{body}: {refused}");

@@ -215,7 +215,11 @@ pub(crate) async fn delete_silence(
             found.rule
         )));
     }
-    let body = state.store.delete_silence(id).await?.ok_or_else(not_found)?;
+    let body = state
+        .store
+        .delete_silence(id)
+        .await?
+        .ok_or_else(not_found)?;
     state.alerts.unsilence(id);
     let ended: Silence = serde_json::from_str(&body)
         .map_err(|e| ApiError::Internal(format!("the stored silence is unreadable: {e}")))?;

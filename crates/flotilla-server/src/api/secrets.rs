@@ -137,7 +137,10 @@ pub(crate) struct ReadQuery {
 pub(crate) struct ListQuery {
     /// Only paths starting with this text: a secret path, or one followed by `/` (no `.`,
     /// `..` or empty segment).
-    #[param(max_length = 257, pattern = r"^(([A-Za-z0-9_-][A-Za-z0-9._-]*|\.[A-Za-z0-9_-][A-Za-z0-9._-]*|\.\.[A-Za-z0-9._-]+)(/([A-Za-z0-9_-][A-Za-z0-9._-]*|\.[A-Za-z0-9_-][A-Za-z0-9._-]*|\.\.[A-Za-z0-9._-]+))*/?)?$")]
+    #[param(
+        max_length = 257,
+        pattern = r"^(([A-Za-z0-9_-][A-Za-z0-9._-]*|\.[A-Za-z0-9_-][A-Za-z0-9._-]*|\.\.[A-Za-z0-9._-]+)(/([A-Za-z0-9_-][A-Za-z0-9._-]*|\.[A-Za-z0-9_-][A-Za-z0-9._-]*|\.\.[A-Za-z0-9._-]+))*/?)?$"
+    )]
     pub prefix: Option<String>,
     /// At most this many, 1-1000 (default 1000).
     #[param(minimum = 1, maximum = 1000)]
