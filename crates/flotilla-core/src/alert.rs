@@ -524,7 +524,9 @@ pub fn tenant_may_silence(
         ));
     }
     if silenced != Some(caller) {
-        return Err("a tenant may silence only its own alerts (`tenant` must be its own)".to_owned());
+        return Err(
+            "a tenant may silence only its own alerts (`tenant` must be its own)".to_owned(),
+        );
     }
     if let Some(action) = rule.actions.iter().find(|a| **a != Action::Notify) {
         return Err(format!(
