@@ -343,7 +343,8 @@ async fn emergency_mode_sheds_low_priority_work_until_the_alert_resolves() {
              comparison = \">=\"\nthreshold = 3\nfor = \"0s\"\nseverity = \"critical\"\n\
              actions = [\"emergency_mode\"]\n",
         )
-        .pool("parked");
+        .pool("parked")
+        .pool("other");
     let server = TestServer::start(Backend::Sqlite, settings).await;
     let mut tasks = Vec::new();
     for _ in 0..3 {
@@ -382,6 +383,16 @@ async fn emergency_mode_sheds_low_priority_work_until_the_alert_resolves() {
             .contains("alert overload [parked] is firing"),
         "{body}"
     );
+    // The emergency is the agent type's that alerted: another type's work is not shed.
+    let elsewhere = server
+        .http
+        .post(server.url("/v1/tasks"))
+        .bearer_auth(ADMIN_KEY)
+        .json(&json!({"agent_type": "other", "input": {}, "priority": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(elsewhere.status(), 202, "another type is not shed");
     let urgent = submit(5).await.unwrap();
     assert_eq!(
         urgent.status(),

@@ -3,7 +3,7 @@
 
 use super::signals::{self, Reading};
 use super::{
-    AlertEngine, Alerts, BOARD_ACTIVE, EMERGENCY_MIN_PRIORITY, Effects, REPEAT_EFFECTS, Subject,
+    AlertEngine, Alerts, BOARD_ACTIVE, EMERGENCY_MIN_PRIORITY, Effects, Emergency, REPEAT_EFFECTS, Subject,
     Tracked, scope_text, stored_silences,
 };
 use flotilla_core::Timestamp;
@@ -223,10 +223,22 @@ fn evaluate(state: &Alerts, rule: &AlertRule, reading: Reading, now: Timestamp) 
             Action::EmergencyMode => {
                 let on = transition == Transition::Firing;
                 let alert = format!("{}{scope}", rule.name);
-                if state.engine.set_emergency(alert.clone(), on) {
+                // It sheds what alerted: the agent type, or the tenant; an alert by model or
+                // in total sheds everything.
+                let emergency = Emergency {
+                    alert: alert.clone(),
+                    agent_type: subject.agent_type.clone(),
+                    tenant: subject.tenant,
+                };
+                let what = match (&emergency.agent_type, emergency.tenant) {
+                    (Some(t), _) => format!(" of agent type {t}"),
+                    (None, Some(t)) => format!(" of tenant {t}"),
+                    (None, None) => String::new(),
+                };
+                if state.engine.set_emergency(emergency, on) {
                     let message = if on {
                         format!(
-                            "emergency mode on: alert {alert} fired; new tasks of priority below {EMERGENCY_MIN_PRIORITY} are refused"
+                            "emergency mode on: alert {alert} fired; new tasks{what} of priority below {EMERGENCY_MIN_PRIORITY} are refused"
                         )
                     } else {
                         format!("emergency mode off: alert {alert} resolved")

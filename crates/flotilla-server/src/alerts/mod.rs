@@ -118,8 +118,8 @@ pub(crate) struct Alerts {
 #[derive(Default)]
 pub(crate) struct AlertEngine {
     alerts: Mutex<HashMap<Key, Tracked>>,
-    /// Firing alerts whose action is emergency mode, with what they say.
-    emergencies: Mutex<BTreeMap<String, String>>,
+    /// Firing alerts whose action is emergency mode, by alert, with what each sheds.
+    emergencies: Mutex<BTreeMap<String, Emergency>>,
     silences: Mutex<Vec<Silence>>,
     /// Tenants held to a tighter rate by firing alerts (`rate_limit`), by alert.
     limited: Mutex<HashMap<String, TenantId>>,
@@ -134,8 +134,77 @@ pub(crate) struct AlertEngine {
 /// few seconds; a new leader starts from none.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub(crate) struct Effects {
-    pub emergency: Vec<String>,
+    pub emergency: Vec<Emergency>,
     pub limited: Vec<TenantId>,
+}
+
+/// One alert in emergency mode and what it sheds: new low-priority tasks of the agent type or
+/// the tenant it alerted on; an alert by model or in total (a platform-wide rule) sheds every
+/// type's and tenant's. (A leader before scoped emergencies sent the alert's name alone: that
+/// reads as platform-wide, as it then was.)
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(from = "EmergencyWire")]
+pub(crate) struct Emergency {
+    pub alert: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_type: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<TenantId>,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(untagged)]
+enum EmergencyWire {
+    Name(String),
+    Scoped {
+        alert: String,
+        #[serde(default)]
+        agent_type: Option<String>,
+        #[serde(default)]
+        tenant: Option<TenantId>,
+    },
+}
+
+impl From<EmergencyWire> for Emergency {
+    fn from(wire: EmergencyWire) -> Emergency {
+        match wire {
+            EmergencyWire::Name(alert) => Emergency {
+                alert,
+                ..Emergency::default()
+            },
+            EmergencyWire::Scoped {
+                alert,
+                agent_type,
+                tenant,
+            } => Emergency {
+                alert,
+                agent_type,
+                tenant,
+            },
+        }
+    }
+}
+
+impl Emergency {
+    /// Whether it sheds new low-priority tasks of `agent_type` from `tenant`.
+    pub(crate) fn sheds(&self, agent_type: &str, tenant: TenantId) -> bool {
+        self.agent_type.as_deref().is_none_or(|t| t == agent_type)
+            && self.tenant.is_none_or(|t| t == tenant)
+    }
+
+    /// Why a task it sheds is refused, and what to do instead.
+    fn refusal(&self) -> String {
+        let scope = match (&self.agent_type, self.tenant) {
+            (Some(agent_type), _) => format!(" for agent type `{agent_type}`"),
+            (None, Some(_)) => " for this tenant".to_owned(),
+            (None, None) => String::new(),
+        };
+        format!(
+            "emergency mode{scope} (alert {} is firing): new tasks of priority below \
+             {EMERGENCY_MIN_PRIORITY} are refused until it resolves; retry then",
+            self.alert
+        )
+    }
 }
 
 /// The alert board's document of pending and firing alerts, which the leader publishes after
@@ -208,7 +277,7 @@ impl AlertEngine {
         let emergency = self
             .emergencies
             .lock()
-            .map(|e| e.keys().cloned().collect())
+            .map(|e| e.values().cloned().collect())
             .unwrap_or_default();
         let mut limited: Vec<TenantId> = self
             .limited
@@ -245,28 +314,31 @@ impl AlertEngine {
         *adopted = effects;
     }
 
-    /// Why new low-priority work is refused now, if it is.
-    pub(crate) fn emergency(&self) -> Option<String> {
-        let adopted = self
-            .adopted
-            .lock()
-            .ok()
-            .and_then(|a| a.emergency.first().cloned());
-        let emergencies = self.emergencies.lock().ok()?;
-        let alert = emergencies.keys().next().cloned().or(adopted)?;
-        Some(format!(
-            "emergency mode (alert {alert} is firing): tasks of priority below {EMERGENCY_MIN_PRIORITY} are refused until it resolves; retry later or raise the priority"
-        ))
+    /// Why a new low-priority task of `agent_type` from `tenant` is refused now, if it is.
+    pub(crate) fn emergency(&self, agent_type: &str, tenant: TenantId) -> Option<String> {
+        if let Ok(emergencies) = self.emergencies.lock()
+            && let Some(e) = emergencies.values().find(|e| e.sheds(agent_type, tenant))
+        {
+            return Some(e.refusal());
+        }
+        let adopted = self.adopted.lock().ok()?;
+        adopted
+            .emergency
+            .iter()
+            .find(|e| e.sheds(agent_type, tenant))
+            .map(Emergency::refusal)
     }
 
-    fn set_emergency(&self, alert: String, on: bool) -> bool {
+    fn set_emergency(&self, emergency: Emergency, on: bool) -> bool {
         let Ok(mut emergencies) = self.emergencies.lock() else {
             return false;
         };
         if on {
-            emergencies.insert(alert, String::new()).is_none()
+            emergencies
+                .insert(emergency.alert.clone(), emergency)
+                .is_none()
         } else {
-            emergencies.remove(&alert).is_some()
+            emergencies.remove(&emergency.alert).is_some()
         }
     }
 
@@ -339,4 +411,52 @@ pub(crate) async fn stored_silences(
             }
         })
         .collect())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_emergency_sheds_only_what_alerted() {
+        let a = TenantId(uuid::Uuid::from_u128(1));
+        let b = TenantId(uuid::Uuid::from_u128(2));
+        let by_type = Emergency {
+            alert: "overload [parked]".to_owned(),
+            agent_type: Some("parked".to_owned()),
+            tenant: None,
+        };
+        assert!(by_type.sheds("parked", a) && by_type.sheds("parked", b));
+        assert!(!by_type.sheds("other", a));
+        let by_tenant = Emergency {
+            alert: "spend (tenant a)".to_owned(),
+            agent_type: None,
+            tenant: Some(a),
+        };
+        assert!(by_tenant.sheds("parked", a) && !by_tenant.sheds("parked", b));
+        let total = Emergency {
+            alert: "errors (all)".to_owned(),
+            ..Emergency::default()
+        };
+        assert!(total.sheds("parked", b) && total.sheds("other", a));
+    }
+
+    #[test]
+    fn effects_read_a_scoped_emergency_or_an_older_leaders_name() {
+        let effects = Effects {
+            emergency: vec![Emergency {
+                alert: "overload [parked]".to_owned(),
+                agent_type: Some("parked".to_owned()),
+                tenant: None,
+            }],
+            limited: Vec::new(),
+        };
+        let json = serde_json::to_string(&effects).unwrap();
+        assert_eq!(serde_json::from_str::<Effects>(&json).unwrap(), effects);
+        let older: Effects =
+            serde_json::from_str(r#"{"emergency": ["overload [parked]"], "limited": []}"#).unwrap();
+        assert_eq!(older.emergency[0].alert, "overload [parked]");
+        assert!(older.emergency[0].sheds("any", TenantId::DEFAULT));
+    }
 }

@@ -75,7 +75,7 @@ pub(crate) async fn submit(
     let traceparent = headers.get("traceparent").and_then(|v| v.to_str().ok());
     let task = validate(&state, tenant, body, header_key, traceparent)?;
     if task.priority < crate::alerts::EMERGENCY_MIN_PRIORITY
-        && let Some(reason) = state.alerts.emergency()
+        && let Some(reason) = state.alerts.emergency(&task.agent_type, task.tenant_id)
     {
         return Err(ApiError::Shed(reason));
     }
