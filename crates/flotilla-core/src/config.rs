@@ -10,6 +10,7 @@ mod agents_tls;
 mod alerting;
 mod gateway;
 mod limits;
+mod priority;
 mod otlp;
 mod pool;
 mod tls;
@@ -26,6 +27,7 @@ pub use gateway::{
     ProviderSection,
 };
 pub use limits::{RateLimits, RateLimitsSection};
+pub use priority::MaxPriority;
 pub use otlp::{Otlp, OtlpProtocol, OtlpSection};
 pub use pool::{
     AutoscaleSection, Fleet, FleetSection, HealthChecks, HealthSection, KubernetesSection,
@@ -142,6 +144,8 @@ pub struct SchedulerSection {
     pub heartbeat_timeout_ms: u64,
     /// Most tasks claimed in one store transaction.
     pub claim_batch: u32,
+    /// The highest priority each role may submit with.
+    pub max_priority: MaxPriority,
 }
 
 impl Default for SchedulerSection {
@@ -155,6 +159,7 @@ impl Default for SchedulerSection {
             heartbeat_interval_ms: 2_000,
             heartbeat_timeout_ms: 10_000,
             claim_batch: 128,
+            max_priority: MaxPriority::default(),
         }
     }
 }
@@ -248,6 +253,8 @@ pub struct Scheduler {
     pub heartbeat_interval: Duration,
     pub heartbeat_timeout: Duration,
     pub claim_batch: u32,
+    /// `[scheduler.max_priority]`.
+    pub max_priority: MaxPriority,
 }
 
 /// Log output format.
@@ -468,6 +475,7 @@ pub fn validate(raw: ConfigFile) -> Result<Config, ConfigError> {
                 "must be between 1 and 10000",
             ));
         },
+        max_priority: priority::validate(&s.max_priority)?,
     };
     let log_format = match raw.log.format.as_str() {
         "human" => LogFormat::Human,

@@ -74,6 +74,15 @@ pub(crate) async fn submit(
         })?;
     let traceparent = headers.get("traceparent").and_then(|v| v.to_str().ok());
     let task = validate(&state, tenant, body, header_key, traceparent)?;
+    // Priority jumps queues and escapes shedding: each role has a ceiling.
+    let ceiling = state.config.scheduler.max_priority.for_role(caller.role);
+    if task.priority > ceiling {
+        return Err(ApiError::Forbidden(format!(
+            "a key with role `{}` may submit with priority up to {ceiling} \
+             (scheduler.max_priority), not {}",
+            caller.role, task.priority
+        )));
+    }
     if task.priority < crate::alerts::EMERGENCY_MIN_PRIORITY
         && let Some(reason) = state.alerts.emergency(&task.agent_type, task.tenant_id)
     {
