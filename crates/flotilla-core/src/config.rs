@@ -10,9 +10,9 @@ mod agents_tls;
 mod alerting;
 mod gateway;
 mod limits;
-mod priority;
 mod otlp;
 mod pool;
+mod priority;
 mod tls;
 mod vault;
 
@@ -27,12 +27,12 @@ pub use gateway::{
     ProviderSection,
 };
 pub use limits::{RateLimits, RateLimitsSection};
-pub use priority::MaxPriority;
 pub use otlp::{Otlp, OtlpProtocol, OtlpSection};
 pub use pool::{
     AutoscaleSection, Fleet, FleetSection, HealthChecks, HealthSection, KubernetesSection,
     OutlierSection, Pool, PoolSection, Provisioner, ScoreSection,
 };
+pub use priority::MaxPriority;
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -3,8 +3,8 @@
 
 use super::signals::{self, Reading};
 use super::{
-    AlertEngine, Alerts, BOARD_ACTIVE, EMERGENCY_MIN_PRIORITY, Effects, Emergency, REPEAT_EFFECTS, Subject,
-    Tracked, scope_text, stored_silences,
+    AlertEngine, Alerts, BOARD_ACTIVE, EMERGENCY_MIN_PRIORITY, Effects, Emergency, REPEAT_EFFECTS,
+    Subject, Tracked, scope_text, stored_silences,
 };
 use flotilla_core::Timestamp;
 use flotilla_core::alert::{Action, AlertRule, AlertState, Dimension, Transition, step};
