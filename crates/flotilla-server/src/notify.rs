@@ -294,18 +294,6 @@ async fn send_email(email: &Email, n: &Notification) -> Result<(), String> {
         .map_err(|e| e.to_string())
 }
 
-/// An error and its causes, `: `-separated.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        text.push_str(": ");
-        text.push_str(&c.to_string());
-        cause = c.source();
-    }
-    text
-}
-
 /// How a webhook is named in events and logs: its place in `[alerting] webhooks` and its host,
 /// never its URL (a Slack or PagerDuty URL is itself the credential).
 fn webhook_name(index: usize, webhook: &Webhook) -> String {
@@ -343,7 +331,7 @@ async fn deliver(state: &Notifications, index: usize, webhook: &Webhook, n: &Not
             Ok(r) if r.status().is_success() => Ok(()),
             Ok(r) => Err(format!("HTTP {}", r.status().as_u16())),
             // reqwest names the URL in its errors; the URL may be a credential.
-            Err(e) => Err(error_chain(&e.without_url())),
+            Err(e) => Err(crate::outbound::error_chain(&e.without_url())),
         }
     })
     .await;

@@ -80,6 +80,16 @@ fn rule_settings(json_url: &str, slack_url: &str, pagerduty_url: &str) -> Settin
         .pool("parked")
 }
 
+/// The secret path of the webhook URLs the tests configure appears in no event, alert history
+/// entry or audit entry.
+async fn assert_url_appears_nowhere(server: &TestServer) {
+    for path in ["/v1/events?limit=1000", "/v1/alerts/history", "/v1/audit?limit=1000"] {
+        let (status, body) = server.send(ADMIN_KEY, reqwest::Method::GET, path, None).await;
+        assert_eq!(status, 200, "{path}: {body}");
+        assert!(!body.to_string().contains("T0P-SECRET"), "{path}: {body}");
+    }
+}
+
 async fn history(server: &TestServer) -> Vec<String> {
     server
         .client
@@ -259,17 +269,7 @@ async fn a_failing_receiver_is_retried_and_the_failure_recorded() {
         },
     )
     .await;
-    for path in [
-        "/v1/events?limit=1000",
-        "/v1/alerts/history",
-        "/v1/audit?limit=1000",
-    ] {
-        let (status, body) = server
-            .send(support::ADMIN_KEY, reqwest::Method::GET, path, None)
-            .await;
-        assert_eq!(status, 200, "{path}: {body}");
-        assert!(!body.to_string().contains("T0P-SECRET"), "{path}: {body}");
-    }
+    assert_url_appears_nowhere(&server).await;
     assert_eq!(json_hook.bodies().len(), 4, "four attempts");
     assert_eq!(
         slack_hook.bodies().len(),
@@ -319,17 +319,7 @@ async fn an_unreachable_receiver_is_recorded_without_its_url() {
                 .starts_with("notification of alert backlog (firing) to webhook #3 (127.0.0.1)")),
         "{messages:?}"
     );
-    for path in [
-        "/v1/events?limit=1000",
-        "/v1/alerts/history",
-        "/v1/audit?limit=1000",
-    ] {
-        let (status, body) = server
-            .send(support::ADMIN_KEY, reqwest::Method::GET, path, None)
-            .await;
-        assert_eq!(status, 200, "{path}: {body}");
-        assert!(!body.to_string().contains("T0P-SECRET"), "{path}: {body}");
-    }
+    assert_url_appears_nowhere(&server).await;
     server.stop().await;
 }
 

@@ -198,7 +198,7 @@ impl OpenAi {
             UpstreamError::connection(format!(
                 "provider `{}` could not be reached: {}",
                 self.name,
-                error_chain(e)
+                crate::outbound::error_chain(e)
             ))
         }
     }
@@ -207,18 +207,6 @@ impl OpenAi {
 /// A URL of the provider (the configuration checked the scheme; this refuses a malformed host).
 fn parse_url(text: &str) -> Result<reqwest::Url, String> {
     reqwest::Url::parse(text).map_err(|e| format!("`{text}` is not a URL: {e}"))
-}
-
-/// The error and its causes, `: `-separated (reqwest's top-level message says little).
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }
 
 /// Reads at most `limit` bytes of an answer before `deadline`.
