@@ -83,8 +83,14 @@ fn rule_settings(json_url: &str, slack_url: &str, pagerduty_url: &str) -> Settin
 /// The secret path of the webhook URLs the tests configure appears in no event, alert history
 /// entry or audit entry.
 async fn assert_url_appears_nowhere(server: &TestServer) {
-    for path in ["/v1/events?limit=1000", "/v1/alerts/history", "/v1/audit?limit=1000"] {
-        let (status, body) = server.send(ADMIN_KEY, reqwest::Method::GET, path, None).await;
+    for path in [
+        "/v1/events?limit=1000",
+        "/v1/alerts/history",
+        "/v1/audit?limit=1000",
+    ] {
+        let (status, body) = server
+            .send(ADMIN_KEY, reqwest::Method::GET, path, None)
+            .await;
         assert_eq!(status, 200, "{path}: {body}");
         assert!(!body.to_string().contains("T0P-SECRET"), "{path}: {body}");
     }
