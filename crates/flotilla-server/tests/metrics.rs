@@ -204,6 +204,22 @@ async fn metrics_need_a_key_unless_configured_open() {
     assert_eq!(status, 401, "{body}");
     let (status, _, _) = scrape(&server, Some("flt_nosuchkey_abc"), None).await;
     assert_eq!(status, 401);
+    // Every tenant's series are there: only the platform's keys (the default tenant's, with a
+    // role that reads the fleet) may read them, a viewer being enough.
+    use flotilla_core::auth::Role;
+    use flotilla_core::id::TenantId;
+    let platform_viewer = server.create_key(Role::Viewer, TenantId::DEFAULT).await;
+    let platform_agent = server.create_key(Role::Agent, TenantId::DEFAULT).await;
+    let tenant_admin = server
+        .create_key(Role::Admin, TenantId(uuid::Uuid::now_v7()))
+        .await;
+    let (status, _, body) = scrape(&server, Some(&platform_viewer), None).await;
+    assert_eq!(status, 200, "{body}");
+    for key in [&platform_agent, &tenant_admin] {
+        let (status, _, body) = scrape(&server, Some(key), None).await;
+        assert_eq!(status, 403, "{body}");
+        assert!(body.contains("platform"), "{body}");
+    }
     server.stop().await;
 
     let open = Settings::default().set("telemetry.metrics_public", true);

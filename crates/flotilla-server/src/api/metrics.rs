@@ -11,6 +11,8 @@ use axum::http::HeaderValue;
 use axum::http::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use flotilla_core::auth::Permission;
+use flotilla_core::id::TenantId;
 use std::collections::BTreeSet;
 use std::time::Instant;
 
@@ -45,8 +47,9 @@ pub(crate) async fn track_http(
 }
 
 /// `GET /metrics`: the classic Prometheus text format, or OpenMetrics when the scraper asks for
-/// it. Needs a key (any role) unless `[telemetry] metrics_public` is set; the key is checked by
-/// the same path as every `/v1` route (throttle of failed attempts, audit, rate limits).
+/// it. Needs a key of the platform (default) tenant that may read the fleet unless
+/// `[telemetry] metrics_public` is set; the key is checked by the same path as every `/v1`
+/// route (throttle of failed attempts, audit, rate limits).
 pub(crate) async fn serve_metrics(
     State(state): State<AppState>,
     request: Request,
@@ -58,10 +61,22 @@ pub(crate) async fn serve_metrics(
             .and_then(|v| v.to_str().ok())
             .unwrap_or_default();
         let source = super::authn::client_source(&state, &request);
-        state
+        let caller = state
             .access
             .authenticate(source, header, request.uri().path())
             .await?;
+        // Every tenant's series are here: the platform's keys only.
+        let platform = caller.tenant_id == TenantId::DEFAULT
+            && caller.task.is_none()
+            && caller.role.allows(Permission::ReadFleet);
+        if !platform {
+            return Err(ApiError::Forbidden(
+                "/metrics shows every tenant's figures: it needs a key of the platform (default) \
+                 tenant that may read the fleet (viewer, operator or admin), or \
+                 telemetry.metrics_public = true"
+                    .to_owned(),
+            ));
+        }
     }
     refresh(&state).await;
     let text = state
