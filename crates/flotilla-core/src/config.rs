@@ -235,6 +235,13 @@ pub struct Config {
     pub gateway: Gateway,
 }
 
+impl Config {
+    /// The `[[pools]]` entry of an agent type, if one is configured.
+    pub fn pool(&self, agent_type: &str) -> Option<&Pool> {
+        self.pools.iter().find(|p| p.name == agent_type)
+    }
+}
+
 /// Which store to use.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Database {

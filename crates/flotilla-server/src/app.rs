@@ -92,7 +92,7 @@ impl Services {
 
     /// The configured pool of a type, if any.
     pub fn pool(&self, agent_type: &str) -> Option<&flotilla_core::config::Pool> {
-        self.config.pools.iter().find(|p| p.name == agent_type)
+        self.config.pool(agent_type)
     }
 }
 

@@ -374,7 +374,9 @@ async fn bad_paths_and_values_are_refused_and_store_nothing(backend: Backend) {
     .await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     // Prefixes are checked like paths: no `.`, `..` or empty segment, whatever the backend.
-    for prefix in ["../", "..", "a/../", "./x", "a//", "/a"] {
+    let refused = ["../", "..", "a/../", "./x", "a//", "/a"].map(|p| (p, Some("prefix")));
+    let accepted = ["a", "a/", "a/b", "..a/"].map(|p| (p, None));
+    for (prefix, refused_field) in refused.into_iter().chain(accepted) {
         let (status, body) = call(
             &server,
             admin,
@@ -383,22 +385,15 @@ async fn bad_paths_and_values_are_refused_and_store_nothing(backend: Backend) {
             None,
         )
         .await;
+        let want = match refused_field {
+            Some(_) => StatusCode::BAD_REQUEST,
+            None => StatusCode::OK,
+        };
         assert_eq!(
             (status, body["error"]["field"].as_str()),
-            (StatusCode::BAD_REQUEST, Some("prefix")),
+            (want, refused_field),
             "{prefix}: {body}"
         );
-    }
-    for prefix in ["a", "a/", "a/b", "..a/"] {
-        let (status, body) = call(
-            &server,
-            admin,
-            reqwest::Method::GET,
-            &format!("/v1/secrets?prefix={prefix}"),
-            None,
-        )
-        .await;
-        assert_eq!(status, StatusCode::OK, "{prefix}: {body}");
     }
 
     let (_, list) = call(&server, admin, reqwest::Method::GET, "/v1/secrets", None).await;

@@ -307,7 +307,7 @@ fn rate_limit(
 
 /// One more instance of the pool, within its maximum; for static pools a recommendation.
 fn scale_up(state: &Alerts, rule: &str, agent_type: &str, now: Timestamp) {
-    let Some(pool) = state.config.pools.iter().find(|p| p.name == agent_type) else {
+    let Some(pool) = state.config.pool(agent_type) else {
         return;
     };
     let current = state

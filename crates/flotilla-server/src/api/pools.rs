@@ -109,7 +109,7 @@ pub(crate) async fn get_pool(
     if !visible(&state, &caller, &name) {
         return Err(ApiError::NotFound(format!("no pool `{name}`")));
     }
-    if let Some(pool) = state.config.pools.iter().find(|p| p.name == name) {
+    if let Some(pool) = state.config.pool(&name) {
         return Ok(Json(view(&state, pool, true)));
     }
     if state.registry.knows_type(&name) {

@@ -276,10 +276,12 @@ impl Access {
     async fn identify(&self, source: Option<IpAddr>, header: &str) -> Result<Caller, AuthError> {
         // A throttled source is still served with a valid key: behind a shared address (a
         // proxy, a NAT) other clients' failures must not lock it out. Without one it gets 429,
-        // not 401, and the attempt is neither counted nor audited again.
-        let throttled = source.and_then(|ip| Some((ip, self.limits.blocked(ip)?)));
+        // not 401, and the attempt is neither counted nor audited again. The throttle is
+        // consulted only once the credentials failed, so it costs a valid request nothing.
         let found = self.credentials(header).await;
-        if let (Err(AuthError::Unauthenticated(_)), Some((ip, wait))) = (&found, throttled) {
+        if let (Err(AuthError::Unauthenticated(_)), Some(ip)) = (&found, source)
+            && let Some(wait) = self.limits.blocked(ip)
+        {
             return Err(AuthError::RateLimited {
                 message: format!(
                     "too many failed authentications from {ip}; retry later with a valid key"

@@ -120,7 +120,7 @@ async fn run(state: Arc<Scheduler>, agent_type: String, shutdown: CancellationTo
             }
         }
         if state.dispatchers.retire(&agent_type, || {
-            state.pool(&agent_type).is_none() && !state.registry.knows_type(&agent_type)
+            state.config.pool(&agent_type).is_none() && !state.registry.knows_type(&agent_type)
         }) {
             return;
         }

@@ -74,9 +74,4 @@ impl Scheduler {
     pub fn ensure(self: &Arc<Self>, agent_type: &str) {
         self.dispatchers.ensure(self, agent_type);
     }
-
-    /// The configured pool of a type, if any.
-    pub fn pool(&self, agent_type: &str) -> Option<&flotilla_core::config::Pool> {
-        self.config.pools.iter().find(|p| p.name == agent_type)
-    }
 }
