@@ -21,6 +21,7 @@ pub mod egress;
 #[cfg(test)]
 mod enum_names;
 pub mod event;
+pub mod fair_share;
 pub mod health;
 pub mod id;
 pub mod model;

@@ -112,7 +112,7 @@ async fn a_task_claimed_by_a_dead_owner_is_requeued_once_its_lease_expires(backe
     store.insert_tasks(&[new]).await.unwrap();
     let lease_end = now + chrono::Duration::seconds(1);
     let claimed = store
-        .claim_tasks(ECHO, None, 1, "dead-replica", lease_end, now)
+        .claim_tasks(ECHO, TenantId::DEFAULT, 1, "dead-replica", lease_end, now)
         .await
         .unwrap();
     assert_eq!(claimed.iter().map(|t| t.id).collect::<Vec<_>>(), [id]);

@@ -375,7 +375,7 @@ crate::tasks::task_store!(PostgresStore, Postgres, {
     async fn claim_tasks(
         &self,
         agent_type: &str,
-        tenants: Option<&[TenantId]>,
+        tenant: TenantId,
         limit: u32,
         owner: &str,
         lease_expires_at: Timestamp,
@@ -386,8 +386,7 @@ crate::tasks::task_store!(PostgresStore, Postgres, {
         }
         let rows = sqlx::query_as::<_, TaskRow>(concat!(
             "WITH picked AS (SELECT id FROM tasks \
-             WHERE status = 'queued' AND agent_type = $4 AND not_before <= $1 \
-             AND ($6::uuid[] IS NULL OR tenant_id = ANY($6::uuid[])) \
+             WHERE status = 'queued' AND tenant_id = $6 AND agent_type = $4 AND not_before <= $1 \
              ORDER BY priority DESC, id ASC LIMIT $5 FOR UPDATE SKIP LOCKED) \
              UPDATE tasks SET status = 'running', attempt = attempt + 1, started_at = COALESCE(started_at, $1), \
              updated_at = $1, lease_owner = $2, lease_expires_at = $3 \
@@ -400,7 +399,7 @@ crate::tasks::task_store!(PostgresStore, Postgres, {
         .bind(micros(lease_expires_at))
         .bind(agent_type)
         .bind(i64::from(limit))
-        .bind(tenants.map(|ids| ids.iter().map(|t| t.0).collect::<Vec<_>>()))
+        .bind(tenant.0)
         .fetch_all(&self.pool)
         .await?;
         let mut tasks = rows

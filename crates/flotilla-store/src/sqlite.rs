@@ -339,7 +339,7 @@ crate::tasks::task_store!(SqliteStore, Sqlite, {
     async fn claim_tasks(
         &self,
         agent_type: &str,
-        tenants: Option<&[TenantId]>,
+        tenant: TenantId,
         limit: u32,
         owner: &str,
         lease_expires_at: Timestamp,
@@ -348,23 +348,12 @@ crate::tasks::task_store!(SqliteStore, Sqlite, {
         if limit == 0 {
             return Ok(Vec::new());
         }
-        // The tenants travel as a JSON array of hex ids, which `unhex` turns back into the blobs
-        // the column holds.
-        let tenants = tenants.map(|ids| {
-            serde_json::Value::from(
-                ids.iter()
-                    .map(|t| t.0.simple().to_string())
-                    .collect::<Vec<_>>(),
-            )
-            .to_string()
-        });
         let mut tx = self.begin().await?;
         let rows = sqlx::query_as::<_, TaskRow>(concat!(
             "UPDATE tasks SET status = 'running', attempt = attempt + 1, started_at = COALESCE(started_at, ?1), \
              updated_at = ?1, lease_owner = ?2, lease_expires_at = ?3 \
-             WHERE id IN (SELECT id FROM tasks WHERE status = 'queued' AND agent_type = ?4 AND not_before <= ?1 \
-             AND (?6 IS NULL OR tenant_id IN (SELECT unhex(value) FROM json_each(?6))) \
-             ORDER BY priority DESC, id ASC LIMIT ?5) \
+             WHERE id IN (SELECT id FROM tasks WHERE status = 'queued' AND tenant_id = ?6 \
+             AND agent_type = ?4 AND not_before <= ?1 ORDER BY priority DESC, id ASC LIMIT ?5) \
              RETURNING ",
             task_columns!()
         ))
@@ -373,7 +362,7 @@ crate::tasks::task_store!(SqliteStore, Sqlite, {
         .bind(micros(lease_expires_at))
         .bind(agent_type)
         .bind(i64::from(limit))
-        .bind(tenants)
+        .bind(tenant.0)
         .fetch_all(&mut *tx)
         .await?;
         tx.commit().await?;

@@ -94,20 +94,30 @@ pub trait TaskStore: Send + Sync + 'static {
         id: TaskId,
         now: Timestamp,
     ) -> StoreResult<Cancelled>;
-    /// Claims up to `limit` queued tasks of `agent_type` whose `not_before` has passed, in order of
-    /// priority (high first) then age (old first): each becomes `running`, its `attempt` grows by
-    /// one, `started_at` is set if unset, and it gets the lease (`owner`, `lease_expires_at`).
-    /// A task is never returned to two concurrent claims. With `tenants`, only tasks of those
-    /// tenants are claimed (the tenants the free instances may serve).
+    /// Claims up to `limit` queued tasks of `agent_type` and `tenant` whose `not_before` has
+    /// passed, in order of priority (high first) then age (old first): each becomes `running`,
+    /// its `attempt` grows by one, `started_at` is set if unset, and it gets the lease (`owner`,
+    /// `lease_expires_at`). A task is never returned to two concurrent claims. The dispatcher
+    /// decides how many each tenant gets (fair share, docs/design.md §4).
     async fn claim_tasks(
         &self,
         agent_type: &str,
-        tenants: Option<&[TenantId]>,
+        tenant: TenantId,
         limit: u32,
         owner: &str,
         lease_expires_at: Timestamp,
         now: Timestamp,
     ) -> StoreResult<Vec<Task>>;
+    /// The tenants with a task of `agent_type` queued whose `not_before` has passed, in id
+    /// order, at most `limit`.
+    async fn queued_tenants(
+        &self,
+        agent_type: &str,
+        now: Timestamp,
+        limit: u32,
+    ) -> StoreResult<Vec<TenantId>>;
+    /// How many tasks `tenant` has queued (of every type), counted up to `cap`.
+    async fn count_queued(&self, tenant: TenantId, cap: u64) -> StoreResult<u64>;
     /// Records the end of attempts in one transaction. Each end applies only if the task is still
     /// `running` with that attempt number (otherwise it was cancelled or its lease expired and it
     /// was claimed again) — the attempt row is recorded either way. Returns, per end, the updated
@@ -130,8 +140,8 @@ pub trait TaskStore: Send + Sync + 'static {
     /// Number of tasks per status (all tenants): every status in lifecycle order
     /// ([`TaskStatus::ALL`]), those without tasks with 0.
     async fn task_counts_by_status(&self) -> StoreResult<Vec<(TaskStatus, u64)>>;
-    /// Number of queued tasks per agent type.
-    async fn queued_by_type(&self) -> StoreResult<BTreeMap<String, u64>>;
+    /// Number of queued tasks per agent type, of every tenant or of `tenant`.
+    async fn queued_by_type(&self, tenant: Option<TenantId>) -> StoreResult<BTreeMap<String, u64>>;
 }
 
 /// Agent instances and the fleet's event log.

@@ -3,8 +3,6 @@
 //! backend and come in as `$dialect`.
 
 pub(crate) const COUNTS: &str = "SELECT status, COUNT(*) FROM tasks GROUP BY status";
-pub(crate) const QUEUED: &str =
-    "SELECT agent_type, COUNT(*) FROM tasks WHERE status = 'queued' GROUP BY agent_type";
 
 /// [`crate::TaskStore`] for a backend `$store` of database `$db`, whose task columns are
 /// `task_columns!()` at the call site.
@@ -52,13 +50,73 @@ macro_rules! task_store {
 
             async fn queued_by_type(
                 &self,
+                tenant: Option<flotilla_core::id::TenantId>,
             ) -> crate::StoreResult<std::collections::BTreeMap<String, u64>> {
-                let rows: Vec<(String, i64)> = sqlx::query_as(crate::tasks::QUEUED)
+                let mut query = sqlx::QueryBuilder::<$db>::new(
+                    "SELECT agent_type, COUNT(*) FROM tasks WHERE status = 'queued'",
+                );
+                if let Some(tenant) = tenant {
+                    query.push(" AND tenant_id = ").push_bind(tenant.0);
+                }
+                query.push(" GROUP BY agent_type");
+                let rows: Vec<(String, i64)> = query
+                    .build_query_as()
                     .fetch_all(self.reads())
                     .await?;
                 rows.into_iter()
                     .map(|(agent_type, n)| Ok((agent_type, crate::rows::count("queued count", n)?)))
                     .collect()
+            }
+
+            async fn queued_tenants(
+                &self,
+                agent_type: &str,
+                now: flotilla_core::Timestamp,
+                limit: u32,
+            ) -> crate::StoreResult<Vec<flotilla_core::id::TenantId>> {
+                // A loose index scan: from one tenant with queued work to the next through
+                // `tasks_queue`, then whether it has a due task of the type.
+                let mut query = sqlx::QueryBuilder::<$db>::new(
+                    "WITH RECURSIVE t (tenant_id) AS ( \
+                     SELECT (SELECT tenant_id FROM tasks WHERE status = 'queued' \
+                     ORDER BY tenant_id LIMIT 1) \
+                     UNION ALL \
+                     SELECT (SELECT q.tenant_id FROM tasks q WHERE q.status = 'queued' \
+                     AND q.tenant_id > t.tenant_id ORDER BY q.tenant_id LIMIT 1) \
+                     FROM t WHERE t.tenant_id IS NOT NULL) \
+                     SELECT t.tenant_id FROM t WHERE t.tenant_id IS NOT NULL \
+                     AND EXISTS (SELECT 1 FROM tasks d WHERE d.status = 'queued' \
+                     AND d.tenant_id = t.tenant_id AND d.agent_type = ",
+                );
+                query
+                    .push_bind(agent_type)
+                    .push(" AND d.not_before <= ")
+                    .push_bind(crate::rows::micros(now))
+                    .push(") LIMIT ")
+                    .push_bind(i64::from(limit));
+                let ids: Vec<uuid::Uuid> = query
+                    .build_query_scalar()
+                    .fetch_all(self.reads())
+                    .await?;
+                Ok(ids.into_iter().map(flotilla_core::id::TenantId).collect())
+            }
+
+            async fn count_queued(
+                &self,
+                tenant: flotilla_core::id::TenantId,
+                cap: u64,
+            ) -> crate::StoreResult<u64> {
+                let mut query = sqlx::QueryBuilder::<$db>::new(
+                    "SELECT COUNT(*) FROM (SELECT 1 FROM tasks WHERE status = 'queued' \
+                     AND tenant_id = ",
+                );
+                query
+                    .push_bind(tenant.0)
+                    .push(" LIMIT ")
+                    .push_bind(i64::try_from(cap).unwrap_or(i64::MAX))
+                    .push(") AS q");
+                let n: i64 = query.build_query_scalar().fetch_one(self.reads()).await?;
+                crate::rows::count("queued count", n)
             }
 
             $($dialect)*

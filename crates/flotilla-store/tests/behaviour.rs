@@ -25,7 +25,7 @@ behaviours!(
     idempotency_keys_return_the_existing_task_per_tenant,
     lists_filter_and_page_newest_first,
     claims_follow_priority_then_age_and_respect_not_before,
-    claims_take_only_the_tenants_asked_for,
+    claims_take_only_the_tenant_asked_for,
     concurrent_claims_take_each_task_once,
     first_terminal_write_wins,
     finishes_apply_in_one_batch,
@@ -83,9 +83,15 @@ async fn insert(store: &DynStore, tasks: Vec<NewTask>) -> Vec<Task> {
         .collect()
 }
 
-async fn claim(store: &DynStore, agent_type: &str, limit: u32, now: Timestamp) -> Vec<Task> {
+async fn claim(
+    store: &DynStore,
+    tenant: TenantId,
+    agent_type: &str,
+    limit: u32,
+    now: Timestamp,
+) -> Vec<Task> {
     store
-        .claim_tasks(agent_type, None, limit, "replica-a", now + secs(30), now)
+        .claim_tasks(agent_type, tenant, limit, "replica-a", now + secs(30), now)
         .await
         .unwrap()
 }
@@ -156,7 +162,7 @@ async fn tasks_round_trip_every_field(store: DynStore) {
 
     // Through a claim and a success, every field the store writes reads back.
     let now = t0() + secs(5);
-    let claimed = claim(&store, "summarise", 1, now).await;
+    let claimed = claim(&store, tenant, "summarise", 1, now).await;
     assert_eq!(ids(&claimed), vec![full.id]);
     let running = &claimed[0];
     assert_eq!(running.status, TaskStatus::Running);
@@ -255,7 +261,7 @@ async fn lists_filter_and_page_newest_first(store: DynStore) {
     }
     let created = insert(&store, tasks).await;
     // Claim some "even" tasks so that statuses differ.
-    let running = claim(&store, "even", 4, t0() + secs(1)).await;
+    let running = claim(&store, a, "even", 4, t0() + secs(1)).await;
     assert_eq!(running.len(), 4);
 
     let newest_first: Vec<TaskId> = created.iter().rev().map(|t| t.id).collect();
@@ -359,23 +365,26 @@ async fn claims_follow_priority_then_age_and_respect_not_before(store: DynStore)
     .await;
 
     let now = t0() + secs(1);
-    assert!(claim(&store, "w", 0, now).await.is_empty());
-    let first = claim(&store, "w", 2, now).await;
+    assert!(claim(&store, tenant, "w", 0, now).await.is_empty());
+    let first = claim(&store, tenant, "w", 2, now).await;
     assert_eq!(ids(&first), vec![old_high.id, new_high.id]);
     assert!(
         first
             .iter()
             .all(|t| t.status == TaskStatus::Running && t.attempt == 1 && t.attempts.is_empty())
     );
-    let rest = claim(&store, "w", 10, now).await;
+    let rest = claim(&store, tenant, "w", 10, now).await;
     assert_eq!(ids(&rest), vec![mid.id, old_low.id]);
-    assert!(claim(&store, "w", 10, now).await.is_empty());
+    assert!(claim(&store, tenant, "w", 10, now).await.is_empty());
     // Exactly at not_before it becomes claimable.
     let at = truncate(later.created_at);
-    assert_eq!(ids(&claim(&store, "w", 10, at).await), vec![later.id]);
+    assert_eq!(
+        ids(&claim(&store, tenant, "w", 10, at).await),
+        vec![later.id]
+    );
     let lease = get(&store, later.id).await;
     assert_eq!(lease.started_at, Some(at));
-    assert!(claim(&store, "nobody", 10, at).await.is_empty());
+    assert!(claim(&store, tenant, "nobody", 10, at).await.is_empty());
 }
 
 async fn concurrent_claims_take_each_task_once(store: DynStore) {
@@ -395,7 +404,7 @@ async fn concurrent_claims_take_each_task_once(store: DynStore) {
             let mut mine = Vec::new();
             loop {
                 let got = store
-                    .claim_tasks("busy", None, 7, &owner, now + secs(30), now)
+                    .claim_tasks("busy", tenant, 7, &owner, now + secs(30), now)
                     .await
                     .unwrap();
                 if got.is_empty() {
@@ -425,7 +434,7 @@ async fn first_terminal_write_wins(store: DynStore) {
     );
     insert(&store, vec![a.clone(), b.clone()]).await;
     let now = t0() + secs(1);
-    let claimed = claim(&store, "w", 2, now).await;
+    let claimed = claim(&store, tenant, "w", 2, now).await;
     let (task_a, task_b) = (&claimed[0], &claimed[1]);
 
     // A stale attempt number is ignored, but its attempt is recorded.
@@ -500,7 +509,7 @@ async fn finishes_apply_in_one_batch(store: DynStore) {
     let tasks: Vec<NewTask> = (0..6).map(|_| new_task(tenant, "w", 5, t0())).collect();
     insert(&store, tasks).await;
     let now = t0() + secs(1);
-    let claimed = claim(&store, "w", 6, now).await;
+    let claimed = claim(&store, tenant, "w", 6, now).await;
     let mut ends: Vec<AttemptEnd> = claimed.iter().map(|t| succeeded(t, now)).collect();
     ends[1].attempt = 2; // stale
     ends[3].result = AttemptResult::Retry {
@@ -553,7 +562,7 @@ async fn retries_go_back_to_the_queue_until_not_before(store: DynStore) {
     let task = new_task(tenant, "w", 5, t0());
     insert(&store, vec![task.clone()]).await;
     let now = t0() + secs(1);
-    let claimed = claim(&store, "w", 1, now).await;
+    let claimed = claim(&store, tenant, "w", 1, now).await;
     let retry_at = now + secs(10);
     let agent = AgentId(next_id());
     let end = AttemptEnd {
@@ -580,8 +589,12 @@ async fn retries_go_back_to_the_queue_until_not_before(store: DynStore) {
     assert_eq!(attempts[0].outcome, "failed");
     assert_eq!(attempts[0].error.as_deref(), Some("connection refused"));
 
-    assert!(claim(&store, "w", 1, retry_at - secs(1)).await.is_empty());
-    let again = claim(&store, "w", 1, retry_at).await;
+    assert!(
+        claim(&store, tenant, "w", 1, retry_at - secs(1))
+            .await
+            .is_empty()
+    );
+    let again = claim(&store, tenant, "w", 1, retry_at).await;
     assert_eq!(again.len(), 1);
     assert_eq!(again[0].attempt, 2);
     assert_eq!(
@@ -612,11 +625,11 @@ async fn expired_leases_are_requeued_with_a_lost_attempt(store: DynStore) {
     insert(&store, vec![a.clone(), b.clone()]).await;
     let now = t0() + secs(1);
     let mine = store
-        .claim_tasks("w", None, 1, "replica-a", now + secs(30), now)
+        .claim_tasks("w", tenant, 1, "replica-a", now + secs(30), now)
         .await
         .unwrap();
     let theirs = store
-        .claim_tasks("w", None, 1, "replica-b", now + secs(30), now)
+        .claim_tasks("w", tenant, 1, "replica-b", now + secs(30), now)
         .await
         .unwrap();
     assert_eq!((ids(&mine), ids(&theirs)), (vec![a.id], vec![b.id]));
@@ -664,7 +677,7 @@ async fn expired_leases_are_requeued_with_a_lost_attempt(store: DynStore) {
     assert_eq!(lost.attempts[0].finished_at, truncate(now + secs(45)));
 
     // Claimable again at once, as attempt 2; the lost attempt's late end is stale.
-    let again = claim(&store, "w", 5, now + secs(45)).await;
+    let again = claim(&store, tenant, "w", 5, now + secs(45)).await;
     assert_eq!(ids(&again), vec![b.id]);
     assert_eq!(again[0].attempt, 2);
     assert_eq!(
@@ -689,7 +702,7 @@ async fn cancellation_applies_to_unfinished_tasks_only(store: DynStore) {
     let tasks: Vec<NewTask> = (0..3).map(|_| new_task(tenant, "w", 5, t0())).collect();
     insert(&store, tasks.clone()).await;
     let now = t0() + secs(1);
-    let claimed = claim(&store, "w", 2, now).await; // tasks 0 and 1 run, 2 stays queued
+    let claimed = claim(&store, tenant, "w", 2, now).await; // tasks 0 and 1 run, 2 stays queued
     store
         .finish_attempts(&[succeeded(&claimed[0], now)])
         .await
@@ -754,7 +767,7 @@ async fn counts_and_queue_statistics(store: DynStore) {
             .map(|s| (s, 0))
             .collect::<Vec<_>>()
     );
-    assert!(store.queued_by_type().await.unwrap().is_empty());
+    assert!(store.queued_by_type(None).await.unwrap().is_empty());
 
     let tenant = TenantId(next_id());
     let mut tasks: Vec<NewTask> = (0..5)
@@ -764,7 +777,7 @@ async fn counts_and_queue_statistics(store: DynStore) {
     tasks.extend((0..2).map(|_| new_task(tenant, "b", 5, t0())));
     insert(&store, tasks).await;
     let now = t0() + secs(20);
-    let claimed = claim(&store, "a", 3, now).await;
+    let claimed = claim(&store, tenant, "a", 3, now).await;
     store
         .finish_attempts(&[succeeded(&claimed[0], now)])
         .await
@@ -777,7 +790,18 @@ async fn counts_and_queue_statistics(store: DynStore) {
     assert_eq!(count(TaskStatus::Succeeded), Some(1));
     assert_eq!(count(TaskStatus::Failed), Some(0));
 
-    let queued = store.queued_by_type().await.unwrap();
+    insert(&store, vec![new_task(TenantId(next_id()), "c", 5, t0())]).await;
+    let queued = store.queued_by_type(None).await.unwrap();
+    assert_eq!(
+        queued.into_iter().collect::<Vec<_>>(),
+        vec![
+            ("a".to_owned(), 3),
+            ("b".to_owned(), 2),
+            ("c".to_owned(), 1)
+        ]
+    );
+    // One tenant's queues only.
+    let queued = store.queued_by_type(Some(tenant)).await.unwrap();
     assert_eq!(
         queued.into_iter().collect::<Vec<_>>(),
         vec![("a".to_owned(), 3), ("b".to_owned(), 2)]
@@ -804,10 +828,11 @@ fn agent(agent_type: &str, created_at: Timestamp) -> AgentInstance {
     }
 }
 
-/// The dispatcher claims for the free instances of one owner only the tasks those instances may
-/// run (docs/security.md, "Agent trust model"): a tenant's own instance never claims another
-/// tenant's task, whatever its priority.
-async fn claims_take_only_the_tenants_asked_for(store: DynStore) {
+/// The dispatcher claims per tenant (fair share, docs/design.md §4; and a tenant's own instance
+/// never claims another tenant's task, docs/security.md "Agent trust model"): a claim takes only
+/// the tenant asked for, whatever the priorities of others; `queued_tenants` lists the tenants
+/// with due work of a type; `count_queued` counts a tenant's queue up to a cap.
+async fn claims_take_only_the_tenant_asked_for(store: DynStore) {
     let (a, b, c) = (
         TenantId(next_id()),
         TenantId(next_id()),
@@ -821,34 +846,74 @@ async fn claims_take_only_the_tenants_asked_for(store: DynStore) {
             new_task(a, "scoped", 1, now + secs(1)),
             new_task(c, "scoped", 5, now + secs(2)),
             new_task(b, "scoped", 9, now + secs(3)),
+            new_task(c, "other", 5, now),
+            // Not due before `now + 60 s`.
+            new_task(a, "later", 5, now + secs(60)),
         ],
     )
     .await;
     let later = now + secs(10);
-    let claim_for = |tenants: Option<Vec<TenantId>>| {
+    let mut abc = vec![a, b, c];
+    abc.sort();
+    assert_eq!(
+        store.queued_tenants("scoped", later, 10).await.unwrap(),
+        abc
+    );
+    assert_eq!(
+        store.queued_tenants("scoped", later, 2).await.unwrap(),
+        abc[..2]
+    );
+    assert_eq!(
+        store.queued_tenants("other", later, 10).await.unwrap(),
+        vec![c]
+    );
+    assert!(
+        store
+            .queued_tenants("later", later, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        store
+            .queued_tenants("later", now + secs(61), 10)
+            .await
+            .unwrap(),
+        vec![a]
+    );
+    assert_eq!(store.count_queued(c, 100).await.unwrap(), 2);
+    assert_eq!(
+        store.count_queued(c, 1).await.unwrap(),
+        1,
+        "counted up to the cap"
+    );
+    assert_eq!(
+        store.count_queued(TenantId(next_id()), 100).await.unwrap(),
+        0
+    );
+
+    let claim_for = |tenant: TenantId| {
         let store = store.clone();
         async move {
             let claimed = store
-                .claim_tasks(
-                    "scoped",
-                    tenants.as_deref(),
-                    10,
-                    "replica-a",
-                    later + secs(30),
-                    later,
-                )
+                .claim_tasks("scoped", tenant, 10, "replica-a", later + secs(30), later)
                 .await
                 .unwrap();
             claimed.iter().map(|t| t.id).collect::<Vec<_>>()
         }
     };
-    assert_eq!(claim_for(Some(vec![a])).await, vec![tasks[1].id]);
-    assert_eq!(claim_for(Some(vec![a, c])).await, vec![tasks[2].id]);
+    assert_eq!(claim_for(a).await, vec![tasks[1].id]);
+    assert_eq!(claim_for(c).await, vec![tasks[2].id]);
+    assert_eq!(claim_for(b).await, vec![tasks[0].id, tasks[3].id]);
+    assert!(claim_for(b).await.is_empty());
     assert!(
-        claim_for(Some(vec![])).await.is_empty(),
-        "an empty list claims nothing"
+        store
+            .queued_tenants("scoped", later, 10)
+            .await
+            .unwrap()
+            .is_empty()
     );
-    assert_eq!(claim_for(None).await, vec![tasks[0].id, tasks[3].id]);
+    assert_eq!(store.count_queued(c, 100).await.unwrap(), 1);
 }
 
 async fn agents_are_registered_updated_and_removed(store: DynStore) {
@@ -992,7 +1057,7 @@ async fn tasks_claimed_at_insertion_run_under_their_lease(store: DynStore) {
 
     // Only the queued one can be claimed; the other is under its lease.
     let taken = store
-        .claim_tasks("direct", None, 10, "other", now + secs(10), now)
+        .claim_tasks("direct", tenant, 10, "other", now + secs(10), now)
         .await
         .unwrap();
     assert_eq!(

@@ -1,5 +1,6 @@
 //! One dispatcher loop per agent type: claim as many queued tasks as there are free slots — for
-//! each owner's free slots only tasks of the tenants they may serve —, start an attempt for each,
+//! each owner's free slots only tasks of the tenants they may serve, the platform's shared fairly
+//! between the tenants with work queued —, start an attempt for each,
 //! sleep until woken (submission, freed slot, new instance) or a short poll interval passes
 //! (retries whose backoff ends, leases re-queued elsewhere). A type with neither a pool nor an
 //! instance has no loop: it ends, and the next registration of the type starts it again.
@@ -8,6 +9,8 @@ use crate::fleet::registry::{FreeSlots, Slot};
 use crate::scheduler::Scheduler;
 use crate::scheduler::dispatch;
 use crate::telemetry::metrics::{AgentRequestLabels, Metrics, TokenLabels};
+use flotilla_core::fair_share::FairShare;
+use flotilla_core::id::TenantId;
 use flotilla_core::retry::{BackoffPolicy, Blame, ConnectReason, DispatchFailure, after_failure};
 use flotilla_core::task::{AttemptEnd, AttemptResult, Task};
 use flotilla_core::task_token::{self, TaskClaims};
@@ -20,6 +23,8 @@ use tokio_util::task::TaskTracker;
 
 /// How long an idle dispatcher sleeps without a wake-up before looking at the queue again.
 const IDLE_POLL: Duration = Duration::from_millis(200);
+/// Most tenants with queued work one claim round shares slots between (the first in id order).
+const MAX_TENANTS_PER_ROUND: u32 = 10_000;
 
 /// The set of running dispatcher loops and the tracker of their attempts.
 pub(crate) struct Dispatchers {
@@ -90,6 +95,7 @@ async fn run(state: Arc<Scheduler>, agent_type: String, shutdown: CancellationTo
     // Whatever was queued while no loop ran is looked at at once.
     signal.set_maybe_queued();
     let mut last_look = Instant::now();
+    let mut fair = FairShare::default();
     loop {
         if shutdown.is_cancelled() {
             return;
@@ -101,7 +107,7 @@ async fn run(state: Arc<Scheduler>, agent_type: String, shutdown: CancellationTo
         // A freed slot with an empty queue then costs no store transaction.
         if has_room && (signal.take_maybe_queued() || last_look.elapsed() >= IDLE_POLL) {
             last_look = Instant::now();
-            match claim(&state, &agent_type, free).await {
+            match claim(&state, &agent_type, free, &mut fair).await {
                 Ok(true) => {
                     // There may be more queued: look again as soon as there is room.
                     signal.set_maybe_queued();
@@ -142,51 +148,88 @@ async fn run(state: Arc<Scheduler>, agent_type: String, shutdown: CancellationTo
 }
 
 /// Claims, for each owner's free slots, queued tasks of the tenants those slots may serve (a
-/// tenant's own instances first), and starts their attempts. True when some claim was full, so
-/// that more may be queued.
+/// tenant's own instances first), and starts their attempts. The platform's slots are shared
+/// between the tenants with work queued by `fair` (docs/design.md §4); a tenant's own slots go to
+/// it alone and are not charged to its share. True when some claim was full, so that more may be
+/// queued.
 async fn claim(
     state: &Arc<Scheduler>,
     agent_type: &str,
     free: Vec<FreeSlots>,
+    fair: &mut FairShare,
 ) -> Result<bool, flotilla_store::StoreError> {
     let batch = state.config.scheduler.claim_batch;
+    let shares = &state.config.scheduler.fair_share;
+    let now = state.clock.now();
+    let started = Instant::now();
+    let queued = state
+        .store
+        .queued_tenants(agent_type, now, MAX_TENANTS_PER_ROUND)
+        .await;
+    state
+        .metrics
+        .observe_store("queued_tenants", started.elapsed());
+    let queued = queued?;
     let mut full = false;
     for group in free {
-        let want = group.slots.min(batch);
-        let now = state.clock.now();
-        let lease = now
-            + chrono::Duration::from_std(state.config.scheduler.lease_ttl)
-                .unwrap_or(chrono::Duration::MAX);
-        let started = Instant::now();
-        let claimed = state
-            .store
-            .claim_tasks(
-                agent_type,
-                group.serves.as_deref(),
-                want,
-                &state.owner,
-                lease,
-                now,
-            )
-            .await;
-        state
-            .metrics
-            .observe_store("claim_tasks", started.elapsed());
-        let tasks = claimed?;
-        full |= tasks.len() as u32 == want;
-        state
-            .metrics
-            .claims
-            .get_or_create(&Metrics::agent_type(agent_type))
-            .inc_by(tasks.len() as u64);
-        for task in tasks {
-            if let Some(traces) = &state.traces {
-                traces.queued(&task, now);
+        let slots = group.slots.min(batch);
+        let backlogged: Vec<(TenantId, u32)> = queued
+            .iter()
+            .filter(|t| group.serves.as_ref().is_none_or(|s| s.contains(t)))
+            .map(|&t| (t, shares.weight(t)))
+            .collect();
+        let plan = match group.owner {
+            Some(owner) if backlogged.iter().any(|(t, _)| *t == owner) => vec![(owner, slots)],
+            Some(_) => Vec::new(),
+            None => fair.plan(slots, &backlogged),
+        };
+        for (tenant, want) in plan {
+            let got = claim_for(state, agent_type, tenant, want).await?;
+            if got < want {
+                if group.owner.is_none() {
+                    fair.refund(tenant, shares.weight(tenant), want - got);
+                }
+            } else {
+                full = true;
             }
-            start_attempt(state, task);
         }
     }
     Ok(full)
+}
+
+/// Claims up to `want` queued tasks of `tenant` and starts their attempts; how many it claimed.
+async fn claim_for(
+    state: &Arc<Scheduler>,
+    agent_type: &str,
+    tenant: TenantId,
+    want: u32,
+) -> Result<u32, flotilla_store::StoreError> {
+    let now = state.clock.now();
+    let lease = now
+        + chrono::Duration::from_std(state.config.scheduler.lease_ttl)
+            .unwrap_or(chrono::Duration::MAX);
+    let started = Instant::now();
+    let claimed = state
+        .store
+        .claim_tasks(agent_type, tenant, want, &state.owner, lease, now)
+        .await;
+    state
+        .metrics
+        .observe_store("claim_tasks", started.elapsed());
+    let tasks = claimed?;
+    let got = u32::try_from(tasks.len()).unwrap_or(u32::MAX);
+    state
+        .metrics
+        .claims
+        .get_or_create(&Metrics::agent_type(agent_type))
+        .inc_by(tasks.len() as u64);
+    for task in tasks {
+        if let Some(traces) = &state.traces {
+            traces.queued(&task, now);
+        }
+        start_attempt(state, task);
+    }
+    Ok(got)
 }
 
 /// Reserves an instance that may run a claimed task and starts its attempt.

@@ -9,6 +9,7 @@
 //!   for agents, which enforce the egress policy at send time, and bounded reads of answers).
 //! - [`completion`] writes the end of attempts in batches, first terminal write wins, and wakes
 //!   long-polls once the result is durable.
+//! - [`queue_limit`] refuses a submission that would take its tenant past its queue limit.
 //! - [`lease`] renews this process's leases and returns expired ones (a crashed replica's tasks)
 //!   to the queue.
 
@@ -17,6 +18,7 @@ pub mod dispatch;
 pub(crate) mod dispatcher;
 pub(crate) mod intake;
 pub(crate) mod lease;
+pub(crate) mod queue_limit;
 pub(crate) mod submission;
 
 use crate::agent_clients::AgentClients;
@@ -53,6 +55,8 @@ pub struct Scheduler {
     pub(crate) intake: Intake,
     pub(crate) completions: Completions,
     pub(crate) dispatchers: Dispatchers,
+    /// Each tenant's queued tasks against `max_queued_per_tenant`.
+    pub(crate) queue_limits: queue_limit::QueueLimits,
     /// HTTP clients for agents (`[agents_egress]`, `[agents_tls]`).
     pub(crate) agents: Arc<AgentClients>,
     /// The task trace exporter; `None` without `[telemetry.otlp]`.
