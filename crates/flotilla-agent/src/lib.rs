@@ -11,6 +11,7 @@
 pub mod runtime;
 pub mod simulated;
 
+pub use flotilla_tls::ConnectionLimits;
 pub use runtime::{
     AgentRuntimeError, AgentSecurity, RunningAgent, RuntimeConfig, ServerTls, run, start,
 };

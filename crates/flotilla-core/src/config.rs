@@ -8,6 +8,8 @@
 mod agents_egress;
 mod agents_tls;
 mod alerting;
+mod connections;
+mod fair_share;
 mod gateway;
 mod limits;
 mod otlp;
@@ -22,6 +24,8 @@ pub use alerting::{
     AlertSection, Alerting, AlertingSection, Email, EmailSection, SmtpTls, Webhook, WebhookFormat,
     WebhookSection,
 };
+pub use connections::Connections;
+pub use fair_share::{FairShareConfig, FairShareSection};
 pub use gateway::{
     ApiKeySource, Gateway, GatewayLimits, GatewaySection, ModelSection, Provider, ProviderKind,
     ProviderSection,
@@ -85,6 +89,15 @@ pub struct ServerSection {
     /// Proxies (CIDR ranges or addresses) whose `Forwarded`/`X-Forwarded-For` headers name the
     /// client; from any other peer the headers are ignored (`flotilla_core::client_addr`).
     pub trusted_proxies: Vec<String>,
+    /// Connections served at once; more wait in the kernel's backlog until one closes.
+    pub max_connections: usize,
+    /// Longest wait for a request's headers, on a new connection and between the requests of a
+    /// kept-alive one (the idle timeout), in milliseconds.
+    pub header_read_timeout_ms: u64,
+    /// TLS handshakes in flight at once; each must finish within `header_read_timeout_ms`.
+    pub max_tls_handshakes: usize,
+    /// Long-polls (`?wait=`) one key may have parked at once; more get `429 rate_limited`.
+    pub max_waits_per_key: u32,
 }
 
 impl Default for ServerSection {
@@ -95,6 +108,10 @@ impl Default for ServerSection {
             max_body_bytes: 1024 * 1024,
             max_wait_s: 60,
             trusted_proxies: Vec::new(),
+            max_connections: 10_000,
+            header_read_timeout_ms: 10_000,
+            max_tls_handshakes: 256,
+            max_waits_per_key: 100,
         }
     }
 }
@@ -146,6 +163,8 @@ pub struct SchedulerSection {
     pub claim_batch: u32,
     /// The highest priority each role may submit with.
     pub max_priority: MaxPriority,
+    /// `[scheduler.fair_share]`: per-tenant queue limit and weights.
+    pub fair_share: FairShareSection,
 }
 
 impl Default for SchedulerSection {
@@ -160,6 +179,7 @@ impl Default for SchedulerSection {
             heartbeat_timeout_ms: 10_000,
             claim_batch: 128,
             max_priority: MaxPriority::default(),
+            fair_share: FairShareSection::default(),
         }
     }
 }
@@ -212,6 +232,8 @@ pub struct Config {
     pub max_wait: Duration,
     /// `[server] trusted_proxies`.
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// `[server]` connection bounds.
+    pub connections: Connections,
     pub database: Database,
     pub database_max_connections: u32,
     /// `[database] leader_lease_ms`.
@@ -262,6 +284,8 @@ pub struct Scheduler {
     pub claim_batch: u32,
     /// `[scheduler.max_priority]`.
     pub max_priority: MaxPriority,
+    /// `[scheduler.fair_share]`.
+    pub fair_share: FairShareConfig,
 }
 
 /// Log output format.
@@ -483,6 +507,7 @@ pub fn validate(raw: ConfigFile) -> Result<Config, ConfigError> {
             ));
         },
         max_priority: priority::validate(&s.max_priority)?,
+        fair_share: fair_share::validate(&s.fair_share)?,
     };
     let log_format = match raw.log.format.as_str() {
         "human" => LogFormat::Human,
@@ -507,6 +532,7 @@ pub fn validate(raw: ConfigFile) -> Result<Config, ConfigError> {
         pools.push(pool);
     }
     let fleet = pool::validate_fleet(&raw.fleet)?;
+    let connections = connections::validate(&raw.server)?;
     Ok(Config {
         listen,
         data_dir: raw.server.data_dir,
@@ -516,6 +542,7 @@ pub fn validate(raw: ConfigFile) -> Result<Config, ConfigError> {
             "server.trusted_proxies",
             &raw.server.trusted_proxies,
         )?,
+        connections,
         database,
         database_max_connections: raw.database.max_connections,
         leader_lease,

@@ -102,7 +102,7 @@ pub struct RunningServer {
     /// The admin key created at this start, if one was (print it once).
     pub new_admin_key: Option<NewKey>,
     state: AppState,
-    http: JoinHandle<std::io::Result<()>>,
+    http: JoinHandle<()>,
     writers: TaskTracker,
     stop_writers: CancellationToken,
 }
@@ -291,6 +291,7 @@ pub async fn start(
         intake,
         completions,
         dispatchers: Dispatchers::new(shutdown.clone()),
+        queue_limits: Default::default(),
         agents: agents_http.clone(),
         traces: traces.clone(),
         task_token_key: task_token_key.clone(),
@@ -376,7 +377,7 @@ pub async fn start(
     // Dispatchers for every type that has a pool, an instance or queued work.
     let mut types: Vec<String> = config.pools.iter().map(|p| p.name.clone()).collect();
     types.extend(registry.types());
-    types.extend(store.queued_by_type().await?.into_keys());
+    types.extend(store.queued_by_type(None).await?.into_keys());
     for agent_type in types {
         scheduler.ensure(&agent_type);
     }
@@ -446,21 +447,13 @@ pub async fn start(
 
     let router = api::router(state.clone());
     let graceful = shutdown.clone();
+    let limits = connection_limits(&config);
     let http = if let Some(tls_config) = tls_config {
-        let listener = tls::listen(listener, tls_config, &writers, shutdown.clone())
+        let listener = tls::listen(listener, tls_config, &limits, &writers, shutdown.clone())
             .map_err(|source| ServerError::Listen { addr, source })?;
-        // `TapIo` is what axum gives `ConnectInfo<SocketAddr>` for on any listener.
-        let listener = axum::serve::ListenerExt::tap_io(listener, |_| {});
-        tokio::spawn(async move {
-            axum::serve(
-                listener,
-                router.into_make_service_with_connect_info::<SocketAddr>(),
-            )
-            .with_graceful_shutdown(async move { graceful.cancelled().await })
-            .await
-        })
+        tokio::spawn(flotilla_tls::serve(listener, router, limits, graceful))
     } else {
-        plain_http(listener, router, graceful)
+        plain_http(listener, router, limits, graceful)
     };
     tracing::info!(%addr, tls = config.tls.is_some(), store = %store.topology(), owner = %state.owner, "Control plane listening");
     Ok(RunningServer {
@@ -473,26 +466,29 @@ pub async fn start(
     })
 }
 
+/// The connection bounds of `[server]` (docs/security.md, "Threat model").
+fn connection_limits(config: &Config) -> flotilla_tls::ConnectionLimits {
+    flotilla_tls::ConnectionLimits {
+        max_connections: config.connections.max_connections,
+        header_read_timeout: config.connections.header_read_timeout,
+        max_tls_handshakes: config.connections.max_tls_handshakes,
+    }
+}
+
 /// Serves `router` on `listener` in plain HTTP until `graceful` is cancelled.
 fn plain_http(
     listener: tokio::net::TcpListener,
     router: axum::Router,
+    limits: flotilla_tls::ConnectionLimits,
     graceful: CancellationToken,
-) -> JoinHandle<std::io::Result<()>> {
+) -> JoinHandle<()> {
     // Answers go out at once (no Nagle delay on keep-alive connections, docs/design.md §7).
     let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
         if let Err(e) = tcp.set_nodelay(true) {
             tracing::debug!(error = %e, "Could not set TCP_NODELAY");
         }
     });
-    tokio::spawn(async move {
-        axum::serve(
-            listener,
-            router.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(async move { graceful.cancelled().await })
-        .await
-    })
+    tokio::spawn(flotilla_tls::serve(listener, router, limits, graceful))
 }
 
 impl RunningServer {
@@ -511,10 +507,8 @@ impl RunningServer {
     /// pending submission and result, stop the loops.
     pub async fn wait(self) {
         self.state.shutdown.cancelled().await;
-        match self.http.await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::error!(error = %e, "HTTP server failed"),
-            Err(e) => tracing::error!(error = %e, "HTTP server task failed"),
+        if let Err(e) = self.http.await {
+            tracing::error!(error = %e, "HTTP server task failed");
         }
         self.state.scheduler.dispatchers.stopped().await;
         let attempts = &self.state.scheduler.dispatchers.attempts;

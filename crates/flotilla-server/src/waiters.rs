@@ -4,6 +4,9 @@
 //! A parked waiter is a [`Parked`] guard: however the long-poll ends — woken, timed out, the
 //! task missing, foreign or already finished, the client gone — dropping the guard removes the
 //! waiter, so nothing is left behind ([`Waiters::parked`] counts what is parked).
+//!
+//! One key may have at most `server.max_waits_per_key` long-polls parked at once (issue 15,
+//! "connections"): a key in a loop cannot hold every connection and task of the server.
 
 use flotilla_core::id::TaskId;
 use std::collections::HashMap;
@@ -13,6 +16,8 @@ use tokio::sync::oneshot;
 /// Parked long-polls by task.
 pub(crate) struct Waiters {
     parked: Mutex<HashMap<TaskId, Vec<oneshot::Sender<()>>>>,
+    /// Parked long-polls by key (public id); a key without any is not kept.
+    per_key: Mutex<HashMap<String, u32>>,
     /// Tells the other control planes on the database about ended tasks.
     cluster: crate::cluster::Notifier,
 }
@@ -30,22 +35,37 @@ impl Waiters {
         Self {
             cluster,
             parked: Mutex::default(),
+            per_key: Mutex::default(),
         }
     }
 
-    /// Parks a waiter; [`Parked::woken`] resolves when [`Waiters::wake`] is called for the
-    /// task. Park before reading the task's state, so a completion in between is not missed.
-    /// The waiter is removed when the guard is dropped.
-    pub(crate) fn park(&self, task: TaskId) -> Parked<'_> {
-        let (tx, rx) = oneshot::channel();
-        if let Ok(mut parked) = self.parked.lock() {
-            parked.entry(task).or_default().push(tx);
+    /// Parks a waiter of `key`, unless the key has `max_per_key` parked already (then `None`);
+    /// [`Parked::woken`] resolves when [`Waiters::wake`] is called for the task. Park before
+    /// reading the task's state, so a completion in between is not missed. The waiter is
+    /// removed when the guard is dropped.
+    pub(crate) fn park(&self, task: TaskId, key: &str, max_per_key: u32) -> Option<Parked<'_>> {
+        {
+            let mut per_key = lock(&self.per_key);
+            let count = per_key.entry(key.to_owned()).or_default();
+            if *count >= max_per_key {
+                return None;
+            }
+            *count += 1;
         }
-        Parked {
+        let (tx, rx) = oneshot::channel();
+        lock(&self.parked).entry(task).or_default().push(tx);
+        Some(Parked {
             waiters: self,
             task,
+            key: key.to_owned(),
             woken: Some(rx),
-        }
+        })
+    }
+
+    /// Keys with a parked long-poll.
+    #[cfg(test)]
+    fn keys(&self) -> usize {
+        lock(&self.per_key).len()
     }
 
     /// How many waiters are parked (the `flotilla_waiters_parked` gauge).
@@ -86,8 +106,18 @@ impl Waiters {
         }
     }
 
-    /// Drops the task's waiters that gave up (their receiver is gone).
-    fn prune(&self, task: TaskId) {
+    /// Drops the task's waiters that gave up (their receiver is gone) and counts one waiter of
+    /// `key` less.
+    fn prune(&self, task: TaskId, key: &str) {
+        {
+            let mut per_key = lock(&self.per_key);
+            if let Some(count) = per_key.get_mut(key) {
+                *count = count.saturating_sub(1);
+                if *count == 0 {
+                    per_key.remove(key);
+                }
+            }
+        }
         if let Ok(mut parked) = self.parked.lock()
             && let Some(senders) = parked.get_mut(&task)
         {
@@ -115,6 +145,7 @@ impl Waiters {
 pub(crate) struct Parked<'a> {
     waiters: &'a Waiters,
     task: TaskId,
+    key: String,
     woken: Option<oneshot::Receiver<()>>,
 }
 
@@ -131,22 +162,31 @@ impl Drop for Parked<'_> {
     fn drop(&mut self) {
         // The receiver goes first, so that its sender reads as closed and is pruned.
         drop(self.woken.take());
-        self.waiters.prune(self.task);
+        self.waiters.prune(self.task, &self.key);
     }
 }
 
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use futures::FutureExt;
     use uuid::Uuid;
+
+    fn park<'a>(waiters: &'a Waiters, task: TaskId) -> Parked<'a> {
+        waiters.park(task, "key", u32::MAX).unwrap()
+    }
 
     #[tokio::test]
     async fn wake_resolves_every_waiter_of_the_task_only() {
         let waiters = Waiters::default();
         let a = TaskId(Uuid::now_v7());
         let b = TaskId(Uuid::now_v7());
-        let (mut p1, mut p2, mut p3) = (waiters.park(a), waiters.park(a), waiters.park(b));
+        let (mut p1, mut p2, mut p3) = (park(&waiters, a), park(&waiters, a), park(&waiters, b));
         assert_eq!(waiters.parked(), 3);
         waiters.wake(a);
         p1.woken().await;
@@ -161,13 +201,29 @@ mod tests {
     fn every_dropped_guard_removes_its_waiter() {
         let waiters = Waiters::default();
         let a = TaskId(Uuid::now_v7());
-        let kept = waiters.park(a);
+        let kept = park(&waiters, a);
         for _ in 0..1_000 {
-            drop(waiters.park(a));
-            drop(waiters.park(TaskId(Uuid::now_v7())));
+            drop(park(&waiters, a));
+            drop(park(&waiters, TaskId(Uuid::now_v7())));
         }
         assert_eq!((waiters.parked(), waiters.len()), (1, 1));
         drop(kept);
         assert!(waiters.is_empty());
+        assert_eq!(waiters.keys(), 0, "a key without waiters is forgotten");
+    }
+
+    #[test]
+    fn a_key_parks_at_most_its_limit() {
+        let waiters = Waiters::default();
+        let task = TaskId(Uuid::now_v7());
+        let held: Vec<_> = (0..3)
+            .map(|_| waiters.park(task, "a", 3).unwrap())
+            .collect();
+        assert!(waiters.park(task, "a", 3).is_none());
+        // Another key is not affected; a freed place can be used again.
+        let other = waiters.park(task, "b", 3);
+        assert!(other.is_some());
+        drop(held);
+        assert!(waiters.park(task, "a", 3).is_some());
     }
 }

@@ -233,6 +233,57 @@ async fn metrics_need_a_key_unless_configured_open() {
     server.stop().await;
 }
 
+/// `GET /v1/system` shows a tenant's key the queues of its own tenant only; the platform's keys
+/// see every tenant's (issue 15, "no cross-tenant data").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn system_shows_a_tenant_only_its_own_queues() {
+    use flotilla_core::auth::Role;
+    let server = TestServer::start(Backend::Sqlite, Settings::default().pool("shared")).await;
+    let tenant = |name: &'static str| {
+        let server = &server;
+        async move {
+            server
+                .client
+                .create_tenant(&flotilla_core::tenant::NewTenant {
+                    name: name.to_owned(),
+                    rate_limit: None,
+                })
+                .await
+                .unwrap()
+                .id
+        }
+    };
+    let (a, b) = (tenant("a").await, tenant("b").await);
+    let (key_a, key_b) = (
+        server.create_key(Role::Submitter, a).await,
+        server.create_key(Role::Operator, b).await,
+    );
+    for _ in 0..3 {
+        let (status, body) = server
+            .send(
+                &key_a,
+                reqwest::Method::POST,
+                "/v1/tasks",
+                Some(json!({"agent_type": "shared", "input": {}})),
+            )
+            .await;
+        assert_eq!(status, 202, "{body}");
+    }
+    let queued = |key: String| {
+        let server = &server;
+        async move {
+            let (status, body) = server
+                .send(&key, reqwest::Method::GET, "/v1/system", None)
+                .await;
+            assert_eq!(status, 200, "{body}");
+            body["queued"].clone()
+        }
+    };
+    assert_eq!(queued(ADMIN_KEY.to_owned()).await, json!({"shared": 3}));
+    assert_eq!(queued(key_b).await, json!({}));
+    server.stop().await;
+}
+
 /// The Grafana dashboard and the Prometheus rules query only metrics Flotilla exports.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dashboard_and_rules_query_exported_metrics() {

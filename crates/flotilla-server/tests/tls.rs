@@ -159,3 +159,42 @@ on_both_backends!(
     tls_listener_serves_https,
     client_certificates_are_required_with_a_client_ca
 );
+
+/// Handshakes in flight are capped and bounded in time (issue 15, "connections"): clients that
+/// open connections and never say hello hold the handshake places only until the timeout, and a
+/// real client is served once a place is free.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_handshakes_are_capped_and_cut_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new("flotilla test ca");
+    let (cert, key) = ca.issue(
+        &["localhost", "127.0.0.1"],
+        ExtendedKeyUsagePurpose::ServerAuth,
+    );
+    let settings = Settings::default()
+        .raw(&format!(
+            "[tls]\ncert_file = {:?}\nkey_file = {:?}\n",
+            write(dir.path(), "server.pem", &cert),
+            write(dir.path(), "server.key", &key),
+        ))
+        .set("server.max_tls_handshakes", 3)
+        .set("server.header_read_timeout_ms", 1_000);
+    let server = TestServer::start(Backend::Sqlite, settings).await;
+    let url = server.url.replace("http://", "https://");
+    let addr = server.url.trim_start_matches("http://").to_owned();
+    let mut silent = Vec::new();
+    for _ in 0..3 {
+        silent.push(tokio::net::TcpStream::connect(&addr).await.unwrap());
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let started = std::time::Instant::now();
+    assert_eq!(get(&client(Some(&ca), None), &url).await, Ok(200));
+    let waited = started.elapsed();
+    assert!(
+        waited >= std::time::Duration::from_millis(700)
+            && waited < std::time::Duration::from_secs(5),
+        "served after {waited:?}: the 3 silent handshakes should hold every place for 1 s"
+    );
+    drop(silent);
+    server.stop().await;
+}

@@ -10,7 +10,10 @@ const BIN: &str = env!("CARGO_BIN_EXE_fake-flotilla");
 #[tokio::test]
 async fn server_starts_restarts_and_stops() {
     let mut server = ServerProcess::builder(BIN)
-        .env("FLOTILLA_BOOTSTRAP_ADMIN_KEY", "flt_admin_secret")
+        .env(
+            "FLOTILLA_BOOTSTRAP_ADMIN_KEY",
+            "flt_admin_0123456789abcdefghijklmnopqrstuvwxyzABCDEFG",
+        )
         .arg("--extra")
         .arg("yes")
         .start()
@@ -20,7 +23,10 @@ async fn server_starts_restarts_and_stops() {
         server.base_url(),
         format!("http://127.0.0.1:{}", server.port())
     );
-    assert_eq!(server.admin_key(), Some("flt_admin_secret"));
+    assert_eq!(
+        server.admin_key(),
+        Some("flt_admin_0123456789abcdefghijklmnopqrstuvwxyzABCDEFG")
+    );
     let key = reqwest::get(format!("{}/key", server.base_url()))
         .await
         .unwrap()
@@ -28,7 +34,7 @@ async fn server_starts_restarts_and_stops() {
         .await
         .unwrap();
     assert_eq!(
-        key, "flt_admin_secret",
+        key, "flt_admin_0123456789abcdefghijklmnopqrstuvwxyzABCDEFG",
         "the environment reaches the process"
     );
     assert_eq!(

@@ -1,12 +1,17 @@
-//! TLS plumbing shared by the control plane's API listener and the agent SDK's listener:
-//! rustls with the ring provider, chosen explicitly (kube links ring too, so there is one
-//! provider in the binary), certificates and keys from PEM files, optional client certificates
-//! (mutual TLS), and a [`Listener`] for `axum::serve`.
+//! Listener plumbing shared by the control plane's API and the agent SDK's server: the connection
+//! loop with its timeouts and caps ([`serve`]), and TLS: rustls with the ring provider, chosen
+//! explicitly (kube links ring too, so there is one provider in the binary), certificates and
+//! keys from PEM files, optional client certificates (mutual TLS), and a [`Listener`] of
+//! handshaken connections.
 //!
-//! Handshakes run in their own tasks, bounded by a timeout, so a slow or silent client never
-//! holds up the accept loop; finished connections reach `axum::serve` through the listener,
-//! which keeps `TCP_NODELAY`, graceful shutdown and `ConnectInfo<SocketAddr>` exactly as on
-//! plain HTTP.
+//! Handshakes run in their own tasks, bounded by a timeout and in number, so a slow or silent
+//! client never holds up the accept loop; finished connections reach [`serve`] through the
+//! listener, which keeps `TCP_NODELAY`, graceful shutdown and `ConnectInfo<SocketAddr>` exactly as
+//! on plain HTTP.
+
+mod serve;
+
+pub use serve::{ConnectionLimits, serve};
 
 use axum::serve::Listener;
 use rustls::RootCertStore;
@@ -18,14 +23,12 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
+use tokio::sync::{Semaphore, mpsc};
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-/// Longest a client may take to complete the handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Finished handshakes waiting for the server to take them.
 const READY_QUEUE: usize = 256;
 
@@ -129,11 +132,14 @@ impl Listener for TlsListener {
     }
 }
 
-/// Starts accepting TCP connections on `tcp` and handshaking them; the loop and its handshakes
-/// run on `tracker` and stop when `stop` is cancelled.
+/// Starts accepting TCP connections on `tcp` and handshaking them, at most
+/// `limits.max_tls_handshakes` at once (more connections wait in the kernel's backlog), each
+/// within `limits.header_read_timeout`; the loop and its handshakes run on `tracker` and stop
+/// when `stop` is cancelled.
 pub fn listen(
     tcp: TcpListener,
     config: Arc<rustls::ServerConfig>,
+    limits: &ConnectionLimits,
     tracker: &TaskTracker,
     stop: CancellationToken,
 ) -> std::io::Result<TlsListener> {
@@ -141,8 +147,17 @@ pub fn listen(
     let (sender, ready) = mpsc::channel(READY_QUEUE);
     let acceptor = TlsAcceptor::from(config);
     let handshakes = tracker.clone();
+    let permits = Arc::new(Semaphore::new(limits.max_tls_handshakes.max(1)));
+    let handshake_timeout = limits.header_read_timeout;
     tracker.spawn(async move {
         loop {
+            let permit = tokio::select! {
+                () = stop.cancelled() => return,
+                permit = Arc::clone(&permits).acquire_owned() => match permit {
+                    Ok(permit) => permit,
+                    Err(_) => return,
+                },
+            };
             let (stream, peer) = tokio::select! {
                 () = stop.cancelled() => return,
                 accepted = tcp.accept() => match accepted {
@@ -161,11 +176,12 @@ pub fn listen(
             }
             let (acceptor, sender, stop) = (acceptor.clone(), sender.clone(), stop.clone());
             handshakes.spawn(async move {
-                let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream));
+                let handshake = tokio::time::timeout(handshake_timeout, acceptor.accept(stream));
                 let tls = tokio::select! {
                     () = stop.cancelled() => return,
                     done = handshake => done,
                 };
+                drop(permit);
                 match tls {
                     Ok(Ok(tls)) => {
                         let _ = sender.send((tls, peer)).await;

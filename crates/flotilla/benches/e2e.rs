@@ -40,7 +40,7 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 /// The admin key the benchmark's control planes are started with (never a real deployment's).
-const BENCH_KEY: &str = "flt_bench_4lZx9qT2mWv7Rk0sNc3YhB8pDe6GuJ1aFo5iXtLy";
+const BENCH_KEY: &str = "flt_bench_4lZx9qT2mWv7Rk0sNc3YhB8pDe6GuJ1aFo5iXtLyQ3m";
 /// The agent type the zero-work agents serve.
 const FAST: &str = "bench";
 /// A pool with no instance: its tasks stay queued (the `rss` scenario).
@@ -496,7 +496,7 @@ async fn rss(settings: &Settings) -> Result<Vec<Row>> {
     tokio::time::sleep(Duration::from_secs(1)).await;
     let queued = plane
         .store
-        .queued_by_type()
+        .queued_by_type(None)
         .await?
         .get(PARKED)
         .copied()

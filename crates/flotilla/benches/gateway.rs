@@ -45,7 +45,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 /// The bootstrap admin key of the benchmark's `flotilla serve` (never a real deployment's).
-const ADMIN_KEY: &str = "flt_gwbench_Q3mT8vL1xK6pR9sW2yB5nD7fH0jC4gZaEe";
+const ADMIN_KEY: &str = "flt_gwbench_Q3mT8vL1xK6pR9sW2yB5nD7fH0jC4gZaEe4lZx9qT2m";
 /// LiteLLM's master key (`bench/gateway/litellm.yaml`).
 const LITELLM_KEY: &str = "sk-flotilla-bench";
 /// Set in the child process that serves the mock upstream.

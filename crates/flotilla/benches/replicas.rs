@@ -39,7 +39,7 @@ use tokio_util::sync::CancellationToken;
 /// The binary under test, built by `cargo bench` in the release profile.
 const BIN: &str = env!("CARGO_BIN_EXE_flotilla");
 /// The admin key the benchmark's control planes are started with (never a real deployment's).
-const BENCH_KEY: &str = "flt_bench_4lZx9qT2mWv7Rk0sNc3YhB8pDe6GuJ1aFo5iXtLy";
+const BENCH_KEY: &str = "flt_bench_4lZx9qT2mWv7Rk0sNc3YhB8pDe6GuJ1aFo5iXtLyQ3m";
 /// Every replica derives the same task-token and vault keys from one master key.
 const MASTER_KEY: &str = "0000000000000000000000000000000000000000000000000000000000000001";
 const AGENT_TYPE: &str = "code_generator";

@@ -103,6 +103,32 @@ fn unknown_configuration_keys_stop_the_server_with_the_key_named() {
     assert!(String::from_utf8_lossy(&env.stderr).contains("FLOTILLA_SERVER__NOPE"));
 }
 
+/// A preset admin key must be as hard to guess as a generated one (issue 15, item 9).
+#[test]
+fn a_short_bootstrap_admin_key_stops_the_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("flotilla.toml");
+    std::fs::write(&file, "[server]\nlisten = \"127.0.0.1:0\"\n").unwrap();
+    let out = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&file)
+        .arg("--data-dir")
+        .arg(dir.path())
+        .env("FLOTILLA_BOOTSTRAP_ADMIN_KEY", "flt_admin_password123")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("has 11 characters") && stderr.contains("at least 43"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("password123"),
+        "the key is not echoed: {stderr}"
+    );
+}
+
 #[tokio::test]
 async fn client_commands_submit_get_list_and_cancel() {
     let server = ServerProcess::builder(BIN)

@@ -77,6 +77,10 @@ pub struct AgentSecurity {
     /// TLS towards the control plane (registration, heartbeats): the CA that signs its
     /// certificate, and this instance's client certificate when the control plane requires one.
     pub control_plane_tls: TlsOptions,
+    /// Bounds on the connections the instance's listener serves: a header-read (and idle)
+    /// timeout, and caps on connections and TLS handshakes in flight; the defaults are the
+    /// control plane's.
+    pub connections: flotilla_tls::ConnectionLimits,
 }
 
 impl Default for AgentSecurity {
@@ -85,6 +89,7 @@ impl Default for AgentSecurity {
             max_signature_skew: flotilla_core::signature::DEFAULT_MAX_SKEW,
             server_tls: None,
             control_plane_tls: TlsOptions::default(),
+            connections: flotilla_tls::ConnectionLimits::default(),
         }
     }
 }
@@ -229,6 +234,7 @@ pub async fn start<A: Agent>(
         listener,
         tls,
         server::router(Arc::new(agent), Arc::clone(&gate), Arc::clone(&verifier)),
+        config.security.connections,
         server_stop.clone(),
     ));
     tracing::info!(%addr, agent_type = %config.agent_type, "Agent listening.");

@@ -12,6 +12,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use flotilla_core::agent::AgentStatus;
 use flotilla_core::wire::{AgentHealth, ErrorBody, ErrorDetail, ExecuteRequest};
+use flotilla_tls::ConnectionLimits;
 use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -46,11 +47,14 @@ pub(crate) fn router<A: Agent>(agent: Arc<A>, gate: Arc<Gate>, verifier: Arc<Ver
 }
 
 /// Serves until `stop` is cancelled, then lets in-flight requests finish; over TLS when `tls`
-/// is given (its handshakes run on their own tasks, which stop with the server).
+/// is given (its handshakes run on their own tasks, which stop with the server). Connections get
+/// the same bounds as the control plane's API by default (`flotilla_tls::ConnectionLimits`): a
+/// header-read and idle timeout, and caps on connections and handshakes in flight.
 pub(crate) async fn serve(
     listener: TcpListener,
     tls: Option<Arc<rustls::ServerConfig>>,
     router: Router,
+    limits: ConnectionLimits,
     stop: CancellationToken,
 ) -> Result<(), AgentRuntimeError> {
     let Some(tls) = tls else {
@@ -58,21 +62,16 @@ pub(crate) async fn serve(
         let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
             let _ = tcp.set_nodelay(true);
         });
-        return axum::serve(listener, router)
-            .with_graceful_shutdown(stop.cancelled_owned())
-            .await
-            .map_err(AgentRuntimeError::Server);
+        flotilla_tls::serve(listener, router, limits, stop).await;
+        return Ok(());
     };
     let handshakes = TaskTracker::new();
-    let listener = super::tls::listen(listener, tls, &handshakes, stop.clone())
+    let listener = super::tls::listen(listener, tls, &limits, &handshakes, stop.clone())
         .map_err(AgentRuntimeError::Server)?;
-    let served = axum::serve(listener, router)
-        .with_graceful_shutdown(stop.cancelled_owned())
-        .await
-        .map_err(AgentRuntimeError::Server);
+    flotilla_tls::serve(listener, router, limits, stop).await;
     handshakes.close();
     handshakes.wait().await;
-    served
+    Ok(())
 }
 
 /// `POST /execute`: one attempt of a task.

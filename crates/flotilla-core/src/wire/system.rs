@@ -32,10 +32,12 @@ pub struct SystemInfo {
     /// Space of the file system holding the data directory; `None` when it cannot be read.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data_dir_disk: Option<DiskInfo>,
-    /// Tasks waiting per agent type, read from the store for this request.
+    /// Tasks waiting per agent type, read from the store for this request: every tenant's for a
+    /// key of the platform (default) tenant, the caller's tenant's otherwise.
     pub queued: BTreeMap<String, u64>,
-    /// The model gateway's providers, each probed for this request (`GET {base_url}/models`
-    /// with its key; the built-in simulated provider is always reachable).
+    /// The model gateway's providers, each probed (`GET {base_url}/models` with its key) at
+    /// most once every 30 s — the answer may be that old; the built-in simulated provider is
+    /// always reachable.
     #[serde(default)]
     pub providers: Vec<ProviderStatus>,
     /// This control plane among the replicas on the same database (docs/design.md §9).

@@ -140,7 +140,7 @@ impl Values {
 /// round, and is logged.
 pub(super) async fn read(state: &Alerts) -> Values {
     let rules = &state.config.alerting.rules;
-    let queued = match state.store.queued_by_type().await {
+    let queued = match state.store.queued_by_type(None).await {
         Ok(q) => q,
         Err(e) => {
             tracing::warn!(error = %e, "Alert engine: cannot read queue lengths");

@@ -65,6 +65,12 @@ pub enum ApiError {
     /// A rate limit is exhausted; retry after the given number of seconds.
     #[error("{message}")]
     RateLimited { message: String, retry_after_s: u64 },
+    /// The request's body did not arrive in time; the connection is closed.
+    #[error("{0}")]
+    RequestTimeout(String),
+    /// The tenant's queue holds as many tasks as it may (`429 queue_full`); retry later.
+    #[error("{0}")]
+    QueueFull(String),
     /// Our own fault; details are logged, not sent.
     #[error("internal error: {0}")]
     Internal(String),
@@ -116,11 +122,12 @@ impl ApiError {
                 StatusCode::METHOD_NOT_ALLOWED
             }
             ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Unprocessable { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::Unavailable(_) | ApiError::Shed(_) => StatusCode::SERVICE_UNAVAILABLE,
-            ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::RateLimited { .. } | ApiError::QueueFull(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -134,11 +141,13 @@ impl ApiError {
             ApiError::NotFound(_) => "not_found",
             ApiError::MethodNotAllowed(_) | ApiError::WrongMethod { .. } => "method_not_allowed",
             ApiError::Conflict(_) => "conflict",
+            ApiError::RequestTimeout(_) => "request_timeout",
             ApiError::PayloadTooLarge { .. } => "payload_too_large",
             ApiError::UnsupportedMediaType(_) => "unsupported_media_type",
             ApiError::Unavailable(_) => "unavailable",
             ApiError::Shed(_) => "emergency_mode",
             ApiError::RateLimited { .. } => "rate_limited",
+            ApiError::QueueFull(_) => "queue_full",
             ApiError::Internal(_) => "internal",
         }
     }
@@ -196,7 +205,7 @@ impl IntoResponse for ApiError {
                     .headers_mut()
                     .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             }
-            ApiError::Unavailable(_) => {
+            ApiError::Unavailable(_) | ApiError::QueueFull(_) => {
                 response
                     .headers_mut()
                     .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
@@ -205,6 +214,11 @@ impl IntoResponse for ApiError {
                 response
                     .headers_mut()
                     .insert(header::RETRY_AFTER, HeaderValue::from_static("60"));
+            }
+            ApiError::RequestTimeout(_) => {
+                response
+                    .headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
             }
             ApiError::WrongMethod { allow, .. } => {
                 response

@@ -104,7 +104,7 @@ async fn refresh(state: &AppState) {
     let m: &Metrics = &state.metrics;
     let mut types: BTreeSet<String> = state.config.pools.iter().map(|p| p.name.clone()).collect();
     types.extend(state.registry.types());
-    let queued = match state.store.queued_by_type().await {
+    let queued = match state.store.queued_by_type(None).await {
         Ok(q) => q,
         Err(e) => {
             tracing::warn!(error = %e, "Metrics: cannot read queue lengths");

@@ -6,6 +6,7 @@ pub(crate) mod audit;
 pub(crate) mod authn;
 pub(crate) mod budgets;
 pub(crate) mod cost;
+mod drain;
 pub(crate) mod error;
 pub(crate) mod events;
 pub(crate) mod extract;
@@ -70,6 +71,10 @@ pub(crate) fn router(state: AppState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
+        .layer(middleware::from_fn_with_state(
+            state.config.connections.header_read_timeout,
+            drain::read_small_bodies,
+        ))
         .layer(middleware::from_fn(request_id_scope))
         .layer(TraceLayer::new_for_http().make_span_with(|request: &Request| {
             let id = request.headers().get(&X_REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or("-");

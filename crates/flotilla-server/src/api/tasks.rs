@@ -51,7 +51,8 @@ pub(super) fn routes() -> Routes {
 #[utoipa::path(post, path = "/v1/tasks", tag = "tasks", request_body = SubmitTask,
     params(("Idempotency-Key" = Option<String>, Header, description = "Alternative to the body's idempotency_key (the same value when both are sent): 1-255 visible ASCII characters or spaces", min_length = 1, max_length = 255, pattern = r"^[!-~]([ -~]*[!-~])?$"), TenantParam),
     responses((status = 202, body = Task), (status = 200, description = "Existing task for this idempotency key", body = Task),
-        (status = 400, body = ErrorBody), (status = 413, body = ErrorBody), (status = 422, body = ErrorBody)),
+        (status = 400, body = ErrorBody), (status = 413, body = ErrorBody), (status = 422, body = ErrorBody),
+        (status = 429, description = "The tenant's queue is full (`queue_full`) or a rate limit is exhausted", body = ErrorBody)),
     security(("bearer" = [])))]
 pub(crate) async fn submit(
     State(state): State<AppState>,
@@ -88,6 +89,13 @@ pub(crate) async fn submit(
     {
         return Err(ApiError::Shed(reason));
     }
+    let limit = state.config.scheduler.fair_share.max_queued_per_tenant;
+    state
+        .scheduler
+        .queue_limits
+        .admit(&state.store, task.tenant_id, limit, received)
+        .await?
+        .map_err(|full| ApiError::QueueFull(full.to_string()))?;
     let inserted = crate::scheduler::submission::submit(&state.scheduler, task).await;
     let inserted = inserted.map_err(|e| match e {
         IntakeError::Stopped | IntakeError::Unavailable(_) => ApiError::Unavailable(e.to_string()),
@@ -275,7 +283,8 @@ pub(crate) struct GetParams {
 /// Gets a task with its attempts. With `?wait=N` the answer waits until the task finishes or N
 /// seconds pass (capped by `server.max_wait_s`), then returns its state either way.
 #[utoipa::path(get, path = "/v1/tasks/{id}", tag = "tasks", params(("id" = uuid::Uuid, Path), GetParams),
-    responses((status = 200, body = Task), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)),
+    responses((status = 200, body = Task), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 429, description = "The key has `server.max_waits_per_key` long-polls waiting already", body = ErrorBody)),
     security(("bearer" = [])))]
 pub(crate) async fn get_task(
     State(state): State<AppState>,
@@ -311,7 +320,21 @@ pub(crate) async fn get_task(
     }
     // Park before reading, so a completion between the read and the wait is not missed. Every
     // way out of this function drops the guard, which removes the waiter.
-    let mut parked = state.waiters.park(id);
+    let mut parked = state
+        .waiters
+        .park(
+            id,
+            &caller.key_id,
+            state.config.connections.max_waits_per_key,
+        )
+        .ok_or_else(|| ApiError::RateLimited {
+            message: format!(
+                "this key has {} long-polls waiting already (server.max_waits_per_key); \
+                     wait for one to end or poll without `wait`",
+                state.config.connections.max_waits_per_key
+            ),
+            retry_after_s: 1,
+        })?;
     let task = state
         .store
         .get_task(tenant, id)

@@ -15,6 +15,11 @@ pub enum BootstrapError {
     /// `FLOTILLA_BOOTSTRAP_ADMIN_KEY` is not of the form `flt_<id>_<secret>`.
     #[error("FLOTILLA_BOOTSTRAP_ADMIN_KEY must look like flt_<letters/digits>_<letters/digits>")]
     MalformedKey,
+    /// `FLOTILLA_BOOTSTRAP_ADMIN_KEY`'s secret is shorter than a generated key's.
+    #[error(
+        "the secret of FLOTILLA_BOOTSTRAP_ADMIN_KEY (after the second `_`) has {0} characters; an admin key needs at least {MIN_BOOTSTRAP_SECRET} (for example flt_admin_ followed by the output of `tr -dc A-Za-z0-9 </dev/urandom | head -c 43`)"
+    )]
+    ShortSecret(usize),
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -28,6 +33,10 @@ impl std::fmt::Debug for NewKey {
         f.write_str("NewKey(<redacted>)")
     }
 }
+
+/// The shortest secret a bootstrap admin key may have: as long as a generated one (43 letters
+/// and digits, about 256 bits), so that a preset admin key is no easier to guess.
+pub const MIN_BOOTSTRAP_SECRET: usize = 43;
 
 /// Generates a new random key: a 12-character public id and a 43-character secret (≥ 256 bits).
 pub fn generate_key() -> String {
@@ -57,6 +66,9 @@ pub async fn ensure_admin_key(
         None => return Ok(None),
     };
     let parts = parse_key(&text).ok_or(BootstrapError::MalformedKey)?;
+    if parts.secret.len() < MIN_BOOTSTRAP_SECRET {
+        return Err(BootstrapError::ShortSecret(parts.secret.len()));
+    }
     if store.get_api_key(parts.public_id).await?.is_some() {
         return Ok(None);
     }

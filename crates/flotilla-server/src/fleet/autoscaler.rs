@@ -57,7 +57,7 @@ pub(crate) async fn run(
             () = shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let queued = match fleet.store.queued_by_type().await {
+        let queued = match fleet.store.queued_by_type(None).await {
             Ok(q) => q,
             Err(e) => {
                 tracing::warn!(error = %e, "Autoscaler could not read queue depths");

@@ -433,13 +433,16 @@ impl Kv2 {
         let mut folders = vec![start.to_owned()];
         let mut paths: Vec<String> = Vec::new();
         let mut walked = 0;
+        let too_large = || {
+            VaultError::ListTooLarge(format!(
+                "listing `{prefix}` would walk more than {MAX_LIST_FOLDERS} folders or \
+                 {MAX_LIST_PATHS} paths; list a longer prefix"
+            ))
+        };
         while let Some(folder) = folders.pop() {
             walked += 1;
-            if walked > MAX_LIST_FOLDERS || paths.len() > MAX_LIST_PATHS {
-                return Err(VaultError::ListTooLarge(format!(
-                    "listing `{prefix}` would walk more than {MAX_LIST_FOLDERS} folders or \
-                     {MAX_LIST_PATHS} paths; list a longer prefix"
-                )));
+            if walked > MAX_LIST_FOLDERS {
+                return Err(too_large());
             }
             let key = self.key(tenant, folder.trim_end_matches('/'));
             for name in self.list_folder(&key).await? {
@@ -451,6 +454,9 @@ impl Kv2 {
                 } else if full.starts_with(prefix) {
                     paths.push(full);
                 }
+            }
+            if paths.len() > MAX_LIST_PATHS {
+                return Err(too_large());
             }
         }
         paths.sort();

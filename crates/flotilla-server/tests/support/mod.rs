@@ -23,7 +23,7 @@ use tempfile::TempDir;
 pub mod raw_agent;
 
 /// The bootstrap admin key of every test server.
-pub const ADMIN_KEY: &str = "flt_testadmin_k3yOfTheComponentTests0123456789";
+pub const ADMIN_KEY: &str = "flt_testadmin_k3yOfTheComponentTests0123456789abcdefghijk";
 
 /// Generates one test per backend for each named `async fn(Backend)`: `sqlite::<name>` and
 /// `postgres::<name>`.

@@ -80,6 +80,25 @@ pub struct AgentArgs {
     )]
     pub signature_max_skew_secs: u64,
 
+    /// Longest wait for a request's headers, on a new connection and between the requests of a
+    /// kept-alive one; slower clients are disconnected.
+    #[arg(
+        long,
+        env = "FLOTILLA_AGENT_HEADER_READ_TIMEOUT_SECS",
+        value_name = "SECONDS",
+        default_value_t = 10
+    )]
+    pub header_read_timeout_secs: u64,
+
+    /// Connections served at once; more wait in the kernel's backlog until one closes.
+    #[arg(
+        long,
+        env = "FLOTILLA_AGENT_MAX_CONNECTIONS",
+        value_name = "N",
+        default_value_t = 10_000
+    )]
+    pub max_connections: usize,
+
     /// PEM certificate chain to serve `/execute` and `/health` over HTTPS (with --tls-key).
     #[arg(
         long,
@@ -183,6 +202,11 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
                 ca_file: args.ca_file,
                 client_cert: args.client_cert,
                 client_key: args.client_key,
+            },
+            connections: flotilla_agent::ConnectionLimits {
+                header_read_timeout: Duration::from_secs(args.header_read_timeout_secs.max(1)),
+                max_connections: args.max_connections.max(1),
+                ..flotilla_agent::ConnectionLimits::default()
             },
         },
     };
