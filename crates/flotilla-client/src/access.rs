@@ -86,4 +86,15 @@ impl Client {
         self.call_with(Method::GET, "/v1/audit", query, NoBody, None)
             .await
     }
+
+    /// `GET /v1/audit/verify` (`since`: an anchor `SEQ:HASH`).
+    pub async fn verify_audit(
+        &self,
+        since: Option<&str>,
+    ) -> Result<flotilla_core::audit::AuditVerification, ClientError> {
+        let query: Vec<(&str, String)> =
+            since.map(|s| ("since", s.to_owned())).into_iter().collect();
+        self.call_with(Method::GET, "/v1/audit/verify", &query, NoBody, None)
+            .await
+    }
 }

@@ -1,13 +1,29 @@
-//! The audit log's hash chain. Each entry's hash covers its own fields and the previous entry's
-//! hash, so altering any row changes its hash and breaks the link to the next, and removing a row
-//! leaves a gap in the sequence and a broken link. [`verify`] walks a chain and reports the
-//! first broken link; the CLI runs it on what the API or an export returns, so the check does
-//! not have to trust the server that wrote the log.
+//! The audit log's chain (docs/security.md, "Audit log"). Each entry's `hash` is a MAC
+//! (HMAC-SHA-256) over its own fields and the previous entry's hash, under a key derived from the
+//! master key (`mac_key` names which): altering a row changes its MAC and breaks the link to the
+//! next, removing one leaves a gap, and — unlike a plain hash — someone who can write the
+//! database but does not hold the master key cannot compute the MACs of a rewritten chain.
+//!
+//! Entries written before MACs existed (`mac_key` absent) carry a plain SHA-256 hash; they may
+//! only precede the first MAC'd entry, which re-anchors the chain (`audit.reanchor`). Pruning old
+//! entries appends an `audit.prune` entry naming the last pruned one (`SEQ:HASH`), so the rest
+//! still verifies from its first remaining entry. [`verify`] checks a chain.
 
 use crate::Timestamp;
 use crate::id::TenantId;
+use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+
+mod verify;
+
+pub use verify::{Broken, Start, verify};
+
+/// The action of the entry that starts MAC chaining after plain-hashed entries.
+pub const REANCHOR: &str = "audit.reanchor";
+/// The action of the entry that records a prune; its target is `SEQ:HASH` of the last pruned
+/// entry.
+pub const PRUNE: &str = "audit.prune";
 
 /// The hash that precedes the first entry.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
@@ -32,8 +48,35 @@ pub struct AuditEntry {
     pub source: Option<String>,
     /// Hash of the previous entry ([`GENESIS`] for the first).
     pub prev_hash: String,
-    /// SHA-256 (hex) over `prev_hash` and this entry's fields.
+    /// HMAC-SHA-256 (hex) over `prev_hash` and this entry's fields under the key `mac_key`; a
+    /// plain SHA-256 for entries written before MACs (no `mac_key`).
     pub hash: String,
+    /// The id of the master key whose derived audit key MAC'd this entry; absent on entries
+    /// written before MACs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac_key: Option<String>,
+}
+
+/// The key that MACs audit entries: derived from a master key, named by that key's id.
+#[derive(Clone)]
+pub struct MacKey {
+    pub id: String,
+    key: [u8; 32],
+}
+
+impl MacKey {
+    pub fn new(id: impl Into<String>, key: [u8; 32]) -> Self {
+        MacKey { id: id.into(), key }
+    }
+}
+
+impl std::fmt::Debug for MacKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MacKey")
+            .field("id", &self.id)
+            .field("key", &"<redacted>")
+            .finish()
+    }
 }
 
 /// `GET /v1/audit`: a page of entries, oldest first.
@@ -43,6 +86,21 @@ pub struct AuditPage {
     /// Pass as `after` for the next page; absent on the last page.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_after: Option<i64>,
+}
+
+/// `GET /v1/audit/verify`: what checking the whole log found.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct AuditVerification {
+    /// True when every MAC and link holds from the start.
+    pub intact: bool,
+    /// Entries checked.
+    pub checked: usize,
+    /// The newest entry as `SEQ:HASH`: record it, and pass it as `since` later to find out
+    /// whether newer entries were deleted.
+    pub head: Option<String>,
+    /// The first problem found, when not intact.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub problem: Option<String>,
 }
 
 /// The fields of an entry before it is chained.
@@ -58,8 +116,8 @@ pub struct NewAuditEntry {
 }
 
 impl NewAuditEntry {
-    /// Chains this entry after the one with `prev_hash` at position `seq`.
-    pub fn chain(self, seq: i64, prev_hash: &str) -> AuditEntry {
+    /// Chains this entry after the one with `prev_hash` at position `seq`, MAC'd with `key`.
+    pub fn chain(self, seq: i64, prev_hash: &str, key: &MacKey) -> AuditEntry {
         let mut entry = AuditEntry {
             seq,
             at: self.at,
@@ -71,25 +129,44 @@ impl NewAuditEntry {
             source: self.source,
             prev_hash: prev_hash.to_owned(),
             hash: String::new(),
+            mac_key: Some(key.id.clone()),
         };
-        entry.hash = entry_hash(&entry);
+        entry.hash = entry_mac(&entry, key);
         entry
     }
 }
 
-/// The hash an entry should carry. Every field is length-prefixed, so no two different entries
-/// hash the same bytes; the timestamp is in microseconds, as stored.
+/// The plain hash an entry written before MACs carries (`flotilla-audit-v1`).
 pub fn entry_hash(entry: &AuditEntry) -> String {
     let mut hasher = Sha256::new();
+    fields(entry, b"flotilla-audit-v1", |bytes| hasher.update(bytes));
+    hex::encode(hasher.finalize())
+}
+
+/// The MAC an entry chained under `key` carries (`flotilla-audit-v2`, which also covers the key
+/// id).
+pub fn entry_mac(entry: &AuditEntry, key: &MacKey) -> String {
+    let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(&key.key) else {
+        return String::new();
+    };
+    fields(entry, b"flotilla-audit-v2", |bytes| mac.update(bytes));
+    mac.update(&(key.id.len() as u64).to_be_bytes());
+    mac.update(key.id.as_bytes());
+    hex::encode(mac.finalize().into_bytes())
+}
+
+/// Feeds an entry's fields to `update`, each length-prefixed so that no two different entries
+/// give the same bytes; the timestamp is in microseconds, as stored.
+fn fields(entry: &AuditEntry, version: &[u8], mut update: impl FnMut(&[u8])) {
     let mut field = |bytes: &[u8]| {
-        hasher.update((bytes.len() as u64).to_be_bytes());
-        hasher.update(bytes);
+        update(&(bytes.len() as u64).to_be_bytes());
+        update(bytes);
     };
     fn optional(s: &Option<String>) -> &[u8] {
         s.as_deref().map_or(b"\0none", str::as_bytes)
     }
     let tenant = entry.tenant_id.map(|t| t.to_string());
-    field(b"flotilla-audit-v1");
+    field(version);
     field(entry.prev_hash.as_bytes());
     field(&entry.seq.to_be_bytes());
     field(&entry.at.timestamp_micros().to_be_bytes());
@@ -99,143 +176,4 @@ pub fn entry_hash(entry: &AuditEntry) -> String {
     field(entry.target.as_bytes());
     field(entry.outcome.as_bytes());
     field(optional(&entry.source));
-    hex::encode(hasher.finalize())
-}
-
-/// Where a chain stops being trustworthy.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum Broken {
-    /// The entry's fields do not match its hash: it was altered.
-    #[error("entry {seq} was altered: its hash does not match its contents")]
-    Altered { seq: i64 },
-    /// The entry does not point at the hash of the entry before it: an entry before it was
-    /// removed, inserted or altered along with its hash.
-    #[error(
-        "entry {seq} does not follow the entry before it (expected previous hash {expected}, found {found})"
-    )]
-    Unlinked {
-        seq: i64,
-        expected: String,
-        found: String,
-    },
-    /// Sequence numbers skip: entries between were removed.
-    #[error("entries {from}..{to} are missing")]
-    Gap { from: i64, to: i64 },
-}
-
-/// Checks a run of consecutive entries, oldest first. `start` is the hash the first entry must
-/// follow ([`GENESIS`] when it is entry 1, else the hash of the entry before, if known); returns
-/// how many entries were checked.
-pub fn verify(entries: &[AuditEntry], start: Option<&str>) -> Result<usize, Broken> {
-    let mut expected: Option<(i64, String)> = None;
-    for (i, entry) in entries.iter().enumerate() {
-        if entry_hash(entry) != entry.hash {
-            return Err(Broken::Altered { seq: entry.seq });
-        }
-        let (want_seq, want_prev) = match &expected {
-            Some((seq, hash)) => (Some(*seq), Some(hash.as_str())),
-            None if entry.seq == 1 => (Some(1), Some(GENESIS)),
-            None => (None, start),
-        };
-        if i == 0 && entry.seq > 1 && start.is_none() {
-            // A page in the middle of the chain: its first link is checked by the page before.
-        } else {
-            if let Some(want) = want_seq
-                && entry.seq != want
-            {
-                return Err(Broken::Gap {
-                    from: want,
-                    to: entry.seq - 1,
-                });
-            }
-            if let Some(want) = want_prev
-                && entry.prev_hash != want
-            {
-                return Err(Broken::Unlinked {
-                    seq: entry.seq,
-                    expected: want.to_owned(),
-                    found: entry.prev_hash.clone(),
-                });
-            }
-        }
-        expected = Some((entry.seq + 1, entry.hash.clone()));
-    }
-    Ok(entries.len())
-}
-
-#[cfg(test)]
-#[allow(clippy::unwrap_used)]
-mod tests {
-    use super::*;
-    use chrono::TimeZone;
-
-    fn chain(n: i64) -> Vec<AuditEntry> {
-        let mut prev = GENESIS.to_owned();
-        (1..=n)
-            .map(|seq| {
-                let entry = NewAuditEntry {
-                    at: chrono::Utc
-                        .timestamp_micros(1_700_000_000_000_000 + seq)
-                        .unwrap(),
-                    actor: Some("abc".into()),
-                    tenant_id: Some(TenantId::DEFAULT),
-                    action: "key.create".into(),
-                    target: format!("key{seq}"),
-                    outcome: "success".into(),
-                    source: Some("127.0.0.1".into()),
-                }
-                .chain(seq, &prev);
-                prev = entry.hash.clone();
-                entry
-            })
-            .collect()
-    }
-
-    #[test]
-    fn an_intact_chain_verifies() {
-        assert_eq!(verify(&chain(5), None), Ok(5));
-        assert_eq!(verify(&[], None), Ok(0));
-    }
-
-    #[test]
-    fn an_altered_field_is_found_at_its_entry() {
-        let mut entries = chain(5);
-        entries[2].outcome = "denied".into();
-        assert_eq!(verify(&entries, None), Err(Broken::Altered { seq: 3 }));
-    }
-
-    #[test]
-    fn an_altered_entry_with_a_recomputed_hash_breaks_the_next_link() {
-        let mut entries = chain(5);
-        entries[2].target = "other".into();
-        entries[2].hash = entry_hash(&entries[2]);
-        assert!(matches!(
-            verify(&entries, None),
-            Err(Broken::Unlinked { seq: 4, .. })
-        ));
-    }
-
-    #[test]
-    fn a_removed_entry_is_a_gap() {
-        let mut entries = chain(5);
-        entries.remove(1);
-        assert_eq!(verify(&entries, None), Err(Broken::Gap { from: 2, to: 2 }));
-        let mut entries = chain(5);
-        entries.remove(0);
-        assert!(verify(&entries, Some(GENESIS)).is_err());
-    }
-
-    #[test]
-    fn a_renumbered_chain_after_removal_is_unlinked() {
-        let mut entries = chain(5);
-        entries.remove(1);
-        for entry in entries.iter_mut().skip(1) {
-            entry.seq -= 1;
-            entry.hash = entry_hash(entry);
-        }
-        assert!(matches!(
-            verify(&entries, None),
-            Err(Broken::Unlinked { seq: 2, .. })
-        ));
-    }
 }

@@ -59,6 +59,8 @@ pub struct ConfigFile {
     pub alerting: AlertingSection,
     pub vault: VaultSection,
     pub rate_limits: RateLimitsSection,
+    /// `[audit]`: retention of the audit log.
+    pub audit: AuditSection,
     pub tls: TlsSection,
     pub agents_tls: AgentsTlsSection,
     /// Which addresses agent instances may be called at.
@@ -112,6 +114,26 @@ impl Default for ServerSection {
             header_read_timeout_ms: 10_000,
             max_tls_handshakes: 256,
             max_waits_per_key: 100,
+        }
+    }
+}
+
+/// `[audit]`: how long the audit log keeps entries (docs/security.md, "Audit log").
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditSection {
+    /// Entries older than this many seconds are pruned (behind an `audit.prune` entry, so the
+    /// rest still verifies); 0 keeps every entry.
+    pub retention_s: u64,
+    /// How often the leader prunes, in seconds.
+    pub prune_interval_s: u64,
+}
+
+impl Default for AuditSection {
+    fn default() -> Self {
+        Self {
+            retention_s: 0,
+            prune_interval_s: 3_600,
         }
     }
 }
@@ -246,6 +268,10 @@ pub struct Config {
     pub alerting: Alerting,
     pub vault: Vault,
     pub rate_limits: RateLimits,
+    /// `[audit]` retention: entries older than this are pruned; `None` keeps every entry.
+    pub audit_retention: Option<Duration>,
+    /// How often the leader prunes the audit log.
+    pub audit_prune_interval: Duration,
     /// TLS on the API listener; plain HTTP when `None`.
     pub tls: Option<Tls>,
     /// TLS towards agents (`https` agent URLs, client certificate); `None`: plain HTTP only.
@@ -557,6 +583,9 @@ pub fn validate(raw: ConfigFile) -> Result<Config, ConfigError> {
         alerting: alerting::validate(&raw.alerting, &raw.alerts)?,
         vault: vault::validate(&raw.vault)?,
         rate_limits: limits::validate(&raw.rate_limits)?,
+        audit_retention: (raw.audit.retention_s > 0)
+            .then(|| Duration::from_secs(raw.audit.retention_s)),
+        audit_prune_interval: Duration::from_secs(raw.audit.prune_interval_s.max(1)),
         tls: tls::validate(&raw.tls)?,
         agents_tls: agents_tls::validate(&raw.agents_tls)?,
         agents_egress: agents_egress::validate(&raw.agents_egress)?,

@@ -63,6 +63,9 @@ pub enum ServerError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    /// The audit log could not be re-anchored.
+    #[error("audit log: {0}")]
+    Audit(#[from] audit::AuditError),
     /// The vault's master key or backend could not be set up.
     #[error("vault: {0}")]
     Vault(#[from] vault::VaultError),
@@ -334,7 +337,13 @@ pub async fn start(
         config.rate_limits.auth_failures,
         config.rate_limits.auth_failures_ipv6_prefix,
     ));
-    let audit = Arc::new(audit::Audit::new(store.clone(), clock.clone()));
+    let audit = Arc::new(audit::Audit::new(
+        store.clone(),
+        clock.clone(),
+        vault.master().audit_keys(),
+    ));
+    audit.reanchor_if_needed().await?;
+    writers.spawn(audit::flush_failures(audit.clone(), stop_writers.clone()));
     let access = Arc::new(auth::Access {
         rate_limits: config.rate_limits,
         store: store.clone(),
@@ -444,6 +453,15 @@ pub async fn start(
         shutdown.clone(),
         move |term| fleet::autoscaler::run(fleet.clone(), provisioners.clone(), term),
     ));
+    if let Some(retention) = config.audit_retention {
+        let audit = state.audit.clone();
+        let interval = config.audit_prune_interval;
+        writers.spawn(leadership::singleton(
+            state.leadership.clone(),
+            shutdown.clone(),
+            move |term| audit::retention(audit.clone(), retention, interval, term),
+        ));
+    }
 
     let router = api::router(state.clone());
     let graceful = shutdown.clone();

@@ -54,6 +54,7 @@ const ROUTES: &[Route] = &[
     Route::GetKey,
     Route::RevokeKey,
     Route::ListAudit,
+    Route::VerifyAudit,
     Route::WriteSecret,
     Route::ReadSecret,
     Route::ListSecrets,
@@ -99,6 +100,7 @@ enum Route {
     GetKey,
     RevokeKey,
     ListAudit,
+    VerifyAudit,
     WriteSecret,
     ReadSecret,
     ListSecrets,
@@ -153,6 +155,7 @@ impl Route {
             Route::GetKey => ("get", "/v1/keys/{id}"),
             Route::RevokeKey => ("delete", "/v1/keys/{id}"),
             Route::ListAudit => ("get", "/v1/audit"),
+            Route::VerifyAudit => ("get", "/v1/audit/verify"),
             Route::WriteSecret => ("put", "/v1/secrets/{path}"),
             Route::ReadSecret => ("get", "/v1/secrets/{path}"),
             Route::ListSecrets => ("get", "/v1/secrets"),
@@ -194,7 +197,7 @@ impl Route {
             Route::SetBudget | Route::DeleteBudget => P::ManageTenants,
             Route::Recommend | Route::ChatCompletions | Route::ListModels => P::CallModels,
             Route::CreateKey | Route::RevokeKey => P::ManageKeys,
-            Route::ListAudit => P::ReadAudit,
+            Route::ListAudit | Route::VerifyAudit => P::ReadAudit,
             Route::WriteSecret | Route::RotateSecret | Route::DeleteSecret => P::WriteSecrets,
             Route::ReadSecret => P::ReadSecrets,
             Route::ListSecrets => P::ListSecrets,
@@ -671,8 +674,8 @@ async fn bad_credentials_are_refused_with_401_and_audited(backend: Backend) {
             );
         }
     }
-    // Every failure is in the audit log, with the key's public id where one was presented and
-    // never its secret.
+    // The failures are in the audit log, aggregated per source and minute (one entry, or a
+    // few when the test straddles a minute), and never with a secret.
     let (status, page) = world
         .send(
             Some(ADMIN_KEY),
@@ -685,9 +688,13 @@ async fn bad_credentials_are_refused_with_401_and_audited(backend: Backend) {
         .await;
     assert_eq!(status, 200);
     let entries = page["entries"].as_array().unwrap();
-    assert_eq!(entries.len(), ROUTES.len() * presented.len());
+    assert!(
+        (1..=3).contains(&entries.len()),
+        "{} entries for {} failures",
+        entries.len(),
+        ROUTES.len() * presented.len()
+    );
     assert!(entries.iter().all(|e| e["outcome"] == "denied"));
-    assert!(entries.iter().any(|e| e["actor"] == "testadmin"));
     let text = page.to_string();
     for secret in [&wrong_secret, &expired, &revoked_key] {
         let secret_part = &secret[secret.rfind('_').unwrap() + 1..];

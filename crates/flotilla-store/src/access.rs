@@ -48,6 +48,7 @@ pub(crate) struct AuditRow {
     source: Option<String>,
     prev_hash: String,
     hash: String,
+    mac_key: Option<String>,
 }
 
 impl AuditRow {
@@ -63,6 +64,7 @@ impl AuditRow {
             source: self.source,
             prev_hash: self.prev_hash,
             hash: self.hash,
+            mac_key: self.mac_key,
         })
     }
 }
@@ -109,9 +111,11 @@ pub(crate) const REVOKE_KEY: &str = concat!(
 );
 pub(crate) const AUDIT_HEAD: &str = "SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1";
 pub(crate) const INSERT_AUDIT: &str = "INSERT INTO audit \
-     (seq, at, actor, tenant_id, action, target, outcome, source, prev_hash, hash) ";
+     (seq, at, actor, tenant_id, action, target, outcome, source, prev_hash, hash, mac_key) ";
+pub(crate) const AUDIT_COLUMNS: &str = "SELECT seq, at, actor, tenant_id, action, target, outcome, source, \
+     prev_hash, hash, mac_key FROM audit";
 pub(crate) const AUDIT: &str = "SELECT seq, at, actor, tenant_id, action, target, outcome, source, \
-     prev_hash, hash FROM audit WHERE seq > ";
+     prev_hash, hash, mac_key FROM audit WHERE seq > ";
 
 /// [`crate::AccessStore`] for a backend `$store` of database `$db`, written once (see
 /// `crate::sql`). Appends to the audit chain run after the backend's `lock_audit`, which
@@ -282,6 +286,7 @@ macro_rules! access_store {
             async fn append_audit(
                 &self,
                 entries: &[flotilla_core::audit::NewAuditEntry],
+                key: &flotilla_core::audit::MacKey,
             ) -> crate::StoreResult<Vec<flotilla_core::audit::AuditEntry>> {
                 use crate::rows::micros;
                 if entries.is_empty() {
@@ -292,7 +297,7 @@ macro_rules! access_store {
                 let head: Option<(i64, String)> = sqlx::query_as(crate::access::AUDIT_HEAD)
                     .fetch_optional(&mut *tx)
                     .await?;
-                let chained = crate::access::chain(entries, head)?;
+                let chained = crate::access::chain(entries, head, key)?;
                 for chunk in chained.chunks(256) {
                     let mut query = sqlx::QueryBuilder::<$db>::new(crate::access::INSERT_AUDIT);
                     query.push_values(chunk, |mut row, e| {
@@ -305,12 +310,87 @@ macro_rules! access_store {
                             .push_bind(e.outcome.as_str())
                             .push_bind(e.source.as_deref())
                             .push_bind(e.prev_hash.as_str())
-                            .push_bind(e.hash.as_str());
+                            .push_bind(e.hash.as_str())
+                            .push_bind(e.mac_key.as_deref());
                     });
                     query.build().execute(&mut *tx).await?;
                 }
                 tx.commit().await?;
                 Ok(chained)
+            }
+
+            async fn audit_head(
+                &self,
+            ) -> crate::StoreResult<Option<flotilla_core::audit::AuditEntry>> {
+                let query = format!("{} ORDER BY seq DESC LIMIT 1", crate::access::AUDIT_COLUMNS);
+                sqlx::query_as::<_, crate::access::AuditRow>(&query)
+                    .fetch_optional(self.reads())
+                    .await?
+                    .map(crate::access::AuditRow::into_entry)
+                    .transpose()
+            }
+
+            async fn audit_legacy_through(&self) -> crate::StoreResult<i64> {
+                let through: Option<i64> =
+                    sqlx::query_scalar("SELECT MAX(through_seq) FROM audit_legacy")
+                        .fetch_one(self.reads())
+                        .await?;
+                Ok(through.unwrap_or(0))
+            }
+
+            async fn last_audit_before(
+                &self,
+                before: flotilla_core::Timestamp,
+            ) -> crate::StoreResult<Option<flotilla_core::audit::AuditEntry>> {
+                let mut query = sqlx::QueryBuilder::<$db>::new(crate::access::AUDIT_COLUMNS);
+                query
+                    .push(" WHERE at < ")
+                    .push_bind(crate::rows::micros(before))
+                    .push(" ORDER BY seq DESC LIMIT 1");
+                query
+                    .build_query_as::<crate::access::AuditRow>()
+                    .fetch_optional(self.reads())
+                    .await?
+                    .map(crate::access::AuditRow::into_entry)
+                    .transpose()
+            }
+
+            async fn prune_audit(
+                &self,
+                through: i64,
+                record: &flotilla_core::audit::NewAuditEntry,
+                key: &flotilla_core::audit::MacKey,
+            ) -> crate::StoreResult<u64> {
+                let mut tx = self.begin().await?;
+                Self::lock_audit(&mut tx).await?;
+                let head: Option<(i64, String)> = sqlx::query_as(crate::access::AUDIT_HEAD)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                // The record of the prune goes in first, in the same transaction: the entries
+                // left always verify from the first of them.
+                let chained = crate::access::chain(std::slice::from_ref(record), head, key)?;
+                for e in &chained {
+                    let mut query = sqlx::QueryBuilder::<$db>::new(crate::access::INSERT_AUDIT);
+                    query.push_values([e], |mut row, e| {
+                        row.push_bind(e.seq)
+                            .push_bind(crate::rows::micros(e.at))
+                            .push_bind(e.actor.as_deref())
+                            .push_bind(e.tenant_id.map(|t| t.0))
+                            .push_bind(e.action.as_str())
+                            .push_bind(e.target.as_str())
+                            .push_bind(e.outcome.as_str())
+                            .push_bind(e.source.as_deref())
+                            .push_bind(e.prev_hash.as_str())
+                            .push_bind(e.hash.as_str())
+                            .push_bind(e.mac_key.as_deref());
+                    });
+                    query.build().execute(&mut *tx).await?;
+                }
+                let mut delete = sqlx::QueryBuilder::<$db>::new("DELETE FROM audit WHERE seq <= ");
+                delete.push_bind(through);
+                let deleted = delete.build().execute(&mut *tx).await?.rows_affected();
+                tx.commit().await?;
+                Ok(deleted)
             }
 
             async fn list_audit(
@@ -346,6 +426,7 @@ pub(crate) use access_store;
 pub(crate) fn chain(
     entries: &[flotilla_core::audit::NewAuditEntry],
     head: Option<(i64, String)>,
+    key: &flotilla_core::audit::MacKey,
 ) -> StoreResult<Vec<AuditEntry>> {
     let (mut seq, mut prev) = head.unwrap_or((0, flotilla_core::audit::GENESIS.to_owned()));
     let mut chained = Vec::with_capacity(entries.len());
@@ -355,7 +436,7 @@ pub(crate) fn chain(
             at: crate::rows::truncate(entry.at)?,
             ..entry.clone()
         }
-        .chain(seq, &prev);
+        .chain(seq, &prev, key);
         prev.clone_from(&entry.hash);
         chained.push(entry);
     }

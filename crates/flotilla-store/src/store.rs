@@ -12,7 +12,7 @@ use crate::{
 use async_trait::async_trait;
 use flotilla_core::Timestamp;
 use flotilla_core::agent::{AgentInstance, AgentStatus};
-use flotilla_core::audit::{AuditEntry, NewAuditEntry};
+use flotilla_core::audit::{AuditEntry, MacKey, NewAuditEntry};
 use flotilla_core::auth::ApiKeyRecord;
 use flotilla_core::budget::{Budget, Period, Spend};
 use flotilla_core::event::{Event, NewEvent};
@@ -73,8 +73,26 @@ pub trait AccessStore: Send + Sync + 'static {
         now: Timestamp,
     ) -> StoreResult<Option<ApiKeyRecord>>;
 
-    /// Appends entries to the hash chain, in order, and returns them chained.
-    async fn append_audit(&self, entries: &[NewAuditEntry]) -> StoreResult<Vec<AuditEntry>>;
+    /// Appends entries to the chain, in order, MAC'd with `key`, and returns them chained.
+    async fn append_audit(
+        &self,
+        entries: &[NewAuditEntry],
+        key: &MacKey,
+    ) -> StoreResult<Vec<AuditEntry>>;
+    /// The newest entry.
+    async fn audit_head(&self) -> StoreResult<Option<AuditEntry>>;
+    /// The last entry that existed, plain-hashed, when the log began to be MAC'd (0: none).
+    async fn audit_legacy_through(&self) -> StoreResult<i64>;
+    /// The newest entry written before `before`.
+    async fn last_audit_before(&self, before: Timestamp) -> StoreResult<Option<AuditEntry>>;
+    /// In one transaction: appends `record` (the prune's own entry, MAC'd with `key`) and
+    /// deletes the entries up to `through`. Returns how many were deleted.
+    async fn prune_audit(
+        &self,
+        through: i64,
+        record: &NewAuditEntry,
+        key: &MacKey,
+    ) -> StoreResult<u64>;
     async fn list_audit(&self, filter: &AuditFilter) -> StoreResult<Vec<AuditEntry>>;
 }
 

@@ -7,7 +7,7 @@ mod support;
 
 use chrono::{TimeZone, Utc};
 use flotilla_core::Timestamp;
-use flotilla_core::audit::{NewAuditEntry, verify};
+use flotilla_core::audit::{MacKey, NewAuditEntry, PRUNE, Start, verify};
 use flotilla_core::auth::{ApiKeyRecord, Role};
 use flotilla_core::id::TenantId;
 use flotilla_core::tenant::Tenant;
@@ -19,7 +19,49 @@ behaviours!(
     keys_are_listed_and_revoked_within_their_tenant,
     audit_entries_form_one_chain_across_concurrent_appends,
     audit_lists_filter_and_follow_the_cursor,
+    a_prune_keeps_the_rest_verifiable,
 );
+
+fn mac_key() -> MacKey {
+    MacKey::new("k1", [3; 32])
+}
+
+fn keys(id: &str) -> Option<MacKey> {
+    (id == "k1").then(mac_key)
+}
+
+/// Pruning deletes the old entries and records which, in one transaction; what is left verifies
+/// from its first entry, and the head and the last entry before a time are read back.
+async fn a_prune_keeps_the_rest_verifiable(store: DynStore) {
+    let mut batch: Vec<NewAuditEntry> = (0..6).map(|_| entry("key.create", None)).collect();
+    for (i, e) in batch.iter_mut().enumerate() {
+        e.at = t0() + chrono::Duration::seconds(i as i64);
+    }
+    store.append_audit(&batch, &mac_key()).await.unwrap();
+    let head = store.audit_head().await.unwrap().unwrap();
+    assert_eq!(head.seq, 6);
+    let before = store
+        .last_audit_before(t0() + chrono::Duration::seconds(3))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(before.seq, 3);
+    let mut record = entry(PRUNE, None);
+    record.target = format!("{}:{}", before.seq, before.hash);
+    assert_eq!(store.prune_audit(3, &record, &mac_key()).await.unwrap(), 3);
+    let left = store
+        .list_audit(&AuditFilter {
+            limit: 100,
+            ..AuditFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        left.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        vec![4, 5, 6, 7]
+    );
+    assert_eq!(verify(&left, &Start::Beginning, &keys), Ok(4));
+}
 
 fn t0() -> Timestamp {
     Utc.timestamp_opt(1_700_000_000, 123_456_789)
@@ -178,7 +220,7 @@ async fn audit_entries_form_one_chain_across_concurrent_appends(store: DynStore)
         writers.push(tokio::spawn(async move {
             for i in 0..5 {
                 let batch = vec![entry(&format!("w{w}.{i}"), None); 1 + i % 3];
-                store.append_audit(&batch).await.unwrap();
+                store.append_audit(&batch, &mac_key()).await.unwrap();
             }
         }));
     }
@@ -193,18 +235,22 @@ async fn audit_entries_form_one_chain_across_concurrent_appends(store: DynStore)
         .await
         .unwrap();
     assert_eq!(all.len(), 8 * (1 + 2 + 3 + 1 + 2));
-    assert_eq!(verify(&all, None), Ok(all.len()));
+    assert_eq!(verify(&all, &Start::Beginning, &keys), Ok(all.len()));
+    assert!(all.iter().all(|e| e.mac_key.as_deref() == Some("k1")));
     assert_eq!(all.first().map(|e| e.seq), Some(1));
 }
 
 async fn audit_lists_filter_and_follow_the_cursor(store: DynStore) {
     let a = TenantId(next_id());
     let appended = store
-        .append_audit(&[
-            entry("key.create", Some(a)),
-            entry("auth.failure", None),
-            entry("key.revoke", Some(a)),
-        ])
+        .append_audit(
+            &[
+                entry("key.create", Some(a)),
+                entry("auth.failure", None),
+                entry("key.revoke", Some(a)),
+            ],
+            &mac_key(),
+        )
         .await
         .unwrap();
     assert_eq!(

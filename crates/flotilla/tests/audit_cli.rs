@@ -116,11 +116,28 @@ async fn keys_tenants_and_a_tamper_evident_audit_log_through_the_cli() {
             .all(|a| actions.iter().any(|x| x == a)),
         "{actions:?}"
     );
+    let master_key = server.data_dir().join("master.key");
+    let master_key = master_key.to_str().unwrap();
     ok(&flotilla(
         &server,
         ADMIN_KEY,
-        &["audit", "verify", "--file", export.to_str().unwrap()],
+        &[
+            "audit",
+            "verify",
+            "--file",
+            export.to_str().unwrap(),
+            "--master-key-file",
+            master_key,
+        ],
     ));
+    // Without the master key, an export cannot be checked.
+    let keyless = flotilla(
+        &server,
+        ADMIN_KEY,
+        &["audit", "verify", "--file", export.to_str().unwrap()],
+    );
+    assert!(!keyless.status.success());
+    assert!(String::from_utf8_lossy(&keyless.stderr).contains("master key"));
 
     // An export with one field changed fails at that entry.
     let tampered_file = server.data_dir().join("tampered.jsonl");
@@ -132,7 +149,14 @@ async fn keys_tenants_and_a_tamper_evident_audit_log_through_the_cli() {
     let out = flotilla(
         &server,
         ADMIN_KEY,
-        &["audit", "verify", "--file", tampered_file.to_str().unwrap()],
+        &[
+            "audit",
+            "verify",
+            "--file",
+            tampered_file.to_str().unwrap(),
+            "--master-key-file",
+            master_key,
+        ],
     );
     assert!(!out.status.success());
     assert!(
@@ -173,6 +197,38 @@ async fn keys_tenants_and_a_tamper_evident_audit_log_through_the_cli() {
     assert!(
         !out.status.success() && stderr.contains("entries 3..3 are missing"),
         "{stderr}"
+    );
+    // The oldest entries removed: reported, not taken for a shorter log.
+    sqlx::query("DELETE FROM audit WHERE seq <= 3")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let out = flotilla(&server, ADMIN_KEY, &["audit", "verify"]);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        !out.status.success() && stderr.contains("entries 1..3 are missing"),
+        "{stderr}"
+    );
+    // An anchor recorded earlier finds the newest entries deleted.
+    let head = verified
+        .trim()
+        .rsplit("head ")
+        .next()
+        .unwrap()
+        .trim_end_matches('.')
+        .to_owned();
+    let head_seq: i64 = head.split(':').next().unwrap().parse().unwrap();
+    sqlx::query("DELETE FROM audit WHERE seq >= ?1")
+        .bind(head_seq)
+        .execute(&pool)
+        .await
+        .unwrap();
+    let out = flotilla(&server, ADMIN_KEY, &["audit", "verify", "--since", &head]);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        !out.status.success() && stderr.contains("newer entries were deleted"),
+        "{head}: {stderr} {}",
+        String::from_utf8_lossy(&out.stdout)
     );
     pool.close().await;
     server.terminate().await.unwrap();

@@ -8,19 +8,65 @@ use crate::app::AppState;
 use crate::auth::Caller;
 use axum::Json;
 use axum::extract::State;
-use flotilla_core::audit::{AuditEntry, AuditPage};
+use flotilla_core::audit::{AuditEntry, AuditPage, AuditVerification, Start};
 use flotilla_core::auth::Permission;
 use flotilla_core::id::TenantId;
+use flotilla_core::wire::ErrorBody;
 use flotilla_store::AuditFilter;
 use serde::Deserialize;
 use utoipa_axum::routes;
 
 pub(super) fn routes() -> Routes {
-    Routes::new().routes(permit(
-        Permission::ReadAudit,
-        "read the audit log",
-        routes!(list),
-    ))
+    Routes::new()
+        .routes(permit(
+            Permission::ReadAudit,
+            "read the audit log",
+            routes!(list),
+        ))
+        .routes(permit(
+            Permission::ReadAudit,
+            "verify the audit log",
+            routes!(verify),
+        ))
+}
+
+/// Query of `GET /v1/audit/verify`.
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct VerifyQuery {
+    /// Check from this anchor (`SEQ:HASH`, the `head` of an earlier check) instead of entry 1:
+    /// the log must still hold that entry, so deleting newer entries is found.
+    pub since: Option<String>,
+}
+
+/// Checks the whole log with the master keys' audit keys: every MAC and link, from entry 1 (or
+/// the recorded prune before the first entry left), or from `since`.
+#[utoipa::path(get, path = "/v1/audit/verify", tag = "access", params(VerifyQuery),
+    responses((status = 200, body = AuditVerification), (status = 400, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub(crate) async fn verify(
+    State(state): State<AppState>,
+    _caller: Caller,
+    QueryParams(query): QueryParams<VerifyQuery>,
+) -> Result<Json<AuditVerification>, ApiError> {
+    let start = match query.since.as_deref() {
+        None => Start::Beginning,
+        Some(anchor) => anchor
+            .parse()
+            .map_err(|e: String| ApiError::invalid_field("since", e))?,
+    };
+    let verified = state
+        .audit
+        .verify(&start)
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    Ok(Json(AuditVerification {
+        intact: verified.broken.is_none(),
+        checked: verified.checked,
+        head: verified.head,
+        problem: verified.broken.map(|b| b.to_string()),
+    }))
 }
 
 /// Filters and page of `GET /v1/audit`.

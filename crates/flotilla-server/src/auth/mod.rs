@@ -314,8 +314,9 @@ impl Access {
         Ok(caller)
     }
 
-    /// Records a failed authentication: counted against the source, and audited with the
-    /// key's public id when one was presented (never the secret).
+    /// Records a failed authentication: counted against the source, and audited (aggregated
+    /// per source and minute) with the key's public id when one was presented (never the
+    /// secret).
     async fn failed(&self, source: Option<IpAddr>, header: &str, path: &str) {
         if let Some(ip) = source {
             self.limits.auth_failed(ip);
@@ -324,17 +325,7 @@ impl Access {
             .strip_prefix("Bearer ")
             .and_then(|t| parse_key(t.trim()))
             .map(|k| k.public_id.to_owned());
-        let event = AuditEvent {
-            action: "auth.failure",
-            target: path.to_owned(),
-            outcome: AuditOutcome::Denied,
-            actor: presented,
-            tenant_id: None,
-            source,
-        };
-        if let Err(e) = self.audit.record(event).await {
-            tracing::warn!(error = %e, "Could not audit a failed authentication");
-        }
+        self.audit.failed_auth(source, presented, path).await;
     }
 }
 

@@ -187,11 +187,37 @@ impl MasterKeys {
     /// with HKDF-SHA256. Distinct purposes get independent keys; rotating the master key changes
     /// every derived key.
     pub fn derive(&self, purpose: &str) -> [u8; 32] {
-        let mut out = [0u8; 32];
-        let info = [b"flotilla/derive/v1/".as_slice(), purpose.as_bytes()].concat();
-        expand(self.current.bytes(), &info, &mut out);
-        out
+        derive_from(&self.current, purpose)
     }
+
+    /// The audit log's MAC key, from the current master key.
+    pub fn audit_key(&self) -> flotilla_core::audit::MacKey {
+        flotilla_core::audit::MacKey::new(self.current.id(), derive_from(&self.current, AUDIT))
+    }
+
+    /// The audit MAC keys of every configured master key, the current one first.
+    pub fn audit_keys(&self) -> Vec<flotilla_core::audit::MacKey> {
+        std::iter::once(&self.current)
+            .chain(&self.previous)
+            .map(|key| flotilla_core::audit::MacKey::new(key.id(), derive_from(key, AUDIT)))
+            .collect()
+    }
+
+    /// The audit MAC key of the master key `id`, current or previous, when it is configured.
+    pub fn audit_key_of(&self, id: &str) -> Option<flotilla_core::audit::MacKey> {
+        self.by_id(id)
+            .map(|key| flotilla_core::audit::MacKey::new(key.id(), derive_from(key, AUDIT)))
+    }
+}
+
+/// The purpose the audit log's MAC key is derived for.
+const AUDIT: &str = "audit-mac";
+
+fn derive_from(key: &MasterKey, purpose: &str) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    let info = [b"flotilla/derive/v1/".as_slice(), purpose.as_bytes()].concat();
+    expand(key.bytes(), &info, &mut out);
+    out
 }
 
 /// Finds the master keys as the module documentation says. `embedded_dir` is the directory of

@@ -3,7 +3,7 @@
 use crate::cmd::Connection;
 use crate::output::{Output, print_json, table, time};
 use anyhow::Context;
-use flotilla_core::audit::{AuditEntry, verify};
+use flotilla_core::audit::{AuditEntry, MacKey, Start, verify};
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
 
@@ -25,14 +25,24 @@ pub enum AuditCommand {
         #[arg(long, value_enum, default_value_t)]
         output: Output,
     },
-    /// Check the hash chain of the whole log (from the server, or from an export) and report the
-    /// first broken link. Exits non-zero when the chain is broken.
+    /// Check the MAC chain of the whole log — every entry from entry 1 (or from the recorded
+    /// prune before the first one left) — and report the first broken link; print the head as
+    /// `SEQ:HASH`, an anchor to record. Exits non-zero when the chain is broken. The server checks
+    /// its own log with its master keys; an export (`--file`) is checked here, with the master
+    /// keys of FLOTILLA_MASTER_KEY / FLOTILLA_PREVIOUS_MASTER_KEYS or `--master-key-file`.
     Verify {
         #[command(flatten)]
         connection: Connection,
         /// Verify an export (`flotilla audit export`) instead of the server's log.
         #[arg(long)]
         file: Option<PathBuf>,
+        /// Check from this anchor (`SEQ:HASH`, a head printed earlier): the log must still hold
+        /// that entry, so deleting newer entries is found.
+        #[arg(long, value_name = "SEQ:HASH")]
+        since: Option<String>,
+        /// The master key file (as `[vault] master_key_file`) to check an export with.
+        #[arg(long, value_name = "PATH")]
+        master_key_file: Option<PathBuf>,
     },
     /// Write the whole log as JSON lines.
     Export {
@@ -78,14 +88,35 @@ pub async fn run(command: AuditCommand) -> anyhow::Result<()> {
             println!("{t}");
             Ok(())
         }
-        AuditCommand::Verify { connection, file } => {
-            let entries = match file {
-                Some(path) => read_export(&path)?,
-                None => fetch_all(&connection).await?,
+        AuditCommand::Verify {
+            connection,
+            file,
+            since,
+            master_key_file,
+        } => {
+            let start: Start = match since.as_deref() {
+                Some(anchor) => anchor.parse().map_err(anyhow::Error::msg)?,
+                None => Start::Beginning,
             };
-            match verify(&entries, None) {
+            let Some(path) = file else {
+                let found = connection.client()?.verify_audit(since.as_deref()).await?;
+                let head = found.head.as_deref().unwrap_or("-");
+                return match found.problem {
+                    None => {
+                        println!("Audit log intact: {} entries, head {head}.", found.checked);
+                        Ok(())
+                    }
+                    Some(problem) => anyhow::bail!("audit log broken: {problem}"),
+                };
+            };
+            let entries = read_export(&path)?;
+            let keys = master_keys(master_key_file.as_deref())?;
+            let find = |id: &str| keys.iter().find(|k| k.id == id).cloned();
+            match verify(&entries, &start, &find) {
                 Ok(n) => {
-                    let head = entries.last().map_or("-", |e| e.hash.as_str());
+                    let head = entries
+                        .last()
+                        .map_or("-".to_owned(), |e| format!("{}:{}", e.seq, e.hash));
                     println!("Audit log intact: {n} entries, head {head}.");
                     Ok(())
                 }
@@ -146,4 +177,17 @@ fn read_export(path: &PathBuf) -> anyhow::Result<Vec<AuditEntry>> {
         );
     }
     Ok(entries)
+}
+
+/// The audit keys of the master keys in `file`, or else in the environment.
+fn master_keys(file: Option<&std::path::Path>) -> anyhow::Result<Vec<MacKey>> {
+    use flotilla_server::vault::master::{self, MASTER_KEY_VAR};
+    let env = flotilla_server::vault::ProcessEnvironment;
+    if file.is_none() && std::env::var(MASTER_KEY_VAR).is_err() {
+        anyhow::bail!(
+            "checking an export needs the master keys: set {MASTER_KEY_VAR} (and FLOTILLA_PREVIOUS_MASTER_KEYS) or pass --master-key-file"
+        );
+    }
+    let keys = master::load(file, None, &env).map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(keys.audit_keys())
 }
