@@ -35,15 +35,7 @@ fn settings() -> Settings {
 }
 
 async fn tenant(server: &TestServer, name: &str) -> TenantId {
-    server
-        .client
-        .create_tenant(&flotilla_core::tenant::NewTenant {
-            name: name.to_owned(),
-            rate_limit: None,
-        })
-        .await
-        .unwrap()
-        .id
+    server.create_tenant(name).await
 }
 
 fn registration(url: &str, agent_type: &str, capacity: u32, weight: u32) -> RegisterAgent {

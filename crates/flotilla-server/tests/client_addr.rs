@@ -119,7 +119,9 @@ async fn metrics_keys_are_throttled_and_audited_like_any_other(backend: Backend)
         .iter()
         .filter(|e| e["target"] == "/metrics")
         .collect();
-    assert_eq!(failures.len(), 4, "{audit}");
+    // Aggregated per source and minute: one entry (a second, and the count, when the test
+    // straddles a minute).
+    assert!((1..=3).contains(&failures.len()), "{audit}");
     assert!(
         failures.iter().all(|e| e["source"] == "203.0.113.9"),
         "{failures:?}"

@@ -8,7 +8,7 @@
 mod support;
 
 use flotilla_core::auth::Role;
-use flotilla_core::id::{TaskId, TenantId};
+use flotilla_core::id::TaskId;
 use flotilla_testkit::{Behaviour, ScriptedAgent};
 use serde_json::json;
 use std::collections::HashSet;
@@ -21,18 +21,6 @@ on_both_backends!(
 );
 
 const WORK: &str = "work";
-
-async fn tenant(server: &TestServer, name: &str) -> TenantId {
-    server
-        .client
-        .create_tenant(&flotilla_core::tenant::NewTenant {
-            name: name.to_owned(),
-            rate_limit: None,
-        })
-        .await
-        .unwrap()
-        .id
-}
 
 /// Submits `n` tasks with `key`, 32 at a time; their ids.
 async fn submit_many(server: &TestServer, key: &str, n: usize) -> Vec<TaskId> {
@@ -68,7 +56,10 @@ async fn a_newcomer_starts_within_a_few_slot_turnovers_of_a_backlog(backend: Bac
             .set("scheduler.default_timeout_ms", 60_000),
     )
     .await;
-    let (a, b) = (tenant(&server, "a").await, tenant(&server, "b").await);
+    let (a, b) = (
+        server.create_tenant("a").await,
+        server.create_tenant("b").await,
+    );
     let key_a = server.create_key(Role::Submitter, a).await;
     let key_b = server.create_key(Role::Submitter, b).await;
     // Tenant A queues 5,000 tasks before any instance runs.
@@ -114,7 +105,10 @@ async fn a_full_queue_refuses_with_429_naming_the_limit(backend: Backend) {
             .set("scheduler.fair_share.max_queued_per_tenant", 20),
     )
     .await;
-    let (a, b) = (tenant(&server, "a").await, tenant(&server, "b").await);
+    let (a, b) = (
+        server.create_tenant("a").await,
+        server.create_tenant("b").await,
+    );
     let key_a = server.create_key(Role::Submitter, a).await;
     let key_b = server.create_key(Role::Submitter, b).await;
     let submit = |key: String| {

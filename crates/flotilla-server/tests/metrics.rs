@@ -239,21 +239,10 @@ async fn metrics_need_a_key_unless_configured_open() {
 async fn system_shows_a_tenant_only_its_own_queues() {
     use flotilla_core::auth::Role;
     let server = TestServer::start(Backend::Sqlite, Settings::default().pool("shared")).await;
-    let tenant = |name: &'static str| {
-        let server = &server;
-        async move {
-            server
-                .client
-                .create_tenant(&flotilla_core::tenant::NewTenant {
-                    name: name.to_owned(),
-                    rate_limit: None,
-                })
-                .await
-                .unwrap()
-                .id
-        }
-    };
-    let (a, b) = (tenant("a").await, tenant("b").await);
+    let (a, b) = (
+        server.create_tenant("a").await,
+        server.create_tenant("b").await,
+    );
     let (key_a, key_b) = (
         server.create_key(Role::Submitter, a).await,
         server.create_key(Role::Operator, b).await,

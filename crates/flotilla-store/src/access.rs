@@ -288,7 +288,6 @@ macro_rules! access_store {
                 entries: &[flotilla_core::audit::NewAuditEntry],
                 key: &flotilla_core::audit::MacKey,
             ) -> crate::StoreResult<Vec<flotilla_core::audit::AuditEntry>> {
-                use crate::rows::micros;
                 if entries.is_empty() {
                     return Ok(Vec::new());
                 }
@@ -299,21 +298,8 @@ macro_rules! access_store {
                     .await?;
                 let chained = crate::access::chain(entries, head, key)?;
                 for chunk in chained.chunks(256) {
-                    let mut query = sqlx::QueryBuilder::<$db>::new(crate::access::INSERT_AUDIT);
-                    query.push_values(chunk, |mut row, e| {
-                        row.push_bind(e.seq)
-                            .push_bind(micros(e.at))
-                            .push_bind(e.actor.as_deref())
-                            .push_bind(e.tenant_id.map(|t| t.0))
-                            .push_bind(e.action.as_str())
-                            .push_bind(e.target.as_str())
-                            .push_bind(e.outcome.as_str())
-                            .push_bind(e.source.as_deref())
-                            .push_bind(e.prev_hash.as_str())
-                            .push_bind(e.hash.as_str())
-                            .push_bind(e.mac_key.as_deref());
-                    });
-                    query.build().execute(&mut *tx).await?;
+                    let mut insert = crate::access::insert_audit::<$db>(chunk);
+                    insert.build().execute(&mut *tx).await?;
                 }
                 tx.commit().await?;
                 Ok(chained)
@@ -369,23 +355,8 @@ macro_rules! access_store {
                 // The record of the prune goes in first, in the same transaction: the entries
                 // left always verify from the first of them.
                 let chained = crate::access::chain(std::slice::from_ref(record), head, key)?;
-                for e in &chained {
-                    let mut query = sqlx::QueryBuilder::<$db>::new(crate::access::INSERT_AUDIT);
-                    query.push_values([e], |mut row, e| {
-                        row.push_bind(e.seq)
-                            .push_bind(crate::rows::micros(e.at))
-                            .push_bind(e.actor.as_deref())
-                            .push_bind(e.tenant_id.map(|t| t.0))
-                            .push_bind(e.action.as_str())
-                            .push_bind(e.target.as_str())
-                            .push_bind(e.outcome.as_str())
-                            .push_bind(e.source.as_deref())
-                            .push_bind(e.prev_hash.as_str())
-                            .push_bind(e.hash.as_str())
-                            .push_bind(e.mac_key.as_deref());
-                    });
-                    query.build().execute(&mut *tx).await?;
-                }
+                let mut insert = crate::access::insert_audit::<$db>(&chained);
+                insert.build().execute(&mut *tx).await?;
                 let mut delete = sqlx::QueryBuilder::<$db>::new("DELETE FROM audit WHERE seq <= ");
                 delete.push_bind(through);
                 let deleted = delete.build().execute(&mut *tx).await?.rows_affected();
@@ -420,6 +391,32 @@ macro_rules! access_store {
     };
 }
 pub(crate) use access_store;
+
+/// The insert of chained entries (a batch of at most a few hundred).
+pub(crate) fn insert_audit<'a, DB>(entries: &'a [AuditEntry]) -> sqlx::QueryBuilder<'a, DB>
+where
+    DB: sqlx::Database,
+    i64: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+    Option<&'a str>: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+    &'a str: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+    Option<Uuid>: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+{
+    let mut query = sqlx::QueryBuilder::<DB>::new(INSERT_AUDIT);
+    query.push_values(entries, |mut row, e| {
+        row.push_bind(e.seq)
+            .push_bind(crate::rows::micros(e.at))
+            .push_bind(e.actor.as_deref())
+            .push_bind(e.tenant_id.map(|t| t.0))
+            .push_bind(e.action.as_str())
+            .push_bind(e.target.as_str())
+            .push_bind(e.outcome.as_str())
+            .push_bind(e.source.as_deref())
+            .push_bind(e.prev_hash.as_str())
+            .push_bind(e.hash.as_str())
+            .push_bind(e.mac_key.as_deref());
+    });
+    query
+}
 
 /// Chains `entries` after the head `(seq, hash)` (none: the genesis), as they will read back: the
 /// store keeps microseconds.

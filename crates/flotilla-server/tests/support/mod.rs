@@ -411,6 +411,18 @@ impl TestServer {
         text
     }
 
+    /// Creates a tenant (as the admin) and returns its id.
+    pub async fn create_tenant(&self, name: &str) -> TenantId {
+        self.client
+            .create_tenant(&flotilla_core::tenant::NewTenant {
+                name: name.to_owned(),
+                rate_limit: None,
+            })
+            .await
+            .unwrap()
+            .id
+    }
+
     /// A typed client with another key.
     pub fn client_with(&self, key: &str) -> Client {
         Client::new(&self.url, Some(key.to_owned())).unwrap()
