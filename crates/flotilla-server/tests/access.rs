@@ -389,12 +389,14 @@ impl World {
                 template.to_owned()
             }
             Route::GetAgent | Route::Heartbeat | Route::DeregisterAgent => {
+                // A type no task is submitted to: with no attempt in flight, a deregistration
+                // answers 200, not 202 (draining).
                 let agent = self
                     .setup(
                         tenant,
                         Method::POST,
                         "/v1/agents",
-                        json!({"type": QUEUED, "url": "http://127.0.0.1:9", "capacity": 1}),
+                        json!({"type": "parked", "url": "http://127.0.0.1:9", "capacity": 1}),
                     )
                     .await;
                 if route == Route::Heartbeat {

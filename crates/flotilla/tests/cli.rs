@@ -34,12 +34,19 @@ fn stdout_json<T: serde::de::DeserializeOwned>(out: &Output) -> T {
 #[tokio::test]
 async fn serve_without_configuration_prints_an_admin_key_once_that_works() {
     let mut server = ServerProcess::builder(BIN).start().await.unwrap();
-    let logs = server.logs();
-    let key = logs
-        .split_whitespace()
-        .find(|w| w.starts_with("flt_"))
-        .unwrap_or_else(|| panic!("no key printed:\n{logs}"))
-        .to_owned();
+    // The key is printed just after the listener starts answering: wait for it.
+    let started = std::time::Instant::now();
+    let key = loop {
+        let logs = server.logs();
+        if let Some(key) = logs.split_whitespace().find(|w| w.starts_with("flt_")) {
+            break key.to_owned();
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(10),
+            "no key printed:\n{logs}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
     let client = server.client_with_key(&key).unwrap();
     assert!(client.list_agents().await.unwrap().agents.is_empty());
     assert_eq!(client.ready().await.unwrap().status, "ok");
