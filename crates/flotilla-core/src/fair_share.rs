@@ -56,8 +56,9 @@ impl FairShare {
         }
         // A tenant without work now is forgotten: when it has work again it starts at the clock,
         // which loses it at most the debt of its last plan (a tag never runs further ahead).
-        self.finish
-            .retain(|tenant, _| backlogged.iter().any(|(t, _)| t == tenant));
+        let backlog: std::collections::HashSet<TenantId> =
+            backlogged.iter().map(|(t, _)| *t).collect();
+        self.finish.retain(|tenant, _| backlog.contains(tenant));
         self.prune();
         given
     }

@@ -340,6 +340,7 @@ pub async fn start(
     let audit = Arc::new(audit::Audit::new(
         store.clone(),
         clock.clone(),
+        vault.master().audit_key(),
         vault.master().audit_keys(),
     ));
     audit.reanchor_if_needed().await?;

@@ -71,16 +71,14 @@ pub(crate) struct Verified {
 }
 
 impl Audit {
-    /// A writer that MACs with `keys[0]` and verifies with any of `keys`.
+    /// A writer that MACs with `key` (the current master key's) and verifies with any of `keys`
+    /// (every configured master key's).
     pub(crate) fn new(
         store: flotilla_store::DynStore,
         clock: std::sync::Arc<dyn crate::clock::Clock>,
+        key: MacKey,
         keys: Vec<MacKey>,
     ) -> Self {
-        let key = keys
-            .first()
-            .cloned()
-            .unwrap_or_else(|| MacKey::new("none", [0; 32]));
         Audit {
             store,
             clock,

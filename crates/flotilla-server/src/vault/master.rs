@@ -192,26 +192,24 @@ impl MasterKeys {
 
     /// The audit log's MAC key, from the current master key.
     pub fn audit_key(&self) -> flotilla_core::audit::MacKey {
-        flotilla_core::audit::MacKey::new(self.current.id(), derive_from(&self.current, AUDIT))
+        audit_key(&self.current)
     }
 
     /// The audit MAC keys of every configured master key, the current one first.
     pub fn audit_keys(&self) -> Vec<flotilla_core::audit::MacKey> {
         std::iter::once(&self.current)
             .chain(&self.previous)
-            .map(|key| flotilla_core::audit::MacKey::new(key.id(), derive_from(key, AUDIT)))
+            .map(audit_key)
             .collect()
-    }
-
-    /// The audit MAC key of the master key `id`, current or previous, when it is configured.
-    pub fn audit_key_of(&self, id: &str) -> Option<flotilla_core::audit::MacKey> {
-        self.by_id(id)
-            .map(|key| flotilla_core::audit::MacKey::new(key.id(), derive_from(key, AUDIT)))
     }
 }
 
 /// The purpose the audit log's MAC key is derived for.
 const AUDIT: &str = "audit-mac";
+
+fn audit_key(key: &MasterKey) -> flotilla_core::audit::MacKey {
+    flotilla_core::audit::MacKey::new(key.id(), derive_from(key, AUDIT))
+}
 
 fn derive_from(key: &MasterKey, purpose: &str) -> [u8; 32] {
     let mut out = [0u8; 32];
