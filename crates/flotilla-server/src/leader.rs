@@ -222,6 +222,7 @@ async fn announce(state: &Leader, message: String) {
         agent_type: "*".to_owned(),
         agent_id: None,
         message,
+        tenant: None,
     };
     let write = state
         .announcements

@@ -219,6 +219,8 @@ fn finish(
                 EventKind::Alert,
                 n.subject().as_deref().unwrap_or("*"),
                 None,
+                // Delivery failures are the platform's to act on; they name its notifiers.
+                flotilla_core::event::PLATFORM,
                 format!(
                     "notification of alert {} ({}) to {target} failed after {ATTEMPTS} attempts: {e}",
                     n.rule, n.status

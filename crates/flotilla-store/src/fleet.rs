@@ -144,6 +144,12 @@ macro_rules! fleet_store {
                 if let Some(kind) = filter.kind {
                     query.push(" AND kind = ").push_bind(kind.as_str());
                 }
+                if let Some(reader) = filter.readable_by {
+                    query
+                        .push(" AND (tenant_id IS NULL OR tenant_id = ")
+                        .push_bind(reader.0)
+                        .push(")");
+                }
                 match filter.after {
                     Some(after) => query
                         .push(" AND id > ")

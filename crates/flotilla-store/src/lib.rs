@@ -168,6 +168,9 @@ pub struct EventFilter {
     /// Only events of this instance.
     pub agent_id: Option<AgentId>,
     pub kind: Option<EventKind>,
+    /// Only events a reader of this tenant may read (`flotilla_core::event::visible_to`): fleet
+    /// facts and its own. `None`: every event (the platform).
+    pub readable_by: Option<TenantId>,
     /// Only events with an id strictly greater than this (the last id already seen), the oldest
     /// first. `None`: the latest events.
     pub after: Option<i64>,

@@ -233,6 +233,7 @@ pub(crate) struct EventRow {
     agent_type: String,
     agent_id: Option<Uuid>,
     message: String,
+    tenant_id: Option<Uuid>,
 }
 
 impl EventRow {
@@ -248,6 +249,7 @@ impl EventRow {
             agent_type: self.agent_type,
             agent_id: self.agent_id.map(AgentId),
             message: self.message,
+            tenant: self.tenant_id.map(TenantId),
         })
     }
 }
@@ -255,7 +257,7 @@ impl EventRow {
 /// The columns of an [`EventRow`], the same on both backends.
 macro_rules! event_columns {
     () => {
-        "id, at, kind, agent_type, agent_id, message"
+        "id, at, kind, agent_type, agent_id, message, tenant_id"
     };
 }
 pub(crate) use event_columns;

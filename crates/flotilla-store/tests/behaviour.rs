@@ -40,6 +40,7 @@ behaviours!(
     events_follow_the_after_cursor,
     events_without_cursor_are_the_latest,
     events_filter_by_pool_instance_and_kind,
+    events_are_read_by_their_tenant_and_the_platform,
     pruning_keeps_the_newest_events,
     a_follower_misses_no_event_of_concurrent_writers,
 );
@@ -1083,6 +1084,7 @@ fn event(kind: EventKind, agent_type: &str, agent_id: Option<AgentId>, n: i64) -
         agent_type: agent_type.to_owned(),
         agent_id,
         message: format!("event {n}: pool {agent_type} 3 → 5, utilisation 0.91 > 0.80"),
+        tenant: None,
     }
 }
 
@@ -1106,6 +1108,7 @@ fn assert_stored(listed: &[Event], expected: &[NewEvent]) {
             agent_type: new.agent_type.clone(),
             agent_id: new.agent_id,
             message: new.message.clone(),
+            tenant: new.tenant,
         };
         assert_eq!(event, &stored);
     }
@@ -1263,6 +1266,7 @@ async fn events_filter_by_pool_instance_and_kind(store: DynStore) {
         agent_type: agent_type.map(str::to_owned),
         agent_id,
         kind,
+        readable_by: None,
         after: None,
         limit: 100,
     };
@@ -1313,6 +1317,60 @@ async fn events_filter_by_pool_instance_and_kind(store: DynStore) {
     .await;
     assert_eq!(after, of_a[3..5]);
     assert_eq!(messages(&after), messages(&of_a[3..5]));
+}
+
+/// A tenant reads the fleet's facts and its own events, never another tenant's or the
+/// platform's; the filter applies before the limit and the cursor.
+async fn events_are_read_by_their_tenant_and_the_platform(store: DynStore) {
+    let (a, b) = (TenantId(next_id()), TenantId(next_id()));
+    let owners = [None, Some(a), Some(b), flotilla_core::event::PLATFORM];
+    let all: Vec<NewEvent> = (0..16)
+        .map(|n| NewEvent {
+            tenant: owners[(n % 4) as usize],
+            ..event(EventKind::Budget, "", None, n)
+        })
+        .collect();
+    store.insert_events(&all).await.unwrap();
+    let stored = all_events(&store).await;
+    assert_stored(&stored, &all);
+    for reader in [a, b, TenantId::DEFAULT] {
+        let read = store
+            .list_events(&EventFilter {
+                readable_by: Some(reader),
+                limit: 100,
+                ..EventFilter::default()
+            })
+            .await
+            .unwrap();
+        let readable: Vec<NewEvent> = all
+            .iter()
+            .filter(|e| flotilla_core::event::visible_to(e.tenant, reader))
+            .cloned()
+            .collect();
+        assert_eq!(readable.len(), 8, "the fleet's and its own");
+        assert_stored(&read, &readable);
+    }
+    let of_a = |after, limit| EventFilter {
+        readable_by: Some(a),
+        after,
+        limit,
+        ..EventFilter::default()
+    };
+    let latest = store.list_events(&of_a(None, 3)).await.unwrap();
+    let mine: Vec<Event> = stored
+        .iter()
+        .filter(|e| flotilla_core::event::visible_to(e.tenant, a))
+        .cloned()
+        .collect();
+    assert_eq!(latest, mine[mine.len() - 3..]);
+    let after = store
+        .list_events(&of_a(Some(stored[0].id), 2))
+        .await
+        .unwrap();
+    assert_eq!(
+        after.iter().map(|e| e.tenant).collect::<Vec<_>>(),
+        [Some(a), None]
+    );
 }
 
 async fn pruning_keeps_the_newest_events(store: DynStore) {

@@ -84,6 +84,10 @@ struct Settings {
     capacity: u32,
     /// Concurrent submitters (closed loop: each sends its next task when the last was accepted).
     submitters: usize,
+    /// Tenants the submitters of the throughput runs are spread over, round robin (the first is
+    /// the default tenant): with more than one, the dispatcher shares each round's slots
+    /// between them (fair share).
+    tenants: usize,
     /// Tasks per second of the latency generator.
     rate: u32,
     /// Measured length of the latency run (after one second of warm-up).
@@ -100,7 +104,7 @@ struct Settings {
 
 impl Settings {
     /// `FLOTILLA_BENCH`, `FLOTILLA_BENCH_SIZE=tiny`, `FLOTILLA_BENCH_TASKS`, `…_AGENTS`,
-    /// `…_CAPACITY`, `…_SUBMITTERS`, `…_RATE`, `…_LATENCY_SECS`, `…_LATENCY_BACKEND`
+    /// `…_CAPACITY`, `…_SUBMITTERS`, `…_TENANTS`, `…_RATE`, `…_LATENCY_SECS`, `…_LATENCY_BACKEND`
     /// (`sqlite` or `postgres`), `…_RSS_TASKS`, `…_ENFORCE`, and `FLOTILLA_TEST_POSTGRES_URL`.
     fn from_env() -> Result<Settings> {
         let tiny = std::env::var("FLOTILLA_BENCH_SIZE").is_ok_and(|s| s == "tiny");
@@ -152,6 +156,7 @@ impl Settings {
             agents: num("FLOTILLA_BENCH_AGENTS", 4.0, 2.0)? as usize,
             capacity: num("FLOTILLA_BENCH_CAPACITY", 64.0, 16.0)? as u32,
             submitters: num("FLOTILLA_BENCH_SUBMITTERS", 64.0, 16.0)? as usize,
+            tenants: (num("FLOTILLA_BENCH_TENANTS", 1.0, 1.0)? as usize).max(1),
             rate: num("FLOTILLA_BENCH_RATE", 500.0, 200.0)? as u32,
             latency_secs: num("FLOTILLA_BENCH_LATENCY_SECS", 10.0, 1.0)?,
             latency_backend,
@@ -288,10 +293,11 @@ async fn run(settings: &Settings) -> Result<Vec<Row>> {
 async fn throughput(settings: &Settings, backend: Backend) -> Result<Vec<Row>> {
     let label = backend.label();
     let plane = Plane::start(&backend, settings.agents, settings.capacity).await?;
+    let clients = plane.tenants(settings.tenants).await?;
 
     // Warm-up: connections to the server and to the agents, the store's caches.
     let warm = (settings.tasks / 10).clamp(1, 1_000);
-    submit_all(&plane.client, FAST, warm, settings.submitters).await?;
+    submit_all(&clients, FAST, warm, settings.submitters).await?;
     plane
         .wait_terminal(warm as u64, Duration::from_secs(60))
         .await?;
@@ -300,7 +306,7 @@ async fn throughput(settings: &Settings, backend: Backend) -> Result<Vec<Row>> {
     let load = load_average();
     let cpu_before = cpu_seconds()?;
     let started = Instant::now();
-    let failed_submits = submit_all(&plane.client, FAST, n, settings.submitters).await?;
+    let failed_submits = submit_all(&clients, FAST, n, settings.submitters).await?;
     let submitted = started.elapsed();
     let limit = Duration::from_secs(120) + Duration::from_millis(n as u64 * 5);
     let counts = plane.wait_terminal((warm + n) as u64, limit).await?;
@@ -325,8 +331,8 @@ async fn throughput(settings: &Settings, backend: Backend) -> Result<Vec<Row>> {
     );
 
     let setup = format!(
-        "{} agents × {} capacity, {} submitters",
-        settings.agents, settings.capacity, settings.submitters
+        "{} agents × {} capacity, {} submitters, {} tenant(s)",
+        settings.agents, settings.capacity, settings.submitters, settings.tenants
     );
     let value = format!(
         "{tps:.0} tasks/s ({n} tasks in {:.2} s; {setup})",
@@ -490,7 +496,13 @@ async fn rss(settings: &Settings) -> Result<Vec<Row>> {
     let idle = proc_status_kib("VmRSS:")?;
     let n = settings.rss_tasks;
     let started = Instant::now();
-    let failed = submit_all(&plane.client, PARKED, n, settings.submitters).await?;
+    let failed = submit_all(
+        std::slice::from_ref(&plane.client),
+        PARKED,
+        n,
+        settings.submitters,
+    )
+    .await?;
     let took = started.elapsed();
     // Let the writers and the allocator settle before reading.
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -567,6 +579,8 @@ struct Plane {
     server: RunningServer,
     store: DynStore,
     client: Client,
+    /// The server's `http://` address.
+    base_url: String,
     agents: Vec<RunningAgent>,
     stop_agents: CancellationToken,
     /// The data directory (SQLite's file); removed on drop.
@@ -576,6 +590,33 @@ struct Plane {
 }
 
 impl Plane {
+    /// Clients of `n` tenants: the admin's (the default tenant) and a submitter key of each of
+    /// `n - 1` tenants created through the API.
+    async fn tenants(&self, n: usize) -> Result<Vec<Client>> {
+        let mut clients = vec![self.client.clone()];
+        for i in 1..n {
+            let tenant = self
+                .client
+                .create_tenant(&flotilla_core::tenant::NewTenant {
+                    name: format!("bench-{i}"),
+                    rate_limit: None,
+                })
+                .await?;
+            let request = flotilla_core::auth::NewKeyRequest {
+                name: format!("bench submitter {i}"),
+                role: flotilla_core::auth::Role::Submitter,
+                expires_at: None,
+                rate_limit: None,
+            };
+            let key = self
+                .client
+                .create_key(&request, Some(&tenant.id.to_string()))
+                .await?;
+            clients.push(Client::new(&self.base_url, Some(key.key))?);
+        }
+        Ok(clients)
+    }
+
     async fn probe_postgres(url: &str) -> Result<()> {
         let store = tokio::time::timeout(Duration::from_secs(5), PostgresStore::connect(url, 1))
             .await
@@ -665,6 +706,7 @@ impl Plane {
             server,
             store,
             client,
+            base_url: base,
             agents: running,
             stop_agents,
             _data_dir: data_dir,
@@ -728,7 +770,7 @@ impl Agent for ZeroWork {
 /// Submits `n` tasks of `agent_type` from `concurrency` closed-loop submitters sharing one client
 /// (one pool of keep-alive connections); returns how many submissions failed.
 async fn submit_all(
-    client: &Client,
+    clients: &[Client],
     agent_type: &str,
     n: usize,
     concurrency: usize,
@@ -736,9 +778,9 @@ async fn submit_all(
     let next = Arc::new(AtomicUsize::new(0));
     let failed = Arc::new(AtomicUsize::new(0));
     let mut submitters = tokio::task::JoinSet::new();
-    for _ in 0..concurrency.max(1) {
+    for worker in 0..concurrency.max(1) {
         let (client, next, failed, agent_type) = (
-            client.clone(),
+            clients[worker % clients.len()].clone(),
             next.clone(),
             failed.clone(),
             agent_type.to_owned(),

@@ -148,6 +148,7 @@ fn evaluate(state: &Alerts, rule: &AlertRule, reading: Reading, now: Timestamp) 
     let scope = scope_text(rule.by, value_of.as_deref());
     let subject = Subject::of(rule.by, value_of.as_deref());
     let event_subject = value_of.as_deref().unwrap_or("*");
+    let owner = flotilla_core::event::alert_owner(rule.signal, rule.by, subject.tenant);
     let word = match transition {
         Transition::Pending => "pending",
         Transition::Cleared => "cleared",
@@ -168,9 +169,14 @@ fn evaluate(state: &Alerts, rule: &AlertRule, reading: Reading, now: Timestamp) 
         rule.for_.as_secs(),
         rule.severity.as_str(),
     );
-    state
-        .events
-        .emit(now, EventKind::Alert, event_subject, None, message.clone());
+    state.events.emit(
+        now,
+        EventKind::Alert,
+        event_subject,
+        None,
+        owner,
+        message.clone(),
+    );
     // A silence mutes actions; the history still records the transition. Emergency mode and
     // imposed rate limits are always undone on resolve, so a silence can never leave them on.
     let ends_emergency = transition == Transition::Resolved;
@@ -235,6 +241,8 @@ fn evaluate(state: &Alerts, rule: &AlertRule, reading: Reading, now: Timestamp) 
                     (None, Some(t)) => format!(" of tenant {t}"),
                     (None, None) => String::new(),
                 };
+                // Who is refused reads why: the tenant shed, or everyone.
+                let readers = emergency.tenant;
                 if state.engine.set_emergency(emergency, on) {
                     let message = if on {
                         format!(
@@ -245,7 +253,7 @@ fn evaluate(state: &Alerts, rule: &AlertRule, reading: Reading, now: Timestamp) 
                     };
                     state
                         .events
-                        .emit(now, EventKind::Alert, event_subject, None, message);
+                        .emit(now, EventKind::Alert, event_subject, None, readers, message);
                 }
             }
         }
@@ -300,9 +308,14 @@ fn rate_limit(
             format!("tenant {tenant} rate limit restored: alert {alert} resolved"),
         )
     };
-    state
-        .events
-        .emit(now, EventKind::Alert, &tenant.to_string(), None, message);
+    state.events.emit(
+        now,
+        EventKind::Alert,
+        &tenant.to_string(),
+        None,
+        Some(tenant),
+        message,
+    );
 }
 
 /// One more instance of the pool, within its maximum; for static pools a recommendation.
@@ -328,7 +341,7 @@ fn scale_up(state: &Alerts, rule: &str, agent_type: &str, now: Timestamp) {
     };
     state
         .events
-        .emit(now, EventKind::Scale, agent_type, None, message);
+        .emit(now, EventKind::Scale, agent_type, None, None, message);
     if to > current {
         state.provisioners.scale(pool, to);
     }

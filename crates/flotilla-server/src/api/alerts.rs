@@ -234,23 +234,31 @@ pub(crate) async fn delete_silence(
     Ok(Json(ended))
 }
 
-/// Pending and firing alerts, firing first, with their values and since when.
+/// Pending and firing alerts, firing first, with their values and since when. A tenant's keys
+/// see the fleet's alerts that name no tenant and their own tenant's; token figures summed
+/// over tenants (by model or in total) are the platform's alone.
 #[utoipa::path(get, path = "/v1/alerts", tag = "alerts", responses((status = 200, body = AlertList)), security(("bearer" = [])))]
 pub(crate) async fn list(
     State(state): State<AppState>,
-    _caller: Caller,
+    caller: Caller,
 ) -> Result<Json<AlertList>, ApiError> {
     // The engine runs on the leader; the others answer with what it last published.
-    if state.leadership.is_leader() {
-        return Ok(Json(AlertList {
-            alerts: state.alerts.active(&state.config.alerting.rules),
-        }));
-    }
-    let alerts = match state.store.get_board(crate::alerts::BOARD_ACTIVE).await? {
-        Some((body, _)) => serde_json::from_str(&body)
-            .map_err(|e| ApiError::Internal(format!("the published alerts are unreadable: {e}")))?,
-        None => Vec::new(),
+    let mut alerts: Vec<flotilla_core::wire::ActiveAlert> = if state.leadership.is_leader() {
+        state.alerts.active(&state.config.alerting.rules)
+    } else {
+        match state.store.get_board(crate::alerts::BOARD_ACTIVE).await? {
+            Some((body, _)) => serde_json::from_str(&body).map_err(|e| {
+                ApiError::Internal(format!("the published alerts are unreadable: {e}"))
+            })?,
+            None => Vec::new(),
+        }
     };
+    if let Some(reader) = caller.reader() {
+        alerts.retain(|a| {
+            let owner = flotilla_core::event::alert_owner(a.signal, a.by, a.tenant);
+            flotilla_core::event::visible_to(owner, reader)
+        });
+    }
     Ok(Json(AlertList { alerts }))
 }
 
@@ -266,16 +274,18 @@ pub(crate) struct HistoryQuery {
     pub limit: Option<u32>,
 }
 
-/// Every alert transition (pending, firing, resolved, cleared) and failed notification.
+/// Every alert transition (pending, firing, resolved, cleared) and failed notification, as
+/// `GET /v1/alerts` scopes them; failed notifications are the platform's alone.
 #[utoipa::path(get, path = "/v1/alerts/history", tag = "alerts", params(HistoryQuery),
     responses((status = 200, body = EventList)), security(("bearer" = [])))]
 pub(crate) async fn history(
     State(state): State<AppState>,
-    _caller: Caller,
+    caller: Caller,
     QueryParams(query): QueryParams<HistoryQuery>,
 ) -> Result<Json<EventList>, ApiError> {
     let filter = EventFilter {
         kind: Some(EventKind::Alert),
+        readable_by: caller.reader(),
         after: query.after,
         ..EventFilter::default()
     };

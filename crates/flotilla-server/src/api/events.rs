@@ -34,7 +34,7 @@ pub(crate) struct EventQuery {
     /// Only this instance's events.
     #[param(format = Uuid)]
     pub agent_id: Option<String>,
-    /// `instance`, `scale` or `provisioner`.
+    /// `instance`, `scale`, `provisioner`, `alert`, `budget` or `leader`.
     pub kind: Option<EventKind>,
     /// Events recorded after this id, oldest first; without it, the latest `limit` events.
     pub after: Option<i64>,
@@ -43,12 +43,13 @@ pub(crate) struct EventQuery {
     pub limit: Option<u32>,
 }
 
-/// Fleet events, oldest first.
+/// Fleet events, oldest first. A tenant's keys read the fleet facts that name no tenant and the
+/// events of their own tenant (its instances, budgets, alerts); the platform's read all.
 #[utoipa::path(get, path = "/v1/events", tag = "fleet", params(EventQuery),
     responses((status = 200, body = EventList)), security(("bearer" = [])))]
 pub(crate) async fn list(
     State(state): State<AppState>,
-    _caller: Caller,
+    caller: Caller,
     QueryParams(query): QueryParams<EventQuery>,
 ) -> Result<Json<EventList>, ApiError> {
     let agent_id = query
@@ -61,6 +62,7 @@ pub(crate) async fn list(
         agent_type: query.agent_type,
         agent_id,
         kind: query.kind,
+        readable_by: caller.reader(),
         after: query.after,
         limit: 0,
     };

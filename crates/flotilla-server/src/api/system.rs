@@ -11,7 +11,6 @@ use axum::Json;
 use axum::extract::State;
 use flotilla_core::auth::Permission;
 use flotilla_core::config::Database;
-use flotilla_core::id::TenantId;
 use flotilla_core::wire::{SystemCaller, SystemInfo};
 use std::time::SystemTime;
 use utoipa_axum::routes;
@@ -31,8 +30,7 @@ pub(crate) async fn system(
     caller: Caller,
 ) -> Result<Json<SystemInfo>, ApiError> {
     // Queues of every tenant are the platform's to see; a tenant sees its own.
-    let whose = (caller.tenant_id != TenantId::DEFAULT).then_some(caller.tenant_id);
-    let queued = state.store.queued_by_type(whose).await?;
+    let queued = state.store.queued_by_type(caller.reader()).await?;
     let started = process::mark_start();
     let uptime = SystemTime::now()
         .duration_since(started)

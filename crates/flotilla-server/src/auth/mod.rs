@@ -120,6 +120,16 @@ impl Caller {
             )),
         }
     }
+
+    /// Whose share of data kept for every tenant (events, alerts, queues) the caller reads:
+    /// `None` for the platform — admins and the keys of its default tenant — which reads all of
+    /// it; otherwise its own tenant, which reads fleet facts and its own
+    /// (`flotilla_core::event::visible_to`).
+    pub fn reader(&self) -> Option<TenantId> {
+        let platform = self.task.is_none()
+            && (self.role == Role::Admin || self.tenant_id == TenantId::DEFAULT);
+        (!platform).then_some(self.tenant_id)
+    }
 }
 
 impl AuditEvent {

@@ -133,9 +133,14 @@ fn carry_out(
         ),
         _ => format!("pool {} {from} → {to}: {reason}", pool.name),
     };
-    fleet
-        .events
-        .emit(now, EventKind::Scale, &pool.name, None, message.clone());
+    fleet.events.emit(
+        now,
+        EventKind::Scale,
+        &pool.name,
+        None,
+        None,
+        message.clone(),
+    );
     fleet
         .metrics
         .scale_decisions

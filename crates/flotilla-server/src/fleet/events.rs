@@ -4,7 +4,7 @@
 use crate::telemetry::metrics::{KindLabels, Metrics};
 use flotilla_core::Timestamp;
 use flotilla_core::event::{EventKind, NewEvent};
-use flotilla_core::id::AgentId;
+use flotilla_core::id::{AgentId, TenantId};
 use flotilla_store::DynStore;
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,13 +24,15 @@ pub struct EventSink {
 }
 
 impl EventSink {
-    /// Records an event: logs it and queues it for the store.
+    /// Records an event: logs it and queues it for the store. `tenant` is who may read it
+    /// (`flotilla_core::event::visible_to`): `None` for a fleet fact that names no tenant.
     pub fn emit(
         &self,
         at: Timestamp,
         kind: EventKind,
         agent_type: &str,
         agent_id: Option<AgentId>,
+        tenant: Option<TenantId>,
         message: String,
     ) {
         match agent_id {
@@ -53,6 +55,7 @@ impl EventSink {
             agent_type: agent_type.to_owned(),
             agent_id,
             message,
+            tenant,
         });
     }
 

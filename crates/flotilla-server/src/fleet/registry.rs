@@ -303,9 +303,22 @@ impl Registry {
         )
     }
 
-    fn emit(&self, at: Timestamp, agent_type: &str, id: AgentId, message: String) {
-        self.events
-            .emit(at, EventKind::Instance, agent_type, Some(id), message);
+    /// An instance's event: its owner's to read (a platform instance's, everyone's).
+    fn emit(
+        &self,
+        at: Timestamp,
+        (agent_type, owner): (&str, Option<TenantId>),
+        id: AgentId,
+        message: String,
+    ) {
+        self.events.emit(
+            at,
+            EventKind::Instance,
+            agent_type,
+            Some(id),
+            owner,
+            message,
+        );
     }
 
     /// Adds (or replaces) an instance.
@@ -321,7 +334,7 @@ impl Registry {
             owner: record.tenant_id,
         };
         let pool = self.pool_config(&agent_type);
-        let (id, capacity) = (record.id, record.capacity);
+        let (id, capacity, tenant) = (record.id, record.capacity, record.tenant_id);
         let owner = match record.tenant_id {
             Some(tenant) => format!("tenant {tenant}"),
             None => "the platform".to_owned(),
@@ -375,7 +388,7 @@ impl Registry {
         if announce {
             self.emit(
                 now,
-                &agent_type,
+                (&agent_type, tenant),
                 id,
                 // No URL: fleet events are read by every tenant, platform addresses are for
                 // admins (GET /v1/agents).
@@ -490,11 +503,12 @@ impl Registry {
         };
         let status = pool.sync(i);
         let agent_type = pool.pool.name.clone();
+        let owner = pool.instances[i].record.tenant_id;
         drop(inner);
         if recovered {
             self.emit(
                 now,
-                &agent_type,
+                (&agent_type, owner),
                 id,
                 format!("instance {id} failed → {status}: heartbeats resumed"),
             );
@@ -622,12 +636,13 @@ impl Registry {
         let before = pool.candidates[i].status;
         let until = inst.ejection.eject(&policy, now);
         let offences = inst.ejection.offences;
+        let owner = inst.record.tenant_id;
         pool.sync(i);
         let agent_type = pool.pool.name.clone();
         drop(inner);
         self.emit(
             now,
-            &agent_type,
+            (&agent_type, owner),
             id,
             format!(
                 "instance {id} {before} → ejected: {reason} (offence {offences}, until {})",
@@ -662,6 +677,7 @@ impl Registry {
             return Deregistration::Unknown;
         };
         let agent_type = pool.pool.name.clone();
+        let owner = pool.instances[i].record.tenant_id;
         let outcome = if pool.candidates[i].load == 0 {
             inner.remove(id);
             Deregistration::Removed
@@ -675,7 +691,7 @@ impl Registry {
             Deregistration::Removed => format!("instance {id} removed: deregistered"),
             _ => format!("instance {id} → draining: deregistered with tasks in flight"),
         };
-        self.emit(now, &agent_type, id, message);
+        self.emit(now, (&agent_type, owner), id, message);
         outcome
     }
 
@@ -692,10 +708,11 @@ impl Registry {
         pool.instances[i].draining = true;
         pool.sync(i);
         let agent_type = pool.pool.name.clone();
+        let owner = pool.instances[i].record.tenant_id;
         drop(inner);
         self.emit(
             now,
-            &agent_type,
+            (&agent_type, owner),
             id,
             format!("instance {id} {before} → draining: {reason}"),
         );
@@ -714,7 +731,7 @@ impl Registry {
             instance.failed.cancel();
             self.emit(
                 now,
-                &agent_type,
+                (&agent_type, instance.record.tenant_id),
                 id,
                 format!("instance {id} removed: {reason}"),
             );
@@ -737,7 +754,8 @@ impl Registry {
                     inst.failure = Some((Failure::Heartbeats, now));
                     inst.failed.cancel();
                     let last = inst.record.last_heartbeat;
-                    expired.push((pool.pool.name.clone(), inst.record.id, before, last));
+                    let group = (pool.pool.name.clone(), inst.record.tenant_id);
+                    expired.push((group, inst.record.id, before, last));
                     pool.sync(i);
                 }
             }
@@ -745,10 +763,10 @@ impl Registry {
         drop(inner);
         expired
             .into_iter()
-            .map(|(agent_type, id, before, last)| {
+            .map(|((agent_type, owner), id, before, last)| {
                 self.emit(
                     now,
-                    &agent_type,
+                    (&agent_type, owner),
                     id,
                     format!(
                         "instance {id} {before} → failed: no heartbeat since {}",
@@ -769,7 +787,7 @@ impl Registry {
                 pool.instances
                     .iter()
                     .filter(|i| i.failure.is_some_and(|(_, since)| now - since > after))
-                    .map(|i| (pool.pool.name.clone(), i.record.id)),
+                    .map(|i| ((pool.pool.name.clone(), i.record.tenant_id), i.record.id)),
             );
         }
         for (_, id) in &gone {
@@ -777,10 +795,10 @@ impl Registry {
         }
         drop(inner);
         gone.into_iter()
-            .map(|(agent_type, id)| {
+            .map(|((agent_type, owner), id)| {
                 self.emit(
                     now,
-                    &agent_type,
+                    (&agent_type, owner),
                     id,
                     format!(
                         "instance {id} removed: failed for more than {}s",
@@ -804,15 +822,17 @@ impl Registry {
                     let c = &mut pool.candidates[i];
                     c.success_rate = 1.0;
                     let status = pool.sync(i);
-                    restored.push((pool.pool.name.clone(), pool.instances[i].record.id, status));
+                    let record = &pool.instances[i].record;
+                    let group = (pool.pool.name.clone(), record.tenant_id);
+                    restored.push((group, record.id, status));
                 }
             }
         }
         drop(inner);
-        for (agent_type, id, status) in restored {
+        for ((agent_type, owner), id, status) in restored {
             self.emit(
                 now,
-                &agent_type,
+                (&agent_type, owner),
                 id,
                 format!("instance {id} ejected → {status}: ejection time over"),
             );
@@ -855,6 +875,7 @@ impl Registry {
         };
         let thresholds = pool.pool.health.thresholds;
         let inst = &mut pool.instances[i];
+        let owner = inst.record.tenant_id;
         let Some(healthy) = inst.checks.observe(ok, thresholds) else {
             return;
         };
@@ -884,7 +905,7 @@ impl Registry {
         };
         let agent_type = pool.pool.name.clone();
         drop(inner);
-        self.emit(now, &agent_type, id, message);
+        self.emit(now, (&agent_type, owner), id, message);
         if healthy {
             self.wakers.wake(&agent_type);
         }

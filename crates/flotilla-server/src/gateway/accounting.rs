@@ -173,6 +173,7 @@ fn announce(state: &Gateway, crossed: &Crossed, now: Timestamp) {
         flotilla_core::event::EventKind::Budget,
         "",
         None,
+        Some(b.tenant_id),
         message.clone(),
     );
     let severity = if crossed.threshold >= 100 {

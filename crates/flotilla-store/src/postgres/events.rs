@@ -22,10 +22,10 @@ pub(super) async fn insert(store: &PostgresStore, events: &[NewEvent]) -> StoreR
         .await?;
     // One statement over arrays; rows take their ids in the batch's order.
     sqlx::query(
-        "INSERT INTO events (at, kind, agent_type, agent_id, message) \
-         SELECT at, kind, agent_type, agent_id, message \
-         FROM UNNEST($1::int8[], $2::text[], $3::text[], $4::uuid[], $5::text[]) \
-         WITH ORDINALITY AS e (at, kind, agent_type, agent_id, message, ord) \
+        "INSERT INTO events (at, kind, agent_type, agent_id, message, tenant_id) \
+         SELECT at, kind, agent_type, agent_id, message, tenant_id \
+         FROM UNNEST($1::int8[], $2::text[], $3::text[], $4::uuid[], $5::text[], $6::uuid[]) \
+         WITH ORDINALITY AS e (at, kind, agent_type, agent_id, message, tenant_id, ord) \
          ORDER BY ord",
     )
     .bind(events.iter().map(|e| micros(e.at)).collect::<Vec<_>>())
@@ -46,6 +46,12 @@ pub(super) async fn insert(store: &PostgresStore, events: &[NewEvent]) -> StoreR
         events
             .iter()
             .map(|e| e.message.as_str())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        events
+            .iter()
+            .map(|e| e.tenant.map(|t| t.0))
             .collect::<Vec<_>>(),
     )
     .execute(&mut *tx)

@@ -93,12 +93,13 @@ impl Kubernetes {
                         spec.deployment_name(),
                         spec.namespace
                     );
-                    events.emit(now, EventKind::Provisioner, &spec.pool, None, message);
+                    events.emit(now, EventKind::Provisioner, &spec.pool, None, None, message);
                 }
                 Err(e) => events.emit(
                     now,
                     EventKind::Provisioner,
                     &spec.pool,
+                    None,
                     None,
                     format!("kubernetes: could not set {to} replicas: {e}"),
                 ),

@@ -170,7 +170,7 @@ impl Provisioners {
                         (pool, format!("process {name} stopped"), Some(name.clone()))
                     }
                 };
-                state_events.emit(now, EventKind::Provisioner, pool, None, message);
+                state_events.emit(now, EventKind::Provisioner, pool, None, None, message);
                 // A process that is gone cannot finish its tasks: fail them over at once rather
                 // than at the next heartbeat timeout.
                 if let Some(name) = exited
