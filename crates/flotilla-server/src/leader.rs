@@ -82,11 +82,8 @@ pub async fn run(state: Leader, shutdown: CancellationToken) {
                 if lease.holder == *state.owner {
                     term_ends = Some(started + ttl);
                     if state.leadership.generation() != Some(lease.generation) {
-                        state
-                            .leadership
-                            .leading
-                            .send_replace(Some(lease.generation));
-                        state.metrics.leader.set(1);
+                        // Recorded before this replica acts or says it leads, so whoever sees
+                        // it lead finds the event, even if it is killed at once.
                         announce(
                             state,
                             format!(
@@ -95,6 +92,11 @@ pub async fn run(state: Leader, shutdown: CancellationToken) {
                             ),
                         )
                         .await;
+                        state
+                            .leadership
+                            .leading
+                            .send_replace(Some(lease.generation));
+                        state.metrics.leader.set(1);
                     }
                 } else if term_ends.take().is_some() {
                     step_down(
@@ -213,7 +215,8 @@ async fn step_down(state: &Leader, message: String) {
 }
 
 /// Records a change of leader as an event, written at once rather than with the next batch:
-/// a leader killed right after taking over must still leave its event behind.
+/// a leader killed right after taking over must still leave its event behind. A new leader's
+/// event is written before it leads; one that took over 2 s to write is queued instead.
 async fn announce(state: &Leader, message: String) {
     tracing::info!(event = %EventKind::Leader, owner = %state.owner, "{message}");
     let event = NewEvent {
