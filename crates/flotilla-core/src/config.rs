@@ -187,6 +187,12 @@ pub struct SchedulerSection {
     pub max_priority: MaxPriority,
     /// `[scheduler.fair_share]`: per-tenant queue limit and weights.
     pub fair_share: FairShareSection,
+    /// A queued task that no instance has started this many seconds after it became due fails,
+    /// saying so (types whose pool sets no `queue_timeout_s` of its own); 0: never.
+    pub queue_timeout_s: u64,
+    /// Attempts of one task that may be lost (the control plane running them died) before the
+    /// task fails instead of being queued again (1-100).
+    pub max_lost_attempts: u32,
 }
 
 impl Default for SchedulerSection {
@@ -202,6 +208,8 @@ impl Default for SchedulerSection {
             claim_batch: 128,
             max_priority: MaxPriority::default(),
             fair_share: FairShareSection::default(),
+            queue_timeout_s: 86_400,
+            max_lost_attempts: 3,
         }
     }
 }
@@ -312,6 +320,9 @@ pub struct Scheduler {
     pub max_priority: MaxPriority,
     /// `[scheduler.fair_share]`.
     pub fair_share: FairShareConfig,
+    /// Default queue timeout; `None`: queued tasks wait for ever.
+    pub queue_timeout: Option<Duration>,
+    pub max_lost_attempts: u32,
 }
 
 /// Log output format.
@@ -534,6 +545,8 @@ pub fn validate(raw: ConfigFile) -> Result<Config, ConfigError> {
         },
         max_priority: priority::validate(&s.max_priority)?,
         fair_share: fair_share::validate(&s.fair_share)?,
+        queue_timeout: pool::queue_timeout("scheduler.queue_timeout_s", s.queue_timeout_s)?,
+        max_lost_attempts: max_attempts("scheduler.max_lost_attempts", s.max_lost_attempts)?,
     };
     let log_format = match raw.log.format.as_str() {
         "human" => LogFormat::Human,

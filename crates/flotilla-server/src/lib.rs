@@ -301,6 +301,7 @@ pub async fn start(
         gateway_url: gateway_url.clone(),
         owner: owner.clone(),
         leadership: leadership.clone(),
+        waiters: waiters.clone(),
         shutdown: shutdown.clone(),
     });
     let notifications = Arc::new(notify::Notifications {

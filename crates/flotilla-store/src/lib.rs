@@ -151,12 +151,28 @@ pub enum Cancelled {
     NotFound,
 }
 
-/// A task whose lease expired and which went back to the queue.
+/// A task whose lease expired: back in the queue, or failed when it had lost too many attempts.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Requeued {
     pub task_id: TaskId,
     pub attempt: i32,
     pub agent_type: String,
+    /// True when the task failed instead (`max_lost` reached).
+    pub failed: bool,
+}
+
+/// Queued tasks that waited too long, for `TaskStore::fail_overdue`.
+#[derive(Clone, Copy, Debug)]
+pub struct Overdue<'a> {
+    /// Only this agent type's tasks; `None`: every type's but those in `except`.
+    pub agent_type: Option<&'a str>,
+    pub except: &'a [String],
+    /// Tasks due (`not_before`) before this instant.
+    pub due_before: Timestamp,
+    /// The failed tasks' error.
+    pub error: &'a str,
+    /// At most this many in one call.
+    pub limit: u32,
 }
 
 /// Filter and page of `list_events`. Events come in id order (oldest first); filters combine with

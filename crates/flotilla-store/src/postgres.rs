@@ -5,8 +5,8 @@
 //! transaction; JSON is stored as JSONB and selected as text so both backends decode the same rows.
 
 use crate::rows::{
-    AttemptRow, EndUpdate, TaskRow, attach_attempts, created_task, finish_update,
-    lease_expired_error, micros, migrations_applied, place_round, rounds,
+    AttemptRow, EndUpdate, TaskRow, attach_attempts, created_task, finish_update, micros,
+    migrations_applied, place_round, rounds,
 };
 use crate::{Cancelled, Inserted, Requeued, StoreError, StoreResult};
 use async_trait::async_trait;
@@ -24,6 +24,7 @@ use uuid::Uuid;
 
 mod buckets;
 mod events;
+mod leases;
 mod usage;
 
 crate::access::access_store!(PostgresStore, Postgres);
@@ -522,55 +523,9 @@ crate::tasks::task_store!(PostgresStore, Postgres, {
         &self,
         now: Timestamp,
         fence: Option<&crate::Fence>,
+        max_lost: u32,
     ) -> StoreResult<Vec<Requeued>> {
-        let now_us = micros(now);
-        let mut tx = self.pool.begin().await?;
-        if let Some(fence) = fence {
-            let holds: Option<i64> = sqlx::query_scalar(crate::coordination::FENCE_PG)
-                .bind(&fence.lease)
-                .bind(&fence.holder)
-                .bind(fence.generation)
-                .bind(now_us)
-                .fetch_optional(&mut *tx)
-                .await?;
-            if holds.is_none() {
-                return Ok(Vec::new());
-            }
-        }
-        // SKIP LOCKED: a task being finished or requeued by another replica right now is left to it.
-        let expired: Vec<(Uuid, i32, String, i64)> = sqlx::query_as(
-            "SELECT id, attempt, agent_type, updated_at FROM tasks \
-             WHERE status = 'running' AND lease_expires_at < $1 ORDER BY id FOR UPDATE SKIP LOCKED",
-        )
-        .bind(now_us)
-        .fetch_all(&mut *tx)
-        .await?;
-        let mut out = Vec::with_capacity(expired.len());
-        for (id, attempt, agent_type, claimed_at) in expired {
-            let error = lease_expired_error(attempt);
-            sqlx::query(
-                "WITH attempt_row AS (INSERT INTO task_attempts \
-                 (task_id, number, agent_id, started_at, finished_at, outcome, error) \
-                 VALUES ($1, $2, NULL, $4, $3, 'lost', $5) ON CONFLICT DO NOTHING) \
-                 UPDATE tasks SET status = 'queued', not_before = $3, updated_at = $3, error = $5, \
-                 lease_owner = NULL, lease_expires_at = NULL \
-                 WHERE id = $1 AND status = 'running' AND attempt = $2",
-            )
-            .bind(id)
-            .bind(attempt)
-            .bind(now_us)
-            .bind(claimed_at)
-            .bind(&error)
-            .execute(&mut *tx)
-            .await?;
-            out.push(Requeued {
-                task_id: TaskId(id),
-                attempt,
-                agent_type,
-            });
-        }
-        tx.commit().await?;
-        Ok(out)
+        leases::requeue_expired(self, now, fence, max_lost).await
     }
 });
 

@@ -6,8 +6,8 @@
 //! Reads use a separate pool of read-only connections, which WAL lets run beside the writer.
 
 use crate::rows::{
-    AttemptRow, EndUpdate, TaskRow, attach_attempts, created_task, finish_update,
-    lease_expired_error, micros, migrations_applied, place_round, rounds,
+    AttemptRow, EndUpdate, TaskRow, attach_attempts, created_task, finish_update, micros,
+    migrations_applied, place_round, rounds,
 };
 use crate::{Cancelled, Inserted, Requeued, StoreError, StoreResult};
 use async_trait::async_trait;
@@ -28,6 +28,7 @@ use uuid::Uuid;
 
 mod buckets;
 mod events;
+mod leases;
 mod usage;
 
 crate::access::access_store!(SqliteStore, Sqlite);
@@ -454,60 +455,9 @@ crate::tasks::task_store!(SqliteStore, Sqlite, {
         &self,
         now: Timestamp,
         fence: Option<&crate::Fence>,
+        max_lost: u32,
     ) -> StoreResult<Vec<Requeued>> {
-        let now_us = micros(now);
-        let mut tx = self.begin().await?;
-        if let Some(fence) = fence {
-            let holds: Option<i64> = sqlx::query_scalar(crate::coordination::FENCE_SQLITE)
-                .bind(&fence.lease)
-                .bind(&fence.holder)
-                .bind(fence.generation)
-                .bind(now_us)
-                .fetch_optional(&mut *tx)
-                .await?;
-            if holds.is_none() {
-                return Ok(Vec::new());
-            }
-        }
-        let expired: Vec<(Uuid, i32, String, i64)> = sqlx::query_as(
-            "SELECT id, attempt, agent_type, updated_at FROM tasks \
-             WHERE status = 'running' AND lease_expires_at < ?1 ORDER BY id",
-        )
-        .bind(now_us)
-        .fetch_all(&mut *tx)
-        .await?;
-        let mut out = Vec::with_capacity(expired.len());
-        for (id, attempt, agent_type, claimed_at) in expired {
-            let error = lease_expired_error(attempt);
-            sqlx::query(
-                "UPDATE tasks SET status = 'queued', not_before = ?3, updated_at = ?3, error = ?4, \
-                 lease_owner = NULL, lease_expires_at = NULL \
-                 WHERE id = ?1 AND status = 'running' AND attempt = ?2",
-            )
-            .bind(id)
-            .bind(attempt)
-            .bind(now_us)
-            .bind(&error)
-            .execute(&mut *tx)
-            .await?;
-            sqlx::query(INSERT_ATTEMPT)
-                .bind(id)
-                .bind(attempt)
-                .bind(None::<Uuid>)
-                .bind(claimed_at)
-                .bind(now_us)
-                .bind("lost")
-                .bind(&error)
-                .execute(&mut *tx)
-                .await?;
-            out.push(Requeued {
-                task_id: TaskId(id),
-                attempt,
-                agent_type,
-            });
-        }
-        tx.commit().await?;
-        Ok(out)
+        leases::requeue_expired(self, now, fence, max_lost).await
     }
 });
 

@@ -6,8 +6,8 @@
 use crate::secrets::{SealedSecret, SecretCursor, SecretSummary, WrappedSecretKey};
 use crate::{
     AuditFilter, BucketSettle, BucketTake, BudgetWindow, Cancelled, EventFilter, Fence, Inserted,
-    LeaderLease, Listener, PoolStats, Requeued, Reservation, StoreResult, TaskFilter, Topology,
-    UsageFilter,
+    LeaderLease, Listener, Overdue, PoolStats, Requeued, Reservation, StoreResult, TaskFilter,
+    Topology, UsageFilter,
 };
 use async_trait::async_trait;
 use flotilla_core::Timestamp;
@@ -145,7 +145,9 @@ pub trait TaskStore: Send + Sync + 'static {
     /// Extends the lease of every running task owned by `owner`.
     async fn renew_leases(&self, owner: &str, lease_expires_at: Timestamp) -> StoreResult<u64>;
     /// Returns running tasks whose lease expired before `now` to `queued` (available at once),
-    /// recording a `lost` attempt for each.
+    /// recording a `lost` attempt for each. A task whose attempts were lost `max_lost` times,
+    /// this one included, fails instead, with an error that says so (a task that kills every
+    /// control plane that runs it must end).
     ///
     /// With a `fence`, only while that term of leadership holds: the lease row is checked and
     /// share-locked in the same transaction, so no other control plane can take the lease while
@@ -154,7 +156,15 @@ pub trait TaskStore: Send + Sync + 'static {
         &self,
         now: Timestamp,
         fence: Option<&Fence>,
+        max_lost: u32,
     ) -> StoreResult<Vec<Requeued>>;
+    /// Fails the queued tasks `overdue` describes, at `now`; returns their ids and types. A task
+    /// claimed or cancelled meanwhile is left alone.
+    async fn fail_overdue(
+        &self,
+        overdue: &Overdue<'_>,
+        now: Timestamp,
+    ) -> StoreResult<Vec<(TaskId, String)>>;
     /// Number of tasks per status (all tenants): every status in lifecycle order
     /// ([`TaskStatus::ALL`]), those without tasks with 0.
     async fn task_counts_by_status(&self) -> StoreResult<Vec<(TaskStatus, u64)>>;

@@ -4,6 +4,34 @@
 
 pub(crate) const COUNTS: &str = "SELECT status, COUNT(*) FROM tasks GROUP BY status";
 
+/// Attempts of task `$1` lost so far (their control plane stopped).
+pub(crate) const LOST_ATTEMPTS: &str =
+    "SELECT COUNT(*) FROM task_attempts WHERE task_id = $1 AND outcome = 'lost'";
+
+/// An expired lease's task (`$1`, attempt `$2`) back to the queue at `$3`, with error `$4`.
+pub(crate) const REQUEUE_LOST: &str = "UPDATE tasks SET status = 'queued', not_before = $3, \
+     updated_at = $3, error = $4, lease_owner = NULL, lease_expires_at = NULL \
+     WHERE id = $1 AND status = 'running' AND attempt = $2";
+
+/// An expired lease's task (`$1`, attempt `$2`) failed at `$3` for losing too many attempts.
+pub(crate) const FAIL_LOST: &str = "UPDATE tasks SET status = 'failed', finished_at = $3, \
+     updated_at = $3, error = $4, lease_owner = NULL, lease_expires_at = NULL \
+     WHERE id = $1 AND status = 'running' AND attempt = $2";
+
+/// The error of an expired lease: `attempt` was lost, and with it `lost` attempts in all;
+/// whether the task fails (`max_lost` reached).
+pub(crate) fn lost_attempt(attempt: i32, lost: i64, max_lost: u32) -> (String, bool) {
+    if lost >= i64::from(max_lost) {
+        let error = format!(
+            "lost {lost} attempts: the control plane running each of them stopped, the last \
+             during attempt {attempt} (scheduler.max_lost_attempts = {max_lost})"
+        );
+        (error, true)
+    } else {
+        (crate::rows::lease_expired_error(attempt), false)
+    }
+}
+
 /// [`crate::TaskStore`] for a backend `$store` of database `$db`, whose task columns are
 /// `task_columns!()` at the call site.
 macro_rules! task_store {
@@ -117,6 +145,51 @@ macro_rules! task_store {
                     .push(") AS q");
                 let n: i64 = query.build_query_scalar().fetch_one(self.reads()).await?;
                 crate::rows::count("queued count", n)
+            }
+
+            async fn fail_overdue(
+                &self,
+                overdue: &crate::Overdue<'_>,
+                now: flotilla_core::Timestamp,
+            ) -> crate::StoreResult<Vec<(flotilla_core::id::TaskId, String)>> {
+                let now_us = crate::rows::micros(now);
+                let mut query = sqlx::QueryBuilder::<$db>::new(
+                    "UPDATE tasks SET status = 'failed', finished_at = ",
+                );
+                query
+                    .push_bind(now_us)
+                    .push(", updated_at = ")
+                    .push_bind(now_us)
+                    .push(", error = ")
+                    .push_bind(overdue.error)
+                    .push(
+                        " WHERE status = 'queued' AND id IN (SELECT id FROM tasks \
+                         WHERE status = 'queued' AND not_before < ",
+                    )
+                    .push_bind(crate::rows::micros(overdue.due_before));
+                if let Some(agent_type) = overdue.agent_type {
+                    query.push(" AND agent_type = ").push_bind(agent_type);
+                }
+                if !overdue.except.is_empty() {
+                    query.push(" AND agent_type NOT IN (");
+                    let mut names = query.separated(", ");
+                    for name in overdue.except {
+                        names.push_bind(name.as_str());
+                    }
+                    query.push(")");
+                }
+                query
+                    .push(" ORDER BY not_before LIMIT ")
+                    .push_bind(i64::from(overdue.limit))
+                    .push(") RETURNING id, agent_type");
+                let mut w = self.writer().await?;
+                let failed: Vec<(uuid::Uuid, String)> =
+                    query.build_query_as().fetch_all(w.conn()).await?;
+                w.commit().await?;
+                Ok(failed
+                    .into_iter()
+                    .map(|(id, agent_type)| (flotilla_core::id::TaskId(id), agent_type))
+                    .collect())
             }
 
             $($dialect)*

@@ -648,20 +648,24 @@ async fn expired_leases_are_requeued_with_a_lost_attempt(store: DynStore) {
     );
     assert!(
         store
-            .requeue_expired(now + secs(30), None)
+            .requeue_expired(now + secs(30), None, 3)
             .await
             .unwrap()
             .is_empty(),
         "not before the lease expires"
     );
 
-    let requeued = store.requeue_expired(now + secs(45), None).await.unwrap();
+    let requeued = store
+        .requeue_expired(now + secs(45), None, 3)
+        .await
+        .unwrap();
     assert_eq!(
         requeued,
         vec![flotilla_store::Requeued {
             task_id: b.id,
             attempt: 1,
-            agent_type: "w".to_owned()
+            agent_type: "w".to_owned(),
+            failed: false,
         }]
     );
     let lost = get(&store, b.id).await;
@@ -691,7 +695,10 @@ async fn expired_leases_are_requeued_with_a_lost_attempt(store: DynStore) {
     assert_eq!(get(&store, b.id).await.status, TaskStatus::Running);
 
     // The renewed lease expires later.
-    let requeued = store.requeue_expired(now + secs(61), None).await.unwrap();
+    let requeued = store
+        .requeue_expired(now + secs(61), None, 3)
+        .await
+        .unwrap();
     assert_eq!(
         requeued.iter().map(|r| r.task_id).collect::<Vec<_>>(),
         vec![a.id]
@@ -727,7 +734,7 @@ async fn cancellation_applies_to_unfinished_tasks_only(store: DynStore) {
     // A cancelled task's lease is gone: it never comes back from requeue_expired.
     assert!(
         store
-            .requeue_expired(now + secs(3600), None)
+            .requeue_expired(now + secs(3600), None, 3)
             .await
             .unwrap()
             .is_empty()
@@ -1067,7 +1074,10 @@ async fn tasks_claimed_at_insertion_run_under_their_lease(store: DynStore) {
     );
     assert_eq!(store.renew_leases("me", now + secs(20)).await.unwrap(), 1);
     // When its owner dies, the lease expires and the task returns to the queue.
-    let requeued = store.requeue_expired(now + secs(30), None).await.unwrap();
+    let requeued = store
+        .requeue_expired(now + secs(30), None, 3)
+        .await
+        .unwrap();
     assert!(
         requeued
             .iter()

@@ -246,12 +246,12 @@ async fn a_fenced_requeue_runs_only_in_its_term(store: DynStore) {
     // b took over at 11: a's term (generation 1) is over, whatever a believes.
     store.claim_lease(LEASE, "b", at(11), at(21)).await.unwrap();
     let stale = store
-        .requeue_expired(at(12), Some(&fence("a", first.generation)))
+        .requeue_expired(at(12), Some(&fence("a", first.generation)), 3)
         .await
         .unwrap();
     assert!(stale.is_empty(), "a stale leader requeues nothing");
     let current = store
-        .requeue_expired(at(12), Some(&fence("b", 2)))
+        .requeue_expired(at(12), Some(&fence("b", 2)), 3)
         .await
         .unwrap();
     assert_eq!(current.iter().map(|r| r.task_id).collect::<Vec<_>>(), [id]);

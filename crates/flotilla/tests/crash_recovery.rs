@@ -131,3 +131,75 @@ async fn postgres_control_plane_killed_mid_load_finishes_every_accepted_task() {
     let db = PgDatabase::create();
     killed_mid_load_finishes_every_accepted_task(Some(&db.url)).await;
 }
+
+/// A task whose every attempt dies with its control plane (here: the control plane is killed
+/// while the attempt runs) ends `failed` after `scheduler.max_lost_attempts` losses, saying so,
+/// instead of being re-queued for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_lost_with_its_control_plane_twice_fails_saying_so() {
+    let mut server = ServerProcess::builder(BIN)
+        .env("FLOTILLA_BOOTSTRAP_ADMIN_KEY", ADMIN_KEY)
+        .env("FLOTILLA_SCHEDULER__LEASE_TTL_MS", "1000")
+        .env("FLOTILLA_SCHEDULER__MAX_LOST_ATTEMPTS", "2")
+        .arg("--config")
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/code_generator_pool.toml"
+        ))
+        .start()
+        .await
+        .expect("server starts");
+    // The agent takes a minute per task: every attempt is still running when the kill comes.
+    let mut agent = AgentProcess::builder(BIN, "code_generator", server.base_url(), ADMIN_KEY)
+        .args([
+            "--capacity",
+            "4",
+            "--median-ms",
+            "60000",
+            "--p99-ms",
+            "60000",
+            "--failure-rate",
+            "0",
+        ])
+        .start()
+        .await
+        .expect("agent starts");
+    let client = server.client().unwrap();
+    let poison = client
+        .submit_task(&SubmitTask::new("code_generator", serde_json::json!({})))
+        .await
+        .expect("202");
+    for attempt in 1..=2 {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let task = client.get_task(poison.id, None).await.unwrap();
+            if task.status == TaskStatus::Running && task.attempt == attempt {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "attempt {attempt} never started: {task:?}\n{}",
+                server.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        server.kill_hard().await.expect("SIGKILL");
+        server.restart().await.expect("restart");
+    }
+    let done = wait_terminal(&client, poison.id, Duration::from_secs(30)).await;
+    assert_eq!(
+        done.status,
+        TaskStatus::Failed,
+        "{done:?}\n{}",
+        server.logs()
+    );
+    let error = done.error.unwrap_or_default();
+    assert!(
+        error.starts_with("lost 2 attempts: ") && error.contains("max_lost_attempts = 2"),
+        "{error}"
+    );
+    let outcomes: Vec<&str> = done.attempts.iter().map(|a| a.outcome.as_str()).collect();
+    assert_eq!(outcomes, ["lost", "lost"]);
+    agent.terminate().await.ok();
+    server.terminate().await.expect("server stops");
+}

@@ -67,6 +67,9 @@ pub struct PoolSection {
     pub timeout_ms: Option<u64>,
     /// Attempts per task for this pool.
     pub max_attempts: Option<u32>,
+    /// Queue timeout of this pool's tasks, in seconds (0: never); absent:
+    /// `scheduler.queue_timeout_s`.
+    pub queue_timeout_s: Option<u64>,
     /// `local` (spawn agent processes here), `static` (instances register themselves; the
     /// autoscaler only recommends) or `kubernetes` (one Deployment per pool).
     pub provisioner: String,
@@ -100,6 +103,7 @@ impl Default for PoolSection {
             name: String::new(),
             timeout_ms: None,
             max_attempts: None,
+            queue_timeout_s: None,
             provisioner: "local".to_owned(),
             strategy: StrategyKind::default().as_str().to_owned(),
             capacity: 4,
@@ -297,6 +301,8 @@ pub struct Pool {
     pub name: String,
     pub timeout: Option<Duration>,
     pub max_attempts: Option<u32>,
+    /// Its own queue timeout: `Some(None)` never, `None` the scheduler's default.
+    pub queue_timeout: Option<Option<Duration>>,
     pub provisioner: Provisioner,
     pub strategy: Strategy,
     pub capacity: u32,
@@ -329,6 +335,7 @@ impl Pool {
             name: name.to_owned(),
             timeout: None,
             max_attempts: None,
+            queue_timeout: None,
             provisioner: Provisioner::Static,
             strategy: StrategyKind::default().into(),
             capacity: 4,
@@ -522,6 +529,10 @@ pub(super) fn validate_pool(p: &PoolSection, key: &str) -> Result<Pool, ConfigEr
             .map(|ms| positive_ms(&k("timeout_ms"), ms))
             .transpose()?,
         max_attempts,
+        queue_timeout: p
+            .queue_timeout_s
+            .map(|s| queue_timeout(&k("queue_timeout_s"), s))
+            .transpose()?,
         provisioner,
         strategy: Strategy {
             kind,
@@ -538,4 +549,16 @@ pub(super) fn validate_pool(p: &PoolSection, key: &str) -> Result<Pool, ConfigEr
         outlier: o.enabled.then_some(outlier),
         stats_window: seconds(&k("outlier.window_s"), o.window_s)?,
     })
+}
+
+/// A queue timeout of `seconds` (0: never), at most 30 days.
+pub(crate) fn queue_timeout(key: &str, seconds: u64) -> Result<Option<Duration>, ConfigError> {
+    match seconds {
+        0 => Ok(None),
+        1..=2_592_000 => Ok(Some(Duration::from_secs(seconds))),
+        _ => Err(invalid(
+            key,
+            "must be between 1 and 2592000 seconds (30 days), or 0 for never",
+        )),
+    }
 }

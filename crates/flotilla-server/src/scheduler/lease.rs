@@ -1,5 +1,7 @@
 //! Leases: this process renews the leases of the tasks it runs, and returns any expired lease's
-//! task to the queue — a replica (or an earlier run of this process) that died mid-attempt.
+//! task to the queue — a replica (or an earlier run of this process) that died mid-attempt —
+//! unless it lost too many attempts. The leader also fails queued tasks past their queue
+//! timeout (`overdue`).
 
 use crate::scheduler::Scheduler;
 use std::sync::Arc;
@@ -37,7 +39,11 @@ pub(crate) async fn run(state: Arc<Scheduler>, shutdown: CancellationToken) {
             generation,
         };
         let started = std::time::Instant::now();
-        let requeued = state.store.requeue_expired(now, Some(&fence)).await;
+        let max_lost = state.config.scheduler.max_lost_attempts;
+        let requeued = state
+            .store
+            .requeue_expired(now, Some(&fence), max_lost)
+            .await;
         state
             .metrics
             .observe_store("requeue_expired", started.elapsed());
@@ -47,6 +53,11 @@ pub(crate) async fn run(state: Arc<Scheduler>, shutdown: CancellationToken) {
                 for task in requeued {
                     // Its attempt is over, wherever it still runs: refuse its token here now.
                     state.attempts.ended(task.task_id, task.attempt);
+                    if task.failed {
+                        tracing::warn!(task_id = %task.task_id, attempt = task.attempt, max_lost, "Lease expired; task failed: too many lost attempts");
+                        state.waiters.wake(task.task_id);
+                        continue;
+                    }
                     tracing::warn!(task_id = %task.task_id, attempt = task.attempt, "Lease expired; task re-queued");
                     state.ensure(&task.agent_type);
                     state.wakers.task_queued(&task.agent_type);
@@ -57,5 +68,6 @@ pub(crate) async fn run(state: Arc<Scheduler>, shutdown: CancellationToken) {
                 tracing::warn!(error = %e, "Could not re-queue expired leases");
             }
         }
+        super::overdue::sweep(&state).await;
     }
 }

@@ -18,6 +18,7 @@ pub mod dispatch;
 pub(crate) mod dispatcher;
 pub(crate) mod intake;
 pub(crate) mod lease;
+mod overdue;
 pub(crate) mod queue_limit;
 pub(crate) mod submission;
 
@@ -69,6 +70,8 @@ pub struct Scheduler {
     pub(crate) owner: Arc<str>,
     /// Whether this control plane leads (re-queues expired leases).
     pub(crate) leadership: Arc<Leadership>,
+    /// Long-polls, woken when the leader ends a task outside the completion writer.
+    pub(crate) waiters: Arc<crate::waiters::Waiters>,
     /// Cancelled when the server begins to shut down.
     pub(crate) shutdown: CancellationToken,
 }
