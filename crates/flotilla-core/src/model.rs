@@ -1,7 +1,7 @@
 //! The models the gateway serves (docs/design.md §7): each model's provider, upstream name, prices,
 //! quality and speed scores, fallbacks and cheaper downgrade, and the shipped default table.
 
-use crate::money::PricePerMillion;
+use crate::money::{Money, PricePerMillion};
 use crate::usage::Prices;
 use serde::Serialize;
 
@@ -46,6 +46,34 @@ pub struct ModelSpec {
     /// Output tokens assumed (for budget reservation and tokens-per-minute limits) when a
     /// request does not set `max_tokens`/`max_completion_tokens`.
     pub default_max_output_tokens: u64,
+    /// Marked free by an admin: a price it lacks counts as $0, so tenants with a budget may
+    /// call it. Without the mark, a model lacking a price is refused to them.
+    pub free: bool,
+}
+
+/// The most a call can cost on `spec` or on any of its fallbacks (looked up in `models`; the
+/// gateway may serve the call with any of them), with at most `input_tokens` of prompt and
+/// `max_output_tokens` of output: what a budget reserves. `Err` names the first model of the
+/// chain whose price is unknown and that is not marked `free`.
+pub fn chain_ceiling(
+    spec: &ModelSpec,
+    models: &[ModelSpec],
+    input_tokens: u64,
+    max_output_tokens: u64,
+) -> Result<Money, String> {
+    let fallbacks = spec
+        .fallbacks
+        .iter()
+        .filter_map(|name| models.iter().find(|m| &m.name == name));
+    let mut worst = Money::ZERO;
+    for model in std::iter::once(spec).chain(fallbacks) {
+        match model.prices.ceiling(input_tokens, max_output_tokens) {
+            Some(ceiling) => worst = worst.max(ceiling),
+            None if model.free => {}
+            None => return Err(model.name.clone()),
+        }
+    }
+    Ok(worst)
 }
 
 impl ModelSpec {
@@ -96,6 +124,7 @@ pub fn default_models() -> Vec<ModelSpec> {
         fallback_on: DEFAULT_FALLBACK_ON.to_vec(),
         downgrade_to: downgrade_to.map(str::to_owned),
         default_max_output_tokens: DEFAULT_MAX_OUTPUT_TOKENS,
+        free: false,
     };
     vec![
         spec(
@@ -149,4 +178,64 @@ pub fn default_models() -> Vec<ModelSpec> {
             None,
         ),
     ]
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod chain_tests {
+    use super::*;
+
+    fn model(name: &str, input: Option<i64>, output: Option<i64>, fallbacks: &[&str]) -> ModelSpec {
+        let mut m = default_models().remove(0);
+        m.name = name.to_owned();
+        m.prices = Prices {
+            input: input.and_then(price),
+            cached_input: None,
+            output: output.and_then(price),
+            reasoning: None,
+        };
+        m.fallbacks = fallbacks.iter().map(|s| (*s).to_owned()).collect();
+        m
+    }
+
+    #[test]
+    fn the_dearest_model_of_the_chain_sets_the_ceiling() {
+        let cheap = model("cheap", Some(1), Some(2), &["dear"]);
+        let dear = model("dear", Some(4), Some(8), &[]);
+        let models = [cheap.clone(), dear.clone()];
+        let ceiling = chain_ceiling(&cheap, &models, 1_000, 100).unwrap();
+        assert_eq!(ceiling, dear.prices.ceiling(1_000, 100).unwrap());
+        assert!(ceiling > cheap.prices.ceiling(1_000, 100).unwrap());
+        // A fallback not configured cannot serve the call.
+        let lone = model("lone", Some(1), Some(2), &["missing"]);
+        assert_eq!(
+            chain_ceiling(&lone, &models, 1_000, 100),
+            Ok(lone.prices.ceiling(1_000, 100).unwrap())
+        );
+    }
+
+    #[test]
+    fn an_unpriced_model_or_fallback_is_named_unless_free() {
+        let unpriced = model("unpriced", None, None, &[]);
+        let priced = model("priced", Some(1), Some(2), &["unpriced"]);
+        let models = [unpriced.clone(), priced.clone()];
+        assert_eq!(
+            chain_ceiling(&unpriced, &models, 10, 10),
+            Err("unpriced".to_owned())
+        );
+        assert_eq!(
+            chain_ceiling(&priced, &models, 10, 10),
+            Err("unpriced".to_owned())
+        );
+        let free = ModelSpec {
+            free: true,
+            ..unpriced
+        };
+        let models = [free.clone(), priced.clone()];
+        assert_eq!(chain_ceiling(&free, &models, 10, 10), Ok(Money::ZERO));
+        assert_eq!(
+            chain_ceiling(&priced, &models, 10, 10),
+            Ok(priced.prices.ceiling(10, 10).unwrap())
+        );
+    }
 }

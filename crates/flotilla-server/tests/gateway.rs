@@ -472,12 +472,13 @@ async fn a_broken_or_abandoned_stream_is_recorded_and_the_upstream_cancelled(bac
 async fn a_block_budget_refuses_with_402_and_fires_thresholds_once(backend: Backend) {
     let mock = MockProvider::start().await.unwrap();
     let server = TestServer::start(backend, settings(Some(&mock))).await;
-    // mock-ok costs 10 × $1 + 5 × $2 = $0.00002 per call; its ceiling with max_tokens 5 is the
-    // same. A budget of $0.0001 takes exactly five calls.
+    // mock-ok costs 10 × $1 + 5 × $2 = $0.00002 per call. Its reservation is dearer: a prompt
+    // token per byte of the body (about 70) at $1 and 5 output tokens at $2, about $0.00008. A
+    // budget of $0.001 takes calls until less than one reservation is left: over 90 % of it.
     set_budget(
         &server,
         Period::Monthly,
-        "0.0001".parse().unwrap(),
+        "0.001".parse().unwrap(),
         Enforcement::Block,
     )
     .await;
@@ -485,7 +486,7 @@ async fn a_block_budget_refuses_with_402_and_fires_thresholds_once(backend: Back
     body["max_tokens"] = json!(5);
     let mut ok = 0;
     let mut refused = None;
-    for _ in 0..8 {
+    for _ in 0..100 {
         let a = chat(&server, ADMIN_KEY, body.clone()).await;
         match a.status {
             200 => ok += 1,
@@ -501,7 +502,7 @@ async fn a_block_budget_refuses_with_402_and_fires_thresholds_once(backend: Back
     let e = &refused.json()["error"];
     assert_eq!(e["type"], "insufficient_quota");
     let message = e["message"].as_str().unwrap();
-    assert!(message.contains("monthly budget of $0.0001"), "{message}");
+    assert!(message.contains("monthly budget of $0.001"), "{message}");
     assert!(message.contains("resets at"), "{message}");
     // Every call (the refused one too) is in the ledger before its spend is read.
     let _ = records(&server, ok + 1).await;
@@ -514,7 +515,7 @@ async fn a_block_budget_refuses_with_402_and_fires_thresholds_once(backend: Back
         )
         .await
         .unwrap();
-    assert!(spent <= "0.0001".parse().unwrap(), "{spent}");
+    assert!(spent <= "0.001".parse().unwrap(), "{spent}");
     // Each answered call cost 10 × $1 + 5 × $2 per million tokens; the refused one nothing.
     assert_eq!(
         spent,
@@ -635,7 +636,8 @@ async fn two_hundred_concurrent_calls_cannot_overshoot_a_small_budget(backend: B
         .find(|m| m.name == "gemini-2.0-flash")
         .unwrap()
         .prices
-        .ceiling(r[0].tokens.input_tokens, 50)
+        // Budgets reserve a token per byte of the body: no prompt can count more.
+        .ceiling(serde_json::to_vec(&body).unwrap().len() as u64, 50)
         .unwrap();
     // Once the calls in flight have settled at their (smaller) actual cost, their reservations
     // are released: a call that fits under the limit again goes through.

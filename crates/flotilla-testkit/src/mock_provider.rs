@@ -8,6 +8,8 @@
 //! - `fail-<status>`: answers that status with an OpenAI-shaped error;
 //! - `slow-<ms>`: waits that long before answering;
 //! - `no-usage`: like `ok` without any usage;
+//! - `heavy-<n>`: like `ok`, but reports `n` prompt tokens whatever the request held (a provider
+//!   that counts more than the gateway could foresee);
 //! - `malformed`: a stream that breaks with a non-JSON event after two good chunks;
 //! - `endless`: a stream that sends a chunk every 20 ms until the client goes away.
 //!
@@ -122,6 +124,12 @@ async fn models(State(shared): State<Arc<Shared>>) -> axum::Json<Value> {
 }
 
 fn usage(model: &str) -> Value {
+    if let Some(n) = model
+        .strip_prefix("heavy-")
+        .and_then(|n| n.parse::<u64>().ok())
+    {
+        return json!({"prompt_tokens": n, "completion_tokens": 5, "total_tokens": n + 5});
+    }
     if model == "cached" {
         json!({"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15,
                "prompt_tokens_details": {"cached_tokens": 7},

@@ -128,6 +128,9 @@ pub struct ModelSection {
     /// Output tokens assumed when a request sets no maximum (budget reservation, token limits).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub default_max_output_tokens: Option<u64>,
+    /// Prices it lacks count as $0 for budgets: without this, tenants with a budget may not
+    /// call a model whose price is unknown (or a fallback whose is).
+    pub free: bool,
 }
 
 /// Validated gateway settings.
@@ -313,6 +316,7 @@ fn validate_model(i: usize, raw: &ModelSection) -> Result<ModelSpec, ConfigError
             .unwrap_or_else(|| DEFAULT_FALLBACK_ON.to_vec()),
         downgrade_to: raw.downgrade_to.clone(),
         default_max_output_tokens: max_out,
+        free: raw.free,
     })
 }
 

@@ -137,6 +137,9 @@ pub(super) async fn finish(
         gw.limits.reconcile(&t, tokens.total(), actual, now).await;
     }
     if let Some(hold) = call.hold.take() {
+        if actual > hold.reserved {
+            overshoot(state, call, served, hold.reserved, actual, now);
+        }
         match gw.budgets.settle(hold, actual, now).await {
             Ok(crossed) => {
                 for c in crossed {
@@ -155,6 +158,43 @@ pub(super) async fn finish(
     count(state, &record);
     gw.ledger.record(record);
     cost
+}
+
+/// A call that cost more than its reservation (a provider counting more tokens than the request
+/// can hold: an image counted dearer than `IMAGE_INPUT_TOKENS`, say): logged, counted, and an
+/// event of the tenant's.
+fn overshoot(
+    state: &Gateway,
+    call: &Call,
+    served: &ModelSpec,
+    reserved: Money,
+    actual: Money,
+    now: Timestamp,
+) {
+    let over = actual - reserved;
+    let message = format!(
+        "tenant {} overshot a budget reservation: a call of {} cost ${actual}, ${over} more than \
+         the ${reserved} reserved for it",
+        call.tenant, served.name
+    );
+    tracing::warn!(tenant = %call.tenant, model = %served.name, "{message}");
+    let labels = ModelLabels {
+        model: served.name.clone(),
+    };
+    state.metrics.budget_overshoots.get_or_create(&labels).inc();
+    state
+        .metrics
+        .budget_overshoot_usd
+        .get_or_create(&labels)
+        .inc_by(over.as_f64_usd());
+    state.events.emit(
+        now,
+        flotilla_core::event::EventKind::Budget,
+        "",
+        None,
+        Some(call.tenant),
+        message,
+    );
 }
 
 /// A budget threshold reached: an event and a notification, once per window.

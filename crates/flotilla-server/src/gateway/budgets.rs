@@ -71,6 +71,11 @@ impl Budgets {
     }
 
     /// The tenant's budgets (cached briefly).
+    /// Whether `tenant` has any budget.
+    pub async fn any(&self, tenant: TenantId) -> StoreResult<bool> {
+        Ok(!self.of(tenant).await?.is_empty())
+    }
+
     pub async fn of(&self, tenant: TenantId) -> StoreResult<Arc<Vec<Budget>>> {
         if let Ok(cache) = self.cache.lock()
             && let Some((at, budgets)) = cache.get(&tenant)

@@ -18,7 +18,7 @@ use axum::response::Response;
 use flotilla_core::Timestamp;
 use flotilla_core::budget::Enforcement;
 use flotilla_core::id::{TaskId, TenantId};
-use flotilla_core::model::{ModelSpec, UpstreamFailure};
+use flotilla_core::model::{ModelSpec, UpstreamFailure, chain_ceiling};
 use flotilla_core::money::Money;
 use flotilla_core::retry::BackoffPolicy;
 use flotilla_core::usage::{TokenUsage, UsageStatus};
@@ -85,11 +85,10 @@ pub(crate) async fn chat(
         .max_output_tokens
         .unwrap_or(spec.default_max_output_tokens)
         .saturating_mul(request.choices);
-    let ceiling = |s: &ModelSpec| {
-        s.prices
-            .ceiling(request.input_tokens, max_output)
-            .unwrap_or(Money::ZERO)
-    };
+    // The worst case over every model that may serve the call, at the most prompt tokens the
+    // request can count: what budgets reserve, so that a call cannot settle above it.
+    let input_bound = request.input_bound;
+    let ceiling = |s: &ModelSpec| chain_ceiling(s, gw.models(), input_bound, max_output);
     let reserved_tokens = request.input_tokens.saturating_add(max_output);
     call.taken = if gw.limits.is_off() {
         None
@@ -100,7 +99,7 @@ pub(crate) async fn chat(
                 call.tenant,
                 &call.key_id,
                 reserved_tokens,
-                ceiling(&spec),
+                ceiling(&spec).unwrap_or(Money::ZERO),
                 now,
             )
             .await
@@ -170,21 +169,26 @@ fn resolve_model(models: &[ModelSpec], request: &ChatRequest) -> Result<ModelSpe
 }
 
 /// Reserves the call's ceiling in the tenant's budgets, walking the downgrade chain when a
-/// `downgrade` budget is spent.
+/// `downgrade` budget is spent. A tenant with a budget may not call a model whose chain has a
+/// price missing (unless marked `free`): its cost could not be reserved.
 async fn choose_within_budget(
     state: &Gateway,
     call: &mut Call,
     mut spec: ModelSpec,
-    ceiling: &impl Fn(&ModelSpec) -> Money,
+    ceiling: &impl Fn(&ModelSpec) -> Result<Money, String>,
 ) -> Result<Chosen, GatewayError> {
     let gw = state;
     let mut downgraded_from: Option<(String, String)> = None;
     for _ in 0..=MAX_DOWNGRADES {
-        let refusal: Refusal = match gw
-            .budgets
-            .reserve(call.tenant, ceiling(&spec), call.at)
-            .await?
-        {
+        let worst = match ceiling(&spec) {
+            Ok(worst) => worst,
+            Err(unpriced) if gw.budgets.any(call.tenant).await? => {
+                reject(state, call, &spec);
+                return Err(GatewayError::unpriced_model(&spec.name, &unpriced));
+            }
+            Err(_) => Money::ZERO,
+        };
+        let refusal: Refusal = match gw.budgets.reserve(call.tenant, worst, call.at).await? {
             Ok(hold) => {
                 call.hold = hold;
                 return Ok(Chosen {

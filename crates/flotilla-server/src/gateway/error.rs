@@ -49,6 +49,28 @@ impl GatewayError {
         }
     }
 
+    /// 422: the tenant has a budget and the model (or a fallback it may use) has no price, so the
+    /// call could not be reserved against it.
+    pub(crate) fn unpriced_model(requested: &str, unpriced: &str) -> GatewayError {
+        let which = if requested == unpriced {
+            format!("the model `{unpriced}` has")
+        } else {
+            format!("`{unpriced}`, which `{requested}` may fall back to, has")
+        };
+        GatewayError {
+            status: StatusCode::UNPROCESSABLE_ENTITY,
+            kind: "invalid_request_error",
+            code: "unpriced_model",
+            message: format!(
+                "{which} no price for what this call may use (input or output tokens), and \
+                 your tenant has a budget, which a call of unknown cost could overrun; an \
+                 admin may set the model's `prices` or mark it `free = true` in `[[models]]`"
+            ),
+            param: Some("model".to_owned()),
+            retry_after_s: None,
+        }
+    }
+
     /// 402: a `block` budget is spent.
     pub(crate) fn budget_exceeded(message: String) -> GatewayError {
         GatewayError {

@@ -31,6 +31,31 @@ pub(crate) struct ChatRequest {
     pub choices: u64,
     /// Prompt tokens as estimated from the messages' text.
     pub input_tokens: u64,
+    /// The most prompt tokens the request can count ([`input_token_bound`]): what budgets
+    /// reserve.
+    pub input_bound: u64,
+}
+
+/// Prompt tokens an image part may count at most, beyond its bytes: OpenAI's largest
+/// high-detail image on GPT-4o (a 768 × 2048 fit, 12 tiles: 85 + 12 × 170). Providers that count
+/// an image dearer can overshoot a reservation; the overshoot is reported (docs/api.md, "Budgets").
+pub(crate) const IMAGE_INPUT_TOKENS: u64 = 2_125;
+
+/// The most prompt tokens a body of `bytes` bytes with `images` image parts can count. A
+/// tokenizer's token covers at least one byte of text, so no text — messages, tools, schemas —
+/// counts more tokens than its bytes; the body's bytes include all of it.
+pub(crate) fn input_token_bound(bytes: usize, images: u64) -> u64 {
+    (bytes as u64).saturating_add(images.saturating_mul(IMAGE_INPUT_TOKENS))
+}
+
+/// Image parts (`{"type": "image_url"}`) among `messages`' content.
+fn image_parts(messages: &[Value]) -> u64 {
+    messages
+        .iter()
+        .filter_map(|m| m.get("content").and_then(Value::as_array))
+        .flatten()
+        .filter(|p| p.get("type").and_then(Value::as_str) == Some("image_url"))
+        .count() as u64
 }
 
 impl ChatRequest {
@@ -107,6 +132,7 @@ impl ChatRequest {
             },
         };
         let input_tokens = estimate_input_tokens_of(messages);
+        let input_bound = input_token_bound(raw.len(), image_parts(messages));
         Ok(ChatRequest {
             body,
             raw,
@@ -115,6 +141,7 @@ impl ChatRequest {
             max_output_tokens,
             choices,
             input_tokens,
+            input_bound,
         })
     }
 
@@ -205,8 +232,9 @@ pub(crate) fn estimate_input_tokens(body: &Value) -> u64 {
 }
 
 /// About one token per four bytes of text, plus a few per message for the role and framing —
-/// the rule of thumb of OpenAI's tokenizer documentation. It sizes reservations and the
-/// estimated usage of streams whose provider reports none.
+/// the rule of thumb of OpenAI's tokenizer documentation. It sizes tokens-per-minute
+/// reservations and the estimated usage of streams whose provider reports none; budgets reserve
+/// by [`input_token_bound`] instead.
 fn estimate_input_tokens_of(messages: &[Value]) -> u64 {
     let mut bytes: u64 = 0;
     for m in messages {
@@ -233,6 +261,24 @@ mod tests {
 
     fn parse(text: &str) -> Result<ChatRequest, GatewayError> {
         ChatRequest::parse(Bytes::from(text.to_owned()))
+    }
+
+    #[test]
+    fn the_input_bound_covers_every_byte_and_each_image() {
+        let text = r#"{"model": "m", "messages": [{"role": "user", "content": "日本語のテキスト"}],
+            "tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}]}"#;
+        let r = parse(text).unwrap();
+        assert_eq!(r.input_bound, text.len() as u64);
+        assert!(
+            r.input_bound > r.input_tokens * 3,
+            "non-Latin text and tools count whole"
+        );
+        let image = r#"{"model": "m", "messages": [{"role": "user", "content": [
+            {"type": "text", "text": "what is this?"},
+            {"type": "image_url", "image_url": {"url": "https://example.com/a.png"}},
+            {"type": "image_url", "image_url": {"url": "https://example.com/b.png"}}]}]}"#;
+        let r = parse(image).unwrap();
+        assert_eq!(r.input_bound, image.len() as u64 + 2 * IMAGE_INPUT_TOKENS);
     }
 
     #[test]

@@ -209,6 +209,9 @@ pub struct Metrics {
     pub gateway_cost: Family<ModelLabels, Counter<f64, AtomicU64>>,
     pub gateway_fallbacks: Family<ModelLabels, Counter>,
     pub gateway_downgrades: Family<ModelLabels, Counter>,
+    /// Calls that settled above their budget reservation, and by how much.
+    pub budget_overshoots: Family<ModelLabels, Counter>,
+    pub budget_overshoot_usd: Family<ModelLabels, Counter<f64, AtomicU64>>,
     pub usage_write_failures: Counter,
     /// Spend over limit of each budget's current window, refreshed at each scrape.
     pub budget_utilisation: Family<BudgetLabels, Gauge<f64, AtomicU64>>,
@@ -256,6 +259,8 @@ impl Metrics {
             gateway_cost: Family::default(),
             gateway_fallbacks: Family::default(),
             gateway_downgrades: Family::default(),
+            budget_overshoots: Family::default(),
+            budget_overshoot_usd: Family::default(),
             usage_write_failures: Counter::default(),
             budget_utilisation: Family::default(),
             registry: Registry::default(),
@@ -478,6 +483,20 @@ impl Metrics {
             "flotilla_gateway_downgrades",
             "Calls a downgrade budget moved off this model",
             m.gateway_downgrades.clone(),
+        );
+        register(
+            &mut registry,
+            &mut names,
+            "flotilla_budget_overshoots",
+            "Calls of this model that cost more than their budget reservation",
+            m.budget_overshoots.clone(),
+        );
+        register(
+            &mut registry,
+            &mut names,
+            "flotilla_budget_overshoot_usd",
+            "Dollars calls of this model cost beyond their budget reservations",
+            m.budget_overshoot_usd.clone(),
         );
         register(
             &mut registry,
