@@ -85,11 +85,27 @@ impl StoreError {
     }
 }
 
+/// Whether a database error code says the database ran out of a resource: SQLite's
+/// `SQLITE_FULL` (13, with any extended code) or a PostgreSQL SQLSTATE of class 53
+/// (`disk_full`, `out_of_memory`, `too_many_connections`, …).
+fn out_of_resources(code: Option<&str>) -> bool {
+    match code {
+        Some(code) if code.starts_with("53") && code.len() == 5 => true,
+        Some(code) => code.parse::<u32>().is_ok_and(|n| n & 0xff == 13),
+        None => false,
+    }
+}
+
 impl From<sqlx::Error> for StoreError {
     fn from(e: sqlx::Error) -> Self {
         let message = e.to_string();
         match e {
             sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => {
+                StoreError::Unavailable(message)
+            }
+            // Out of disk, memory or connections (SQLite's SQLITE_FULL, PostgreSQL's class 53):
+            // the database did not refuse the data, it could not take it now.
+            sqlx::Error::Database(db) if out_of_resources(db.code().as_deref()) => {
                 StoreError::Unavailable(message)
             }
             sqlx::Error::Database(_) | sqlx::Error::Encode(_) | sqlx::Error::Decode(_) => {

@@ -96,7 +96,21 @@ impl SqliteStore {
     async fn begin(&self) -> StoreResult<sqlx::Transaction<'static, Sqlite>> {
         // IMMEDIATE takes the write lock up front, so another process's writer makes us wait
         // (busy_timeout) rather than fail on a lock upgrade.
-        Ok(self.writer.begin_with("BEGIN IMMEDIATE").await?)
+        match self.writer.begin_with("BEGIN IMMEDIATE").await {
+            // A COMMIT that failed because the disk was full: SQLite rolled the transaction back
+            // itself, so sqlx's ROLLBACK failed and it still counts a transaction open on the
+            // writer, refusing every later BEGIN. The writer is replaced rather than left stuck
+            // (the chaos suite's full disk found it).
+            Err(sqlx::Error::InvalidSavePointStatement) => {
+                tracing::warn!(
+                    "The SQLite writer was left inside a failed transaction; opening a new one"
+                );
+                let stuck = self.writer.acquire().await?;
+                let _ = stuck.close().await;
+                Ok(self.writer.begin_with("BEGIN IMMEDIATE").await?)
+            }
+            begun => Ok(begun?),
+        }
     }
 
     /// Where a single-statement write runs: a transaction, like every write here.

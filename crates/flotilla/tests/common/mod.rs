@@ -310,6 +310,14 @@ pub fn assert_each_attempt_ran_once(agents: &[flotilla_testkit::AgentProcess], t
     assert!(twice.is_empty(), "attempts executed twice: {twice:?}");
 }
 
+/// How many `(task, attempt)` pairs the agents logged more than once.
+pub fn executed_twice(agents: &[flotilla_testkit::AgentProcess]) -> usize {
+    agent_executions(agents)
+        .into_values()
+        .filter(|n| *n > 1)
+        .count()
+}
+
 fn agent_executions(
     agents: &[flotilla_testkit::AgentProcess],
 ) -> std::collections::HashMap<(String, i32), usize> {
