@@ -4,11 +4,13 @@
 //! or another) never take the same task and never wait for each other. Each trait call is one
 //! transaction; JSON is stored as JSONB and selected as text so both backends decode the same rows.
 
+use crate::coordination::FENCE_PG;
 use crate::rows::{
     AttemptRow, EndUpdate, TaskRow, attach_attempts, created_task, finish_update, micros,
     migrations_applied, place_round, rounds,
 };
-use crate::{Cancelled, Inserted, Requeued, StoreError, StoreResult};
+use crate::tasks::EXPIRED_PG;
+use crate::{Cancelled, Inserted, StoreError, StoreResult};
 use async_trait::async_trait;
 use flotilla_core::Timestamp;
 use flotilla_core::event::NewEvent;
@@ -24,7 +26,6 @@ use uuid::Uuid;
 
 mod buckets;
 mod events;
-mod leases;
 mod usage;
 
 crate::access::access_store!(PostgresStore, Postgres);
@@ -230,7 +231,7 @@ impl crate::LifecycleStore for PostgresStore {
     }
 }
 
-crate::tasks::task_store!(PostgresStore, Postgres, {
+crate::tasks::task_store!(PostgresStore, Postgres, FENCE_PG, EXPIRED_PG, {
     async fn insert_tasks(&self, tasks: &[NewTask]) -> StoreResult<Vec<Inserted>> {
         if tasks.is_empty() {
             return Ok(Vec::new());
@@ -517,15 +518,6 @@ crate::tasks::task_store!(PostgresStore, Postgres, {
         .await?
         .rows_affected();
         Ok(renewed)
-    }
-
-    async fn requeue_expired(
-        &self,
-        now: Timestamp,
-        fence: Option<&crate::Fence>,
-        max_lost: u32,
-    ) -> StoreResult<Vec<Requeued>> {
-        leases::requeue_expired(self, now, fence, max_lost).await
     }
 });
 

@@ -5,11 +5,13 @@
 //! finishes into one call, and the one fsync of its commit covers the whole batch (group commit).
 //! Reads use a separate pool of read-only connections, which WAL lets run beside the writer.
 
+use crate::coordination::FENCE_SQLITE;
 use crate::rows::{
     AttemptRow, EndUpdate, TaskRow, attach_attempts, created_task, finish_update, micros,
     migrations_applied, place_round, rounds,
 };
-use crate::{Cancelled, Inserted, Requeued, StoreError, StoreResult};
+use crate::tasks::EXPIRED_SQLITE;
+use crate::{Cancelled, Inserted, StoreError, StoreResult};
 use async_trait::async_trait;
 use flotilla_core::Timestamp;
 use flotilla_core::event::NewEvent;
@@ -28,7 +30,6 @@ use uuid::Uuid;
 
 mod buckets;
 mod events;
-mod leases;
 mod usage;
 
 crate::access::access_store!(SqliteStore, Sqlite);
@@ -47,10 +48,6 @@ macro_rules! task_columns {
 
 const ATTEMPTS_OF_TASK: &str = "SELECT task_id, number, agent_id, started_at, finished_at, outcome, error \
      FROM task_attempts WHERE task_id = ?1 ORDER BY number";
-
-const INSERT_ATTEMPT: &str = "INSERT INTO task_attempts \
-     (task_id, number, agent_id, started_at, finished_at, outcome, error) \
-     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT DO NOTHING";
 
 /// The SQLite implementation of [`Store`].
 #[derive(Clone, Debug)]
@@ -235,7 +232,7 @@ impl crate::LifecycleStore for SqliteStore {
     }
 }
 
-crate::tasks::task_store!(SqliteStore, Sqlite, {
+crate::tasks::task_store!(SqliteStore, Sqlite, FENCE_SQLITE, EXPIRED_SQLITE, {
     async fn insert_tasks(&self, tasks: &[NewTask]) -> StoreResult<Vec<Inserted>> {
         if tasks.is_empty() {
             return Ok(Vec::new());
@@ -463,15 +460,6 @@ crate::tasks::task_store!(SqliteStore, Sqlite, {
         .rows_affected();
         tx.commit().await?;
         Ok(renewed)
-    }
-
-    async fn requeue_expired(
-        &self,
-        now: Timestamp,
-        fence: Option<&crate::Fence>,
-        max_lost: u32,
-    ) -> StoreResult<Vec<Requeued>> {
-        leases::requeue_expired(self, now, fence, max_lost).await
     }
 });
 

@@ -8,6 +8,20 @@ pub(crate) const COUNTS: &str = "SELECT status, COUNT(*) FROM tasks GROUP BY sta
 pub(crate) const LOST_ATTEMPTS: &str =
     "SELECT COUNT(*) FROM task_attempts WHERE task_id = $1 AND outcome = 'lost'";
 
+/// Running tasks whose lease expired before `$1`, on SQLite (whose single writer keeps others
+/// out of the transaction already).
+pub(crate) const EXPIRED_SQLITE: &str = "SELECT id, attempt, agent_type, updated_at FROM tasks \
+     WHERE status = 'running' AND lease_expires_at < $1 ORDER BY id";
+/// The same on PostgreSQL, where a task being finished or requeued by another replica right now
+/// is left to it (SKIP LOCKED).
+pub(crate) const EXPIRED_PG: &str = "SELECT id, attempt, agent_type, updated_at FROM tasks \
+     WHERE status = 'running' AND lease_expires_at < $1 ORDER BY id FOR UPDATE SKIP LOCKED";
+
+/// The `lost` attempt `$2` of task `$1`, claimed at `$3`, ended at `$4` with error `$5`.
+pub(crate) const INSERT_LOST: &str = "INSERT INTO task_attempts \
+     (task_id, number, agent_id, started_at, finished_at, outcome, error) \
+     VALUES ($1, $2, NULL, $3, $4, 'lost', $5) ON CONFLICT DO NOTHING";
+
 /// An expired lease's task (`$1`, attempt `$2`) back to the queue at `$3`, with error `$4`.
 pub(crate) const REQUEUE_LOST: &str = "UPDATE tasks SET status = 'queued', not_before = $3, \
      updated_at = $3, error = $4, lease_owner = NULL, lease_expires_at = NULL \
@@ -33,9 +47,10 @@ pub(crate) fn lost_attempt(attempt: i32, lost: i64, max_lost: u32) -> (String, b
 }
 
 /// [`crate::TaskStore`] for a backend `$store` of database `$db`, whose task columns are
-/// `task_columns!()` at the call site.
+/// `task_columns!()` at the call site, which checks a leadership term with `$fence` and finds
+/// expired leases with `$expired`.
 macro_rules! task_store {
-    ($store:ty, $db:ty, { $($dialect:tt)* }) => {
+    ($store:ty, $db:ty, $fence:expr, $expired:expr, { $($dialect:tt)* }) => {
         #[async_trait::async_trait]
         impl crate::TaskStore for $store {
             async fn list_tasks(
@@ -145,6 +160,66 @@ macro_rules! task_store {
                     .push(") AS q");
                 let n: i64 = query.build_query_scalar().fetch_one(self.reads()).await?;
                 crate::rows::count("queued count", n)
+            }
+
+            async fn requeue_expired(
+                &self,
+                now: flotilla_core::Timestamp,
+                fence: Option<&crate::Fence>,
+                max_lost: u32,
+            ) -> crate::StoreResult<Vec<crate::Requeued>> {
+                let now_us = crate::rows::micros(now);
+                let mut tx = self.begin().await?;
+                if let Some(fence) = fence {
+                    let holds: Option<i64> = sqlx::query_scalar($fence)
+                        .bind(&fence.lease)
+                        .bind(&fence.holder)
+                        .bind(fence.generation)
+                        .bind(now_us)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                    if holds.is_none() {
+                        return Ok(Vec::new());
+                    }
+                }
+                let expired: Vec<(uuid::Uuid, i32, String, i64)> =
+                    sqlx::query_as($expired).bind(now_us).fetch_all(&mut *tx).await?;
+                let mut out = Vec::with_capacity(expired.len());
+                for (id, attempt, agent_type, claimed_at) in expired {
+                    let lost: i64 = sqlx::query_scalar(crate::tasks::LOST_ATTEMPTS)
+                        .bind(id)
+                        .fetch_one(&mut *tx)
+                        .await?;
+                    let (error, failed) = crate::tasks::lost_attempt(attempt, lost + 1, max_lost);
+                    let update = if failed {
+                        crate::tasks::FAIL_LOST
+                    } else {
+                        crate::tasks::REQUEUE_LOST
+                    };
+                    sqlx::query(update)
+                        .bind(id)
+                        .bind(attempt)
+                        .bind(now_us)
+                        .bind(&error)
+                        .execute(&mut *tx)
+                        .await?;
+                    sqlx::query(crate::tasks::INSERT_LOST)
+                        .bind(id)
+                        .bind(attempt)
+                        .bind(claimed_at)
+                        .bind(now_us)
+                        .bind(&error)
+                        .execute(&mut *tx)
+                        .await?;
+                    out.push(crate::Requeued {
+                        task_id: flotilla_core::id::TaskId(id),
+                        attempt,
+                        agent_type,
+                        failed,
+                    });
+                }
+                tx.commit().await?;
+                Ok(out)
             }
 
             async fn fail_overdue(

@@ -24,7 +24,7 @@ use flotilla_client::{Client, ClientError};
 use flotilla_core::id::TaskId;
 use flotilla_core::task::TaskStatus;
 use flotilla_core::wire::SubmitTask;
-use flotilla_testkit::{AgentProcess, ServerProcess};
+use flotilla_testkit::{AgentProcess, ServerProcess, ServerProcessBuilder};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -254,9 +254,9 @@ async fn agents_with(
     agents
 }
 
-/// One control plane on SQLite, or on PostgreSQL at `url`, with short task leases.
-async fn single(url: Option<&str>) -> ServerProcess {
-    let mut builder = ServerProcess::builder(BIN)
+/// A control plane with the code_generator pool, short task leases and quick retries.
+fn server() -> ServerProcessBuilder {
+    ServerProcess::builder(BIN)
         .env("FLOTILLA_BOOTSTRAP_ADMIN_KEY", ADMIN_KEY)
         .env("FLOTILLA_SCHEDULER__LEASE_TTL_MS", "1500")
         .env("FLOTILLA_SCHEDULER__RETRY_BASE_MS", "50")
@@ -264,7 +264,12 @@ async fn single(url: Option<&str>) -> ServerProcess {
         .arg(concat!(
             env!("CARGO_MANIFEST_DIR"),
             "/tests/fixtures/code_generator_pool.toml"
-        ));
+        ))
+}
+
+/// One control plane on SQLite, or on PostgreSQL at `url`.
+async fn single(url: Option<&str>) -> ServerProcess {
+    let mut builder = server();
     if let Some(url) = url {
         builder = builder.args(["--database-url", url]);
     }
@@ -442,19 +447,11 @@ async fn a_full_disk_under_the_data_directory() {
     // files, elsewhere: a server whose log cannot be written is another fault.
     let disk = SmallDisk::mount("256m");
     let database = disk.dir.path().join("flotilla.db");
-    let mut server = ServerProcess::builder(BIN)
-        .env("FLOTILLA_BOOTSTRAP_ADMIN_KEY", ADMIN_KEY)
-        .env("FLOTILLA_SCHEDULER__LEASE_TTL_MS", "1500")
-        .env("FLOTILLA_SCHEDULER__RETRY_BASE_MS", "50")
+    let mut server = server()
         .env(
             "FLOTILLA_DATABASE__URL",
             format!("sqlite://{}", database.display()),
         )
-        .arg("--config")
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/fixtures/code_generator_pool.toml"
-        ))
         .start()
         .await
         .expect("server starts");
@@ -532,22 +529,11 @@ async fn clock_jump(name: &'static str, offset: &'static str) {
         ("FAKETIME_NO_CACHE", "1".into()),
         ("FAKETIME_DONT_FAKE_MONOTONIC", "1".into()),
     ];
-    let mut builder = ServerProcess::builder(BIN)
-        .env("FLOTILLA_BOOTSTRAP_ADMIN_KEY", ADMIN_KEY)
-        .env("FLOTILLA_SCHEDULER__LEASE_TTL_MS", "1500")
-        .env("FLOTILLA_SCHEDULER__RETRY_BASE_MS", "50");
+    let mut builder = server();
     for (key, value) in &faked {
         builder = builder.env(*key, value.clone());
     }
-    let mut server = builder
-        .arg("--config")
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/fixtures/code_generator_pool.toml"
-        ))
-        .start()
-        .await
-        .expect("server starts");
+    let mut server = builder.start().await.expect("server starts");
     let mut agents = agents_with(&server.base_url(), 2, &faked).await;
     let client = server.client().unwrap();
     wait_for_agents(&client, 2, Duration::from_secs(20)).await;
