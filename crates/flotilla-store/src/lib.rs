@@ -86,14 +86,10 @@ impl StoreError {
 }
 
 /// Whether a database error code says the database ran out of a resource: SQLite's
-/// `SQLITE_FULL` (13, with any extended code) or a PostgreSQL SQLSTATE of class 53
-/// (`disk_full`, `out_of_memory`, `too_many_connections`, …).
+/// `SQLITE_FULL` (`13`, which has no extended codes) or a PostgreSQL SQLSTATE of class 53
+/// (`53100` disk_full, `53200` out_of_memory, `53300` too_many_connections, …).
 fn out_of_resources(code: Option<&str>) -> bool {
-    match code {
-        Some(code) if code.starts_with("53") && code.len() == 5 => true,
-        Some(code) => code.parse::<u32>().is_ok_and(|n| n & 0xff == 13),
-        None => false,
-    }
+    code.is_some_and(|code| code == "13" || (code.len() == 5 && code.starts_with("53")))
 }
 
 impl From<sqlx::Error> for StoreError {

@@ -17,14 +17,14 @@
 mod common;
 
 use common::{
-    ADMIN_KEY, BIN, PgDatabase, PrivatePostgres, StopMode, executed_twice, one_leader,
-    start_replica, wait_for_agents, wait_terminal,
+    ADMIN_KEY, BIN, PgDatabase, PrivatePostgres, StopMode, code_generator_server, executed_twice,
+    one_leader, start_replica, wait_for_agents, wait_terminal,
 };
 use flotilla_client::{Client, ClientError};
 use flotilla_core::id::TaskId;
 use flotilla_core::task::TaskStatus;
 use flotilla_core::wire::SubmitTask;
-use flotilla_testkit::{AgentProcess, ServerProcess, ServerProcessBuilder};
+use flotilla_testkit::{AgentProcess, ServerProcess};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -135,12 +135,13 @@ impl Figures {
     }
 }
 
-/// Runs the load over `clients`, injects `fault` after a third of the time, keeps the load on
-/// for `secs`, then follows every accepted task (with `reader`) to its end.
+/// Runs the load over `clients`, injects `fault` once half the load (at least 3 s) has run,
+/// keeps it on until `secs` after the fault began, then follows every accepted task (with `reader`, a client
+/// of a replica that survives) to its end.
 async fn measure<F, Fut>(
     name: &'static str,
     clients: Vec<Client>,
-    reader: impl Fn() -> Client,
+    reader: Client,
     agents: &[AgentProcess],
     fault: F,
 ) -> Figures
@@ -174,7 +175,7 @@ where
         recovery: None,
         settled: None,
     };
-    let client = reader();
+    let client = reader;
     // Every accepted task gets a minute in all to end; what has not ended then is lost.
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut first_success_after: Option<chrono::DateTime<chrono::Utc>> = None;
@@ -254,22 +255,9 @@ async fn agents_with(
     agents
 }
 
-/// A control plane with the code_generator pool, short task leases and quick retries.
-fn server() -> ServerProcessBuilder {
-    ServerProcess::builder(BIN)
-        .env("FLOTILLA_BOOTSTRAP_ADMIN_KEY", ADMIN_KEY)
-        .env("FLOTILLA_SCHEDULER__LEASE_TTL_MS", "1500")
-        .env("FLOTILLA_SCHEDULER__RETRY_BASE_MS", "50")
-        .arg("--config")
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/fixtures/code_generator_pool.toml"
-        ))
-}
-
 /// One control plane on SQLite, or on PostgreSQL at `url`.
 async fn single(url: Option<&str>) -> ServerProcess {
-    let mut builder = server();
+    let mut builder = code_generator_server();
     if let Some(url) = url {
         builder = builder.args(["--database-url", url]);
     }
@@ -287,7 +275,7 @@ async fn sigkill_of_the_control_plane() {
     let figures = measure(
         "SIGKILL control plane",
         vec![client],
-        move || reader.clone(),
+        reader,
         &agents,
         || async move {
             server_ref.kill_hard().await.unwrap();
@@ -325,7 +313,7 @@ async fn sigkill_of_the_leader_of_three() {
     let figures = measure(
         "SIGKILL leader of 3 (PG)",
         load,
-        move || survivor.clone(),
+        survivor,
         &agents_all,
         || async move {
             victim.kill_hard().await.unwrap();
@@ -352,7 +340,7 @@ async fn sigkill_of_half_the_agents() {
     let figures = measure(
         "SIGKILL half the agents",
         vec![client],
-        move || reader.clone(),
+        reader,
         kept,
         || async move {
             for agent in killed.iter_mut() {
@@ -383,7 +371,7 @@ async fn postgres_restart() {
     let figures = measure(
         "PostgreSQL restart (immediate)",
         vec![client],
-        move || reader.clone(),
+        reader,
         &agents,
         || async move {
             pg_ref.stop(StopMode::Immediate);
@@ -447,7 +435,7 @@ async fn a_full_disk_under_the_data_directory() {
     // files, elsewhere: a server whose log cannot be written is another fault.
     let disk = SmallDisk::mount("256m");
     let database = disk.dir.path().join("flotilla.db");
-    let mut server = server()
+    let mut server = code_generator_server()
         .env(
             "FLOTILLA_DATABASE__URL",
             format!("sqlite://{}", database.display()),
@@ -465,7 +453,7 @@ async fn a_full_disk_under_the_data_directory() {
     let figures = measure(
         "disk full for 3 s (SQLite)",
         vec![client],
-        move || reader.clone(),
+        reader,
         &agents,
         || async move {
             let filler = disk_ref.fill();
@@ -529,7 +517,7 @@ async fn clock_jump(name: &'static str, offset: &'static str) {
         ("FAKETIME_NO_CACHE", "1".into()),
         ("FAKETIME_DONT_FAKE_MONOTONIC", "1".into()),
     ];
-    let mut builder = server();
+    let mut builder = code_generator_server();
     for (key, value) in &faked {
         builder = builder.env(*key, value.clone());
     }
@@ -539,15 +527,9 @@ async fn clock_jump(name: &'static str, offset: &'static str) {
     wait_for_agents(&client, 2, Duration::from_secs(20)).await;
     let reader = client.clone();
     let file = offset_file.clone();
-    let figures = measure(
-        name,
-        vec![client],
-        move || reader.clone(),
-        &agents,
-        || async move {
-            std::fs::write(&file, format!("{offset}\n")).unwrap();
-        },
-    )
+    let figures = measure(name, vec![client], reader, &agents, || async move {
+        std::fs::write(&file, format!("{offset}\n")).unwrap();
+    })
     .await;
     // The tasks' times are on the control plane's clock, which the fault moved: recovery and
     // settling cannot be timed from them. Judged: nothing lost or run twice, and work submitted

@@ -5,11 +5,11 @@
 
 mod common;
 
-use common::{ADMIN_KEY, BIN, PgDatabase, wait_terminal};
+use common::{ADMIN_KEY, BIN, PgDatabase, code_generator_server, wait_terminal};
 use flotilla_client::{Client, ListTasks};
 use flotilla_core::task::TaskStatus;
 use flotilla_core::wire::SubmitTask;
-use flotilla_testkit::{AgentProcess, ServerProcess};
+use flotilla_testkit::AgentProcess;
 use std::time::{Duration, Instant};
 
 const TASKS: usize = 300;
@@ -29,15 +29,7 @@ async fn count(client: &Client, status: TaskStatus) -> usize {
 }
 
 async fn killed_mid_load_finishes_every_accepted_task(database_url: Option<&str>) {
-    let mut builder = ServerProcess::builder(BIN)
-        .env("FLOTILLA_BOOTSTRAP_ADMIN_KEY", ADMIN_KEY)
-        .env("FLOTILLA_SCHEDULER__LEASE_TTL_MS", "1500")
-        .env("FLOTILLA_SCHEDULER__RETRY_BASE_MS", "50")
-        .arg("--config")
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/fixtures/code_generator_pool.toml"
-        ));
+    let mut builder = code_generator_server();
     if let Some(url) = database_url {
         builder = builder.args(["--database-url", url]);
     }
@@ -137,15 +129,9 @@ async fn postgres_control_plane_killed_mid_load_finishes_every_accepted_task() {
 /// instead of being re-queued for ever.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_task_lost_with_its_control_plane_twice_fails_saying_so() {
-    let mut server = ServerProcess::builder(BIN)
-        .env("FLOTILLA_BOOTSTRAP_ADMIN_KEY", ADMIN_KEY)
+    let mut server = code_generator_server()
         .env("FLOTILLA_SCHEDULER__LEASE_TTL_MS", "1000")
         .env("FLOTILLA_SCHEDULER__MAX_LOST_ATTEMPTS", "2")
-        .arg("--config")
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/fixtures/code_generator_pool.toml"
-        ))
         .start()
         .await
         .expect("server starts");

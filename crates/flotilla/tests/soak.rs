@@ -10,10 +10,10 @@
 
 mod common;
 
-use common::{ADMIN_KEY, BIN, wait_for_agents};
+use common::{ADMIN_KEY, BIN, code_generator_server, wait_for_agents};
 use flotilla_core::task::TaskStatus;
 use flotilla_core::wire::SubmitTask;
-use flotilla_testkit::{AgentProcess, ServerProcess};
+use flotilla_testkit::AgentProcess;
 use hdrhistogram::Histogram;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -91,17 +91,11 @@ async fn an_hour_under_steady_load_stays_flat() {
     let minutes = var("FLOTILLA_SOAK_MINUTES", 60).max(3);
     let task_rate = var("FLOTILLA_SOAK_TASKS", 100);
     let call_rate = var("FLOTILLA_SOAK_CALLS", 50);
-    let mut server = ServerProcess::builder(BIN)
-        .env("FLOTILLA_BOOTSTRAP_ADMIN_KEY", ADMIN_KEY)
+    let mut server = code_generator_server()
         .env("FLOTILLA_RATE_LIMITS__PER_KEY", "off")
         .env("FLOTILLA_RATE_LIMITS__PER_TENANT", "off")
         // The classic token alert would rate-limit the load it measures.
         .env("FLOTILLA_ALERTING__DEFAULT_RULES", "false")
-        .arg("--config")
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/fixtures/code_generator_pool.toml"
-        ))
         .start()
         .await
         .expect("server starts");

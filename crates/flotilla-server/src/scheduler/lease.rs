@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 pub(crate) async fn run(state: Arc<Scheduler>, shutdown: CancellationToken) {
     let ttl = state.config.scheduler.lease_ttl;
     let period = (ttl / 3).min(Duration::from_secs(1));
+    let overdue = super::overdue::groups(&state.config);
     let mut tick = tokio::time::interval(period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -68,6 +69,6 @@ pub(crate) async fn run(state: Arc<Scheduler>, shutdown: CancellationToken) {
                 tracing::warn!(error = %e, "Could not re-queue expired leases");
             }
         }
-        super::overdue::sweep(&state).await;
+        super::overdue::sweep(&state, &overdue).await;
     }
 }

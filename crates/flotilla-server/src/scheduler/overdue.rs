@@ -13,7 +13,7 @@ const PER_SWEEP: u32 = 1_000;
 /// One sweep: the tasks of `agent_type` (or of every type but `except`) due for longer than
 /// `timeout`.
 #[derive(Debug, PartialEq)]
-struct Group {
+pub(crate) struct Group {
     agent_type: Option<String>,
     except: Vec<String>,
     timeout: Duration,
@@ -21,8 +21,8 @@ struct Group {
 }
 
 /// The sweeps `config` asks for: one per pool with a queue timeout of its own, and one for every
-/// other type under the default.
-fn groups(config: &Config) -> Vec<Group> {
+/// other type under the default. The configuration does not change: computed once.
+pub(crate) fn groups(config: &Config) -> Vec<Group> {
     let own: Vec<(&str, Option<Duration>)> = config
         .pools
         .iter()
@@ -59,9 +59,9 @@ fn groups(config: &Config) -> Vec<Group> {
 }
 
 /// Fails what is overdue now and wakes its long-polls. Errors are logged: the next sweep retries.
-pub(crate) async fn sweep(state: &Scheduler) {
+pub(crate) async fn sweep(state: &Scheduler, groups: &[Group]) {
     let now = state.clock.now();
-    for group in groups(&state.config) {
+    for group in groups {
         let Ok(timeout) = chrono::Duration::from_std(group.timeout) else {
             continue;
         };

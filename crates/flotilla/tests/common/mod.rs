@@ -328,25 +328,32 @@ fn agent_executions(
     seen
 }
 
-/// Starts one of several `flotilla serve` replicas on the PostgreSQL database at `url`, with the
-/// code_generator pool, a leader lease of `lease_ms`, short task leases and retries, and the
-/// master key every replica shares (task tokens and the vault derive from it).
-pub async fn start_replica(url: &str, lease_ms: u64) -> flotilla_testkit::ServerProcess {
+/// `flotilla serve` with the bootstrap admin key, the code_generator pool (its agents register
+/// themselves), task leases of 1.5 s and quick retries; on SQLite unless told otherwise. Settings
+/// given again later (`.env`) win.
+pub fn code_generator_server() -> flotilla_testkit::ServerProcessBuilder {
     flotilla_testkit::ServerProcess::builder(BIN)
         .env("FLOTILLA_BOOTSTRAP_ADMIN_KEY", ADMIN_KEY)
-        .env(
-            "FLOTILLA_MASTER_KEY",
-            "0000000000000000000000000000000000000000000000000000000000000001",
-        )
-        .env("FLOTILLA_DATABASE__LEADER_LEASE_MS", lease_ms.to_string())
         .env("FLOTILLA_SCHEDULER__LEASE_TTL_MS", "1500")
         .env("FLOTILLA_SCHEDULER__RETRY_BASE_MS", "50")
-        .args(["--database-url", url])
         .arg("--config")
         .arg(concat!(
             env!("CARGO_MANIFEST_DIR"),
             "/tests/fixtures/code_generator_pool.toml"
         ))
+}
+
+/// Starts one of several `flotilla serve` replicas on the PostgreSQL database at `url`, with the
+/// code_generator pool, a leader lease of `lease_ms`, short task leases and retries, and the
+/// master key every replica shares (task tokens and the vault derive from it).
+pub async fn start_replica(url: &str, lease_ms: u64) -> flotilla_testkit::ServerProcess {
+    code_generator_server()
+        .env(
+            "FLOTILLA_MASTER_KEY",
+            "0000000000000000000000000000000000000000000000000000000000000001",
+        )
+        .env("FLOTILLA_DATABASE__LEADER_LEASE_MS", lease_ms.to_string())
+        .args(["--database-url", url])
         .start()
         .await
         .expect("replica starts")
